@@ -1,0 +1,40 @@
+# wgrelay: every target sets up what it needs (.venv, and Debian packages when root).
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: all demo test test-slow lint sysdeps venv clean
+
+all: test
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $@
+
+venv: $(STAMP)
+
+sysdeps:
+	@scripts/install-sysdeps.sh
+
+## make demo: a relayed WireGuard tunnel coming up by itself in network namespaces
+demo: sysdeps venv
+	$(BIN)/wgrelay demo
+
+## make test: unit, loopback, simulation and (as root) namespace system tests
+test: sysdeps venv
+	$(BIN)/pytest
+
+## make test-slow: the long-running property tests (100k+ examples)
+test-slow: venv
+	$(BIN)/pytest -m slow -p no:cacheprovider
+
+lint: venv
+	$(BIN)/ruff check src tests
+	$(BIN)/ruff format --check src tests
+	$(BIN)/mypy src
+
+clean:
+	rm -rf $(VENV) bench/build .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,3 @@
+"""wgrelay: decentralized TURN-style relays for WireGuard meshes."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,3 @@
+from wgrelay.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,286 @@
+"""The ``wgrelay`` command line.
+
+Conventions for every command: ``--state-dir DIR`` (or ``$WGRELAY_STATE_DIR``)
+holds all state; ``-v``/``-q`` set verbosity; an error is one line on stderr and
+a non-zero exit (1 for operator errors, 2 for usage, 70 for a bug), never a
+traceback unless ``-v -v`` asks for one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from wgrelay import __version__
+from wgrelay.errors import ConfigError, WgRelayError
+from wgrelay.keys import PrivateKey, RelayIdentity, decode_key, read_key_file, write_key_file
+from wgrelay.state import default_state_dir
+
+log = logging.getLogger("wgrelay")
+
+EXIT_ERROR = 1
+EXIT_USAGE = 2
+EXIT_NOT_AVAILABLE = 3
+EXIT_BUG = 70
+
+Handler = Callable[[argparse.Namespace], int]
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that keeps its one-line error but uses our exit code."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(EXIT_USAGE, f"wgrelay: error: {message}\n")
+
+
+# ---------------------------------------------------------------- keys
+
+
+def cmd_keygen(args: argparse.Namespace) -> int:
+    raw = RelayIdentity.generate().seed if args.relay else PrivateKey.generate().raw
+    if args.out:
+        path = Path(args.out)
+        if path.exists() and not args.force:
+            raise ConfigError(f"{path} exists; use --force to replace it")
+        try:
+            write_key_file(path, raw)
+        except OSError as e:
+            raise ConfigError(f"cannot write {path}: {e.strerror}") from None
+        print(_public_of(raw, args.relay))
+    else:
+        from wgrelay.keys import encode_key
+
+        print(encode_key(raw))
+    return 0
+
+
+def _public_of(raw: bytes, relay: bool) -> str:
+    if relay:
+        return str(RelayIdentity.from_seed(raw).public)
+    return str(PrivateKey(raw).public_key())
+
+
+def cmd_pubkey(args: argparse.Namespace) -> int:
+    if args.key_file:
+        raw = read_key_file(Path(args.key_file))
+    else:
+        text = sys.stdin.read(4096)
+        raw = decode_key(text, "private key on stdin")
+    print(_public_of(raw, args.relay))
+    return 0
+
+
+# ---------------------------------------------------------------- relay
+
+
+def cmd_start_relay(args: argparse.Namespace) -> int:
+    from wgrelay.relay.app import RelayOptions, run_relay
+    from wgrelay.relay.config import RelayConfig
+
+    config = RelayConfig(
+        max_connections=args.max_connections,
+        max_bandwidth_kbps=args.max_bandwidth,
+        max_sessions_per_peer=args.max_sessions_per_peer,
+        session_idle_timeout_s=args.idle_timeout,
+    )
+    opts = RelayOptions(
+        state_dir=args.state_dir,
+        port=args.port,
+        binds=args.bind or [],
+        key_file=Path(args.key_file) if args.key_file else None,
+        open=args.open,
+        allow_file=Path(args.allow_file) if args.allow_file else None,
+        allow_peers_of=args.allow_peers_of,
+        metrics=args.metrics,
+        region=args.region,
+        announce=args.announce or [],
+        config=config,
+    )
+    return run_relay(opts)
+
+
+def _port(text: str) -> int:
+    if not text.isdigit() or not 0 <= int(text) < 65536:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port (0-65535; 0 picks a free one)")
+    return int(text)
+
+
+def _positive(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive integer")
+    return int(text)
+
+
+def _non_negative(text: str) -> int:
+    if not text.isdigit():
+        raise argparse.ArgumentTypeError(f"{text!r} is not a non-negative integer")
+    return int(text)
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from wgrelay.demo.loopback import run_loopback_demo
+
+    print(
+        "wgrelay demo: the WireGuard/NAT namespace demo arrives with the agent (issue #4);"
+        " running the loopback relay demo (real relay, real UDP, no WireGuard)",
+        flush=True,
+    )
+    return asyncio.run(run_loopback_demo())
+
+
+# ---------------------------------------------------------------- parser
+
+
+def _not_yet(issue: int, what: str) -> Handler:
+    def handler(args: argparse.Namespace) -> int:
+        print(
+            f"wgrelay: {what} is not available in this build yet (issue #{issue})", file=sys.stderr
+        )
+        return EXIT_NOT_AVAILABLE
+
+    return handler
+
+
+def _common_options(suppress: bool) -> _Parser:
+    """Options every command takes, before or after the command name.
+
+    The copy given to subcommands has SUPPRESS defaults, so ``wgrelay -q demo``
+    and ``wgrelay demo -q`` both work (a plain default would overwrite the value
+    parsed before the command name).
+    """
+    d = argparse.SUPPRESS if suppress else None
+    common = _Parser(add_help=False)
+    common.add_argument(
+        "--state-dir",
+        type=Path,
+        default=d,
+        help="directory for all state (default: $WGRELAY_STATE_DIR, /var/lib/wgrelay as root)",
+    )
+    common.add_argument(
+        "-v", "--verbose", action="count", default=d if suppress else 0, help="more output"
+    )
+    common.add_argument(
+        "-q", "--quiet", action="count", default=d if suppress else 0, help="less output"
+    )
+    return common
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = _common_options(suppress=False)
+    sub_common = _common_options(suppress=True)
+
+    p = _Parser(
+        prog="wgrelay",
+        description="Decentralized TURN-style relays for WireGuard meshes.",
+        parents=[common],
+    )
+    p.add_argument("--version", action="version", version=f"wgrelay {__version__}")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+
+    def add(name: str, help_: str, handler: Handler) -> argparse.ArgumentParser:
+        sp = sub.add_parser(name, help=help_, description=help_, parents=[sub_common])
+        sp.set_defaults(handler=handler)
+        return sp
+
+    sp = add("keygen", "generate a private key (like wg genkey)", cmd_keygen)
+    sp.add_argument("--relay", action="store_true", help="a relay identity key (Ed25519)")
+    sp.add_argument("--out", help="write to FILE (mode 0600) and print the public key")
+    sp.add_argument("--force", action="store_true", help="replace an existing --out file")
+
+    sp = add("pubkey", "print the public key of a private key (like wg pubkey)", cmd_pubkey)
+    sp.add_argument("--relay", action="store_true", help="the key is a relay identity key")
+    sp.add_argument("--key-file", help="read the private key from FILE instead of stdin")
+
+    add("list-relays", "list known relay nodes", _not_yet(3, "list-relays"))
+    sp = add("start-relay", "run a relay node", cmd_start_relay)
+    sp.add_argument(
+        "--max-connections",
+        type=_positive,
+        default=100,
+        metavar="N",
+        help="relayed sessions at once (default 100)",
+    )
+    sp.add_argument(
+        "--max-bandwidth",
+        type=_non_negative,
+        default=1000,
+        metavar="KBPS",
+        help="per connection and direction, KB/s; 0 = unlimited (default 1000)",
+    )
+    sp.add_argument("--port", type=_port, default=51821, help="UDP port (default 51821)")
+    sp.add_argument(
+        "--bind",
+        action="append",
+        metavar="ADDR",
+        help="address to listen on (repeatable; default 0.0.0.0 and ::)",
+    )
+    sp.add_argument(
+        "--key-file",
+        metavar="FILE",
+        help="relay key (default STATE_DIR/relay.key, generated on first start)",
+    )
+    pol = sp.add_mutually_exclusive_group()
+    pol.add_argument("--open", action="store_true", help="serve any peer key")
+    pol.add_argument("--allow-file", metavar="FILE", help="serve the keys listed in FILE")
+    pol.add_argument(
+        "--allow-peers-of", metavar="IFACE", help="serve the peers of this WireGuard interface"
+    )
+    sp.add_argument("--metrics", metavar="ADDR:PORT", help="serve Prometheus metrics here")
+    sp.add_argument("--region", default="", help="region label for announcements")
+    sp.add_argument(
+        "--announce",
+        action="append",
+        metavar="ADDR:PORT",
+        help="public endpoint to announce (repeatable)",
+    )
+    sp.add_argument("--max-sessions-per-peer", type=_positive, default=32, metavar="N")
+    sp.add_argument(
+        "--idle-timeout",
+        type=_positive,
+        default=180,
+        metavar="SECONDS",
+        help="close sessions idle this long (default 180)",
+    )
+    add("add-bootstrap-relay", "add a bootstrap relay", _not_yet(4, "add-bootstrap-relay"))
+    add("configure-relay", "enable or disable relay fallback", _not_yet(5, "configure-relay"))
+    add("up", "run the agent beside a WireGuard interface", _not_yet(4, "up"))
+    add("status", "show per-peer paths", _not_yet(5, "status"))
+    add("demo", "show a relayed path working (loopback today; namespaces with #4)", cmd_demo)
+    return p
+
+
+def _setup_logging(verbose: int, quiet: int) -> None:
+    level = logging.INFO + 10 * (quiet - verbose)
+    logging.basicConfig(
+        level=max(logging.DEBUG, min(level, logging.CRITICAL)),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help(sys.stderr)
+        return EXIT_USAGE
+    _setup_logging(args.verbose, args.quiet)
+    if args.state_dir is None:
+        args.state_dir = default_state_dir()
+    try:
+        return int(args.handler(args))
+    except WgRelayError as e:
+        print(f"wgrelay: error: {e}", file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        return 130
+    except Exception as e:  # a bug: still one line, the traceback only on request
+        if args.verbose >= 2:
+            raise
+        print(f"wgrelay: internal error: {type(e).__name__}: {e} (rerun with -vv)", file=sys.stderr)
+        return EXIT_BUG

@@ -1,0 +1,135 @@
+"""Wire constants: message types, sizes, status and reason codes.
+
+Every datagram starts with a one-byte message type. WireGuard's own messages
+start with 1-4 (a little-endian u32 type whose first byte is 1..4), so our types
+live at 0x10 and above and a WireGuard packet can never be mistaken for ours.
+Byte layouts are in docs/PROTOCOL.md; the comment next to each type is a summary.
+"""
+
+from __future__ import annotations
+
+from enum import IntEnum
+
+PROTOCOL_VERSION = 1
+"""Carried by every control message, announcement and cookie reply."""
+
+
+class MsgType(IntEnum):
+    # data plane: type u8 | flags u8 | session_id 8B | WireGuard packet
+    DATA = 0x10
+
+    # control plane, inside the encrypted envelope (see envelope.py)
+    REGISTER = 0x20  # flags u8 | keepalive_s u16
+    REGISTERED = 0x21  # ttl_s u16 | heartbeat_s u16 | observed endpoint
+    HEARTBEAT = 0x22  # seq u32
+    HEARTBEAT_ACK = 0x23  # seq u32 | status u8
+    CONNECTION_REQUEST = 0x24  # request_id u32 | target key 32B
+    CONNECTION_RESPONSE = 0x25  # request_id u32 | status u8 | session 8B | idle_s u16 | kBps u32
+    SESSION_OFFER = 0x26  # session 8B | initiator key 32B
+    SESSION_ANSWER = 0x27  # session 8B | accept u8
+    SESSION_CLOSE = 0x28  # session 8B | reason u8
+    ERROR = 0x29  # code u8 | ref_type u8 | detail str8
+    PING = 0x2A  # echo_id u64
+    PONG = 0x2B  # echo_id u64 | load_pct u8
+    DISCOVERY_QUERY = 0x2C  # query_id u32 | flags u8 | max u8 | caps u32 | region str8 | [key]
+    DISCOVERY_RESPONSE = 0x2D  # query_id u32 | flags u8 | [location] | n u8 | n x (u16 len, ann)
+
+    # signed, readable by anyone: type | version | RelayNodeInfo | issued_ms u64 | ttl_s u32 | sig
+    ANNOUNCEMENT = 0x30
+    # unauthenticated and stateless: type | version | echo 8B | cookie 16B
+    COOKIE_REPLY = 0x31
+
+
+CONTROL_TYPES = frozenset(t for t in MsgType if 0x20 <= t <= 0x2F)
+
+# Control messages sent by the server side of a channel (the relay a peer or
+# another relay contacted). The envelope's FROM_SERVER flag must agree.
+SERVER_TO_CLIENT = frozenset(
+    {
+        MsgType.REGISTERED,
+        MsgType.HEARTBEAT_ACK,
+        MsgType.CONNECTION_RESPONSE,
+        MsgType.SESSION_OFFER,
+        MsgType.ERROR,
+        MsgType.PONG,
+        MsgType.DISCOVERY_RESPONSE,
+    }
+)
+
+# ------------------------------------------------------------------ sizes
+
+KEY_LEN = 32
+SESSION_ID_LEN = 8
+NONCE_LEN = 24
+TAG_LEN = 16
+COOKIE_LEN = 16
+COOKIE_ECHO_LEN = 8
+SIGNATURE_LEN = 64
+TIMESTAMP_LEN = 8
+
+DATA_HEADER_LEN = 10
+"""type + flags + session id. A 1452-byte WireGuard packet becomes 1462 bytes."""
+
+MAX_DATA_PAYLOAD = 9216
+"""Largest WireGuard packet we carry (covers jumbo-frame MTUs up to ~9100)."""
+
+MAX_CONTROL_SIZE = 1200
+"""Hard cap on any control datagram: fits an IPv6 minimum-MTU path unfragmented."""
+
+MAX_REGION_LEN = 32
+MAX_DETAIL_LEN = 120
+MAX_ENDPOINTS = 8
+MAX_ANNOUNCEMENTS_PER_RESPONSE = 6
+
+# ------------------------------------------------------------------ codes
+
+
+class Status(IntEnum):
+    """ConnectionResponse status codes (the seed's list)."""
+
+    SUCCESS = 0
+    REJECTED = 1
+    TARGET_UNREACHABLE = 2
+    AUTH_FAILED = 3
+    RESOURCE_LIMIT = 4
+    ERROR = 5
+
+
+class CloseReason(IntEnum):
+    NORMAL = 0
+    IDLE = 1
+    SHUTDOWN = 2
+    PEER_GONE = 3
+    REPLACED = 4
+    QUOTA = 5
+
+
+class ErrorCode(IntEnum):
+    MALFORMED = 1
+    NOT_REGISTERED = 2
+    AUTH_FAILED = 3
+    RESOURCE_LIMIT = 4
+    UNKNOWN_SESSION = 5
+    INTERNAL = 6
+    SHUTTING_DOWN = 7
+
+
+class HeartbeatStatus(IntEnum):
+    OK = 0
+    NOT_REGISTERED = 1
+
+
+class Capability(IntEnum):
+    """Bits of RelayNodeInfo.capabilities."""
+
+    UDP_RELAY = 1 << 0
+    TCP_FALLBACK = 1 << 1
+    IPV6 = 1 << 2
+    DISCOVERY = 1 << 3
+    GOSSIP = 1 << 4
+
+
+REGISTER_FLAG_ACCEPT_INCOMING = 0x01
+QUERY_FLAG_WANT_RELAYS = 0x01
+QUERY_FLAG_LOCATE_PEER = 0x02
+RESPONSE_FLAG_LOCATED = 0x01

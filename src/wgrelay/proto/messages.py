@@ -1,0 +1,431 @@
+"""Control message bodies: frozen dataclasses with their encoders and decoders.
+
+A body is what sits inside the encrypted envelope after the timestamp. The type
+byte lives in the envelope header, so a body never repeats it. Every decoder reads
+through ``Buffer`` and ends with ``expect_end()``: a body with trailing bytes is
+malformed, not silently accepted.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import ClassVar, Self, TypeVar
+
+from wgrelay.errors import LocalProtocolError, Malformed
+from wgrelay.keys import PublicKey
+from wgrelay.proto.buffer import Buffer, Endpoint, Writer
+from wgrelay.proto.constants import (
+    KEY_LEN,
+    MAX_DETAIL_LEN,
+    MAX_ENDPOINTS,
+    MAX_REGION_LEN,
+    QUERY_FLAG_LOCATE_PEER,
+    RESPONSE_FLAG_LOCATED,
+    SESSION_ID_LEN,
+    CloseReason,
+    ErrorCode,
+    HeartbeatStatus,
+    MsgType,
+    Status,
+)
+
+
+def _pull_key(b: Buffer) -> PublicKey:
+    return PublicKey(b.pull_bytes(KEY_LEN))
+
+
+_E = TypeVar("_E", Status, CloseReason, ErrorCode, HeartbeatStatus)
+
+
+def _pull_enum(b: Buffer, enum: type[_E]) -> _E:
+    v = b.pull_u8()
+    try:
+        return enum(v)
+    except ValueError:
+        raise Malformed(f"unknown {enum.__name__} {v}") from None
+
+
+def _check_session_id(sid: bytes) -> None:
+    if len(sid) != SESSION_ID_LEN:
+        raise LocalProtocolError("session ids are 8 bytes")
+
+
+class Body(ABC):
+    """Base of control message bodies."""
+
+    TYPE: ClassVar[MsgType]
+    __slots__ = ()
+
+    @abstractmethod
+    def encode_body(self, w: Writer) -> None: ...
+
+    @classmethod
+    @abstractmethod
+    def decode_body(cls, b: Buffer) -> Self: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Register(Body):
+    """A peer registers at (or refreshes with) its home relay."""
+
+    TYPE: ClassVar[MsgType] = MsgType.REGISTER
+    flags: int = 0
+    keepalive_s: int = 0
+
+    def encode_body(self, w: Writer) -> None:
+        w.push_u8(self.flags)
+        w.push_u16(self.keepalive_s)
+
+    @classmethod
+    def decode_body(cls, b: Buffer) -> Self:
+        return cls(flags=b.pull_u8(), keepalive_s=b.pull_u16())
+
+
+@dataclass(frozen=True, slots=True)
+class Registered(Body):
+    """The relay accepted a registration; tells the peer how it looks from outside."""
+
+    TYPE: ClassVar[MsgType] = MsgType.REGISTERED
+    ttl_s: int
+    heartbeat_s: int
+    observed: Endpoint
+
+    def encode_body(self, w: Writer) -> None:
+        w.push_u16(self.ttl_s)
+        w.push_u16(self.heartbeat_s)
+        w.push_endpoint(self.observed)
+
+    @classmethod
+    def decode_body(cls, b: Buffer) -> Self:
+        return cls(ttl_s=b.pull_u16(), heartbeat_s=b.pull_u16(), observed=b.pull_endpoint())
+
+
+@dataclass(frozen=True, slots=True)
+class Heartbeat(Body):
+    TYPE: ClassVar[MsgType] = MsgType.HEARTBEAT
+    seq: int
+
+    def encode_body(self, w: Writer) -> None:
+        w.push_u32(self.seq)
+
+    @classmethod
+    def decode_body(cls, b: Buffer) -> Self:
+        return cls(seq=b.pull_u32())
+
+
+@dataclass(frozen=True, slots=True)
+class HeartbeatAck(Body):
+    TYPE: ClassVar[MsgType] = MsgType.HEARTBEAT_ACK
+    seq: int
+    status: HeartbeatStatus = HeartbeatStatus.OK
+
+    def encode_body(self, w: Writer) -> None:
+        w.push_u32(self.seq)
+        w.push_u8(self.status)
+
+    @classmethod
+    def decode_body(cls, b: Buffer) -> Self:
+        return cls(seq=b.pull_u32(), status=_pull_enum(b, HeartbeatStatus))
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectionRequest(Body):
+    """Peer A asks its relay for a session to peer ``target``."""
+
+    TYPE: ClassVar[MsgType] = MsgType.CONNECTION_REQUEST
+    request_id: int
+    target: PublicKey
+
+    def encode_body(self, w: Writer) -> None:
+        w.push_u32(self.request_id)
+        w.push_bytes(self.target.raw, KEY_LEN)
+
+    @classmethod
+    def decode_body(cls, b: Buffer) -> Self:
+        return cls(request_id=b.pull_u32(), target=_pull_key(b))
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectionResponse(Body):
+    TYPE: ClassVar[MsgType] = MsgType.CONNECTION_RESPONSE
+    request_id: int
+    status: Status
+    session_id: bytes = bytes(SESSION_ID_LEN)
+    idle_timeout_s: int = 0
+    max_bandwidth_kbps: int = 0
+    """Per-connection cap in kilobytes per second (0: none)."""
+
+    def encode_body(self, w: Writer) -> None:
+        _check_session_id(self.session_id)
+        w.push_u32(self.request_id)
+        w.push_u8(self.status)
+        w.push_bytes(self.session_id)
+        w.push_u16(self.idle_timeout_s)
+        w.push_u32(self.max_bandwidth_kbps)
+
+    @classmethod
+    def decode_body(cls, b: Buffer) -> Self:
+        return cls(
+            request_id=b.pull_u32(),
+            status=_pull_enum(b, Status),
+            session_id=b.pull_bytes(SESSION_ID_LEN),
+            idle_timeout_s=b.pull_u16(),
+            max_bandwidth_kbps=b.pull_u32(),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class SessionOffer(Body):
+    """Notice to the target peer: ``initiator`` wants a session through this relay."""
+
+    TYPE: ClassVar[MsgType] = MsgType.SESSION_OFFER
+    session_id: bytes
+    initiator: PublicKey
+
+    def encode_body(self, w: Writer) -> None:
+        _check_session_id(self.session_id)
+        w.push_bytes(self.session_id)
+        w.push_bytes(self.initiator.raw, KEY_LEN)
+
+    @classmethod
+    def decode_body(cls, b: Buffer) -> Self:
+        return cls(session_id=b.pull_bytes(SESSION_ID_LEN), initiator=_pull_key(b))
+
+
+@dataclass(frozen=True, slots=True)
+class SessionAnswer(Body):
+    TYPE: ClassVar[MsgType] = MsgType.SESSION_ANSWER
+    session_id: bytes
+    accept: bool
+
+    def encode_body(self, w: Writer) -> None:
+        _check_session_id(self.session_id)
+        w.push_bytes(self.session_id)
+        w.push_u8(1 if self.accept else 0)
+
+    @classmethod
+    def decode_body(cls, b: Buffer) -> Self:
+        sid = b.pull_bytes(SESSION_ID_LEN)
+        v = b.pull_u8()
+        if v > 1:
+            raise Malformed(f"accept must be 0 or 1, got {v}")
+        return cls(session_id=sid, accept=v == 1)
+
+
+@dataclass(frozen=True, slots=True)
+class SessionClose(Body):
+    TYPE: ClassVar[MsgType] = MsgType.SESSION_CLOSE
+    session_id: bytes
+    reason: CloseReason = CloseReason.NORMAL
+
+    def encode_body(self, w: Writer) -> None:
+        _check_session_id(self.session_id)
+        w.push_bytes(self.session_id)
+        w.push_u8(self.reason)
+
+    @classmethod
+    def decode_body(cls, b: Buffer) -> Self:
+        return cls(session_id=b.pull_bytes(SESSION_ID_LEN), reason=_pull_enum(b, CloseReason))
+
+
+@dataclass(frozen=True, slots=True)
+class Error(Body):
+    """An error with a reason code, referring to the message type that caused it."""
+
+    TYPE: ClassVar[MsgType] = MsgType.ERROR
+    code: ErrorCode
+    ref_type: int = 0
+    detail: str = ""
+
+    def encode_body(self, w: Writer) -> None:
+        w.push_u8(self.code)
+        w.push_u8(self.ref_type)
+        w.push_str8(self.detail, MAX_DETAIL_LEN)
+
+    @classmethod
+    def decode_body(cls, b: Buffer) -> Self:
+        return cls(
+            code=_pull_enum(b, ErrorCode), ref_type=b.pull_u8(), detail=b.pull_str8(MAX_DETAIL_LEN)
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Ping(Body):
+    """RTT echo request; the sender keeps its own send time."""
+
+    TYPE: ClassVar[MsgType] = MsgType.PING
+    echo_id: int
+
+    def encode_body(self, w: Writer) -> None:
+        w.push_u64(self.echo_id)
+
+    @classmethod
+    def decode_body(cls, b: Buffer) -> Self:
+        return cls(echo_id=b.pull_u64())
+
+
+@dataclass(frozen=True, slots=True)
+class Pong(Body):
+    TYPE: ClassVar[MsgType] = MsgType.PONG
+    echo_id: int
+    load_pct: int = 0
+
+    def encode_body(self, w: Writer) -> None:
+        w.push_u64(self.echo_id)
+        w.push_u8(self.load_pct)
+
+    @classmethod
+    def decode_body(cls, b: Buffer) -> Self:
+        echo_id = b.pull_u64()
+        load = b.pull_u8()
+        if load > 100:
+            raise Malformed(f"load {load}% > 100")
+        return cls(echo_id=echo_id, load_pct=load)
+
+
+@dataclass(frozen=True, slots=True)
+class DiscoveryQuery(Body):
+    """Ask a relay for relays it knows (filtered) and/or where a peer is registered.
+
+    ``flags`` holds the want-relays bit; the locate bit on the wire is derived
+    from ``locate`` (so the two can never disagree).
+    """
+
+    TYPE: ClassVar[MsgType] = MsgType.DISCOVERY_QUERY
+    query_id: int
+    flags: int
+    max_results: int = 6
+    required_caps: int = 0
+    region: str = ""
+    locate: PublicKey | None = None
+
+    def encode_body(self, w: Writer) -> None:
+        flags = self.flags & ~QUERY_FLAG_LOCATE_PEER
+        if self.locate is not None:
+            flags |= QUERY_FLAG_LOCATE_PEER
+        w.push_u32(self.query_id)
+        w.push_u8(flags)
+        w.push_u8(self.max_results)
+        w.push_u32(self.required_caps)
+        w.push_str8(self.region, MAX_REGION_LEN)
+        if self.locate is not None:
+            w.push_bytes(self.locate.raw, KEY_LEN)
+
+    @classmethod
+    def decode_body(cls, b: Buffer) -> Self:
+        qid = b.pull_u32()
+        flags = b.pull_u8()
+        max_results = b.pull_u8()
+        caps = b.pull_u32()
+        region = b.pull_str8(MAX_REGION_LEN)
+        locate = _pull_key(b) if flags & QUERY_FLAG_LOCATE_PEER else None
+        return cls(
+            query_id=qid,
+            flags=flags & ~QUERY_FLAG_LOCATE_PEER,  # carried by `locate` instead
+            max_results=max_results,
+            required_caps=caps,
+            region=region,
+            locate=locate,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class PeerLocation:
+    """Where a peer is registered: its home relay's key and endpoint."""
+
+    relay: PublicKey
+    endpoint: Endpoint
+
+
+@dataclass(frozen=True, slots=True)
+class DiscoveryResponse(Body):
+    """Signed announcements (each verifiable on its own) and an optional location."""
+
+    TYPE: ClassVar[MsgType] = MsgType.DISCOVERY_RESPONSE
+    query_id: int
+    announcements: tuple[bytes, ...] = ()
+    location: PeerLocation | None = None
+
+    def encode_body(self, w: Writer) -> None:
+        w.push_u32(self.query_id)
+        w.push_u8(RESPONSE_FLAG_LOCATED if self.location is not None else 0)
+        if self.location is not None:
+            w.push_bytes(self.location.relay.raw, KEY_LEN)
+            w.push_endpoint(self.location.endpoint)
+        w.push_u8(len(self.announcements))
+        for ann in self.announcements:
+            w.push_u16(len(ann))
+            w.push_bytes(ann)
+
+    @classmethod
+    def decode_body(cls, b: Buffer) -> Self:
+        qid = b.pull_u32()
+        flags = b.pull_u8()
+        location = None
+        if flags & RESPONSE_FLAG_LOCATED:
+            location = PeerLocation(relay=_pull_key(b), endpoint=b.pull_endpoint())
+        n = b.pull_u8()
+        anns = tuple(b.pull_bytes(b.pull_u16()) for _ in range(n))
+        return cls(query_id=qid, announcements=anns, location=location)
+
+
+BODY_TYPES: dict[MsgType, type[Body]] = {
+    cls.TYPE: cls
+    for cls in (
+        Register,
+        Registered,
+        Heartbeat,
+        HeartbeatAck,
+        ConnectionRequest,
+        ConnectionResponse,
+        SessionOffer,
+        SessionAnswer,
+        SessionClose,
+        Error,
+        Ping,
+        Pong,
+        DiscoveryQuery,
+        DiscoveryResponse,
+    )
+}
+
+
+def encode_body(body: Body) -> bytes:
+    w = Writer()
+    body.encode_body(w)
+    return w.getvalue()
+
+
+def decode_body(msg_type: MsgType, data: bytes) -> Body:
+    cls = BODY_TYPES.get(msg_type)
+    if cls is None:
+        raise Malformed(f"type {msg_type:#x} has no control body")
+    b = Buffer(data)
+    body = cls.decode_body(b)
+    b.expect_end()
+    return body
+
+
+__all__ = [
+    "BODY_TYPES",
+    "MAX_ENDPOINTS",
+    "Body",
+    "ConnectionRequest",
+    "ConnectionResponse",
+    "DiscoveryQuery",
+    "DiscoveryResponse",
+    "Error",
+    "Heartbeat",
+    "HeartbeatAck",
+    "PeerLocation",
+    "Ping",
+    "Pong",
+    "Register",
+    "Registered",
+    "SessionAnswer",
+    "SessionClose",
+    "SessionOffer",
+    "decode_body",
+    "encode_body",
+]

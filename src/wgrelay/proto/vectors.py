@@ -1,0 +1,159 @@
+"""Deterministic test vectors for docs/PROTOCOL.md.
+
+``python -m wgrelay.proto.vectors`` prints the block that the document carries;
+tests/unit/test_vectors.py checks that the document and the code agree byte for
+byte, and that every vector decodes back to the value it was built from.
+"""
+
+from __future__ import annotations
+
+from wgrelay.keys import PrivateKey, PublicKey, RelayIdentity, clamp
+from wgrelay.proto.announce import RelayNodeInfo, encode_announcement
+from wgrelay.proto.constants import (
+    QUERY_FLAG_WANT_RELAYS,
+    REGISTER_FLAG_ACCEPT_INCOMING,
+    Capability,
+    CloseReason,
+    ErrorCode,
+    HeartbeatStatus,
+    Status,
+)
+from wgrelay.proto.cookie import encode_cookie_reply
+from wgrelay.proto.data import encode_data
+from wgrelay.proto.envelope import derive_client_keys, derive_server_keys, seal_control
+from wgrelay.proto.messages import (
+    Body,
+    ConnectionRequest,
+    ConnectionResponse,
+    DiscoveryQuery,
+    DiscoveryResponse,
+    Error,
+    Heartbeat,
+    HeartbeatAck,
+    PeerLocation,
+    Ping,
+    Pong,
+    Register,
+    Registered,
+    SessionAnswer,
+    SessionClose,
+    SessionOffer,
+)
+
+PEER_PRIVATE = PrivateKey(clamp(bytes(range(1, 33))))
+OTHER_PEER = PrivateKey(clamp(bytes(range(101, 133)))).public_key()
+RELAY = RelayIdentity.from_seed(bytes(range(65, 97)))
+NONCE = bytes(range(24))
+TIMESTAMP_US = 1_700_000_000_000_000
+SESSION_ID = bytes.fromhex("0102030405060708")
+COOKIE = bytes(range(200, 216))
+ISSUED_MS = 1_700_000_000_000
+
+INFO = RelayNodeInfo(
+    key=RELAY.public,
+    endpoints=(("203.0.113.10", 51821), ("2001:db8::10", 51821)),
+    region="eu-west",
+    capabilities=Capability.UDP_RELAY | Capability.DISCOVERY | Capability.IPV6,
+    load_pct=12,
+    max_sessions=100,
+)
+ANNOUNCEMENT = encode_announcement(INFO, ISSUED_MS, 600, RELAY)
+
+# (name, body, sent by the relay?)
+CONTROL_VECTORS: list[tuple[str, Body, bool]] = [
+    ("register", Register(flags=REGISTER_FLAG_ACCEPT_INCOMING, keepalive_s=10), False),
+    ("registered", Registered(ttl_s=60, heartbeat_s=10, observed=("198.51.100.7", 40001)), True),
+    ("heartbeat", Heartbeat(seq=7), False),
+    ("heartbeat_ack", HeartbeatAck(seq=7, status=HeartbeatStatus.OK), True),
+    ("connection_request", ConnectionRequest(request_id=42, target=OTHER_PEER), False),
+    (
+        "connection_response",
+        ConnectionResponse(
+            request_id=42,
+            status=Status.SUCCESS,
+            session_id=SESSION_ID,
+            idle_timeout_s=180,
+            max_bandwidth_kbps=1000,
+        ),
+        True,
+    ),
+    ("session_offer", SessionOffer(session_id=SESSION_ID, initiator=OTHER_PEER), True),
+    ("session_answer", SessionAnswer(session_id=SESSION_ID, accept=True), False),
+    ("session_close", SessionClose(session_id=SESSION_ID, reason=CloseReason.IDLE), True),
+    ("error", Error(code=ErrorCode.NOT_REGISTERED, ref_type=0x24, detail="register first"), True),
+    ("ping", Ping(echo_id=0x1122334455667788), False),
+    ("pong", Pong(echo_id=0x1122334455667788, load_pct=12), True),
+    (
+        "discovery_query",
+        DiscoveryQuery(
+            query_id=9,
+            flags=QUERY_FLAG_WANT_RELAYS,
+            max_results=4,
+            region="eu-west",
+            locate=OTHER_PEER,
+        ),
+        False,
+    ),
+    (
+        "discovery_response",
+        DiscoveryResponse(
+            query_id=9,
+            announcements=(ANNOUNCEMENT,),
+            location=PeerLocation(relay=RELAY.public, endpoint=("203.0.113.10", 51821)),
+        ),
+        True,
+    ),
+]
+
+
+def peer_public() -> PublicKey:
+    return PEER_PRIVATE.public_key()
+
+
+def sealed(body: Body, from_relay: bool) -> bytes:
+    """The vector's full datagram: sealed by the relay or by the peer."""
+    peer_pub = peer_public().raw
+    if from_relay:
+        keys = derive_server_keys(RELAY.x25519_public, RELAY.x25519_private, peer_pub)
+        sender = RELAY.x25519_public
+    else:
+        keys = derive_client_keys(peer_pub, PEER_PRIVATE.raw, RELAY.x25519_public)
+        sender = peer_pub
+    return seal_control(body, sender=sender, keys=keys, timestamp_us=TIMESTAMP_US, nonce=NONCE)
+
+
+def all_vectors() -> dict[str, bytes]:
+    out: dict[str, bytes] = {}
+    out["data"] = encode_data(SESSION_ID, bytes.fromhex("04000000") + bytes(12))
+    for name, body, from_relay in CONTROL_VECTORS:
+        out[name] = sealed(body, from_relay)
+    out["register_with_cookie"] = seal_control(
+        Register(flags=REGISTER_FLAG_ACCEPT_INCOMING, keepalive_s=10),
+        sender=peer_public().raw,
+        keys=derive_client_keys(peer_public().raw, PEER_PRIVATE.raw, RELAY.x25519_public),
+        timestamp_us=TIMESTAMP_US,
+        nonce=NONCE,
+        cookie=COOKIE,
+    )
+    out["cookie_reply"] = encode_cookie_reply(NONCE[:8], COOKIE)
+    out["announcement"] = ANNOUNCEMENT
+    return out
+
+
+def render() -> str:
+    lines = [
+        f"peer_private: {PEER_PRIVATE}",
+        f"peer_public: {peer_public()}",
+        f"other_peer_public: {OTHER_PEER}",
+        f"relay_seed: {RELAY}",
+        f"relay_public: {RELAY.public}",
+        f"relay_x25519_public: {RELAY.x25519_public.hex()}",
+        f"nonce: {NONCE.hex()}",
+        f"timestamp_us: {TIMESTAMP_US}",
+    ]
+    lines += [f"{name}: {raw.hex()}" for name, raw in all_vectors().items()]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    print(render())

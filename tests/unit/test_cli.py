@@ -1,0 +1,100 @@
+"""The command line, run as a real subprocess: help, exit codes, one-line errors."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+
+def cli(*args: str, state: Path | None = None) -> subprocess.CompletedProcess[str]:
+    env = dict(os.environ)
+    if state is not None:
+        env["WGRELAY_STATE_DIR"] = str(state)
+    return subprocess.run(
+        [sys.executable, "-m", "wgrelay", *args],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env=env,
+    )
+
+
+def test_help_lists_the_seed_commands_and_ours() -> None:
+    out = cli("--help").stdout
+    for cmd in (
+        "list-relays",
+        "start-relay",
+        "add-bootstrap-relay",
+        "configure-relay",
+        "up",
+        "status",
+        "keygen",
+        "pubkey",
+        "demo",
+    ):
+        assert cmd in out
+
+
+def one_line_error(res: subprocess.CompletedProcess[str]) -> str:
+    assert "Traceback" not in res.stderr
+    lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1, res.stderr
+    return lines[0]
+
+
+@pytest.mark.parametrize(
+    ("args", "fragment"),
+    [
+        (("start-relay",), "choose exactly one of --open"),
+        (("start-relay", "--open", "--max-connections", "0"), "positive integer"),
+        (("start-relay", "--open", "--port", "70000"), "not a port"),
+        (("start-relay", "--open", "--bind", "nonsense"), "not an IP address"),
+        (("start-relay", "--open", "--metrics", "nowhere"), "HOST:PORT"),
+        (("start-relay", "--allow-file", "/nonexistent/allow"), "cannot load allow file"),
+        (("start-relay", "--open", "--allow-file", "x"), "not allowed with argument"),
+        (("no-such-command",), "invalid choice"),
+    ],
+)
+def test_bad_flags_are_one_clear_line(tmp_path: Path, args: tuple[str, ...], fragment: str) -> None:
+    res = cli(*args, state=tmp_path)
+    assert res.returncode != 0
+    assert fragment in one_line_error(res)
+
+
+def test_unusable_relay_key_file(tmp_path: Path) -> None:
+    key = tmp_path / "relay.key"
+    key.write_text("not a key\n")
+    key.chmod(0o600)
+    res = cli(
+        "start-relay",
+        "--open",
+        "--key-file",
+        str(key),
+        "--bind",
+        "127.0.0.1",
+        "--port",
+        "0",
+        state=tmp_path,
+    )
+    assert res.returncode == 1
+    assert "44 base64" in one_line_error(res)
+    key.chmod(0o644)
+    res = cli("start-relay", "--open", "--key-file", str(key), state=tmp_path)
+    assert "chmod 600" in one_line_error(res)
+
+
+def test_port_in_use_is_a_clear_error(tmp_path: Path) -> None:
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+        res = cli(
+            "start-relay", "--open", "--bind", "127.0.0.1", "--port", str(port), state=tmp_path
+        )
+    assert res.returncode == 1
+    assert "cannot bind UDP 127.0.0.1" in one_line_error(res)
