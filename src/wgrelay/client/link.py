@@ -1,0 +1,582 @@
+"""The client side of one relay (the seed's RelayConnection), sans-I/O.
+
+Theory of operation
+-------------------
+A ``RelayLink`` is our relationship with one relay: a registration kept alive by
+heartbeats, the sessions we hold there, and the requests in flight. The asyncio
+layer feeds it every control datagram from the relay (``receive``), calls
+``handle_timer`` at ``next_timer()``, sends ``datagrams_to_send()`` to the relay's
+address and drains ``next_event()``. Data frames never pass through here: the
+layer looks their session id up in ``sessions``.
+
+Every request (REGISTER, HEARTBEAT, CONNECTION_REQUEST, PING, DISCOVERY_QUERY) is
+retransmitted, freshly sealed each time (a byte-identical resend would be
+rejected as a replay), until answered or until its deadline. The relay's
+handlers are idempotent, so a retransmission whose first copy did arrive is
+harmless.
+
+States::
+
+    IDLE --connect--> REGISTERING --REGISTERED--> REGISTERED
+    REGISTERED --HEARTBEAT_ACK(not registered) / NOT_REGISTERED error--> REGISTERING
+    any --nothing heard for lost_after_s--> LOST (keeps registering, with backoff)
+    any --AUTH_FAILED error--> REJECTED (stops)
+
+When a relay restarts it answers our next heartbeat with "not registered": the
+link registers again and re-requests every session it had asked for (the set
+``wanted``), so sessions come back without the caller doing anything. Sessions
+the other side initiated come back when that side re-requests them.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from enum import Enum
+
+from wgrelay.errors import RemoteProtocolError
+from wgrelay.keys import PrivateKey, PublicKey, relay_x25519_public
+from wgrelay.proto.announce import Announcement, decode_announcement
+from wgrelay.proto.buffer import Endpoint
+from wgrelay.proto.constants import (
+    NONCE_LEN,
+    QUERY_FLAG_WANT_RELAYS,
+    REGISTER_FLAG_ACCEPT_INCOMING,
+    CloseReason,
+    ErrorCode,
+    HeartbeatStatus,
+    MsgType,
+    Status,
+)
+from wgrelay.proto.cookie import decode_cookie_reply
+from wgrelay.proto.envelope import (
+    ReplayWindow,
+    Timestamper,
+    check_skew,
+    derive_client_keys,
+    open_control,
+    parse_control_header,
+    seal_control,
+)
+from wgrelay.proto.messages import (
+    Body,
+    ConnectionRequest,
+    ConnectionResponse,
+    DiscoveryQuery,
+    DiscoveryResponse,
+    Error,
+    Heartbeat,
+    HeartbeatAck,
+    PeerLocation,
+    Ping,
+    Pong,
+    Register,
+    Registered,
+    SessionAnswer,
+    SessionClose,
+    SessionOffer,
+)
+
+log = logging.getLogger(__name__)
+
+
+class LinkState(Enum):
+    IDLE = "idle"
+    REGISTERING = "registering"
+    REGISTERED = "registered"
+    LOST = "lost"
+    REJECTED = "rejected"
+
+
+@dataclass(frozen=True, slots=True)
+class LinkConfig:
+    request_timeout_s: float = 8.0
+    retransmit_initial_s: float = 0.5
+    retransmit_max_s: float = 2.0
+    default_heartbeat_s: float = 5.0
+    lost_after_s: float = 9.0
+    """Nothing authenticated heard from the relay for this long: the relay is lost."""
+    reregister_backoff_max_s: float = 8.0
+    cookie_lifetime_s: float = 100.0
+    accept_incoming: bool = True
+
+
+# ---------------------------------------------------------------- events
+
+
+@dataclass(frozen=True, slots=True)
+class LinkRegistered:
+    observed: Endpoint
+    heartbeat_s: int
+
+
+@dataclass(frozen=True, slots=True)
+class LinkLost:
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class LinkRejected:
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class SessionEstablished:
+    peer: PublicKey
+    session_id: bytes
+    incoming: bool
+
+
+@dataclass(frozen=True, slots=True)
+class SessionFailed:
+    peer: PublicKey
+    status: Status
+
+
+@dataclass(frozen=True, slots=True)
+class SessionEnded:
+    peer: PublicKey
+    session_id: bytes
+    reason: CloseReason
+
+
+@dataclass(frozen=True, slots=True)
+class RttMeasured:
+    rtt_s: float
+    load_pct: int
+
+
+@dataclass(frozen=True, slots=True)
+class DiscoveryAnswered:
+    query_id: int
+    located: PeerLocation | None
+    announcements: tuple[Announcement, ...]
+    asked_for: PublicKey | None
+
+
+@dataclass(frozen=True, slots=True)
+class QueryFailed:
+    query_id: int
+    asked_for: PublicKey | None
+
+
+LinkEvent = (
+    LinkRegistered
+    | LinkLost
+    | LinkRejected
+    | SessionEstablished
+    | SessionFailed
+    | SessionEnded
+    | RttMeasured
+    | DiscoveryAnswered
+    | QueryFailed
+)
+
+
+@dataclass(slots=True)
+class _Request:
+    body: Body
+    deadline: float
+    next_send: float
+    interval: float
+    sent_at: float
+    peer: PublicKey | None = None
+
+
+@dataclass(slots=True)
+class _Counters:
+    sent: int = 0
+    received: int = 0
+    retransmits: int = 0
+    drops: dict[str, int] = field(default_factory=dict)
+
+
+class RelayLink:
+    def __init__(
+        self,
+        private_key: PrivateKey,
+        relay_key: PublicKey,
+        config: LinkConfig,
+        now: float,
+        wall: Callable[[], float],
+        accept_offer: Callable[[PublicKey], bool] = lambda _peer: True,
+        rng: Callable[[int], bytes] = os.urandom,
+    ) -> None:
+        self.relay_key = relay_key
+        self.config = config
+        self._wall = wall
+        self._rng = rng
+        self._accept_offer = accept_offer
+        self._pub = private_key.public_key().raw
+        self._keys = derive_client_keys(self._pub, private_key.raw, relay_x25519_public(relay_key))
+        self._relay_x = relay_x25519_public(relay_key)
+        self._ts = Timestamper()
+        self._replay = ReplayWindow()
+        self.state = LinkState.IDLE
+        self.heartbeat_s = config.default_heartbeat_s
+        self.observed: Endpoint | None = None
+        self.last_heard = now
+        self.rtt_s: float | None = None
+        self.relay_load_pct: int | None = None
+        self._next_heartbeat = float("inf")
+        self._hb_seq = 0
+        self._register_backoff = config.retransmit_initial_s
+        self._cookie: tuple[bytes, float] | None = None
+        self._recent_nonces: dict[bytes, tuple[Body, float]] = {}
+        self._requests: dict[tuple[MsgType, int], _Request] = {}
+        self._next_id = int.from_bytes(rng(4), "big") & 0x7FFFFFFF
+        self._out: list[bytes] = []
+        self._events: list[LinkEvent] = []
+        self.sessions: dict[bytes, PublicKey] = {}
+        """Established sessions by id (the data path looks frames up here)."""
+        self.session_of: dict[PublicKey, bytes] = {}
+        self.wanted: set[PublicKey] = set()
+        """Peers we asked sessions for; re-requested after the relay forgets us."""
+        self.counters = _Counters()
+
+    # ------------------------------------------------------------ API
+
+    def connect(self, now: float) -> None:
+        if self.state in (LinkState.REGISTERING, LinkState.REGISTERED):
+            return
+        self.state = LinkState.REGISTERING
+        self.last_heard = now
+        self._register(now)
+
+    def request_session(self, peer: PublicKey, now: float) -> int:
+        """Ask the relay for a session to ``peer``; answered by an event."""
+        self.wanted.add(peer)
+        for (t, _), req in self._requests.items():
+            if t == MsgType.CONNECTION_REQUEST and req.peer == peer:
+                return req.body.request_id  # type: ignore[attr-defined, no-any-return]
+        rid = self._new_id()
+        self._start(ConnectionRequest(rid, peer), rid, now, peer=peer)
+        return rid
+
+    def close_session(self, peer: PublicKey, now: float) -> None:
+        self.wanted.discard(peer)
+        for key in [k for k, r in self._requests.items() if r.peer == peer]:
+            del self._requests[key]
+        sid = self.session_of.pop(peer, None)
+        if sid is not None:
+            self.sessions.pop(sid, None)
+            self._send(SessionClose(sid, CloseReason.NORMAL), now)
+
+    def ping(self, now: float) -> int:
+        echo = int.from_bytes(self._rng(8), "big")
+        self._start(Ping(echo), echo, now)
+        return echo
+
+    def query(
+        self,
+        now: float,
+        locate: PublicKey | None = None,
+        want_relays: bool = True,
+        region: str = "",
+    ) -> int:
+        qid = self._new_id()
+        body = DiscoveryQuery(
+            query_id=qid,
+            flags=QUERY_FLAG_WANT_RELAYS if want_relays else 0,
+            max_results=6,
+            region=region,
+            locate=locate,
+        )
+        self._start(body, qid, now, peer=locate)
+        return qid
+
+    def heartbeat_now(self, now: float) -> None:
+        """Send the next heartbeat at once (e.g. after our address may have changed)."""
+        if self.state == LinkState.REGISTERED:
+            self._next_heartbeat = now
+            self.handle_timer(now)
+
+    def shutdown(self, now: float) -> None:
+        """Close every session we hold (the relay expires the registration)."""
+        for peer in list(self.session_of):
+            self.close_session(peer, now)
+        self._requests.clear()
+        self.wanted.clear()
+        self.state = LinkState.IDLE
+        self._next_heartbeat = float("inf")
+
+    # ------------------------------------------------------------ outputs
+
+    def datagrams_to_send(self) -> list[bytes]:
+        out = self._out
+        self._out = []
+        return out
+
+    def next_event(self) -> LinkEvent | None:
+        return self._events.pop(0) if self._events else None
+
+    def next_timer(self) -> float:
+        t = self._next_heartbeat
+        for req in self._requests.values():
+            t = min(t, req.next_send, req.deadline)
+        if self.state in (LinkState.REGISTERED, LinkState.REGISTERING):
+            t = min(t, self.last_heard + self.config.lost_after_s)
+        return t
+
+    # ------------------------------------------------------------ sending
+
+    def _new_id(self) -> int:
+        self._next_id = (self._next_id + 1) & 0xFFFFFFFF
+        return self._next_id
+
+    def _send(self, body: Body, now: float) -> None:
+        nonce = self._rng(NONCE_LEN)
+        cookie = None
+        if self._cookie is not None:
+            if now - self._cookie[1] < self.config.cookie_lifetime_s:
+                cookie = self._cookie[0]
+            else:
+                self._cookie = None
+        self._out.append(
+            seal_control(
+                body,
+                sender=self._pub,
+                keys=self._keys,
+                timestamp_us=self._ts.next(self._wall()),
+                nonce=nonce,
+                cookie=cookie,
+            )
+        )
+        self.counters.sent += 1
+        if self.state != LinkState.REGISTERED or self._cookie is not None:
+            # remember what we sent, in case a cookie reply asks us to repeat it
+            self._recent_nonces[nonce[:8]] = (body, now)
+            if len(self._recent_nonces) > 32:
+                self._recent_nonces.pop(next(iter(self._recent_nonces)))
+
+    def _start(self, body: Body, ident: int, now: float, peer: PublicKey | None = None) -> None:
+        iv = self.config.retransmit_initial_s
+        self._requests[(body.TYPE, ident)] = _Request(
+            body=body,
+            deadline=now + self.config.request_timeout_s,
+            next_send=now + iv,
+            interval=iv,
+            sent_at=now,
+            peer=peer,
+        )
+        self._send(body, now)
+
+    def _register(self, now: float) -> None:
+        flags = REGISTER_FLAG_ACCEPT_INCOMING if self.config.accept_incoming else 0
+        body = Register(flags=flags, keepalive_s=int(self.heartbeat_s))
+        self._requests.pop((MsgType.REGISTER, 0), None)
+        self._start(body, 0, now)
+
+    # ------------------------------------------------------------ receiving
+
+    def receive(self, data: bytes, now: float) -> None:
+        """A control datagram (or cookie reply) from the relay's address."""
+        self.counters.received += 1
+        if data[:1] == bytes((MsgType.COOKIE_REPLY,)):
+            self._receive_cookie(data, now)
+            return
+        try:
+            hdr = parse_control_header(data)
+            if hdr.sender.raw != self._relay_x:
+                self._drop("wrong_sender")
+                return
+            ts, body = open_control(data, hdr, self._keys)
+            check_skew(ts, self._wall())
+            self._replay.accept(ts)
+        except RemoteProtocolError as e:
+            self._drop(e.reason)
+            return
+        self.last_heard = now
+        handler = getattr(self, f"_on_{type(body).__name__}", None)
+        if handler is None:
+            self._drop("unexpected")
+            return
+        handler(body, now)
+
+    def _drop(self, reason: str) -> None:
+        self.counters.drops[reason] = self.counters.drops.get(reason, 0) + 1
+
+    def _receive_cookie(self, data: bytes, now: float) -> None:
+        try:
+            reply = decode_cookie_reply(data)
+        except RemoteProtocolError as e:
+            self._drop(e.reason)
+            return
+        sent = self._recent_nonces.pop(reply.echo, None)
+        if sent is None:
+            self._drop("unsolicited_cookie")
+            return
+        self._cookie = (reply.cookie, now)
+        self._send(sent[0], now)
+
+    def _finish(self, t: MsgType, ident: int) -> _Request | None:
+        return self._requests.pop((t, ident), None)
+
+    def _on_Registered(self, body: Registered, now: float) -> None:
+        if self._finish(MsgType.REGISTER, 0) is None and self.state == LinkState.REGISTERED:
+            return  # duplicate
+        was_lost = self.state != LinkState.REGISTERED
+        self.state = LinkState.REGISTERED
+        self.observed = body.observed
+        self.heartbeat_s = float(max(1, body.heartbeat_s))
+        self._next_heartbeat = now + self.heartbeat_s
+        self._register_backoff = self.config.retransmit_initial_s
+        self._recent_nonces.clear()
+        self._events.append(LinkRegistered(body.observed, body.heartbeat_s))
+        if was_lost:
+            for peer in self.wanted:
+                if peer not in self.session_of:
+                    self.request_session(peer, now)
+
+    def _on_HeartbeatAck(self, body: HeartbeatAck, now: float) -> None:
+        self._finish(MsgType.HEARTBEAT, body.seq)
+        if body.status == HeartbeatStatus.NOT_REGISTERED:
+            self._forgotten(now, "relay no longer knows us (restarted?)")
+
+    def _forgotten(self, now: float, why: str) -> None:
+        """The relay lost our registration: its sessions are gone too."""
+        log.info("relay %s: %s; registering again", self.relay_key.short(), why)
+        self._end_all_sessions(CloseReason.PEER_GONE)
+        self.state = LinkState.REGISTERING
+        self._register(now)
+
+    def _end_all_sessions(self, reason: CloseReason) -> None:
+        for sid, peer in list(self.sessions.items()):
+            self._events.append(SessionEnded(peer, sid, reason))
+        self.sessions.clear()
+        self.session_of.clear()
+
+    def _on_ConnectionResponse(self, body: ConnectionResponse, now: float) -> None:
+        req = self._finish(MsgType.CONNECTION_REQUEST, body.request_id)
+        if req is None or req.peer is None:
+            return  # duplicate or answer to a request we gave up on
+        peer = req.peer
+        if body.status == Status.SUCCESS:
+            self._bind(peer, body.session_id, incoming=False)
+        else:
+            self.wanted.discard(peer)
+            self._events.append(SessionFailed(peer, body.status))
+
+    def _bind(self, peer: PublicKey, sid: bytes, incoming: bool) -> None:
+        old = self.session_of.get(peer)
+        if old == sid:
+            return
+        if old is not None:
+            self.sessions.pop(old, None)
+        self.sessions[sid] = peer
+        self.session_of[peer] = sid
+        self._events.append(SessionEstablished(peer, sid, incoming))
+
+    def _on_SessionOffer(self, body: SessionOffer, now: float) -> None:
+        accept = self._accept_offer(body.initiator)
+        self._send(SessionAnswer(body.session_id, accept), now)
+        if accept:
+            self._bind(body.initiator, body.session_id, incoming=True)
+
+    def _on_SessionClose(self, body: SessionClose, now: float) -> None:
+        peer = self.sessions.pop(body.session_id, None)
+        if peer is None:
+            return
+        if self.session_of.get(peer) == body.session_id:
+            del self.session_of[peer]
+        self._events.append(SessionEnded(peer, body.session_id, body.reason))
+
+    def _on_Pong(self, body: Pong, now: float) -> None:
+        req = self._finish(MsgType.PING, body.echo_id)
+        if req is None:
+            return
+        self.rtt_s = now - req.sent_at
+        self.relay_load_pct = body.load_pct
+        self._events.append(RttMeasured(self.rtt_s, body.load_pct))
+
+    def _on_DiscoveryResponse(self, body: DiscoveryResponse, now: float) -> None:
+        req = self._finish(MsgType.DISCOVERY_QUERY, body.query_id)
+        if req is None:
+            return
+        anns = []
+        for raw in body.announcements:
+            try:
+                anns.append(decode_announcement(raw))
+            except RemoteProtocolError as e:
+                self._drop(f"announcement_{e.reason}")
+        self._events.append(DiscoveryAnswered(body.query_id, body.location, tuple(anns), req.peer))
+
+    def _on_Error(self, body: Error, now: float) -> None:
+        code = body.code
+        if code == ErrorCode.AUTH_FAILED:
+            log.warning("relay %s refuses our key", self.relay_key.short())
+            self.state = LinkState.REJECTED
+            self._requests.clear()
+            self._next_heartbeat = float("inf")
+            self._events.append(LinkRejected("relay does not allow our key"))
+        elif code == ErrorCode.NOT_REGISTERED:
+            if self.state != LinkState.REGISTERING:
+                self._forgotten(now, "relay says we are not registered")
+        elif code == ErrorCode.SHUTTING_DOWN:
+            self._lose(now, "relay is shutting down")
+        elif code == ErrorCode.RESOURCE_LIMIT:
+            log.warning("relay %s: resource limit (%s)", self.relay_key.short(), body.detail)
+            # back off the request it refers to instead of hammering the relay
+            for (t, _), req in self._requests.items():
+                if t == body.ref_type:
+                    req.next_send = now + self.config.retransmit_max_s
+        else:
+            log.info("relay %s error %s: %s", self.relay_key.short(), code.name, body.detail)
+
+    # ------------------------------------------------------------ timers
+
+    def _lose(self, now: float, reason: str) -> None:
+        if self.state == LinkState.LOST:
+            return
+        log.info("relay %s lost: %s", self.relay_key.short(), reason)
+        self.state = LinkState.LOST
+        self._end_all_sessions(CloseReason.PEER_GONE)
+        self._next_heartbeat = float("inf")
+        self._events.append(LinkLost(reason))
+        # keep knocking: the relay may come back (and 'wanted' is kept for then)
+        self._register_backoff = self.config.retransmit_initial_s
+        self._requests = {k: r for k, r in self._requests.items() if k[0] == MsgType.REGISTER}
+        if not self._requests:
+            self._register(now)
+
+    def handle_timer(self, now: float) -> None:
+        if self.state in (LinkState.REGISTERED, LinkState.REGISTERING) and (
+            now - self.last_heard >= self.config.lost_after_s
+        ):
+            self._lose(now, f"nothing heard for {now - self.last_heard:.1f} s")
+        if now >= self._next_heartbeat and self.state == LinkState.REGISTERED:
+            self._hb_seq = (self._hb_seq + 1) & 0xFFFFFFFF
+            self._start(Heartbeat(self._hb_seq), self._hb_seq, now)
+            self._next_heartbeat = now + self.heartbeat_s
+        for key, req in list(self._requests.items()):
+            if key not in self._requests:
+                continue
+            if key[0] == MsgType.REGISTER:
+                if now >= req.next_send:
+                    # registration never gives up; it backs off instead
+                    self._register_backoff = min(
+                        self._register_backoff * 2, self.config.reregister_backoff_max_s
+                    )
+                    req.next_send = now + self._register_backoff
+                    req.deadline = float("inf")
+                    self.counters.retransmits += 1
+                    self._send(req.body, now)
+                continue
+            if now >= req.deadline:
+                del self._requests[key]
+                self._expire(key[0], req)
+            elif now >= req.next_send:
+                req.interval = min(req.interval * 2, self.config.retransmit_max_s)
+                req.next_send = now + req.interval
+                self.counters.retransmits += 1
+                self._send(req.body, now)
+
+    def _expire(self, t: MsgType, req: _Request) -> None:
+        if t == MsgType.CONNECTION_REQUEST and req.peer is not None:
+            self.wanted.discard(req.peer)
+            self._events.append(SessionFailed(req.peer, Status.ERROR))
+        elif t == MsgType.DISCOVERY_QUERY:
+            self._events.append(QueryFailed(req.body.query_id, req.peer))  # type: ignore[attr-defined]
+        # heartbeats and pings that time out are covered by the lost_after_s rule

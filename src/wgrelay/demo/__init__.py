@@ -1,0 +1,1 @@
+"""``wgrelay demo``: show a relay path working, for real, with what this host allows."""

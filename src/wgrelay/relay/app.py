@@ -1,0 +1,178 @@
+"""``wgrelay start-relay``: wire configuration, key, policy, sockets and metrics."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import logging
+import socket
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from wgrelay.errors import ConfigError
+from wgrelay.keys import load_or_create_relay_identity
+from wgrelay.proto.buffer import Endpoint
+from wgrelay.relay.access import AccessPolicy, AllowFilePolicy, OpenPolicy, PeersOfInterfacePolicy
+from wgrelay.relay.config import RelayConfig
+from wgrelay.relay.core import RelayCore
+from wgrelay.relay.metrics import make_registry, serve_metrics
+from wgrelay.relay.server import BindAddress, RelayServer, open_udp_socket
+from wgrelay.state import ensure_state_dir
+
+log = logging.getLogger(__name__)
+
+DEFAULT_PORT = 51821
+
+
+@dataclass(slots=True)
+class RelayOptions:
+    state_dir: Path
+    port: int = DEFAULT_PORT
+    binds: list[str] = field(default_factory=list)
+    key_file: Path | None = None
+    open: bool = False
+    allow_file: Path | None = None
+    allow_peers_of: str | None = None
+    metrics: str | None = None
+    region: str = ""
+    announce: list[str] = field(default_factory=list)
+    config: RelayConfig = field(default_factory=RelayConfig)
+
+
+def parse_endpoint(text: str, what: str = "endpoint") -> Endpoint:
+    """HOST:PORT or [V6]:PORT with a literal IP address."""
+    text = text.strip()
+    if text.startswith("["):
+        host, sep, port = text[1:].partition("]:")
+    else:
+        host, sep, port = text.rpartition(":")
+    if not sep or not host or not port.isdigit():
+        raise ConfigError(f"{what} {text!r} is not HOST:PORT (IPv6 as [ADDR]:PORT)")
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        raise ConfigError(f"{what} {text!r}: {host!r} is not an IP address") from None
+    p = int(port)
+    if not 0 < p < 65536:
+        raise ConfigError(f"{what} {text!r}: port out of range")
+    return str(ip), p
+
+
+def build_policy(opts: RelayOptions) -> AccessPolicy:
+    chosen = [opts.open, opts.allow_file is not None, opts.allow_peers_of is not None]
+    if sum(chosen) != 1:
+        raise ConfigError(
+            "choose exactly one of --open, --allow-file FILE, --allow-peers-of INTERFACE"
+        )
+    if opts.open:
+        return OpenPolicy()
+    if opts.allow_file is not None:
+        return AllowFilePolicy(opts.allow_file)
+    iface = opts.allow_peers_of
+    if iface is None:  # for the type checker; excluded above
+        raise ConfigError("no access policy")
+    from wgrelay.mesh.backend.detect import detect_backend
+
+    def read_peers() -> frozenset[bytes]:
+        info = detect_backend(iface).read(iface)
+        return frozenset(p.public_key.raw for p in info.peers)
+
+    try:
+        return PeersOfInterfacePolicy(iface, read_peers)
+    except Exception as e:
+        raise ConfigError(f"--allow-peers-of {iface}: {e}") from None
+
+
+def open_sockets(opts: RelayOptions) -> list[socket.socket]:
+    if opts.binds:
+        binds = []
+        for b in opts.binds:
+            try:
+                binds.append(BindAddress(str(ipaddress.ip_address(b.strip("[]"))), opts.port))
+            except ValueError:
+                raise ConfigError(f"--bind {b!r} is not an IP address") from None
+        socks: list[socket.socket] = []
+        try:
+            for bind in binds:
+                socks.append(open_udp_socket(bind))  # noqa: PERF401 (close the rest on failure)
+        except ConfigError:
+            for s in socks:
+                s.close()
+            raise
+        return socks
+    socks = [open_udp_socket(BindAddress("0.0.0.0", opts.port))]
+    port = socks[0].getsockname()[1]  # with --port 0, both families on the same port
+    try:
+        socks.append(open_udp_socket(BindAddress("::", port)))
+    except ConfigError as e:  # a host without IPv6 still relays IPv4
+        log.info("no IPv6 socket: %s", e)
+    return socks
+
+
+def install_uvloop() -> str:
+    try:
+        import uvloop
+    except ImportError:
+        return "asyncio"
+    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+    return "uvloop"
+
+
+async def _serve(opts: RelayOptions) -> None:
+    # validate everything before the first side effect (a key file, a socket)
+    policy = build_policy(opts)
+    announce = tuple(parse_endpoint(a, "--announce") for a in opts.announce)
+    metrics_ep = parse_endpoint(opts.metrics, "--metrics") if opts.metrics else None
+    state = ensure_state_dir(opts.state_dir)
+    key_file = opts.key_file or state / "relay.key"
+    identity, created = load_or_create_relay_identity(key_file)
+    sockets = open_sockets(opts)
+    if created:
+        log.info("generated relay key %s in %s", identity.public, key_file)
+    core = RelayCore(
+        identity,
+        opts.config,
+        policy,
+        now=time.monotonic(),
+        wall=time.time,
+        region=opts.region,
+        announce_endpoints=announce,
+    )
+    server = RelayServer(core, sockets)
+    metrics_server = None
+    try:
+        if metrics_ep is not None:
+            try:
+                metrics_server = await serve_metrics(make_registry(core.get_stats), *metrics_ep)
+            except OSError as e:
+                raise ConfigError(f"cannot serve metrics on {opts.metrics}: {e.strerror}") from None
+
+        def ready() -> None:
+            addrs = ", ".join(server.local_addresses())
+            print(f"relay {identity.public} listening on {addrs}", flush=True)
+            log.info(
+                "access: %s; max %d sessions, %d KB/s per connection",
+                policy.description,
+                opts.config.max_connections,
+                opts.config.max_bandwidth_kbps,
+            )
+
+        await server.serve(ready)
+    finally:
+        for s in sockets:
+            with contextlib.suppress(OSError):
+                s.close()
+        if metrics_server is not None:
+            metrics_server.close()
+            await metrics_server.wait_closed()
+
+
+def run_relay(opts: RelayOptions) -> int:
+    loop_name = install_uvloop()
+    log.debug("event loop: %s", loop_name)
+    asyncio.run(_serve(opts))
+    sys.stdout.flush()
+    return 0

@@ -1,0 +1,61 @@
+"""Relay configuration and its timers, all in one place."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from wgrelay.errors import ConfigError
+
+
+@dataclass(frozen=True, slots=True)
+class RelayConfig:
+    # ---- the seed's limits
+    max_connections: int = 100
+    """Sessions (relayed connections) at once, across all peers."""
+    max_bandwidth_kbps: int = 1000
+    """Per connection and direction, in kilobytes (1000 bytes) per second; 0 = unlimited."""
+
+    # ---- further limits
+    max_sessions_per_peer: int = 32
+    max_registrations: int = 10_000
+    control_rate_per_ip: float = 50.0
+    control_burst_per_ip: float = 100.0
+    control_rate_per_key: float = 20.0
+    control_burst_per_key: float = 60.0
+    rate_table_size: int = 4096
+    key_cache_size: int = 20_000
+    handshakes_before_cookies: int = 100
+    """Public-key operations per second above which unknown senders must show a cookie."""
+
+    # ---- timers (seconds)
+    registration_ttl_s: int = 30
+    heartbeat_interval_s: int = 5
+    session_idle_timeout_s: int = 180
+    offer_retransmit_s: float = 1.0
+    offer_timeout_s: float = 5.0
+    bandwidth_burst_s: float = 0.1
+    """Token bucket depth as a fraction of a second of the rate (keeps the cap within 10 %)."""
+    housekeeping_interval_s: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.max_connections < 1:
+            raise ConfigError("--max-connections must be at least 1")
+        if self.max_bandwidth_kbps < 0:
+            raise ConfigError("--max-bandwidth must be 0 (unlimited) or positive")
+        if self.max_bandwidth_kbps > 10_000_000:
+            raise ConfigError("--max-bandwidth above 10 GB/s is not a limit")
+        if self.max_sessions_per_peer < 1 or self.max_registrations < 1:
+            raise ConfigError("session and registration limits must be at least 1")
+        if self.heartbeat_interval_s < 1 or self.registration_ttl_s < 2 * self.heartbeat_interval_s:
+            raise ConfigError("registration TTL must cover at least two heartbeats")
+        if self.session_idle_timeout_s < 1:
+            raise ConfigError("session idle timeout must be at least 1 s")
+
+    @property
+    def bandwidth_bytes_per_s(self) -> float:
+        return self.max_bandwidth_kbps * 1000.0
+
+    @property
+    def bandwidth_burst_bytes(self) -> float:
+        # at least two maximum-size frames, so a jumbo packet can ever pass
+        return max(self.bandwidth_bytes_per_s * self.bandwidth_burst_s, 2 * 9226.0)

@@ -1,0 +1,99 @@
+"""Prometheus metrics for the relay, read from the core at scrape time.
+
+Nothing is counted twice: the core keeps plain integers (no per-packet metric
+objects on the data path) and this collector turns a ``get_stats()`` snapshot
+into Prometheus families when scraped. The HTTP endpoint runs on the relay's
+own event loop, so a scrape never reads the core from another thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Iterator
+
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from wgrelay.relay.stats import RelayStats
+
+log = logging.getLogger(__name__)
+
+
+class RelayCollector(Collector):
+    def __init__(self, stats: Callable[[], RelayStats]) -> None:
+        self._stats = stats
+
+    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
+        st = self._stats()
+        yield GaugeMetricFamily(
+            "wgrelay_registrations", "Peers registered at this relay", value=st.registrations
+        )
+        sessions = GaugeMetricFamily("wgrelay_sessions", "Relayed sessions", labels=["state"])
+        sessions.add_metric(["active"], st.sessions_active)
+        sessions.add_metric(["pending"], st.sessions_pending)
+        yield sessions
+        yield CounterMetricFamily(
+            "wgrelay_sessions_opened", "Sessions established", value=st.sessions_opened
+        )
+        yield CounterMetricFamily(
+            "wgrelay_sessions_closed", "Sessions closed", value=st.sessions_closed
+        )
+        yield CounterMetricFamily(
+            "wgrelay_forwarded_packets", "Data frames forwarded", value=st.packets_forwarded
+        )
+        yield CounterMetricFamily(
+            "wgrelay_forwarded_bytes", "Data frame bytes forwarded", value=st.bytes_forwarded
+        )
+        control = CounterMetricFamily(
+            "wgrelay_control_messages", "Control datagrams", labels=["direction"]
+        )
+        control.add_metric(["received"], st.control_received)
+        control.add_metric(["sent"], st.control_sent)
+        yield control
+        yield CounterMetricFamily(
+            "wgrelay_handshakes", "Public-key operations for new senders", value=st.handshakes
+        )
+        cookies = CounterMetricFamily("wgrelay_cookies", "Stateless cookies", labels=["event"])
+        cookies.add_metric(["sent"], st.cookies_sent)
+        cookies.add_metric(["accepted"], st.cookies_accepted)
+        yield cookies
+        drops = CounterMetricFamily("wgrelay_drops", "Datagrams dropped", labels=["reason"])
+        for reason, n in sorted(st.drops.items()):
+            drops.add_metric([str(reason)], n)
+        yield drops
+        quota = CounterMetricFamily("wgrelay_quota_hits", "Limits reached", labels=["limit"])
+        for limit, n in sorted(st.quota_hits.items()):
+            quota.add_metric([limit], n)
+        yield quota
+
+
+def make_registry(stats: Callable[[], RelayStats]) -> CollectorRegistry:
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(RelayCollector(stats))
+    return registry
+
+
+async def serve_metrics(registry: CollectorRegistry, host: str, port: int) -> asyncio.Server:
+    """A minimal HTTP/1.0 endpoint: GET /metrics answers the text format."""
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            async with asyncio.timeout(5):
+                request = await reader.readuntil(b"\r\n\r\n")
+            line = request.split(b"\r\n", 1)[0].split()
+            if len(line) >= 2 and line[0] == b"GET" and line[1].split(b"?")[0] == b"/metrics":
+                body = generate_latest(registry)
+                head = b"HTTP/1.0 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\n"
+            else:
+                body = b"not found\n"
+                head = b"HTTP/1.0 404 Not Found\r\nContent-Type: text/plain\r\n"
+            writer.write(head + f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
+            await writer.drain()
+        except (TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, OSError):
+            pass
+        finally:
+            writer.close()
+
+    return await asyncio.start_server(handle, host, port)

@@ -1,0 +1,54 @@
+"""What the relay counts: drops by reason, control traffic, forwarding totals."""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+
+class DropReason(StrEnum):
+    """Why a datagram was dropped. Wire errors use RemoteProtocolError.reason."""
+
+    TRUNCATED = "truncated"
+    OVERSIZE = "oversize"
+    UNKNOWN_TYPE = "unknown_type"
+    BAD_VERSION = "bad_version"
+    MALFORMED = "malformed"
+    TRAILING_BYTES = "trailing_bytes"
+    WRONG_DIRECTION = "wrong_direction"
+    AUTH_FAILED = "auth_failed"
+    REPLAYED = "replayed"
+    STALE_TIMESTAMP = "stale_timestamp"
+    UNKNOWN_SESSION = "unknown_session"
+    SPOOFED_SOURCE = "spoofed_source"
+    SESSION_NOT_READY = "session_not_ready"
+    RATE_LIMITED_IP = "rate_limited_ip"
+    RATE_LIMITED_KEY = "rate_limited_key"
+    NEEDS_COOKIE = "needs_cookie"
+    BAD_COOKIE = "bad_cookie"
+    NOT_ALLOWED = "not_allowed"
+    BANDWIDTH = "bandwidth"
+    UNEXPECTED = "unexpected"
+
+
+@dataclass(slots=True)
+class RelayStats:
+    """Snapshot returned by ``RelayCore.get_stats()`` (the seed's RelayStats)."""
+
+    registrations: int = 0
+    sessions_active: int = 0
+    sessions_pending: int = 0
+    sessions_opened: int = 0
+    sessions_closed: int = 0
+    packets_forwarded: int = 0
+    bytes_forwarded: int = 0
+    control_received: int = 0
+    control_sent: int = 0
+    handshakes: int = 0
+    cookies_sent: int = 0
+    cookies_accepted: int = 0
+    quota_hits: Counter[str] = field(default_factory=Counter)
+    drops: Counter[str] = field(default_factory=Counter)
+    largest_unauthenticated_reply_ratio: float = 0.0
+    """max(reply bytes / request bytes) over replies to unauthenticated packets."""
