@@ -1,0 +1,1 @@
+"""The mesh side of wgrelay: WireGuard backends, NAT traversal, cache and agent."""
