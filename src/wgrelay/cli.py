@@ -16,7 +16,14 @@ from pathlib import Path
 
 from wgrelay import __version__
 from wgrelay.errors import ConfigError, WgRelayError
-from wgrelay.keys import PrivateKey, RelayIdentity, decode_key, read_key_file, write_key_file
+from wgrelay.keys import (
+    PrivateKey,
+    PublicKey,
+    RelayIdentity,
+    decode_key,
+    read_key_file,
+    write_key_file,
+)
 from wgrelay.state import default_state_dir
 
 log = logging.getLogger("wgrelay")
@@ -102,6 +109,105 @@ def cmd_start_relay(args: argparse.Namespace) -> int:
     return run_relay(opts)
 
 
+# ---------------------------------------------------------------- agent and relays
+
+
+def _relay_arg(text: str) -> tuple[tuple[str, int], PublicKey]:
+    from wgrelay.relay.app import parse_endpoint
+
+    endpoint, sep, key = text.partition("=")
+    if not sep:
+        raise ConfigError(f"--relay {text!r}: expected ENDPOINT=PUB_KEY")
+    # base64 keys end in '=', so split at the first '=' after the endpoint
+    return parse_endpoint(endpoint, "--relay endpoint"), PublicKey.from_base64(key, "relay key")
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    from wgrelay.mesh.agent import AgentConfig
+    from wgrelay.mesh.daemon import AgentOptions, run_agent
+
+    relays = [_relay_arg(r) for r in args.relay or []]
+    config = AgentConfig(
+        keepalive_s=args.keepalive,
+        direct_probe_s=args.direct_timeout,
+    )
+    opts = AgentOptions(
+        interface=args.interface,
+        state_dir=args.state_dir,
+        backend=args.backend,
+        relays=[(ep, key) for ep, key in relays],
+        config=config,
+    )
+    return run_agent(opts)
+
+
+def cmd_add_bootstrap_relay(args: argparse.Namespace) -> int:
+    from wgrelay.discovery.registry import RegistryStore
+    from wgrelay.relay.app import parse_endpoint
+    from wgrelay.state import ensure_state_dir
+
+    endpoint = parse_endpoint(args.endpoint, "ENDPOINT")
+    key = PublicKey.from_base64(args.pub_key, "PUB_KEY")
+    store = RegistryStore(ensure_state_dir(args.state_dir) / "relays.db")
+    try:
+        registry = store.load()
+        registry.add_bootstrap(key, endpoint)
+        store.save(registry)
+    finally:
+        store.close()
+    print(f"bootstrap relay {key} at {args.endpoint} added")
+    return 0
+
+
+def cmd_list_relays(args: argparse.Namespace) -> int:
+    import json
+    import time
+
+    from wgrelay.client.manager import relay_score
+    from wgrelay.discovery.registry import RegistryStore
+    from wgrelay.proto.buffer import endpoint_str
+    from wgrelay.state import ensure_state_dir
+
+    store = RegistryStore(ensure_state_dir(args.state_dir) / "relays.db")
+    try:
+        registry = store.load()
+    finally:
+        store.close()
+    now_ms = int(time.time() * 1000)
+    relays = sorted(registry.get_available_relays(now_ms), key=relay_score)
+    if args.json:
+        print(
+            json.dumps(
+                [
+                    {
+                        "public_key": str(r.key),
+                        "endpoints": [endpoint_str(e) for e in r.endpoints],
+                        "bootstrap": r.bootstrap,
+                        "region": r.region,
+                        "load_pct": r.load_pct,
+                        "rtt_ms": r.rtt_ms,
+                        "failures": r.failures,
+                        "successes": r.successes,
+                        "score": relay_score(r),
+                    }
+                    for r in relays
+                ],
+                indent=2,
+            )
+        )
+        return 0
+    if not relays:
+        print("no relays known; add one with: wgrelay add-bootstrap-relay ENDPOINT PUB_KEY")
+        return 0
+    print(f"{'RELAY':44}  {'ENDPOINT':22}  {'SOURCE':9}  {'RTT':>8}  {'FAIL':>4}  REGION")
+    for r in relays:
+        ep = endpoint_str(r.endpoint)
+        rtt = f"{r.rtt_ms:.1f}ms" if r.rtt_ms is not None else "-"
+        src = "bootstrap" if r.bootstrap else "announced"
+        print(f"{r.key!s:44}  {ep:22}  {src:9}  {rtt:>8}  {r.failures:>4}  {r.region or '-'}")
+    return 0
+
+
 def _port(text: str) -> int:
     if not text.isdigit() or not 0 <= int(text) < 65536:
         raise argparse.ArgumentTypeError(f"{text!r} is not a port (0-65535; 0 picks a free one)")
@@ -125,12 +231,31 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     from wgrelay.demo.loopback import run_loopback_demo
 
+    missing = _netns_demo_missing()
+    if missing is None:
+        from wgrelay.demo.netns import run_netns_demo
+
+        return run_netns_demo()
     print(
-        "wgrelay demo: the WireGuard/NAT namespace demo arrives with the agent (issue #4);"
-        " running the loopback relay demo (real relay, real UDP, no WireGuard)",
+        f"wgrelay demo: the WireGuard/NAT namespace demo {missing}; running the nearest "
+        "honest thing instead: a real relay and two real clients on 127.0.0.1 (no WireGuard)",
         flush=True,
     )
     return asyncio.run(run_loopback_demo())
+
+
+def _netns_demo_missing() -> str | None:
+    import os
+    import shutil
+
+    if os.geteuid() != 0:
+        return "needs root"
+    for tool in ("ip", "nft", "wg", "wireguard-go", "conntrack", "ping"):
+        if shutil.which(tool) is None:
+            return f"needs {tool} (run `make demo` as root to install it)"
+    if not os.path.exists("/dev/net/tun"):
+        return "needs /dev/net/tun"
+    return None
 
 
 # ---------------------------------------------------------------- parser
@@ -196,7 +321,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--relay", action="store_true", help="the key is a relay identity key")
     sp.add_argument("--key-file", help="read the private key from FILE instead of stdin")
 
-    add("list-relays", "list known relay nodes", _not_yet(3, "list-relays"))
+    sp = add("list-relays", "list known relay nodes", cmd_list_relays)
+    sp.add_argument("--json", action="store_true", help="machine-readable output")
     sp = add("start-relay", "run a relay node", cmd_start_relay)
     sp.add_argument(
         "--max-connections",
@@ -246,11 +372,37 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="close sessions idle this long (default 180)",
     )
-    add("add-bootstrap-relay", "add a bootstrap relay", _not_yet(4, "add-bootstrap-relay"))
+    sp = add("add-bootstrap-relay", "add a bootstrap relay", cmd_add_bootstrap_relay)
+    sp.add_argument("endpoint", metavar="ENDPOINT", help="relay address, IP:PORT or [IPv6]:PORT")
+    sp.add_argument("pub_key", metavar="PUB_KEY", help="the relay's public key (base64)")
     add("configure-relay", "enable or disable relay fallback", _not_yet(5, "configure-relay"))
-    add("up", "run the agent beside a WireGuard interface", _not_yet(4, "up"))
+    sp = add("up", "run the agent beside a WireGuard interface", cmd_up)
+    sp.add_argument("interface", metavar="INTERFACE", help="the WireGuard interface")
+    sp.add_argument(
+        "--relay",
+        action="append",
+        metavar="ENDPOINT=PUB_KEY",
+        help="a bootstrap relay for this run (repeatable; also remembered)",
+    )
+    sp.add_argument(
+        "--backend", choices=["kernel", "userspace"], help="WireGuard backend (default: detected)"
+    )
+    sp.add_argument(
+        "--keepalive",
+        type=_non_negative,
+        default=25,
+        metavar="SECONDS",
+        help="persistent keepalive on managed peers; 0 leaves it alone (default 25)",
+    )
+    sp.add_argument(
+        "--direct-timeout",
+        type=float,
+        default=3.0,
+        metavar="SECONDS",
+        help="how long a direct handshake may take before relaying (default 3)",
+    )
     add("status", "show per-peer paths", _not_yet(5, "status"))
-    add("demo", "show a relayed path working (loopback today; namespaces with #4)", cmd_demo)
+    add("demo", "a relayed WireGuard tunnel coming up in network namespaces", cmd_demo)
     return p
 
 

@@ -307,3 +307,25 @@ def test_cleanup_is_complete_even_when_the_test_fails(tmp_path: Path) -> None:
         assert not (SOCKET_DIR / f"{iface}.sock").exists()
     for pid in m.pids:
         assert not Path(f"/proc/{pid}").exists()
+
+
+@pytest.mark.parametrize("backend", [UserspaceBackend(), KernelBackend()], ids=lambda b: b.name)
+def test_keepalive_kick_starts_a_handshake_at_once(
+    mesh: Mesh, backend: UserspaceBackend | KernelBackend
+) -> None:
+    # C is never answered, so every initiation WireGuard sends to it shows in tx_bytes
+    def tx_to_c() -> int:
+        peer = UserspaceBackend().read(mesh.a).peer(mesh.key_c)
+        assert peer is not None
+        return peer.tx_bytes
+
+    before = tx_to_c()
+    backend.set_keepalive(mesh.a, mesh.key_c, 25, kick=True)
+    wait_until(lambda: tx_to_c() > before, 2.0, "a handshake initiation towards C")
+    c = UserspaceBackend().read(mesh.a).peer(mesh.key_c)
+    assert c is not None
+    assert c.persistent_keepalive == 25
+    backend.set_keepalive(mesh.a, mesh.key_c, 0)
+    c = UserspaceBackend().read(mesh.a).peer(mesh.key_c)
+    assert c is not None
+    assert c.persistent_keepalive is None

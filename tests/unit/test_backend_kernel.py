@@ -248,3 +248,15 @@ def test_run_command_missing_binary() -> None:
 def test_run_command_timeout() -> None:
     with pytest.raises(BackendError, match=r"timed out after 0\.1s"):
         run_command(["sleep", "10"], timeout_s=0.1)
+
+
+def test_set_keepalive_with_kick_goes_through_off() -> None:
+    runner = wg0_runner()
+    for value in ("off", "25"):
+        runner.answers[("wg", "set", "wg0", "peer", PEER_V4, "persistent-keepalive", value)] = ""
+    KernelBackend(runner=runner).set_keepalive("wg0", PublicKey.from_base64(PEER_V4), 25, kick=True)
+    sets = [c for c in runner.calls if c[1] == "set"]
+    assert sets == [
+        ("wg", "set", "wg0", "peer", PEER_V4, "persistent-keepalive", "off"),
+        ("wg", "set", "wg0", "peer", PEER_V4, "persistent-keepalive", "25"),
+    ]

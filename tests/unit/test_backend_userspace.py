@@ -413,3 +413,15 @@ def test_private_key_not_in_repr() -> None:
     assert "aJ8mYX7l" not in repr(info)
     assert PRIVATE_HEX not in repr(info)
     assert isinstance(info.private_key, PrivateKey)
+
+
+def test_encode_set_keepalive_kick_passes_through_zero() -> None:
+    from wgrelay.mesh.backend.userspace import encode_set_keepalive
+
+    key = PrivateKey.generate().public_key()
+    text = encode_set_keepalive(key, 25, kick=True).decode()
+    assert text == (
+        f"set=1\npublic_key={key.raw.hex()}\nupdate_only=true\n"
+        "persistent_keepalive_interval=0\npersistent_keepalive_interval=25\n\n"
+    )
+    assert "=0\n" not in encode_set_keepalive(key, 25, kick=False).decode()

@@ -98,3 +98,38 @@ def test_port_in_use_is_a_clear_error(tmp_path: Path) -> None:
         )
     assert res.returncode == 1
     assert "cannot bind UDP 127.0.0.1" in one_line_error(res)
+
+
+def test_add_bootstrap_relay_then_list_relays(tmp_path: Path) -> None:
+    import json
+
+    from wgrelay.keys import RelayIdentity
+
+    key = str(RelayIdentity.generate().public)
+    res = cli("add-bootstrap-relay", "203.0.113.10:51821", key, state=tmp_path)
+    assert res.returncode == 0, res.stderr
+    listed = cli("list-relays", "--json", state=tmp_path)
+    relays = json.loads(listed.stdout)
+    assert relays[0]["public_key"] == key
+    assert relays[0]["endpoints"] == ["203.0.113.10:51821"]
+    assert relays[0]["bootstrap"] is True
+    table = cli("list-relays", state=tmp_path).stdout
+    assert key in table
+    assert "bootstrap" in table
+
+
+@pytest.mark.parametrize(
+    ("args", "fragment"),
+    [
+        (("add-bootstrap-relay", "203.0.113.10", "x"), "HOST:PORT"),
+        (("add-bootstrap-relay", "203.0.113.10:51821", "notakey"), "44 base64"),
+        (("up", "wgrelaynope0"), "not found"),
+        (("up", "wgrelaynope0", "--relay", "203.0.113.1:1"), "ENDPOINT=PUB_KEY"),
+    ],
+)
+def test_agent_commands_fail_with_one_line(
+    tmp_path: Path, args: tuple[str, ...], fragment: str
+) -> None:
+    res = cli(*args, state=tmp_path)
+    assert res.returncode == 1
+    assert fragment in one_line_error(res)

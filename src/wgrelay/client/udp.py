@@ -102,13 +102,22 @@ class RelayClient:
 
     # ------------------------------------------------------------ lifecycle
 
-    def start(self) -> None:
-        if self._started:
-            return
-        self._started = True
-        loop = asyncio.get_running_loop()
-        loop.add_reader(self._sock.fileno(), self._on_readable)
-        self.link.connect(self._clock())
+    def now(self) -> float:
+        return self._clock()
+
+    def start(self, register: bool = True) -> None:
+        """Start reading; with ``register``, also register at the relay.
+
+        Without it the client can still ping and query (the relay answers any
+        allowed key), which is how relays are measured before one is chosen.
+        """
+        if self._closed:
+            raise RelayUnavailable("client closed")
+        if not self._started:
+            self._started = True
+            asyncio.get_running_loop().add_reader(self._sock.fileno(), self._on_readable)
+        if register and self.link.state != LinkState.REGISTERED:
+            self.link.connect(self._clock())
         self._pump()
 
     async def close(self) -> None:

@@ -20,6 +20,14 @@ Endpoint = tuple[str, int]
 """A UDP endpoint as (host, port), the form the socket module uses."""
 
 
+def endpoint_str(ep: tuple[object, ...] | None) -> str:
+    """``host:port``, ``[v6]:port`` for logs, tables and JSON (any socket address)."""
+    if ep is None:
+        return "-"
+    host, port = str(ep[0]), ep[1]
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
 class Buffer:
     """Reads fields off a received datagram, never past its end."""
 

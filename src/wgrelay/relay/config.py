@@ -33,8 +33,10 @@ class RelayConfig:
     session_idle_timeout_s: int = 180
     offer_retransmit_s: float = 1.0
     offer_timeout_s: float = 5.0
-    bandwidth_burst_s: float = 0.1
-    """Token bucket depth as a fraction of a second of the rate (keeps the cap within 10 %)."""
+    bandwidth_burst_s: float = 0.25
+    """Token bucket depth in seconds of the rate. Deep enough that TCP inside the
+    tunnel is not knocked back by every small burst, shallow enough that over 5 s
+    the cap holds within 5 %."""
     housekeeping_interval_s: float = 1.0
 
     def __post_init__(self) -> None:

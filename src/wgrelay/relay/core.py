@@ -44,6 +44,7 @@ from typing import Any
 from wgrelay.errors import RemoteProtocolError
 from wgrelay.keys import PublicKey, RelayIdentity
 from wgrelay.proto.announce import RelayNodeInfo, encode_announcement
+from wgrelay.proto.buffer import endpoint_str
 from wgrelay.proto.constants import (
     DATA_HEADER_LEN,
     NONCE_LEN,
@@ -366,7 +367,7 @@ class RelayCore:
             reg = _Registration(key=key, addr=addr, ks=ks, expires=0.0)
             self._regs[key] = reg
             self._key_cache.pop(key, None)
-            log.info("peer %s registered from %s", PublicKey(key).short(), _fmt(addr))
+            log.info("peer %s registered from %s", PublicKey(key).short(), endpoint_str(addr))
         elif reg.addr != addr:
             self._rebind(reg, addr)
         reg.accept_incoming = bool(body.flags & REGISTER_FLAG_ACCEPT_INCOMING)
@@ -396,7 +397,10 @@ class RelayCore:
     def _rebind(self, reg: _Registration, addr: Addr) -> None:
         """The peer's NAT gave it a new address: move it and its sessions."""
         log.info(
-            "peer %s moved from %s to %s", PublicKey(reg.key).short(), _fmt(reg.addr), _fmt(addr)
+            "peer %s moved from %s to %s",
+            PublicKey(reg.key).short(),
+            endpoint_str(reg.addr),
+            endpoint_str(addr),
         )
         reg.addr = addr
         for sid in reg.sessions:
@@ -732,8 +736,3 @@ class RelayCore:
         st.packets_forwarded = self._closed_packets + sum(s.packets for s in self.sessions.values())
         st.bytes_forwarded = self._closed_bytes + sum(s.bytes for s in self.sessions.values())
         return st
-
-
-def _fmt(addr: Addr) -> str:
-    host, port = addr[0], addr[1]
-    return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"

@@ -199,6 +199,13 @@ class BackgroundProcess:
         except subprocess.TimeoutExpired:
             raise CommandTimeout(self.argv, timeout) from None
 
+    def kill(self) -> int | None:
+        """SIGKILL (a crash, no chance to say goodbye), then reap it."""
+        if self._popen.poll() is None:
+            self._popen.kill()
+            self._popen.wait(STOP_GRACE_S)
+        return self._popen.returncode
+
     def stop(self, grace: float = STOP_GRACE_S) -> int | None:
         """SIGTERM, wait up to ``grace`` s, then SIGKILL. Idempotent; returns the status."""
         if self._popen.poll() is None:

@@ -101,6 +101,19 @@ class WireGuardBackend(Protocol):
         """
         ...
 
+    def set_keepalive(
+        self, interface: str, peer: PublicKey, seconds: int, kick: bool = False
+    ) -> None:
+        """Set ``peer``'s persistent keepalive (0 = off).
+
+        With ``kick`` the value goes through 0 first: both WireGuard
+        implementations send a keepalive at once when keepalive is switched on,
+        and with no session that starts a handshake now instead of at the next
+        packet (WireGuard still sends at most one initiation per 5 s). The agent
+        uses this to probe a path without waiting for traffic.
+        """
+        ...
+
     def exists(self, interface: str) -> bool:
         """Whether this backend can reach a WireGuard interface of that name."""
         ...

@@ -75,6 +75,8 @@ class FakeBackend:
         self._lock = threading.RLock()
         self._interfaces: dict[str, _FakeInterface] = {}
         self._calls: list[SetEndpointCall] = []
+        self.kicks: list[tuple[str, PublicKey]] = []
+        """Every (interface, peer) a handshake was kicked for, oldest first."""
         self._failure: BackendError | None = None
         self.on_set_endpoint = on_set_endpoint
 
@@ -104,6 +106,18 @@ class FakeBackend:
             self._interfaces[interface].peers[peer] = dataclasses.replace(info, endpoint=stored)
             if self.on_set_endpoint is not None:
                 self.on_set_endpoint(self, call)
+
+    def set_keepalive(
+        self, interface: str, peer: PublicKey, seconds: int, kick: bool = False
+    ) -> None:
+        with self._lock:
+            self._check_failure()
+            info = self._get_peer(interface, peer)
+            self._interfaces[interface].peers[peer] = dataclasses.replace(
+                info, persistent_keepalive=seconds or None
+            )
+            if kick and seconds:
+                self.kicks.append((interface, peer))
 
     def exists(self, interface: str) -> bool:
         check_interface_name(interface)

@@ -233,6 +233,21 @@ class KernelBackend:
             raise BackendError(f"peer {peer.short()} is not on interface {interface}")
         self._run("set", interface, "peer", str(peer), "endpoint", ep_text)
 
+    def set_keepalive(
+        self, interface: str, peer: PublicKey, seconds: int, kick: bool = False
+    ) -> None:
+        check_interface_name(interface)
+        if not 0 <= seconds <= 0xFFFF:
+            raise BackendError(f"persistent keepalive {seconds} out of range 0-65535")
+        if peer not in self._peer_keys(interface):
+            raise BackendError(f"peer {peer.short()} is not on interface {interface}")
+        key = str(peer)
+        if kick and seconds:
+            # the kernel sends a keepalive when the interval goes from off to on
+            self._run("set", interface, "peer", key, "persistent-keepalive", "off")
+        value = str(seconds) if seconds else "off"
+        self._run("set", interface, "peer", key, "persistent-keepalive", value)
+
     def exists(self, interface: str) -> bool:
         """True if ``wg show IFACE`` succeeds; a missing ``wg`` still raises."""
         check_interface_name(interface)

@@ -92,6 +92,18 @@ def encode_set_endpoint(peer: PublicKey, endpoint: Endpoint) -> bytes:
     ).encode("ascii")
 
 
+def encode_set_keepalive(peer: PublicKey, seconds: int, kick: bool) -> bytes:
+    """One transaction: through 0 first when kicking (wireguard-go sends a
+    keepalive when the interval goes from 0 to non-zero)."""
+    if not 0 <= seconds <= 0xFFFF:
+        raise BackendError(f"persistent keepalive {seconds} out of range 0-65535")
+    lines = [f"set=1\npublic_key={peer.raw.hex()}\nupdate_only=true\n"]
+    if kick and seconds:
+        lines.append("persistent_keepalive_interval=0\n")
+    lines.append(f"persistent_keepalive_interval={seconds}\n\n")
+    return "".join(lines).encode("ascii")
+
+
 @dataclass(slots=True)
 class _PeerBuilder:
     public_key: PublicKey
@@ -248,6 +260,14 @@ class UserspaceBackend:
 
     def set_endpoint(self, interface: str, peer: PublicKey, endpoint: Endpoint) -> None:
         request = encode_set_endpoint(peer, endpoint)  # validates before any I/O
+        if self.read(interface).peer(peer) is None:
+            raise BackendError(f"peer {peer.short()} is not on interface {interface}")
+        parse_set_response(self._exchange(interface, request), interface)
+
+    def set_keepalive(
+        self, interface: str, peer: PublicKey, seconds: int, kick: bool = False
+    ) -> None:
+        request = encode_set_keepalive(peer, seconds, kick)
         if self.read(interface).peer(peer) is None:
             raise BackendError(f"peer {peer.short()} is not on interface {interface}")
         parse_set_response(self._exchange(interface, request), interface)

@@ -1,0 +1,160 @@
+"""Local proxies: the 127.0.0.1 endpoints that stand in for relayed peers.
+
+Kernel WireGuard can only send UDP to an endpoint, so for a relayed peer the
+agent binds a socket on 127.0.0.1 and makes it that peer's WireGuard endpoint.
+Packets WireGuard sends there get the session's 10-byte header and go to the
+relay; frames arriving from the relay lose the header and are sent to
+WireGuard's listen port *from this socket*, so WireGuard sees every packet of
+the peer coming from its endpoint. The same socket stays the peer's endpoint
+when the relay behind it changes, which is why failover does not disturb the
+WireGuard session.
+
+Only datagrams from WireGuard's own listen port on 127.0.0.1 are accepted; a
+local process cannot use a proxy to inject traffic towards the relay.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from wgrelay.client.udp import RelayClient
+from wgrelay.keys import PublicKey
+from wgrelay.proto.buffer import Endpoint
+from wgrelay.proto.constants import DATA_HEADER_LEN, MAX_DATA_PAYLOAD
+
+log = logging.getLogger(__name__)
+
+LOCALHOST = "127.0.0.1"
+DRAIN_BATCH = 256
+SOCKET_BUFFER_BYTES = 2 * 1024 * 1024
+
+
+@dataclass(slots=True)
+class ProxyCounters:
+    to_relay_packets: int = 0
+    to_relay_bytes: int = 0
+    to_wg_packets: int = 0
+    to_wg_bytes: int = 0
+    no_route: int = 0
+    foreign_source: int = 0
+
+
+class _Proxy:
+    __slots__ = ("counters", "endpoint", "peer", "sock")
+
+    def __init__(self, peer: PublicKey, sock: socket.socket) -> None:
+        self.peer = peer
+        self.sock = sock
+        host, port = sock.getsockname()[:2]
+        self.endpoint: Endpoint = (host, port)
+        self.counters = ProxyCounters()
+
+
+class ProxyTable:
+    def __init__(
+        self,
+        wg_port: int,
+        routes: dict[PublicKey, tuple[RelayClient, bytes]],
+        on_no_route: Callable[[PublicKey], None] | None = None,
+    ) -> None:
+        self.wg_addr: Endpoint = (LOCALHOST, wg_port)
+        self._routes = routes
+        self._on_no_route = on_no_route
+        self._proxies: dict[PublicKey, _Proxy] = {}
+
+    def set_wg_port(self, port: int) -> None:
+        if port != self.wg_addr[1]:
+            log.info("WireGuard listen port is now %d", port)
+            self.wg_addr = (LOCALHOST, port)
+
+    def endpoint(self, peer: PublicKey) -> Endpoint | None:
+        p = self._proxies.get(peer)
+        return p.endpoint if p else None
+
+    def endpoints(self) -> set[Endpoint]:
+        return {p.endpoint for p in self._proxies.values()}
+
+    def counters(self, peer: PublicKey) -> ProxyCounters | None:
+        p = self._proxies.get(peer)
+        return p.counters if p else None
+
+    def ensure(self, peer: PublicKey) -> Endpoint:
+        """The peer's proxy endpoint, creating the socket the first time."""
+        p = self._proxies.get(peer)
+        if p is not None:
+            return p.endpoint
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        try:
+            sock.setblocking(False)
+            for opt in (socket.SO_RCVBUF, socket.SO_SNDBUF):
+                with contextlib.suppress(OSError):
+                    sock.setsockopt(socket.SOL_SOCKET, opt, SOCKET_BUFFER_BYTES)
+            sock.bind((LOCALHOST, 0))
+        except OSError:
+            sock.close()
+            raise
+        p = _Proxy(peer, sock)
+        self._proxies[peer] = p
+        asyncio.get_running_loop().add_reader(sock.fileno(), self._make_reader(p))
+        log.debug("proxy for %s on %s:%d", peer.short(), *p.endpoint)
+        return p.endpoint
+
+    def remove(self, peer: PublicKey) -> None:
+        p = self._proxies.pop(peer, None)
+        if p is not None:
+            asyncio.get_running_loop().remove_reader(p.sock.fileno())
+            p.sock.close()
+
+    def close(self) -> None:
+        for peer in list(self._proxies):
+            self.remove(peer)
+
+    # ------------------------------------------------------------ data path
+
+    def _make_reader(self, p: _Proxy) -> Callable[[], None]:
+        recvfrom = p.sock.recvfrom
+        routes = self._routes
+        peer = p.peer
+        c = p.counters
+
+        def on_readable() -> None:
+            wg_addr = self.wg_addr
+            for _ in range(DRAIN_BATCH):
+                try:
+                    data, addr = recvfrom(MAX_DATA_PAYLOAD + 1)
+                except (BlockingIOError, InterruptedError):
+                    return
+                except OSError:
+                    continue
+                if addr != wg_addr:
+                    c.foreign_source += 1
+                    continue
+                route = routes.get(peer)
+                if route is None:
+                    c.no_route += 1
+                    if self._on_no_route is not None:
+                        self._on_no_route(peer)
+                    continue
+                route[0].send_frame(route[1] + data)
+                c.to_relay_packets += 1
+                c.to_relay_bytes += len(data)
+
+        return on_readable
+
+    def deliver(self, peer: PublicKey, frame: bytes) -> None:
+        """A data frame from the relay: hand its WireGuard packet to WireGuard."""
+        p = self._proxies.get(peer)
+        if p is None:
+            return
+        payload = memoryview(frame)[DATA_HEADER_LEN:]
+        try:
+            p.sock.sendto(payload, self.wg_addr)
+        except OSError:
+            return
+        p.counters.to_wg_packets += 1
+        p.counters.to_wg_bytes += len(payload)

@@ -1,0 +1,1 @@
+"""Finding relays without a central server: registry, announcements, queries."""

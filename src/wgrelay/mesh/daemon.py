@@ -1,0 +1,348 @@
+"""``wgrelay up INTERFACE``: the agent daemon, the asyncio shell around AgentCore.
+
+One loop: read the interface (through the backend, in a thread), let the core
+decide, carry out its actions, and feed relay events back. Everything slow or
+blocking (backend calls) runs in a thread; everything per packet runs in the
+proxies and relay clients, never here.
+
+On SIGINT/SIGTERM every endpoint and keepalive the agent changed is put back
+(the peer's last direct endpoint) before it exits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import signal
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from wgrelay.client.link import LinkConfig
+from wgrelay.client.manager import (
+    HomeChanged,
+    ManagerEvent,
+    PeerRelayed,
+    PeerRelayLost,
+    RelayManager,
+)
+from wgrelay.client.proxy import ProxyTable
+from wgrelay.discovery.registry import RegistryStore, RelayRegistry
+from wgrelay.errors import BackendError, ConfigError, RelayUnavailable
+from wgrelay.keys import PublicKey
+from wgrelay.mesh.agent import (
+    Action,
+    AgentConfig,
+    AgentCore,
+    CloseRelay,
+    Kick,
+    PathKind,
+    StartRelay,
+    UseDirect,
+    UseProxy,
+)
+from wgrelay.mesh.backend.base import InterfaceInfo, WireGuardBackend
+from wgrelay.mesh.backend.detect import detect_backend
+from wgrelay.proto.buffer import Endpoint, endpoint_str
+from wgrelay.proto.constants import DATA_HEADER_LEN
+from wgrelay.state import ensure_state_dir
+
+log = logging.getLogger(__name__)
+
+POLL_INTERVAL_S = 1.0
+WIREGUARD_OVERHEAD = 32  # WireGuard's own framing on top of the inner packet
+IPV4_UDP_HEADERS = 28
+PATH_MTU = 1500
+
+
+@dataclass(slots=True)
+class AgentOptions:
+    interface: str
+    state_dir: Path
+    backend: str | None = None
+    relays: list[tuple[Endpoint, PublicKey]] = field(default_factory=list)
+    config: AgentConfig = field(default_factory=AgentConfig)
+    link_config: LinkConfig = field(default_factory=LinkConfig)
+
+
+def relayed_packet_size(mtu: int) -> int:
+    """IPv4 packet size of a full-MTU WireGuard packet carried through a relay."""
+    return mtu + WIREGUARD_OVERHEAD + DATA_HEADER_LEN + IPV4_UDP_HEADERS
+
+
+def status_path(state_dir: Path, interface: str) -> Path:
+    return state_dir / f"status-{interface}.json"
+
+
+class Agent:
+    def __init__(
+        self,
+        opts: AgentOptions,
+        backend: WireGuardBackend,
+        info: InterfaceInfo,
+        registry: RelayRegistry,
+        store: RegistryStore | None,
+        clock: Callable[[], float] = time.monotonic,
+        wall: Callable[[], float] = time.time,
+    ) -> None:
+        if info.private_key is None or info.listen_port is None:
+            raise ConfigError(f"interface {info.name} has no private key or listen port configured")
+        self.opts = opts
+        self.iface = info.name
+        self.backend = backend
+        self.registry = registry
+        self.store = store
+        self._clock = clock
+        self._wall = wall
+        own = info.private_key.public_key()
+        self.core = AgentCore(own, opts.config)
+        self._peer_keys = {p.public_key for p in info.peers}
+        self.manager = RelayManager(
+            info.private_key,
+            registry,
+            accept_peer=lambda k: k in self._peer_keys,
+            on_event=self._on_manager_event,
+            on_data=self._on_frame,
+            link_config=opts.link_config,
+            wall=wall,
+        )
+        self.proxies = ProxyTable(info.listen_port, self.manager.routes)
+        self._relay_tasks: dict[PublicKey, asyncio.Task[None]] = {}
+        self._stop = asyncio.Event()
+        self._last_status = ""
+
+    # ------------------------------------------------------------ data
+
+    def _on_frame(self, peer: PublicKey, frame: bytes) -> None:
+        self.proxies.deliver(peer, frame)
+
+    # ------------------------------------------------------------ events
+
+    def _on_manager_event(self, ev: ManagerEvent) -> None:
+        now = self._clock()
+        if isinstance(ev, PeerRelayed):
+            self._run(self.core.on_relayed(ev.peer, ev.relay, ev.incoming, now))
+        elif isinstance(ev, PeerRelayLost):
+            self._run(self.core.on_relay_lost(ev.peer, ev.reason, now))
+        elif isinstance(ev, HomeChanged) and ev.relay is not None:
+            relay = self.registry.get(ev.relay)
+            where = endpoint_str(relay.endpoint) if relay else "?"
+            log.info("registered at home relay %s (%s)", ev.relay.short(), where)
+
+    def _run(self, actions: list[Action]) -> None:
+        for a in actions:
+            try:
+                self._apply(a)
+            except BackendError as e:
+                log.warning("%s failed: %s", type(a).__name__, e)
+
+    def _apply(self, a: Action) -> None:
+        # Backend calls are quick local exchanges (UAPI socket or wg); doing
+        # them inline keeps actions ordered. Reads, which are larger, are
+        # done in a thread by the poll loop.
+        if isinstance(a, Kick):
+            self.backend.set_keepalive(self.iface, a.peer, a.keepalive_s, kick=True)
+        elif isinstance(a, UseProxy):
+            ep = self.proxies.ensure(a.peer)
+            self.core.proxy_endpoints = self.proxies.endpoints()
+            self.backend.set_endpoint(self.iface, a.peer, ep)
+            if self.opts.config.keepalive_s:
+                self.backend.set_keepalive(self.iface, a.peer, self.opts.config.keepalive_s)
+        elif isinstance(a, UseDirect):
+            if a.endpoint is not None:
+                self.backend.set_endpoint(self.iface, a.peer, a.endpoint)
+            if a.keepalive_s is not None:
+                self.backend.set_keepalive(self.iface, a.peer, a.keepalive_s)
+            self.manager.close_connection(a.peer)
+            self.proxies.remove(a.peer)
+            self.core.proxy_endpoints = self.proxies.endpoints()
+        elif isinstance(a, StartRelay):
+            if a.peer not in self._relay_tasks:
+                peer = a.peer
+                task = asyncio.create_task(self._relay(peer))
+                self._relay_tasks[peer] = task
+
+                def done(_t: asyncio.Task[None]) -> None:
+                    self._relay_tasks.pop(peer, None)
+
+                task.add_done_callback(done)
+        elif isinstance(a, CloseRelay):
+            self.manager.close_connection(a.peer)
+            self.proxies.remove(a.peer)
+
+    async def _relay(self, peer: PublicKey) -> None:
+        try:
+            relay = await self.manager.relay_peer(peer)
+        except RelayUnavailable as e:
+            self._run(self.core.on_relay_failed(peer, str(e), self._clock()))
+            return
+        log.debug("relay %s carries %s", relay.short(), peer.short())
+
+    # ------------------------------------------------------------ loop
+
+    async def _read(self) -> InterfaceInfo | None:
+        try:
+            return await asyncio.to_thread(self.backend.read, self.iface)
+        except BackendError as e:
+            log.warning("cannot read %s: %s", self.iface, e)
+            return None
+
+    def _write_status(self, info: InterfaceInfo) -> None:
+        peers = []
+        by_key = {p.public_key: p for p in info.peers}
+        for key, p in sorted(self.core.peers.items(), key=lambda kv: str(kv[0])):
+            wg = by_key.get(key)
+            relay = self.registry.get(p.relay) if p.relay and p.kind == PathKind.RELAYED else None
+            peers.append(
+                {
+                    "public_key": str(key),
+                    "path": p.kind.value,
+                    "reason": p.reason,
+                    "endpoint": endpoint_str(wg.endpoint) if wg and wg.endpoint else None,
+                    "direct_endpoint": endpoint_str(p.direct_endpoint)
+                    if p.direct_endpoint
+                    else None,
+                    "relay": str(p.relay) if relay else None,
+                    "relay_endpoint": endpoint_str(relay.endpoint) if relay else None,
+                    "latest_handshake": wg.latest_handshake if wg else None,
+                    "rx_bytes": wg.rx_bytes if wg else None,
+                    "tx_bytes": wg.tx_bytes if wg else None,
+                }
+            )
+        home = self.registry.get(self.manager.home) if self.manager.home else None
+        doc = {
+            "interface": self.iface,
+            "backend": self.backend.name,
+            "pid": os.getpid(),
+            "relay_enabled": self.opts.config.relay_enabled,
+            "home_relay": str(home.key) if home else None,
+            "home_relay_endpoint": endpoint_str(home.endpoint) if home else None,
+            "peers": peers,
+        }
+        text = json.dumps(doc, indent=2, sort_keys=True)
+        if text == self._last_status:
+            return
+        self._last_status = text
+        path = status_path(self.opts.state_dir, self.iface)
+        tmp = path.with_name(path.name + ".tmp")
+        try:
+            tmp.write_text(text + "\n")
+            tmp.replace(path)
+        except OSError as e:
+            log.warning("cannot write %s: %s", path, e.strerror)
+
+    async def run(self, on_ready: Callable[[], None] | None = None) -> None:
+        loop = asyncio.get_running_loop()
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.add_signal_handler(sig, self._stop.set)
+        try:
+            await self.manager.start()
+            if on_ready is not None:
+                on_ready()
+            while not self._stop.is_set():
+                info = await self._read()
+                if info is not None:
+                    self._peer_keys = {p.public_key for p in info.peers}
+                    if info.listen_port:
+                        self.proxies.set_wg_port(info.listen_port)
+                    now = self._clock()
+                    self._run(self.core.observe(info, now, self._wall()))
+                    self._run(self.core.tick(now))
+                    self._write_status(info)
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(POLL_INTERVAL_S):
+                        await self._stop.wait()
+        finally:
+            await self._shutdown()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    async def _shutdown(self) -> None:
+        log.info("stopping: restoring endpoints")
+        for task in list(self._relay_tasks.values()):
+            task.cancel()
+        for a in self.core.restore_actions():
+            try:
+                if isinstance(a, UseDirect):
+                    if a.endpoint is not None:
+                        self.backend.set_endpoint(self.iface, a.peer, a.endpoint)
+                    if a.keepalive_s is not None and self.opts.config.keepalive_s:
+                        self.backend.set_keepalive(self.iface, a.peer, a.keepalive_s)
+            except BackendError as e:
+                log.warning("could not restore %s: %s", a.peer.short(), e)
+        await self.manager.close()
+        self.proxies.close()
+        if self.store is not None:
+            try:
+                self.store.save(self.registry)
+            except Exception as e:  # losing measurements must not block shutdown
+                log.warning("could not save relay registry: %s", e)
+            self.store.close()
+        with contextlib.suppress(OSError):
+            status_path(self.opts.state_dir, self.iface).unlink()
+
+
+def _mtu_warning(backend: WireGuardBackend, iface: str) -> None:
+    mtu = backend.mtu(iface)
+    if mtu is None:
+        return
+    size = relayed_packet_size(mtu)
+    if size > PATH_MTU:
+        log.warning(
+            "interface %s has MTU %d: relayed packets are %d bytes over IPv4, more than a"
+            " 1500-byte path carries unfragmented; set the MTU to %d or less",
+            iface,
+            mtu,
+            size,
+            PATH_MTU - (size - mtu),
+        )
+
+
+async def _run_agent(opts: AgentOptions) -> int:
+    state = ensure_state_dir(opts.state_dir)
+    try:
+        backend = detect_backend(opts.interface, opts.backend)
+        info = await asyncio.to_thread(backend.read, opts.interface)
+    except BackendError as e:
+        raise ConfigError(str(e)) from None
+    store = RegistryStore(state / "relays.db")
+    registry = store.load()
+    for endpoint, key in opts.relays:
+        registry.add_bootstrap(key, endpoint)
+    if not registry.all():
+        store.close()
+        raise ConfigError(
+            "no relay known: add one with `wgrelay add-bootstrap-relay ENDPOINT PUB_KEY`"
+            " or `wgrelay up --relay ENDPOINT=PUB_KEY`"
+        )
+    store.save(registry)
+    _mtu_warning(backend, opts.interface)
+    agent = Agent(opts, backend, info, registry, store)
+    log.info(
+        "agent for %s (%s backend, %d peers, relays %s)",
+        opts.interface,
+        backend.name,
+        len(info.peers),
+        "enabled" if opts.config.relay_enabled else "disabled",
+    )
+
+    def ready() -> None:
+        home = agent.manager.home
+        print(
+            f"agent {opts.interface} up; home relay "
+            f"{home if home is not None else 'none reachable yet'}",
+            flush=True,
+        )
+
+    await agent.run(ready)
+    return 0
+
+
+def run_agent(opts: AgentOptions) -> int:
+    return asyncio.run(_run_agent(opts))

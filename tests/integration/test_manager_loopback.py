@@ -1,0 +1,121 @@
+"""RelayManager with two real relays on 127.0.0.1: locate, relay, failover."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Callable
+
+import pytest
+
+from tests.integration.relays import inproc_relay
+from wgrelay.client.link import LinkConfig
+from wgrelay.client.manager import (
+    HomeChanged,
+    ManagerEvent,
+    PeerRelayed,
+    PeerRelayLost,
+    RelayManager,
+)
+from wgrelay.discovery.registry import RelayRegistry
+from wgrelay.keys import PrivateKey, PublicKey
+
+pytestmark = pytest.mark.timeout(60)
+
+FAST = LinkConfig(lost_after_s=2.0, request_timeout_s=2.0)
+
+
+class Peer:
+    def __init__(self, relays: list[tuple[PublicKey, tuple[str, int]]]) -> None:
+        self.key = PrivateKey.generate()
+        reg = RelayRegistry()
+        for key, ep in relays:
+            reg.add_bootstrap(key, ep)
+        self.events: list[ManagerEvent] = []
+        self.frames: list[bytes] = []
+        self.changed = asyncio.Event()
+        self.manager = RelayManager(
+            self.key,
+            reg,
+            accept_peer=lambda _k: True,
+            on_event=self._event,
+            on_data=self._frame,
+            link_config=FAST,
+        )
+
+    def _frame(self, _peer: PublicKey, frame: bytes) -> None:
+        self.frames.append(frame[10:])
+        self.changed.set()
+
+    def _event(self, ev: ManagerEvent) -> None:
+        self.events.append(ev)
+        self.changed.set()
+
+    @property
+    def pub(self) -> PublicKey:
+        return self.key.public_key()
+
+    async def wait(self, pred: object, timeout: float = 10.0) -> ManagerEvent:
+        async with asyncio.timeout(timeout):
+            while True:
+                for ev in self.events:
+                    if pred(ev):  # type: ignore[operator]
+                        return ev
+                self.changed.clear()
+                await self.changed.wait()
+
+
+async def _until(cond: Callable[[], bool], *peers: Peer, timeout: float = 5.0) -> None:
+    """Wait, without polling, until ``cond()`` holds after some peer saw something."""
+    async with asyncio.timeout(timeout):
+        while not cond():
+            for p in peers:
+                p.changed.clear()
+            waits = [asyncio.create_task(p.changed.wait()) for p in peers]
+            try:
+                await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for w in waits:
+                    w.cancel()
+
+
+def test_relay_peer_locates_the_target_and_data_flows_then_fails_over() -> None:
+    async def scenario() -> None:
+        async with contextlib.AsyncExitStack() as stack:
+            r1 = await stack.enter_async_context(inproc_relay())
+            r2 = await stack.enter_async_context(inproc_relay())
+            relays = [(r1.key, r1.endpoint), (r2.key, r2.endpoint)]
+            a, b = Peer(relays), Peer(relays)
+            await a.manager.start()
+            await b.manager.start()
+            assert a.manager.home in (r1.key, r2.key)
+            # b's home is where a must find it
+            b_home = b.manager.home
+            assert b_home is not None
+            assert await a.manager.locate(b.pub) == b_home
+            used = await a.manager.relay_peer(b.pub)
+            assert used == b_home
+            await b.wait(lambda e: isinstance(e, PeerRelayed) and e.incoming)
+            for i in range(50):
+                assert a.manager.send_packet(b.pub, b"a%d" % i)
+                assert b.manager.send_packet(a.pub, b"b%d" % i)
+            await _until(lambda: len(a.frames) == 50 and len(b.frames) == 50, a, b)
+            assert b.frames == [b"a%d" % i for i in range(50)]
+
+            # the relay carrying the session dies
+            dead = r1 if b_home == r1.key else r2
+            alive = r2 if dead is r1 else r1
+            dead.server.stop()
+            await dead.task
+            await a.wait(lambda e: isinstance(e, PeerRelayLost), timeout=10)
+            await b.wait(lambda e: isinstance(e, HomeChanged) and e.relay == alive.key, timeout=15)
+            a.frames.clear()
+            b.frames.clear()
+            assert await a.manager.relay_peer(b.pub) == alive.key
+            await _until(lambda: b.pub in a.manager.routes and a.pub in b.manager.routes, a, b)
+            assert a.manager.send_packet(b.pub, b"after")
+            await _until(lambda: b.frames == [b"after"], a, b)
+            await a.manager.close()
+            await b.manager.close()
+
+    asyncio.run(scenario())
