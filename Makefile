@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: all demo test test-slow lint sysdeps venv clean
+.PHONY: all demo test test-slow lint bench sysdeps venv clean
 
 all: test
 
@@ -32,9 +32,16 @@ test-slow: venv
 	$(BIN)/pytest -m slow -p no:cacheprovider
 
 lint: venv
-	$(BIN)/ruff check src tests
-	$(BIN)/ruff format --check src tests
+	$(BIN)/ruff check src tests bench
+	$(BIN)/ruff format --check src tests bench
 	$(BIN)/mypy src
+
+## make bench: relay throughput/latency vs direct and a plain forwarder (loopback),
+## then relayed vs direct WireGuard iperf3 on the namespace testbed (as root)
+bench: sysdeps venv
+	$(MAKE) -C bench
+	$(BIN)/python bench/relay_bench.py
+	$(BIN)/python bench/testbed_iperf.py
 
 clean:
 	rm -rf $(VENV) bench/build .pytest_cache .mypy_cache .ruff_cache
