@@ -30,7 +30,6 @@ log = logging.getLogger("wgrelay")
 
 EXIT_ERROR = 1
 EXIT_USAGE = 2
-EXIT_NOT_AVAILABLE = 3
 EXIT_BUG = 70
 
 Handler = Callable[[argparse.Namespace], int]
@@ -208,6 +207,43 @@ def cmd_list_relays(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_configure_relay(args: argparse.Namespace) -> int:
+    from wgrelay.settings import check_interface_name, load_settings, save_settings
+    from wgrelay.state import ensure_state_dir
+
+    state = ensure_state_dir(args.state_dir)
+    settings = load_settings(state)
+    enabled = bool(args.enable)
+    if args.interface:
+        settings.interfaces[check_interface_name(args.interface)] = enabled
+        what = f"interface {args.interface}"
+    else:
+        settings.relay_enabled = enabled
+        what = "interfaces without their own setting"
+    save_settings(state, settings)
+    print(
+        f"relay fallback {'enabled' if enabled else 'disabled'} for {what}"
+        " (a running agent applies it within a second)"
+    )
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from wgrelay.mesh.status import collect_status, render_status
+
+    doc = collect_status(args.state_dir, args.interface)
+    if args.json:
+        import json
+
+        print(json.dumps(doc, indent=2, sort_keys=True))
+    else:
+        print(render_status(doc), end="")
+    if not any(i["agent_running"] for i in doc["interfaces"]):
+        which = args.interface or "any interface"
+        raise ConfigError(f"no agent is running for {which} (start one with `wgrelay up`)")
+    return 0
+
+
 def _port(text: str) -> int:
     if not text.isdigit() or not 0 <= int(text) < 65536:
         raise argparse.ArgumentTypeError(f"{text!r} is not a port (0-65535; 0 picks a free one)")
@@ -259,16 +295,6 @@ def _netns_demo_missing() -> str | None:
 
 
 # ---------------------------------------------------------------- parser
-
-
-def _not_yet(issue: int, what: str) -> Handler:
-    def handler(args: argparse.Namespace) -> int:
-        print(
-            f"wgrelay: {what} is not available in this build yet (issue #{issue})", file=sys.stderr
-        )
-        return EXIT_NOT_AVAILABLE
-
-    return handler
 
 
 def _common_options(suppress: bool) -> _Parser:
@@ -375,7 +401,16 @@ def build_parser() -> argparse.ArgumentParser:
     sp = add("add-bootstrap-relay", "add a bootstrap relay", cmd_add_bootstrap_relay)
     sp.add_argument("endpoint", metavar="ENDPOINT", help="relay address, IP:PORT or [IPv6]:PORT")
     sp.add_argument("pub_key", metavar="PUB_KEY", help="the relay's public key (base64)")
-    add("configure-relay", "enable or disable relay fallback", _not_yet(5, "configure-relay"))
+    sp = add("configure-relay", "enable or disable relay fallback", cmd_configure_relay)
+    onoff = sp.add_mutually_exclusive_group(required=True)
+    onoff.add_argument("--enable", action="store_true", help="allow relay fallback")
+    onoff.add_argument("--disable", action="store_true", help="never use relays")
+    sp.add_argument(
+        "interface",
+        nargs="?",
+        metavar="INTERFACE",
+        help="only this interface (default: every interface without its own setting)",
+    )
     sp = add("up", "run the agent beside a WireGuard interface", cmd_up)
     sp.add_argument("interface", metavar="INTERFACE", help="the WireGuard interface")
     sp.add_argument(
@@ -401,7 +436,9 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="how long a direct handshake may take before relaying (default 3)",
     )
-    add("status", "show per-peer paths", _not_yet(5, "status"))
+    sp = add("status", "show per-peer paths of running agents", cmd_status)
+    sp.add_argument("interface", nargs="?", metavar="INTERFACE", help="only this interface")
+    sp.add_argument("--json", action="store_true", help="stable machine-readable output")
     add("demo", "a relayed WireGuard tunnel coming up in network namespaces", cmd_demo)
     return p
 

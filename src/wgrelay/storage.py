@@ -23,17 +23,19 @@ from wgrelay.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
-APPLICATION_ID = 0x77677231  # "wgr1"
+APPLICATION_ID = 0x77677231  # "wgr1": the relay registry
+CACHE_APPLICATION_ID = 0x77677243  # "wgrC": a connection cache
+"""Each kind of store has its own id, so one can never be opened as another."""
 
 
-def _check(conn: sqlite3.Connection, schema_version: int) -> str | None:
+def _check(conn: sqlite3.Connection, schema_version: int, application_id: int) -> str | None:
     """Why the opened file is unusable, or None if it is ours and healthy."""
     app_id = conn.execute("PRAGMA application_id").fetchone()[0]
     version = conn.execute("PRAGMA user_version").fetchone()[0]
     tables = conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]
     if app_id == 0 and version == 0 and tables == 0:
         return None  # brand new
-    if app_id != APPLICATION_ID:
+    if app_id != application_id:
         return f"not a wgrelay file (application_id {app_id:#x})"
     if version != schema_version:
         return f"schema version {version}, expected {schema_version}"
@@ -43,7 +45,9 @@ def _check(conn: sqlite3.Connection, schema_version: int) -> str | None:
     return None
 
 
-def open_store(path: Path, schema: str, schema_version: int) -> sqlite3.Connection:
+def open_store(
+    path: Path, schema: str, schema_version: int, application_id: int = APPLICATION_ID
+) -> sqlite3.Connection:
     """Open (or create) a store; a broken file is moved aside, never fatal."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -53,14 +57,14 @@ def open_store(path: Path, schema: str, schema_version: int) -> sqlite3.Connecti
         conn: sqlite3.Connection | None = None
         try:
             conn = sqlite3.connect(path, timeout=5.0, isolation_level=None)
-            problem = _check(conn, schema_version)
+            problem = _check(conn, schema_version, application_id)
             if problem is None:
                 conn.execute("PRAGMA journal_mode=WAL")
                 conn.execute("PRAGMA synchronous=FULL")
                 with conn:
                     conn.execute("BEGIN IMMEDIATE")
                     _apply_schema(conn, schema)
-                    conn.execute(f"PRAGMA application_id={APPLICATION_ID}")
+                    conn.execute(f"PRAGMA application_id={application_id}")
                     conn.execute(f"PRAGMA user_version={schema_version}")
                 return conn
         except sqlite3.DatabaseError as e:

@@ -6,19 +6,28 @@ from dataclasses import replace
 
 from wgrelay.keys import PrivateKey, PublicKey
 from wgrelay.mesh.agent import (
+    Action,
     AgentConfig,
     AgentCore,
     CloseRelay,
+    HoldProxy,
     Kick,
+    LeaveRelay,
     PathKind,
     StartRelay,
     UseDirect,
     UseProxy,
 )
 from wgrelay.mesh.backend.base import InterfaceInfo, PeerInfo
+from wgrelay.mesh.cache import ConnectionCache
+from wgrelay.mesh.nat import TryDirect
+from wgrelay.proto.buffer import Endpoint
 
 WALL0 = 1_700_000_000.0
 RELAY = PrivateKey.generate().public_key()
+RELAY_EP: Endpoint = ("203.0.113.10", 51821)
+DIRECT: Endpoint = ("198.51.100.9", 51820)
+PROXY: Endpoint = ("127.0.0.1", 40000)
 
 
 def keys_ordered() -> tuple[PublicKey, PublicKey]:
@@ -34,7 +43,7 @@ def iface(*peers: PeerInfo) -> InterfaceInfo:
 def peer(key: PublicKey, **kw: object) -> PeerInfo:
     base = PeerInfo(
         public_key=key,
-        endpoint=("198.51.100.9", 51820),
+        endpoint=DIRECT,
         allowed_ips=("10.0.0.2/32",),
         latest_handshake=None,
         rx_bytes=0,
@@ -44,33 +53,70 @@ def peer(key: PublicKey, **kw: object) -> PeerInfo:
     return replace(base, **kw)  # type: ignore[arg-type]
 
 
+class Clock:
+    def __init__(self) -> None:
+        self.t = 0.0
+
+    def at(self, t: float) -> tuple[float, float]:
+        self.t = t
+        return t, WALL0 + t
+
+
+def relayed_core(cfg: AgentConfig | None = None) -> tuple[AgentCore, PublicKey]:
+    """A core whose only peer is relayed through RELAY via PROXY at t=3.1."""
+    me, other = keys_ordered()
+    core = AgentCore(me, cfg or AgentConfig())
+    core.observe(iface(peer(other)), 0.0, WALL0)
+    core.observe(iface(peer(other)), 3.0, WALL0 + 3)
+    assert core.on_relayed(other, RELAY, False, 3.1, WALL0 + 3.1, RELAY_EP) == [UseProxy(other)]
+    core.proxy_endpoints = {PROXY}
+    core.observe(iface(peer(other, endpoint=PROXY)), 3.2, WALL0 + 3.2)
+    return core, other
+
+
 def test_fresh_handshake_means_direct_and_nothing_to_do() -> None:
     me, other = keys_ordered()
     core = AgentCore(me, AgentConfig())
-    acts = core.observe(iface(peer(other, latest_handshake=WALL0 - 30)), now=0.0, wall=WALL0)
+    acts = core.observe(iface(peer(other, latest_handshake=WALL0 - 30)), 0.0, WALL0)
     assert acts == []
     assert core.peers[other].kind == PathKind.DIRECT
 
 
-def test_no_handshake_probes_then_relays_after_the_probe_time() -> None:
+def test_no_handshake_tries_direct_then_relays_after_the_probe_time() -> None:
     me, other = keys_ordered()
     core = AgentCore(me, AgentConfig(direct_probe_s=3.0))
     p = peer(other)
-    assert core.observe(iface(p), now=0.0, wall=WALL0) == [Kick(other, 25)]
+    assert core.observe(iface(p), 0.0, WALL0) == [TryDirect(other, DIRECT), Kick(other, 25)]
     assert core.peers[other].kind == PathKind.PROBING
-    assert core.observe(iface(p), now=2.9, wall=WALL0 + 2.9) == []
-    assert core.observe(iface(p), now=3.0, wall=WALL0 + 3.0) == [StartRelay(other)]
+    assert core.observe(iface(p), 2.9, WALL0 + 2.9) == []
+    assert core.observe(iface(p), 3.0, WALL0 + 3.0) == [StartRelay(other)]
     assert core.peers[other].kind == PathKind.RELAY_PENDING
-    # asked once, not on every observation
-    assert core.observe(iface(p), now=4.0, wall=WALL0 + 4.0) == []
+    assert core.observe(iface(p), 4.0, WALL0 + 4.0) == []  # asked once
+
+
+def test_every_candidate_is_tried_in_order() -> None:
+    me, other = keys_ordered()
+    cache = ConnectionCache(None)
+    extra = [("198.51.100.20", 51820), ("198.51.100.21", 51820)]
+    for ep in extra:  # known from earlier runs, each worked once
+        cache.record_success(other, ep, WALL0 - 7200)
+    core = AgentCore(me, AgentConfig(direct_probe_s=3.0), cache)
+    tried: list[Endpoint] = []
+    p = peer(other)
+    for t in range(0, 13):
+        acts = core.observe(iface(p), float(t), WALL0 + t)
+        tried.extend(a.endpoint for a in acts if isinstance(a, TryDirect))
+    assert sorted(tried) == sorted([DIRECT, *extra])
+    assert len(tried) == 3  # no candidate skipped, none twice
+    assert core.peers[other].kind == PathKind.RELAY_PENDING
 
 
 def test_larger_key_waits_for_the_other_side_before_asking() -> None:
     small, large = keys_ordered()
     core = AgentCore(large, AgentConfig(direct_probe_s=3.0, initiate_delay_s=2.0))
     p = peer(small)
-    core.observe(iface(p), now=0.0, wall=WALL0)
-    assert core.observe(iface(p), now=3.0, wall=WALL0 + 3) == []
+    core.observe(iface(p), 0.0, WALL0)
+    assert core.observe(iface(p), 3.0, WALL0 + 3) == []
     assert core.tick(4.9) == []
     assert core.tick(5.0) == [StartRelay(small)]
 
@@ -78,9 +124,9 @@ def test_larger_key_waits_for_the_other_side_before_asking() -> None:
 def test_incoming_session_while_waiting_wins() -> None:
     small, large = keys_ordered()
     core = AgentCore(large, AgentConfig(direct_probe_s=3.0, initiate_delay_s=2.0))
-    core.observe(iface(peer(small)), now=0.0, wall=WALL0)
-    core.observe(iface(peer(small)), now=3.0, wall=WALL0 + 3)
-    assert core.on_relayed(small, RELAY, incoming=True, now=3.5) == [UseProxy(small)]
+    core.observe(iface(peer(small)), 0.0, WALL0)
+    core.observe(iface(peer(small)), 3.0, WALL0 + 3)
+    assert core.on_relayed(small, RELAY, True, 3.5, WALL0 + 3.5, RELAY_EP) == [UseProxy(small)]
     assert core.tick(10.0) == []
     assert core.peers[small].kind == PathKind.RELAYED
 
@@ -88,85 +134,203 @@ def test_incoming_session_while_waiting_wins() -> None:
 def test_handshake_during_probe_means_direct() -> None:
     me, other = keys_ordered()
     core = AgentCore(me, AgentConfig())
-    core.observe(iface(peer(other)), now=0.0, wall=WALL0)
-    acts = core.observe(iface(peer(other, latest_handshake=WALL0 + 1)), now=1.0, wall=WALL0 + 1)
+    core.observe(iface(peer(other)), 0.0, WALL0)
+    acts = core.observe(iface(peer(other, latest_handshake=WALL0 + 0.8)), 1.0, WALL0 + 1)
     assert acts == []
     assert core.peers[other].kind == PathKind.DIRECT
+    entry = next(e for e in core.cache.entries(other) if e.endpoint == DIRECT)
+    assert entry.success_count == 1
+    assert entry.latency_ms is not None  # sub-second handshake time: measured
+    assert abs(entry.latency_ms - 800) < 1
 
 
 def test_peer_without_endpoint_is_relayed_at_once() -> None:
     me, other = keys_ordered()
     core = AgentCore(me, AgentConfig())
-    acts = core.observe(iface(peer(other, endpoint=None)), now=0.0, wall=WALL0)
-    assert acts == [StartRelay(other)]
+    assert core.observe(iface(peer(other, endpoint=None)), 0.0, WALL0) == [StartRelay(other)]
+
+
+def test_seed_rule_many_recent_failures_relays_before_trying_all() -> None:
+    me, other = keys_ordered()
+    cache = ConnectionCache(None)
+    for i in range(11):
+        cache.record_failure(other, DIRECT, WALL0 - 60 + i)
+    core = AgentCore(me, AgentConfig(), cache)
+    acts = core.observe(iface(peer(other)), 0.0, WALL0)
+    assert StartRelay(other) in acts
+    assert "seed rule" in core.peers[other].reason
+
+
+def test_restart_goes_straight_to_the_relay_that_worked() -> None:
+    me, other = keys_ordered()
+    cache = ConnectionCache(None)
+    cache.record_failure(other, DIRECT, WALL0 - 100)
+    cache.record_relay_success(other, RELAY, RELAY_EP, WALL0 - 50)
+    core = AgentCore(me, AgentConfig(), cache)
+    acts = core.observe(iface(peer(other)), 0.0, WALL0)
+    assert acts == [StartRelay(other)]  # no TryDirect first
+    assert "cache: relayed last time" in core.peers[other].reason
 
 
 def test_relay_disabled_never_relays() -> None:
     me, other = keys_ordered()
     core = AgentCore(me, AgentConfig(relay_enabled=False))
-    p = peer(other)
-    for t in range(0, 120, 1):
-        acts = core.observe(iface(p), now=float(t), wall=WALL0 + t)
+    for t in range(0, 120):
+        acts = core.observe(iface(peer(other)), float(t), WALL0 + t)
         assert not any(isinstance(a, StartRelay) for a in acts)
     assert core.peers[other].kind == PathKind.PROBING
 
 
+def test_disabling_relays_at_runtime_drops_relay_paths() -> None:
+    core, other = relayed_core()
+    acts = core.set_relay_enabled(False, 10.0, WALL0 + 10)
+    assert CloseRelay(other) in acts
+    assert UseDirect(other, DIRECT, None) in acts
+    assert core.peers[other].kind == PathKind.PROBING
+    assert core.on_relayed(other, RELAY, True, 11.0, WALL0 + 11, RELAY_EP) == [CloseRelay(other)]
+
+
 def test_lost_relay_path_asks_again_and_failures_back_off() -> None:
-    me, other = keys_ordered()
-    core = AgentCore(me, AgentConfig(relay_retry_initial_s=5.0, relay_retry_max_s=20.0))
-    core.observe(iface(peer(other, endpoint=None)), now=0.0, wall=WALL0)
-    core.on_relayed(other, RELAY, incoming=False, now=0.5)
-    assert core.on_relay_lost(other, "idle", now=10.0) == [StartRelay(other)]
-    assert core.on_relay_failed(other, "no relay", now=11.0) == []
+    core, other = relayed_core(AgentConfig(relay_retry_initial_s=5.0, relay_retry_max_s=20.0))
+    assert core.on_relay_lost(other, "peer_gone", 10.0, WALL0 + 10) == [StartRelay(other)]
+    assert core.on_relay_failed(other, "no relay", 11.0) == []
     assert core.tick(15.9) == []
     assert core.tick(16.0) == [StartRelay(other)]
-    core.on_relay_failed(other, "no relay", now=16.5)
+    core.on_relay_failed(other, "no relay", 16.5)
     assert core.tick(26.4) == []
     assert core.tick(26.5) == [StartRelay(other)]  # 10 s: doubled
+
+
+def test_probe_back_success_returns_to_direct() -> None:
+    core, other = relayed_core(AgentConfig(probe_back_s=30.0))
+    relayed_at = 3.1
+    assert core.observe(iface(peer(other, endpoint=PROXY)), 33.0, WALL0 + 33) == []
+    acts = core.observe(iface(peer(other, endpoint=PROXY)), relayed_at + 30, WALL0 + 33.1)
+    assert acts == [HoldProxy(other, True), TryDirect(other, DIRECT), Kick(other, 25)]
+    # data from the peer arrives while WireGuard points at the candidate
+    acts = core.observe(iface(peer(other, endpoint=DIRECT, rx_bytes=500)), 34.0, WALL0 + 34)
+    assert acts == [HoldProxy(other, False), LeaveRelay(other), Kick(other, 25)]
+    p = core.peers[other]
+    assert p.kind == PathKind.DIRECT
+    assert "direct path works again" in p.reason
+
+
+def test_failed_probe_back_goes_back_to_the_relay_and_waits_longer() -> None:
+    core, other = relayed_core(AgentConfig(probe_back_s=30.0, direct_probe_s=3.0))
+    core.observe(iface(peer(other, endpoint=PROXY)), 33.1, WALL0 + 33.1)  # probe starts
+    acts = core.observe(iface(peer(other, endpoint=DIRECT)), 36.1, WALL0 + 36.1)
+    assert acts == [UseProxy(other), HoldProxy(other, False)]
+    p = core.peers[other]
+    assert p.kind == PathKind.RELAYED
+    assert p.next_probe_back == 36.1 + 60.0
+
+
+def test_peer_reaching_us_directly_while_relayed_moves_us_to_direct() -> None:
+    core, other = relayed_core()
+    wan: Endpoint = ("198.51.100.77", 40001)
+    acts = core.observe(iface(peer(other, endpoint=wan, rx_bytes=96)), 10.0, WALL0 + 10)
+    assert acts == [LeaveRelay(other), Kick(other, 25)]
+    assert core.peers[other].kind == PathKind.DIRECT
+    assert core.peers[other].direct_endpoint == wan
+
+
+def test_flapping_path_waits_longer_each_time() -> None:
+    core, other = relayed_core(AgentConfig(probe_back_s=30.0, flap_window_s=300.0))
+    core.observe(iface(peer(other, endpoint=PROXY)), 33.1, WALL0 + 33.1)
+    core.observe(iface(peer(other, endpoint=DIRECT, rx_bytes=500)), 34.0, WALL0 + 34)
+    assert core.peers[other].kind == PathKind.DIRECT
+    # it breaks again a minute later: relayed once more
+    acts: list[Action] = []
+    for t in range(60, 80):
+        acts = core.observe(
+            iface(peer(other, endpoint=DIRECT, rx_bytes=500, tx_bytes=t * 100)),
+            float(t),
+            WALL0 + t,
+        )
+        if acts:
+            break
+    assert core.peers[other].kind == PathKind.PROBING
+    core.on_relayed(other, RELAY, False, 90.0, WALL0 + 90, RELAY_EP)
+    p = core.peers[other]
+    assert p.flaps == 1
+    assert p.next_probe_back == 90.0 + 60.0  # 30 s * 2**flaps
+    assert "flapped 1x" in p.reason
 
 
 def test_direct_path_gone_silent_is_probed_again() -> None:
     me, other = keys_ordered()
     core = AgentCore(me, AgentConfig(broken_after_s=15.0))
-    hs = WALL0 - 170  # handshake about to age out
-    core.observe(iface(peer(other, latest_handshake=hs, tx_bytes=100)), now=0.0, wall=WALL0)
+    hs = WALL0 - 170
+    core.observe(iface(peer(other, latest_handshake=hs, tx_bytes=100)), 0.0, WALL0)
     assert core.peers[other].kind == PathKind.DIRECT
-    acts = []
+    acts: list[Action] = []
     for t in range(1, 20):
-        # WireGuard keeps sending (tx grows) but nothing comes back
         acts = core.observe(
             iface(peer(other, latest_handshake=hs, tx_bytes=100 + t * 148)),
-            now=float(t),
-            wall=WALL0 + t,
+            float(t),
+            WALL0 + t,
         )
         if acts:
             break
-    assert acts == [Kick(other, 25)]
+    assert acts == [TryDirect(other, DIRECT), Kick(other, 25)]
     assert core.peers[other].kind == PathKind.PROBING
 
 
 def test_restore_puts_back_the_direct_endpoint_and_keepalive() -> None:
-    me, other = keys_ordered()
-    core = AgentCore(me, AgentConfig())
-    core.observe(iface(peer(other, persistent_keepalive=None)), now=0.0, wall=WALL0)
-    core.observe(iface(peer(other)), now=3.0, wall=WALL0 + 3)
-    core.on_relayed(other, RELAY, incoming=False, now=3.1)
-    core.proxy_endpoints = {("127.0.0.1", 40000)}
-    # WireGuard now shows the proxy: it must not be taken for a direct endpoint
-    core.observe(iface(peer(other, endpoint=("127.0.0.1", 40000))), now=4.0, wall=WALL0 + 4)
-    assert core.restore_actions() == [UseDirect(other, ("198.51.100.9", 51820), 0)]
+    core, other = relayed_core()
+    assert core.restore_actions() == [UseDirect(other, DIRECT, 0)]
 
 
 def test_peer_leaving_the_interface_closes_its_relay() -> None:
-    me, other = keys_ordered()
-    core = AgentCore(me, AgentConfig())
-    core.observe(iface(peer(other, endpoint=None)), now=0.0, wall=WALL0)
-    core.on_relayed(other, RELAY, incoming=False, now=0.5)
-    assert core.observe(iface(), now=1.0, wall=WALL0 + 1) == [CloseRelay(other)]
+    core, other = relayed_core()
+    assert core.observe(iface(), 5.0, WALL0 + 5) == [CloseRelay(other)]
     assert other not in core.peers
 
 
 def test_session_for_an_unknown_peer_is_closed() -> None:
     me, other = keys_ordered()
     core = AgentCore(me, AgentConfig())
-    assert core.on_relayed(other, RELAY, incoming=True, now=0.0) == [CloseRelay(other)]
+    assert core.on_relayed(other, RELAY, True, 0.0) == [CloseRelay(other)]
+
+
+def test_peer_closing_the_session_on_purpose_is_checked_directly_first() -> None:
+    core, other = relayed_core()
+    roamed: Endpoint = ("198.51.100.77", 40001)
+    core.observe(iface(peer(other, endpoint=roamed)), 5.0, WALL0 + 5)  # WireGuard followed it
+    acts = core.on_relay_lost(other, "normal", 5.1, WALL0 + 5.1)
+    assert acts[0] == LeaveRelay(other)
+    assert TryDirect(other, roamed) == acts[1]  # where WireGuard points now, first
+    assert core.peers[other].kind == PathKind.PROBING
+
+
+def test_incoming_offer_while_direct_works_is_declined() -> None:
+    me, other = keys_ordered()
+    core = AgentCore(me, AgentConfig())
+    core.observe(iface(peer(other, latest_handshake=WALL0 - 100, rx_bytes=10)), 0.0, WALL0)
+    core.observe(iface(peer(other, latest_handshake=WALL0 - 100, rx_bytes=20)), 1.0, WALL0 + 1)
+    assert core.on_relayed(other, RELAY, True, 2.0, WALL0 + 2, RELAY_EP) == [CloseRelay(other)]
+    assert core.peers[other].kind == PathKind.DIRECT
+
+
+def test_peer_reaching_us_during_our_probe_back_counts_as_direct() -> None:
+    core, other = relayed_core(AgentConfig(probe_back_s=30.0))
+    start = 33.1 if core.own_key.raw < other.raw else 33.1 + 5.0
+    core.observe(iface(peer(other, endpoint=PROXY)), start, WALL0 + start)
+    assert core.peers[other].probing_back
+    # our candidate is dead, but the peer's packet came in from its own address
+    theirs: Endpoint = ("198.51.100.77", 40001)
+    acts = core.observe(iface(peer(other, endpoint=theirs, rx_bytes=64)), start + 1, WALL0 + 40)
+    assert acts == [HoldProxy(other, False), LeaveRelay(other), Kick(other, 25)]
+    assert core.peers[other].direct_endpoint == theirs
+    assert "peer reached us directly" in core.peers[other].reason
+
+
+def test_only_one_side_probes_back_at_a_time() -> None:
+    small, large = keys_ordered()
+    first = AgentCore(small, AgentConfig(probe_back_s=30.0, direct_probe_s=3.0))
+    second = AgentCore(large, AgentConfig(probe_back_s=30.0, direct_probe_s=3.0))
+    for core, other in ((first, large), (second, small)):
+        core.observe(iface(peer(other, endpoint=None)), 0.0, WALL0)
+        core.on_relayed(other, RELAY, False, 1.0, WALL0 + 1, RELAY_EP)
+    assert first.peers[large].next_probe_back == 31.0
+    assert second.peers[small].next_probe_back == 31.0 + 5.0  # after the other's try ends

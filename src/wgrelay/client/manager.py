@@ -173,6 +173,15 @@ class RelayManager:
         client.start(register=False)
         return await client.ping(timeout=PING_TIMEOUT_S)
 
+    async def ping(self, relay_key: PublicKey) -> float:
+        """RTT to a relay we hold a client for, in seconds (raises if unanswered)."""
+        client = self.clients.get(relay_key)
+        if client is None:
+            raise RelayUnavailable(f"no client for relay {relay_key.short()}")
+        rtt = await self._ping(client)
+        self.registry.record_rtt(relay_key, rtt * 1000)
+        return rtt
+
     async def _choose_home(self) -> None:
         relays = self.available()
         if not relays:

@@ -42,14 +42,17 @@ class ProxyCounters:
     to_wg_bytes: int = 0
     no_route: int = 0
     foreign_source: int = 0
+    held: int = 0
+    """Frames from the relay not given to WireGuard while a direct probe runs."""
 
 
 class _Proxy:
-    __slots__ = ("counters", "endpoint", "peer", "sock")
+    __slots__ = ("counters", "endpoint", "hold", "peer", "sock")
 
     def __init__(self, peer: PublicKey, sock: socket.socket) -> None:
         self.peer = peer
         self.sock = sock
+        self.hold = False
         host, port = sock.getsockname()[:2]
         self.endpoint: Endpoint = (host, port)
         self.counters = ProxyCounters()
@@ -104,6 +107,13 @@ class ProxyTable:
         log.debug("proxy for %s on %s:%d", peer.short(), *p.endpoint)
         return p.endpoint
 
+    def hold(self, peer: PublicKey, hold: bool) -> None:
+        """While a direct probe runs, frames from the relay are not given to
+        WireGuard: one would make it roam straight back to the proxy."""
+        p = self._proxies.get(peer)
+        if p is not None:
+            p.hold = hold
+
     def remove(self, peer: PublicKey) -> None:
         p = self._proxies.pop(peer, None)
         if p is not None:
@@ -150,6 +160,9 @@ class ProxyTable:
         """A data frame from the relay: hand its WireGuard packet to WireGuard."""
         p = self._proxies.get(peer)
         if p is None:
+            return
+        if p.hold:
+            p.counters.held += 1
             return
         payload = memoryview(frame)[DATA_HEADER_LEN:]
         try:

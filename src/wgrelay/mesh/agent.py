@@ -1,46 +1,64 @@
-"""The agent's decisions per peer: direct, or relayed (sans-I/O).
+"""The agent's decisions per peer: direct, or relayed, and back (sans-I/O).
 
 Theory of operation
 -------------------
 ``AgentCore`` holds one ``PeerPath`` per peer of the WireGuard interface. The
 daemon calls ``observe(info, now, wall)`` with a fresh snapshot of the interface
-about once a second, and reports relay outcomes (``on_relayed``,
-``on_relay_lost``, ``on_relay_failed``). Each call returns ``Action`` values the
-daemon carries out (kick a handshake, move the endpoint to the local proxy or
-back, ask the relay manager for a path). The core never touches WireGuard, a
-socket or a clock, so its rules run under a fake clock in unit tests.
+(about once a second, five times a second while a direct attempt runs), and
+reports relay outcomes (``on_relayed``, ``on_relay_lost``, ``on_relay_failed``).
+Each call returns ``Action`` values for the daemon to carry out. The core never
+touches WireGuard, a socket or a clock: its rules run under a fake clock in the
+unit tests. What worked and what failed goes into the ``ConnectionCache``, which
+orders the direct candidates, decides (with the seed's rules) when to stop
+trying direct, and remembers across restarts which path worked last.
 
 Per-peer states::
 
-    PROBING --handshake newer than the probe--> DIRECT
-    PROBING --no handshake for direct_probe_s--> RELAY_PENDING (StartRelay)
-    RELAY_PENDING --on_relayed--> RELAYED (UseProxy)
-    RELAY_PENDING --on_relay_failed--> RELAY_PENDING (retry with backoff)
-    RELAYED --on_relay_lost--> RELAY_PENDING (StartRelay: next relay)
-    DIRECT --WireGuard sending but hearing nothing, no handshake--> PROBING
-    any --incoming relay session accepted--> RELAYED
+    PROBING --NatTraverse: handshake/traffic on a candidate--> DIRECT
+    PROBING --candidates exhausted, or cache.should_try_relay--> RELAY_PENDING
+    RELAY_PENDING --on_relayed--> RELAYED (endpoint: our 127.0.0.1 proxy)
+    RELAYED --on_relay_lost--> RELAY_PENDING (the manager tries the next relay)
+    RELAYED --probe-back succeeds--> DIRECT (relay session closed)
+    RELAYED --peer reached us directly (WireGuard roamed, data flowing)--> DIRECT
+    DIRECT --sending for broken_after_s without hearing anything--> PROBING
+    (start) --cache: relayed last time--> RELAY_PENDING at once
 
-Direct attempts: WireGuard only starts a handshake when it has something to
-send, so a probe *kicks* one (persistent keepalive switched on; see
-``WireGuardBackend.set_keepalive``). ``direct_probe_s`` is shorter than
-WireGuard's 5 s handshake retry on purpose: when the direct attempt fails, the
-endpoint is on the proxy before WireGuard's next retry, so the relayed
-handshake completes about 5 s after the agent started.
+Direct attempts (``NatTraverse``) make a candidate the peer's endpoint and
+*kick* a handshake: WireGuard only starts one when it has something to send,
+and switching persistent keepalive on makes it send now. Each candidate gets
+``direct_probe_s`` (3 s), shorter than WireGuard's 5 s handshake retry, so when
+direct fails the retry already goes through the relay.
 
-Who asks for the session: both ends usually notice at about the same time.
-The peer with the smaller public key asks at once; the other waits
-``initiate_delay_s`` for the incoming session before asking itself (the relay
-also joins two requests for the same pair into one session).
+Going back to direct (timers, all per peer):
+
+* ``probe_back_s`` (30 s) after a peer became relayed, the agent tries its direct
+  candidates again ("probe-back"): the endpoint moves to the candidate for at
+  most ``direct_probe_s`` and frames arriving from the relay are held back
+  meanwhile (WireGuard would otherwise roam straight back to the proxy). Proof
+  of a working path is a handshake or data from the peer on that endpoint.
+* A failed probe-back doubles the interval, up to ``probe_back_max_s`` (15 min).
+* Hysteresis: a peer that went back to direct and fell back to the relay within
+  ``flap_window_s`` (5 min) counts a flap; its next probe-back waits
+  ``probe_back_s * 2**flaps`` (capped). Flaps are forgotten after a whole flap
+  window on a direct path. So a flapping path costs a probe now and then, not a
+  bounce every minute.
+
+Who asks for the relay session: the peer with the smaller public key asks at
+once; the other waits ``initiate_delay_s`` for the incoming session first (and
+the relay joins two requests for the same pair into one session anyway).
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 
 from wgrelay.keys import PublicKey
 from wgrelay.mesh.backend.base import InterfaceInfo, PeerInfo
+from wgrelay.mesh.cache import ConnectionCache
+from wgrelay.mesh.nat import DirectFailed, DirectSucceeded, NatTraverse, Observation, TryDirect
 from wgrelay.proto.buffer import Endpoint, endpoint_str
 
 log = logging.getLogger(__name__)
@@ -57,7 +75,7 @@ class PathKind(StrEnum):
 class AgentConfig:
     relay_enabled: bool = True
     direct_probe_s: float = 3.0
-    """How long a kicked direct handshake may take before we relay."""
+    """How long one direct candidate may take to show a handshake."""
     initiate_delay_s: float = 2.0
     handshake_fresh_s: float = 180.0
     """A handshake younger than this (WireGuard's REJECT_AFTER_TIME) proves a path."""
@@ -67,21 +85,48 @@ class AgentConfig:
     """Persistent keepalive the agent sets on peers it manages (0: leave alone)."""
     relay_retry_initial_s: float = 5.0
     relay_retry_max_s: float = 60.0
+    probe_back_s: float = 30.0
+    probe_back_max_s: float = 900.0
+    flap_window_s: float = 300.0
+
+
+# ---------------------------------------------------------------- actions
 
 
 @dataclass(frozen=True, slots=True)
 class Kick:
+    """Switch persistent keepalive on through 0: WireGuard sends at once."""
+
     peer: PublicKey
     keepalive_s: int
 
 
 @dataclass(frozen=True, slots=True)
 class UseProxy:
+    """Point the peer's endpoint at its local proxy (creating it)."""
+
+    peer: PublicKey
+
+
+@dataclass(frozen=True, slots=True)
+class HoldProxy:
+    """Stop (or resume) handing relay frames to WireGuard during a probe-back."""
+
+    peer: PublicKey
+    hold: bool
+
+
+@dataclass(frozen=True, slots=True)
+class LeaveRelay:
+    """The peer is direct now: close its relay session and proxy (endpoint stays)."""
+
     peer: PublicKey
 
 
 @dataclass(frozen=True, slots=True)
 class UseDirect:
+    """Set the peer's endpoint (and keepalive) and drop any relay path (restore)."""
+
     peer: PublicKey
     endpoint: Endpoint | None
     keepalive_s: int | None
@@ -97,7 +142,7 @@ class CloseRelay:
     peer: PublicKey
 
 
-Action = Kick | UseProxy | UseDirect | StartRelay | CloseRelay
+Action = Kick | TryDirect | UseProxy | HoldProxy | LeaveRelay | UseDirect | StartRelay | CloseRelay
 
 
 @dataclass(slots=True)
@@ -108,29 +153,46 @@ class PeerPath:
     reason: str
     original_endpoint: Endpoint | None
     original_keepalive: int | None
-    direct_endpoint: Endpoint | None
-    """The best known direct candidate: where the peer goes back to."""
+    direct_endpoint: Endpoint | None = None
+    """The direct endpoint in use, or the best known one: where the peer goes back to."""
     relay: PublicKey | None = None
-    probe_started_wall: float = 0.0
-    probe_deadline: float = 0.0
+    relay_endpoint: Endpoint | None = None
     relay_requested: bool = False
     relay_retry_at: float = 0.0
     relay_backoff_s: float = 0.0
+    probing_back: bool = False
+    next_probe_back: float = 0.0
+    probe_back_interval_s: float = 0.0
+    flaps: int = 0
+    direct_since: float | None = None
+    returned_direct_at: float | None = None
     latest_handshake: float | None = None
     rx_bytes: int = 0
     tx_bytes: int = 0
     silent_since: float | None = None
-    """When tx last grew while rx did not (a direct path that may be dead)."""
+    wg_endpoint: Endpoint | None = None
+    """WireGuard's endpoint for the peer at the last observation."""
+    last_heard: float | None = None
+    """When we last saw the peer alive (rx grew or a new handshake)."""
     history: list[str] = field(default_factory=list)
 
 
+def _is_loopback(ep: Endpoint | None) -> bool:
+    return ep is not None and (ep[0].startswith("127.") or ep[0] == "::1")
+
+
 class AgentCore:
-    def __init__(self, own_key: PublicKey, config: AgentConfig) -> None:
+    def __init__(
+        self, own_key: PublicKey, config: AgentConfig, cache: ConnectionCache | None = None
+    ) -> None:
         self.own_key = own_key
         self.config = config
+        self.cache = cache if cache is not None else ConnectionCache(None)
+        self.nat = NatTraverse(config.direct_probe_s)
         self.peers: dict[PublicKey, PeerPath] = {}
         self.proxy_endpoints: set[Endpoint] = set()
         """Endpoints that are our proxies (never a direct candidate)."""
+        self.relay_enabled = config.relay_enabled
 
     # ------------------------------------------------------------ helpers
 
@@ -139,26 +201,45 @@ class AgentCore:
             log.info("peer %s: %s (%s)", p.key.short(), kind.value, reason)
             p.history.append(f"{kind.value}: {reason}")
             del p.history[:-10]
+        if kind == PathKind.DIRECT and p.kind != PathKind.DIRECT:
+            p.direct_since = now
         p.kind = kind
         p.since = now
         p.reason = reason
 
-    def _fresh(self, hs: float | None, wall: float) -> bool:
-        return hs is not None and wall - hs < self.config.handshake_fresh_s
+    def _candidates(self, p: PeerPath, wall: float) -> list[Endpoint]:
+        # where WireGuard points now comes first: it may have followed the peer
+        # to a direct address (roaming) just before we looked
+        known = [
+            e
+            for e in (p.wg_endpoint, p.direct_endpoint, p.original_endpoint)
+            if e and not _is_loopback(e) and e not in self.proxy_endpoints
+        ]
+        cands = self.cache.ordered_candidates(p.key, known, wall)
+        return [e for e in cands if not _is_loopback(e) and e not in self.proxy_endpoints]
 
-    def _probe(self, p: PeerPath, now: float, wall: float, reason: str) -> list[Action]:
-        self._set(p, PathKind.PROBING, now, reason)
-        p.probe_started_wall = wall
-        p.probe_deadline = now + self.config.direct_probe_s
-        if self.config.keepalive_s:
-            return [Kick(p.key, self.config.keepalive_s)]
-        return []
+    def _start_probing(self, p: PeerPath, now: float, wall: float, why: str) -> list[Action]:
+        cands = self._candidates(p, wall)
+        if not cands:
+            return self._want_relay(p, now, f"{why}; no direct candidate to try")
+        shown = ", ".join(endpoint_str(c) for c in cands[:3]) + (", ..." if len(cands) > 3 else "")
+        self._set(p, PathKind.PROBING, now, f"{why}; trying direct {shown}")
+        return self._try(self.nat.add(p.key, cands, now, wall, p.rx_bytes), wall)
+
+    def _try(self, tries: list[TryDirect], wall: float) -> list[Action]:
+        out: list[Action] = []
+        for t in tries:
+            self.cache.record_attempt(t.peer, t.endpoint, wall)
+            out.append(t)
+            if self.config.keepalive_s:
+                out.append(Kick(t.peer, self.config.keepalive_s))
+        return out
 
     def _want_relay(self, p: PeerPath, now: float, reason: str) -> list[Action]:
+        self.nat.mark_connected(p.key)  # no more direct attempts for now
         self._set(p, PathKind.RELAY_PENDING, now, reason)
         p.relay_requested = False
         p.relay_backoff_s = self.config.relay_retry_initial_s
-        # the smaller key asks first; the other gives it a moment (see module doc)
         delay = 0.0 if self.own_key.raw < p.key.raw else self.config.initiate_delay_s
         p.relay_retry_at = now + delay
         return self._maybe_start_relay(p, now)
@@ -166,33 +247,80 @@ class AgentCore:
     def _maybe_start_relay(self, p: PeerPath, now: float) -> list[Action]:
         if p.kind != PathKind.RELAY_PENDING or p.relay_requested or now < p.relay_retry_at:
             return []
-        if not self.config.relay_enabled:
+        if not self.relay_enabled:
             return []
         p.relay_requested = True
         return [StartRelay(p.key)]
+
+    def _to_direct(self, p: PeerPath, ep: Endpoint, now: float, reason: str) -> list[Action]:
+        actions: list[Action] = []
+        was_relayed = p.kind in (PathKind.RELAYED, PathKind.RELAY_PENDING)
+        if was_relayed:
+            actions.append(LeaveRelay(p.key))
+            p.returned_direct_at = now
+        p.direct_endpoint = ep
+        p.probing_back = False
+        p.relay = None
+        p.relay_requested = False
+        p.silent_since = None
+        self.nat.mark_connected(p.key)
+        self._set(p, PathKind.DIRECT, now, reason)
+        return actions
 
     # ------------------------------------------------------------ inputs
 
     def observe(self, info: InterfaceInfo, now: float, wall: float) -> list[Action]:
         actions: list[Action] = []
-        seen = set()
+        seen: dict[PublicKey, Observation] = {}
+        fresh: dict[PublicKey, PeerInfo] = {}
         for peer in info.peers:
-            seen.add(peer.public_key)
-            p = self.peers.get(peer.public_key)
-            if p is None:
-                actions += self._new_peer(peer, now, wall)
-            else:
-                actions += self._update(p, peer, now, wall)
-        for key in [k for k in self.peers if k not in seen]:
+            fresh[peer.public_key] = peer
+            seen[peer.public_key] = Observation(peer.endpoint, peer.latest_handshake, peer.rx_bytes)
+        for key in [k for k in self.peers if k not in fresh]:
             log.info("peer %s left the interface", key.short())
             p = self.peers.pop(key)
-            if p.kind == PathKind.RELAYED or p.relay_requested:
+            self.nat.mark_connected(key)
+            if p.kind in (PathKind.RELAYED, PathKind.RELAY_PENDING):
                 actions.append(CloseRelay(key))
+        # a peer whose path was decided in this round is not judged again in it
+        settled: set[PublicKey] = set()
+        for key, peer in fresh.items():
+            if key not in self.peers:
+                actions += self._new_peer(peer, now, wall)
+                settled.add(key)
+        deltas = {
+            key: self._absorb(self.peers[key], peer, now)
+            for key, peer in fresh.items()
+            if key not in settled
+        }
+        tries, results = self.nat.step(now, wall, seen)
+        actions += self._try(tries, wall)
+        for r in results:
+            actions += self._nat_result(r, now, wall)
+            settled.add(r.peer)
+        for key in self.nat.step_with_relay(lambda k: self.cache.should_try_relay(k, wall)):
+            actions += self._nat_gave_up(self.peers[key], now, wall)
+            settled.add(key)
+        for key, peer in fresh.items():
+            if key not in settled:
+                actions += self._update(self.peers[key], peer, deltas[key], now, wall)
         return actions
+
+    @staticmethod
+    def _absorb(p: PeerPath, peer: PeerInfo, now: float) -> tuple[bool, bool, bool]:
+        """Take the new counters; returns (new handshake, rx grew, tx grew)."""
+        hs = peer.latest_handshake
+        new_handshake = hs is not None and (p.latest_handshake is None or hs > p.latest_handshake)
+        delta = (new_handshake, peer.rx_bytes > p.rx_bytes, peer.tx_bytes > p.tx_bytes)
+        p.latest_handshake, p.rx_bytes, p.tx_bytes = hs, peer.rx_bytes, peer.tx_bytes
+        p.wg_endpoint = peer.endpoint
+        if delta[0] or delta[1]:
+            p.last_heard = now
+        return delta
 
     def _new_peer(self, peer: PeerInfo, now: float, wall: float) -> list[Action]:
         ep = peer.endpoint
-        ours = ep in self.proxy_endpoints or (ep is not None and ep[0] == "127.0.0.1")
+        ours = ep in self.proxy_endpoints or _is_loopback(ep)
         p = PeerPath(
             key=peer.public_key,
             kind=PathKind.PROBING,
@@ -204,74 +332,232 @@ class AgentCore:
             latest_handshake=peer.latest_handshake,
             rx_bytes=peer.rx_bytes,
             tx_bytes=peer.tx_bytes,
+            probe_back_interval_s=self.config.probe_back_s,
         )
         self.peers[peer.public_key] = p
-        if not ours and self._fresh(peer.latest_handshake, wall):
-            self._set(p, PathKind.DIRECT, now, f"recent handshake via {_ep(ep)}")
-            return []
-        if p.direct_endpoint is None:
-            if not self.config.relay_enabled:
-                self._set(p, PathKind.PROBING, now, "no direct endpoint; relay disabled")
-                return []
-            return self._want_relay(p, now, "no direct endpoint to try")
-        return self._probe(p, now, wall, f"trying direct {_ep(p.direct_endpoint)}")
-
-    def _update(self, p: PeerPath, peer: PeerInfo, now: float, wall: float) -> list[Action]:
         hs = peer.latest_handshake
-        new_handshake = hs is not None and (p.latest_handshake is None or hs > p.latest_handshake)
-        tx_grew = peer.tx_bytes > p.tx_bytes
-        rx_grew = peer.rx_bytes > p.rx_bytes
-        p.latest_handshake, p.rx_bytes, p.tx_bytes = hs, peer.rx_bytes, peer.tx_bytes
-        ep = peer.endpoint
-        if ep is not None and ep not in self.proxy_endpoints and ep[0] != "127.0.0.1":
-            p.direct_endpoint = ep  # WireGuard roamed, or the operator set it
+        if (
+            not ours
+            and ep is not None
+            and hs is not None
+            and wall - hs < self.config.handshake_fresh_s
+        ):
+            self.cache.record_success(p.key, ep, wall)
+            self._set(p, PathKind.DIRECT, now, f"recent handshake via {endpoint_str(ep)}")
+            return []
+        last = self.cache.last_path(p.key)
+        if last == "relay" and self.relay_enabled:
+            # what worked last time first: do not sit through every direct attempt again
+            best = self.cache.best_relay(p.key)
+            via = f" via {best[0].short()}" if best else ""
+            p.next_probe_back = now + self.config.probe_back_s
+            return self._want_relay(p, now, f"cache: relayed last time{via}; relaying at once")
+        why = "cache: direct last time" if last == "direct" else "no recent handshake"
+        return self._start_probing(p, now, wall, why)
+
+    def _nat_result(
+        self, r: DirectSucceeded | DirectFailed, now: float, wall: float
+    ) -> list[Action]:
+        p = self.peers.get(r.peer)
+        if p is None:
+            return []
+        if isinstance(r, DirectFailed):
+            self.cache.record_failure(r.peer, r.endpoint, wall)
+            return []
+        self.cache.record_success(r.peer, r.endpoint, wall, latency_ms=r.latency_ms)
         actions: list[Action] = []
-        if p.kind == PathKind.PROBING:
-            if hs is not None and hs >= p.probe_started_wall and _on_direct(peer, self):
-                self._set(p, PathKind.DIRECT, now, f"handshake via {_ep(peer.endpoint)}")
-            elif now >= p.probe_deadline:
-                if self.config.relay_enabled:
-                    actions += self._want_relay(
-                        p,
-                        now,
-                        f"no handshake within {self.config.direct_probe_s:.0f} s "
-                        f"of trying {_ep(p.direct_endpoint)}",
-                    )
-                else:
-                    actions += self._probe(p, now, wall, "direct failed; relay disabled, retrying")
-                    p.probe_deadline = now + max(self.config.keepalive_s, 5)
-        elif p.kind == PathKind.DIRECT:
+        if p.probing_back:
+            actions.append(HoldProxy(p.key, False))
+            reason = (
+                f"direct path works again via {endpoint_str(r.endpoint)} ({r.proof}); "
+                f"left relay {p.relay.short() if p.relay else '?'}"
+            )
+        else:
+            reason = f"{r.proof} via {endpoint_str(r.endpoint)}"
+        actions += self._to_direct(p, r.endpoint, now, reason)
+        if self.config.keepalive_s and r.proof != "handshake":
+            # (a handshake told both ends already) send on the new path at once,
+            # so the peer sees it and WireGuard there follows
+            actions.append(Kick(p.key, self.config.keepalive_s))
+        return actions
+
+    def _nat_gave_up(self, p: PeerPath, now: float, wall: float) -> list[Action]:
+        if p.probing_back:
+            # back onto the relay, and wait longer before the next try
+            self.nat.mark_connected(p.key)
+            p.probing_back = False
+            p.probe_back_interval_s = min(p.probe_back_interval_s * 2, self.config.probe_back_max_s)
+            p.next_probe_back = now + p.probe_back_interval_s + self._probe_offset(p)
+            self._set(
+                p,
+                PathKind.RELAYED,
+                now,
+                f"via relay {p.relay.short() if p.relay else '?'}; direct still failing, "
+                f"next try in {p.probe_back_interval_s:.0f} s",
+            )
+            return [UseProxy(p.key), HoldProxy(p.key, False)]
+        if not self.relay_enabled:
+            # keep cycling through the candidates: there is nothing else to do
+            self.nat.mark_connected(p.key)
+            return self._start_probing(p, now, wall, "direct failed; relay disabled")
+        return self._want_relay(p, now, self._give_up_reason(p, wall))
+
+    def _give_up_reason(self, p: PeerPath, wall: float) -> str:
+        if self.nat.exhausted(p.key):
+            return "no handshake on any direct candidate"
+        return "connection cache: direct has failed too often (seed rule)"
+
+    def _update(
+        self,
+        p: PeerPath,
+        peer: PeerInfo,
+        delta: tuple[bool, bool, bool],
+        now: float,
+        wall: float,
+    ) -> list[Action]:
+        new_handshake, rx_grew, tx_grew = delta
+        ep = peer.endpoint
+        actions: list[Action] = []
+        if p.kind == PathKind.DIRECT:
+            if ep is not None and not _is_loopback(ep) and ep not in self.proxy_endpoints:
+                p.direct_endpoint = ep  # WireGuard roamed, or the operator set it
             if rx_grew or new_handshake:
                 p.silent_since = None
+                if new_handshake and ep is not None:
+                    self.cache.record_success(p.key, ep, wall)
             elif tx_grew and p.silent_since is None:
                 p.silent_since = now
-            # WireGuard itself re-handshakes after 15 s of sending unanswered;
-            # silence for that long, with no new handshake, means the path broke
+            if p.direct_since is not None and now - p.direct_since >= self.config.flap_window_s:
+                p.flaps = 0  # stable long enough: forget old flaps
             if p.silent_since is not None and now - p.silent_since >= self.config.broken_after_s:
                 p.silent_since = None
-                actions += self._probe(p, now, wall, "direct path went silent")
+                if ep is not None and not _is_loopback(ep):
+                    self.cache.record_failure(p.key, ep, wall)
+                actions += self._start_probing(p, now, wall, "direct path went silent")
+        elif p.kind == PathKind.RELAYED and not p.probing_back:
+            if (
+                ep is not None
+                and ep not in self.proxy_endpoints
+                and not _is_loopback(ep)
+                and (rx_grew or new_handshake)
+            ):
+                # the peer got through to us directly and WireGuard followed it
+                self.cache.record_success(p.key, ep, wall)
+                actions += self._to_direct(
+                    p, ep, now, f"peer reached us directly from {endpoint_str(ep)}"
+                )
+                if self.config.keepalive_s:
+                    actions.append(Kick(p.key, self.config.keepalive_s))  # answer on the new path
+            elif ep not in self.proxy_endpoints:
+                actions.append(UseProxy(p.key))  # someone moved it; the relay is our path
+            elif self.relay_enabled and now >= p.next_probe_back:
+                actions += self._probe_back(p, now, wall)
         elif p.kind == PathKind.RELAY_PENDING:
             actions += self._maybe_start_relay(p, now)
         return actions
 
+    def _probe_offset(self, p: PeerPath) -> float:
+        """Both ends would probe back at the same moment and spoil each other's
+        try (each holds its relay frames, each points elsewhere): the one with
+        the larger key waits until the other's try is over."""
+        return 0.0 if self.own_key.raw < p.key.raw else self.config.direct_probe_s + 2.0
+
+    def _probe_back(self, p: PeerPath, now: float, wall: float) -> list[Action]:
+        cands = self._candidates(p, wall)
+        if not cands:
+            p.next_probe_back = now + p.probe_back_interval_s
+            return []
+        p.probing_back = True
+        log.info(
+            "peer %s: trying direct again (%d candidate(s)) while relayed",
+            p.key.short(),
+            len(cands),
+        )
+        tries = self.nat.add(p.key, cands, now, wall, p.rx_bytes)
+        return [HoldProxy(p.key, True), *self._try(tries, wall)]
+
     def on_relayed(
-        self, peer: PublicKey, relay: PublicKey, incoming: bool, now: float
+        self,
+        peer: PublicKey,
+        relay: PublicKey,
+        incoming: bool,
+        now: float,
+        wall: float = 0.0,
+        relay_endpoint: Endpoint | None = None,
     ) -> list[Action]:
         p = self.peers.get(peer)
         if p is None:
             return [CloseRelay(peer)]  # not (or no longer) ours
+        if not self.relay_enabled:
+            return [CloseRelay(peer)]
+        if (
+            p.kind == PathKind.DIRECT
+            and incoming
+            and p.last_heard is not None
+            and now - p.last_heard < self.config.broken_after_s
+        ):
+            # our direct path works (we heard the peer on it just now); the peer
+            # will see our traffic arrive directly and WireGuard will follow it
+            return [CloseRelay(peer)]
+        actions: list[Action] = []
+        if p.kind == PathKind.PROBING:
+            self.nat.mark_connected(peer)
+        if (
+            p.returned_direct_at is not None
+            and now - p.returned_direct_at < self.config.flap_window_s
+        ):
+            p.flaps += 1
+        p.returned_direct_at = None
         p.relay = relay
+        p.relay_endpoint = relay_endpoint
         p.relay_requested = False
+        p.probing_back = False
+        p.probe_back_interval_s = min(
+            self.config.probe_back_s * (2**p.flaps), self.config.probe_back_max_s
+        )
+        p.next_probe_back = now + p.probe_back_interval_s + self._probe_offset(p)
+        if relay_endpoint is not None:
+            self.cache.record_relay_success(peer, relay, relay_endpoint, wall)
         how = "accepted a session from the peer" if incoming else "session open"
-        self._set(p, PathKind.RELAYED, now, f"via relay {relay.short()} ({how})")
-        return [UseProxy(peer)]
+        damp = f"; flapped {p.flaps}x" if p.flaps else ""
+        self._set(
+            p,
+            PathKind.RELAYED,
+            now,
+            f"via relay {relay.short()} ({how}); direct retried in "
+            f"{p.probe_back_interval_s:.0f} s{damp}",
+        )
+        actions.append(UseProxy(peer))
+        return actions
 
-    def on_relay_lost(self, peer: PublicKey, reason: str, now: float) -> list[Action]:
+    def on_relay_lost(
+        self, peer: PublicKey, reason: str, now: float, wall: float = 0.0
+    ) -> list[Action]:
         p = self.peers.get(peer)
         if p is None or p.kind != PathKind.RELAYED:
             return []
         lost = p.relay.short() if p.relay else "?"
-        return self._want_relay(p, now, f"relay {lost} path ended ({reason}); finding another")
+        if (
+            p.relay is not None
+            and p.relay_endpoint is not None
+            and reason not in ("normal", "idle")
+        ):
+            self.cache.record_relay_failure(peer, p.relay, p.relay_endpoint, wall)
+        actions: list[Action] = []
+        if p.probing_back:
+            self.nat.mark_connected(peer)
+            p.probing_back = False
+            actions.append(HoldProxy(peer, False))
+        if reason == "normal":
+            # the peer closed the session on purpose: it found a direct path
+            # (usually WireGuard already followed it here); check before relaying
+            actions.append(LeaveRelay(peer))
+            p.relay = None
+            p.returned_direct_at = now
+            return actions + self._start_probing(p, now, wall, f"peer left relay {lost}")
+        return actions + self._want_relay(
+            p, now, f"relay {lost} path ended ({reason}); finding another"
+        )
 
     def on_relay_failed(self, peer: PublicKey, error: str, now: float) -> list[Action]:
         p = self.peers.get(peer)
@@ -282,6 +568,32 @@ class AgentCore:
         self._set(p, PathKind.RELAY_PENDING, now, f"{error}; retry in {p.relay_backoff_s:.0f} s")
         p.relay_backoff_s = min(p.relay_backoff_s * 2, self.config.relay_retry_max_s)
         return []
+
+    def set_relay_enabled(self, enabled: bool, now: float, wall: float) -> list[Action]:
+        """configure-relay changed: a disabled interface gives up every relay path."""
+        if enabled == self.relay_enabled:
+            return []
+        self.relay_enabled = enabled
+        log.info("relay fallback %s", "enabled" if enabled else "disabled")
+        actions: list[Action] = []
+        for p in self.peers.values():
+            if enabled:
+                if p.kind == PathKind.PROBING and self.nat.current(p.key) is None:
+                    actions += self._want_relay(p, now, "relay fallback enabled")
+                continue
+            if p.kind in (PathKind.RELAYED, PathKind.RELAY_PENDING):
+                actions += [HoldProxy(p.key, False), CloseRelay(p.key)]
+                if p.direct_endpoint is not None:
+                    actions.append(UseDirect(p.key, p.direct_endpoint, None))
+                p.relay = None
+                p.probing_back = False
+                self.nat.mark_connected(p.key)
+                actions += self._start_probing(p, now, wall, "relay fallback disabled")
+        return actions
+
+    def probing(self) -> bool:
+        """Whether a direct attempt is running (the daemon then polls faster)."""
+        return not self.nat.is_finished()
 
     def tick(self, now: float) -> list[Action]:
         """Timers that do not need a fresh snapshot (relay retries)."""
@@ -298,10 +610,5 @@ class AgentCore:
             out.append(UseDirect(p.key, endpoint, p.original_keepalive or 0))
         return out
 
-
-def _on_direct(peer: PeerInfo, core: AgentCore) -> bool:
-    return peer.endpoint is not None and peer.endpoint not in core.proxy_endpoints
-
-
-def _ep(ep: Endpoint | None) -> str:
-    return "no endpoint" if ep is None else endpoint_str(ep)
+    def observations(self) -> Mapping[PublicKey, PeerPath]:
+        return self.peers

@@ -19,7 +19,7 @@ import os
 import signal
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from wgrelay.client.link import LinkConfig
@@ -39,7 +39,9 @@ from wgrelay.mesh.agent import (
     AgentConfig,
     AgentCore,
     CloseRelay,
+    HoldProxy,
     Kick,
+    LeaveRelay,
     PathKind,
     StartRelay,
     UseDirect,
@@ -47,13 +49,22 @@ from wgrelay.mesh.agent import (
 )
 from wgrelay.mesh.backend.base import InterfaceInfo, WireGuardBackend
 from wgrelay.mesh.backend.detect import detect_backend
+from wgrelay.mesh.cache import ConnectionCache
+from wgrelay.mesh.nat import TryDirect
 from wgrelay.proto.buffer import Endpoint, endpoint_str
 from wgrelay.proto.constants import DATA_HEADER_LEN
+from wgrelay.settings import load_settings, settings_path
 from wgrelay.state import ensure_state_dir
 
 log = logging.getLogger(__name__)
 
 POLL_INTERVAL_S = 1.0
+PROBE_POLL_INTERVAL_S = 0.2
+"""Faster while a direct attempt runs: its verdict (and a probe-back's outage)
+should not wait for the next second."""
+MEASURE_INTERVAL_S = 15.0
+"""Relays carrying sessions are pinged this often (RTT, loss for the cache)."""
+CACHE_FLUSH_INTERVAL_S = 10.0
 WIREGUARD_OVERHEAD = 32  # WireGuard's own framing on top of the inner packet
 IPV4_UDP_HEADERS = 28
 PATH_MTU = 1500
@@ -78,6 +89,10 @@ def status_path(state_dir: Path, interface: str) -> Path:
     return state_dir / f"status-{interface}.json"
 
 
+def cache_path(state_dir: Path, interface: str) -> Path:
+    return state_dir / f"cache-{interface}.db"
+
+
 class Agent:
     def __init__(
         self,
@@ -86,6 +101,7 @@ class Agent:
         info: InterfaceInfo,
         registry: RelayRegistry,
         store: RegistryStore | None,
+        cache: ConnectionCache,
         clock: Callable[[], float] = time.monotonic,
         wall: Callable[[], float] = time.time,
     ) -> None:
@@ -99,12 +115,14 @@ class Agent:
         self._clock = clock
         self._wall = wall
         own = info.private_key.public_key()
-        self.core = AgentCore(own, opts.config)
+        self.cache = cache
+        self.core = AgentCore(own, opts.config, cache)
         self._peer_keys = {p.public_key for p in info.peers}
         self.manager = RelayManager(
             info.private_key,
             registry,
-            accept_peer=lambda k: k in self._peer_keys,
+            # only peers of our interface, and only while relays are allowed
+            accept_peer=lambda k: k in self._peer_keys and self.core.relay_enabled,
             on_event=self._on_manager_event,
             on_data=self._on_frame,
             link_config=opts.link_config,
@@ -114,6 +132,11 @@ class Agent:
         self._relay_tasks: dict[PublicKey, asyncio.Task[None]] = {}
         self._stop = asyncio.Event()
         self._last_status = ""
+        self._settings_mtime: int | None = None
+        self._started = False
+        self._background: set[asyncio.Task[None]] = set()
+        self._next_measure = 0.0
+        self._next_flush = 0.0
 
     # ------------------------------------------------------------ data
 
@@ -125,9 +148,19 @@ class Agent:
     def _on_manager_event(self, ev: ManagerEvent) -> None:
         now = self._clock()
         if isinstance(ev, PeerRelayed):
-            self._run(self.core.on_relayed(ev.peer, ev.relay, ev.incoming, now))
+            relay = self.registry.get(ev.relay)
+            self._run(
+                self.core.on_relayed(
+                    ev.peer,
+                    ev.relay,
+                    ev.incoming,
+                    now,
+                    self._wall(),
+                    relay.endpoint if relay else None,
+                )
+            )
         elif isinstance(ev, PeerRelayLost):
-            self._run(self.core.on_relay_lost(ev.peer, ev.reason, now))
+            self._run(self.core.on_relay_lost(ev.peer, ev.reason, now, self._wall()))
         elif isinstance(ev, HomeChanged) and ev.relay is not None:
             relay = self.registry.get(ev.relay)
             where = endpoint_str(relay.endpoint) if relay else "?"
@@ -146,6 +179,14 @@ class Agent:
         # done in a thread by the poll loop.
         if isinstance(a, Kick):
             self.backend.set_keepalive(self.iface, a.peer, a.keepalive_s, kick=True)
+        elif isinstance(a, TryDirect):
+            self.backend.set_endpoint(self.iface, a.peer, a.endpoint)
+        elif isinstance(a, HoldProxy):
+            self.proxies.hold(a.peer, a.hold)
+        elif isinstance(a, LeaveRelay):
+            self.manager.close_connection(a.peer)
+            self.proxies.remove(a.peer)
+            self.core.proxy_endpoints = self.proxies.endpoints()
         elif isinstance(a, UseProxy):
             ep = self.proxies.ensure(a.peer)
             self.core.proxy_endpoints = self.proxies.endpoints()
@@ -166,13 +207,18 @@ class Agent:
                 task = asyncio.create_task(self._relay(peer))
                 self._relay_tasks[peer] = task
 
-                def done(_t: asyncio.Task[None]) -> None:
-                    self._relay_tasks.pop(peer, None)
+                def done(t: asyncio.Task[None]) -> None:
+                    if self._relay_tasks.get(peer) is t:  # not a newer one for the peer
+                        del self._relay_tasks[peer]
 
                 task.add_done_callback(done)
         elif isinstance(a, CloseRelay):
+            pending = self._relay_tasks.pop(a.peer, None)
+            if pending is not None:
+                pending.cancel()
             self.manager.close_connection(a.peer)
             self.proxies.remove(a.peer)
+            self.core.proxy_endpoints = self.proxies.endpoints()
 
     async def _relay(self, peer: PublicKey) -> None:
         try:
@@ -197,11 +243,16 @@ class Agent:
         for key, p in sorted(self.core.peers.items(), key=lambda kv: str(kv[0])):
             wg = by_key.get(key)
             relay = self.registry.get(p.relay) if p.relay and p.kind == PathKind.RELAYED else None
+            rtt_ms, rtt_source = self._rtt(key, p.kind, relay.endpoint if relay else None)
             peers.append(
                 {
                     "public_key": str(key),
                     "path": p.kind.value,
                     "reason": p.reason,
+                    "since": round(self._wall() - (self._clock() - p.since), 3),
+                    "rtt_ms": rtt_ms,
+                    "rtt_source": rtt_source,
+                    "history": list(p.history),
                     "endpoint": endpoint_str(wg.endpoint) if wg and wg.endpoint else None,
                     "direct_endpoint": endpoint_str(p.direct_endpoint)
                     if p.direct_endpoint
@@ -218,7 +269,8 @@ class Agent:
             "interface": self.iface,
             "backend": self.backend.name,
             "pid": os.getpid(),
-            "relay_enabled": self.opts.config.relay_enabled,
+            "relay_enabled": self.core.relay_enabled,
+            "updated": round(self._wall(), 3),
             "home_relay": str(home.key) if home else None,
             "home_relay_endpoint": endpoint_str(home.endpoint) if home else None,
             "peers": peers,
@@ -235,37 +287,119 @@ class Agent:
         except OSError as e:
             log.warning("cannot write %s: %s", path, e.strerror)
 
+    def _rtt(
+        self, key: PublicKey, kind: PathKind, relay_ep: Endpoint | None
+    ) -> tuple[float | None, str | None]:
+        """The RTT we measured for the path in use, and how (None: not measured)."""
+        for e in self.cache.entries(key):
+            if e.latency_ms is None:
+                continue
+            if kind == PathKind.RELAYED and relay_ep is not None and e.endpoint == relay_ep:
+                return round(e.latency_ms, 3), "relay echo (our leg to the relay)"
+            if kind == PathKind.DIRECT and e.endpoint == self.core.peers[key].direct_endpoint:
+                return round(e.latency_ms, 3), "handshake"
+        return None, None
+
+    def _check_settings(self) -> None:
+        path = settings_path(self.opts.state_dir)
+        try:
+            mtime = path.stat().st_mtime_ns
+        except OSError:
+            mtime = 0
+        if mtime == self._settings_mtime:
+            return
+        self._settings_mtime = mtime
+        try:
+            enabled = load_settings(self.opts.state_dir).relay_enabled_for(self.iface)
+        except ConfigError as e:
+            log.warning("settings not applied: %s", e)
+            return
+        self._run(self.core.set_relay_enabled(enabled, self._clock(), self._wall()))
+        if enabled and self.manager.home is None and self._started:
+            self._spawn_start()
+
+    def _spawn_start(self) -> None:
+        task = asyncio.create_task(self.manager.start())
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _measure(self) -> None:
+        """Ping the relays that carry our peers; feed RTT and loss to the cache."""
+        carried: dict[PublicKey, list[PublicKey]] = {}
+        for peer, relay_key in self.manager.route_relay.items():
+            carried.setdefault(relay_key, []).append(peer)
+        results = await asyncio.gather(
+            *(self.manager.ping(k) for k in carried), return_exceptions=True
+        )
+        wall = self._wall()
+        for relay_key, rtt in zip(carried, results, strict=True):
+            relay = self.registry.get(relay_key)
+            if relay is None:
+                continue
+            lost = not isinstance(rtt, float)
+            for peer in carried[relay_key]:
+                self.cache.record_quality(
+                    peer,
+                    relay.endpoint,
+                    wall,
+                    latency_ms=None if lost else rtt * 1000,  # type: ignore[operator]
+                    loss_pct=100.0 if lost else 0.0,
+                )
+
     async def run(self, on_ready: Callable[[], None] | None = None) -> None:
         loop = asyncio.get_running_loop()
         with contextlib.suppress(NotImplementedError, RuntimeError):
             for sig in (signal.SIGINT, signal.SIGTERM):
                 loop.add_signal_handler(sig, self._stop.set)
         try:
-            await self.manager.start()
+            self._check_settings()
+            if self.core.relay_enabled:
+                await self.manager.start()
+            else:
+                log.info("relay fallback is disabled for %s (configure-relay)", self.iface)
+            self._started = True
             if on_ready is not None:
                 on_ready()
+            measuring: asyncio.Task[None] | None = None
             while not self._stop.is_set():
+                self._check_settings()
                 info = await self._read()
+                now = self._clock()
                 if info is not None:
                     self._peer_keys = {p.public_key for p in info.peers}
                     if info.listen_port:
                         self.proxies.set_wg_port(info.listen_port)
-                    now = self._clock()
                     self._run(self.core.observe(info, now, self._wall()))
                     self._run(self.core.tick(now))
                     self._write_status(info)
+                if now >= self._next_measure and (measuring is None or measuring.done()):
+                    self._next_measure = now + MEASURE_INTERVAL_S
+                    measuring = asyncio.create_task(self._measure())
+                if now >= self._next_flush:
+                    self._next_flush = now + CACHE_FLUSH_INTERVAL_S
+                    self._flush_cache()
+                interval = PROBE_POLL_INTERVAL_S if self.core.probing() else POLL_INTERVAL_S
                 with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(POLL_INTERVAL_S):
+                    async with asyncio.timeout(interval):
                         await self._stop.wait()
+            if measuring is not None:
+                measuring.cancel()
         finally:
             await self._shutdown()
 
     def stop(self) -> None:
         self._stop.set()
 
+    def _flush_cache(self) -> None:
+        try:
+            self.cache.prune(self._wall())
+            self.cache.flush()
+        except Exception as e:  # a full disk must not stop the data path
+            log.warning("could not save the connection cache: %s", e)
+
     async def _shutdown(self) -> None:
         log.info("stopping: restoring endpoints")
-        for task in list(self._relay_tasks.values()):
+        for task in [*self._relay_tasks.values(), *self._background]:
             task.cancel()
         for a in self.core.restore_actions():
             try:
@@ -278,6 +412,8 @@ class Agent:
                 log.warning("could not restore %s: %s", a.peer.short(), e)
         await self.manager.close()
         self.proxies.close()
+        self._flush_cache()
+        self.cache.close()
         if self.store is not None:
             try:
                 self.store.save(self.registry)
@@ -323,7 +459,10 @@ async def _run_agent(opts: AgentOptions) -> int:
         )
     store.save(registry)
     _mtu_warning(backend, opts.interface)
-    agent = Agent(opts, backend, info, registry, store)
+    settings = load_settings(state)  # a broken settings file is an error at start
+    opts.config = replace(opts.config, relay_enabled=settings.relay_enabled_for(opts.interface))
+    cache = ConnectionCache(cache_path(state, opts.interface))
+    agent = Agent(opts, backend, info, registry, store, cache)
     log.info(
         "agent for %s (%s backend, %d peers, relays %s)",
         opts.interface,
