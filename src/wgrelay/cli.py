@@ -118,7 +118,17 @@ def _relay_arg(text: str) -> tuple[tuple[str, int], PublicKey]:
     if not sep:
         raise ConfigError(f"--relay {text!r}: expected ENDPOINT=PUB_KEY")
     # base64 keys end in '=', so split at the first '=' after the endpoint
-    return parse_endpoint(endpoint, "--relay endpoint"), PublicKey.from_base64(key, "relay key")
+    return parse_endpoint(endpoint, "--relay endpoint"), _relay_key(key)
+
+
+def _relay_key(text: str) -> PublicKey:
+    """A relay's public key: 44 base64 chars that are also a valid Ed25519 point
+    (a WireGuard key pasted by mistake almost never is)."""
+    from wgrelay.keys import relay_x25519_public
+
+    key = PublicKey.from_base64(text, "relay key")
+    relay_x25519_public(key)
+    return key
 
 
 def cmd_up(args: argparse.Namespace) -> int:
@@ -146,7 +156,7 @@ def cmd_add_bootstrap_relay(args: argparse.Namespace) -> int:
     from wgrelay.state import ensure_state_dir
 
     endpoint = parse_endpoint(args.endpoint, "ENDPOINT")
-    key = PublicKey.from_base64(args.pub_key, "PUB_KEY")
+    key = _relay_key(args.pub_key)
     store = RegistryStore(ensure_state_dir(args.state_dir) / "relays.db")
     try:
         registry = store.load()

@@ -38,6 +38,7 @@ async def inproc_relay(
     policy: AccessPolicy | None = None,
     identity: RelayIdentity | None = None,
     port: int = 0,
+    region: str = "",
 ) -> AsyncIterator[InProcRelay]:
     identity = identity or RelayIdentity.generate()
     sock = open_udp_socket(BindAddress("127.0.0.1", port))
@@ -47,6 +48,8 @@ async def inproc_relay(
         policy or OpenPolicy(),
         now=time.monotonic(),
         wall=time.time,
+        region=region,
+        announce_endpoints=(("127.0.0.1", sock.getsockname()[1]),),
     )
     server = RelayServer(core, [sock])
     ready = asyncio.Event()

@@ -119,3 +119,18 @@ def test_relay_peer_locates_the_target_and_data_flows_then_fails_over() -> None:
             await b.manager.close()
 
     asyncio.run(scenario())
+
+
+def test_manager_learns_signed_announcements_of_its_relays() -> None:
+    async def scenario() -> None:
+        async with inproc_relay(region="eu-test") as relay:
+            a = Peer([(relay.key, relay.endpoint)])
+            await a.manager.start()
+            known = a.manager.registry.get(relay.key)
+            assert known is not None
+            assert known.region == "eu-test"
+            assert known.announcement is not None  # the verified, signed bytes
+            assert known.bootstrap  # still the operator's entry, now enriched
+            await a.manager.close()
+
+    asyncio.run(scenario())

@@ -334,3 +334,40 @@ def test_only_one_side_probes_back_at_a_time() -> None:
         core.on_relayed(other, RELAY, False, 1.0, WALL0 + 1, RELAY_EP)
     assert first.peers[large].next_probe_back == 31.0
     assert second.peers[small].next_probe_back == 31.0 + 5.0  # after the other's try ends
+
+
+def test_probe_back_gets_its_full_time_even_when_the_cache_doubts_direct() -> None:
+    me, other = keys_ordered()
+    cache = ConnectionCache(None)
+    for i in range(11):  # the seed's rule (b) holds: > 10 recent failures
+        cache.record_failure(other, DIRECT, WALL0 - 100 + i)
+    core = AgentCore(me, AgentConfig(probe_back_s=30.0, direct_probe_s=3.0), cache)
+    core.observe(iface(peer(other)), 0.0, WALL0)
+    assert core.peers[other].kind == PathKind.RELAY_PENDING
+    core.on_relayed(other, RELAY, False, 1.0, WALL0 + 1, RELAY_EP)
+    core.proxy_endpoints = {PROXY}
+    start = core.peers[other].next_probe_back
+    core.observe(iface(peer(other, endpoint=PROXY)), start, WALL0 + start)
+    assert core.peers[other].probing_back
+    for dt in (0.2, 1.0, 2.9):  # the attempt runs its course
+        acts = core.observe(iface(peer(other, endpoint=DIRECT)), start + dt, WALL0 + start + dt)
+        assert acts == []
+        assert core.peers[other].probing_back
+
+
+def test_relay_disabled_retries_direct_slowly_through_every_candidate() -> None:
+    me, other = keys_ordered()
+    cache = ConnectionCache(None)
+    others = [("198.51.100.20", 51820), ("198.51.100.21", 51820)]
+    for ep in (DIRECT, *others):
+        cache.record_failure(other, ep, WALL0 - 100)
+    core = AgentCore(me, AgentConfig(relay_enabled=False, probe_back_s=30.0), cache)
+    tries: list[tuple[float, Endpoint]] = []
+    t = 0.0
+    while t < 40.0:
+        acts = core.observe(iface(peer(other)), t, WALL0 + t)
+        tries.extend((t, a.endpoint) for a in acts if isinstance(a, TryDirect))
+        t = round(t + 0.2, 1)
+    assert [e for _, e in tries[:3]] != [DIRECT] * 3  # not stuck on the first
+    assert {e for _, e in tries[:3]} == {DIRECT, *others}
+    assert tries[3][0] >= 9.0 + 30.0 - 0.5  # then a pause before the next round

@@ -133,3 +133,65 @@ def test_agent_commands_fail_with_one_line(
     res = cli(*args, state=tmp_path)
     assert res.returncode == 1
     assert fragment in one_line_error(res)
+
+
+def test_configure_relay_persists_per_interface_and_default(tmp_path: Path) -> None:
+    from wgrelay.settings import load_settings
+
+    assert cli("configure-relay", "--disable", "wg0", state=tmp_path).returncode == 0
+    assert cli("configure-relay", "--enable", state=tmp_path).returncode == 0
+    s = load_settings(tmp_path)
+    assert s.relay_enabled_for("wg0") is False
+    assert s.relay_enabled_for("wg1") is True
+    res = cli("configure-relay", "wg0", state=tmp_path)
+    assert "one of the arguments --enable --disable is required" in one_line_error(res)
+    res = cli("configure-relay", "--enable", "--disable", state=tmp_path)
+    assert "not allowed with argument" in one_line_error(res)
+
+
+def test_broken_settings_file_is_one_line(tmp_path: Path) -> None:
+    (tmp_path / "settings.toml").write_text("[relay\nenabled = maybe\n")
+    res = cli("configure-relay", "--enable", state=tmp_path)
+    assert res.returncode == 1
+    assert "not valid TOML" in one_line_error(res)
+
+
+def test_status_without_agent_says_so(tmp_path: Path) -> None:
+    import json
+
+    cli("configure-relay", "--disable", "wg7", state=tmp_path)
+    res = cli("status", "wg7", "--json", state=tmp_path)
+    assert res.returncode == 1
+    doc = json.loads(res.stdout)
+    assert doc["interfaces"][0]["agent_running"] is False
+    assert doc["interfaces"][0]["relay_enabled"] is False
+    assert "no agent is running for wg7" in one_line_error(res)
+
+
+def test_status_reads_a_running_agents_file(tmp_path: Path) -> None:
+    import json
+    import os
+
+    from wgrelay.keys import PrivateKey
+
+    key = str(PrivateKey.generate().public_key())
+    doc = {
+        "interface": "wg0", "backend": "userspace", "pid": os.getpid(), "relay_enabled": True,
+        "home_relay": None, "home_relay_endpoint": None, "updated": 1.0,
+        "peers": [{
+            "public_key": key, "path": "direct", "reason": "handshake via 198.51.100.9:51820",
+            "endpoint": "198.51.100.9:51820", "direct_endpoint": "198.51.100.9:51820",
+            "relay": None, "relay_endpoint": None, "latest_handshake": 1.0, "rtt_ms": 1.5,
+            "rtt_source": "handshake", "rx_bytes": 2048, "tx_bytes": 4096, "since": 1.0,
+            "history": [],
+        }],
+    }  # fmt: skip
+    (tmp_path / "status-wg0.json").write_text(json.dumps(doc))
+    res = cli("status", state=tmp_path)
+    assert res.returncode == 0, res.stderr
+    assert key[:8] in res.stdout
+    assert "handshake via 198.51.100.9:51820" in res.stdout
+    assert "2.0KiB/4.0KiB" in res.stdout
+    out = json.loads(cli("status", "--json", state=tmp_path).stdout)
+    assert out["interfaces"][0]["agent_running"] is True
+    assert out["interfaces"][0]["peers"][0]["rtt_ms"] == 1.5

@@ -257,7 +257,10 @@ class RelayLink:
 
     def close_session(self, peer: PublicKey, now: float) -> None:
         self.wanted.discard(peer)
-        for key in [k for k, r in self._requests.items() if r.peer == peer]:
+        for key in [
+            k for k, r in self._requests.items()
+            if r.peer == peer and k[0] == MsgType.CONNECTION_REQUEST
+        ]:  # fmt: skip
             del self._requests[key]
         sid = self.session_of.pop(peer, None)
         if sid is not None:
@@ -345,11 +348,11 @@ class RelayLink:
             )
         )
         self.counters.sent += 1
-        if self.state != LinkState.REGISTERED or self._cookie is not None:
-            # remember what we sent, in case a cookie reply asks us to repeat it
-            self._recent_nonces[nonce[:8]] = (body, now)
-            if len(self._recent_nonces) > 32:
-                self._recent_nonces.pop(next(iter(self._recent_nonces)))
+        # remember what we sent, in case a cookie reply asks us to repeat it (a
+        # relay that restarted under load asks even registered peers)
+        self._recent_nonces[nonce[:8]] = (body, now)
+        if len(self._recent_nonces) > 32:
+            self._recent_nonces.pop(next(iter(self._recent_nonces)))
 
     def _start(self, body: Body, ident: int, now: float, peer: PublicKey | None = None) -> None:
         iv = self.config.retransmit_initial_s
@@ -423,7 +426,6 @@ class RelayLink:
         self.heartbeat_s = float(max(1, body.heartbeat_s))
         self._next_heartbeat = now + self.heartbeat_s
         self._register_backoff = self.config.retransmit_initial_s
-        self._recent_nonces.clear()
         self._events.append(LinkRegistered(body.observed, body.heartbeat_s))
         if was_lost:
             for peer in self.wanted:
@@ -451,7 +453,11 @@ class RelayLink:
     def _on_ConnectionResponse(self, body: ConnectionResponse, now: float) -> None:
         req = self._finish(MsgType.CONNECTION_REQUEST, body.request_id)
         if req is None or req.peer is None:
-            return  # duplicate or answer to a request we gave up on
+            if body.status == Status.SUCCESS and body.session_id not in self.sessions:
+                # a session we no longer want (we gave up or closed it): free it
+                # at the relay now instead of leaving it to the idle timeout
+                self._send(SessionClose(body.session_id, CloseReason.NORMAL), now)
+            return
         peer = req.peer
         if body.status == Status.SUCCESS:
             self._bind(peer, body.session_id, incoming=False)

@@ -47,8 +47,8 @@ from wgrelay.client.link import (
 )
 from wgrelay.client.udp import DataHandler, RelayClient
 from wgrelay.discovery.registry import KnownRelay, RelayRegistry
-from wgrelay.errors import RelayUnavailable
-from wgrelay.keys import PrivateKey, PublicKey
+from wgrelay.errors import InvalidKey, RelayUnavailable
+from wgrelay.keys import PrivateKey, PublicKey, relay_x25519_public
 from wgrelay.proto.buffer import endpoint_str
 from wgrelay.proto.data import data_header
 
@@ -119,6 +119,8 @@ class RelayManager:
         self.route_relay: dict[PublicKey, PublicKey] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._rehoming = False
+        self._rehome_task: asyncio.Task[None] | None = None
+        self._bad_keys: set[PublicKey] = set()
         self._closed = False
 
     # ------------------------------------------------------------ clients
@@ -148,26 +150,64 @@ class RelayManager:
         return int(self._wall() * 1000)
 
     def available(self) -> list[KnownRelay]:
-        """Known relays, best score first."""
-        return sorted(self.registry.get_available_relays(self._now_ms()), key=relay_score)
+        """Known, usable relays, best score first."""
+        relays = self.registry.get_available_relays(self._now_ms())
+        return sorted((r for r in relays if self._usable(r.key)), key=relay_score)
+
+    def _usable(self, key: PublicKey) -> bool:
+        """A relay key must be a valid Ed25519 point (we derive its X25519 key)."""
+        if key in self._bad_keys:
+            return False
+        try:
+            relay_x25519_public(key)
+        except InvalidKey:
+            log.warning("relay key %s is not a relay (Ed25519) key; ignoring it", key)
+            self._bad_keys.add(key)
+            return False
+        return True
 
     # ------------------------------------------------------------ home relay
 
     async def start(self) -> None:
-        """Measure the known relays and register at the best one."""
+        """Measure the known relays, register at the best one, learn announcements."""
         await self._choose_home()
+        await self.refresh_announcements()
 
     async def _measure(self, relays: list[KnownRelay]) -> None:
         async def one(relay: KnownRelay) -> None:
-            client = self._client(relay)
             try:
-                rtt = await self._ping(client)
+                await self._ping(self._client(relay))  # RttMeasured records the sample
             except (TimeoutError, RelayUnavailable):
                 self.registry.record_failure(relay.key)
-                return
-            self.registry.record_rtt(relay.key, rtt * 1000)
 
         await asyncio.gather(*(one(r) for r in relays))
+
+    async def refresh_announcements(self) -> int:
+        """Ask the relays we use for signed announcements; learn what they say.
+
+        Each announcement is verified against the key inside it (decoding does
+        that); a newer one replaces an older. Returns how many changed anything.
+        """
+        changed = 0
+        for key in list(self.clients):
+            client = self.clients[key]
+            if client.link.state != LinkState.REGISTERED:
+                continue
+            qid = client.link.query(client.now(), want_relays=True)
+
+            def answer(e: LinkEvent, q: int = qid) -> bool:
+                return isinstance(e, DiscoveryAnswered | QueryFailed) and e.query_id == q
+
+            fut = client.expect(answer)
+            client.poke()
+            try:
+                async with asyncio.timeout(LOCATE_TIMEOUT_S):
+                    ev = await fut
+            except TimeoutError:
+                continue
+            if isinstance(ev, DiscoveryAnswered):
+                changed += sum(self.registry.register_relay(a) for a in ev.announcements)
+        return changed
 
     async def _ping(self, client: RelayClient) -> float:
         client.start(register=False)
@@ -178,9 +218,7 @@ class RelayManager:
         client = self.clients.get(relay_key)
         if client is None:
             raise RelayUnavailable(f"no client for relay {relay_key.short()}")
-        rtt = await self._ping(client)
-        self.registry.record_rtt(relay_key, rtt * 1000)
-        return rtt
+        return await self._ping(client)  # RttMeasured records the sample
 
     async def _choose_home(self) -> None:
         relays = self.available()
@@ -201,19 +239,26 @@ class RelayManager:
             self._set_home(relay.key)
             return
         self._set_home(None)
+        log.warning("no home relay reachable; retrying in %.0f s", REHOME_RETRY_S)
+        self._schedule_rehome()
 
     def _set_home(self, key: PublicKey | None) -> None:
         if key == self.home:
             return
         self.home = key
-        if key is None:
-            log.warning("no home relay reachable; retrying in %.0f s", REHOME_RETRY_S)
-            self._spawn(self._rehome_later())
-        else:
+        if key is not None:
             relay = self.registry.get(key)
             where = endpoint_str(relay.endpoint) if relay else "?"
             log.info("home relay %s at %s", key.short(), where)
         self._on_event(HomeChanged(key))
+
+    def _schedule_rehome(self) -> None:
+        """One pending retry at a time, for as long as we have no home."""
+        if self._closed or (self._rehome_task is not None and not self._rehome_task.done()):
+            return
+        self._rehome_task = asyncio.create_task(self._rehome_later())
+        self._tasks.add(self._rehome_task)
+        self._rehome_task.add_done_callback(self._tasks.discard)
 
     async def _rehome_later(self) -> None:
         await asyncio.sleep(REHOME_RETRY_S)
@@ -225,7 +270,7 @@ class RelayManager:
             return
         self._rehoming = True
         try:
-            self.home = None
+            self._set_home(None)  # the old home is gone: do not offer it meanwhile
             await self._choose_home()
         finally:
             self._rehoming = False
@@ -276,7 +321,7 @@ class RelayManager:
     def select_relay(self, peer: PublicKey, located: PublicKey | None = None) -> KnownRelay | None:
         """The peer's own home relay if we know it, else our home, else the best."""
         for key in (located, self.home):
-            if key is not None:
+            if key is not None and self._usable(key):
                 relay = self.registry.get(key)
                 if relay is not None:
                     return relay

@@ -175,16 +175,22 @@ class RelayClient:
     def _pump(self) -> None:
         if self._closed:
             return
-        self._flush()
-        while (ev := self.link.next_event()) is not None:
-            for pred, fut in list(self._waiters):
-                if not fut.done() and pred(ev):
-                    fut.set_result(ev)
-            self._waiters = [(p, f) for p, f in self._waiters if not f.done()]
-            if self.on_event is not None:
-                self.on_event(ev)
-        self._flush()
-        self._arm_timer()
+        try:
+            self._flush()
+            while (ev := self.link.next_event()) is not None:
+                for pred, fut in list(self._waiters):
+                    if not fut.done() and pred(ev):
+                        fut.set_result(ev)
+                self._waiters = [(p, f) for p, f in self._waiters if not f.done()]
+                if self.on_event is not None:
+                    try:
+                        self.on_event(ev)
+                    except Exception:  # a listener's bug must not stop the link
+                        log.exception("relay event handler failed on %s", type(ev).__name__)
+            self._flush()
+        finally:
+            # whatever happened above, heartbeats and retransmissions go on
+            self._arm_timer()
 
     def _arm_timer(self) -> None:
         when = self.link.next_timer()

@@ -59,7 +59,7 @@ from wgrelay.keys import PublicKey
 from wgrelay.mesh.backend.base import InterfaceInfo, PeerInfo
 from wgrelay.mesh.cache import ConnectionCache
 from wgrelay.mesh.nat import DirectFailed, DirectSucceeded, NatTraverse, Observation, TryDirect
-from wgrelay.proto.buffer import Endpoint, endpoint_str
+from wgrelay.proto.buffer import Endpoint, endpoint_str, is_loopback
 
 log = logging.getLogger(__name__)
 
@@ -177,10 +177,6 @@ class PeerPath:
     history: list[str] = field(default_factory=list)
 
 
-def _is_loopback(ep: Endpoint | None) -> bool:
-    return ep is not None and (ep[0].startswith("127.") or ep[0] == "::1")
-
-
 class AgentCore:
     def __init__(
         self, own_key: PublicKey, config: AgentConfig, cache: ConnectionCache | None = None
@@ -213,15 +209,21 @@ class AgentCore:
         known = [
             e
             for e in (p.wg_endpoint, p.direct_endpoint, p.original_endpoint)
-            if e and not _is_loopback(e) and e not in self.proxy_endpoints
+            if e and not is_loopback(e) and e not in self.proxy_endpoints
         ]
         cands = self.cache.ordered_candidates(p.key, known, wall)
-        return [e for e in cands if not _is_loopback(e) and e not in self.proxy_endpoints]
+        return [e for e in cands if not is_loopback(e) and e not in self.proxy_endpoints]
 
     def _start_probing(self, p: PeerPath, now: float, wall: float, why: str) -> list[Action]:
         cands = self._candidates(p, wall)
         if not cands:
+            if not self.relay_enabled:
+                return self._pause_probing(p, now, f"{why}; no direct candidate; relay disabled")
             return self._want_relay(p, now, f"{why}; no direct candidate to try")
+        if self.relay_enabled and self.cache.should_try_relay(p.key, wall):
+            return self._want_relay(
+                p, now, f"{why}; connection cache: direct has failed too often (seed rule)"
+            )
         shown = ", ".join(endpoint_str(c) for c in cands[:3]) + (", ..." if len(cands) > 3 else "")
         self._set(p, PathKind.PROBING, now, f"{why}; trying direct {shown}")
         return self._try(self.nat.add(p.key, cands, now, wall, p.rx_bytes), wall)
@@ -298,7 +300,9 @@ class AgentCore:
         for r in results:
             actions += self._nat_result(r, now, wall)
             settled.add(r.peer)
-        for key in self.nat.step_with_relay(lambda k: self.cache.should_try_relay(k, wall)):
+        for key in self.nat.step_with_relay(
+            lambda k: self.relay_enabled and self.cache.should_try_relay(k, wall)
+        ):
             actions += self._nat_gave_up(self.peers[key], now, wall)
             settled.add(key)
         for key, peer in fresh.items():
@@ -320,7 +324,7 @@ class AgentCore:
 
     def _new_peer(self, peer: PeerInfo, now: float, wall: float) -> list[Action]:
         ep = peer.endpoint
-        ours = ep in self.proxy_endpoints or _is_loopback(ep)
+        ours = ep in self.proxy_endpoints or is_loopback(ep)
         p = PeerPath(
             key=peer.public_key,
             kind=PathKind.PROBING,
@@ -397,15 +401,27 @@ class AgentCore:
             )
             return [UseProxy(p.key), HoldProxy(p.key, False)]
         if not self.relay_enabled:
-            # keep cycling through the candidates: there is nothing else to do
-            self.nat.mark_connected(p.key)
-            return self._start_probing(p, now, wall, "direct failed; relay disabled")
+            return self._pause_probing(p, now, "no direct candidate answered; relay disabled")
         return self._want_relay(p, now, self._give_up_reason(p, wall))
+
+    def _pause_probing(self, p: PeerPath, now: float, reason: str) -> list[Action]:
+        """Nothing else to do but try direct again later (relay disabled)."""
+        self.nat.mark_connected(p.key)
+        p.next_probe_back = now + p.probe_back_interval_s
+        p.probe_back_interval_s = min(p.probe_back_interval_s * 2, self.config.probe_back_max_s)
+        self._set(p, PathKind.PROBING, now, f"{reason}; next try in "
+                  f"{p.next_probe_back - now:.0f} s")  # fmt: skip
+        return []
 
     def _give_up_reason(self, p: PeerPath, wall: float) -> str:
         if self.nat.exhausted(p.key):
             return "no handshake on any direct candidate"
         return "connection cache: direct has failed too often (seed rule)"
+
+    def _retry_paused(self, p: PeerPath, now: float, wall: float) -> list[Action]:
+        if p.key in self.nat.remaining or now < p.next_probe_back:
+            return []
+        return self._start_probing(p, now, wall, "trying direct again")
 
     def _update(
         self,
@@ -419,7 +435,7 @@ class AgentCore:
         ep = peer.endpoint
         actions: list[Action] = []
         if p.kind == PathKind.DIRECT:
-            if ep is not None and not _is_loopback(ep) and ep not in self.proxy_endpoints:
+            if ep is not None and not is_loopback(ep) and ep not in self.proxy_endpoints:
                 p.direct_endpoint = ep  # WireGuard roamed, or the operator set it
             if rx_grew or new_handshake:
                 p.silent_since = None
@@ -431,14 +447,14 @@ class AgentCore:
                 p.flaps = 0  # stable long enough: forget old flaps
             if p.silent_since is not None and now - p.silent_since >= self.config.broken_after_s:
                 p.silent_since = None
-                if ep is not None and not _is_loopback(ep):
+                if ep is not None and not is_loopback(ep):
                     self.cache.record_failure(p.key, ep, wall)
                 actions += self._start_probing(p, now, wall, "direct path went silent")
         elif p.kind == PathKind.RELAYED and not p.probing_back:
             if (
                 ep is not None
                 and ep not in self.proxy_endpoints
-                and not _is_loopback(ep)
+                and not is_loopback(ep)
                 and (rx_grew or new_handshake)
             ):
                 # the peer got through to us directly and WireGuard followed it
@@ -454,6 +470,8 @@ class AgentCore:
                 actions += self._probe_back(p, now, wall)
         elif p.kind == PathKind.RELAY_PENDING:
             actions += self._maybe_start_relay(p, now)
+        elif p.kind == PathKind.PROBING:
+            actions += self._retry_paused(p, now, wall)
         return actions
 
     def _probe_offset(self, p: PeerPath) -> float:

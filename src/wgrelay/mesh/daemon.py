@@ -67,6 +67,7 @@ MEASURE_INTERVAL_S = 15.0
 CACHE_FLUSH_INTERVAL_S = 10.0
 WIREGUARD_OVERHEAD = 32  # WireGuard's own framing on top of the inner packet
 IPV4_UDP_HEADERS = 28
+IPV6_UDP_HEADERS = 48
 PATH_MTU = 1500
 
 
@@ -80,9 +81,10 @@ class AgentOptions:
     link_config: LinkConfig = field(default_factory=LinkConfig)
 
 
-def relayed_packet_size(mtu: int) -> int:
-    """IPv4 packet size of a full-MTU WireGuard packet carried through a relay."""
-    return mtu + WIREGUARD_OVERHEAD + DATA_HEADER_LEN + IPV4_UDP_HEADERS
+def relayed_packet_size(mtu: int, ipv6: bool = False) -> int:
+    """IP packet size of a full-MTU WireGuard packet carried through a relay."""
+    headers = IPV6_UDP_HEADERS if ipv6 else IPV4_UDP_HEADERS
+    return mtu + WIREGUARD_OVERHEAD + DATA_HEADER_LEN + headers
 
 
 def status_path(state_dir: Path, interface: str) -> Path:
@@ -170,8 +172,8 @@ class Agent:
         for a in actions:
             try:
                 self._apply(a)
-            except BackendError as e:
-                log.warning("%s failed: %s", type(a).__name__, e)
+            except (BackendError, OSError) as e:  # e.g. no socket left for a proxy
+                log.warning("%s for %s failed: %s", type(a).__name__, a.peer.short(), e)
 
     def _apply(self, a: Action) -> None:
         # Backend calls are quick local exchanges (UAPI socket or wg); doing
@@ -424,18 +426,20 @@ class Agent:
             status_path(self.opts.state_dir, self.iface).unlink()
 
 
-def _mtu_warning(backend: WireGuardBackend, iface: str) -> None:
+def _mtu_warning(backend: WireGuardBackend, iface: str, registry: RelayRegistry) -> None:
     mtu = backend.mtu(iface)
     if mtu is None:
         return
-    size = relayed_packet_size(mtu)
+    ipv6 = any(":" in r.endpoint[0] for r in registry.all())
+    size = relayed_packet_size(mtu, ipv6)
     if size > PATH_MTU:
         log.warning(
-            "interface %s has MTU %d: relayed packets are %d bytes over IPv4, more than a"
+            "interface %s has MTU %d: relayed packets are %d bytes over %s, more than a"
             " 1500-byte path carries unfragmented; set the MTU to %d or less",
             iface,
             mtu,
             size,
+            "IPv6" if ipv6 else "IPv4",
             PATH_MTU - (size - mtu),
         )
 
@@ -458,7 +462,7 @@ async def _run_agent(opts: AgentOptions) -> int:
             " or `wgrelay up --relay ENDPOINT=PUB_KEY`"
         )
     store.save(registry)
-    _mtu_warning(backend, opts.interface)
+    _mtu_warning(backend, opts.interface, registry)
     settings = load_settings(state)  # a broken settings file is an error at start
     opts.config = replace(opts.config, relay_enabled=settings.relay_enabled_for(opts.interface))
     cache = ConnectionCache(cache_path(state, opts.interface))

@@ -22,12 +22,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from wgrelay.keys import PublicKey
-from wgrelay.proto.buffer import Endpoint
-
-
-def _loopback(ep: Endpoint) -> bool:
-    """Our relay proxies live on loopback: WireGuard roaming there is no direct path."""
-    return ep[0].startswith("127.") or ep[0] == "::1"
+from wgrelay.proto.buffer import Endpoint, is_loopback
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,18 +148,24 @@ class NatTraverse:
             return "traffic"
         # the peer got through to us from an address of its own while we tried,
         # and WireGuard followed it (roaming): that path works as well
-        if rx_grew and ep is not None and not _loopback(ep):
+        if rx_grew and ep is not None and not is_loopback(ep):
             return "peer reached us directly"
         return None
 
     def step_with_relay(
         self, should_try_relay: Callable[[PublicKey], bool] = lambda _p: False
     ) -> list[PublicKey]:
-        """Peers to relay now: direct attempts exhausted, or the cache says so."""
+        """Peers to relay now: their direct attempts are exhausted.
+
+        ``should_try_relay`` (the connection cache's rule) is asked only for
+        peers whose *current* candidate has had its full time: a running attempt
+        is never cut short, or a peer the cache already doubts would never get
+        a real try.
+        """
         return [
             peer
             for peer, att in self.remaining.items()
-            if att.current is None or should_try_relay(peer)
+            if att.current is None or (att.index > 0 and should_try_relay(peer))
         ]
 
     def mark_connected(self, peer: PublicKey) -> None:

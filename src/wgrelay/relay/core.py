@@ -100,6 +100,7 @@ Addr = tuple[Any, ...]
 """A socket address exactly as recvfrom returned it (2-tuple IPv4, 4-tuple IPv6)."""
 
 ANNOUNCEMENT_TTL_S = 600
+ANNOUNCEMENT_RESIGN_S = 60.0
 
 
 @dataclass(slots=True)
@@ -208,6 +209,7 @@ class RelayCore:
         self._closed_packets = 0
         self._closed_bytes = 0
         self._shutting_down = False
+        self._announcement: tuple[RelayNodeInfo, float, bytes] | None = None
         self.stats = RelayStats()
         self._drops = self.stats.drops
         self._handlers: dict[MsgType, Callable[[_KeyState, bytes, Any, Addr, float], None]] = {
@@ -275,7 +277,12 @@ class RelayCore:
             return
         sender = hdr.sender.raw
         reg = self._regs.get(sender)
-        ks = reg.ks if reg is not None else self._key_cache.get(sender)
+        if reg is not None:
+            ks: _KeyState | None = reg.ks
+        else:
+            ks = self._key_cache.get(sender)
+            if ks is not None:
+                self._key_cache.move_to_end(sender)  # least recently used goes first
         if ks is not None:
             keys = ks.keys
         else:
@@ -327,16 +334,19 @@ class RelayCore:
     ) -> ChannelKeys | None:
         """Derive keys for an unknown sender, demanding a cookie first under load."""
         if self._handshakes.value(now) >= self.config.handshakes_before_cookies:
-            if hdr.cookie is None:
-                cookie = self._cookies.make((addr[0], addr[1]), now)
+            ep = (addr[0], addr[1])
+            if hdr.cookie is None or not self._cookies.check(hdr.cookie, ep, now):
+                # no cookie, or one for another address (the sender's NAT moved
+                # it) or an old secret: a fresh one, like WireGuard, so an honest
+                # sender recovers at once; still 26 bytes, still no state
+                self._drops[
+                    DropReason.NEEDS_COOKIE if hdr.cookie is None else DropReason.BAD_COOKIE
+                ] += 1
+                cookie = self._cookies.make(ep, now)
                 self._send_unauthenticated(
                     encode_cookie_reply(hdr.nonce[:8], cookie), addr, len(data)
                 )
                 self.stats.cookies_sent += 1
-                self._drops[DropReason.NEEDS_COOKIE] += 1
-                return None
-            if not self._cookies.check(hdr.cookie, (addr[0], addr[1]), now):
-                self._drops[DropReason.BAD_COOKIE] += 1
                 return None
             self.stats.cookies_accepted += 1
         self._handshakes.add(now)
@@ -639,10 +649,9 @@ class RelayCore:
         if now < self._next_housekeeping:
             return
         self._next_housekeeping = now + self.config.housekeeping_interval_s
-        self.policy_changed()
         for reg in [r for r in self._regs.values() if r.expires <= now]:
             log.info("peer %s registration expired", PublicKey(reg.key).short())
-            del self._regs[reg.key]
+            self._drop_registration(reg)
             for sid in list(reg.sessions):
                 s = self.sessions.get(sid) or self._pending.get(sid)
                 if s is not None:
@@ -666,19 +675,31 @@ class RelayCore:
             elif now - s.last_active >= idle:
                 self._close(s, CloseReason.IDLE, notify={s.a_key, s.b_key})
 
+    def _drop_registration(self, reg: _Registration) -> None:
+        del self._regs[reg.key]
+        # keep its keys and, above all, its replay window: a REGISTER captured
+        # in the last minutes must not register it again from elsewhere
+        self._cache_keys(reg.key, reg.ks)
+
     def policy_changed(self) -> None:
-        """Drop registrations and sessions of keys the policy no longer allows."""
+        """Drop registrations and sessions of keys the policy no longer allows.
+
+        Called by the shell after a policy refresh."""
         for reg in [r for r in self._regs.values() if not self.policy.allows(r.key)]:
             log.info("peer %s no longer allowed", PublicKey(reg.key).short())
-            del self._regs[reg.key]
+            self._drop_registration(reg)
             for sid in list(reg.sessions):
                 s = self.sessions.get(sid) or self._pending.get(sid)
                 if s is not None:
+                    if sid in self._pending:
+                        self._answer_waiters(s, Status.AUTH_FAILED)
                     self._close(s, CloseReason.PEER_GONE, notify={s.other(reg.key)})
 
     def shutdown(self) -> None:
         """Tell every session and registration that the relay is going away."""
         self._shutting_down = True
+        for s in list(self._pending.values()):
+            self._answer_waiters(s, Status.ERROR)
         for s in list(self.sessions.values()) + list(self._pending.values()):
             self._close(s, CloseReason.SHUTDOWN, notify={s.a_key, s.b_key})
         for reg in self._regs.values():
@@ -714,12 +735,20 @@ class RelayCore:
         )
 
     def announcement(self) -> bytes | None:
+        """Our signed announcement, re-signed only when it changed or aged.
+
+        Signing costs an Ed25519 operation; queries can come 20 a second per key.
+        """
         info = self.node_info()
         if info is None:
             return None
-        return encode_announcement(
-            info, int(self._wall() * 1000), ANNOUNCEMENT_TTL_S, self.identity
-        )
+        wall = self._wall()
+        cached = self._announcement
+        if cached is not None and cached[0] == info and wall - cached[1] < ANNOUNCEMENT_RESIGN_S:
+            return cached[2]
+        raw = encode_announcement(info, int(wall * 1000), ANNOUNCEMENT_TTL_S, self.identity)
+        self._announcement = (info, wall, raw)
+        return raw
 
     def is_registered(self, key: PublicKey) -> bool:
         return key.raw in self._regs

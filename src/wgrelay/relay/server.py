@@ -173,6 +173,9 @@ class RelayServer:
                 await asyncio.to_thread(self.core.policy.refresh)
             except Exception as e:  # never let a policy glitch kill the relay
                 log.warning("access policy refresh failed: %s", e)
+                continue
+            self.core.policy_changed()
+            self._flush()
 
     async def serve(self, on_ready: Callable[[], None] | None = None) -> None:
         loop = asyncio.get_running_loop()
