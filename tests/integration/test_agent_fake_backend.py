@@ -1,0 +1,116 @@
+"""The agent daemon end to end without root: a fake WireGuard, a real relay.
+
+Two `Agent`s run in this process, each over a `FakeBackend` interface whose
+peer is the other; no handshake ever completes directly, so both must relay.
+A plain UDP socket bound to each fake interface's listen port plays WireGuard:
+what it sends to the proxy endpoint the agent configured must come out of the
+other agent's proxy, from that proxy's address, to the other "WireGuard".
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+from pathlib import Path
+
+import pytest
+
+from tests.integration.relays import inproc_relay
+from wgrelay.discovery.registry import RelayRegistry
+from wgrelay.keys import PrivateKey
+from wgrelay.mesh.agent import AgentConfig
+from wgrelay.mesh.backend.fake import FakeBackend, SetEndpointCall
+from wgrelay.mesh.cache import ConnectionCache
+from wgrelay.mesh.daemon import Agent, AgentOptions
+
+pytestmark = pytest.mark.timeout(60)
+
+FAST = AgentConfig(direct_probe_s=0.5, initiate_delay_s=0.3)
+
+
+def free_udp_socket() -> socket.socket:
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.bind(("127.0.0.1", 0))
+    s.setblocking(False)
+    return s
+
+
+async def recv(sock: socket.socket, timeout: float = 5.0) -> tuple[bytes, tuple[str, int]]:
+    loop = asyncio.get_running_loop()
+    async with asyncio.timeout(timeout):
+        data, addr = await loop.sock_recvfrom(sock, 2048)
+    return data, addr
+
+
+def test_two_agents_relay_each_other_and_restore_on_stop(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        async with inproc_relay() as relay:
+            ka, kb = PrivateKey.generate(), PrivateKey.generate()
+            wg_a, wg_b = free_udp_socket(), free_udp_socket()  # "WireGuard" of a and b
+            dead_a, dead_b = ("198.51.100.1", 51820), ("198.51.100.2", 51820)
+            agents = []
+            backends = []
+            events: list[asyncio.Event] = []
+            for name, key, other, wg, dead in (
+                ("wga", ka, kb, wg_a, dead_b),
+                ("wgb", kb, ka, wg_b, dead_a),
+            ):
+                proxied = asyncio.Event()
+
+                def on_set(
+                    _b: FakeBackend, call: SetEndpointCall, ev: asyncio.Event = proxied
+                ) -> None:
+                    if call.endpoint[0] == "127.0.0.1":  # moved onto its relay proxy
+                        ev.set()
+
+                backend = FakeBackend(on_set_endpoint=on_set)
+                events.append(proxied)
+                backend.add_interface(name, private_key=key, listen_port=wg.getsockname()[1])
+                backend.add_peer(
+                    name, other.public_key(), endpoint=dead, allowed_ips=["10.0.0.9/32"]
+                )
+                info = backend.read(name)
+                reg = RelayRegistry()
+                reg.add_bootstrap(relay.key, relay.endpoint)
+                opts = AgentOptions(interface=name, state_dir=tmp_path / name, config=FAST)
+                opts.state_dir.mkdir()
+                agents.append(Agent(opts, backend, info, reg, None, ConnectionCache(None)))
+                backends.append(backend)
+            tasks = [asyncio.create_task(a.run()) for a in agents]
+            try:
+                async with asyncio.timeout(15):
+                    for ev in events:
+                        await ev.wait()
+                ep_a = backends[0].read("wga").peers[0].endpoint
+                ep_b = backends[1].read("wgb").peers[0].endpoint
+                assert ep_a is not None
+                assert ep_b is not None
+                assert ep_a[0] == "127.0.0.1"
+                assert ep_b[0] == "127.0.0.1"
+                # a's "WireGuard" sends a packet to b through a's proxy
+                wg_a.sendto(b"\x04handshake-or-data", ep_a)
+                data, src = await recv(wg_b)
+                assert data == b"\x04handshake-or-data"
+                assert src == ep_b  # it arrives from b's proxy: b's endpoint for a
+                wg_b.sendto(b"\x04reply", ep_b)
+                data, src = await recv(wg_a)
+                assert (data, src) == (b"\x04reply", ep_a)
+                # a local process that is not WireGuard cannot use the proxy
+                with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as intruder:
+                    intruder.sendto(b"\x04inject", ep_a)
+                    with pytest.raises(TimeoutError):
+                        await recv(wg_b, timeout=0.5)
+            finally:
+                for a in agents:
+                    a.stop()
+                for t in tasks:
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await t
+            # endpoints went back to what they were
+            assert backends[0].read("wga").peers[0].endpoint == dead_b
+            assert backends[1].read("wgb").peers[0].endpoint == dead_a
+            wg_a.close()
+            wg_b.close()
+
+    asyncio.run(scenario())
