@@ -24,7 +24,7 @@ import sys
 import time
 
 from wgrelay.testbed import Testbed, wait_until
-from wgrelay.testbed.scenario import MeshScenario
+from wgrelay.testbed.scenario import MeshScenario, two_peers
 from wgrelay.testbed.topology import Peer
 
 
@@ -44,14 +44,10 @@ def iperf(a: Peer, b: Peer, seconds: int) -> tuple[float, int]:
 
 def run_case(kind: str, seconds: int, reps: int) -> tuple[list[float], list[int], str]:
     with Testbed(wireguard_log_level="error") as tb:
-        relay = tb.add_relay("r1")
-        nat = "cone" if kind == "direct" else "symmetric"
-        a, b = tb.add_peer("a", nat=nat), tb.add_peer("b", nat=nat)
+        [relay], a, b = two_peers(tb, "cone" if kind == "direct" else "symmetric")
         if kind == "direct":
             a.router.open_port_forward(a.listen_port)
             b.router.open_port_forward(b.listen_port)
-        a.add_wireguard_peer(b, endpoint=b.wan_endpoint)
-        b.add_wireguard_peer(a, endpoint=a.wan_endpoint)
         sc = MeshScenario(tb)
         sc.start_relay(relay, "--max-bandwidth", "0")
         sc.start_agent(a)

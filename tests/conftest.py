@@ -9,27 +9,17 @@ skipping the tests that matter most.
 from __future__ import annotations
 
 import os
-import shutil
 
 import pytest
 
-
-def system_prerequisites_missing() -> str | None:
-    if os.geteuid() != 0:
-        return "needs root"
-    for tool in ("ip", "nft", "wg", "wireguard-go", "conntrack", "ping"):
-        if shutil.which(tool) is None:
-            return f"needs {tool} on PATH"
-    if not os.path.exists("/dev/net/tun"):
-        return "needs /dev/net/tun"
-    return None
+from wgrelay.testbed.requirements import missing_prerequisite
 
 
 @pytest.fixture(autouse=True)
 def _system_gate(request: pytest.FixtureRequest) -> None:
     if request.node.get_closest_marker("system") is None:
         return
-    missing = system_prerequisites_missing()
+    missing = missing_prerequisite()
     if missing is None:
         return
     if os.environ.get("WGRELAY_REQUIRE_SYSTEM") == "1":

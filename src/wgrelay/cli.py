@@ -291,17 +291,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _netns_demo_missing() -> str | None:
-    import os
-    import shutil
+    from wgrelay.testbed.requirements import missing_prerequisite
 
-    if os.geteuid() != 0:
-        return "needs root"
-    for tool in ("ip", "nft", "wg", "wireguard-go", "conntrack", "ping"):
-        if shutil.which(tool) is None:
-            return f"needs {tool} (run `make demo` as root to install it)"
-    if not os.path.exists("/dev/net/tun"):
-        return "needs /dev/net/tun"
-    return None
+    missing = missing_prerequisite()
+    if missing is not None and missing != "needs root":
+        missing += " (run `make demo` as root to install it)"
+    return missing
 
 
 # ---------------------------------------------------------------- parser

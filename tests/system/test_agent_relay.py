@@ -11,7 +11,7 @@ from collections.abc import Iterator
 import pytest
 
 from wgrelay.testbed import Testbed, wait_until
-from wgrelay.testbed.scenario import MeshScenario
+from wgrelay.testbed.scenario import MeshScenario, two_peers
 from wgrelay.testbed.topology import Peer
 
 pytestmark = [pytest.mark.system, pytest.mark.timeout(180)]
@@ -22,11 +22,7 @@ def mesh() -> Iterator[tuple[MeshScenario, Peer, Peer]]:
     """One relay; peers a and b behind symmetric NAT, each configured with the
     other's public (NAT) address as endpoint: the direct attempt that fails."""
     with Testbed() as tb:
-        relay = tb.add_relay("r1")
-        a = tb.add_peer("a", nat="symmetric")
-        b = tb.add_peer("b", nat="symmetric")
-        a.add_wireguard_peer(b, endpoint=b.wan_endpoint)
-        b.add_wireguard_peer(a, endpoint=a.wan_endpoint)
+        [relay], a, b = two_peers(tb, "symmetric")
         sc = MeshScenario(tb)
         sc.start_relay(relay)
         try:
@@ -121,11 +117,7 @@ def test_stopping_the_agent_restores_endpoints(mesh: tuple[MeshScenario, Peer, P
 
 def test_killing_the_active_relay_fails_over_and_tcp_survives() -> None:
     with Testbed() as tb:
-        r1, r2 = tb.add_relay("r1"), tb.add_relay("r2")
-        a = tb.add_peer("a", nat="symmetric")
-        b = tb.add_peer("b", nat="symmetric")
-        a.add_wireguard_peer(b, endpoint=b.wan_endpoint)
-        b.add_wireguard_peer(a, endpoint=a.wan_endpoint)
+        [r1, r2], a, b = two_peers(tb, "symmetric", relays=("r1", "r2"))
         sc = MeshScenario(tb)
         sc.start_relay(r1)
         sc.start_relay(r2)

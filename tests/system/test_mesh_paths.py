@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from wgrelay.testbed import Testbed, wait_until
-from wgrelay.testbed.scenario import MeshScenario
+from wgrelay.testbed.scenario import MeshScenario, two_peers
 from wgrelay.testbed.topology import Peer
 
 pytestmark = [pytest.mark.system, pytest.mark.timeout(240)]
@@ -51,11 +51,7 @@ def path_of(sc: MeshScenario, peer: Peer) -> str | None:
 @pytest.fixture
 def cone_mesh() -> Iterator[tuple[MeshScenario, Peer, Peer]]:
     with Testbed() as tb:
-        relay = tb.add_relay("r1")
-        a = tb.add_peer("a", nat="cone")
-        b = tb.add_peer("b", nat="cone")
-        a.add_wireguard_peer(b, endpoint=b.wan_endpoint)
-        b.add_wireguard_peer(a, endpoint=a.wan_endpoint)
+        [relay], a, b = two_peers(tb, "cone")
         sc = MeshScenario(tb)
         sc.start_relay(relay, "--metrics", f"{relay.address}:9821")
         yield sc, a, b
@@ -64,11 +60,7 @@ def cone_mesh() -> Iterator[tuple[MeshScenario, Peer, Peer]]:
 @pytest.fixture
 def symmetric_mesh() -> Iterator[tuple[MeshScenario, Peer, Peer]]:
     with Testbed() as tb:
-        relay = tb.add_relay("r1")
-        a = tb.add_peer("a", nat="symmetric")
-        b = tb.add_peer("b", nat="symmetric")
-        a.add_wireguard_peer(b, endpoint=b.wan_endpoint)
-        b.add_wireguard_peer(a, endpoint=a.wan_endpoint)
+        [relay], a, b = two_peers(tb, "symmetric")
         sc = MeshScenario(tb)
         sc.start_relay(relay)
         try:

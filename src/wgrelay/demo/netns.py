@@ -15,7 +15,7 @@ import shutil
 import time
 
 from wgrelay.testbed import Testbed, wait_until
-from wgrelay.testbed.scenario import MeshScenario
+from wgrelay.testbed.scenario import MeshScenario, two_peers
 
 
 def say(msg: str = "") -> None:
@@ -26,11 +26,7 @@ def run_netns_demo() -> int:
     t_start = time.monotonic()
     with Testbed() as tb:
         say("== building the testbed (network namespaces, nftables NAT, wireguard-go)")
-        relay = tb.add_relay("r1")
-        a = tb.add_peer("a", nat="symmetric")
-        b = tb.add_peer("b", nat="symmetric")
-        a.add_wireguard_peer(b, endpoint=b.wan_endpoint)
-        b.add_wireguard_peer(a, endpoint=a.wan_endpoint)
+        [relay], a, b = two_peers(tb, "symmetric")
         say(f"   relay r1  public address {relay.address}")
         for p in (a, b):
             say(

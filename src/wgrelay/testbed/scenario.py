@@ -38,6 +38,20 @@ class RunningRelay:
         return f"{self.relay.address}:{RELAY_PORT}"
 
 
+def two_peers(
+    tb: Testbed, nat: str = "symmetric", relays: tuple[str, ...] = ("r1",)
+) -> tuple[list[Relay], Peer, Peer]:
+    """The standard picture: relays on the internet and peers a and b, each
+    behind its own NAT and configured with the other's public (NAT) address as
+    WireGuard endpoint - the direct attempt an unaided mesh would make."""
+    rs = [tb.add_relay(name) for name in relays]
+    a = tb.add_peer("a", nat=nat)
+    b = tb.add_peer("b", nat=nat)
+    a.add_wireguard_peer(b, endpoint=b.wan_endpoint)
+    b.add_wireguard_peer(a, endpoint=a.wan_endpoint)
+    return rs, a, b
+
+
 class MeshScenario:
     def __init__(self, tb: Testbed, python: str = sys.executable) -> None:
         self.tb = tb
