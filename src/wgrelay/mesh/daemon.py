@@ -16,12 +16,12 @@ import contextlib
 import json
 import logging
 import os
-import signal
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from wgrelay.aio import stop_on_signals
 from wgrelay.client.link import LinkConfig
 from wgrelay.client.manager import (
     HomeChanged,
@@ -349,10 +349,10 @@ class Agent:
                 )
 
     async def run(self, on_ready: Callable[[], None] | None = None) -> None:
-        loop = asyncio.get_running_loop()
-        with contextlib.suppress(NotImplementedError, RuntimeError):
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                loop.add_signal_handler(sig, self._stop.set)
+        with stop_on_signals(self._stop.set):
+            await self._run_loop(on_ready)
+
+    async def _run_loop(self, on_ready: Callable[[], None] | None) -> None:
         try:
             self._check_settings()
             if self.core.relay_enabled:

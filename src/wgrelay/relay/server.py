@@ -14,12 +14,12 @@ import asyncio
 import contextlib
 import errno
 import logging
-import signal
 import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from wgrelay.aio import stop_on_signals
 from wgrelay.errors import ConfigError
 from wgrelay.proto.constants import MsgType
 from wgrelay.proto.data import MAX_DATA_FRAME
@@ -181,15 +181,13 @@ class RelayServer:
         loop = asyncio.get_running_loop()
         for sock in self.sockets:
             loop.add_reader(sock.fileno(), self._make_reader(sock))
-        with contextlib.suppress(NotImplementedError, RuntimeError):
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                loop.add_signal_handler(sig, self._stop.set)
         self._arm_timer()
         refresher = asyncio.create_task(self._refresh_policy())
         if on_ready is not None:
             on_ready()
         try:
-            await self._stop.wait()
+            with stop_on_signals(self._stop.set):
+                await self._stop.wait()
         finally:
             refresher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -203,6 +201,3 @@ class RelayServer:
             for sock in self.sockets:
                 loop.remove_reader(sock.fileno())
                 sock.close()
-            with contextlib.suppress(NotImplementedError, RuntimeError):
-                for sig in (signal.SIGINT, signal.SIGTERM):
-                    loop.remove_signal_handler(sig)

@@ -1,0 +1,33 @@
+"""Small asyncio helpers shared by the relay and the agent."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+from collections.abc import Callable, Iterator
+
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+@contextlib.contextmanager
+def stop_on_signals(callback: Callable[[], None]) -> Iterator[None]:
+    """SIGINT and SIGTERM call ``callback`` while the block runs.
+
+    Signal handlers can only be installed from the main thread; elsewhere (a
+    daemon embedded in a test's worker thread) the block runs without them and
+    the caller stops the daemon itself.
+    """
+    loop = asyncio.get_running_loop()
+    installed = []
+    for sig in STOP_SIGNALS:
+        try:
+            loop.add_signal_handler(sig, callback)
+        except (RuntimeError, ValueError):
+            break
+        installed.append(sig)
+    try:
+        yield
+    finally:
+        for sig in installed:
+            loop.remove_signal_handler(sig)
