@@ -65,6 +65,12 @@ should not wait for the next second."""
 MEASURE_INTERVAL_S = 15.0
 """Relays carrying sessions are pinged this often (RTT, loss for the cache)."""
 CACHE_FLUSH_INTERVAL_S = 10.0
+READ_ERROR_LOG_INTERVAL_S = 60.0
+STATUS_REFRESH_S = 5.0
+"""The status file is rewritten at once when a path or reason changes, else at
+most this often (byte counters and handshake times move all the time; writing
+them every second would wear the disk for nothing)."""
+_VOLATILE = ("rx_bytes", "tx_bytes", "latest_handshake", "rtt_ms")
 WIREGUARD_OVERHEAD = 32  # WireGuard's own framing on top of the inner packet
 IPV4_UDP_HEADERS = 28
 IPV6_UDP_HEADERS = 48
@@ -135,6 +141,8 @@ class Agent:
         self._stop = asyncio.Event()
         self._last_status = ""
         self._settings_mtime: int | None = None
+        self._read_error_logged = -1e9
+        self._status_written = -1e9
         self._started = False
         self._background: set[asyncio.Task[None]] = set()
         self._next_measure = 0.0
@@ -234,10 +242,18 @@ class Agent:
 
     async def _read(self) -> InterfaceInfo | None:
         try:
-            return await asyncio.to_thread(self.backend.read, self.iface)
+            info = await asyncio.to_thread(self.backend.read, self.iface)
         except BackendError as e:
-            log.warning("cannot read %s: %s", self.iface, e)
+            # said once, then once a minute: the interface may be gone for a while
+            now = self._clock()
+            if now - self._read_error_logged >= READ_ERROR_LOG_INTERVAL_S:
+                self._read_error_logged = now
+                log.warning("cannot read %s: %s", self.iface, e)
             return None
+        if self._read_error_logged > -1e9:
+            log.info("%s readable again", self.iface)
+            self._read_error_logged = -1e9
+        return info
 
     def _write_status(self, info: InterfaceInfo) -> None:
         peers = []
@@ -251,7 +267,7 @@ class Agent:
                     "public_key": str(key),
                     "path": p.kind.value,
                     "reason": p.reason,
-                    "since": round(self._wall() - (self._clock() - p.since), 3),
+                    "since": round(self._wall() - (self._clock() - p.since)),
                     "rtt_ms": rtt_ms,
                     "rtt_source": rtt_source,
                     "history": list(p.history),
@@ -272,15 +288,22 @@ class Agent:
             "backend": self.backend.name,
             "pid": os.getpid(),
             "relay_enabled": self.core.relay_enabled,
-            "updated": round(self._wall(), 3),
             "home_relay": str(home.key) if home else None,
             "home_relay_endpoint": endpoint_str(home.endpoint) if home else None,
             "peers": peers,
         }
-        text = json.dumps(doc, indent=2, sort_keys=True)
-        if text == self._last_status:
+        steady = json.dumps(
+            [{k: v for k, v in p.items() if k not in _VOLATILE} for p in peers]
+            + [doc["home_relay"], doc["relay_enabled"]],
+            sort_keys=True,
+        )
+        now = self._clock()
+        if steady == self._last_status and now - self._status_written < STATUS_REFRESH_S:
             return
-        self._last_status = text
+        self._last_status = steady
+        self._status_written = now
+        doc["updated"] = round(self._wall(), 3)
+        text = json.dumps(doc, indent=2, sort_keys=True)
         path = status_path(self.opts.state_dir, self.iface)
         tmp = path.with_name(path.name + ".tmp")
         try:
