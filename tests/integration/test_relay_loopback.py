@@ -197,6 +197,7 @@ def test_bandwidth_cap_holds_within_ten_percent() -> None:
             await asyncio.sleep(0.3)  # let the last frames land
             rate = received[0] / duration
             cap = cap_kbps * 1000
+            print(f"bandwidth: {rate:.0f} B/s vs cap {cap}")
             assert 0.9 * cap <= rate <= 1.1 * cap, f"{rate:.0f} B/s vs cap {cap}"
             assert relay.core.get_stats().drops["bandwidth"] > 0
             await ca.close()
