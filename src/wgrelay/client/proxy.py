@@ -16,7 +16,6 @@ local process cannot use a proxy to inject traffic towards the relay.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import socket
 from collections.abc import Callable
@@ -24,6 +23,7 @@ from dataclasses import dataclass
 
 from wgrelay.client.udp import RelayClient
 from wgrelay.keys import PublicKey
+from wgrelay.net import datagram_socket
 from wgrelay.proto.buffer import Endpoint
 from wgrelay.proto.constants import DATA_HEADER_LEN, MAX_DATA_PAYLOAD
 
@@ -91,19 +91,9 @@ class ProxyTable:
         p = self._proxies.get(peer)
         if p is not None:
             return p.endpoint
-        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        try:
-            sock.setblocking(False)
-            for opt in (socket.SO_RCVBUF, socket.SO_SNDBUF):
-                with contextlib.suppress(OSError):
-                    sock.setsockopt(socket.SOL_SOCKET, opt, SOCKET_BUFFER_BYTES)
-            sock.bind((LOCALHOST, 0))
-        except OSError:
-            sock.close()
-            raise
-        p = _Proxy(peer, sock)
+        p = _Proxy(peer, datagram_socket(LOCALHOST, 0, SOCKET_BUFFER_BYTES))
         self._proxies[peer] = p
-        asyncio.get_running_loop().add_reader(sock.fileno(), self._make_reader(p))
+        asyncio.get_running_loop().add_reader(p.sock.fileno(), self._make_reader(p))
         log.debug("proxy for %s on %s:%d", peer.short(), *p.endpoint)
         return p.endpoint
 

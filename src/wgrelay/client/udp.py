@@ -15,7 +15,6 @@ one timer.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import socket
 import time
@@ -34,6 +33,7 @@ from wgrelay.client.link import (
 )
 from wgrelay.errors import RelayUnavailable
 from wgrelay.keys import PrivateKey, PublicKey
+from wgrelay.net import datagram_socket
 from wgrelay.proto.buffer import Endpoint
 from wgrelay.proto.constants import DATA_HEADER_LEN, MsgType
 from wgrelay.proto.data import MAX_DATA_FRAME, data_header
@@ -82,12 +82,8 @@ class RelayClient:
         )
         self.on_data = on_data
         self.on_event = on_event
-        self._sock = socket.socket(family, socket.SOCK_DGRAM)
-        self._sock.setblocking(False)
-        for opt in (socket.SO_RCVBUF, socket.SO_SNDBUF):
-            with contextlib.suppress(OSError):
-                self._sock.setsockopt(socket.SOL_SOCKET, opt, SOCKET_BUFFER_BYTES)
-        self._sock.bind((bind_host or ("::" if family == socket.AF_INET6 else "0.0.0.0"), 0))
+        any_host = "::" if family == socket.AF_INET6 else "0.0.0.0"
+        self._sock = datagram_socket(bind_host or any_host, 0, SOCKET_BUFFER_BYTES)
         self._timer: asyncio.TimerHandle | None = None
         self._waiters: list[tuple[Callable[[LinkEvent], bool], asyncio.Future[LinkEvent]]] = []
         self._started = False
@@ -213,11 +209,7 @@ class RelayClient:
         The relay only follows after our next authenticated heartbeat, exactly as
         when a NAT gives us a new mapping (which is how tests use this).
         """
-        family = self._sock.family
-        host = self._sock.getsockname()[0]
-        new = socket.socket(family, socket.SOCK_DGRAM)
-        new.setblocking(False)
-        new.bind((host, 0))
+        new = datagram_socket(self._sock.getsockname()[0], 0, SOCKET_BUFFER_BYTES)
         loop = asyncio.get_running_loop()
         if self._started:
             loop.remove_reader(self._sock.fileno())

@@ -414,7 +414,7 @@ class RelayCore:
         )
         reg.addr = addr
         for sid in reg.sessions:
-            s = self.sessions.get(sid) or self._pending.get(sid)
+            s = self._find(sid)
             if s is None:
                 continue
             if s.a_key == reg.key:
@@ -548,7 +548,7 @@ class RelayCore:
     def _handle_session_close(
         self, ks: _KeyState, key: bytes, body: SessionClose, addr: Addr, now: float
     ) -> None:
-        s = self.sessions.get(body.session_id) or self._pending.get(body.session_id)
+        s = self._find(body.session_id)
         if s is None or key not in (s.a_key, s.b_key):
             self._drops[DropReason.UNKNOWN_SESSION] += 1
             return
@@ -651,13 +651,7 @@ class RelayCore:
         self._next_housekeeping = now + self.config.housekeeping_interval_s
         for reg in [r for r in self._regs.values() if r.expires <= now]:
             log.info("peer %s registration expired", PublicKey(reg.key).short())
-            self._drop_registration(reg)
-            for sid in list(reg.sessions):
-                s = self.sessions.get(sid) or self._pending.get(sid)
-                if s is not None:
-                    if sid in self._pending:
-                        self._answer_waiters(s, Status.TARGET_UNREACHABLE)
-                    self._close(s, CloseReason.PEER_GONE, notify={s.other(reg.key)})
+            self._drop_registration(reg, Status.TARGET_UNREACHABLE)
         for s in list(self._pending.values()):
             if now >= s.offer_deadline:
                 log.info("session %s: no answer from target", s.sid.hex())
@@ -675,11 +669,23 @@ class RelayCore:
             elif now - s.last_active >= idle:
                 self._close(s, CloseReason.IDLE, notify={s.a_key, s.b_key})
 
-    def _drop_registration(self, reg: _Registration) -> None:
+    def _drop_registration(self, reg: _Registration, pending_answer: Status) -> None:
+        """Forget a peer: its sessions end (the other end is told, a requester
+        still waiting gets ``pending_answer``)."""
         del self._regs[reg.key]
         # keep its keys and, above all, its replay window: a REGISTER captured
         # in the last minutes must not register it again from elsewhere
         self._cache_keys(reg.key, reg.ks)
+        for sid in list(reg.sessions):
+            s = self._find(sid)
+            if s is not None:
+                if sid in self._pending:
+                    self._answer_waiters(s, pending_answer)
+                self._close(s, CloseReason.PEER_GONE, notify={s.other(reg.key)})
+
+    def _find(self, sid: bytes) -> _Session | None:
+        """An established or pending session."""
+        return self.sessions.get(sid) or self._pending.get(sid)
 
     def policy_changed(self) -> None:
         """Drop registrations and sessions of keys the policy no longer allows.
@@ -687,13 +693,7 @@ class RelayCore:
         Called by the shell after a policy refresh."""
         for reg in [r for r in self._regs.values() if not self.policy.allows(r.key)]:
             log.info("peer %s no longer allowed", PublicKey(reg.key).short())
-            self._drop_registration(reg)
-            for sid in list(reg.sessions):
-                s = self.sessions.get(sid) or self._pending.get(sid)
-                if s is not None:
-                    if sid in self._pending:
-                        self._answer_waiters(s, Status.AUTH_FAILED)
-                    self._close(s, CloseReason.PEER_GONE, notify={s.other(reg.key)})
+            self._drop_registration(reg, Status.AUTH_FAILED)
 
     def shutdown(self) -> None:
         """Tell every session and registration that the relay is going away."""

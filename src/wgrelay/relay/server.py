@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 from wgrelay.aio import stop_on_signals
 from wgrelay.errors import ConfigError
+from wgrelay.net import datagram_socket
 from wgrelay.proto.constants import MsgType
 from wgrelay.proto.data import MAX_DATA_FRAME
 from wgrelay.relay.core import Addr, RelayCore
@@ -49,20 +50,10 @@ class BindAddress:
 
 
 def open_udp_socket(bind: BindAddress) -> socket.socket:
-    sock = socket.socket(bind.family, socket.SOCK_DGRAM)
     try:
-        if bind.family == socket.AF_INET6:
-            # v4 gets its own socket; keeps addresses in one form per socket
-            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-        for opt in (socket.SO_RCVBUF, socket.SO_SNDBUF):
-            with contextlib.suppress(OSError):
-                sock.setsockopt(socket.SOL_SOCKET, opt, SOCKET_BUFFER_BYTES)
-        sock.bind((bind.host, bind.port))
-        sock.setblocking(False)
+        return datagram_socket(bind.host, bind.port, SOCKET_BUFFER_BYTES)
     except OSError as e:
-        sock.close()
         raise ConfigError(f"cannot bind UDP {bind}: {e.strerror}") from None
-    return sock
 
 
 class RelayServer:
