@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import re
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -112,13 +113,13 @@ def cmd_start_relay(args: argparse.Namespace) -> int:
 
 
 def _relay_arg(text: str) -> tuple[tuple[str, int], PublicKey]:
-    from wgrelay.relay.app import parse_endpoint
+    from wgrelay.relay.app import parse_destination
 
     endpoint, sep, key = text.partition("=")
     if not sep:
         raise ConfigError(f"--relay {text!r}: expected ENDPOINT=PUB_KEY")
     # base64 keys end in '=', so split at the first '=' after the endpoint
-    return parse_endpoint(endpoint, "--relay endpoint"), _relay_key(key)
+    return parse_destination(endpoint, "--relay endpoint"), _relay_key(key)
 
 
 def _relay_key(text: str) -> PublicKey:
@@ -152,10 +153,10 @@ def cmd_up(args: argparse.Namespace) -> int:
 
 def cmd_add_bootstrap_relay(args: argparse.Namespace) -> int:
     from wgrelay.discovery.registry import RegistryStore
-    from wgrelay.relay.app import parse_endpoint
+    from wgrelay.relay.app import parse_destination
     from wgrelay.state import ensure_state_dir
 
-    endpoint = parse_endpoint(args.endpoint, "ENDPOINT")
+    endpoint = parse_destination(args.endpoint, "ENDPOINT")
     key = _relay_key(args.pub_key)
     store = RegistryStore(ensure_state_dir(args.state_dir) / "relays.db")
     try:
@@ -254,22 +255,62 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
-def _port(text: str) -> int:
-    if not text.isdigit() or not 0 <= int(text) < 65536:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a port (0-65535; 0 picks a free one)")
+def _ascii_int(text: str) -> int | None:
+    """A decimal integer in ASCII digits, else None.
+
+    ``str.isdigit()`` and ``int()`` also take other scripts' digits (U+0665,
+    ARABIC-INDIC DIGIT FIVE) and superscripts; a port or a limit typed that way
+    is a mistake, not a number.
+    """
+    if not (text.isascii() and text.isdigit()) or len(text) > 20:
+        return None
     return int(text)
+
+
+def _port(text: str) -> int:
+    n = _ascii_int(text)
+    if n is None or n > 65535:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port (0-65535; 0 picks a free one)")
+    return n
 
 
 def _positive(text: str) -> int:
-    if not text.isdigit() or int(text) < 1:
+    n = _ascii_int(text)
+    if n is None or n < 1:
         raise argparse.ArgumentTypeError(f"{text!r} is not a positive integer")
-    return int(text)
+    return n
 
 
 def _non_negative(text: str) -> int:
-    if not text.isdigit():
+    n = _ascii_int(text)
+    if n is None:
         raise argparse.ArgumentTypeError(f"{text!r} is not a non-negative integer")
-    return int(text)
+    return n
+
+
+def _keepalive(text: str) -> int:
+    n = _ascii_int(text)
+    if n is None or n > 65535:  # WireGuard's persistent keepalive is a u16
+        raise argparse.ArgumentTypeError(f"{text!r} is not 0-65535 seconds")
+    return n
+
+
+_SECONDS = re.compile(r"[0-9]{1,6}(\.[0-9]{1,6})?")
+MAX_DIRECT_TIMEOUT_S = 300.0
+
+
+def _direct_timeout(text: str) -> float:
+    # a plain decimal: float() would also take "nan", "inf", "1e9" and U+0663
+    if not _SECONDS.fullmatch(text) or not 0.1 <= float(text) <= MAX_DIRECT_TIMEOUT_S:
+        raise argparse.ArgumentTypeError(f"{text!r} is not 0.1 to {MAX_DIRECT_TIMEOUT_S:g} seconds")
+    return float(text)
+
+
+def _state_dir(text: str) -> Path:
+    # Path("") is the current directory: a typo or an empty variable, not a choice
+    if not text.strip():
+        raise argparse.ArgumentTypeError("must not be empty")
+    return Path(text)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -313,7 +354,7 @@ def _common_options(suppress: bool) -> _Parser:
     common = _Parser(add_help=False)
     common.add_argument(
         "--state-dir",
-        type=Path,
+        type=_state_dir,
         default=d,
         help="directory for all state (default: $WGRELAY_STATE_DIR, /var/lib/wgrelay as root)",
     )
@@ -429,14 +470,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sp.add_argument(
         "--keepalive",
-        type=_non_negative,
+        type=_keepalive,
         default=25,
         metavar="SECONDS",
         help="persistent keepalive on managed peers; 0 leaves it alone (default 25)",
     )
     sp.add_argument(
         "--direct-timeout",
-        type=float,
+        type=_direct_timeout,
         default=3.0,
         metavar="SECONDS",
         help="how long a direct handshake may take before relaying (default 3)",

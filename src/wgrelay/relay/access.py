@@ -76,9 +76,18 @@ class AllowFilePolicy:
                 "allow file %s not reloaded, keeping %d keys: %s", self.path, len(self._keys), msg
             )
             return
+        if not keys and strict:
+            # a relay that serves nobody looks healthy and helps no one
+            raise ConfigError(
+                f"allow file {self.path} lists no keys, so the relay would serve nobody"
+                " (one base64 public key a line; or use --open)"
+            )
         self._mtime_ns = st.st_mtime_ns
         if keys != self._keys:
-            log.info("allow file %s: %d keys", self.path, len(keys))
+            if keys:
+                log.info("allow file %s: %d keys", self.path, len(keys))
+            else:  # an operator may empty it on purpose to shut the relay; still say so
+                log.warning("allow file %s lists no keys: the relay now serves nobody", self.path)
         self._keys = keys
 
     def allows(self, key: bytes) -> bool:

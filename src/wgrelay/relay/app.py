@@ -15,6 +15,7 @@ from pathlib import Path
 from wgrelay.errors import ConfigError
 from wgrelay.keys import load_or_create_relay_identity
 from wgrelay.proto.buffer import Endpoint
+from wgrelay.proto.constants import MAX_ENDPOINTS, MAX_REGION_LEN
 from wgrelay.relay.access import AccessPolicy, AllowFilePolicy, OpenPolicy, PeersOfInterfacePolicy
 from wgrelay.relay.config import RelayConfig
 from wgrelay.relay.core import RelayCore
@@ -49,7 +50,11 @@ def parse_endpoint(text: str, what: str = "endpoint") -> Endpoint:
         host, sep, port = text[1:].partition("]:")
     else:
         host, sep, port = text.rpartition(":")
-    if not sep or not host or not port.isdigit():
+        if ":" in host:
+            # "::1:5" could be [::1]:5 or the address ::1:5 without a port
+            raise ConfigError(f"{what} {text!r}: write an IPv6 address with a port as [ADDR]:PORT")
+    # ASCII only: str.isdigit() also takes other scripts' digits and superscripts
+    if not sep or not host or not (port.isascii() and port.isdigit()) or len(port) > 5:
         raise ConfigError(f"{what} {text!r} is not HOST:PORT (IPv6 as [ADDR]:PORT)")
     try:
         ip = ipaddress.ip_address(host)
@@ -59,6 +64,45 @@ def parse_endpoint(text: str, what: str = "endpoint") -> Endpoint:
     if not 0 < p < 65536:
         raise ConfigError(f"{what} {text!r}: port out of range")
     return str(ip), p
+
+
+_THIS_NETWORK = ipaddress.ip_network("0.0.0.0/8")
+_BROADCAST = ipaddress.ip_address("255.255.255.255")
+
+
+def parse_destination(text: str, what: str = "endpoint") -> Endpoint:
+    """An endpoint others send to (an announced or bootstrap relay address).
+
+    Unspecified, "this network", multicast and broadcast addresses can never
+    reach one relay: announcing one would point peers at nothing, or at everyone.
+    """
+    host, port = parse_endpoint(text, what)
+    ip = ipaddress.ip_address(host)
+    if ip.is_unspecified or (ip.version == 4 and ip in _THIS_NETWORK):
+        raise ConfigError(f"{what} {text!r}: an unspecified address cannot be sent to")
+    if ip.is_multicast:
+        raise ConfigError(f"{what} {text!r}: a multicast address is not one relay")
+    if ip == _BROADCAST:
+        raise ConfigError(f"{what} {text!r}: a broadcast address is not one relay")
+    return host, port
+
+
+def check_options(opts: RelayOptions) -> tuple[tuple[Endpoint, ...], Endpoint | None]:
+    """Everything the wire must carry, checked before any side effect.
+
+    Returns the parsed announce endpoints and the metrics endpoint.
+    """
+    if len(opts.announce) > MAX_ENDPOINTS:
+        raise ConfigError(f"at most {MAX_ENDPOINTS} --announce (an announcement carries that many)")
+    announce = tuple(parse_destination(a, "--announce") for a in opts.announce)
+    try:
+        region_len = len(opts.region.encode("utf-8"))
+    except UnicodeEncodeError:
+        raise ConfigError("--region is not valid UTF-8") from None
+    if region_len > MAX_REGION_LEN:
+        raise ConfigError(f"--region is {region_len} bytes; at most {MAX_REGION_LEN} (UTF-8)")
+    metrics_ep = parse_endpoint(opts.metrics, "--metrics") if opts.metrics else None
+    return announce, metrics_ep
 
 
 def build_policy(opts: RelayOptions) -> AccessPolicy:
@@ -123,9 +167,8 @@ def install_uvloop() -> str:
 
 async def _serve(opts: RelayOptions) -> None:
     # validate everything before the first side effect (a key file, a socket)
+    announce, metrics_ep = check_options(opts)
     policy = build_policy(opts)
-    announce = tuple(parse_endpoint(a, "--announce") for a in opts.announce)
-    metrics_ep = parse_endpoint(opts.metrics, "--metrics") if opts.metrics else None
     state = ensure_state_dir(opts.state_dir)
     key_file = opts.key_file or state / "relay.key"
     identity, created = load_or_create_relay_identity(key_file)

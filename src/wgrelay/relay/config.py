@@ -6,6 +6,11 @@ from dataclasses import dataclass
 
 from wgrelay.errors import ConfigError
 
+_U16_MAX = 0xFFFF
+"""Registered.ttl_s, Registered.heartbeat_s, ConnectionResponse.idle_timeout_s."""
+_U32_MAX = 0xFFFF_FFFF
+"""ConnectionResponse.max_bandwidth_kbps, RelayNodeInfo.max_sessions."""
+
 
 @dataclass(frozen=True, slots=True)
 class RelayConfig:
@@ -40,8 +45,10 @@ class RelayConfig:
     housekeeping_interval_s: float = 1.0
 
     def __post_init__(self) -> None:
-        if self.max_connections < 1:
-            raise ConfigError("--max-connections must be at least 1")
+        # Values that go on the wire must fit their fields (docs/PROTOCOL.md), or
+        # encoding the reply fails on every request instead of once at start.
+        if not 1 <= self.max_connections <= _U32_MAX:
+            raise ConfigError(f"--max-connections must be 1 to {_U32_MAX} (a u32 on the wire)")
         if self.max_bandwidth_kbps < 0:
             raise ConfigError("--max-bandwidth must be 0 (unlimited) or positive")
         if self.max_bandwidth_kbps > 10_000_000:
@@ -50,8 +57,10 @@ class RelayConfig:
             raise ConfigError("session and registration limits must be at least 1")
         if self.heartbeat_interval_s < 1 or self.registration_ttl_s < 2 * self.heartbeat_interval_s:
             raise ConfigError("registration TTL must cover at least two heartbeats")
-        if self.session_idle_timeout_s < 1:
-            raise ConfigError("session idle timeout must be at least 1 s")
+        if self.registration_ttl_s > _U16_MAX:
+            raise ConfigError(f"registration TTL must be at most {_U16_MAX} s (a u16 on the wire)")
+        if not 1 <= self.session_idle_timeout_s <= _U16_MAX:
+            raise ConfigError(f"--idle-timeout must be 1 to {_U16_MAX} s (a u16 on the wire)")
 
     @property
     def bandwidth_bytes_per_s(self) -> float:
