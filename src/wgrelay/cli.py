@@ -21,8 +21,10 @@ from wgrelay.keys import (
     PrivateKey,
     PublicKey,
     RelayIdentity,
-    decode_key,
-    read_key_file,
+    load_key_file,
+    parse_key_text,
+    relay_key_text,
+    relay_seed,
     write_key_file,
 )
 from wgrelay.state import default_state_dir
@@ -47,36 +49,41 @@ class _Parser(argparse.ArgumentParser):
 
 
 def cmd_keygen(args: argparse.Namespace) -> int:
-    raw = RelayIdentity.generate().seed if args.relay else PrivateKey.generate().raw
+    # A relay key is written with its header line, on stdout too: then
+    # `wgrelay keygen --relay > relay.key` is a file that `pubkey` and
+    # `start-relay` agree on (keys.py). A peer key is exactly what wg writes.
+    if args.relay:
+        ident = RelayIdentity.generate()
+        raw, text, public = ident.seed, relay_key_text(ident), ident.public
+    else:
+        peer = PrivateKey.generate()
+        raw, text, public = peer.raw, f"{peer}\n", peer.public_key()
     if args.out:
         path = Path(args.out)
         if path.exists() and not args.force:
             raise ConfigError(f"{path} exists; use --force to replace it")
         try:
-            write_key_file(path, raw)
+            write_key_file(path, raw, text)
         except OSError as e:
             raise ConfigError(f"cannot write {path}: {e.strerror}") from None
-        print(_public_of(raw, args.relay))
+        print(public)
     else:
-        from wgrelay.keys import encode_key
-
-        print(encode_key(raw))
+        print(text, end="")
     return 0
-
-
-def _public_of(raw: bytes, relay: bool) -> str:
-    if relay:
-        return str(RelayIdentity.from_seed(raw).public)
-    return str(PrivateKey(raw).public_key())
 
 
 def cmd_pubkey(args: argparse.Namespace) -> int:
     if args.key_file:
-        raw = read_key_file(Path(args.key_file))
+        what = f"key file {args.key_file}"
+        key = load_key_file(Path(args.key_file))
     else:
-        text = sys.stdin.read(4096)
-        raw = decode_key(text, "private key on stdin")
-    print(_public_of(raw, args.relay))
+        what = "private key on stdin"
+        key = parse_key_text(sys.stdin.read(4096), what)
+    if key.relay or args.relay:
+        # exactly the identity start-relay would run with this key, or its refusal
+        print(RelayIdentity.from_seed(relay_seed(key, what)).public)
+    else:
+        print(PrivateKey(key.raw).public_key())  # byte for byte what wg pubkey prints
     return 0
 
 
@@ -385,12 +392,18 @@ def build_parser() -> argparse.ArgumentParser:
         return sp
 
     sp = add("keygen", "generate a private key (like wg genkey)", cmd_keygen)
-    sp.add_argument("--relay", action="store_true", help="a relay identity key (Ed25519)")
+    sp.add_argument(
+        "--relay", action="store_true", help="a relay identity key (Ed25519, with a header line)"
+    )
     sp.add_argument("--out", help="write to FILE (mode 0600) and print the public key")
     sp.add_argument("--force", action="store_true", help="replace an existing --out file")
 
     sp = add("pubkey", "print the public key of a private key (like wg pubkey)", cmd_pubkey)
-    sp.add_argument("--relay", action="store_true", help="the key is a relay identity key")
+    sp.add_argument(
+        "--relay",
+        action="store_true",
+        help="a key without header is a relay key (wgrelay 0.1); with one, it is anyway",
+    )
     sp.add_argument("--key-file", help="read the private key from FILE instead of stdin")
 
     sp = add("list-relays", "list known relay nodes", cmd_list_relays)

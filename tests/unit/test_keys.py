@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import logging
 import os
 import subprocess
 import sys
@@ -8,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from tests.helpers import require_tool
-from wgrelay.errors import InvalidKey
+from wgrelay.errors import ConfigError, InvalidKey
 from wgrelay.keys import (
     PrivateKey,
     PublicKey,
@@ -121,14 +122,14 @@ def test_relay_identity_signs_and_derives_x25519() -> None:
 
 
 def _cli(
-    *args: str, stdin: str | None = None, env: dict[str, str] | None = None
+    *args: str, stdin: str | None = None, env: dict[str, str] | None = None, timeout: float = 30
 ) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "wgrelay", *args],
         input=stdin,
         capture_output=True,
         text=True,
-        timeout=30,
+        timeout=timeout,
         env={**os.environ, **(env or {})},
     )
 
@@ -165,3 +166,152 @@ def test_cli_relay_keygen_prints_ed25519_public(tmp_path: Path) -> None:
     assert res.returncode == 0
     ident = RelayIdentity.from_seed(read_key_file(keyfile))
     assert res.stdout.strip() == str(ident.public)
+
+
+# ------------------------------------------------ relay identity trap (issue 8, finding 10)
+
+
+def _clamped_looking(raw: bytes) -> bool:
+    return raw[0] & 7 == 0 and raw[31] & 0xC0 == 0x40
+
+
+def _seed_not_like_wg() -> bytes:
+    """A random 32-byte seed that does not carry WireGuard's clamping (31 in 32 do)."""
+    while True:
+        seed = os.urandom(32)
+        if not _clamped_looking(seed):
+            return seed
+
+
+def _write_600(path: Path, text: str) -> Path:
+    path.write_text(text)
+    path.chmod(0o600)
+    return path
+
+
+def test_relay_key_file_has_a_header_and_pubkey_reads_it_as_a_relay(tmp_path: Path) -> None:
+    keyfile = tmp_path / "relay.key"
+    res = _cli("keygen", "--relay", "--out", str(keyfile))
+    assert res.returncode == 0, res.stderr
+    public = res.stdout.strip()
+    header, seed_line = keyfile.read_text().splitlines()
+    assert header == f"# wgrelay relay identity (Ed25519 seed); public key {public}"
+    assert str(RelayIdentity.from_seed(decode_key(seed_line)).public) == public
+    # no --relay needed: the header says what the key is
+    assert _cli("pubkey", "--key-file", str(keyfile)).stdout == public + "\n"
+    assert _cli("pubkey", stdin=keyfile.read_text()).stdout == public + "\n"
+    assert _cli("pubkey", "--relay", stdin=keyfile.read_text()).stdout == public + "\n"
+
+
+def test_first_start_writes_the_header_too(tmp_path: Path) -> None:
+    path = tmp_path / "relay.key"
+    ident, created = load_or_create_relay_identity(path)
+    assert created
+    assert path.read_text().splitlines()[0].endswith(f"public key {ident.public}")
+    assert _cli("pubkey", "--key-file", str(path)).stdout.strip() == str(ident.public)
+
+
+def test_keygen_relay_on_stdout_round_trips_through_pubkey_and_start(tmp_path: Path) -> None:
+    out = _cli("keygen", "--relay")
+    assert out.returncode == 0
+    piped = _cli("pubkey", stdin=out.stdout)
+    assert piped.returncode == 0, piped.stderr
+    keyfile = _write_600(tmp_path / "relay.key", out.stdout)  # wgrelay keygen --relay > relay.key
+    ident, created = load_or_create_relay_identity(keyfile)
+    assert not created
+    assert piped.stdout.strip() == str(ident.public)
+
+
+@pytest.mark.parametrize("maker", ["wgrelay keygen", "wg genkey"])
+def test_start_relay_refuses_a_wireguard_private_key(tmp_path: Path, maker: str) -> None:
+    peer_key = _cli("keygen").stdout if maker == "wgrelay keygen" else wg("genkey") + "\n"
+    keyfile = _write_600(tmp_path / "relay.key", peer_key)  # the `wg genkey > key` habit
+    with pytest.raises(InvalidKey, match="wgrelay keygen --relay --out FILE"):
+        load_or_create_relay_identity(keyfile)
+    res = _cli(
+        "start-relay", "--open", "--bind", "127.0.0.1", "--port", "0", "--key-file", str(keyfile),
+        env={"WGRELAY_STATE_DIR": str(tmp_path / "state")},
+        timeout=15,
+    )  # fmt: skip
+    assert res.returncode == 1
+    assert res.stderr.count("\n") == 1
+    assert "make one with: wgrelay keygen --relay --out FILE" in res.stderr
+    # pubkey --relay says the same instead of printing an identity no relay will have
+    res = _cli("pubkey", "--relay", "--key-file", str(keyfile))
+    assert res.returncode == 1
+    assert "wgrelay keygen --relay --out FILE" in res.stderr
+    assert keyfile.read_text() == peer_key  # never rewritten
+
+
+def test_a_headerless_relay_key_of_wgrelay_0_1_still_works(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    seed = _seed_not_like_wg()
+    keyfile = tmp_path / "relay.key"
+    write_key_file(keyfile, seed)  # 0.1 wrote the bare seed
+    with caplog.at_level(logging.WARNING):
+        ident, created = load_or_create_relay_identity(keyfile)
+    assert not created
+    assert ident.public == RelayIdentity.from_seed(seed).public
+    assert "# wgrelay relay identity" in caplog.text  # tells how to mark it
+    assert _cli("pubkey", "--relay", "--key-file", str(keyfile)).stdout.strip() == str(ident.public)
+    assert keyfile.read_text() == str(PublicKey(seed)) + "\n"  # left as it was
+
+
+def test_a_header_that_names_another_public_key_is_refused(tmp_path: Path) -> None:
+    other = RelayIdentity.generate().public
+    seed = RelayIdentity.generate().seed
+    keyfile = _write_600(
+        tmp_path / "relay.key",
+        f"# wgrelay relay identity (Ed25519 seed); public key {other}\n{PublicKey(seed)}\n",
+    )
+    with pytest.raises(InvalidKey, match="header"):
+        load_or_create_relay_identity(keyfile)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "# some other comment\n{key}\n",
+        "# wgrelay relay identity\n{key}\n{key}\n",
+        "{key}\n# wgrelay relay identity\n",
+        "# wgrelay relay identity\n",
+    ],
+)
+def test_key_text_is_a_key_and_at_most_our_header(tmp_path: Path, text: str) -> None:
+    keyfile = _write_600(tmp_path / "k", text.format(key=PublicKey(_seed_not_like_wg())))
+    with pytest.raises(InvalidKey):
+        read_key_file(keyfile)
+
+
+def test_plain_peer_keys_stay_byte_identical_to_wg(tmp_path: Path) -> None:
+    out = _cli("keygen")
+    assert len(out.stdout) == 45
+    assert out.stdout.endswith("=\n")
+    ours = _cli("pubkey", stdin=out.stdout)
+    theirs = subprocess.run(
+        [require_tool("wg"), "pubkey"], input=out.stdout, capture_output=True, text=True
+    )
+    assert ours.stdout == theirs.stdout
+    keyfile = tmp_path / "peer.key"
+    res = _cli("keygen", "--out", str(keyfile))
+    assert keyfile.read_text() == decode_key_file_text(keyfile) + "\n"  # no header for wg
+    assert wg("pubkey", stdin=keyfile.read_text()) == res.stdout.strip()
+
+
+def decode_key_file_text(path: Path) -> str:
+    return str(PublicKey(read_key_file(path)))
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="chown to another user needs root")
+def test_a_key_file_of_another_user_is_refused(tmp_path: Path) -> None:
+    keyfile = tmp_path / "peer.key"
+    write_key_file(keyfile, PrivateKey.generate().raw)
+    os.chown(keyfile, 12345, 12345)
+    with pytest.raises(ConfigError, match="owned by uid 12345"):
+        read_key_file(keyfile)
+    res = _cli("pubkey", "--key-file", str(keyfile))
+    assert res.returncode == 1
+    assert f"chown root {keyfile}" in res.stderr
+    os.chown(keyfile, 0, 0)  # root's own (or root's, for a user) is fine
+    assert read_key_file(keyfile)
