@@ -34,6 +34,10 @@ from wgrelay.proto.constants import MsgType
 from wgrelay.proto.data import data_header
 
 HOST = "127.0.0.1"
+WG_TRANSPORT_PREFIX = b"\x04\x00\x00\x00"
+"""The relay forwards only what can be WireGuard: the generator's payload follows
+WireGuard's transport-data type, so a ``--size N`` packet is a WireGuard message
+of N + 4 bytes (the same on every relay measured, for a fair comparison)."""
 CONTROL_TIMEOUT_S = 10.0
 _DATA = int(MsgType.DATA)
 
@@ -109,7 +113,7 @@ class _Peer:
         self.key = PrivateKey.generate()
         self.public = self.key.public_key()
         self.link = RelayLink(
-            self.key, relay_key, LinkConfig(), now=time.monotonic(), wall=time.time
+            self.key, relay_key, LinkConfig(), now=time.monotonic(), wall=time.time()
         )
         self.events: list[LinkEvent] = []
 
@@ -187,7 +191,7 @@ def open_wgrelay_pair(relay: Addr, relay_key: PublicKey) -> Pair:
             a.link.close_session(b.public, time.monotonic())
             a.flush()
 
-    return Pair(a.sock, b.sock, data_header(sid), close_session)
+    return Pair(a.sock, b.sock, data_header(sid) + WG_TRANSPORT_PREFIX, close_session)
 
 
 # ---------------------------------------------------------------- pyforwarder
@@ -216,4 +220,4 @@ def open_forwarder_pair(relay: Addr, session_id: bytes) -> Pair:
         a.close()
         b.close()
         raise
-    return Pair(a, b, data_header(session_id))
+    return Pair(a, b, data_header(session_id) + WG_TRANSPORT_PREFIX)

@@ -16,3 +16,13 @@ def require_tool(name: str) -> str:
             pytest.fail(f"{name} is not installed (WGRELAY_REQUIRE_SYSTEM=1)")
         pytest.skip(f"{name} is not installed")
     return path
+
+
+WG_TRANSPORT_HEADER = b"\x04\x00\x00\x00"
+"""WireGuard's transport-data type (4, little endian u32): relays forward only
+datagrams that can be WireGuard messages, at least 32 bytes long."""
+
+
+def wg_packet(body: bytes = b"") -> bytes:
+    """A datagram shaped like WireGuard transport data carrying ``body``."""
+    return WG_TRANSPORT_HEADER + body.ljust(28, b"\0")

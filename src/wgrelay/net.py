@@ -18,7 +18,7 @@ def datagram_socket(host: str, port: int, buffer_bytes: int) -> socket.socket:
     try:
         if family == socket.AF_INET6:
             sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-        for opt in (socket.SO_RCVBUF, socket.SO_SNDBUF):
+        for opt in (socket.SO_RCVBUF, socket.SO_SNDBUF) if buffer_bytes else ():
             with contextlib.suppress(OSError):
                 sock.setsockopt(socket.SOL_SOCKET, opt, buffer_bytes)
         sock.setblocking(False)

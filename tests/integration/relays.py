@@ -18,7 +18,8 @@ from wgrelay.keys import PublicKey, RelayIdentity
 from wgrelay.relay.access import AccessPolicy, OpenPolicy
 from wgrelay.relay.config import RelayConfig
 from wgrelay.relay.core import RelayCore
-from wgrelay.relay.server import BindAddress, RelayServer, open_udp_socket
+from wgrelay.relay.server import BindAddress, RelayServer
+from wgrelay.transport.udp import AsyncioRuntime
 
 READY = re.compile(r"relay (\S+) listening on (\S+):(\d+)")
 
@@ -41,22 +42,24 @@ async def inproc_relay(
     region: str = "",
 ) -> AsyncIterator[InProcRelay]:
     identity = identity or RelayIdentity.generate()
-    sock = open_udp_socket(BindAddress("127.0.0.1", port))
+    runtime = AsyncioRuntime()
     core = RelayCore(
         identity,
         config or RelayConfig(),
         policy or OpenPolicy(),
-        now=time.monotonic(),
-        wall=time.time,
+        now=runtime.now(),
+        wall=runtime.wall(),
         region=region,
-        announce_endpoints=(("127.0.0.1", sock.getsockname()[1]),),
     )
-    server = RelayServer(core, [sock])
+    server = RelayServer(core, runtime, [BindAddress("127.0.0.1", port)], policy_refresh_s=0)
+    server.open()
+    endpoint = ("127.0.0.1", server.port)
+    core.announce_endpoints = (endpoint,)
     ready = asyncio.Event()
     task = asyncio.create_task(server.serve(ready.set))
     await ready.wait()
     try:
-        yield InProcRelay(server, core, identity.public, ("127.0.0.1", sock.getsockname()[1]), task)
+        yield InProcRelay(server, core, identity.public, endpoint, task)
     finally:
         server.stop()
         await task

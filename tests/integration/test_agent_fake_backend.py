@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers import wg_packet
 from tests.integration.relays import inproc_relay
 from wgrelay.discovery.registry import RelayRegistry
 from wgrelay.keys import PrivateKey
@@ -89,16 +90,16 @@ def test_two_agents_relay_each_other_and_restore_on_stop(tmp_path: Path) -> None
                 assert ep_a[0] == "127.0.0.1"
                 assert ep_b[0] == "127.0.0.1"
                 # a's "WireGuard" sends a packet to b through a's proxy
-                wg_a.sendto(b"\x04handshake-or-data", ep_a)
+                wg_a.sendto(wg_packet(b"handshake-or-data"), ep_a)
                 data, src = await recv(wg_b)
-                assert data == b"\x04handshake-or-data"
+                assert data == wg_packet(b"handshake-or-data")
                 assert src == ep_b  # it arrives from b's proxy: b's endpoint for a
-                wg_b.sendto(b"\x04reply", ep_b)
+                wg_b.sendto(wg_packet(b"reply"), ep_b)
                 data, src = await recv(wg_a)
-                assert (data, src) == (b"\x04reply", ep_a)
+                assert (data, src) == (wg_packet(b"reply"), ep_a)
                 # a local process that is not WireGuard cannot use the proxy
                 with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as intruder:
-                    intruder.sendto(b"\x04inject", ep_a)
+                    intruder.sendto(wg_packet(b"inject"), ep_a)
                     with pytest.raises(TimeoutError):
                         await recv(wg_b, timeout=0.5)
             finally:

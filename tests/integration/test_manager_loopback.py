@@ -8,6 +8,7 @@ from collections.abc import Callable
 
 import pytest
 
+from tests.helpers import wg_packet
 from tests.integration.relays import inproc_relay
 from wgrelay.client.link import LinkConfig
 from wgrelay.client.manager import (
@@ -97,10 +98,10 @@ def test_relay_peer_locates_the_target_and_data_flows_then_fails_over() -> None:
             assert used == b_home
             await b.wait(lambda e: isinstance(e, PeerRelayed) and e.incoming)
             for i in range(50):
-                assert a.manager.send_packet(b.pub, b"a%d" % i)
-                assert b.manager.send_packet(a.pub, b"b%d" % i)
+                assert a.manager.send_packet(b.pub, wg_packet(b"a%d" % i))
+                assert b.manager.send_packet(a.pub, wg_packet(b"b%d" % i))
             await _until(lambda: len(a.frames) == 50 and len(b.frames) == 50, a, b)
-            assert b.frames == [b"a%d" % i for i in range(50)]
+            assert b.frames == [wg_packet(b"a%d" % i) for i in range(50)]
 
             # the relay carrying the session dies
             dead = r1 if b_home == r1.key else r2
@@ -113,8 +114,8 @@ def test_relay_peer_locates_the_target_and_data_flows_then_fails_over() -> None:
             b.frames.clear()
             assert await a.manager.relay_peer(b.pub) == alive.key
             await _until(lambda: b.pub in a.manager.routes and a.pub in b.manager.routes, a, b)
-            assert a.manager.send_packet(b.pub, b"after")
-            await _until(lambda: b.frames == [b"after"], a, b)
+            assert a.manager.send_packet(b.pub, wg_packet(b"after"))
+            await _until(lambda: b.frames == [wg_packet(b"after")], a, b)
             await a.manager.close()
             await b.manager.close()
 

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers import wg_packet
 from tests.integration.relays import inproc_relay, relay_process, start_relay_process
 from wgrelay.client.link import (
     LinkConfig,
@@ -60,7 +61,7 @@ async def pump_in_order(
     base = len(sink.payloads)
     for start in range(0, count, chunk):
         for i in range(start, min(count, start + chunk)):
-            assert sender.send(peer, tag + i.to_bytes(4, "big") + bytes(i % 200))
+            assert sender.send(peer, wg_packet(tag + i.to_bytes(4, "big") + bytes(i % 200)))
         await sink.wait_for(base + min(count, start + chunk))
 
 
@@ -80,7 +81,7 @@ def test_ten_thousand_datagrams_each_way_arrive_intact_and_in_order() -> None:
             await pump_in_order(cb, a.public_key(), sink_a, 10_000, b"B")
             for tag, sink in ((b"A", sink_b), (b"B", sink_a)):
                 assert sink.payloads == [
-                    tag + i.to_bytes(4, "big") + bytes(i % 200) for i in range(10_000)
+                    wg_packet(tag + i.to_bytes(4, "big") + bytes(i % 200)) for i in range(10_000)
                 ]
             st = relay.core.get_stats()
             assert st.packets_forwarded == 20_000
@@ -187,7 +188,7 @@ def test_bandwidth_cap_holds_within_ten_percent() -> None:
             await cb.wait_registered()
             await ca.open_session(b.public_key())
             loop = asyncio.get_running_loop()
-            payload = bytes(1190)  # 1200-byte frames
+            payload = wg_packet(bytes(1186))  # 1200-byte frames
             start = loop.time()
             # offer ~3x the cap, paced, for `duration` seconds
             while loop.time() - start < duration:
@@ -246,7 +247,7 @@ def test_nat_rebinding_of_b_keeps_the_session() -> None:
             cb.rebind()  # B's NAT gives it a new port: same link state, new socket
             assert cb.local_port != old_port
             # frames from the new address are not accepted until B re-announces itself
-            cb.send(a.public_key(), b"too early")
+            cb.send(a.public_key(), wg_packet(b"too early"))
             await asyncio.sleep(0.1)
             assert relay.core.get_stats().drops["spoofed_source"] == 1
             cb.heartbeat_now()

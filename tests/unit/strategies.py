@@ -61,9 +61,9 @@ endpoints: st.SearchStrategy[Endpoint] = st.tuples(st.one_of(ipv4, ipv6), u16)
 
 bodies: st.SearchStrategy[Body] = st.one_of(
     st.builds(Register, flags=u8, keepalive_s=u16),
-    st.builds(Registered, ttl_s=u16, heartbeat_s=u16, observed=endpoints),
+    st.builds(Registered, ttl_s=u16, heartbeat_s=u16, epoch=u64, observed=endpoints),
     st.builds(Heartbeat, seq=u32),
-    st.builds(HeartbeatAck, seq=u32, status=st.sampled_from(HeartbeatStatus)),
+    st.builds(HeartbeatAck, seq=u32, status=st.sampled_from(HeartbeatStatus), epoch=u64),
     st.builds(ConnectionRequest, request_id=u32, target=keys),
     st.builds(
         ConnectionResponse,
@@ -81,6 +81,7 @@ bodies: st.SearchStrategy[Body] = st.one_of(
         code=st.sampled_from(ErrorCode),
         ref_type=u8,
         detail=_short_text(MAX_DETAIL_LEN),
+        value=u64,
     ),
     st.builds(Ping, echo_id=u64),
     st.builds(Pong, echo_id=u64, load_pct=st.integers(0, 100)),

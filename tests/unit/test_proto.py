@@ -237,7 +237,7 @@ def test_trailing_bytes_in_body_are_rejected() -> None:
 
 
 def test_replay_is_rejected() -> None:
-    window = ReplayWindow(size=4)
+    window = ReplayWindow(depth=4)
     window.accept(10)
     with pytest.raises(Replayed) as exc:
         window.accept(10)
@@ -248,6 +248,31 @@ def test_replay_is_rejected() -> None:
         window.accept(9)  # pushed out of the window: below the floor
     with pytest.raises(Replayed):
         window.accept(11)
+
+
+def test_replay_window_is_small() -> None:
+    """~0.3 KB a sender instead of ~14 KB (finding 11 of the hardening issue)."""
+    import sys
+
+    window = ReplayWindow()
+    for ts in range(1000, 1000 + 10 * window.depth, 10):
+        window.accept(ts)
+    size = sys.getsizeof(window) + sys.getsizeof(window._recent)
+    assert size < 400, size
+    for ts in range(1005, 1000 + 10 * window.depth, 10):  # reordered, never seen: fine
+        if ts > window.floor:
+            window.accept(ts)
+    with pytest.raises(Replayed):
+        window.accept(window.newest)
+
+
+def test_timestamper_corrections() -> None:
+    t = Timestamper()
+    assert t.next(100.0) == 100_000_000
+    t.raise_floor(200_000_000)  # the other end saw newer timestamps from us
+    assert t.next(100.0) == 200_000_001
+    t.offset_s = 1000.0  # our clock is 1000 s behind theirs
+    assert t.next(100.0) == 1_100_000_000
 
 
 def test_stale_timestamp_is_rejected() -> None:
@@ -276,15 +301,17 @@ def test_cookie_reply_is_smaller_than_any_control_message() -> None:
     assert COOKIE_REPLY_LEN < MIN_CONTROL_SIZE
 
 
-def test_cookie_bound_to_address_and_rotates() -> None:
+def test_cookie_bound_to_key_and_address_and_rotates() -> None:
     jar = CookieJar(now=0.0, rotation_s=120)
+    key, other = bytes(32), bytes(31) + b"\x01"
     addr = ("198.51.100.7", 40000)
-    c = jar.make(addr, 0.0)
-    assert jar.check(c, addr, 1.0)
-    assert not jar.check(c, ("198.51.100.7", 40001), 1.0)
-    assert not jar.check(c, ("198.51.100.8", 40000), 1.0)
-    assert jar.check(c, addr, 130.0)  # one rotation: previous secret still good
-    assert not jar.check(c, addr, 260.0)  # two rotations: gone
+    c = jar.make(key, addr, 0.0)
+    assert jar.check(c, key, addr, 1.0)
+    assert not jar.check(c, other, addr, 1.0)  # another key at the same address
+    assert not jar.check(c, key, ("198.51.100.7", 40001), 1.0)
+    assert not jar.check(c, key, ("198.51.100.8", 40000), 1.0)
+    assert jar.check(c, key, addr, 130.0)  # one rotation: previous secret still good
+    assert not jar.check(c, key, addr, 260.0)  # two rotations: gone
 
 
 def test_cookie_reply_round_trip() -> None:

@@ -47,6 +47,7 @@ class Client:
     link: RelayLink
     addr: tuple[str, int]
     events: list[LinkEvent] = field(default_factory=list)
+    sent: list[bytes] = field(default_factory=list)
 
     @property
     def pub(self) -> PublicKey:
@@ -61,7 +62,7 @@ class Net:
         self.ident = RelayIdentity.generate()
         self.policy = Allow()
         self.relay = RelayCore(
-            self.ident, config or RelayConfig(), self.policy, now=0.0, wall=self.clock.wall
+            self.ident, config or RelayConfig(), self.policy, now=0.0, wall=WALL0
         )
         self.clients: list[Client] = []
         self.to_relay: list[tuple[bytes, tuple[str, int]]] = []
@@ -74,7 +75,7 @@ class Net:
             self.ident.public,
             LinkConfig(),
             now=self.clock.now,
-            wall=self.clock.wall,
+            wall=self.clock.wall(),
             accept_offer=lambda _p: accept,
         )
         c = Client(key, link, ("198.51.100.1", 40000 + len(self.clients)))
@@ -87,6 +88,7 @@ class Net:
             moved = False
             for c in self.clients:
                 for d in c.link.datagrams_to_send():
+                    c.sent.append(d)
                     self.to_relay.append((d, c.addr))
             for d, addr in self.to_relay:
                 moved = True
@@ -168,11 +170,9 @@ def test_cookie_for_another_address_gets_a_fresh_one() -> None:
 def test_replayed_register_after_expiry_is_rejected() -> None:
     net = Net(RelayConfig(registration_ttl_s=10, heartbeat_interval_s=5))
     a = net.client()
-    a.link.connect(0.0)
-    register = a.link.datagrams_to_send()[0]
-    net.relay.receive(register, a.addr, 0.0)
-    net.relay.datagrams_to_send()
-    assert net.relay.is_registered(a.pub)
+    registered(net, a)
+    register = a.sent[-1]  # the REGISTER that carried the cookie and bound a
+    assert register[0] == MsgType.REGISTER
     net.clock.now = 11.0
     net.relay.handle_timer(11.0)  # a went quiet: its registration expires
     assert not net.relay.is_registered(a.pub)
@@ -192,7 +192,7 @@ def test_policy_change_answers_a_pending_requester() -> None:
         net.relay.receive(d, a.addr, 0.0)
     net.relay.datagrams_to_send()
     net.policy.denied.add(b.pub.raw)
-    net.relay.policy_changed()
+    net.relay.policy_changed(0.0)
     for d, dst in net.relay.datagrams_to_send():
         if dst == a.addr:
             a.link.receive(d, 0.0)
@@ -205,20 +205,17 @@ def test_policy_change_answers_a_pending_requester() -> None:
 
 def test_announcement_is_signed_once_then_reused() -> None:
     ident = RelayIdentity.generate()
-    clock = Clock()
     core = RelayCore(
         ident,
         RelayConfig(),
         Allow(),
         now=0.0,
-        wall=clock.wall,
+        wall=WALL0,
         announce_endpoints=(("203.0.113.10", 51821),),
     )
-    first = core.announcement()
-    clock.now = 30.0
-    assert core.announcement() is first  # no new signature for every query
-    clock.now = 61.0
-    assert core.announcement() != first
+    first = core.announcement(0.0)
+    assert core.announcement(30.0) is first  # no new signature for every query
+    assert core.announcement(61.0) != first
 
 
 def test_key_cache_is_least_recently_used() -> None:
@@ -231,7 +228,7 @@ def test_key_cache_is_least_recently_used() -> None:
     net.run()
     c.link.ping(0.0)
     net.run()
-    cache = net.relay._key_cache
+    cache = net.relay._admission.key_cache
     assert a.pub.raw in cache
     assert c.pub.raw in cache
     assert b.pub.raw not in cache

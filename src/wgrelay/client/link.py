@@ -22,10 +22,25 @@ States::
     any --nothing heard for lost_after_s--> LOST (keeps registering, with backoff)
     any --AUTH_FAILED error--> REJECTED (stops)
 
-When a relay restarts it answers our next heartbeat with "not registered": the
-link registers again and re-requests every session it had asked for (the set
-``wanted``), so sessions come back without the caller doing anything. Sessions
-the other side initiated come back when that side re-requests them.
+When a relay restarts it answers our next heartbeat with "not registered", or
+(if something re-registered us meanwhile, such as a replayed REGISTER) with a
+new ``epoch``: either way the link registers again and re-requests every
+session it had asked for (the set ``wanted``), so sessions come back without
+the caller doing anything. Sessions the other side initiated come back when
+that side re-requests them.
+
+The relay proves nothing to us by answering at its address, but we prove to it
+that we receive at ours: its first answer to a REGISTER (and to anything whose
+reply would be larger than our request, while our address is new to it) is a
+26-byte cookie reply, and we repeat the message with the cookie. A relay that
+says our clock is off (STALE_TIMESTAMP) or that it has seen newer timestamps
+from us (REPLAYED, e.g. we restarted after our clock stepped back) tells us its
+figure in the authenticated error, and we correct our timestamps for that
+relay instead of staying locked out.
+
+Time: ``now`` (monotonic) is passed into every call; the wall clock for
+timestamps is derived from it with an offset the shell keeps in step
+(``sync_wall``), so the link never reads a clock.
 """
 
 from __future__ import annotations
@@ -35,8 +50,9 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import Enum
+from typing import Any
 
-from wgrelay.errors import RemoteProtocolError
+from wgrelay.errors import RemoteProtocolError, StaleTimestamp
 from wgrelay.keys import PrivateKey, PublicKey, relay_x25519_public
 from wgrelay.proto.announce import Announcement, decode_announcement
 from wgrelay.proto.buffer import Endpoint
@@ -52,6 +68,7 @@ from wgrelay.proto.constants import (
 )
 from wgrelay.proto.cookie import decode_cookie_reply
 from wgrelay.proto.envelope import (
+    MAX_CLOCK_SKEW_S,
     ReplayWindow,
     Timestamper,
     check_skew,
@@ -110,6 +127,7 @@ class LinkConfig:
 class LinkRegistered:
     observed: Endpoint
     heartbeat_s: int
+    epoch: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -200,13 +218,13 @@ class RelayLink:
         relay_key: PublicKey,
         config: LinkConfig,
         now: float,
-        wall: Callable[[], float],
+        wall: float,
         accept_offer: Callable[[PublicKey], bool] = lambda _peer: True,
         rng: Callable[[int], bytes] = os.urandom,
     ) -> None:
         self.relay_key = relay_key
         self.config = config
-        self._wall = wall
+        self._wall_offset = wall - now
         self._rng = rng
         self._accept_offer = accept_offer
         self._pub = private_key.public_key().raw
@@ -217,6 +235,10 @@ class RelayLink:
         self.state = LinkState.IDLE
         self.heartbeat_s = config.default_heartbeat_s
         self.observed: Endpoint | None = None
+        self.epoch: int | None = None
+        """The relay's start epoch from REGISTERED; a change means it restarted."""
+        self.clock_offset_s = 0.0
+        """The relay's clock minus ours, once it told us ours is off (else 0)."""
         self.last_heard = now
         self.rtt_s: float | None = None
         self.relay_load_pct: int | None = None
@@ -235,6 +257,26 @@ class RelayLink:
         self.wanted: set[PublicKey] = set()
         """Peers we asked sessions for; re-requested after the relay forgets us."""
         self.counters = _Counters()
+        self._handlers: dict[type[Body], Callable[[Any, float], None]] = {
+            Registered: self._on_registered,
+            HeartbeatAck: self._on_heartbeat_ack,
+            ConnectionResponse: self._on_connection_response,
+            SessionOffer: self._on_session_offer,
+            SessionClose: self._on_session_close,
+            Pong: self._on_pong,
+            DiscoveryResponse: self._on_discovery_response,
+            Error: self._on_error,
+        }
+
+    # ------------------------------------------------------------ clock
+
+    def sync_wall(self, now: float, wall: float) -> None:
+        """Follow the wall clock (NTP steps) without reading it ourselves."""
+        self._wall_offset = wall - now
+
+    def _wall(self, now: float) -> float:
+        """Our wall clock, corrected to the relay's if it told us we are off."""
+        return now + self._wall_offset + self.clock_offset_s
 
     # ------------------------------------------------------------ API
 
@@ -342,7 +384,7 @@ class RelayLink:
                 body,
                 sender=self._pub,
                 keys=self._keys,
-                timestamp_us=self._ts.next(self._wall()),
+                timestamp_us=self._ts.next(self._wall(now)),
                 nonce=nonce,
                 cookie=cookie,
             )
@@ -386,13 +428,21 @@ class RelayLink:
                 self._drop("wrong_sender")
                 return
             ts, body = open_control(data, hdr, self._keys)
-            check_skew(ts, self._wall())
+            try:
+                check_skew(ts, self._wall(now))
+            except StaleTimestamp:
+                # the one message we must read although its time is off ours:
+                # the relay telling us our clock is off (authenticated, and
+                # a replayed one is refused by the window; a stale copy only
+                # sets an offset the next such error corrects)
+                if not (isinstance(body, Error) and body.code == ErrorCode.STALE_TIMESTAMP):
+                    raise
             self._replay.accept(ts)
         except RemoteProtocolError as e:
             self._drop(e.reason)
             return
         self.last_heard = now
-        handler = getattr(self, f"_on_{type(body).__name__}", None)
+        handler = self._handlers.get(type(body))
         if handler is None:
             self._drop("unexpected")
             return
@@ -412,30 +462,39 @@ class RelayLink:
             self._drop("unsolicited_cookie")
             return
         self._cookie = (reply.cookie, now)
+        for req in self._requests.values():
+            if req.body is sent[0]:
+                req.sent_at = now  # an RTT sample must not include the detour
         self._send(sent[0], now)
 
     def _finish(self, t: MsgType, ident: int) -> _Request | None:
         return self._requests.pop((t, ident), None)
 
-    def _on_Registered(self, body: Registered, now: float) -> None:
+    def _on_registered(self, body: Registered, now: float) -> None:
         if self._finish(MsgType.REGISTER, 0) is None and self.state == LinkState.REGISTERED:
             return  # duplicate
         was_lost = self.state != LinkState.REGISTERED
         self.state = LinkState.REGISTERED
+        self.epoch = body.epoch
         self.observed = body.observed
         self.heartbeat_s = float(max(1, body.heartbeat_s))
         self._next_heartbeat = now + self.heartbeat_s
         self._register_backoff = self.config.retransmit_initial_s
-        self._events.append(LinkRegistered(body.observed, body.heartbeat_s))
+        self._events.append(LinkRegistered(body.observed, body.heartbeat_s, body.epoch))
         if was_lost:
             for peer in self.wanted:
                 if peer not in self.session_of:
                     self.request_session(peer, now)
 
-    def _on_HeartbeatAck(self, body: HeartbeatAck, now: float) -> None:
-        self._finish(MsgType.HEARTBEAT, body.seq)
+    def _on_heartbeat_ack(self, body: HeartbeatAck, now: float) -> None:
+        if self._finish(MsgType.HEARTBEAT, body.seq) is None:
+            return  # not an answer to a heartbeat in flight (a duplicate)
         if body.status == HeartbeatStatus.NOT_REGISTERED:
             self._forgotten(now, "relay no longer knows us (restarted?)")
+        elif self.epoch is not None and body.epoch != self.epoch:
+            # registered, but not by us: it restarted and something (a
+            # replayed REGISTER) registered us again; our sessions are gone
+            self._forgotten(now, "relay restarted (new epoch)")
 
     def _forgotten(self, now: float, why: str) -> None:
         """The relay lost our registration: its sessions are gone too."""
@@ -450,7 +509,7 @@ class RelayLink:
         self.sessions.clear()
         self.session_of.clear()
 
-    def _on_ConnectionResponse(self, body: ConnectionResponse, now: float) -> None:
+    def _on_connection_response(self, body: ConnectionResponse, now: float) -> None:
         req = self._finish(MsgType.CONNECTION_REQUEST, body.request_id)
         if req is None or req.peer is None:
             if body.status == Status.SUCCESS and body.session_id not in self.sessions:
@@ -475,13 +534,13 @@ class RelayLink:
         self.session_of[peer] = sid
         self._events.append(SessionEstablished(peer, sid, incoming))
 
-    def _on_SessionOffer(self, body: SessionOffer, now: float) -> None:
+    def _on_session_offer(self, body: SessionOffer, now: float) -> None:
         accept = self._accept_offer(body.initiator)
         self._send(SessionAnswer(body.session_id, accept), now)
         if accept:
             self._bind(body.initiator, body.session_id, incoming=True)
 
-    def _on_SessionClose(self, body: SessionClose, now: float) -> None:
+    def _on_session_close(self, body: SessionClose, now: float) -> None:
         peer = self.sessions.pop(body.session_id, None)
         if peer is None:
             return
@@ -489,7 +548,7 @@ class RelayLink:
             del self.session_of[peer]
         self._events.append(SessionEnded(peer, body.session_id, body.reason))
 
-    def _on_Pong(self, body: Pong, now: float) -> None:
+    def _on_pong(self, body: Pong, now: float) -> None:
         req = self._finish(MsgType.PING, body.echo_id)
         if req is None:
             return
@@ -497,7 +556,7 @@ class RelayLink:
         self.relay_load_pct = body.load_pct
         self._events.append(RttMeasured(self.rtt_s, body.load_pct))
 
-    def _on_DiscoveryResponse(self, body: DiscoveryResponse, now: float) -> None:
+    def _on_discovery_response(self, body: DiscoveryResponse, now: float) -> None:
         req = self._finish(MsgType.DISCOVERY_QUERY, body.query_id)
         if req is None:
             return
@@ -509,7 +568,7 @@ class RelayLink:
                 self._drop(f"announcement_{e.reason}")
         self._events.append(DiscoveryAnswered(body.query_id, body.location, tuple(anns), req.peer))
 
-    def _on_Error(self, body: Error, now: float) -> None:
+    def _on_error(self, body: Error, now: float) -> None:
         code = body.code
         if code == ErrorCode.AUTH_FAILED:
             log.warning("relay %s refuses our key", self.relay_key.short())
@@ -522,6 +581,10 @@ class RelayLink:
                 self._forgotten(now, "relay says we are not registered")
         elif code == ErrorCode.SHUTTING_DOWN:
             self._lose(now, "relay is shutting down")
+        elif code == ErrorCode.STALE_TIMESTAMP:
+            self._fix_clock(body, now)
+        elif code == ErrorCode.REPLAYED:
+            self._fix_floor(body, now)
         elif code == ErrorCode.RESOURCE_LIMIT:
             log.warning("relay %s: resource limit (%s)", self.relay_key.short(), body.detail)
             # back off the request it refers to instead of hammering the relay
@@ -530,6 +593,39 @@ class RelayLink:
                     req.next_send = now + self.config.retransmit_max_s
         else:
             log.info("relay %s error %s: %s", self.relay_key.short(), code.name, body.detail)
+
+    def _fix_clock(self, body: Error, now: float) -> None:
+        """The relay says our clock is off by more than the skew window."""
+        offset = body.value / 1_000_000 - (now + self._wall_offset)
+        if abs(offset - self.clock_offset_s) < 1.0:
+            return  # already corrected (a late duplicate)
+        log.warning(
+            "relay %s: our clock is %+.0f s off its clock; using its time for this relay",
+            self.relay_key.short(),
+            -offset,
+        )
+        self.clock_offset_s = offset
+        self._resend(body.ref_type, now)
+
+    def _fix_floor(self, body: Error, now: float) -> None:
+        """The relay accepted newer timestamps from us than we now send (we
+        restarted after our clock stepped back): continue above them, as
+        long as that stays within the skew window of the relay's clock."""
+        if body.value / 1_000_000 - self._wall(now) > MAX_CLOCK_SKEW_S:
+            log.warning("relay %s claims a timestamp far in our future", self.relay_key.short())
+            return
+        log.info("relay %s saw newer timestamps from us; moving ours past them",
+                 self.relay_key.short())  # fmt: skip
+        self._ts.raise_floor(body.value)
+        self._resend(body.ref_type, now)
+
+    def _resend(self, msg_type: int, now: float) -> None:
+        """Send the requests of one type again now (after a correction)."""
+        for (t, _), req in self._requests.items():
+            if t == msg_type:
+                req.sent_at = now
+                self.counters.retransmits += 1
+                self._send(req.body, now)
 
     # ------------------------------------------------------------ timers
 

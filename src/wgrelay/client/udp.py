@@ -72,12 +72,13 @@ class RelayClient:
         self.relay_key = relay_key
         family, self.relay_addr = resolve_endpoint(relay_endpoint)
         self._clock = clock
+        self._wall = wall
         self.link = RelayLink(
             private_key,
             relay_key,
             config or LinkConfig(),
             now=clock(),
-            wall=wall,
+            wall=wall(),
             accept_offer=accept_offer,
         )
         self.on_data = on_data
@@ -200,7 +201,9 @@ class RelayClient:
 
     def _on_timer(self) -> None:
         self._timer = None
-        self.link.handle_timer(self._clock())
+        now = self._clock()
+        self.link.sync_wall(now, self._wall())
+        self.link.handle_timer(now)
         self._pump()
 
     def rebind(self) -> None:

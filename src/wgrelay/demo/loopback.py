@@ -17,7 +17,8 @@ from wgrelay.keys import PrivateKey, PublicKey, RelayIdentity
 from wgrelay.relay.access import OpenPolicy
 from wgrelay.relay.config import RelayConfig
 from wgrelay.relay.core import RelayCore
-from wgrelay.relay.server import BindAddress, RelayServer, open_udp_socket
+from wgrelay.relay.server import BindAddress, RelayServer
+from wgrelay.transport.udp import AsyncioRuntime
 
 PACKETS = 2000
 
@@ -28,13 +29,14 @@ def say(msg: str) -> None:
 
 async def run_loopback_demo() -> int:
     identity = RelayIdentity.generate()
-    sock = open_udp_socket(BindAddress("127.0.0.1", 0))
-    core = RelayCore(identity, RelayConfig(), OpenPolicy(), now=time.monotonic(), wall=time.time)
-    server = RelayServer(core, [sock])
+    runtime = AsyncioRuntime()
+    core = RelayCore(identity, RelayConfig(), OpenPolicy(), now=runtime.now(), wall=runtime.wall())
+    server = RelayServer(core, runtime, [BindAddress("127.0.0.1", 0)], policy_refresh_s=0)
+    server.open()
     ready = asyncio.Event()
     task = asyncio.create_task(server.serve(ready.set))
     await ready.wait()
-    endpoint = ("127.0.0.1", sock.getsockname()[1])
+    endpoint = ("127.0.0.1", server.port)
     say(f"relay {identity.public} listening on 127.0.0.1:{endpoint[1]}")
     a, b = PrivateKey.generate(), PrivateKey.generate()
     received: dict[str, int] = {"a": 0, "b": 0}
@@ -66,8 +68,10 @@ async def run_loopback_demo() -> int:
         rtt = await ca.ping()
         say(f"control round trip A <-> relay: {rtt * 1e6:.0f} us")
         for i in range(PACKETS):
-            ca.send(b.public_key(), i.to_bytes(4, "big") + bytes(140))
-            cb.send(a.public_key(), i.to_bytes(4, "big") + bytes(140))
+            # shaped like WireGuard transport data (type 4): relays carry nothing else
+            packet = b"\x04\x00\x00\x00" + i.to_bytes(4, "little") + bytes(136)
+            ca.send(b.public_key(), packet)
+            cb.send(a.public_key(), packet)
             if i % 100 == 99:  # stay under the relay's default 1000 KB/s per connection
                 await asyncio.sleep(0.02)
         try:

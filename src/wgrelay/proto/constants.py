@@ -20,15 +20,15 @@ class MsgType(IntEnum):
 
     # control plane, inside the encrypted envelope (see envelope.py)
     REGISTER = 0x20  # flags u8 | keepalive_s u16
-    REGISTERED = 0x21  # ttl_s u16 | heartbeat_s u16 | observed endpoint
+    REGISTERED = 0x21  # ttl_s u16 | heartbeat_s u16 | epoch u64 | observed endpoint
     HEARTBEAT = 0x22  # seq u32
-    HEARTBEAT_ACK = 0x23  # seq u32 | status u8
+    HEARTBEAT_ACK = 0x23  # seq u32 | status u8 | epoch u64
     CONNECTION_REQUEST = 0x24  # request_id u32 | target key 32B
     CONNECTION_RESPONSE = 0x25  # request_id u32 | status u8 | session 8B | idle_s u16 | kBps u32
     SESSION_OFFER = 0x26  # session 8B | initiator key 32B
     SESSION_ANSWER = 0x27  # session 8B | accept u8
     SESSION_CLOSE = 0x28  # session 8B | reason u8
-    ERROR = 0x29  # code u8 | ref_type u8 | detail str8
+    ERROR = 0x29  # code u8 | ref_type u8 | value u64 | detail str8
     PING = 0x2A  # echo_id u64
     PONG = 0x2B  # echo_id u64 | load_pct u8
     DISCOVERY_QUERY = 0x2C  # query_id u32 | flags u8 | max u8 | caps u32 | region str8 | [key]
@@ -36,7 +36,9 @@ class MsgType(IntEnum):
 
     # signed, readable by anyone: type | version | RelayNodeInfo | issued_ms u64 | ttl_s u32 | sig
     ANNOUNCEMENT = 0x30
-    # unauthenticated and stateless: type | version | echo 8B | cookie 16B
+    # unauthenticated and stateless: type | version | echo 8B | cookie 16B.
+    # Proves the peer receives at its address (return routability) before the
+    # relay binds it there or answers it with more bytes than it sent.
     COOKIE_REPLY = 0x31
 
 
@@ -69,6 +71,10 @@ TIMESTAMP_LEN = 8
 
 DATA_HEADER_LEN = 10
 """type + flags + session id. A 1452-byte WireGuard packet becomes 1462 bytes."""
+
+MIN_WIREGUARD_PACKET = 32
+"""The smallest WireGuard message (a keepalive: type, receiver, counter, tag).
+A data frame carrying less is not WireGuard and is not forwarded."""
 
 MAX_DATA_PAYLOAD = 9216
 """Largest WireGuard packet we carry (covers jumbo-frame MTUs up to ~9100)."""
@@ -112,6 +118,10 @@ class ErrorCode(IntEnum):
     UNKNOWN_SESSION = 5
     INTERNAL = 6
     SHUTTING_DOWN = 7
+    STALE_TIMESTAMP = 8
+    """Our timestamp is too far from the relay's clock; ``value`` is that clock (us)."""
+    REPLAYED = 9
+    """Our timestamp is not newer than what the relay accepted; ``value`` is its newest."""
 
 
 class HeartbeatStatus(IntEnum):

@@ -1,19 +1,30 @@
-"""Stateless cookies: return-routability before any public-key work.
+"""Stateless cookies: proof that a sender receives at its address.
 
-When the relay is under load it answers a control message from a sender it has
-no cached keys for with a COOKIE_REPLY instead of doing the X25519 computation::
+The relay answers with a COOKIE_REPLY instead of doing what was asked when it
+first needs that proof (return routability, as QUIC's address validation):
+
+* before any public-key work for an unknown sender while under load;
+* before binding a peer's registration (and with it its sessions) to an
+  address, on the first REGISTER and whenever a peer shows up from a new one;
+* instead of any reply that would be larger than the request, while the
+  sender's address is not proven.
+
+Layout::
 
     0  type     u8   COOKIE_REPLY (0x31)
     1  version  u8
     2  echo     8B   the first 8 bytes of the request's nonce
-    10 cookie   16B  BLAKE2b-128(key=secret, ip || port)
+    10 cookie   16B  BLAKE2b-128(key=secret, sender_key || ip || port)
 
 26 bytes, while the smallest control message is 83: the reply is always smaller
-than what caused it, so the relay cannot be used as an amplifier. The relay keeps
-no state per cookie; the secret rotates every ``COOKIE_ROTATION_S`` and cookies
-of the previous secret are still accepted. The sender repeats its message with
-the cookie in the envelope (flag COOKIE, inside the authenticated header). The
-``echo`` lets the sender ignore cookie replies it did not ask for.
+than what caused it, so the relay cannot be used as an amplifier. The cookie is
+bound to the sender's key and address, so it proves only what it should: that
+the holder of that key receives there. The relay keeps no state per cookie; the
+secret rotates every ``COOKIE_ROTATION_S`` and cookies of the previous secret are
+still accepted. The sender repeats its message with the cookie in the envelope
+(flag COOKIE, inside the authenticated header, so it cannot be moved to another
+message or key). The ``echo`` lets the sender ignore cookie replies it did not
+ask for.
 """
 
 from __future__ import annotations
@@ -56,8 +67,9 @@ def decode_cookie_reply(data: bytes) -> CookieReply:
     return CookieReply(echo=bytes(data[2:10]), cookie=bytes(data[10:]))
 
 
-def _mac(secret: bytes, addr: Endpoint) -> bytes:
-    msg = addr[0].encode("ascii", "replace") + _PORT.pack(addr[1] & 0xFFFF)
+def cookie_mac(secret: bytes, sender: bytes, addr: Endpoint) -> bytes:
+    """BLAKE2b-128 keyed with the secret over sender key, ASCII IP and u16 port."""
+    msg = sender + addr[0].encode("ascii", "replace") + _PORT.pack(addr[1] & 0xFFFF)
     return hashlib.blake2b(msg, key=secret, digest_size=COOKIE_LEN).digest()
 
 
@@ -82,13 +94,13 @@ class CookieJar:
             self._secret = self._random(32)
             self._rotated_at = now
 
-    def make(self, addr: Endpoint, now: float) -> bytes:
+    def make(self, sender: bytes, addr: Endpoint, now: float) -> bytes:
         self._maybe_rotate(now)
-        return _mac(self._secret, addr)
+        return cookie_mac(self._secret, sender, addr)
 
-    def check(self, cookie: bytes, addr: Endpoint, now: float) -> bool:
+    def check(self, cookie: bytes, sender: bytes, addr: Endpoint, now: float) -> bool:
         self._maybe_rotate(now)
         # constant-time comparisons: a timing leak would let an attacker forge cookies
-        return hmac.compare_digest(cookie, _mac(self._secret, addr)) or hmac.compare_digest(
-            cookie, _mac(self._previous, addr)
+        return hmac.compare_digest(cookie, cookie_mac(self._secret, sender, addr)) or (
+            hmac.compare_digest(cookie, cookie_mac(self._previous, sender, addr))
         )

@@ -89,16 +89,24 @@ class Registered(Body):
     TYPE: ClassVar[MsgType] = MsgType.REGISTERED
     ttl_s: int
     heartbeat_s: int
+    epoch: int
+    """Random per relay start: a new value tells the peer the relay restarted."""
     observed: Endpoint
 
     def encode_body(self, w: Writer) -> None:
         w.push_u16(self.ttl_s)
         w.push_u16(self.heartbeat_s)
+        w.push_u64(self.epoch)
         w.push_endpoint(self.observed)
 
     @classmethod
     def decode_body(cls, b: Buffer) -> Self:
-        return cls(ttl_s=b.pull_u16(), heartbeat_s=b.pull_u16(), observed=b.pull_endpoint())
+        return cls(
+            ttl_s=b.pull_u16(),
+            heartbeat_s=b.pull_u16(),
+            epoch=b.pull_u64(),
+            observed=b.pull_endpoint(),
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,14 +127,18 @@ class HeartbeatAck(Body):
     TYPE: ClassVar[MsgType] = MsgType.HEARTBEAT_ACK
     seq: int
     status: HeartbeatStatus = HeartbeatStatus.OK
+    epoch: int = 0
+    """The relay's start epoch (as in REGISTERED): a change means it restarted
+    and forgot our sessions, even if something re-registered us meanwhile."""
 
     def encode_body(self, w: Writer) -> None:
         w.push_u32(self.seq)
         w.push_u8(self.status)
+        w.push_u64(self.epoch)
 
     @classmethod
     def decode_body(cls, b: Buffer) -> Self:
-        return cls(seq=b.pull_u32(), status=_pull_enum(b, HeartbeatStatus))
+        return cls(seq=b.pull_u32(), status=_pull_enum(b, HeartbeatStatus), epoch=b.pull_u64())
 
 
 @dataclass(frozen=True, slots=True)
@@ -237,17 +249,24 @@ class Error(Body):
     code: ErrorCode
     ref_type: int = 0
     detail: str = ""
+    value: int = 0
+    """A number the code gives meaning to: STALE_TIMESTAMP carries the relay's
+    clock and REPLAYED the newest timestamp it accepted from us (both in
+    microseconds), so the peer can fix its timestamps instead of being locked
+    out; 0 for the other codes."""
 
     def encode_body(self, w: Writer) -> None:
         w.push_u8(self.code)
         w.push_u8(self.ref_type)
+        w.push_u64(self.value)
         w.push_str8(self.detail, MAX_DETAIL_LEN)
 
     @classmethod
     def decode_body(cls, b: Buffer) -> Self:
-        return cls(
-            code=_pull_enum(b, ErrorCode), ref_type=b.pull_u8(), detail=b.pull_str8(MAX_DETAIL_LEN)
-        )
+        code = _pull_enum(b, ErrorCode)
+        ref_type = b.pull_u8()
+        value = b.pull_u64()
+        return cls(code=code, ref_type=ref_type, value=value, detail=b.pull_str8(MAX_DETAIL_LEN))
 
 
 @dataclass(frozen=True, slots=True)

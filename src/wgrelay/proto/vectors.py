@@ -18,7 +18,7 @@ from wgrelay.proto.constants import (
     HeartbeatStatus,
     Status,
 )
-from wgrelay.proto.cookie import encode_cookie_reply
+from wgrelay.proto.cookie import cookie_mac, encode_cookie_reply
 from wgrelay.proto.data import encode_data
 from wgrelay.proto.envelope import derive_client_keys, derive_server_keys, seal_control
 from wgrelay.proto.messages import (
@@ -46,7 +46,9 @@ RELAY = RelayIdentity.from_seed(bytes(range(65, 97)))
 NONCE = bytes(range(24))
 TIMESTAMP_US = 1_700_000_000_000_000
 SESSION_ID = bytes.fromhex("0102030405060708")
-COOKIE = bytes(range(200, 216))
+COOKIE_SECRET = bytes(range(200, 232))
+COOKIE_FOR = ("198.51.100.7", 40001)
+COOKIE = cookie_mac(COOKIE_SECRET, PEER_PRIVATE.public_key().raw, COOKIE_FOR)
 ISSUED_MS = 1_700_000_000_000
 
 INFO = RelayNodeInfo(
@@ -62,9 +64,19 @@ ANNOUNCEMENT = encode_announcement(INFO, ISSUED_MS, 600, RELAY)
 # (name, body, sent by the relay?)
 CONTROL_VECTORS: list[tuple[str, Body, bool]] = [
     ("register", Register(flags=REGISTER_FLAG_ACCEPT_INCOMING, keepalive_s=10), False),
-    ("registered", Registered(ttl_s=60, heartbeat_s=10, observed=("198.51.100.7", 40001)), True),
+    (
+        "registered",
+        Registered(
+            ttl_s=60, heartbeat_s=10, epoch=0x0123456789ABCDEF, observed=("198.51.100.7", 40001)
+        ),
+        True,
+    ),
     ("heartbeat", Heartbeat(seq=7), False),
-    ("heartbeat_ack", HeartbeatAck(seq=7, status=HeartbeatStatus.OK), True),
+    (
+        "heartbeat_ack",
+        HeartbeatAck(seq=7, status=HeartbeatStatus.OK, epoch=0x0123456789ABCDEF),
+        True,
+    ),
     ("connection_request", ConnectionRequest(request_id=42, target=OTHER_PEER), False),
     (
         "connection_response",
@@ -150,6 +162,9 @@ def render() -> str:
         f"relay_x25519_public: {RELAY.x25519_public.hex()}",
         f"nonce: {NONCE.hex()}",
         f"timestamp_us: {TIMESTAMP_US}",
+        f"cookie_secret: {COOKIE_SECRET.hex()}",
+        f"cookie_for: peer_public at {COOKIE_FOR[0]}:{COOKIE_FOR[1]}",
+        f"cookie: {COOKIE.hex()}",
     ]
     lines += [f"{name}: {raw.hex()}" for name, raw in all_vectors().items()]
     return "\n".join(lines)

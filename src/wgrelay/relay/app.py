@@ -3,12 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import ipaddress
 import logging
-import socket
 import sys
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -20,8 +17,9 @@ from wgrelay.relay.access import AccessPolicy, AllowFilePolicy, OpenPolicy, Peer
 from wgrelay.relay.config import RelayConfig
 from wgrelay.relay.core import RelayCore
 from wgrelay.relay.metrics import make_registry, serve_metrics
-from wgrelay.relay.server import BindAddress, RelayServer, open_udp_socket
+from wgrelay.relay.server import POLICY_REFRESH_S, BindAddress, RelayServer
 from wgrelay.state import ensure_state_dir
+from wgrelay.transport.udp import AsyncioRuntime
 
 log = logging.getLogger(__name__)
 
@@ -130,30 +128,18 @@ def build_policy(opts: RelayOptions) -> AccessPolicy:
         raise ConfigError(f"--allow-peers-of {iface}: {e}") from None
 
 
-def open_sockets(opts: RelayOptions) -> list[socket.socket]:
-    if opts.binds:
-        binds = []
-        for b in opts.binds:
-            try:
-                binds.append(BindAddress(str(ipaddress.ip_address(b.strip("[]"))), opts.port))
-            except ValueError:
-                raise ConfigError(f"--bind {b!r} is not an IP address") from None
-        socks: list[socket.socket] = []
+def bind_addresses(opts: RelayOptions) -> list[BindAddress]:
+    """Where to listen: the --bind addresses, or every IPv4 and (if the host
+    has it) every IPv6 address, on one port number."""
+    if not opts.binds:
+        return [BindAddress("0.0.0.0", opts.port), BindAddress("::", opts.port, optional=True)]
+    binds = []
+    for b in opts.binds:
         try:
-            for bind in binds:
-                socks.append(open_udp_socket(bind))  # noqa: PERF401 (close the rest on failure)
-        except ConfigError:
-            for s in socks:
-                s.close()
-            raise
-        return socks
-    socks = [open_udp_socket(BindAddress("0.0.0.0", opts.port))]
-    port = socks[0].getsockname()[1]  # with --port 0, both families on the same port
-    try:
-        socks.append(open_udp_socket(BindAddress("::", port)))
-    except ConfigError as e:  # a host without IPv6 still relays IPv4
-        log.info("no IPv6 socket: %s", e)
-    return socks
+            binds.append(BindAddress(str(ipaddress.ip_address(b.strip("[]"))), opts.port))
+        except ValueError:
+            raise ConfigError(f"--bind {b!r} is not an IP address") from None
+    return binds
 
 
 def install_uvloop() -> str:
@@ -169,22 +155,29 @@ async def _serve(opts: RelayOptions) -> None:
     # validate everything before the first side effect (a key file, a socket)
     announce, metrics_ep = check_options(opts)
     policy = build_policy(opts)
+    binds = bind_addresses(opts)
     state = ensure_state_dir(opts.state_dir)
     key_file = opts.key_file or state / "relay.key"
     identity, created = load_or_create_relay_identity(key_file)
-    sockets = open_sockets(opts)
-    if created:
-        log.info("generated relay key %s in %s", identity.public, key_file)
+    runtime = AsyncioRuntime()
     core = RelayCore(
         identity,
         opts.config,
         policy,
-        now=time.monotonic(),
-        wall=time.time,
+        now=runtime.now(),
+        wall=runtime.wall(),
         region=opts.region,
         announce_endpoints=announce,
     )
-    server = RelayServer(core, sockets)
+    server = RelayServer(
+        core,
+        runtime,
+        binds,
+        policy_refresh_s=0.0 if isinstance(policy, OpenPolicy) else POLICY_REFRESH_S,
+    )
+    server.open()
+    if created:
+        log.info("generated relay key %s in %s", identity.public, key_file)
     metrics_server = None
     try:
         if metrics_ep is not None:
@@ -205,9 +198,7 @@ async def _serve(opts: RelayOptions) -> None:
 
         await server.serve(ready)
     finally:
-        for s in sockets:
-            with contextlib.suppress(OSError):
-                s.close()
+        server.close_transports()
         if metrics_server is not None:
             metrics_server.close()
             await metrics_server.wait_closed()

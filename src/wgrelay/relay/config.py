@@ -22,7 +22,18 @@ class RelayConfig:
 
     # ---- further limits
     max_sessions_per_peer: int = 32
+    """Sessions a peer may hold; offers it has not accepted yet do not count."""
+    max_pending_per_peer: int = 8
+    """Offers a peer may have outstanding (asked for, not yet answered)."""
     max_registrations: int = 10_000
+    max_registrations_per_source: int = 64
+    """Per IPv4 address or IPv6 /64: one host cannot fill the registration table."""
+    max_sessions_per_source: int = 64
+    """Sessions (pending or established) with an end in one IPv4 address or IPv6 /64."""
+    packet_overhead_bytes: int = 64
+    """Charged per data frame on top of its size against ``max_bandwidth_kbps``:
+    what a packet costs on the wire beyond its payload (IP, UDP, link framing),
+    so a flood of tiny frames cannot pass the byte cap at 100x the packet rate."""
     control_rate_per_ip: float = 50.0
     control_burst_per_ip: float = 100.0
     control_rate_per_key: float = 20.0

@@ -1,36 +1,35 @@
-"""The relay's asyncio shell: sockets, timers, signals, metrics. The logic is in core.py.
+"""The relay's asyncio shell: transports, one timer, policy reloads, shutdown.
 
-The data path does not use asyncio's datagram transport: that transport reads
-every datagram into a fresh 256 KiB buffer, which alone makes a relay several
-times slower. Instead each UDP socket is registered with ``loop.add_reader`` and
-drained in a loop of plain ``recvfrom`` calls sized for our largest frame; data
-frames go straight to ``RelayCore.forward_data`` and back out with ``sendto``,
-control messages go through the core's full pump.
+The logic is in core.py; this file only pumps. Sockets come from the
+``Runtime`` (real ones in production, simulated ones in ``wgrelay.sim``), whose
+drain loop hands every datagram to ``datagram_received``. Data frames go
+straight to ``RelayCore.forward_data`` and back out with one ``sendto`` (the
+fast path: no allocation beyond the received bytes, no logging); control
+messages go through the core, and its output is flushed once per burst
+(``batch_done``) and after every timer.
+
+Nothing that goes wrong in here may stop the relay: the transport catches a
+receiver's exceptions, the core counts a failing message as ``internal_error``,
+and the timer and the policy reload log and carry on.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import errno
 import logging
 import socket
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from wgrelay.aio import stop_on_signals
 from wgrelay.errors import ConfigError
-from wgrelay.net import datagram_socket
 from wgrelay.proto.constants import MsgType
-from wgrelay.proto.data import MAX_DATA_FRAME
 from wgrelay.relay.core import Addr, RelayCore
+from wgrelay.transport.base import DatagramTransport, Runtime
 
 log = logging.getLogger(__name__)
 
-RECV_SIZE = MAX_DATA_FRAME + 1  # one byte more, so an oversize frame is seen as such
-DRAIN_BATCH = 512
-"""Datagrams handled per wake-up before yielding to the event loop (fairness)."""
 SOCKET_BUFFER_BYTES = 4 * 1024 * 1024
 POLICY_REFRESH_S = 5.0
 _DATA = int(MsgType.DATA)
@@ -40,6 +39,8 @@ _DATA = int(MsgType.DATA)
 class BindAddress:
     host: str
     port: int
+    optional: bool = False
+    """Failing to bind it is logged, not fatal (IPv6 on a host without it)."""
 
     @property
     def family(self) -> socket.AddressFamily:
@@ -49,87 +50,100 @@ class BindAddress:
         return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
 
 
-def open_udp_socket(bind: BindAddress) -> socket.socket:
-    try:
-        return datagram_socket(bind.host, bind.port, SOCKET_BUFFER_BYTES)
-    except OSError as e:
-        raise ConfigError(f"cannot bind UDP {bind}: {e.strerror}") from None
-
-
 class RelayServer:
     def __init__(
         self,
         core: RelayCore,
-        sockets: list[socket.socket],
-        clock: Callable[[], float] = time.monotonic,
+        runtime: Runtime,
+        binds: list[BindAddress],
+        policy_refresh_s: float = POLICY_REFRESH_S,
     ) -> None:
-        if not sockets:
-            raise ConfigError("no socket to listen on")
+        """``policy_refresh_s`` 0: the policy never changes (no reload task)."""
+        if not binds:
+            raise ConfigError("no address to listen on")
         self.core = core
-        self.sockets = sockets
-        self._clock = clock
-        self._by_family = {s.family: s for s in sockets}
+        self.runtime = runtime
+        self._binds = binds
+        self._policy_refresh_s = policy_refresh_s
+        self.transports: list[DatagramTransport] = []
+        self._by_addr_len: dict[int, DatagramTransport] = {}
         self._stop = asyncio.Event()
-        self._timer: asyncio.TimerHandle | None = None
-        self.send_errors = 0
+        self._timer: asyncio.TimerHandle | asyncio.Handle | None = None
+        self._timer_when = float("inf")
+        """Our own record of the armed deadline: uvloop's call_later returns a
+        plain Handle without .when() for delays under 0.5 ms."""
+        self._control_pending = False
+
+    # ------------------------------------------------------------ sockets
+
+    def open(self) -> None:
+        """Bind every address (all or none). With port 0 the first bind picks
+        the port and the others reuse it, so both families share one number."""
+        port = self._binds[0].port
+        try:
+            for bind in self._binds:
+                host_port = bind.port or port
+                try:
+                    t = self.runtime.open_udp(
+                        bind.host, host_port, self, buffer_bytes=SOCKET_BUFFER_BYTES
+                    )
+                except OSError as e:
+                    if bind.optional:
+                        log.info("not listening on %s: %s", bind, e.strerror)
+                        continue
+                    raise ConfigError(f"cannot bind UDP {bind}: {e.strerror}") from None
+                self.transports.append(t)
+                port = int(t.local_address[1])
+        except ConfigError:
+            self.close_transports()
+            raise
+        if not self.transports:
+            raise ConfigError("could not listen on any address")
+        for t in self.transports:
+            self._by_addr_len[2 if t.family == socket.AF_INET else 4] = t
+        self.core.set_own_addresses(t.local_address for t in self.transports)
 
     def local_addresses(self) -> list[str]:
         out = []
-        for s in self.sockets:
-            host, port = s.getsockname()[:2]
-            out.append(f"[{host}]:{port}" if s.family == socket.AF_INET6 else f"{host}:{port}")
+        for t in self.transports:
+            host, port = t.local_address[:2]
+            out.append(f"[{host}]:{port}" if t.family == socket.AF_INET6 else f"{host}:{port}")
         return out
 
-    # ------------------------------------------------------------ data path
+    @property
+    def port(self) -> int:
+        return int(self.transports[0].local_address[1])
 
-    def _make_reader(self, sock: socket.socket) -> Callable[[], None]:
-        recvfrom = sock.recvfrom
-        own_send = sock.sendto
-        other = [s.sendto for s in self.sockets if s is not sock]
-        other_send = other[0] if other else own_send
-        own_len = 2 if sock.family == socket.AF_INET else 4
-        core = self.core
-        forward = core.forward_data
-        receive_control = core.receive_control
-        clock = self._clock
-        flush = self._flush
+    def close_transports(self) -> None:
+        for t in self.transports:
+            t.close()
+        self.transports.clear()
+        self._by_addr_len.clear()
 
-        def on_readable() -> None:
-            now = clock()
-            control = False
-            for _ in range(DRAIN_BATCH):
-                try:
-                    data, addr = recvfrom(RECV_SIZE)
-                except (BlockingIOError, InterruptedError):
-                    break
-                except OSError:
-                    continue  # e.g. a queued ICMP error; the socket is fine
-                if data and data[0] == _DATA:
-                    dst = forward(data, addr, now)
-                    if dst is not None:
-                        try:
-                            (own_send if len(dst) == own_len else other_send)(data, dst)
-                        except OSError:
-                            self.send_errors += 1
-                else:
-                    receive_control(data, addr, now)
-                    control = True
-            if control:
-                flush()
+    # ------------------------------------------------------------ receiving (DatagramReceiver)
 
-        return on_readable
+    def datagram_received(self, data: bytes, addr: Addr) -> None:
+        if data and data[0] == _DATA:
+            dst = self.core.forward_data(data, addr, self.runtime.now())
+            if dst is not None:
+                t = self._by_addr_len.get(len(dst))
+                if t is not None:
+                    t.sendto(data, dst)
+            return
+        self.core.receive_control(data, addr, self.runtime.now())
+        self._control_pending = True
+
+    def batch_done(self) -> None:
+        if self._control_pending:
+            self._control_pending = False
+            self._flush()
+
+    # ------------------------------------------------------------ pump
 
     def _send(self, data: bytes, dst: Addr) -> None:
-        fam = socket.AF_INET6 if len(dst) == 4 else socket.AF_INET
-        sock = self._by_family.get(fam)
-        if sock is None:
-            return
-        try:
-            sock.sendto(data, dst)
-        except OSError as e:
-            if e.errno not in (errno.EAGAIN, errno.ENOBUFS):
-                log.debug("send to %s failed: %s", dst, e)
-            self.send_errors += 1
+        t = self._by_addr_len.get(len(dst))
+        if t is not None:
+            t.sendto(data, dst)
 
     def _flush(self) -> None:
         for data, dst in self.core.datagrams_to_send():
@@ -137,20 +151,35 @@ class RelayServer:
         self._arm_timer()
 
     def _arm_timer(self) -> None:
-        loop = asyncio.get_running_loop()
         when = self.core.next_timer()
         if self._timer is not None:
-            if self._timer.when() <= when + 1e-3 and not self._timer.cancelled():
-                return
+            if self._timer_when <= when + 1e-3:
+                return  # the armed timer comes first; it re-arms when it fires
             self._timer.cancel()
-        # the core's clock and the loop's clock are both monotonic; convert
-        delay = max(0.0, when - self._clock())
-        self._timer = loop.call_later(delay, self._on_timer)
+        self._timer_when = when
+        self._timer = self.runtime.loop.call_at(when, self._on_timer)
 
     def _on_timer(self) -> None:
         self._timer = None
-        self.core.handle_timer(self._clock())
-        self._flush()
+        self._timer_when = float("inf")
+        now = self.runtime.now()
+        try:
+            self.core.sync_wall(now, self.runtime.wall())
+            self.core.handle_timer(now)
+            self._flush()
+        except Exception:  # the core counts its own bugs; this is the last net
+            log.exception("relay timer failed; carrying on")
+        finally:
+            if self._timer is None:
+                self._arm_timer_safely()
+
+    def _arm_timer_safely(self) -> None:
+        try:
+            self._arm_timer()
+        except Exception:
+            log.exception("cannot re-arm the relay timer; retrying in 1 s")
+            self._timer_when = self.runtime.now() + 1.0
+            self._timer = self.runtime.loop.call_at(self._timer_when, self._on_timer)
 
     # ------------------------------------------------------------ lifecycle
 
@@ -159,36 +188,41 @@ class RelayServer:
 
     async def _refresh_policy(self) -> None:
         while True:
-            await asyncio.sleep(POLICY_REFRESH_S)
+            await asyncio.sleep(self._policy_refresh_s)
             try:
-                await asyncio.to_thread(self.core.policy.refresh)
-            except Exception as e:  # never let a policy glitch kill the relay
-                log.warning("access policy refresh failed: %s", e)
-                continue
-            self.core.policy_changed()
-            self._flush()
+                await self._refresh_once()
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # never let a policy glitch end the reloads
+                log.exception("access policy refresh failed; keeping the previous policy")
+
+    async def _refresh_once(self) -> None:
+        # reading a file or a WireGuard interface blocks: not on the loop
+        await asyncio.to_thread(self.core.policy.refresh)
+        self.core.policy_changed(self.runtime.now())
+        self._flush()
 
     async def serve(self, on_ready: Callable[[], None] | None = None) -> None:
-        loop = asyncio.get_running_loop()
-        for sock in self.sockets:
-            loop.add_reader(sock.fileno(), self._make_reader(sock))
+        if not self.transports:
+            self.open()
+        self.core.sync_wall(self.runtime.now(), self.runtime.wall())
         self._arm_timer()
-        refresher = asyncio.create_task(self._refresh_policy())
+        refresher = asyncio.create_task(self._refresh_policy()) if self._policy_refresh_s else None
         if on_ready is not None:
             on_ready()
         try:
             with stop_on_signals(self._stop.set):
                 await self._stop.wait()
         finally:
-            refresher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await refresher
+            if refresher is not None:
+                refresher.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await refresher
             log.info("shutting down: telling sessions and registrations")
-            self.core.shutdown()
+            self.core.shutdown(self.runtime.now())
             for data, dst in self.core.datagrams_to_send():
                 self._send(data, dst)
             if self._timer is not None:
                 self._timer.cancel()
-            for sock in self.sockets:
-                loop.remove_reader(sock.fileno())
-                sock.close()
+                self._timer = None
+            self.close_transports()

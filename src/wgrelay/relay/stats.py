@@ -29,6 +29,17 @@ class DropReason(StrEnum):
     BAD_COOKIE = "bad_cookie"
     NOT_ALLOWED = "not_allowed"
     BANDWIDTH = "bandwidth"
+    NOT_WIREGUARD = "not_wireguard"
+    """A data frame whose payload cannot be a WireGuard message."""
+    UNPROVEN_ADDRESS = "unproven_address"
+    """A bind, or a reply larger than the request, for an address the sender
+    has not proven it receives at: answered with a cookie instead."""
+    BAD_ADDRESS = "bad_address"
+    """A peer address the relay never sends to (its own, unspecified, multicast)."""
+    STALE_REBIND = "stale_rebind"
+    """A message older than the newest from its key tried to move its registration."""
+    INTERNAL_ERROR = "internal_error"
+    """A bug: the message was dropped, the relay went on (logged)."""
     UNEXPECTED = "unexpected"
 
 

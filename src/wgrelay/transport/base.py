@@ -1,0 +1,74 @@
+"""Interfaces of the transport seam (no implementation here).
+
+A ``Runtime`` is what a shell needs from the world: an asyncio event loop whose
+``time()`` is the monotonic clock every core is driven with, the wall clock
+(control-message timestamps, announcements), and UDP sockets. The production
+runtime (``wgrelay.transport.udp.AsyncioRuntime``) wraps a real loop and real
+sockets; the simulator's (``wgrelay.sim``) wraps a virtual-time loop and an
+in-memory network, so the same shells and cores run in both.
+
+Receiving follows asyncio's ``DatagramProtocol`` shape: the transport calls
+``datagram_received`` for every datagram of one wake-up, then ``batch_done``
+once, so a shell can flush its core's output once per burst instead of once per
+datagram.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any, Protocol
+
+Addr = tuple[Any, ...]
+"""A socket address exactly as ``recvfrom`` returns it: ``(host, port)`` for
+IPv4, ``(host, port, flowinfo, scope_id)`` for IPv6. Cores compare these
+tuples, so a transport must always give the same form for the same peer."""
+
+
+class DatagramReceiver(Protocol):
+    def datagram_received(self, data: bytes, addr: Addr) -> None:
+        """One datagram. Must not raise: count and drop what is wrong."""
+
+    def batch_done(self) -> None:
+        """Called after a burst of ``datagram_received`` calls (one wake-up)."""
+
+
+class DatagramTransport(Protocol):
+    """One bound UDP socket, real or simulated."""
+
+    @property
+    def local_address(self) -> Addr:
+        """The bound address (with the port the system picked for port 0)."""
+
+    @property
+    def family(self) -> int:
+        """``socket.AF_INET`` or ``socket.AF_INET6``."""
+
+    def sendto(self, data: bytes | memoryview, addr: Addr) -> bool:
+        """Send one datagram; False if it was dropped locally (full buffer,
+        unreachable, closed). Never raises."""
+
+    def close(self) -> None:
+        """Stop receiving and release the socket; idempotent."""
+
+
+class Runtime(Protocol):
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        """The event loop; ``loop.time()`` is the monotonic ``now`` of the cores."""
+
+    def now(self) -> float:
+        """Monotonic seconds: ``loop.time()``."""
+
+    def wall(self) -> float:
+        """Seconds since the epoch (control timestamps, announcements)."""
+
+    def open_udp(
+        self, host: str, port: int, receiver: DatagramReceiver, *, buffer_bytes: int = 0
+    ) -> DatagramTransport:
+        """Bind a UDP socket and start delivering to ``receiver``.
+
+        ``host`` is a literal address (``0.0.0.0``/``::`` for any); ``port`` 0
+        picks a free port. IPv6 sockets are IPv6-only. ``buffer_bytes`` asks
+        for kernel buffers of that size (0: the system default). Raises
+        ``OSError`` when the address cannot be bound.
+        """
