@@ -14,6 +14,7 @@ from wgrelay.mesh.agent import (
     Kick,
     LeaveRelay,
     PathKind,
+    ReplaceRelay,
     StartRelay,
     UseDirect,
     UseProxy,
@@ -371,3 +372,35 @@ def test_relay_disabled_retries_direct_slowly_through_every_candidate() -> None:
     assert [e for _, e in tries[:3]] != [DIRECT] * 3  # not stuck on the first
     assert {e for _, e in tries[:3]} == {DIRECT, *others}
     assert tries[3][0] >= 9.0 + 30.0 - 0.5  # then a pause before the next round
+
+
+def test_relayed_path_gone_silent_gets_a_new_session_behind_the_same_proxy() -> None:
+    """A relay that lost the session without telling us (a restart a replayed
+    REGISTER hid, a lost SESSION_CLOSE): WireGuard keeps sending through the
+    proxy and hears nothing. The agent replaces the session, not the proxy."""
+    cfg = AgentConfig(relay_silent_s=40.0, probe_back_s=900.0)
+    core, other = relayed_core(cfg)
+    # an idle tunnel: keepalives both ways every 25 s is not silence
+    for t in range(4, 100):
+        acts = core.observe(
+            iface(peer(other, endpoint=PROXY, tx_bytes=t * 32, rx_bytes=(t // 25) * 32)),
+            float(t),
+            WALL0 + t,
+        )
+        assert acts == []
+    # from t=100 on only tx grows
+    acts = []
+    t = 100
+    while not acts:
+        t += 1
+        acts = core.observe(
+            iface(peer(other, endpoint=PROXY, tx_bytes=t * 32, rx_bytes=3 * 32)),
+            float(t),
+            WALL0 + t,
+        )
+    # rx last grew at t=75 (the peer's keepalive); tx grew at 76: replaced at 76 + 40
+    assert t == 116
+    assert ReplaceRelay(other) in acts
+    assert StartRelay(other) in acts  # the smaller key asks at once
+    assert core.peers[other].kind == PathKind.RELAY_PENDING
+    assert not any(isinstance(a, UseProxy | CloseRelay | LeaveRelay) for a in acts)

@@ -16,6 +16,7 @@ import pytest
 from tests.helpers import wg_packet
 from tests.unit.test_relay_core import WALL0, Client, Net, registered
 from wgrelay.client.link import LinkRegistered, RelayLink, SessionEstablished
+from wgrelay.keys import PublicKey
 from wgrelay.proto.constants import MsgType
 from wgrelay.proto.cookie import COOKIE_REPLY_LEN
 from wgrelay.proto.data import data_header
@@ -125,10 +126,8 @@ def test_the_relay_never_registers_a_peer_at_an_address_it_must_not_send_to(addr
     net = Net()
     net.relay.set_own_addresses([("203.0.113.10", 51821)])
     attacker = net.client()
-    attacker.link._cookie = (
-        net.relay._admission.cookies.make(attacker.pub.raw, (addr[0], addr[1]), 0.0),
-        0.0,
-    )
+    where = (str(addr[0]), int(str(addr[1])))
+    attacker.link._cookie = (net.relay._admission.cookies.make(attacker.pub.raw, where, 0.0), 0.0)
     attacker.link.connect(net.clock.now)
     (reg,) = attacker.link.datagrams_to_send()
     out = deliver(net, reg, addr)
@@ -187,13 +186,14 @@ def test_nat_rebinding_moves_the_session_after_one_cookie_round_trip() -> None:
 # ---------------------------------------------------------------- finding 2
 
 
-def _every_client_message(link: RelayLink, peer: Client, now: float) -> list[bytes]:
+def _every_client_message(link: RelayLink, peer: PublicKey, now: float) -> list[bytes]:
+    """One of every message a peer sends a relay (and both query shapes)."""
     link.connect(now)
     link.heartbeat_now(now)
-    link.request_session(peer.pub, now)
+    link.request_session(peer, now)
     link.ping(now)
     link.query(now, want_relays=True)
-    link.query(now, locate=peer.pub, want_relays=True)
+    link.query(now, locate=peer, want_relays=True)
     link._send(DiscoveryQuery(7, 0, 0, 0, "", None), now)  # the smallest query
     link._hb_seq = 1
     link.state = link.state.REGISTERED
@@ -214,7 +214,7 @@ def test_no_reply_to_an_unproven_address_exceeds_its_request(registered_elsewher
     registered(net, target)
     if registered_elsewhere:
         registered(net, attacker)
-    sent = _every_client_message(attacker.link, target, net.clock.now)
+    sent = _every_client_message(attacker.link, target.pub, net.clock.now)
     types = {MsgType.HEARTBEAT, MsgType.CONNECTION_REQUEST, MsgType.PING, MsgType.DISCOVERY_QUERY}
     if not registered_elsewhere:
         types.add(MsgType.REGISTER)

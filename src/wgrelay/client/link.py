@@ -297,7 +297,11 @@ class RelayLink:
         self._start(ConnectionRequest(rid, peer), rid, now, peer=peer)
         return rid
 
-    def close_session(self, peer: PublicKey, now: float) -> None:
+    def close_session(
+        self, peer: PublicKey, now: float, reason: CloseReason = CloseReason.NORMAL
+    ) -> None:
+        """Close our session to ``peer``. NORMAL tells the other end we are done
+        with the relay (we went direct); REPLACED that we want a new session."""
         self.wanted.discard(peer)
         for key in [
             k for k, r in self._requests.items()
@@ -307,7 +311,7 @@ class RelayLink:
         sid = self.session_of.pop(peer, None)
         if sid is not None:
             self.sessions.pop(sid, None)
-            self._send(SessionClose(sid, CloseReason.NORMAL), now)
+            self._send(SessionClose(sid, reason), now)
 
     def ping(self, now: float) -> int:
         echo = int.from_bytes(self._rng(8), "big")

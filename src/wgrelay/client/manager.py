@@ -50,6 +50,7 @@ from wgrelay.discovery.registry import KnownRelay, RelayRegistry
 from wgrelay.errors import InvalidKey, RelayUnavailable
 from wgrelay.keys import PrivateKey, PublicKey, relay_x25519_public
 from wgrelay.proto.buffer import endpoint_str
+from wgrelay.proto.constants import CloseReason
 from wgrelay.proto.data import data_header
 
 log = logging.getLogger(__name__)
@@ -389,13 +390,13 @@ class RelayManager:
         route[0].send_frame(route[1] + packet)
         return True
 
-    def close_connection(self, peer: PublicKey) -> None:
+    def close_connection(self, peer: PublicKey, reason: CloseReason = CloseReason.NORMAL) -> None:
         relay_key = self.route_relay.pop(peer, None)
         self.routes.pop(peer, None)
         if relay_key is not None:
             client = self.clients.get(relay_key)
             if client is not None:
-                client.close_session(peer)
+                client.close_session(peer, reason)
         for client in self.clients.values():
             client.link.wanted.discard(peer)
 

@@ -35,7 +35,7 @@ from wgrelay.errors import RelayUnavailable
 from wgrelay.keys import PrivateKey, PublicKey
 from wgrelay.net import datagram_socket
 from wgrelay.proto.buffer import Endpoint
-from wgrelay.proto.constants import DATA_HEADER_LEN, MsgType
+from wgrelay.proto.constants import DATA_HEADER_LEN, CloseReason, MsgType
 from wgrelay.proto.data import MAX_DATA_FRAME, data_header
 
 log = logging.getLogger(__name__)
@@ -276,8 +276,8 @@ class RelayClient:
             raise RelayUnavailable(f"session to {peer.short()} failed: {status}")
         return ev.session_id
 
-    def close_session(self, peer: PublicKey) -> None:
-        self.link.close_session(peer, self._clock())
+    def close_session(self, peer: PublicKey, reason: CloseReason = CloseReason.NORMAL) -> None:
+        self.link.close_session(peer, self._clock(), reason)
         self._pump()
 
     def send(self, peer: PublicKey, payload: bytes) -> bool:

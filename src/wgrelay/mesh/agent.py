@@ -18,6 +18,8 @@ Per-peer states::
     PROBING --candidates exhausted, or cache.should_try_relay--> RELAY_PENDING
     RELAY_PENDING --on_relayed--> RELAYED (endpoint: our 127.0.0.1 proxy)
     RELAYED --on_relay_lost--> RELAY_PENDING (the manager tries the next relay)
+    RELAYED --sending for relay_silent_s without hearing anything--> RELAY_PENDING
+            (the session is replaced: the relay may have lost it without telling)
     RELAYED --probe-back succeeds--> DIRECT (relay session closed)
     RELAYED --peer reached us directly (WireGuard roamed, data flowing)--> DIRECT
     DIRECT --sending for broken_after_s without hearing anything--> PROBING
@@ -81,6 +83,9 @@ class AgentConfig:
     """A handshake younger than this (WireGuard's REJECT_AFTER_TIME) proves a path."""
     broken_after_s: float = 15.0
     """Sending without any answer for this long on a direct path: it broke."""
+    relay_silent_s: float = 40.0
+    """The same for a relayed path. Longer than the persistent keepalive both
+    agents set (25 s), so an idle tunnel is never taken for a dead one."""
     keepalive_s: int = 25
     """Persistent keepalive the agent sets on peers it manages (0: leave alone)."""
     relay_retry_initial_s: float = 5.0
@@ -138,11 +143,29 @@ class StartRelay:
 
 
 @dataclass(frozen=True, slots=True)
+class ReplaceRelay:
+    """Drop the peer's relay session (telling the other end we want a new
+    one) but keep its proxy: WireGuard's endpoint does not change."""
+
+    peer: PublicKey
+
+
+@dataclass(frozen=True, slots=True)
 class CloseRelay:
     peer: PublicKey
 
 
-Action = Kick | TryDirect | UseProxy | HoldProxy | LeaveRelay | UseDirect | StartRelay | CloseRelay
+Action = (
+    Kick
+    | TryDirect
+    | UseProxy
+    | HoldProxy
+    | LeaveRelay
+    | UseDirect
+    | StartRelay
+    | ReplaceRelay
+    | CloseRelay
+)
 
 
 @dataclass(slots=True)
@@ -451,6 +474,27 @@ class AgentCore:
                     self.cache.record_failure(p.key, ep, wall)
                 actions += self._start_probing(p, now, wall, "direct path went silent")
         elif p.kind == PathKind.RELAYED and not p.probing_back:
+            if rx_grew or new_handshake:
+                p.silent_since = None
+            elif tx_grew and p.silent_since is None:
+                p.silent_since = now
+            if (
+                p.silent_since is not None
+                and now - p.silent_since >= self.config.relay_silent_s
+                and ep in self.proxy_endpoints
+            ):
+                # WireGuard sends (keepalives at least) and nothing comes back
+                # through the relay: the session is gone there, whatever the
+                # relay told us (a restart it hid, a lost SESSION_CLOSE)
+                p.silent_since = None
+                if p.relay is not None and p.relay_endpoint is not None:
+                    self.cache.record_relay_failure(p.key, p.relay, p.relay_endpoint, wall)
+                lost = p.relay.short() if p.relay else "?"
+                actions.append(ReplaceRelay(p.key))
+                return actions + self._want_relay(
+                    p, now, f"nothing heard through relay {lost} for "
+                    f"{self.config.relay_silent_s:.0f} s; asking for a new session"
+                )  # fmt: skip
             if (
                 ep is not None
                 and ep not in self.proxy_endpoints
@@ -530,6 +574,7 @@ class AgentCore:
         p.relay_endpoint = relay_endpoint
         p.relay_requested = False
         p.probing_back = False
+        p.silent_since = None
         p.probe_back_interval_s = min(
             self.config.probe_back_s * (2**p.flaps), self.config.probe_back_max_s
         )

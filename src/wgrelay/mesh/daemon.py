@@ -43,6 +43,7 @@ from wgrelay.mesh.agent import (
     Kick,
     LeaveRelay,
     PathKind,
+    ReplaceRelay,
     StartRelay,
     UseDirect,
     UseProxy,
@@ -52,7 +53,7 @@ from wgrelay.mesh.backend.detect import detect_backend
 from wgrelay.mesh.cache import ConnectionCache
 from wgrelay.mesh.nat import TryDirect
 from wgrelay.proto.buffer import Endpoint, endpoint_str
-from wgrelay.proto.constants import DATA_HEADER_LEN
+from wgrelay.proto.constants import DATA_HEADER_LEN, CloseReason
 from wgrelay.settings import load_settings, settings_path
 from wgrelay.state import ensure_state_dir
 
@@ -222,6 +223,10 @@ class Agent:
                         del self._relay_tasks[peer]
 
                 task.add_done_callback(done)
+        elif isinstance(a, ReplaceRelay):
+            # the proxy, and so WireGuard's endpoint, stays; a new session
+            # (StartRelay follows) takes over behind it
+            self.manager.close_connection(a.peer, CloseReason.REPLACED)
         elif isinstance(a, CloseRelay):
             pending = self._relay_tasks.pop(a.peer, None)
             if pending is not None:
