@@ -7,19 +7,30 @@ jitter, loss, duplication, reordering and bandwidth limits; NAT boxes follow
 RFC 4787; ``SimWireGuard`` stands in for WireGuard itself. The same seed and
 program give the same run, event for event (``Simulation.trace_digest``).
 
-Example: a client behind a NAT talks to a server on the internet::
+Example: two peers behind NATs punch a WireGuard tunnel; a relay host waits for
+the production relay (``RelayServer(relay.runtime(), ...)``)::
 
-    from wgrelay.sim import LinkSpec, NatKind, Simulation
+    from wgrelay.keys import PrivateKey
+    from wgrelay.sim import LinkSpec, NatKind, Simulation, SimWireGuard
 
     with Simulation(seed=7) as sim:
-        server = sim.add_host("server", link=LinkSpec(delay_s=0.010))
-        client = sim.add_host("client", behind=NatKind.SYMMETRIC)
-        # production shells take server.runtime() / client.runtime()
+        relay = sim.add_host("relay", link=LinkSpec(delay_s=0.010))
+        a = sim.add_host("a", behind=NatKind.FULL_CONE, link=LinkSpec(delay_s=0.030))
+        b = sim.add_host("b", behind=NatKind.RESTRICTED_CONE, link=LinkSpec(delay_s=0.005))
+        ka, kb = PrivateKey.generate(), PrivateKey.generate()
+        wa, wb = SimWireGuard(a, "wg0", ka), SimWireGuard(b, "wg0", kb)
+        assert a.nat is not None and b.nat is not None
+        wa.add_peer(kb.public_key(), endpoint=(b.nat.public_ip, 51820), keepalive=25)
+        wb.add_peer(ka.public_key(), endpoint=(a.nat.public_ip, 51820), keepalive=25)
+        t = sim.run_until(lambda: wa.has_session(kb.public_key()), timeout_s=30)
+        rtt = sim.run(wa.ping(kb.public_key()))
+        print(f"tunnel up at t={t:.2f}s, rtt {rtt}, trace {sim.trace_digest()[:12]}")
 
 Modules: ``loop`` (the virtual-time loop), ``link`` (LinkSpec, per-direction
 pipes), ``nat`` (RFC 4787 tables and presets), ``topology`` (realms, hosts, NAT
 boxes), ``engine`` (moving datagrams), ``socket`` (the transport seam),
-``network`` (``Simulation``), ``trace``.
+``network`` (``Simulation``), ``trace``, ``wgwire``/``wgpeer``/``wireguard``
+(the WireGuard stand-in).
 """
 
 from __future__ import annotations
@@ -32,6 +43,8 @@ from wgrelay.sim.network import Simulation
 from wgrelay.sim.socket import SimRuntime, SimUdpTransport
 from wgrelay.sim.topology import Host, Nat
 from wgrelay.sim.trace import TraceRecord
+from wgrelay.sim.wgpeer import PeerStats
+from wgrelay.sim.wireguard import SimWireGuard
 
 __all__ = [
     "EPOCH_S",
@@ -42,8 +55,10 @@ __all__ = [
     "NatBehavior",
     "NatKind",
     "Partition",
+    "PeerStats",
     "SimRuntime",
     "SimUdpTransport",
+    "SimWireGuard",
     "Simulation",
     "SimulationDeadlock",
     "SimulationError",

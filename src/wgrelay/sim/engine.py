@@ -26,9 +26,10 @@ So a packet between two hosts on the internet costs one queued event, and one
 more per NAT box on the way. The event queue is a heap ordered by (time,
 sequence number), so packets due at the same instant keep the order they were
 queued in (asyncio's own timer heap is not stable for equal times) and runs
-are deterministic. One asyncio timer is armed for the head of the heap; when
-it fires, everything due is processed, then every socket that received
-something gets one ``batch_done``.
+are deterministic. The heap is not asyncio's: the virtual-time loop asks it
+for its next time whenever it would sleep (``loop.EventSource``), and at that
+time everything due is processed in one callback, then every socket that
+received something gets one ``batch_done``.
 
 Delivery never happens inside ``sendto``: even a zero-delay loopback packet is
 queued, as a real socket would hand it over on a later wake-up.
@@ -36,7 +37,6 @@ queued, as a real socket would hand it over on a later wake-up.
 
 from __future__ import annotations
 
-import asyncio
 import heapq
 import ipaddress
 import itertools
@@ -136,11 +136,9 @@ class Network:
         self.partitions: list[Partition] = []
         self._heap: list[tuple[float, int, _Flight]] = []
         self._seq = itertools.count()
-        self._timer: asyncio.TimerHandle | None = None
-        self._timer_at = math.inf
-        self._dispatching = False
         self._touched: list[SimUdpTransport] = []
         self._canonical: dict[str, tuple[str, bool] | None] = {}
+        loop.attach_event_source(self)
 
     def derive_rng(self, label: str) -> random.Random:
         """An independent, reproducible random stream for one component."""
@@ -364,34 +362,23 @@ class Network:
 
     def _push(self, f: _Flight) -> None:
         heapq.heappush(self._heap, (f.t, next(self._seq), f))
-        if not self._dispatching and f.t < self._timer_at:
-            self._arm(f.t)
 
-    def _arm(self, t: float) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-        self._timer = self.loop.call_at(t, self._dispatch)
-        self._timer_at = t
+    def next_event_time(self) -> float:
+        heap = self._heap
+        return heap[0][0] if heap else math.inf
 
-    def _dispatch(self) -> None:
-        self._timer = None
-        self._timer_at = math.inf
+    def run_due_events(self) -> None:
+        """Everything due now, then one ``batch_done`` per socket that received."""
         now = self.loop.time()
         heap = self._heap
         pop = heapq.heappop
-        self._dispatching = True
-        try:
+        advance = self._advance
+        while heap and heap[0][0] <= now:
             while heap and heap[0][0] <= now:
-                while heap and heap[0][0] <= now:
-                    f = pop(heap)[2]
-                    self.events += 1
-                    self._advance(f, now, False)
-                if self._touched:
-                    self._flush_batches()
-        finally:
-            self._dispatching = False
-            if heap:
-                self._arm(heap[0][0])
+                self.events += 1
+                advance(pop(heap)[2], now, False)
+            if self._touched:
+                self._flush_batches()
 
     def _flush_batches(self) -> None:
         touched, self._touched = self._touched, []

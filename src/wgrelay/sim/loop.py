@@ -16,6 +16,14 @@ they only ever ask ``loop.time()``.
 The clock jumps exactly to the due callback's deadline (never an ``a + (b - a)``
 that rounds), so tests can assert exact virtual times.
 
+Packets do not go through asyncio's timer heap (which compares its handles in
+Python, several times per packet): the network is an ``EventSource`` with its
+own heap, and while the loop would sleep, the selector runs the source's
+events in time order itself, until one of them readies an asyncio callback or
+an asyncio timer comes due. Events due at the same instant as a timer run
+first. This reads two private attributes of asyncio's ``BaseEventLoop``
+(``_ready`` and ``_scheduled``, unchanged since Python 3.4).
+
 A ``select(None)`` means nothing is ready and nothing is scheduled: in a real
 loop the process would sleep until some file descriptor or signal woke it,
 which in a simulation never happens. That is a deadlock in the scenario, and it
@@ -38,10 +46,11 @@ reported): a scenario that awaits one ends in ``SimulationDeadlock``.
 from __future__ import annotations
 
 import asyncio
+import math
 import selectors
 from collections.abc import Callable, Mapping
 from types import MappingProxyType
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from wgrelay.errors import WgRelayError
 
@@ -58,6 +67,23 @@ class SimulationError(WgRelayError):
 
 class SimulationDeadlock(SimulationError):
     """The loop would sleep forever: nothing is ready and nothing is scheduled."""
+
+
+class EventSource(Protocol):
+    """Timed events kept outside asyncio's timer heap (the network's packets).
+
+    The loop asks for the next time whenever it would sleep, moves the clock
+    there and calls ``run_due_events``, which may call into any code (datagram
+    receivers) but must not block.
+    """
+
+    def next_event_time(self) -> float:
+        """When the earliest pending event is due; ``math.inf`` if none."""
+        ...
+
+    def run_due_events(self) -> None:
+        """Process every event due at the loop's current time."""
+        ...
 
 
 def _fd_of(fileobj: Any) -> int:
@@ -105,7 +131,14 @@ class VirtualTimeLoop(asyncio.SelectorEventLoop):
     def __init__(self, *, inline_executor: bool = True) -> None:
         self._virtual_now = 0.0
         self._inline_executor = inline_executor
+        self._source: EventSource | None = None
         super().__init__(_VirtualSelector(self))
+
+    def attach_event_source(self, source: EventSource) -> None:
+        """Let ``source``'s events drive the clock too (one source per loop)."""
+        if self._source is not None:
+            raise SimulationError("this loop already has an event source")
+        self._source = source
 
     def time(self) -> float:
         return self._virtual_now
@@ -115,21 +148,52 @@ class VirtualTimeLoop(asyncio.SelectorEventLoop):
         return EPOCH_S + self._virtual_now
 
     def _idle(self, timeout: float | None) -> None:
-        """What the selector does instead of sleeping for ``timeout`` seconds."""
+        """What the selector does instead of sleeping for ``timeout`` seconds.
+
+        ``timeout`` is asyncio's: 0 when callbacks are ready, the time to the
+        next timer, None when nothing is scheduled. Before moving the clock
+        there, the event source's earlier events run here, each at its own
+        time, until one of them makes an asyncio callback ready or a new timer
+        comes due first (asyncio then runs it in this same iteration).
+        """
+        now = self._virtual_now
         if timeout is None:
+            limit = math.inf
+        elif timeout <= 0:
+            limit = now
+        else:
+            limit = self._next_timer(now + timeout)
+        source = self._source
+        if source is not None:
+            ready = self._ready  # type: ignore[attr-defined]
+            while True:
+                at = source.next_event_time()
+                if at > limit or at == math.inf:
+                    break
+                if at > self._virtual_now:
+                    self._virtual_now = at
+                source.run_due_events()
+                if ready:
+                    return
+                if limit > self._virtual_now:
+                    limit = self._next_timer(limit)
+        if limit == math.inf:
             raise SimulationDeadlock(self._deadlock_message())
-        if timeout <= 0:
-            return
-        target = self._virtual_now + timeout
-        # Land exactly on the deadline that set the timeout; asyncio clips
-        # the timeout to a day, in which case there is no deadline to land on.
-        scheduled: list[asyncio.TimerHandle] = getattr(self, "_scheduled", [])
+        if limit > self._virtual_now:
+            self._virtual_now = limit
+
+    def _next_timer(self, limit: float) -> float:
+        """The earliest asyncio timer if it is due by ``limit``, else ``limit``.
+
+        Landing exactly on a timer's deadline (not ``now + (when - now)``,
+        which can round below it) is what makes virtual times exact.
+        """
+        scheduled: list[asyncio.TimerHandle] = self._scheduled  # type: ignore[attr-defined]
         if scheduled:
             when = scheduled[0].when()
-            if when <= target:
-                target = when
-        if target > self._virtual_now:
-            self._virtual_now = target
+            if when < limit:
+                return when
+        return limit
 
     def _deadlock_message(self) -> str:
         tasks = [t for t in asyncio.all_tasks(self) if not t.done()]
