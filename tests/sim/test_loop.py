@@ -137,12 +137,13 @@ def test_same_program_same_order() -> None:
     assert run(3) != run(4)
 
 
-def test_runtime_clocks(sim: Simulation) -> None:
+def test_runtime_clocks_and_blocking_calls(sim: Simulation) -> None:
     rt = sim.add_host("h").runtime()
     sim.run_for(12.5)
     assert rt.loop is sim.loop
     assert rt.now() == 12.5
     assert rt.wall() == EPOCH_S + 12.5
+    assert sim.run(rt.run_blocking(lambda: (sim.now(), "done"))) == (12.5, "done")
 
 
 def test_closed_simulation_refuses_to_run() -> None:

@@ -49,7 +49,7 @@ from typing import TYPE_CHECKING, Any
 from wgrelay.sim.link import IPV4_UDP_OVERHEAD_BYTES, IPV6_UDP_OVERHEAD_BYTES, LOST, Pipe
 from wgrelay.sim.nat import DROP_NO_HAIRPIN, DROP_UDP_BLOCKED, Endpoint
 from wgrelay.sim.topology import Host, Nat, Realm
-from wgrelay.sim.trace import DELIVER, DELIVERED, DROP, SEND, Trace
+from wgrelay.sim.trace import DELIVER, DELIVERED, DROP, HEAL, PARTITION, SEND, Trace
 from wgrelay.transport.base import Addr
 
 if TYPE_CHECKING:
@@ -151,7 +151,7 @@ class Network:
         p = Partition(self, a, b)
         self.partitions.append(p)
         names = f"{sorted(h.name for h in a)}|{sorted(h.name for h in b)}"
-        self.trace.event(self.loop.time(), "partition", names)
+        self.trace.event(self.loop.time(), PARTITION, names)
         return p
 
     def heal(self, p: Partition | None = None) -> None:
@@ -160,7 +160,7 @@ class Network:
         for q in healed:
             self.partitions.remove(q)
             names = f"{sorted(h.name for h in q.a)}|{sorted(h.name for h in q.b)}"
-            self.trace.event(self.loop.time(), "heal", names)
+            self.trace.event(self.loop.time(), HEAL, names)
 
     def _partitioned(self, x: Host, y: Host) -> bool:
         return any((x in p.a and y in p.b) or (x in p.b and y in p.a) for p in self.partitions)

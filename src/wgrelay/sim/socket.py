@@ -10,9 +10,12 @@ datagrams that arrive at the same virtual instant), then ``batch_done`` once.
 from __future__ import annotations
 
 import socket
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from typing import TYPE_CHECKING, TypeVar
 
 from wgrelay.transport.base import Addr, DatagramReceiver, DatagramTransport, Runtime
+
+_T = TypeVar("_T")
 
 if TYPE_CHECKING:
     from wgrelay.sim.loop import VirtualTimeLoop
@@ -84,6 +87,12 @@ class SimRuntime:
 
     def wall(self) -> float:
         return self._vloop.wall()
+
+    async def run_blocking(self, fn: Callable[[], _T]) -> _T:
+        """Call ``fn`` inline. No threads in a simulation: a worker thread
+        finishes at a wall-clock moment and would make runs differ; simulated
+        backends (``SimWireGuard``) never block."""
+        return fn()
 
     def open_udp(
         self, host: str, port: int, receiver: DatagramReceiver, *, buffer_bytes: int = 0

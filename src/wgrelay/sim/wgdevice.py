@@ -266,13 +266,7 @@ class WireGuardDevice:
         peer.send_keepalive.delete()
         if data_sent and not peer.new_handshake.pending:
             peer.new_handshake.mod(now + KEEPALIVE_TIMEOUT_S + REKEY_TIMEOUT_S + self._jitter_s())
-        current = peer.current
-        if (
-            current is not None
-            and current.is_initiator
-            and now - current.created > (REKEY_AFTER_TIME_S)
-        ):
-            self._send_initiation(peer, retry=False)
+        self._keep_key_fresh_sending(peer, now)
 
     def _send_initiation(self, peer: Peer, *, retry: bool) -> None:
         if not retry:
@@ -346,7 +340,14 @@ class WireGuardDevice:
         peer.latest_handshake = self._loop.wall()
         peer.handshakes_completed += 1
 
+    def _keep_key_fresh_sending(self, peer: Peer, now: float) -> None:
+        """The initiator of a session replaces it once it is REKEY_AFTER_TIME old."""
+        kp = peer.current
+        if kp is not None and kp.is_initiator and now - kp.created > REKEY_AFTER_TIME_S:
+            self._send_initiation(peer, retry=False)
+
     def _keep_key_fresh_receiving(self, peer: Peer, now: float) -> None:
+        """...or, if it only receives, shortly before it would expire."""
         if peer.sent_last_minute_handshake:
             return
         kp = peer.current

@@ -221,9 +221,10 @@ class Peer:
         self.mac1_key = mac1_key
         """Key for the mac1 of handshakes *to* this peer."""
         self.endpoint = endpoint
-        self.configured_endpoint = endpoint
         self.allowed_ips = allowed_ips
         self.keepalive_s = keepalive_s
+        self.configured = (endpoint, keepalive_s)
+        """What ``add_peer`` set; a reboot of the host goes back to it."""
         self.latest_handshake: float | None = None
         self.rx_bytes = 0
         self.tx_bytes = 0

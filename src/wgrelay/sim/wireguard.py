@@ -218,9 +218,8 @@ class SimWireGuard(WireGuardDevice):
             self.listen_port = self._sock6.port
         self._up = True
         for old in list(self._peers.values()):
-            peer = self._new_peer(
-                old.public_key, old.configured_endpoint, old.allowed_ips, old.keepalive_s
-            )
+            endpoint, keepalive_s = old.configured
+            peer = self._new_peer(old.public_key, endpoint, old.allowed_ips, keepalive_s)
             if peer.keepalive_s:
                 self._send_keepalive(peer)
 
