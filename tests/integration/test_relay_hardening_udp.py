@@ -31,6 +31,7 @@ from wgrelay.keys import PrivateKey
 from wgrelay.proto.constants import MsgType
 from wgrelay.proto.cookie import COOKIE_REPLY_LEN
 from wgrelay.proto.data import data_header
+from wgrelay.transport.udp import UdpTransport
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -155,7 +156,8 @@ def test_a_tiny_frame_flood_on_a_members_own_session_costs_others_nothing(tmp_pa
                 await cl.wait_registered()
             sid = await cx.open_session(y.public_key())
             await ca.open_session(b.public_key())
-            fd = cx._sock.fileno()  # the flooder sends as x, from x's registered address
+            assert isinstance(cx.transport, UdpTransport)
+            fd = cx.transport.fileno()  # the flooder sends as x, from x's registered address
             flood = start_flood(
                 rp,
                 *("--rate", "90000", "--seconds", "5", "--kind", "tiny-data"),

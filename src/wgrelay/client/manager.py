@@ -27,7 +27,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any
@@ -52,6 +51,8 @@ from wgrelay.keys import PrivateKey, PublicKey, relay_x25519_public
 from wgrelay.proto.buffer import endpoint_str
 from wgrelay.proto.constants import CloseReason
 from wgrelay.proto.data import data_header
+from wgrelay.transport.base import Runtime
+from wgrelay.transport.udp import AsyncioRuntime
 
 log = logging.getLogger(__name__)
 
@@ -103,7 +104,7 @@ class RelayManager:
         on_event: Callable[[ManagerEvent], None],
         on_data: DataHandler,
         link_config: LinkConfig | None = None,
-        wall: Callable[[], float] = time.time,
+        runtime: Runtime | None = None,
     ) -> None:
         self.private_key = private_key
         self.public_key = private_key.public_key()
@@ -112,7 +113,7 @@ class RelayManager:
         self._on_event = on_event
         self._on_data = on_data
         self._link_config = link_config or LinkConfig()
-        self._wall = wall
+        self.runtime = runtime if runtime is not None else AsyncioRuntime()
         self.clients: dict[PublicKey, RelayClient] = {}
         self.home: PublicKey | None = None
         self.routes: dict[PublicKey, tuple[RelayClient, bytes]] = {}
@@ -142,13 +143,13 @@ class RelayManager:
                 accept_offer=self._accept_peer,
                 on_data=self._on_data,
                 on_event=on_event,
-                wall=self._wall,
+                runtime=self.runtime,
             )
             self.clients[relay.key] = client
         return client
 
     def _now_ms(self) -> int:
-        return int(self._wall() * 1000)
+        return int(self.runtime.wall() * 1000)
 
     def available(self) -> list[KnownRelay]:
         """Known, usable relays, best score first."""

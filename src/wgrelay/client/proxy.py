@@ -15,22 +15,20 @@ local process cannot use a proxy to inject traffic towards the relay.
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import socket
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from wgrelay.client.udp import RelayClient
 from wgrelay.keys import PublicKey
-from wgrelay.net import datagram_socket
 from wgrelay.proto.buffer import Endpoint
-from wgrelay.proto.constants import DATA_HEADER_LEN, MAX_DATA_PAYLOAD
+from wgrelay.proto.constants import DATA_HEADER_LEN
+from wgrelay.transport.base import Addr, DatagramTransport, Runtime
+from wgrelay.transport.udp import AsyncioRuntime
 
 log = logging.getLogger(__name__)
 
 LOCALHOST = "127.0.0.1"
-DRAIN_BATCH = 256
 SOCKET_BUFFER_BYTES = 2 * 1024 * 1024
 
 
@@ -47,15 +45,39 @@ class ProxyCounters:
 
 
 class _Proxy:
-    __slots__ = ("counters", "endpoint", "hold", "peer", "sock")
+    """One peer's 127.0.0.1 socket: WireGuard's packets in, relay frames out."""
 
-    def __init__(self, peer: PublicKey, sock: socket.socket) -> None:
+    __slots__ = ("counters", "endpoint", "hold", "peer", "table", "transport")
+
+    def __init__(self, table: ProxyTable, peer: PublicKey) -> None:
+        self.table = table
         self.peer = peer
-        self.sock = sock
         self.hold = False
-        host, port = sock.getsockname()[:2]
-        self.endpoint: Endpoint = (host, port)
         self.counters = ProxyCounters()
+        self.transport: DatagramTransport = table.runtime.open_udp(
+            LOCALHOST, 0, self, buffer_bytes=SOCKET_BUFFER_BYTES
+        )
+        host, port = self.transport.local_address[:2]
+        self.endpoint: Endpoint = (host, port)
+
+    def datagram_received(self, data: bytes, addr: Addr) -> None:
+        table = self.table
+        c = self.counters
+        if addr != table.wg_addr:
+            c.foreign_source += 1
+            return
+        route = table.routes.get(self.peer)
+        if route is None:
+            c.no_route += 1
+            if table.on_no_route is not None:
+                table.on_no_route(self.peer)
+            return
+        route[0].send_frame(route[1] + data)
+        c.to_relay_packets += 1
+        c.to_relay_bytes += len(data)
+
+    def batch_done(self) -> None:
+        return None
 
 
 class ProxyTable:
@@ -64,10 +86,12 @@ class ProxyTable:
         wg_port: int,
         routes: dict[PublicKey, tuple[RelayClient, bytes]],
         on_no_route: Callable[[PublicKey], None] | None = None,
+        runtime: Runtime | None = None,
     ) -> None:
+        self.runtime = runtime if runtime is not None else AsyncioRuntime()
         self.wg_addr: Endpoint = (LOCALHOST, wg_port)
-        self._routes = routes
-        self._on_no_route = on_no_route
+        self.routes = routes
+        self.on_no_route = on_no_route
         self._proxies: dict[PublicKey, _Proxy] = {}
 
     def set_wg_port(self, port: int) -> None:
@@ -89,12 +113,9 @@ class ProxyTable:
     def ensure(self, peer: PublicKey) -> Endpoint:
         """The peer's proxy endpoint, creating the socket the first time."""
         p = self._proxies.get(peer)
-        if p is not None:
-            return p.endpoint
-        p = _Proxy(peer, datagram_socket(LOCALHOST, 0, SOCKET_BUFFER_BYTES))
-        self._proxies[peer] = p
-        asyncio.get_running_loop().add_reader(p.sock.fileno(), self._make_reader(p))
-        log.debug("proxy for %s on %s:%d", peer.short(), *p.endpoint)
+        if p is None:
+            p = self._proxies[peer] = _Proxy(self, peer)
+            log.debug("proxy for %s on %s:%d", peer.short(), *p.endpoint)
         return p.endpoint
 
     def hold(self, peer: PublicKey, hold: bool) -> None:
@@ -107,44 +128,13 @@ class ProxyTable:
     def remove(self, peer: PublicKey) -> None:
         p = self._proxies.pop(peer, None)
         if p is not None:
-            asyncio.get_running_loop().remove_reader(p.sock.fileno())
-            p.sock.close()
+            p.transport.close()
 
     def close(self) -> None:
         for peer in list(self._proxies):
             self.remove(peer)
 
     # ------------------------------------------------------------ data path
-
-    def _make_reader(self, p: _Proxy) -> Callable[[], None]:
-        recvfrom = p.sock.recvfrom
-        routes = self._routes
-        peer = p.peer
-        c = p.counters
-
-        def on_readable() -> None:
-            wg_addr = self.wg_addr
-            for _ in range(DRAIN_BATCH):
-                try:
-                    data, addr = recvfrom(MAX_DATA_PAYLOAD + 1)
-                except (BlockingIOError, InterruptedError):
-                    return
-                except OSError:
-                    continue
-                if addr != wg_addr:
-                    c.foreign_source += 1
-                    continue
-                route = routes.get(peer)
-                if route is None:
-                    c.no_route += 1
-                    if self._on_no_route is not None:
-                        self._on_no_route(peer)
-                    continue
-                route[0].send_frame(route[1] + data)
-                c.to_relay_packets += 1
-                c.to_relay_bytes += len(data)
-
-        return on_readable
 
     def deliver(self, peer: PublicKey, frame: bytes) -> None:
         """A data frame from the relay: hand its WireGuard packet to WireGuard."""
@@ -155,9 +145,6 @@ class ProxyTable:
             p.counters.held += 1
             return
         payload = memoryview(frame)[DATA_HEADER_LEN:]
-        try:
-            p.sock.sendto(payload, self.wg_addr)
-        except OSError:
-            return
-        p.counters.to_wg_packets += 1
-        p.counters.to_wg_bytes += len(payload)
+        if p.transport.sendto(payload, self.wg_addr):
+            p.counters.to_wg_packets += 1
+            p.counters.to_wg_bytes += len(payload)

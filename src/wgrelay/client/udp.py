@@ -1,15 +1,14 @@
-"""Drive a ``RelayLink`` over a real UDP socket with asyncio.
+"""Drive a ``RelayLink`` over one UDP socket of a ``Runtime``.
 
 One ``RelayClient`` is one socket talking to one relay: its registration, its
 heartbeats (which also keep our NAT mapping to the relay open) and every
 session we hold there share that socket, so a NAT rebinding moves them all at
 once when the next heartbeat re-announces us.
 
-Like the relay, the socket is read with ``loop.add_reader`` and plain
-``recvfrom`` calls (asyncio's datagram transport reads into 256 KiB buffers).
-Data frames are handed to ``on_data(peer, frame)`` without copying the payload;
-everything else goes through the link's pump: feed, send, drain events, re-arm
-one timer.
+The socket comes from the runtime (real, or simulated in ``wgrelay.sim``), whose
+drain loop calls ``datagram_received``. Data frames are handed to
+``on_data(peer, frame)`` without copying the payload; everything else goes
+through the link's pump: feed, send, drain events, re-arm one timer.
 """
 
 from __future__ import annotations
@@ -17,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
-import time
 from collections.abc import Callable
 
 from wgrelay.client.link import (
@@ -33,15 +31,15 @@ from wgrelay.client.link import (
 )
 from wgrelay.errors import RelayUnavailable
 from wgrelay.keys import PrivateKey, PublicKey
-from wgrelay.net import datagram_socket
 from wgrelay.proto.buffer import Endpoint
 from wgrelay.proto.constants import DATA_HEADER_LEN, CloseReason, MsgType
-from wgrelay.proto.data import MAX_DATA_FRAME, data_header
+from wgrelay.proto.data import data_header
+from wgrelay.transport.base import Addr, DatagramTransport, Runtime
+from wgrelay.transport.udp import AsyncioRuntime
 
 log = logging.getLogger(__name__)
 
 _DATA = int(MsgType.DATA)
-DRAIN_BATCH = 256
 SOCKET_BUFFER_BYTES = 2 * 1024 * 1024
 
 DataHandler = Callable[[PublicKey, bytes], None]
@@ -49,6 +47,7 @@ DataHandler = Callable[[PublicKey, bytes], None]
 
 
 def resolve_endpoint(ep: Endpoint) -> tuple[socket.AddressFamily, Endpoint]:
+    """A literal address in the form recvfrom will report it (no DNS)."""
     host, port = ep
     infos = socket.getaddrinfo(host, port, type=socket.SOCK_DGRAM, flags=socket.AI_NUMERICHOST)
     family, _, _, _, sockaddr = infos[0]
@@ -65,29 +64,29 @@ class RelayClient:
         accept_offer: Callable[[PublicKey], bool] = lambda _peer: True,
         on_data: DataHandler | None = None,
         on_event: Callable[[LinkEvent], None] | None = None,
-        clock: Callable[[], float] = time.monotonic,
-        wall: Callable[[], float] = time.time,
+        runtime: Runtime | None = None,
         bind_host: str | None = None,
     ) -> None:
         self.relay_key = relay_key
         family, self.relay_addr = resolve_endpoint(relay_endpoint)
-        self._clock = clock
-        self._wall = wall
+        self.runtime = runtime if runtime is not None else AsyncioRuntime()
         self.link = RelayLink(
             private_key,
             relay_key,
             config or LinkConfig(),
-            now=clock(),
-            wall=wall(),
+            now=self.runtime.now(),
+            wall=self.runtime.wall(),
             accept_offer=accept_offer,
         )
         self.on_data = on_data
         self.on_event = on_event
-        any_host = "::" if family == socket.AF_INET6 else "0.0.0.0"
-        self._sock = datagram_socket(bind_host or any_host, 0, SOCKET_BUFFER_BYTES)
+        self._bind_host = bind_host or ("::" if family == socket.AF_INET6 else "0.0.0.0")
+        self._transport: DatagramTransport = self.runtime.open_udp(
+            self._bind_host, 0, self, buffer_bytes=SOCKET_BUFFER_BYTES
+        )
         self._timer: asyncio.TimerHandle | None = None
         self._waiters: list[tuple[Callable[[LinkEvent], bool], asyncio.Future[LinkEvent]]] = []
-        self._started = False
+        self._control_pending = False
         self._closed = False
         self.frames_in = 0
         self.frames_out = 0
@@ -95,79 +94,71 @@ class RelayClient:
 
     @property
     def local_port(self) -> int:
-        return int(self._sock.getsockname()[1])
+        return int(self._transport.local_address[1])
+
+    @property
+    def transport(self) -> DatagramTransport:
+        return self._transport
 
     # ------------------------------------------------------------ lifecycle
 
     def now(self) -> float:
-        return self._clock()
+        return self.runtime.now()
 
     def start(self, register: bool = True) -> None:
-        """Start reading; with ``register``, also register at the relay.
+        """Register at the relay (``register``), or just run the pump.
 
-        Without it the client can still ping and query (the relay answers any
-        allowed key), which is how relays are measured before one is chosen.
+        Without registering the client can still ping and query (the relay
+        answers any allowed key), which is how relays are measured before one
+        is chosen.
         """
         if self._closed:
             raise RelayUnavailable("client closed")
-        if not self._started:
-            self._started = True
-            asyncio.get_running_loop().add_reader(self._sock.fileno(), self._on_readable)
         if register and self.link.state != LinkState.REGISTERED:
-            self.link.connect(self._clock())
+            self.link.connect(self.now())
         self._pump()
 
     async def close(self) -> None:
         if self._closed:
             return
         self._closed = True
-        if self._started:
-            self.link.shutdown(self._clock())
-            self._flush()
-            asyncio.get_running_loop().remove_reader(self._sock.fileno())
+        self.link.shutdown(self.now())
+        self._flush()
         if self._timer is not None:
             self._timer.cancel()
         for _, fut in self._waiters:
             if not fut.done():
                 fut.set_exception(RelayUnavailable("client closed"))
-        self._sock.close()
+        self._transport.close()
+
+    # ------------------------------------------------------------ receiving (DatagramReceiver)
+
+    def datagram_received(self, data: bytes, addr: Addr) -> None:
+        relay = self.relay_addr
+        if addr[0] != relay[0] or addr[1] != relay[1]:
+            self.frames_dropped += 1  # only the relay talks to this socket
+            return
+        if data and data[0] == _DATA:
+            peer = self.link.sessions.get(data[2:DATA_HEADER_LEN])
+            if peer is None or self.on_data is None:
+                self.frames_dropped += 1
+                return
+            self.frames_in += 1
+            self.on_data(peer, data)
+            return
+        self.link.receive(data, self.now())
+        self._control_pending = True
+
+    def batch_done(self) -> None:
+        if self._control_pending:
+            self._control_pending = False
+            self._pump()
 
     # ------------------------------------------------------------ pump
 
-    def _on_readable(self) -> None:
-        recvfrom = self._sock.recvfrom
-        relay = self.relay_addr
-        sessions = self.link.sessions
-        control = False
-        for _ in range(DRAIN_BATCH):
-            try:
-                data, addr = recvfrom(MAX_DATA_FRAME + 1)
-            except (BlockingIOError, InterruptedError):
-                break
-            except OSError:
-                continue
-            if addr[0] != relay[0] or addr[1] != relay[1]:
-                self.frames_dropped += 1  # only the relay talks to this socket
-                continue
-            if data and data[0] == _DATA:
-                peer = sessions.get(data[2:DATA_HEADER_LEN])
-                if peer is None or self.on_data is None:
-                    self.frames_dropped += 1
-                    continue
-                self.frames_in += 1
-                self.on_data(peer, data)
-            else:
-                self.link.receive(data, self._clock())
-                control = True
-        if control:
-            self._pump()
-
     def _flush(self) -> None:
         for data in self.link.datagrams_to_send():
-            try:
-                self._sock.sendto(data, self.relay_addr)
-            except OSError as e:
-                log.debug("send to relay failed: %s", e)
+            self._transport.sendto(data, self.relay_addr)
 
     def _pump(self) -> None:
         if self._closed:
@@ -196,13 +187,12 @@ class RelayClient:
             self._timer = None
         if when == float("inf"):
             return
-        delay = max(0.0, when - self._clock())
-        self._timer = asyncio.get_running_loop().call_later(delay, self._on_timer)
+        self._timer = self.runtime.loop.call_at(when, self._on_timer)
 
     def _on_timer(self) -> None:
         self._timer = None
-        now = self._clock()
-        self.link.sync_wall(now, self._wall())
+        now = self.now()
+        self.link.sync_wall(now, self.runtime.wall())
         self.link.handle_timer(now)
         self._pump()
 
@@ -212,17 +202,14 @@ class RelayClient:
         The relay only follows after our next authenticated heartbeat, exactly as
         when a NAT gives us a new mapping (which is how tests use this).
         """
-        new = datagram_socket(self._sock.getsockname()[0], 0, SOCKET_BUFFER_BYTES)
-        loop = asyncio.get_running_loop()
-        if self._started:
-            loop.remove_reader(self._sock.fileno())
-        self._sock.close()
-        self._sock = new
-        if self._started:
-            loop.add_reader(new.fileno(), self._on_readable)
+        old = self._transport
+        self._transport = self.runtime.open_udp(
+            self._bind_host, 0, self, buffer_bytes=SOCKET_BUFFER_BYTES
+        )
+        old.close()
 
     def heartbeat_now(self) -> None:
-        self.link.heartbeat_now(self._clock())
+        self.link.heartbeat_now(self.now())
         self._pump()
 
     def poke(self) -> None:
@@ -264,7 +251,7 @@ class RelayClient:
         fut = self.expect(
             lambda e: isinstance(e, SessionEstablished | SessionFailed) and e.peer == peer
         )
-        self.link.request_session(peer, self._clock())
+        self.link.request_session(peer, self.now())
         self._pump()
         try:
             async with asyncio.timeout(timeout):
@@ -277,7 +264,7 @@ class RelayClient:
         return ev.session_id
 
     def close_session(self, peer: PublicKey, reason: CloseReason = CloseReason.NORMAL) -> None:
-        self.link.close_session(peer, self._clock(), reason)
+        self.link.close_session(peer, self.now(), reason)
         self._pump()
 
     def send(self, peer: PublicKey, payload: bytes) -> bool:
@@ -289,15 +276,14 @@ class RelayClient:
         return True
 
     def send_frame(self, frame: bytes) -> None:
-        try:
-            self._sock.sendto(frame, self.relay_addr)
+        if self._transport.sendto(frame, self.relay_addr):
             self.frames_out += 1
-        except OSError:
+        else:
             self.frames_dropped += 1
 
     async def ping(self, timeout: float = 5.0) -> float:
         fut = self.expect(lambda e: isinstance(e, RttMeasured))
-        self.link.ping(self._clock())
+        self.link.ping(self.now())
         self._pump()
         async with asyncio.timeout(timeout):
             ev = await fut

@@ -16,7 +16,6 @@ import contextlib
 import json
 import logging
 import os
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -56,6 +55,8 @@ from wgrelay.proto.buffer import Endpoint, endpoint_str
 from wgrelay.proto.constants import DATA_HEADER_LEN, CloseReason
 from wgrelay.settings import load_settings, settings_path
 from wgrelay.state import ensure_state_dir
+from wgrelay.transport.base import Runtime
+from wgrelay.transport.udp import AsyncioRuntime
 
 log = logging.getLogger(__name__)
 
@@ -111,8 +112,7 @@ class Agent:
         registry: RelayRegistry,
         store: RegistryStore | None,
         cache: ConnectionCache,
-        clock: Callable[[], float] = time.monotonic,
-        wall: Callable[[], float] = time.time,
+        runtime: Runtime | None = None,
     ) -> None:
         if info.private_key is None or info.listen_port is None:
             raise ConfigError(f"interface {info.name} has no private key or listen port configured")
@@ -121,8 +121,9 @@ class Agent:
         self.backend = backend
         self.registry = registry
         self.store = store
-        self._clock = clock
-        self._wall = wall
+        self.runtime = runtime if runtime is not None else AsyncioRuntime()
+        self._clock = self.runtime.now
+        self._wall = self.runtime.wall
         own = info.private_key.public_key()
         self.cache = cache
         self.core = AgentCore(own, opts.config, cache)
@@ -135,9 +136,9 @@ class Agent:
             on_event=self._on_manager_event,
             on_data=self._on_frame,
             link_config=opts.link_config,
-            wall=wall,
+            runtime=self.runtime,
         )
-        self.proxies = ProxyTable(info.listen_port, self.manager.routes)
+        self.proxies = ProxyTable(info.listen_port, self.manager.routes, runtime=self.runtime)
         self._relay_tasks: dict[PublicKey, asyncio.Task[None]] = {}
         self._stop = asyncio.Event()
         self._last_status = ""
@@ -247,7 +248,7 @@ class Agent:
 
     async def _read(self) -> InterfaceInfo | None:
         try:
-            info = await asyncio.to_thread(self.backend.read, self.iface)
+            info = await self.runtime.run_blocking(lambda: self.backend.read(self.iface))
         except BackendError as e:
             # said once, then once a minute: the interface may be gone for a while
             now = self._clock()

@@ -16,7 +16,10 @@ datagram.
 from __future__ import annotations
 
 import asyncio
-from typing import Any, Protocol
+from collections.abc import Callable
+from typing import Any, Protocol, TypeVar
+
+T = TypeVar("T")
 
 Addr = tuple[Any, ...]
 """A socket address exactly as ``recvfrom`` returns it: ``(host, port)`` for
@@ -61,6 +64,11 @@ class Runtime(Protocol):
 
     def wall(self) -> float:
         """Seconds since the epoch (control timestamps, announcements)."""
+
+    async def run_blocking(self, fn: Callable[[], T]) -> T:
+        """Run a call that may block (a WireGuard backend, a file): in a
+        worker thread for real, inline in the simulator (no threads there:
+        they would break determinism)."""
 
     def open_udp(
         self, host: str, port: int, receiver: DatagramReceiver, *, buffer_bytes: int = 0

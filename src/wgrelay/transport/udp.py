@@ -16,11 +16,14 @@ import errno
 import logging
 import socket
 import time
+from collections.abc import Callable
+from typing import TypeVar
 
 from wgrelay.net import datagram_socket
 from wgrelay.transport.base import Addr, DatagramReceiver
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 DRAIN_BATCH = 512
 """Datagrams handled per wake-up before yielding to the event loop (fairness)."""
@@ -85,6 +88,10 @@ class UdpTransport:
             return False
         return True
 
+    def fileno(self) -> int:
+        """The socket's descriptor (for handing it to a load generator)."""
+        return self._sock.fileno()
+
     def close(self) -> None:
         if self._closed:
             return
@@ -105,6 +112,9 @@ class AsyncioRuntime:
 
     def wall(self) -> float:
         return time.time()
+
+    async def run_blocking(self, fn: Callable[[], T]) -> T:
+        return await asyncio.to_thread(fn)
 
     def open_udp(
         self, host: str, port: int, receiver: DatagramReceiver, *, buffer_bytes: int = 0
