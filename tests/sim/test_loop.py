@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import textwrap
 import time
 
 import pytest
 
-from wgrelay.sim import EPOCH_S, Simulation, SimulationDeadlock, SimulationError
+from wgrelay.sim import EPOCH_S, LinkSpec, Simulation, SimulationDeadlock, SimulationError
+from wgrelay.transport.base import Addr
 
 
 def test_sleep_jumps_exactly(sim: Simulation) -> None:
@@ -163,3 +165,31 @@ def test_run_until_returns_when_the_condition_first_holds(sim: Simulation) -> No
     with pytest.raises(TimeoutError):
         sim.run_until(lambda: False, timeout_s=3.0)
     assert sim.now() == 5.0
+
+
+def test_packets_due_with_a_timer_run_before_it(sim: Simulation) -> None:
+    a = sim.add_host("a", link=LinkSpec(delay_s=0.5))
+    b = sim.add_host("b", link=LinkSpec(delay_s=0.5))
+    order: list[str] = []
+
+    class Note:
+        def datagram_received(self, data: bytes, addr: Addr) -> None:
+            order.append(f"packet@{sim.now()}")
+
+        def batch_done(self) -> None:
+            order.append("batch_done")
+
+    b.runtime().open_udp("0.0.0.0", 9, Note())
+    a.runtime().open_udp("0.0.0.0", 0, Note()).sendto(b"x", (b.address, 9))
+    sim.loop.call_at(1.0, lambda: order.append(f"timer@{sim.now()}"))
+    sim.run_for(2.0)
+    assert order == ["packet@1.0", "batch_done", "timer@1.0"]
+
+
+def test_the_package_docstring_example_runs(capsys: pytest.CaptureFixture[str]) -> None:
+    import wgrelay.sim
+
+    assert wgrelay.sim.__doc__ is not None
+    example = wgrelay.sim.__doc__.split("::\n\n", 1)[1].split("\n\nModules:")[0]
+    exec(textwrap.dedent(example), {})  # noqa: S102 (our own docstring)
+    assert "tunnel up at t=" in capsys.readouterr().out
