@@ -1,0 +1,495 @@
+"""Generators of valid datagrams of every kind, with real keys and live values.
+
+``RelayInputs`` speaks to the relay as any party of the world (registered
+peers from their registered address or elsewhere, strangers, a refused key,
+the relay's own key, weak keys): every control body type, with a cookie when
+the relay already sent one for that key and address (so strangers do get
+registered and reach the handlers), data frames for live, pending and unknown
+sessions, announcements, cookie replies, WireGuard's own packets.
+
+``LinkInputs`` speaks to one link as its relay: every body type sealed with
+the relay's keys for that peer, carrying the request ids, heartbeat
+sequence numbers, ping echoes, query ids and nonces the link really sent
+(learned by opening what it sends), so the answers match what it waits for.
+
+Both serve as the mutators' ``Context``: the values that make a mutated
+field interesting come from the world's live state.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import deque
+
+import nacl.bindings as sodium
+
+from tests.fuzz.layout import ControlDraft, DataDraft, Draft, RawDraft, open_draft
+from tests.fuzz.oracle import host_port
+from tests.fuzz.world import ADDRESS_POOL, WALL0, Party, Peer, World, derive, make_party
+from wgrelay.errors import RemoteProtocolError
+from wgrelay.keys import PublicKey, RelayIdentity, clamp
+from wgrelay.proto.announce import RelayNodeInfo, encode_announcement
+from wgrelay.proto.buffer import Endpoint
+from wgrelay.proto.constants import (
+    CONTROL_TYPES,
+    MAX_REGION_LEN,
+    SERVER_TO_CLIENT,
+    CloseReason,
+    ErrorCode,
+    HeartbeatStatus,
+    MsgType,
+    Status,
+)
+from wgrelay.proto.cookie import encode_cookie_reply
+from wgrelay.proto.envelope import FLAG_COOKIE, FLAG_FROM_SERVER
+from wgrelay.proto.messages import (
+    Body,
+    ConnectionRequest,
+    ConnectionResponse,
+    DiscoveryQuery,
+    DiscoveryResponse,
+    Error,
+    Heartbeat,
+    HeartbeatAck,
+    PeerLocation,
+    Ping,
+    Pong,
+    Register,
+    Registered,
+    SessionAnswer,
+    SessionClose,
+    SessionOffer,
+    decode_body,
+    encode_body,
+)
+from wgrelay.relay.admission import Addr
+
+CLIENT_TYPES = sorted(t for t in CONTROL_TYPES if t not in SERVER_TO_CLIENT)
+SERVER_TYPES = sorted(SERVER_TO_CLIENT)
+ALL_TYPES = sorted(CONTROL_TYPES)
+OTHER_RELAY = RelayIdentity.from_seed(derive("relay-b"))
+"""A second relay identity the fuzzer holds (announcements it can sign)."""
+REGIONS = ("", "fuzz", "eu-west", "x" * MAX_REGION_LEN, "é" * 16, "\x00")
+
+
+def wg_payload(rng: random.Random, size: int | None = None) -> bytes:
+    """Something shaped like a WireGuard message (types 1-4, >= 32 bytes)."""
+    n = size if size is not None else rng.choice([32, 32, 64, 92, 148, 1452, rng.randint(32, 1500)])
+    return bytes((rng.choice([1, 2, 3, 4]), 0, 0, 0)) + rng.randbytes(max(0, n - 4))
+
+
+def endpoint(rng: random.Random) -> Endpoint:
+    return rng.choice(
+        [
+            ("198.51.100.10", 40000),
+            ("2001:db8:1::11", 40001),
+            ("0.0.0.0", 0),
+            ("255.255.255.255", 65535),
+            ("::", 1),
+            (f"10.{rng.randrange(256)}.{rng.randrange(256)}.1", rng.randrange(65536)),
+        ]
+    )
+
+
+class _Common:
+    """Values both generators draw on (the mutators' Context)."""
+
+    def __init__(self, world: World, rng: random.Random) -> None:
+        self.world = world
+        self.rng = rng
+        self.src: Addr = ADDRESS_POOL[0]
+        self.nonces: deque[bytes] = deque(maxlen=64)
+        self.closed_sids: deque[bytes] = deque(maxlen=16)
+        self.announcement = encode_announcement(
+            RelayNodeInfo(
+                key=world.identity.public,
+                endpoints=(("192.0.2.1", 51820), ("2001:db8::1", 51820)),
+                region="fuzz",
+                capabilities=0x1F,
+                load_pct=3,
+                max_sessions=100,
+            ),
+            int(WALL0 * 1000),
+            600,
+            world.identity,
+        )
+
+    # ------------------------------------------------------------ Context
+
+    def now_us(self) -> int:
+        return self.world.wall_us()
+
+    def some_key(self) -> bytes:
+        w, rng = self.world, self.rng
+        pick = rng.randrange(10)
+        if pick < 5:
+            return rng.choice(w.parties).public
+        if pick == 5:
+            return w.identity.public.raw
+        if pick == 6:
+            return w.identity.x25519_public
+        if pick == 7:
+            return rng.choice([bytes(32), b"\xff" * 32])
+        regs = list(w.relay.table.regs)
+        return rng.choice(regs) if regs else rng.randbytes(32)
+
+    def some_sid(self) -> bytes:
+        w, rng = self.world, self.rng
+        pick = rng.randrange(10)
+        table = w.relay.table
+        if pick < 4 and table.sessions:
+            return rng.choice(list(table.sessions))
+        if pick < 6 and table.pending:
+            return rng.choice(list(table.pending))
+        if pick < 7 and self.closed_sids:
+            return rng.choice(self.closed_sids)
+        if pick < 8:
+            return bytes(8)
+        return rng.randbytes(8)
+
+    def some_party(self) -> tuple[bytes, bytes | None]:
+        p = self.rng.choice(self.world.parties)
+        return p.public, p.to_relay
+
+    def cookie_for(self, sender: bytes) -> bytes | None:
+        return self.world.oracle.cookies.get((sender, host_port(self.src)))
+
+    def old_nonce(self) -> bytes | None:
+        return self.rng.choice(self.nonces) if self.nonces else None
+
+    def newest_ts(self, sender: bytes) -> int | None:
+        reg = self.world.relay.table.regs.get(sender)
+        return reg.ks.replay.newest if reg is not None else None
+
+    def signer(self, key: bytes) -> RelayIdentity | None:
+        for ident in (self.world.identity, OTHER_RELAY):
+            if ident.public.raw == key:
+                return ident
+        return None
+
+    def some_body(self, msg_type: int) -> bytes:
+        return encode_body(self.body(MsgType(msg_type)))
+
+    # ------------------------------------------------------------ bodies
+
+    def body(self, t: MsgType) -> Body:
+        rng = self.rng
+        w = self.world
+        if t == MsgType.REGISTER:
+            return Register(rng.choice([0, 1, 1, 2, 0xFF]), rng.choice([0, 5, 25, 0xFFFF]))
+        if t == MsgType.REGISTERED:
+            epoch = w.relay.epoch if rng.random() < 0.7 else rng.randrange(2**64)
+            return Registered(
+                rng.choice([0, 30, 0xFFFF]), rng.choice([0, 1, 5, 0xFFFF]), epoch, endpoint(rng)
+            )
+        if t == MsgType.HEARTBEAT:
+            return Heartbeat(rng.randrange(2**32))
+        if t == MsgType.HEARTBEAT_ACK:
+            epoch = w.relay.epoch if rng.random() < 0.7 else rng.randrange(2**64)
+            return HeartbeatAck(rng.randrange(2**32), rng.choice(list(HeartbeatStatus)), epoch)
+        if t == MsgType.CONNECTION_REQUEST:
+            return ConnectionRequest(rng.randrange(2**32), PublicKey(self.some_key()))
+        if t == MsgType.CONNECTION_RESPONSE:
+            return ConnectionResponse(
+                rng.randrange(2**32),
+                rng.choice(list(Status)),
+                self.some_sid(),
+                rng.choice([0, 180, 0xFFFF]),
+                rng.choice([0, 1000, 2**32 - 1]),
+            )
+        if t == MsgType.SESSION_OFFER:
+            return SessionOffer(self.some_sid(), PublicKey(self.some_key()))
+        if t == MsgType.SESSION_ANSWER:
+            return SessionAnswer(self.some_sid(), rng.random() < 0.7)
+        if t == MsgType.SESSION_CLOSE:
+            return SessionClose(self.some_sid(), rng.choice(list(CloseReason)))
+        if t == MsgType.ERROR:
+            return Error(
+                rng.choice(list(ErrorCode)),
+                rng.choice([*ALL_TYPES, 0, 0xFF]),
+                rng.choice(["", "x", "relay says no", "é" * 60]),
+                rng.choice([0, self.now_us(), self.now_us() + 300_000_000, 2**64 - 1]),
+            )
+        if t == MsgType.PING:
+            return Ping(rng.randrange(2**64))
+        if t == MsgType.PONG:
+            return Pong(rng.randrange(2**64), rng.randrange(101))
+        if t == MsgType.DISCOVERY_QUERY:
+            locate = PublicKey(self.some_key()) if rng.random() < 0.5 else None
+            return DiscoveryQuery(
+                rng.randrange(2**32),
+                rng.choice([0, 1, 1, 0xFD, 0xFF]),
+                rng.choice([0, 1, 6, 255]),
+                rng.choice([0, 1, 0x1F, 2**32 - 1]),
+                rng.choice(REGIONS),
+                locate,
+            )
+        return self.discovery_response(rng.randrange(2**32))
+
+    def discovery_response(self, qid: int) -> DiscoveryResponse:
+        rng = self.rng
+        choices = [self.announcement, self.announcement, rng.randbytes(40)]
+        anns = [rng.choice(choices) for _ in range(rng.choice([0, 1, 1, 2, 3]))]
+        location = None
+        if rng.random() < 0.4:
+            location = PeerLocation(PublicKey(self.some_key()), endpoint(rng))
+        return DiscoveryResponse(qid, tuple(anns), location)
+
+    def draft(self, t: MsgType, party: Party, key: bytes | None, body: Body) -> ControlDraft:
+        rng = self.rng
+        flags = FLAG_FROM_SERVER if t in SERVER_TO_CLIENT else 0
+        return ControlDraft(
+            msg_type=int(t),
+            flags=flags,
+            sender=party.public,
+            nonce=rng.randbytes(24),
+            cookie=None,
+            ts=self.now_us() + rng.choice([0, 0, 1, 1000, -1000]),
+            body=encode_body(body),
+            key=key,
+        )
+
+    def raw(self) -> RawDraft:
+        rng = self.rng
+        pick = rng.randrange(8)
+        if pick == 0:
+            return RawDraft(self.announcement)
+        if pick == 1:
+            data = encode_announcement(
+                RelayNodeInfo(OTHER_RELAY.public, (endpoint(rng),), "b", 1, 0, 1),
+                int(self.world.wall() * 1000),
+                rng.choice([0, 600, 2**32 - 1]),
+                OTHER_RELAY,
+            )
+            return RawDraft(data)
+        if pick == 2:
+            echo = self.old_nonce() or rng.randbytes(24)
+            return RawDraft(encode_cookie_reply(echo[:8], rng.randbytes(16)))
+        if pick == 3:  # WireGuard's own: initiation, response, cookie, transport
+            size = {1: 148, 2: 92, 3: 64, 4: 32}
+            t = rng.choice([1, 2, 3, 4])
+            return RawDraft(bytes((t, 0, 0, 0)) + rng.randbytes(size[t] - 4))
+        if pick == 4:
+            return RawDraft(rng.choice([b"", b"\x10", b"\x20", b"\x31", b"\x20\x01"]))
+        return RawDraft(bytes((rng.choice(ALL_TYPES),)) + rng.randbytes(rng.randint(0, 120)))
+
+
+FLOOD_SOURCES: tuple[Addr, ...] = (
+    ("203.0.113.99", 6666),
+    ("2001:db8:ff::99", 6666, 0, 0),  # the /64 of other pool addresses
+    ("198.51.100.10", 40999),  # p0's IP, another port (a neighbour behind its NAT)
+)
+
+
+class RelayInputs(_Common):
+    """Datagrams for the relay, from every kind of party and address."""
+
+    def __init__(self, world: World, rng: random.Random) -> None:
+        super().__init__(world, rng)
+        self.honest = [p.party for p in world.peers]
+        names = {p.name for p in self.honest}
+        self.others = [p for p in world.parties if p.name not in names]
+        self.flood = ""
+        """"control": control messages from few addresses and many new keys;
+        "data": full-size frames on live sessions."""
+
+    def ephemeral(self) -> Party:
+        """A key nobody has seen (public-key work for the relay)."""
+        private = clamp(self.rng.randbytes(32))
+        public = bytes(sodium.crypto_scalarmult_base(private))
+        party = make_party("new", private, public, self.world.identity, FLOOD_SOURCES[0])
+        if party.client is not None:
+            self.world.oracle.client_keys[public] = party.client
+        return party
+
+    def source(self, party: Party) -> Addr:
+        rng = self.rng
+        w = self.world
+        if self.flood == "control" and rng.random() < 0.85:
+            return rng.choice(FLOOD_SOURCES)
+        pick = rng.random()
+        reg = w.relay.table.regs.get(party.public)
+        if pick < 0.6:
+            return reg.addr if reg is not None else party.home
+        if pick < 0.7:
+            return rng.choice(w.peers).addr
+        if pick < 0.75:
+            return (f"10.{rng.randrange(4)}.{rng.randrange(256)}.{rng.randrange(1, 255)}", 9000)
+        return rng.choice(ADDRESS_POOL)
+
+    def control(self) -> tuple[Draft, str]:
+        rng = self.rng
+        if self.flood == "control" and rng.random() < 0.5:
+            party = self.ephemeral()
+        elif rng.random() < 0.55:
+            party = rng.choice(self.honest)
+        else:
+            party = rng.choice(self.others)
+        self.src = self.source(party)
+        t = MsgType(rng.choice(CLIENT_TYPES) if rng.random() < 0.85 else rng.choice(SERVER_TYPES))
+        key = party.to_relay
+        if t in SERVER_TO_CLIENT and party.from_relay is not None and rng.random() < 0.5:
+            key = party.from_relay  # as if the peer were the relay of the channel
+        d = self.draft(t, party, key, self.body(t))
+        cookie = self.cookie_for(party.public)
+        if cookie is not None and rng.random() < 0.85:
+            d.cookie, d.flags = cookie, d.flags | FLAG_COOKIE
+        return d, f"control/{t.name.lower()}"
+
+    def data(self) -> tuple[Draft, str]:
+        rng = self.rng
+        table = self.world.relay.table
+        pick = rng.random()
+        if pick < 0.6 and table.sessions:
+            s = rng.choice(list(table.sessions.values()))
+            if rng.random() < 0.8:
+                self.src = rng.choice([s.a_addr, s.b_addr])
+                kind = "data/session"
+            else:
+                self.src = rng.choice([*ADDRESS_POOL, *(p.addr for p in self.world.peers)])
+                kind = "data/spoofed"
+            size = 1452 if self.flood == "data" else None
+            return DataDraft(0, s.sid, wg_payload(rng, size)), kind
+        self.src = rng.choice([*ADDRESS_POOL, *(p.addr for p in self.world.peers)])
+        if pick < 0.75 and table.pending:
+            return DataDraft(0, rng.choice(list(table.pending)), wg_payload(rng)), "data/pending"
+        return DataDraft(0, self.some_sid(), wg_payload(rng)), "data/unknown"
+
+    def other(self) -> tuple[Draft, str]:
+        self.src = self.rng.choice([*ADDRESS_POOL, *(p.addr for p in self.world.peers)])
+        d = self.raw()
+        return d, f"raw/{d.data[:1].hex() or 'empty'}"
+
+    def fresh(self) -> tuple[Draft, str]:
+        pick = self.rng.random()
+        if self.flood:
+            pick = 0.0 if self.flood == "control" else 0.8
+        if pick < 0.7:
+            return self.control()
+        if pick < 0.92:
+            return self.data()
+        return self.other()
+
+    def observe(self, data: bytes) -> None:
+        if len(data) >= 59:
+            self.nonces.append(bytes(data[35:59]))
+
+
+class LinkInputs(_Common):
+    """Datagrams for one link, as its relay (mostly) would send them."""
+
+    def __init__(self, world: World, rng: random.Random, target: Peer) -> None:
+        super().__init__(world, rng)
+        self.target = target
+        self.sent: dict[int, deque[Body]] = {}
+        self.echoes: deque[bytes] = deque(maxlen=16)
+        self.relay_party = Party(
+            "relay",
+            world.identity.x25519_public,
+            world.identity.x25519_private,
+            None,
+            None,
+            world.peers[0].addr,
+        )
+
+    def observe(self, data: bytes) -> None:
+        """A datagram the link sent: remember what it asked, to answer it."""
+        server = self.target.party.server
+        if server is None:
+            return
+        d = open_draft(data, {self.target.party.public: server.rx})
+        if isinstance(d, ControlDraft):
+            self.echoes.append(d.nonce[:8])
+            self.nonces.append(d.nonce)
+            try:
+                body = decode_body(MsgType(d.msg_type), d.body)
+            except (RemoteProtocolError, ValueError):
+                return
+            self.sent.setdefault(d.msg_type, deque(maxlen=8)).append(body)
+
+    def _asked(self, t: MsgType) -> Body | None:
+        q = self.sent.get(int(t))
+        return self.rng.choice(q) if q else None
+
+    def now_us(self) -> int:
+        return self.world.wall_us()
+
+    def some_party(self) -> tuple[bytes, bytes | None]:
+        if self.rng.random() < 0.5:
+            return self.world.identity.x25519_public, self.target.party.from_relay
+        p = self.rng.choice(self.world.parties)
+        return p.public, p.from_relay
+
+    def cookie_for(self, sender: bytes) -> bytes | None:
+        return self.rng.randbytes(16)
+
+    def newest_ts(self, sender: bytes) -> int | None:
+        return None
+
+    def some_sid(self) -> bytes:
+        link = self.target.link
+        if link.sessions and self.rng.random() < 0.5:
+            return self.rng.choice(list(link.sessions))
+        return super().some_sid()
+
+    def body(self, t: MsgType) -> Body:
+        rng = self.rng
+        asked = self._asked
+        if t == MsgType.HEARTBEAT_ACK and (hb := asked(MsgType.HEARTBEAT)) is not None:
+            assert isinstance(hb, Heartbeat)
+            epoch = self.world.relay.epoch if rng.random() < 0.7 else rng.randrange(2**64)
+            return HeartbeatAck(hb.seq, rng.choice(list(HeartbeatStatus)), epoch)
+        if t == MsgType.CONNECTION_RESPONSE and (rq := asked(MsgType.CONNECTION_REQUEST)):
+            assert isinstance(rq, ConnectionRequest)
+            return ConnectionResponse(
+                rq.request_id,
+                rng.choice(list(Status)),
+                self.some_sid() if rng.random() < 0.3 else rng.randbytes(8),
+                rng.choice([0, 180, 0xFFFF]),
+                rng.choice([0, 1000]),
+            )
+        if t == MsgType.PONG and (ping := asked(MsgType.PING)) is not None:
+            assert isinstance(ping, Ping)
+            return Pong(ping.echo_id, rng.randrange(101))
+        if t == MsgType.DISCOVERY_RESPONSE and (q := asked(MsgType.DISCOVERY_QUERY)):
+            assert isinstance(q, DiscoveryQuery)
+            return self.discovery_response(q.query_id)
+        if t == MsgType.ERROR and rng.random() < 0.6:
+            sent = [k for k, v in self.sent.items() if v]
+            ref = rng.choice(sent) if sent else int(MsgType.PING)
+            now = self.now_us()
+            value = rng.choice([0, now, now + 200_000_000, now - 200_000_000, 2**63, 2**64 - 1])
+            code = rng.choice([ErrorCode.STALE_TIMESTAMP, ErrorCode.REPLAYED, *list(ErrorCode)])
+            return Error(code, ref, rng.choice(["", "no"]), value)
+        if t == MsgType.SESSION_OFFER and rng.random() < 0.5:
+            return SessionOffer(rng.randbytes(8), PublicKey(rng.choice(self.world.parties).public))
+        return super().body(t)
+
+    def control(self) -> tuple[Draft, str]:
+        rng = self.rng
+        t = MsgType(rng.choice(SERVER_TYPES) if rng.random() < 0.85 else rng.choice(ALL_TYPES))
+        key = self.target.party.from_relay
+        sender = self.relay_party
+        pick = rng.random()
+        if pick < 0.04:
+            sender = rng.choice(self.world.parties)  # not the relay
+        elif pick < 0.08:
+            key = rng.choice(self.world.parties).from_relay  # the relay, to someone else
+        d = self.draft(t, sender, key, self.body(t))
+        if t == MsgType.SESSION_CLOSE:
+            d.flags |= FLAG_FROM_SERVER
+        return d, f"control/{t.name.lower()}"
+
+    def cookie_reply(self) -> tuple[Draft, str]:
+        rng = self.rng
+        echo = rng.choice(self.echoes) if self.echoes and rng.random() < 0.8 else rng.randbytes(8)
+        return RawDraft(encode_cookie_reply(echo, rng.randbytes(16))), "cookie_reply"
+
+    def fresh(self) -> tuple[Draft, str]:
+        pick = self.rng.random()
+        if pick < 0.8:
+            return self.control()
+        if pick < 0.9:
+            return self.cookie_reply()
+        d = self.raw()
+        return d, f"raw/{d.data[:1].hex() or 'empty'}"

@@ -1,0 +1,320 @@
+"""What the fuzzer knows about the wire (docs/PROTOCOL.md): drafts and field maps.
+
+A *draft* is a datagram the fuzzer can take apart and build again. A control
+draft keeps the plaintext (timestamp and body) next to the header fields and
+the AEAD key, so a mutated body can be sealed again with a valid key: the
+receiver's body decoders and handlers then see garbage that passed
+authentication, which is where a fuzzer that only flips bits never gets.
+
+``body_fields`` walks a body (or an announcement) along its layout and
+returns the span and kind of every field it can find, so mutators can set a
+length byte to its limit, an address family to 5 or a session id to a live
+one, instead of flipping a random bit that the tag then catches.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+import nacl.bindings as sodium
+import nacl.exceptions
+
+from wgrelay.proto.constants import (
+    COOKIE_LEN,
+    KEY_LEN,
+    MAX_DETAIL_LEN,
+    MAX_REGION_LEN,
+    NONCE_LEN,
+    PROTOCOL_VERSION,
+    QUERY_FLAG_LOCATE_PEER,
+    RESPONSE_FLAG_LOCATED,
+    SESSION_ID_LEN,
+    SIGNATURE_LEN,
+    TAG_LEN,
+    TIMESTAMP_LEN,
+    CloseReason,
+    ErrorCode,
+    HeartbeatStatus,
+    MsgType,
+    Status,
+)
+from wgrelay.proto.envelope import FLAG_COOKIE
+
+HEADER_LEN = 3 + KEY_LEN + NONCE_LEN  # 59
+COOKIE_END = HEADER_LEN + COOKIE_LEN  # 75
+MIN_CONTROL = HEADER_LEN + TAG_LEN + TIMESTAMP_LEN  # 83
+U64_MASK = (1 << 64) - 1
+
+# Where a control datagram's fields start and end: truncations and splices
+# cut here (type | version | flags | sender | nonce | cookie | ciphertext).
+CONTROL_BOUNDARIES = (0, 1, 2, 3, 3 + KEY_LEN, HEADER_LEN, COOKIE_END, MIN_CONTROL - 1, MIN_CONTROL)
+DATA_BOUNDARIES = (0, 1, 2, 10, 11, 41, 42)
+
+
+def aead_seal(plaintext: bytes, ad: bytes, nonce: bytes, key: bytes) -> bytes:
+    return bytes(sodium.crypto_aead_xchacha20poly1305_ietf_encrypt(plaintext, ad, nonce, key))
+
+
+def aead_open(ciphertext: bytes, ad: bytes, nonce: bytes, key: bytes) -> bytes | None:
+    try:
+        return bytes(sodium.crypto_aead_xchacha20poly1305_ietf_decrypt(ciphertext, ad, nonce, key))
+    except nacl.exceptions.CryptoError:
+        return None
+
+
+@dataclass(slots=True)
+class ControlDraft:
+    """A control datagram before sealing. Every header byte is free (the
+    header is the associated data, so a changed type or flag byte still
+    authenticates when sealed again)."""
+
+    msg_type: int
+    flags: int
+    sender: bytes
+    nonce: bytes
+    cookie: bytes | None
+    ts: int
+    body: bytes
+    key: bytes | None
+    """The AEAD key of the sending direction; None: a forger's ciphertext."""
+    version: int = PROTOCOL_VERSION
+
+    def header(self) -> bytes:
+        head = bytes((self.msg_type & 0xFF, self.version & 0xFF, self.flags & 0xFF))
+        return head + self.sender + self.nonce + (self.cookie or b"")
+
+    def build(self) -> bytes:
+        ad = self.header()
+        plaintext = (self.ts & U64_MASK).to_bytes(TIMESTAMP_LEN, "big") + self.body
+        if self.key is None:
+            garbage = hashlib.shake_128(ad + plaintext).digest(len(plaintext) + TAG_LEN)
+            return ad + garbage
+        return ad + aead_seal(plaintext, ad, self.nonce, self.key)
+
+    def copy(self) -> ControlDraft:
+        return ControlDraft(
+            self.msg_type,
+            self.flags,
+            self.sender,
+            self.nonce,
+            self.cookie,
+            self.ts,
+            self.body,
+            self.key,
+            self.version,
+        )
+
+
+@dataclass(slots=True)
+class DataDraft:
+    flags: int
+    sid: bytes
+    payload: bytes
+
+    def build(self) -> bytes:
+        return bytes((MsgType.DATA, self.flags & 0xFF)) + self.sid + self.payload
+
+    def copy(self) -> DataDraft:
+        return DataDraft(self.flags, self.sid, self.payload)
+
+
+@dataclass(slots=True)
+class RawDraft:
+    data: bytes
+
+    def build(self) -> bytes:
+        return self.data
+
+    def copy(self) -> RawDraft:
+        return RawDraft(self.data)
+
+
+Draft = ControlDraft | DataDraft | RawDraft
+
+
+def open_draft(data: bytes, keys: dict[bytes, bytes]) -> Draft:
+    """Take a datagram apart; ``keys`` maps a sender key to the AEAD key of its
+    direction. A control datagram that does not open stays raw."""
+    if data[:1] == bytes((MsgType.DATA,)) and len(data) >= 10:
+        return DataDraft(data[1], bytes(data[2:10]), bytes(data[10:]))
+    if len(data) >= MIN_CONTROL:
+        flags = data[2]
+        off = COOKIE_END if flags & FLAG_COOKIE else HEADER_LEN
+        sender = bytes(data[3 : 3 + KEY_LEN])
+        key = keys.get(sender)
+        if key is not None and len(data) >= off + TAG_LEN + TIMESTAMP_LEN:
+            nonce = bytes(data[3 + KEY_LEN : HEADER_LEN])
+            plaintext = aead_open(bytes(data[off:]), bytes(data[:off]), nonce, key)
+            if plaintext is not None:
+                return ControlDraft(
+                    msg_type=data[0],
+                    flags=flags,
+                    sender=sender,
+                    nonce=nonce,
+                    cookie=bytes(data[HEADER_LEN:COOKIE_END]) if off == COOKIE_END else None,
+                    ts=int.from_bytes(plaintext[:TIMESTAMP_LEN], "big"),
+                    body=plaintext[TIMESTAMP_LEN:],
+                    key=key,
+                    version=data[1],
+                )
+    return RawDraft(bytes(data))
+
+
+# ---------------------------------------------------------------- field maps
+
+
+@dataclass(frozen=True, slots=True)
+class Field:
+    off: int
+    size: int
+    kind: str
+    """u8 u16 u32 u64 flags type pct bool enum key sid strlen str family ip port
+    count annlen ann sig"""
+    limit: int = 0
+    """strlen: the longest string allowed; enum: the first invalid value."""
+
+
+class _Walker:
+    def __init__(self, data: bytes, start: int = 0, end: int | None = None) -> None:
+        self.data = data
+        self.pos = start
+        self.end = len(data) if end is None else end
+        self.fields: list[Field] = []
+        self.short = False
+
+    def take(self, kind: str, size: int, limit: int = 0) -> int | None:
+        """The field's value for sizes up to 8 (else its offset); None when short."""
+        if self.short or self.pos + size > self.end:
+            self.short = True
+            return None
+        off = self.pos
+        self.fields.append(Field(off, size, kind, limit))
+        self.pos += size
+        if size <= 8:
+            return int.from_bytes(self.data[off : off + size], "big")
+        return off
+
+    def str8(self, max_len: int) -> None:
+        n = self.take("strlen", 1, max_len)
+        if n:
+            self.take("str", n)
+
+    def endpoint(self) -> None:
+        family = self.take("family", 1)
+        if family == 4:
+            self.take("ip", 4)
+        elif family == 6:
+            self.take("ip", 16)
+        else:
+            self.short = True
+            return
+        self.take("port", 2)
+
+
+_ENUM_END = {
+    "status": len(Status),
+    "close": len(CloseReason),
+    "error": max(ErrorCode) + 1,
+    "hb": len(HeartbeatStatus),
+}
+
+
+def body_fields(msg_type: int, body: bytes) -> list[Field]:
+    """The fields of a control body of type ``msg_type``, as far as it goes."""
+    w = _Walker(body)
+    t = msg_type
+    if t == MsgType.REGISTER:
+        w.take("flags", 1)
+        w.take("u16", 2)
+    elif t == MsgType.REGISTERED:
+        w.take("u16", 2)
+        w.take("u16", 2)
+        w.take("u64", 8)
+        w.endpoint()
+    elif t == MsgType.HEARTBEAT:
+        w.take("u32", 4)
+    elif t == MsgType.HEARTBEAT_ACK:
+        w.take("u32", 4)
+        w.take("enum", 1, _ENUM_END["hb"])
+        w.take("u64", 8)
+    elif t == MsgType.CONNECTION_REQUEST:
+        w.take("u32", 4)
+        w.take("key", KEY_LEN)
+    elif t == MsgType.CONNECTION_RESPONSE:
+        w.take("u32", 4)
+        w.take("enum", 1, _ENUM_END["status"])
+        w.take("sid", SESSION_ID_LEN)
+        w.take("u16", 2)
+        w.take("u32", 4)
+    elif t == MsgType.SESSION_OFFER:
+        w.take("sid", SESSION_ID_LEN)
+        w.take("key", KEY_LEN)
+    elif t == MsgType.SESSION_ANSWER:
+        w.take("sid", SESSION_ID_LEN)
+        w.take("bool", 1)
+    elif t == MsgType.SESSION_CLOSE:
+        w.take("sid", SESSION_ID_LEN)
+        w.take("enum", 1, _ENUM_END["close"])
+    elif t == MsgType.ERROR:
+        w.take("enum", 1, _ENUM_END["error"])
+        w.take("type", 1)
+        w.take("u64", 8)
+        w.str8(MAX_DETAIL_LEN)
+    elif t == MsgType.PING:
+        w.take("u64", 8)
+    elif t == MsgType.PONG:
+        w.take("u64", 8)
+        w.take("pct", 1)
+    elif t == MsgType.DISCOVERY_QUERY:
+        w.take("u32", 4)
+        flags = w.take("flags", 1)
+        w.take("u8", 1)
+        w.take("u32", 4)
+        w.str8(MAX_REGION_LEN)
+        if flags is not None and flags & QUERY_FLAG_LOCATE_PEER:
+            w.take("key", KEY_LEN)
+    elif t == MsgType.DISCOVERY_RESPONSE:
+        w.take("u32", 4)
+        flags = w.take("flags", 1)
+        if flags is not None and flags & RESPONSE_FLAG_LOCATED:
+            w.take("key", KEY_LEN)
+            w.endpoint()
+        n = w.take("count", 1)
+        for _ in range(n or 0):
+            size = w.take("annlen", 2)
+            if size is None:
+                break
+            w.take("ann", size)
+    return w.fields
+
+
+def announcement_fields(data: bytes) -> list[Field]:
+    """The fields of a signed announcement (type 0x30), signature last."""
+    w = _Walker(data, 0, max(0, len(data) - SIGNATURE_LEN))
+    w.take("type", 1)
+    w.take("u8", 1)
+    w.take("key", KEY_LEN)
+    w.take("u8", 1)
+    w.take("u32", 4)
+    w.take("pct", 1)
+    w.take("u32", 4)
+    w.str8(MAX_REGION_LEN)
+    n = w.take("count", 1)
+    for _ in range(min(n or 0, 16)):
+        w.endpoint()
+    w.take("u64", 8)
+    w.take("u32", 4)
+    fields = w.fields
+    if len(data) >= SIGNATURE_LEN:
+        fields.append(Field(len(data) - SIGNATURE_LEN, SIGNATURE_LEN, "sig"))
+    return fields
+
+
+def boundaries(fields: list[Field], end: int) -> list[int]:
+    """Every offset where a field starts or ends."""
+    cuts = {0, end}
+    for f in fields:
+        cuts.add(f.off)
+        cuts.add(f.off + f.size)
+    return sorted(c for c in cuts if c <= end)

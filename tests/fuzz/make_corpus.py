@@ -1,0 +1,483 @@
+"""Write the fuzzing corpus (tests/fuzz/corpus/), byte for byte the same every time.
+
+    python -m tests.fuzz.make_corpus            write relay/, client/ and world.json
+    python -m tests.fuzz.make_corpus --check    exit 1 if the files differ from a fresh build
+    python -m tests.fuzz.make_corpus --explore N [--seed S]
+        fuzz N inputs into each core under line coverage and keep, in found/,
+        every input that reached a line of src/wgrelay/{proto,relay,client}
+        no earlier input reached, and every input behind a finding
+
+The seeds depend only on the wire format and the world's fixed keys
+(world.py): each is sealed with a fixed nonce at a fixed time just after
+``WALL0`` (the world's clock at its start), never taken from a running relay,
+so a change inside the relay does not change them; a change of the wire
+format does, like docs/PROTOCOL.md's vectors. Cookies in the seeds are made
+with a fixed secret of their own: the fuzzer swaps in one the relay really
+sent when it re-seals a seed. ``found/`` is only ever added to, under names
+made from the content.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import sys
+from collections import Counter
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from tests.fuzz import seeds as corpus_io
+from tests.fuzz.layout import ControlDraft
+from tests.fuzz.world import (
+    ADDRESS_POOL,
+    OWN_ADDRESSES,
+    RELAY_SEED,
+    WALL0,
+    WORLD_SEED,
+    Party,
+    all_parties,
+    derive,
+)
+from wgrelay.keys import PublicKey, RelayIdentity
+from wgrelay.proto.announce import RelayNodeInfo, encode_announcement
+from wgrelay.proto.constants import (
+    MAX_DETAIL_LEN,
+    MAX_REGION_LEN,
+    QUERY_FLAG_WANT_RELAYS,
+    REGISTER_FLAG_ACCEPT_INCOMING,
+    SERVER_TO_CLIENT,
+    CloseReason,
+    ErrorCode,
+    HeartbeatStatus,
+    MsgType,
+    Status,
+)
+from wgrelay.proto.cookie import cookie_mac, encode_cookie_reply
+from wgrelay.proto.data import encode_data
+from wgrelay.proto.envelope import FLAG_COOKIE, FLAG_FROM_SERVER
+from wgrelay.proto.messages import (
+    Body,
+    ConnectionRequest,
+    ConnectionResponse,
+    DiscoveryQuery,
+    DiscoveryResponse,
+    Error,
+    Heartbeat,
+    HeartbeatAck,
+    PeerLocation,
+    Ping,
+    Pong,
+    Register,
+    Registered,
+    SessionAnswer,
+    SessionClose,
+    SessionOffer,
+    encode_body,
+)
+from wgrelay.relay.admission import Addr
+
+CORPUS_COOKIE_SECRET = derive("corpus cookie secret")
+TS0 = int(WALL0 * 1_000_000) + 1_000
+"""The seeds' timestamps: a millisecond after the world's start, one microsecond apart."""
+SID_A = bytes.fromhex("5e55104a00000001")
+SID_B = bytes.fromhex("5e55104b00000002")
+EPOCH = 0x0123456789ABCDEF
+
+Entry = tuple[str, str, str, bytes, Addr | None]
+"""(core, file name, kind, datagram, source address)."""
+
+
+class _Sealer:
+    """Fixed nonces and strictly increasing timestamps, in call order."""
+
+    def __init__(self) -> None:
+        self.n = 0
+
+    def seal(
+        self,
+        body: Body,
+        sender: bytes,
+        key: bytes | None,
+        *,
+        cookie: bytes | None = None,
+        msg_type: MsgType | None = None,
+        flags: int | None = None,
+    ) -> bytes:
+        self.n += 1
+        t = msg_type if msg_type is not None else body.TYPE
+        if flags is None:
+            flags = FLAG_FROM_SERVER if t in SERVER_TO_CLIENT else 0
+        if cookie is not None:
+            flags |= FLAG_COOKIE
+        return ControlDraft(
+            msg_type=int(t),
+            flags=flags,
+            sender=sender,
+            nonce=hashlib.sha256(b"corpus nonce %d" % self.n).digest()[:24],
+            cookie=cookie,
+            ts=TS0 + self.n,
+            body=encode_body(body),
+            key=key,
+        ).build()
+
+
+def _announcement(ident: RelayIdentity) -> bytes:
+    info = RelayNodeInfo(
+        key=ident.public,
+        endpoints=tuple((str(a[0]), int(a[1])) for a in OWN_ADDRESSES),
+        region="fuzz",
+        capabilities=0x09,
+        load_pct=3,
+        max_sessions=100,
+    )
+    return encode_announcement(info, int(WALL0 * 1000), 600, ident)
+
+
+def _relay_bodies(p1: bytes) -> list[tuple[str, Body]]:
+    target = PublicKey(p1)
+    return [
+        ("register", Register(REGISTER_FLAG_ACCEPT_INCOMING, 25)),
+        ("heartbeat", Heartbeat(7)),
+        ("connection_request", ConnectionRequest(42, target)),
+        ("session_answer", SessionAnswer(SID_A, True)),
+        ("session_close", SessionClose(SID_A, CloseReason.NORMAL)),
+        ("ping", Ping(0x1122334455667788)),
+        ("discovery_query", DiscoveryQuery(9, QUERY_FLAG_WANT_RELAYS, 6, 0, "fuzz", target)),
+    ]
+
+
+def _client_bodies(home: Addr, p2: bytes, ann: bytes, relay_pub: bytes) -> list[tuple[str, Body]]:
+    observed = (str(home[0]), int(home[1]))
+    bodies: list[tuple[str, Body]] = [
+        ("registered", Registered(30, 5, EPOCH, observed)),
+        ("registered_v6", Registered(30, 5, EPOCH, ("2001:db8:1::11", 40001))),
+        ("heartbeat_ack", HeartbeatAck(1, HeartbeatStatus.OK, EPOCH)),
+        ("heartbeat_ack_not_registered", HeartbeatAck(1, HeartbeatStatus.NOT_REGISTERED, EPOCH)),
+        ("heartbeat_ack_new_epoch", HeartbeatAck(1, HeartbeatStatus.OK, EPOCH + 1)),
+        ("session_offer", SessionOffer(SID_B, PublicKey(p2))),
+        ("session_close", SessionClose(SID_A, CloseReason.IDLE)),
+        ("pong", Pong(0x1122334455667788, 12)),
+        (
+            "discovery_response",
+            DiscoveryResponse(9, (ann,), PeerLocation(PublicKey(relay_pub), ("192.0.2.1", 51820))),
+        ),
+        ("discovery_response_empty", DiscoveryResponse(9)),
+    ]
+    bodies += [
+        (f"connection_response_{s.name.lower()}", ConnectionResponse(42, s, SID_A, 180, 1000))
+        for s in Status
+    ]
+    for code in ErrorCode:
+        value = TS0 + 300_000_000 if code == ErrorCode.STALE_TIMESTAMP else 0
+        value = TS0 - 1 if code == ErrorCode.REPLAYED else value
+        bodies.append((f"error_{code.name.lower()}", Error(code, int(MsgType.PING), "", value)))
+    bodies.append(("error_long_detail", Error(ErrorCode.MALFORMED, 0x20, "d" * MAX_DETAIL_LEN)))
+    return bodies
+
+
+def entries() -> list[Entry]:
+    """Every seed, in a fixed order."""
+    ident = RelayIdentity.from_seed(RELAY_SEED)
+    parties = {p.name: p for p in all_parties(ident)}
+    s = _Sealer()
+    out: list[Entry] = []
+
+    def to_relay(name: str, kind: str, data: bytes, src: Addr | None) -> None:
+        out.append(("relay", f"{name}.hex", kind, data, src))
+
+    def key(p: Party) -> bytes | None:
+        return p.to_relay
+
+    p0, p1, s0, d0 = parties["p0"], parties["p1"], parties["s0"], parties["d0"]
+    relay_bodies = _relay_bodies(p1.public)
+    for name, body in relay_bodies:
+        to_relay(
+            f"{name}-p0-home",
+            f"control/{name}/registered",
+            s.seal(body, p0.public, key(p0)),
+            p0.home,
+        )
+        to_relay(
+            f"{name}-s0", f"control/{name}/stranger", s.seal(body, s0.public, key(s0)), s0.home
+        )
+        cookie = cookie_mac(CORPUS_COOKIE_SECRET, s0.public, (str(s0.home[0]), int(s0.home[1])))
+        data = s.seal(body, s0.public, key(s0), cookie=cookie)
+        to_relay(f"{name}-s0-cookie", f"control/{name}/stranger-cookie", data, s0.home)
+    for name, body in relay_bodies[:2]:
+        to_relay(f"{name}-p1-v6", f"control/{name}/ipv6", s.seal(body, p1.public, key(p1)), p1.home)
+        to_relay(f"{name}-d0", f"control/{name}/denied", s.seal(body, d0.public, key(d0)), d0.home)
+    register = Register(REGISTER_FLAG_ACCEPT_INCOMING, 25)
+    for who in ("self", "zero", "low", "x0"):
+        p = parties[who]
+        to_relay(
+            f"register-{who}", f"control/register/{who}", s.seal(register, p.public, key(p)), p.home
+        )
+    for i, src in enumerate(ADDRESS_POOL[12:]):
+        to_relay(
+            f"ping-p0-from-pool{i:02d}",
+            "control/ping/elsewhere",
+            s.seal(Ping(i), p0.public, key(p0)),
+            src,
+        )
+    # server-to-client bodies sent to the relay: right flag with the peer's keys, and wrong flag
+    ann = _announcement(ident)
+    one_of_each: dict[MsgType, tuple[str, Body]] = {}
+    for name, body in _client_bodies(p0.home, parties["p2"].public, ann, ident.public.raw):
+        one_of_each.setdefault(body.TYPE, (name, body))
+    for name, body in one_of_each.values():
+        to_relay(
+            f"s2c-{name}", f"control/{name}/to-relay", s.seal(body, p0.public, key(p0)), p0.home
+        )
+        data = s.seal(body, p0.public, key(p0), flags=0)
+        to_relay(f"s2c-{name}-wrong-direction", f"control/{name}/wrong-direction", data, p0.home)
+    edge_query = DiscoveryQuery(0xFFFFFFFF, 0xFD, 255, 0xFFFFFFFF, "r" * MAX_REGION_LEN, None)
+    to_relay(
+        "discovery_query-edges",
+        "control/discovery_query/edges",
+        s.seal(edge_query, p0.public, key(p0)),
+        p0.home,
+    )
+    # data frames
+    wg = bytes((4, 0, 0, 0))
+    frames = {
+        "keepalive": encode_data(SID_A, wg + bytes(28)),
+        "initiation": encode_data(SID_A, bytes((1, 0, 0, 0)) + bytes(144)),
+        "mtu": encode_data(SID_A, wg + bytes(1448)),
+        "jumbo": encode_data(SID_A, wg + bytes(9212)),
+        "not_wireguard": encode_data(SID_A, bytes((0x45,)) + bytes(40)),
+        "tiny": encode_data(SID_A, wg),
+        "header_only": encode_data(SID_A, b""),
+        "short": encode_data(SID_A, b"")[:9],
+    }
+    for name, frame in frames.items():
+        out.append(("relay", f"data-{name}.hex", f"data/{name}", frame, p0.home))
+    out.append(
+        (
+            "relay",
+            "data-keepalive-spoofed.hex",
+            "data/spoofed",
+            frames["keepalive"],
+            ADDRESS_POOL[0],
+        )
+    )
+    raw = {
+        "announcement": ann,
+        "cookie_reply": encode_cookie_reply(bytes(8), bytes(16)),
+        "wg_initiation": bytes((1, 0, 0, 0)) + bytes(144),
+        "wg_cookie": bytes((3, 0, 0, 0)) + bytes(60),
+        "empty": b"",
+        "register_type_only": bytes((MsgType.REGISTER,)),
+        "register_header_only": bytes((MsgType.REGISTER, 1)),
+    }
+    for name, data in raw.items():
+        out.append(("relay", f"raw-{name}.hex", f"raw/{name}", data, ADDRESS_POOL[0]))
+
+    # the client side: what p0's relay sends it
+    relay_pub = ident.x25519_public
+    to_p0 = p0.from_relay
+    for name, body in _client_bodies(p0.home, parties["p2"].public, ann, ident.public.raw):
+        out.append(
+            ("client", f"{name}.hex", f"control/{name}", s.seal(body, relay_pub, to_p0), None)
+        )
+    for name, body in relay_bodies:
+        data = s.seal(body, relay_pub, to_p0, flags=FLAG_FROM_SERVER)
+        out.append(("client", f"c2s-{name}.hex", f"control/{name}/from-relay", data, None))
+    ping = Pong(1, 0)
+    out.append(
+        (
+            "client",
+            "pong-wrong-sender.hex",
+            "control/pong/wrong-sender",
+            s.seal(ping, p1.public, to_p0),
+            None,
+        )
+    )
+    out.append(
+        (
+            "client",
+            "pong-for-p1.hex",
+            "control/pong/for-p1",
+            s.seal(ping, relay_pub, p1.from_relay),
+            None,
+        )
+    )
+    echo = hashlib.sha256(b"corpus nonce 1").digest()[:8]
+    out.append(
+        (
+            "client",
+            "cookie_reply.hex",
+            "cookie_reply",
+            encode_cookie_reply(echo, bytes(range(16))),
+            None,
+        )
+    )
+    out.append(("client", "announcement.hex", "raw/announcement", ann, None))
+    out.append(("client", "data-keepalive.hex", "raw/data", frames["keepalive"], None))
+    return out
+
+
+def world_json() -> str:
+    ident = RelayIdentity.from_seed(RELAY_SEED)
+    doc: dict[str, Any] = {
+        "about": "keys, addresses and clock of tests/fuzz/world.py; the seeds are sealed with them",
+        "wall0": WALL0,
+        "seeds_timestamp_us": TS0,
+        "world_seed": WORLD_SEED,
+        "relay_seed": RELAY_SEED.hex(),
+        "relay_public": str(ident.public),
+        "relay_x25519_public": ident.x25519_public.hex(),
+        "own_addresses": [list(a) for a in OWN_ADDRESSES],
+        "corpus_cookie_secret": CORPUS_COOKIE_SECRET.hex(),
+        "parties": [
+            {
+                "name": p.name,
+                "private": p.private.hex() if p.private is not None else None,
+                "public": p.public.hex(),
+                "home": list(p.home),
+            }
+            for p in all_parties(ident)
+        ],
+    }
+    return json.dumps(doc, indent=1, sort_keys=True) + "\n"
+
+
+def files() -> dict[str, str]:
+    """Relative path -> content of every generated file."""
+    out = {"world.json": world_json()}
+    index: Counter[str] = Counter()
+    for core, name, kind, data, src in entries():
+        # numbered in the order they were sealed: loaded in that order, a
+        # peer's seeds arrive with increasing timestamps
+        index[core] += 1
+        path = f"{core}/{index[core]:03d}-{name}"
+        if path in out:
+            raise RuntimeError(f"two seeds named {path}")
+        out[path] = corpus_io.encode_seed(kind, data, src)
+    return out
+
+
+def write(root: Path) -> None:
+    wanted = files()
+    for core in corpus_io.CORES:
+        d = root / core
+        d.mkdir(parents=True, exist_ok=True)
+        for old in d.glob("*.hex"):
+            if f"{core}/{old.name}" not in wanted:
+                old.unlink()
+    for rel, text in wanted.items():
+        (root / rel).write_text(text)
+
+
+def check(root: Path) -> list[str]:
+    """What differs between ``root`` and a fresh build (nothing: [])."""
+    wanted = files()
+    problems = []
+    for rel, text in wanted.items():
+        path = root / rel
+        if not path.exists():
+            problems.append(f"missing {rel}")
+        elif path.read_text() != text:
+            problems.append(f"differs {rel}")
+    for core in corpus_io.CORES:
+        extra = [p.name for p in sorted((root / core).glob("*.hex"))]
+        problems += [f"extra {core}/{n}" for n in extra if f"{core}/{n}" not in wanted]
+    return problems
+
+
+# ---------------------------------------------------------------- exploring
+
+
+class LineCoverage:
+    """Lines of the fuzzed code reached so far (sys.settrace: slow, explore only)."""
+
+    def __init__(self) -> None:
+        import wgrelay
+
+        base = Path(wgrelay.__file__).parent
+        self.prefixes = tuple(str(base / d) for d in ("proto", "relay", "client"))
+        self.seen: set[tuple[str, int]] = set()
+        self._new = False
+
+    def _global(self, frame: FrameType, event: str, arg: object) -> Callable[..., Any] | None:
+        if frame.f_code.co_filename.startswith(self.prefixes):
+            return self._local
+        return None
+
+    def _local(self, frame: FrameType, event: str, arg: object) -> Callable[..., Any] | None:
+        if event == "line":
+            key = (frame.f_code.co_filename, frame.f_lineno)
+            if key not in self.seen:
+                self.seen.add(key)
+                self._new = True
+        return self._local
+
+    def __call__(self, thunk: Callable[[], object]) -> bool:
+        self._new = False
+        sys.settrace(self._global)
+        try:
+            thunk()
+        finally:
+            sys.settrace(None)
+        return self._new
+
+
+def explore(inputs: int, seed: int, root: Path) -> Iterator[str]:
+    from tests.fuzz.fuzzer import fuzz_client, fuzz_relay
+
+    saved: list[Path] = []
+
+    def keep(core: str, kind: str, data: bytes, src: Addr | None) -> None:
+        path = corpus_io.save_found(core, "cov", kind, data, src, root)
+        if path is not None:
+            saved.append(path)
+
+    for core in corpus_io.CORES:
+        cov = LineCoverage()
+        seeds = corpus_io.load(core, root)
+        if core == "relay":
+            report = fuzz_relay(inputs, seed, corpus=seeds, coverage=cov, found=keep)
+        else:
+            report = fuzz_client(inputs, seed, corpus=seeds, coverage=cov, found=keep)
+        for f in report.findings:
+            path = corpus_io.save_found(f.core, "crash", f.rule, f.data, f.src, root)
+            if path is not None:
+                saved.append(path)
+        yield f"{report.summary()}\n  {len(cov.seen)} lines reached"
+    yield f"{len(saved)} new inputs in {root / 'found'}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m tests.fuzz.make_corpus")
+    ap.add_argument("--check", action="store_true", help="compare, do not write")
+    ap.add_argument("--explore", type=int, metavar="N", help="fuzz N inputs a core, keep finds")
+    ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--root", type=Path, default=corpus_io.CORPUS_DIR)
+    args = ap.parse_args(argv)
+    if args.check:
+        problems = check(args.root)
+        for p in problems:
+            print(p)
+        return 1 if problems else 0
+    if args.explore:
+        if os.environ.get("PYTHONHASHSEED") != "0":
+            # the relay iterates sets of keys: fix their order so a run repeats
+            env = {**os.environ, "PYTHONHASHSEED": "0"}
+            argv = [sys.executable, "-m", "tests.fuzz.make_corpus", *sys.argv[1:]]
+            os.execve(sys.executable, argv, env)  # noqa: S606 (our own interpreter, no shell)
+        import logging
+
+        logging.disable(logging.WARNING)
+        for line in explore(args.explore, args.seed, args.root):
+            print(line)
+        return 0
+    write(args.root)
+    print(f"wrote {len(files())} files to {args.root}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,181 @@
+"""What the structure-aware fuzzer found in src/, one minimal test each.
+
+Each is marked ``xfail(strict=True)``: it fails today and starts passing
+when the bug is fixed, which then fails the suite until the mark is taken
+off. The fuzzer's oracle recognises each of these precisely (oracle.py,
+``known_*``) so the fuzzing runs stay green meanwhile, and counts them.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.fuzz.fuzzer import PRESETS
+from tests.fuzz.layout import ControlDraft
+from tests.fuzz.world import ADDRESS_POOL, World
+from wgrelay.client.link import LinkState, RttMeasured, SessionEstablished
+from wgrelay.keys import PublicKey
+from wgrelay.proto.constants import SERVER_TO_CLIENT, ErrorCode, MsgType
+from wgrelay.proto.envelope import FLAG_FROM_SERVER, MAX_CLOCK_SKEW_S
+from wgrelay.proto.messages import Body, Error, Ping, SessionAnswer, SessionOffer, encode_body
+from wgrelay.relay.admission import Addr
+
+ELSEWHERE = ADDRESS_POOL[0]
+"""An address p0 has not proven it receives at."""
+
+
+def world() -> World:
+    """The fuzzer's world: six registered peers, two sessions, one pending offer."""
+    w = World(PRESETS["deep"]).setup()
+    for p in w.peers:
+        while p.link.next_event() is not None:
+            pass  # what setting it up told the links
+    return w
+
+
+def from_peer(w: World, name: str, body: Body, ts_offset_s: float = 0.0) -> bytes:
+    """``body`` sealed by peer ``name`` for the relay, a little newer than its last."""
+    p = w.by_name[name]
+    return ControlDraft(
+        int(body.TYPE), 0, p.public, bytes(range(24)), None,
+        w.wall_us() + 1000 + int(ts_offset_s * 1_000_000), encode_body(body), p.to_relay,
+    ).build()  # fmt: skip
+
+
+def from_relay(w: World, name: str, body: Body, n: int = 0) -> bytes:
+    """``body`` sealed by the relay for peer ``name`` (as the relay would send it)."""
+    p = w.by_name[name]
+    flags = FLAG_FROM_SERVER if body.TYPE in SERVER_TO_CLIENT else 0
+    return ControlDraft(
+        int(body.TYPE), flags, w.identity.x25519_public, bytes([n]) * 24, None,
+        w.wall_us() + 1000 + n, encode_body(body), p.from_relay,
+    ).build()  # fmt: skip
+
+
+def drops_for(w: World, data: bytes, src: Addr) -> dict[str, int]:
+    """What one datagram adds to the relay's drop counters."""
+    drops = w.relay.stats.drops
+    before = dict(drops)
+    w.relay.receive(data, src, w.now)
+    w.relay.datagrams_to_send()
+    return {k: v - before.get(k, 0) for k, v in drops.items() if v != before.get(k, 0)}
+
+
+# ---------------------------------------------------------------- relay
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="relay/admission.py: a refused message's notice to an unproven address becomes"
+    " a cookie in _reply, which counts unproven_address on top of the refusal's reason",
+)
+@pytest.mark.parametrize(
+    "case", ["stale_timestamp", "replayed", "not_allowed", "late_session_answer"]
+)
+def test_a_dropped_message_answered_with_a_cookie_counts_one_drop(case: str) -> None:
+    """Every dropped datagram is counted under exactly one reason (issue 8).
+
+    A registered peer's message from an address it has not proven is refused
+    (its clock is off, it is a replay, its key is not allowed, or it accepts a
+    session the relay does not know); the refusal's answer is replaced by a
+    cookie, and both the refusal and ``unproven_address`` are counted: the
+    relay's drop counters add up to more datagrams than it received.
+    """
+    w = world()
+    name, skew = "p0", 0.0
+    body: Body = Ping(1)
+    if case == "stale_timestamp":
+        skew = -2 * MAX_CLOCK_SKEW_S
+    elif case == "not_allowed":
+        name = "d0"
+    elif case == "late_session_answer":
+        body = SessionAnswer(bytes(8), accept=True)
+    data = from_peer(w, name, body, skew)
+    if case == "replayed":
+        w.relay.receive(data, w.peer["p0"].addr, w.now)  # accepted once, at home
+        w.relay.datagrams_to_send()
+    delta = drops_for(w, data, ELSEWHERE)
+    assert sum(delta.values()) == 1, delta
+
+
+# ---------------------------------------------------------------- client
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="client/link.py _fix_clock: an ERROR(STALE_TIMESTAMP) whose value is near 2**64"
+    " makes every later timestamp 2**64 and seal_control raises struct.error",
+)
+def test_a_stale_timestamp_error_near_the_top_of_u64_cannot_break_the_link() -> None:
+    """A relay's authenticated ERROR(STALE_TIMESTAMP, value=2**64 - 1) is
+    accepted as the relay's clock; the next timestamp the link computes rounds
+    to 2**64, and ``struct.error: int too large to convert`` escapes
+    ``RelayLink.receive`` (via ``_resend``) and from then on every call that
+    sends (``handle_timer``, ``ping``, ``connect``): the link is dead until
+    the process restarts. A relay's clock value must be range-checked (or
+    the offset bounded) like ``_fix_floor`` does for REPLAYED."""
+    w = world()
+    p0 = w.peer["p0"]
+    p0.link.ping(w.now)  # a request of the type the error refers to
+    p0.link.datagrams_to_send()
+    error = Error(ErrorCode.STALE_TIMESTAMP, int(MsgType.PING), "", 2**64 - 1)
+    p0.link.receive(from_relay(w, "p0", error), w.now)
+    p0.link.ping(w.now)
+    assert p0.link.datagrams_to_send()
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="client/link.py _fix_clock moves clock_offset_s back but Timestamper keeps its"
+    " last value, so the link's timestamps stay ahead and the relay refuses them all",
+)
+def test_a_link_follows_the_relay_clock_back() -> None:
+    """The relay's clock was 10 minutes fast, it said so (STALE_TIMESTAMP), then
+    it was corrected and said so again. The link sets its offset back to 0 but
+    ``Timestamper.next`` never returns less than its last value: every message
+    is 10 minutes ahead, refused as stale, for 10 minutes (forever for a
+    value far ahead). Meanwhile the relay's STALE_TIMESTAMP notices count as
+    hearing from it, so the link stays REGISTERED and never notices that the
+    relay dropped its registration and sessions."""
+    w = world()
+    p0 = w.peer["p0"]
+    ahead = Error(ErrorCode.STALE_TIMESTAMP, int(MsgType.PING), "", w.wall_us() + 600_000_000)
+    p0.link.receive(from_relay(w, "p0", ahead, 1), w.now)
+    p0.link.ping(w.now)  # sent on the relay's fast clock
+    p0.link.datagrams_to_send()
+    right = Error(ErrorCode.STALE_TIMESTAMP, int(MsgType.PING), "", w.wall_us())
+    p0.link.receive(from_relay(w, "p0", right, 2), w.now)
+    assert abs(p0.link.clock_offset_s) < 1.0  # the offset did come back
+    p0.link.datagrams_to_send()
+    p0.link.ping(w.now)
+    w.pump()
+    assert p0.link.state == LinkState.REGISTERED
+    events = []
+    while (ev := p0.link.next_event()) is not None:
+        events.append(ev)
+    assert any(isinstance(e, RttMeasured) for e in events), "the relay refused our ping"
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="client/link.py _bind: a session id already bound to one peer, bound to"
+    " another, leaves session_of of the first pointing at the second's session",
+)
+def test_a_session_id_offered_twice_leaves_no_dangling_session() -> None:
+    """Two SESSION_OFFERs from the relay with one session id and two different
+    initiators: ``sessions`` maps the id to the second peer while
+    ``session_of`` still maps the first peer to it, so frames of one are
+    taken for the other's, and closing the first later closes the second's
+    session. (Needs a relay that reuses an id: a buggy or hostile one.)"""
+    w = world()
+    p0 = w.peer["p0"]
+    sid = bytes.fromhex("00000000000000aa")
+    q, r = PublicKey(w.by_name["s0"].public), PublicKey(w.by_name["s1"].public)
+    p0.link.receive(from_relay(w, "p0", SessionOffer(sid, q), 1), w.now)
+    p0.link.receive(from_relay(w, "p0", SessionOffer(sid, r), 2), w.now)
+    events = []
+    while (ev := p0.link.next_event()) is not None:
+        events.append(ev)
+    assert sum(isinstance(e, SessionEstablished) for e in events) == 2
+    for peer, s in p0.link.session_of.items():
+        assert p0.link.sessions.get(s) == peer, f"session_of[{peer}] dangles"
