@@ -17,6 +17,7 @@ from wgrelay.client.manager import (
     PeerRelayed,
     PeerRelayLost,
     RelayManager,
+    RelaysLearned,
 )
 from wgrelay.discovery.registry import RelayRegistry
 from wgrelay.keys import PrivateKey, PublicKey
@@ -127,6 +128,7 @@ def test_manager_learns_signed_announcements_of_its_relays() -> None:
         async with inproc_relay(region="eu-test") as relay:
             a = Peer([(relay.key, relay.endpoint)])
             await a.manager.start()
+            await a.wait(lambda e: isinstance(e, RelaysLearned))
             known = a.manager.registry.get(relay.key)
             assert known is not None
             assert known.region == "eu-test"

@@ -167,6 +167,13 @@ class RttMeasured:
 
 
 @dataclass(frozen=True, slots=True)
+class PingTimedOut:
+    """A PING went unanswered until its deadline: a loss on the path."""
+
+    echo_id: int
+
+
+@dataclass(frozen=True, slots=True)
 class DiscoveryAnswered:
     query_id: int
     located: PeerLocation | None
@@ -188,6 +195,7 @@ LinkEvent = (
     | SessionFailed
     | SessionEnded
     | RttMeasured
+    | PingTimedOut
     | DiscoveryAnswered
     | QueryFailed
 )
@@ -648,8 +656,10 @@ class RelayLink:
             self._register(now)
 
     def handle_timer(self, now: float) -> None:
+        # the same sum as next_timer(): a difference could miss it by one ulp
+        # and leave the timer due forever
         if self.state in (LinkState.REGISTERED, LinkState.REGISTERING) and (
-            now - self.last_heard >= self.config.lost_after_s
+            now >= self.last_heard + self.config.lost_after_s
         ):
             self._lose(now, f"nothing heard for {now - self.last_heard:.1f} s")
         if now >= self._next_heartbeat and self.state == LinkState.REGISTERED:
@@ -685,4 +695,6 @@ class RelayLink:
             self._events.append(SessionFailed(req.peer, Status.ERROR))
         elif t == MsgType.DISCOVERY_QUERY:
             self._events.append(QueryFailed(req.body.query_id, req.peer))  # type: ignore[attr-defined]
-        # heartbeats and pings that time out are covered by the lost_after_s rule
+        elif t == MsgType.PING:
+            self._events.append(PingTimedOut(req.body.echo_id))  # type: ignore[attr-defined]
+        # a heartbeat that times out is covered by the lost_after_s rule

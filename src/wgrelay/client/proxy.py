@@ -19,7 +19,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from wgrelay.client.udp import RelayClient
+from wgrelay.client.manager import Route
 from wgrelay.keys import PublicKey
 from wgrelay.proto.buffer import Endpoint
 from wgrelay.proto.constants import DATA_HEADER_LEN
@@ -72,7 +72,7 @@ class _Proxy:
             if table.on_no_route is not None:
                 table.on_no_route(self.peer)
             return
-        route[0].send_frame(route[1] + data)
+        route[0](route[2] + data, route[1])
         c.to_relay_packets += 1
         c.to_relay_bytes += len(data)
 
@@ -84,7 +84,7 @@ class ProxyTable:
     def __init__(
         self,
         wg_port: int,
-        routes: dict[PublicKey, tuple[RelayClient, bytes]],
+        routes: dict[PublicKey, Route],
         on_no_route: Callable[[PublicKey], None] | None = None,
         runtime: Runtime | None = None,
     ) -> None:

@@ -26,12 +26,14 @@ from wgrelay.client.manager import (
     HomeChanged,
     ManagerEvent,
     PeerRelayed,
+    PeerRelayFailed,
     PeerRelayLost,
     RelayManager,
+    RelayMeasured,
 )
 from wgrelay.client.proxy import ProxyTable
 from wgrelay.discovery.registry import RegistryStore, RelayRegistry
-from wgrelay.errors import BackendError, ConfigError, RelayUnavailable
+from wgrelay.errors import BackendError, ConfigError
 from wgrelay.keys import PublicKey
 from wgrelay.mesh.agent import (
     Action,
@@ -64,8 +66,6 @@ POLL_INTERVAL_S = 1.0
 PROBE_POLL_INTERVAL_S = 0.2
 """Faster while a direct attempt runs: its verdict (and a probe-back's outage)
 should not wait for the next second."""
-MEASURE_INTERVAL_S = 15.0
-"""Relays carrying sessions are pinged this often (RTT, loss for the cache)."""
 CACHE_FLUSH_INTERVAL_S = 10.0
 READ_ERROR_LOG_INTERVAL_S = 60.0
 STATUS_REFRESH_S = 5.0
@@ -139,15 +139,12 @@ class Agent:
             runtime=self.runtime,
         )
         self.proxies = ProxyTable(info.listen_port, self.manager.routes, runtime=self.runtime)
-        self._relay_tasks: dict[PublicKey, asyncio.Task[None]] = {}
         self._stop = asyncio.Event()
         self._last_status = ""
         self._settings_mtime: int | None = None
         self._read_error_logged = -1e9
         self._status_written = -1e9
         self._started = False
-        self._background: set[asyncio.Task[None]] = set()
-        self._next_measure = 0.0
         self._next_flush = 0.0
 
     # ------------------------------------------------------------ data
@@ -173,10 +170,29 @@ class Agent:
             )
         elif isinstance(ev, PeerRelayLost):
             self._run(self.core.on_relay_lost(ev.peer, ev.reason, now, self._wall()))
+        elif isinstance(ev, PeerRelayFailed):
+            self._run(self.core.on_relay_failed(ev.peer, ev.error, now))
+        elif isinstance(ev, RelayMeasured):
+            self._record_measurement(ev)
         elif isinstance(ev, HomeChanged) and ev.relay is not None:
             relay = self.registry.get(ev.relay)
             where = endpoint_str(relay.endpoint) if relay else "?"
             log.info("registered at home relay %s (%s)", ev.relay.short(), where)
+
+    def _record_measurement(self, ev: RelayMeasured) -> None:
+        """A ping to a relay carrying peers: RTT and loss into the cache."""
+        relay = self.registry.get(ev.relay)
+        if relay is None:
+            return
+        wall = self._wall()
+        for peer in ev.peers:
+            self.cache.record_quality(
+                peer,
+                relay.endpoint,
+                wall,
+                latency_ms=None if ev.rtt_s is None else ev.rtt_s * 1000,
+                loss_pct=100.0 if ev.rtt_s is None else 0.0,
+            )
 
     def _run(self, actions: list[Action]) -> None:
         for a in actions:
@@ -214,35 +230,15 @@ class Agent:
             self.proxies.remove(a.peer)
             self.core.proxy_endpoints = self.proxies.endpoints()
         elif isinstance(a, StartRelay):
-            if a.peer not in self._relay_tasks:
-                peer = a.peer
-                task = asyncio.create_task(self._relay(peer))
-                self._relay_tasks[peer] = task
-
-                def done(t: asyncio.Task[None]) -> None:
-                    if self._relay_tasks.get(peer) is t:  # not a newer one for the peer
-                        del self._relay_tasks[peer]
-
-                task.add_done_callback(done)
+            self.manager.request_relay(a.peer)
         elif isinstance(a, ReplaceRelay):
             # the proxy, and so WireGuard's endpoint, stays; a new session
             # (StartRelay follows) takes over behind it
             self.manager.close_connection(a.peer, CloseReason.REPLACED)
         elif isinstance(a, CloseRelay):
-            pending = self._relay_tasks.pop(a.peer, None)
-            if pending is not None:
-                pending.cancel()
             self.manager.close_connection(a.peer)
             self.proxies.remove(a.peer)
             self.core.proxy_endpoints = self.proxies.endpoints()
-
-    async def _relay(self, peer: PublicKey) -> None:
-        try:
-            relay = await self.manager.relay_peer(peer)
-        except RelayUnavailable as e:
-            self._run(self.core.on_relay_failed(peer, str(e), self._clock()))
-            return
-        log.debug("relay %s carries %s", relay.short(), peer.short())
 
     # ------------------------------------------------------------ loop
 
@@ -347,35 +343,7 @@ class Agent:
             return
         self._run(self.core.set_relay_enabled(enabled, self._clock(), self._wall()))
         if enabled and self.manager.home is None and self._started:
-            self._spawn_start()
-
-    def _spawn_start(self) -> None:
-        task = asyncio.create_task(self.manager.start())
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
-
-    async def _measure(self) -> None:
-        """Ping the relays that carry our peers; feed RTT and loss to the cache."""
-        carried: dict[PublicKey, list[PublicKey]] = {}
-        for peer, relay_key in self.manager.route_relay.items():
-            carried.setdefault(relay_key, []).append(peer)
-        results = await asyncio.gather(
-            *(self.manager.ping(k) for k in carried), return_exceptions=True
-        )
-        wall = self._wall()
-        for relay_key, rtt in zip(carried, results, strict=True):
-            relay = self.registry.get(relay_key)
-            if relay is None:
-                continue
-            lost = not isinstance(rtt, float)
-            for peer in carried[relay_key]:
-                self.cache.record_quality(
-                    peer,
-                    relay.endpoint,
-                    wall,
-                    latency_ms=None if lost else rtt * 1000,  # type: ignore[operator]
-                    loss_pct=100.0 if lost else 0.0,
-                )
+            self.manager.begin()
 
     async def run(self, on_ready: Callable[[], None] | None = None) -> None:
         with stop_on_signals(self._stop.set):
@@ -391,7 +359,6 @@ class Agent:
             self._started = True
             if on_ready is not None:
                 on_ready()
-            measuring: asyncio.Task[None] | None = None
             while not self._stop.is_set():
                 self._check_settings()
                 info = await self._read()
@@ -403,9 +370,6 @@ class Agent:
                     self._run(self.core.observe(info, now, self._wall()))
                     self._run(self.core.tick(now))
                     self._write_status(info)
-                if now >= self._next_measure and (measuring is None or measuring.done()):
-                    self._next_measure = now + MEASURE_INTERVAL_S
-                    measuring = asyncio.create_task(self._measure())
                 if now >= self._next_flush:
                     self._next_flush = now + CACHE_FLUSH_INTERVAL_S
                     self._flush_cache()
@@ -413,8 +377,6 @@ class Agent:
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(interval):
                         await self._stop.wait()
-            if measuring is not None:
-                measuring.cancel()
         finally:
             await self._shutdown()
 
@@ -430,8 +392,6 @@ class Agent:
 
     async def _shutdown(self) -> None:
         log.info("stopping: restoring endpoints")
-        for task in [*self._relay_tasks.values(), *self._background]:
-            task.cancel()
         for a in self.core.restore_actions():
             try:
                 if isinstance(a, UseDirect):

@@ -1,0 +1,720 @@
+"""Which relay carries which peer: the client's planning core (sans-I/O).
+
+Theory of operation
+-------------------
+``RelayPlanner`` is everything an agent decides about relays: it owns one
+``RelayLink`` per relay it talks to, chooses the **home relay** (where we stay
+registered with "accept incoming sessions", so peers that cannot reach us
+directly find us there), finds where a peer is registered, tries relays for a
+peer in order, fails over, re-homes, measures, and forgets relays it no longer
+needs. It never touches a socket or a clock, in the style of aioquic:
+
+* inputs: ``start``, ``relay_peer``, ``drop_peer``, ``locate`` (API calls),
+  ``receive(addr, data, now)`` (a control datagram from a relay's address),
+  ``handle_timer(now)``;
+* outputs: ``datagrams_to_send()`` as ``(relay address, bytes)``,
+  ``next_event()`` (one channel for every outcome: ``PeerRelayed``,
+  ``PeerRelayLost``, ``PeerRelayFailed``, ``HomeChanged``, ``PeerLocated``,
+  ``RelayMeasured``, ``RelaysLearned``), and ``next_timer()``.
+
+All links share the shell's one socket: a relay is told apart by its address,
+a data frame by the relay it came from and its session id (``sessions_at``).
+
+Home relay. At start the best ``measure_count`` known relays by score are
+pinged (at most ``measure_timeout_s``); then the planner registers at the best
+one that answers, trying the next on refusal or silence (``connect_timeout_s``).
+When the home link is lost or refused, the same happens again; with no relay
+reachable it tries again every ``rehome_retry_s``. Once home, the relay is
+asked for announcements, which update the registry.
+
+Relaying a peer. ``relay_peer`` first asks the best ``locate_fanout`` relays
+where the peer is registered (``locate_timeout_s``, first answer wins), then
+tries, in order, the relay that holds the peer, our home, and every other
+usable relay by score: register there if needed, then ask for a session
+(``session_timeout_s`` per step). The first session wins (``PeerRelayed``); if
+every relay fails, ``PeerRelayFailed`` says why, and the agent's backoff
+decides when to ask again. A session the peer opens towards us arrives as
+``PeerRelayed(incoming=True)``.
+
+Score (lower is better), documented in docs/ARCHITECTURE.md::
+
+    score = rtt_ms (1000 if never measured) + 250 * failures + 2 * load_pct
+
+Relays that carry sessions are pinged every ``measure_interval_s``
+(``RelayMeasured``: RTT or a loss, for the connection cache). A link that is
+not home and has carried no session nor attempt for ``link_idle_s`` is shut
+down: the relay expires our registration there.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from enum import Enum
+
+from wgrelay.client.link import (
+    DiscoveryAnswered,
+    LinkConfig,
+    LinkEvent,
+    LinkLost,
+    LinkRegistered,
+    LinkRejected,
+    LinkState,
+    PingTimedOut,
+    QueryFailed,
+    RelayLink,
+    RttMeasured,
+    SessionEnded,
+    SessionEstablished,
+    SessionFailed,
+)
+from wgrelay.discovery.registry import KnownRelay, RelayRegistry
+from wgrelay.errors import InvalidKey
+from wgrelay.keys import PrivateKey, PublicKey, relay_x25519_public
+from wgrelay.proto.buffer import Endpoint, endpoint_str
+from wgrelay.proto.constants import CloseReason
+
+log = logging.getLogger(__name__)
+
+NEVER_MEASURED_RTT_MS = 1000.0
+FAILURE_PENALTY_MS = 250.0
+LOAD_WEIGHT_MS = 2.0
+
+
+def relay_score(relay: KnownRelay) -> float:
+    rtt = relay.rtt_ms if relay.rtt_ms is not None else NEVER_MEASURED_RTT_MS
+    return rtt + FAILURE_PENALTY_MS * relay.failures + LOAD_WEIGHT_MS * (relay.load_pct or 0)
+
+
+@dataclass(frozen=True, slots=True)
+class PlanConfig:
+    """Every timer and fan-out of the planner, in one place."""
+
+    measure_count: int = 8
+    """Relays pinged before choosing a home (the best by score)."""
+    measure_timeout_s: float = 2.0
+    connect_timeout_s: float = 6.0
+    """Registering at a relay (cookie round trip included)."""
+    session_timeout_s: float = 6.0
+    locate_fanout: int = 8
+    locate_timeout_s: float = 2.0
+    rehome_retry_s: float = 5.0
+    measure_interval_s: float = 15.0
+    announcements_interval_s: float = 300.0
+    link_idle_s: float = 60.0
+
+
+# ---------------------------------------------------------------- events
+
+
+@dataclass(frozen=True, slots=True)
+class PeerRelayed:
+    peer: PublicKey
+    relay: PublicKey
+    incoming: bool
+    session_id: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class PeerRelayLost:
+    peer: PublicKey
+    relay: PublicKey
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class PeerRelayFailed:
+    peer: PublicKey
+    error: str
+
+
+@dataclass(frozen=True, slots=True)
+class HomeChanged:
+    relay: PublicKey | None
+
+
+@dataclass(frozen=True, slots=True)
+class PeerLocated:
+    peer: PublicKey
+    relay: PublicKey | None
+
+
+@dataclass(frozen=True, slots=True)
+class RelayMeasured:
+    relay: PublicKey
+    rtt_s: float | None
+    """None: the ping went unanswered (a loss)."""
+    peers: tuple[PublicKey, ...]
+    """The peers the relay carries at the moment."""
+
+
+@dataclass(frozen=True, slots=True)
+class RelaysLearned:
+    """Verified announcements changed the registry (new relays, or newer facts)."""
+
+    relays: tuple[PublicKey, ...]
+
+
+PlanEvent = (
+    PeerRelayed
+    | PeerRelayLost
+    | PeerRelayFailed
+    | HomeChanged
+    | PeerLocated
+    | RelayMeasured
+    | RelaysLearned
+)
+
+
+# ---------------------------------------------------------------- internal state
+
+
+class _Phase(Enum):
+    LOCATING = "locating"
+    CONNECTING = "connecting"
+
+
+@dataclass(slots=True)
+class _Attempt:
+    """One ``relay_peer`` in progress."""
+
+    peer: PublicKey
+    phase: _Phase
+    deadline: float
+    queries: dict[PublicKey, int] = field(default_factory=dict)
+    located: PublicKey | None = None
+    candidates: list[PublicKey] = field(default_factory=list)
+    current: PublicKey | None = None
+    tried: set[PublicKey] = field(default_factory=set)
+    errors: list[str] = field(default_factory=list)
+    report_located: bool = False
+    """Only locate (``locate()``): report where, do not connect."""
+
+
+@dataclass(slots=True)
+class _Homing:
+    """Choosing a home relay: measure, then register at the best."""
+
+    measuring: set[PublicKey]
+    measure_deadline: float
+    trying: PublicKey | None = None
+    deadline: float = 0.0
+    tried: set[PublicKey] = field(default_factory=set)
+
+
+@dataclass(slots=True)
+class _Link:
+    link: RelayLink
+    addr: Endpoint
+    idle_since: float
+
+
+class RelayPlanner:
+    def __init__(
+        self,
+        private_key: PrivateKey,
+        registry: RelayRegistry,
+        now: float,
+        wall: float,
+        accept_peer: Callable[[PublicKey], bool] = lambda _peer: True,
+        config: PlanConfig | None = None,
+        link_config: LinkConfig | None = None,
+        rng: Callable[[int], bytes] = os.urandom,
+    ) -> None:
+        self.private_key = private_key
+        self.registry = registry
+        self.config = config or PlanConfig()
+        self.link_config = link_config or LinkConfig()
+        self._accept_peer = accept_peer
+        self._rng = rng
+        self._wall_offset = wall - now
+        self._links: dict[PublicKey, _Link] = {}
+        self._by_addr: dict[Endpoint, PublicKey] = {}
+        self._bad_keys: set[PublicKey] = set()
+        self.home: PublicKey | None = None
+        self._homing: _Homing | None = None
+        self._rehome_at = float("inf")
+        self._attempts: dict[PublicKey, _Attempt] = {}
+        self.route_relay: dict[PublicKey, PublicKey] = {}
+        """peer -> the relay whose session carries it."""
+        self._next_measure = float("inf")
+        self._next_announcements = float("inf")
+        self._events: list[PlanEvent] = []
+        self._started = False
+        self._closed = False
+
+    # ------------------------------------------------------------ clock
+
+    def _wall_ms(self, now: float) -> int:
+        return int((now + self._wall_offset) * 1000)
+
+    def sync_wall(self, now: float, wall: float) -> None:
+        self._wall_offset = wall - now
+        for lk in self._links.values():
+            lk.link.sync_wall(now, wall)
+
+    # ------------------------------------------------------------ relays and links
+
+    def available(self, now: float) -> list[KnownRelay]:
+        """Known, usable relays, best score first."""
+        relays = self.registry.get_available_relays(self._wall_ms(now))
+        return sorted((r for r in relays if self._usable(r.key)), key=relay_score)
+
+    def _usable(self, key: PublicKey) -> bool:
+        """A relay key must be a valid Ed25519 point (we derive its X25519 key)."""
+        if key in self._bad_keys:
+            return False
+        try:
+            relay_x25519_public(key)
+        except InvalidKey:
+            log.warning("relay key %s is not a relay (Ed25519) key; ignoring it", key)
+            self._bad_keys.add(key)
+            return False
+        return True
+
+    def _link(self, key: PublicKey, now: float) -> RelayLink | None:
+        lk = self._links.get(key)
+        if lk is not None:
+            return lk.link
+        relay = self.registry.get(key)
+        if relay is None or not self._usable(key):
+            return None
+        link = RelayLink(
+            self.private_key,
+            key,
+            self.link_config,
+            now=now,
+            wall=now + self._wall_offset,
+            accept_offer=self._accept_peer,
+            rng=self._rng,
+        )
+        addr = (relay.endpoint[0], relay.endpoint[1])
+        self._links[key] = _Link(link, addr, now)
+        self._by_addr[addr] = key
+        return link
+
+    def link(self, key: PublicKey) -> RelayLink | None:
+        lk = self._links.get(key)
+        return lk.link if lk is not None else None
+
+    def sessions_at(self, addr: Endpoint) -> dict[bytes, PublicKey] | None:
+        """The data path's lookup: session id -> peer, for the relay at ``addr``."""
+        key = self._by_addr.get(addr)
+        return self._links[key].link.sessions if key is not None else None
+
+    def relay_addr(self, relay: PublicKey) -> Endpoint | None:
+        lk = self._links.get(relay)
+        return lk.addr if lk is not None else None
+
+    def links(self) -> dict[PublicKey, RelayLink]:
+        return {k: lk.link for k, lk in self._links.items()}
+
+    # ------------------------------------------------------------ API
+
+    def start(self, now: float) -> None:
+        """Measure the known relays and choose a home among them."""
+        self._started = True
+        self._choose_home(now)
+
+    def relay_peer(self, peer: PublicKey, now: float) -> None:
+        """Give ``peer`` a relayed path; answered by PeerRelayed or PeerRelayFailed."""
+        if peer in self._attempts and not self._attempts[peer].report_located:
+            return
+        relay = self.route_relay.get(peer)
+        if relay is not None:
+            lk = self._links.get(relay)
+            if lk is not None and peer in lk.link.session_of:
+                sid = lk.link.session_of[peer]
+                self._events.append(PeerRelayed(peer, relay, False, sid))
+                return
+        attempt = self._locating(peer, now)
+        self._attempts[peer] = attempt
+        if not attempt.queries:
+            self._connect_next(attempt, now)
+
+    def locate(self, peer: PublicKey, now: float) -> None:
+        """Where is ``peer`` registered? Answered by PeerLocated."""
+        if peer in self._attempts:
+            return
+        attempt = self._locating(peer, now)
+        attempt.report_located = True
+        self._attempts[peer] = attempt
+        if not attempt.queries:
+            self._finish_locate(attempt, now)
+
+    def drop_peer(
+        self, peer: PublicKey, now: float, reason: CloseReason = CloseReason.NORMAL
+    ) -> None:
+        """Close ``peer``'s relay session (NORMAL: we went direct; REPLACED:
+        we want a new one) and forget any attempt for it."""
+        self._attempts.pop(peer, None)
+        relay = self.route_relay.pop(peer, None)
+        for key, lk in self._links.items():
+            lk.link.wanted.discard(peer)
+            if key == relay or peer in lk.link.session_of:
+                lk.link.close_session(peer, now, reason)
+
+    def shutdown(self, now: float) -> None:
+        """Close every session and stop every link (the relays expire us)."""
+        self._closed = True
+        for lk in self._links.values():
+            lk.link.shutdown(now)
+        self._attempts.clear()
+        self.route_relay.clear()
+        self._homing = None
+        self._rehome_at = self._next_measure = self._next_announcements = float("inf")
+
+    # ------------------------------------------------------------ outputs
+
+    def datagrams_to_send(self) -> list[tuple[Endpoint, bytes]]:
+        out: list[tuple[Endpoint, bytes]] = []
+        for lk in self._links.values():
+            out.extend((lk.addr, data) for data in lk.link.datagrams_to_send())
+        return out
+
+    def next_event(self) -> PlanEvent | None:
+        return self._events.pop(0) if self._events else None
+
+    def next_timer(self) -> float:
+        t = min(self._rehome_at, self._next_measure, self._next_announcements)
+        if self._homing is not None:
+            t = min(t, self._homing.measure_deadline if self._homing.measuring else t)
+            if self._homing.trying is not None:
+                t = min(t, self._homing.deadline)
+        for a in self._attempts.values():
+            t = min(t, a.deadline)
+        for lk in self._links.values():
+            t = min(t, lk.link.next_timer())
+            if self._idle_candidate(lk):
+                t = min(t, lk.idle_since + self.config.link_idle_s)
+        return t
+
+    # ------------------------------------------------------------ inputs
+
+    def receive(self, addr: Endpoint, data: bytes, now: float) -> bool:
+        """A control datagram from ``addr``; False if no relay of ours is there."""
+        key = self._by_addr.get(addr)
+        if key is None:
+            return False
+        link = self._links[key].link
+        link.receive(data, now)
+        self._drain(key, link, now)
+        return True
+
+    def handle_timer(self, now: float) -> None:
+        for key, lk in list(self._links.items()):
+            lk.link.handle_timer(now)
+            self._drain(key, lk.link, now)
+        if now >= self._rehome_at:
+            self._rehome_at = float("inf")
+            self._choose_home(now)
+        homing = self._homing
+        if homing is not None:
+            if homing.measuring and now >= homing.measure_deadline:
+                homing.measuring.clear()
+                self._register_next_home(now)
+            elif homing.trying is not None and now >= homing.deadline:
+                self._home_failed(homing.trying, "no answer", now)
+        for attempt in list(self._attempts.values()):
+            if now >= attempt.deadline:
+                self._attempt_timed_out(attempt, now)
+        if now >= self._next_measure:
+            self._measure(now)
+        if now >= self._next_announcements:
+            self._ask_announcements(now)
+        self._retire_idle_links(now)
+
+    # ------------------------------------------------------------ link events
+
+    def _drain(self, key: PublicKey, link: RelayLink, now: float) -> None:
+        while (ev := link.next_event()) is not None:
+            self._on_link_event(key, link, ev, now)
+
+    def _on_link_event(self, key: PublicKey, link: RelayLink, ev: LinkEvent, now: float) -> None:
+        if isinstance(ev, SessionEstablished):
+            self.route_relay[ev.peer] = key
+            self.registry.record_success(key)
+            attempt = self._attempts.get(ev.peer)
+            if attempt is not None and not attempt.report_located:
+                del self._attempts[ev.peer]
+            self._touch(key, now)
+            self._events.append(PeerRelayed(ev.peer, key, ev.incoming, ev.session_id))
+        elif isinstance(ev, SessionFailed):
+            attempt = self._attempts.get(ev.peer)
+            if attempt is not None and attempt.current == key:
+                attempt.errors.append(f"{key.short()}: {ev.status.name}")
+                self._connect_next(attempt, now)
+        elif isinstance(ev, SessionEnded):
+            if self.route_relay.get(ev.peer) == key:
+                del self.route_relay[ev.peer]
+                self._events.append(PeerRelayLost(ev.peer, key, ev.reason.name.lower()))
+        elif isinstance(ev, LinkRegistered):
+            self._on_registered(key, link, now)
+        elif isinstance(ev, LinkLost | LinkRejected):
+            self._on_link_down(key, ev, now)
+        elif isinstance(ev, RttMeasured):
+            self.registry.record_rtt(key, ev.rtt_s * 1000)
+            self._on_pong(key, ev, now)
+        elif isinstance(ev, DiscoveryAnswered):
+            self._on_discovery(key, ev, now)
+        elif isinstance(ev, QueryFailed):
+            self._on_query_failed(key, ev, now)
+        elif isinstance(ev, PingTimedOut):
+            carried = self._carried(key)
+            if carried:  # a loss, for the connection cache
+                self._events.append(RelayMeasured(key, None, carried))
+
+    def _on_registered(self, key: PublicKey, link: RelayLink, now: float) -> None:
+        self._touch(key, now)
+        homing = self._homing
+        if homing is not None and homing.trying == key:
+            self._homing = None
+            self.registry.record_success(key)
+            self._set_home(key, now)
+        for attempt in list(self._attempts.values()):
+            if attempt.current == key and attempt.phase is _Phase.CONNECTING:
+                link.request_session(attempt.peer, now)
+                attempt.deadline = now + self.config.session_timeout_s
+
+    def _on_link_down(self, key: PublicKey, ev: LinkLost | LinkRejected, now: float) -> None:
+        self.registry.record_failure(key)
+        why = ev.reason
+        homing = self._homing
+        if homing is not None and homing.trying == key:
+            self._home_failed(key, why, now)
+        if key == self.home and not self._closed:
+            log.warning("home relay %s down (%s); choosing another", key.short(), why)
+            self._set_home(None, now)
+            self._choose_home(now)
+        for attempt in list(self._attempts.values()):
+            if attempt.current == key:
+                attempt.errors.append(f"{key.short()}: {why}")
+                self._connect_next(attempt, now)
+        if isinstance(ev, LinkRejected):
+            self._drop_link(key)
+
+    # ------------------------------------------------------------ home
+
+    def _choose_home(self, now: float) -> None:
+        if self._closed or self._homing is not None:
+            return
+        relays = self.available(now)
+        if not relays:
+            log.warning("no relay known: add one with add-bootstrap-relay or --relay")
+            self._set_home(None, now)
+            self._rehome_at = now + self.config.rehome_retry_s
+            return
+        measure = relays[: self.config.measure_count]
+        homing = _Homing(measuring=set(), measure_deadline=now + self.config.measure_timeout_s)
+        self._homing = homing
+        for relay in measure:
+            link = self._link(relay.key, now)
+            if link is None:
+                continue
+            link.ping(now)
+            homing.measuring.add(relay.key)
+        if not homing.measuring:
+            self._register_next_home(now)
+
+    def _on_pong(self, key: PublicKey, ev: RttMeasured, now: float) -> None:
+        homing = self._homing
+        if homing is not None and key in homing.measuring:
+            homing.measuring.discard(key)
+            if not homing.measuring:
+                self._register_next_home(now)
+        carried = self._carried(key)
+        if carried:
+            self._events.append(RelayMeasured(key, ev.rtt_s, carried))
+
+    def _register_next_home(self, now: float) -> None:
+        homing = self._homing
+        if homing is None:
+            return
+        for relay in self.available(now):
+            if relay.key in homing.tried:
+                continue
+            link = self._link(relay.key, now)
+            if link is None:
+                continue
+            homing.tried.add(relay.key)
+            homing.trying = relay.key
+            homing.deadline = now + self.config.connect_timeout_s
+            if link.state == LinkState.REGISTERED:
+                self._homing = None
+                self._set_home(relay.key, now)
+            else:
+                link.connect(now)
+            return
+        self._homing = None
+        self._set_home(None, now)
+        log.warning("no home relay reachable; retrying in %.0f s", self.config.rehome_retry_s)
+        self._rehome_at = now + self.config.rehome_retry_s
+
+    def _home_failed(self, key: PublicKey, why: str, now: float) -> None:
+        log.info("relay %s unusable as home: %s", key.short(), why)
+        self.registry.record_failure(key)
+        homing = self._homing
+        if homing is not None:
+            homing.trying = None
+            self._register_next_home(now)
+
+    def _set_home(self, key: PublicKey | None, now: float) -> None:
+        if key == self.home:
+            return
+        self.home = key
+        if key is not None:
+            relay = self.registry.get(key)
+            where = endpoint_str(relay.endpoint) if relay else "?"
+            log.info("home relay %s at %s", key.short(), where)
+            self._touch(key, now)
+            self._ask_announcements(now)
+            if self._next_measure == float("inf"):
+                self._next_measure = now + self.config.measure_interval_s
+        self._events.append(HomeChanged(key))
+
+    def _ask_announcements(self, now: float) -> None:
+        self._next_announcements = now + self.config.announcements_interval_s
+        if self.home is None:
+            return
+        link = self.link(self.home)
+        if link is not None and link.state == LinkState.REGISTERED:
+            link.query(now, want_relays=True)
+
+    # ------------------------------------------------------------ relaying a peer
+
+    def _locating(self, peer: PublicKey, now: float) -> _Attempt:
+        attempt = _Attempt(peer, _Phase.LOCATING, now + self.config.locate_timeout_s)
+        for relay in self.available(now)[: self.config.locate_fanout]:
+            link = self._link(relay.key, now)
+            if link is not None and link.state != LinkState.REJECTED:
+                attempt.queries[relay.key] = link.query(now, locate=peer, want_relays=False)
+        return attempt
+
+    def _on_discovery(self, key: PublicKey, ev: DiscoveryAnswered, now: float) -> None:
+        learned = tuple(a.info.key for a in ev.announcements if self.registry.register_relay(a))
+        if learned:
+            self._events.append(RelaysLearned(learned))
+        peer = ev.asked_for
+        attempt = self._attempts.get(peer) if peer is not None else None
+        if attempt is None or attempt.phase is not _Phase.LOCATING:
+            return
+        if attempt.queries.get(key) != ev.query_id:
+            return
+        del attempt.queries[key]
+        found = ev.located.relay if ev.located is not None else None
+        if found is not None and self.registry.get(found) is not None and self._usable(found):
+            attempt.located = found
+            attempt.queries.clear()
+        if not attempt.queries:
+            self._located(attempt, now)
+
+    def _on_query_failed(self, key: PublicKey, ev: QueryFailed, now: float) -> None:
+        peer = ev.asked_for
+        attempt = self._attempts.get(peer) if peer is not None else None
+        if attempt is None or attempt.queries.get(key) != ev.query_id:
+            return
+        del attempt.queries[key]
+        if not attempt.queries:
+            self._located(attempt, now)
+
+    def _located(self, attempt: _Attempt, now: float) -> None:
+        if attempt.report_located:
+            self._finish_locate(attempt, now)
+        else:
+            self._connect_next(attempt, now)
+
+    def _finish_locate(self, attempt: _Attempt, now: float) -> None:
+        self._attempts.pop(attempt.peer, None)
+        self._events.append(PeerLocated(attempt.peer, attempt.located))
+
+    def _candidates(self, attempt: _Attempt, now: float) -> list[PublicKey]:
+        """The peer's own home, ours, then every other usable relay by score."""
+        out: list[PublicKey] = []
+        for key in (attempt.located, self.home):
+            if key is not None and key not in out and self.registry.get(key) is not None:
+                out.append(key)
+        out += [r.key for r in self.available(now) if r.key not in out]
+        return out
+
+    def _connect_next(self, attempt: _Attempt, now: float) -> None:
+        if attempt.phase is _Phase.LOCATING:
+            attempt.phase = _Phase.CONNECTING
+            attempt.queries.clear()
+            attempt.candidates = self._candidates(attempt, now)
+        while attempt.candidates:
+            key = attempt.candidates.pop(0)
+            if key in attempt.tried:
+                continue
+            link = self._link(key, now)
+            if link is None or link.state == LinkState.REJECTED:
+                continue
+            attempt.tried.add(key)
+            attempt.current = key
+            self._touch(key, now)
+            if link.state == LinkState.REGISTERED:
+                link.request_session(attempt.peer, now)
+                attempt.deadline = now + self.config.session_timeout_s
+            else:
+                link.connect(now)
+                attempt.deadline = now + self.config.connect_timeout_s
+            return
+        self._attempts.pop(attempt.peer, None)
+        errors = "; ".join(attempt.errors) if attempt.errors else "no relay known"
+        self._events.append(
+            PeerRelayFailed(attempt.peer, f"no relay could reach {attempt.peer.short()} ({errors})")
+        )
+
+    def _attempt_timed_out(self, attempt: _Attempt, now: float) -> None:
+        if attempt.phase is _Phase.LOCATING:
+            attempt.queries.clear()
+            self._located(attempt, now)
+            return
+        key = attempt.current
+        if key is not None:
+            attempt.errors.append(f"{key.short()}: no answer")
+            link = self.link(key)
+            if link is not None and self.route_relay.get(attempt.peer) != key:
+                link.close_session(attempt.peer, now)  # stop asking there
+        self._connect_next(attempt, now)
+
+    # ------------------------------------------------------------ measuring, idling
+
+    def _measure(self, now: float) -> None:
+        self._next_measure = now + self.config.measure_interval_s
+        for key in set(self.route_relay.values()):
+            link = self.link(key)
+            if link is not None:
+                link.ping(now)
+
+    def _carried(self, key: PublicKey) -> tuple[PublicKey, ...]:
+        return tuple(p for p, r in self.route_relay.items() if r == key)
+
+    def _touch(self, key: PublicKey, now: float) -> None:
+        lk = self._links.get(key)
+        if lk is not None:
+            lk.idle_since = now
+
+    def _idle_candidate(self, lk: _Link) -> bool:
+        link = lk.link
+        key = link.relay_key
+        return not (
+            key == self.home
+            or link.session_of
+            or link.wanted
+            or (self._homing is not None and self._homing.trying == key)
+            or any(key in (a.current, *a.queries) for a in self._attempts.values())
+        )
+
+    def _retire_idle_links(self, now: float) -> None:
+        for key, lk in list(self._links.items()):
+            if self._idle_candidate(lk) and now >= lk.idle_since + self.config.link_idle_s:
+                log.info("relay %s no longer needed; leaving it", key.short())
+                lk.link.shutdown(now)  # it holds no session: nothing to send
+                self._drop_link(key)
+
+    def _drop_link(self, key: PublicKey) -> None:
+        lk = self._links.pop(key, None)
+        if lk is not None:
+            self._by_addr.pop(lk.addr, None)
