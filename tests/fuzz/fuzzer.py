@@ -63,14 +63,24 @@ PRESETS: dict[str, RelayConfig] = {
         max_bandwidth_kbps=1,
         max_sessions_per_peer=2,
         max_pending_per_peer=1,
-        max_registrations=10,
-        max_registrations_per_source=2,
-        max_sessions_per_source=3,
+        max_registrations=8,
+        max_registrations_per_source=1,
+        max_sessions_per_source=2,
         rate_table_size=8,
         key_cache_size=6,
         handshakes_before_cookies=0,
         control_rate_per_key=5.0,
         control_burst_per_key=10.0,
+    ),
+    # a small, full registration table: eviction of idle peers, refusals
+    "crowded": RelayConfig(
+        max_registrations=9,
+        max_registrations_per_source=3,
+        control_rate_per_ip=_GENEROUS,
+        control_burst_per_ip=_GENEROUS,
+        control_rate_per_key=_GENEROUS,
+        control_burst_per_key=_GENEROUS,
+        handshakes_before_cookies=10**9,
     ),
 }
 
@@ -93,6 +103,8 @@ class Report:
     mutations: Counter[str] = field(default_factory=Counter)
     kinds: Counter[str] = field(default_factory=Counter)
     outcomes: int = 0
+    quota_hits: Counter[str] = field(default_factory=Counter)
+    """The relay's refusals and evictions, by quota."""
     after: list[str] = field(default_factory=list)
     """What did not work after the fuzzing (the cores must still serve)."""
 
@@ -290,6 +302,7 @@ def _finish(report: Report, world: World, started: float, inputs: int, outcomes:
     report.inputs = inputs
     report.findings = world.findings()
     report.outcomes = outcomes
+    report.quota_hits = Counter(world.relay.stats.quota_hits)
     report.tally = world.oracle.tally if report.core == "relay" else report.tally
     report.known = world.oracle.tally.known + world.link_known()
 
@@ -313,6 +326,7 @@ def fuzz_client(
     target = world.peer["p0"]
     gen = LinkInputs(world, rng, target)
     mut = Mutator(rng, gen)
+    gen.vary_announcement = mut.announcement
     relay_key = world.identity.x25519_public
     history: deque[bytes] = deque(maxlen=128)
     world.taps.append(lambda d, src: gen.observe(d) if src == target.addr else None)
@@ -351,7 +365,7 @@ def fuzz_client(
         report.kinds["corpus"] += 1
     for i in range(inputs):
         world.advance(clock_step(rng))
-        if i % 40 == 0:
+        if i % 10 == 0:
             world.maintain()
             keep_asking(target, rng.choice(others), rng.random() < 0.5, world.now)
             world.pump()

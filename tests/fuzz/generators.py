@@ -20,16 +20,17 @@ from __future__ import annotations
 
 import random
 from collections import deque
+from collections.abc import Callable
 
 import nacl.bindings as sodium
 
 from tests.fuzz.layout import ControlDraft, DataDraft, Draft, RawDraft, open_draft
 from tests.fuzz.oracle import host_port
 from tests.fuzz.world import ADDRESS_POOL, WALL0, Party, Peer, World, derive, make_party
+from wgrelay.endpoint import Endpoint
 from wgrelay.errors import RemoteProtocolError
 from wgrelay.keys import PublicKey, RelayIdentity, clamp
 from wgrelay.proto.announce import RelayNodeInfo, encode_announcement
-from wgrelay.proto.buffer import Endpoint
 from wgrelay.proto.constants import (
     CONTROL_TYPES,
     MAX_REGION_LEN,
@@ -98,6 +99,8 @@ class _Common:
         self.world = world
         self.rng = rng
         self.src: Addr = ADDRESS_POOL[0]
+        self.vary_announcement: Callable[[bytes], bytes] | None = None
+        """Mutates an announcement along its layout (set by the fuzzer)."""
         self.nonces: deque[bytes] = deque(maxlen=64)
         self.closed_sids: deque[bytes] = deque(maxlen=16)
         self.announcement = encode_announcement(
@@ -122,16 +125,15 @@ class _Common:
     def some_key(self) -> bytes:
         w, rng = self.world, self.rng
         pick = rng.randrange(10)
-        if pick < 5:
+        if pick < 4 and w.relay.table.regs:
+            return rng.choice(list(w.relay.table.regs))
+        if pick < 7:
             return rng.choice(w.parties).public
-        if pick == 5:
-            return w.identity.public.raw
-        if pick == 6:
-            return w.identity.x25519_public
         if pick == 7:
-            return rng.choice([bytes(32), b"\xff" * 32])
-        regs = list(w.relay.table.regs)
-        return rng.choice(regs) if regs else rng.randbytes(32)
+            return w.identity.public.raw
+        if pick == 8:
+            return w.identity.x25519_public
+        return rng.choice([bytes(32), b"\xff" * 32, rng.randbytes(32)])
 
     def some_sid(self) -> bytes:
         w, rng = self.world, self.rng
@@ -229,6 +231,8 @@ class _Common:
     def discovery_response(self, qid: int) -> DiscoveryResponse:
         rng = self.rng
         choices = [self.announcement, self.announcement, rng.randbytes(40)]
+        if self.vary_announcement is not None:
+            choices += [self.vary_announcement(self.announcement) for _ in range(3)]
         anns = [rng.choice(choices) for _ in range(rng.choice([0, 1, 1, 2, 3]))]
         location = None
         if rng.random() < 0.4:
@@ -325,12 +329,25 @@ class RelayInputs(_Common):
             party = rng.choice(self.honest)
         else:
             party = rng.choice(self.others)
-        self.src = self.source(party)
         t = MsgType(rng.choice(CLIENT_TYPES) if rng.random() < 0.85 else rng.choice(SERVER_TYPES))
+        body = self.body(t)
+        table = self.world.relay.table
+        if t in (MsgType.SESSION_ANSWER, MsgType.SESSION_CLOSE) and rng.random() < 0.5:
+            # as an end of a live or pending session: the handlers' deep paths
+            pool = table.pending if t == MsgType.SESSION_ANSWER else table.sessions
+            s = rng.choice(list(pool.values())) if pool else None
+            end = self.world.by_key.get(rng.choice([s.a_key, s.b_key])) if s else None
+            if s is not None and end is not None:
+                party = end
+                if t == MsgType.SESSION_ANSWER:
+                    body = SessionAnswer(s.sid, rng.random() < 0.5)
+                else:
+                    body = SessionClose(s.sid, rng.choice(list(CloseReason)))
+        self.src = self.source(party)
         key = party.to_relay
         if t in SERVER_TO_CLIENT and party.from_relay is not None and rng.random() < 0.5:
             key = party.from_relay  # as if the peer were the relay of the channel
-        d = self.draft(t, party, key, self.body(t))
+        d = self.draft(t, party, key, body)
         cookie = self.cookie_for(party.public)
         if cookie is not None and rng.random() < 0.85:
             d.cookie, d.flags = cookie, d.flags | FLAG_COOKIE

@@ -195,6 +195,13 @@ class Mutator:
             self.body_grow(d)
             return
         f = self.rng.choice(fields)
+        if f.kind == "ann" and self.rng.random() < 0.8:
+            # an announcement inside a response: mutated along its own layout
+            # (and signed again), its u16 length kept true so the body parses
+            ann = self.announcement(d.body[f.off : f.off + f.size])
+            head = d.body[: f.off - 2] + len(ann).to_bytes(2, "big")
+            d.body = head + ann + d.body[f.off + f.size :]
+            return
         value = field_value(self.rng, self.ctx, f, d.body)
         d.body = d.body[: f.off] + value + d.body[f.off + f.size :]
 
@@ -318,10 +325,16 @@ class Mutator:
     # ------------------------------------------------------------ announcements
 
     def announcement(self, data: bytes) -> bytes:
+        rng = self.rng
         fields = announcement_fields(data)
         if not fields:
             return data
-        f = self.rng.choice(fields)
+        r = rng.random()
+        if r < 0.1:  # cut at a field boundary, or below the smallest size
+            return data[: rng.choice([*boundaries(fields, len(data)), 1, 97])]
+        if r < 0.15:  # past the control size limit
+            return data + rng.randbytes(max(0, MAX_CONTROL_SIZE + 1 - len(data)))
+        f = rng.choice(fields)
         data = data[: f.off] + field_value(self.rng, self.ctx, f, data) + data[f.off + f.size :]
         if self.rng.random() < 0.7 and len(data) > 64 + 34:
             # sign the garbage with the key it names, if we hold it

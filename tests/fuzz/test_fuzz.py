@@ -49,7 +49,8 @@ LINK_HANDLERS = {
     "DiscoveryResponse",
     "Error",
 }
-# every drop reason a run must reach, beyond those of the preset
+# every drop reason a run must reach, beyond those of the preset (a long run
+# reaches the rarer ones too)
 RELAY_REASONS = {
     "truncated",
     "oversize",
@@ -67,12 +68,14 @@ RELAY_REASONS = {
     "not_wireguard",
     "not_allowed",
     "unproven_address",
-    "bad_address",
+    "unexpected",
 }
+RELAY_REASONS_LONG = {"bad_address", "stale_rebind"}
 PRESET_REASONS = {
     "deep": set(),
     "default": {"rate_limited_ip", "needs_cookie"},
-    "tight": {"needs_cookie", "bad_cookie", "rate_limited_key", "bandwidth"},
+    "tight": {"needs_cookie", "bad_cookie", "rate_limited_key"},
+    "crowded": set(),
 }
 LINK_REASONS = {
     "truncated",
@@ -98,12 +101,12 @@ def assert_clean(report: Report) -> None:
     assert report.tally.inputs >= report.inputs
 
 
-def check_relay_reach(report: Report, preset: str) -> None:
+def check_relay_reach(report: Report, preset: str, more: frozenset[str] = frozenset()) -> None:
     """The fuzzer got everywhere it should: every handler, every drop reason."""
     t = report.tally
     assert set(t.handlers) == RELAY_HANDLERS
     assert t.forwarded > 0
-    missing = (RELAY_REASONS | PRESET_REASONS[preset]) - set(t.reasons)
+    missing = (RELAY_REASONS | PRESET_REASONS[preset] | more) - set(t.reasons)
     assert not missing, f"never reached: {missing}"
     assert t.reasons["internal_error"] == 0
 
@@ -213,17 +216,22 @@ def test_oracle_sees_an_internal_error() -> None:
 @pytest.mark.slow
 @pytest.mark.timeout(900)
 @pytest.mark.parametrize(
-    ("preset", "inputs"), [("deep", 50_000), ("default", 30_000), ("tight", 30_000)]
+    ("preset", "inputs"),
+    [("deep", 60_000), ("default", 30_000), ("tight", 30_000), ("crowded", 30_000)],
 )
 def test_relay_core_long_fuzz(preset: str, inputs: int) -> None:
     report = fuzz_relay(inputs, seed=20_240_808, preset=preset, corpus=corpus_io.load("relay"))
     assert_clean(report)
-    check_relay_reach(report, preset)
+    more = RELAY_REASONS_LONG | ({"bandwidth"} if preset == "tight" else set())
+    check_relay_reach(report, preset, frozenset(more))
+    if preset in ("tight", "crowded"):
+        assert report.quota_hits["evicted"] > 0
+        assert report.quota_hits["registrations"] > 0
 
 
 @pytest.mark.slow
 @pytest.mark.timeout(900)
 def test_client_link_long_fuzz() -> None:
-    report = fuzz_client(30_000, seed=20_240_808, corpus=corpus_io.load("client"))
+    report = fuzz_client(40_000, seed=20_240_808, corpus=corpus_io.load("client"))
     assert_clean(report)
     check_link_reach(report)
