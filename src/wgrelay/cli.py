@@ -182,7 +182,7 @@ def cmd_list_relays(args: argparse.Namespace) -> int:
 
     from wgrelay.client.manager import relay_score
     from wgrelay.discovery.registry import RegistryStore
-    from wgrelay.proto.buffer import endpoint_str
+    from wgrelay.endpoint import endpoint_str
     from wgrelay.state import ensure_state_dir
 
     store = RegistryStore(ensure_state_dir(args.state_dir) / "relays.db")

@@ -14,9 +14,9 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+from wgrelay.endpoint import Endpoint
 from wgrelay.keys import PublicKey
 from wgrelay.mesh.cache import ConnectionCache
-from wgrelay.proto.buffer import Endpoint
 
 PEERS = [PublicKey(bytes([i + 1]) * 32) for i in range(40)]
 ENDPOINTS: list[Endpoint] = [(f"203.0.113.{j + 1}", 51820) for j in range(10)]

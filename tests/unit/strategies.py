@@ -6,9 +6,9 @@ import ipaddress
 
 from hypothesis import strategies as st
 
+from wgrelay.endpoint import Endpoint
 from wgrelay.keys import PublicKey
 from wgrelay.proto.announce import RelayNodeInfo
-from wgrelay.proto.buffer import Endpoint
 from wgrelay.proto.constants import (
     MAX_DETAIL_LEN,
     MAX_ENDPOINTS,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+from wgrelay.endpoint import Endpoint
 from wgrelay.keys import PrivateKey, PublicKey
 from wgrelay.mesh.agent import (
     Action,
@@ -22,7 +23,6 @@ from wgrelay.mesh.agent import (
 from wgrelay.mesh.backend.base import InterfaceInfo, PeerInfo
 from wgrelay.mesh.cache import ConnectionCache
 from wgrelay.mesh.nat import TryDirect
-from wgrelay.proto.buffer import Endpoint
 
 WALL0 = 1_700_000_000.0
 RELAY = PrivateKey.generate().public_key()

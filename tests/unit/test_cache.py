@@ -18,6 +18,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from wgrelay.endpoint import Endpoint
 from wgrelay.errors import LocalProtocolError
 from wgrelay.keys import PublicKey
 from wgrelay.mesh.cache import (
@@ -30,7 +31,6 @@ from wgrelay.mesh.cache import (
     normalize_endpoint,
     quality_score,
 )
-from wgrelay.proto.buffer import Endpoint
 
 T0 = 1_700_000_000.0
 PEER = PublicKey(b"\x01" * 32)

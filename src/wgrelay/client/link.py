@@ -52,10 +52,10 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
 
+from wgrelay.endpoint import Endpoint
 from wgrelay.errors import RemoteProtocolError, StaleTimestamp
 from wgrelay.keys import PrivateKey, PublicKey, relay_x25519_public
 from wgrelay.proto.announce import Announcement, decode_announcement
-from wgrelay.proto.buffer import Endpoint
 from wgrelay.proto.constants import (
     NONCE_LEN,
     QUERY_FLAG_WANT_RELAYS,

@@ -71,9 +71,9 @@ from wgrelay.client.link import (
     SessionFailed,
 )
 from wgrelay.discovery.registry import KnownRelay, RelayRegistry
+from wgrelay.endpoint import Endpoint, endpoint_str
 from wgrelay.errors import InvalidKey
 from wgrelay.keys import PrivateKey, PublicKey, relay_x25519_public
-from wgrelay.proto.buffer import Endpoint, endpoint_str
 from wgrelay.proto.constants import CloseReason
 
 log = logging.getLogger(__name__)

@@ -20,8 +20,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from wgrelay.client.manager import Route
+from wgrelay.endpoint import Endpoint
 from wgrelay.keys import PublicKey
-from wgrelay.proto.buffer import Endpoint
 from wgrelay.proto.constants import DATA_HEADER_LEN
 from wgrelay.transport.base import Addr, DatagramTransport, Runtime
 from wgrelay.transport.udp import AsyncioRuntime

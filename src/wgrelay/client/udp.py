@@ -29,9 +29,9 @@ from wgrelay.client.link import (
     SessionEstablished,
     SessionFailed,
 )
+from wgrelay.endpoint import Endpoint
 from wgrelay.errors import RelayUnavailable
 from wgrelay.keys import PrivateKey, PublicKey
-from wgrelay.proto.buffer import Endpoint
 from wgrelay.proto.constants import DATA_HEADER_LEN, CloseReason, MsgType
 from wgrelay.proto.data import data_header
 from wgrelay.transport.base import Addr, DatagramTransport, Runtime

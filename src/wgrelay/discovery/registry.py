@@ -30,10 +30,10 @@ import sqlite3
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from wgrelay.endpoint import Endpoint
 from wgrelay.errors import ConfigError, InvalidKey
 from wgrelay.keys import PublicKey
 from wgrelay.proto.announce import Announcement
-from wgrelay.proto.buffer import Endpoint
 from wgrelay.storage import open_store
 
 log = logging.getLogger(__name__)

@@ -57,11 +57,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 
+from wgrelay.endpoint import Endpoint, endpoint_str, is_loopback
 from wgrelay.keys import PublicKey
 from wgrelay.mesh.backend.base import InterfaceInfo, PeerInfo
 from wgrelay.mesh.cache import ConnectionCache
 from wgrelay.mesh.nat import DirectFailed, DirectSucceeded, NatTraverse, Observation, TryDirect
-from wgrelay.proto.buffer import Endpoint, endpoint_str, is_loopback
 
 log = logging.getLogger(__name__)
 

@@ -97,9 +97,9 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Literal
 
+from wgrelay.endpoint import Endpoint, endpoint_str
 from wgrelay.errors import LocalProtocolError, WgRelayError
 from wgrelay.keys import PublicKey
-from wgrelay.proto.buffer import Endpoint, endpoint_str
 from wgrelay.storage import CACHE_APPLICATION_ID, open_store
 
 log = logging.getLogger(__name__)

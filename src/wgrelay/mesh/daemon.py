@@ -33,6 +33,7 @@ from wgrelay.client.manager import (
 )
 from wgrelay.client.proxy import ProxyTable
 from wgrelay.discovery.registry import RegistryStore, RelayRegistry
+from wgrelay.endpoint import Endpoint, endpoint_str
 from wgrelay.errors import BackendError, ConfigError
 from wgrelay.keys import PublicKey
 from wgrelay.mesh.agent import (
@@ -53,7 +54,6 @@ from wgrelay.mesh.backend.base import InterfaceInfo, WireGuardBackend
 from wgrelay.mesh.backend.detect import detect_backend
 from wgrelay.mesh.cache import ConnectionCache
 from wgrelay.mesh.nat import TryDirect
-from wgrelay.proto.buffer import Endpoint, endpoint_str
 from wgrelay.proto.constants import DATA_HEADER_LEN, CloseReason
 from wgrelay.settings import load_settings, settings_path
 from wgrelay.state import ensure_state_dir

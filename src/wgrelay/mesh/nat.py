@@ -21,8 +21,8 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
+from wgrelay.endpoint import Endpoint, is_loopback
 from wgrelay.keys import PublicKey
-from wgrelay.proto.buffer import Endpoint, is_loopback
 
 
 @dataclass(frozen=True, slots=True)

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from wgrelay.endpoint import Endpoint
 from wgrelay.errors import (
     AuthenticationFailed,
     LocalProtocolError,
@@ -40,7 +41,7 @@ from wgrelay.errors import (
     UnsupportedVersion,
 )
 from wgrelay.keys import PublicKey, RelayIdentity, verify_signature
-from wgrelay.proto.buffer import Buffer, Endpoint, Writer
+from wgrelay.proto.buffer import Buffer, Writer
 from wgrelay.proto.constants import (
     KEY_LEN,
     MAX_CONTROL_SIZE,

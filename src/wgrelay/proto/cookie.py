@@ -36,8 +36,8 @@ import struct
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from wgrelay.endpoint import Endpoint
 from wgrelay.errors import Malformed, Truncated, UnsupportedVersion
-from wgrelay.proto.buffer import Endpoint
 from wgrelay.proto.constants import COOKIE_ECHO_LEN, COOKIE_LEN, PROTOCOL_VERSION, MsgType
 
 COOKIE_ROTATION_S = 120.0

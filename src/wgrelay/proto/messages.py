@@ -12,9 +12,10 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import ClassVar, Self, TypeVar
 
+from wgrelay.endpoint import Endpoint
 from wgrelay.errors import LocalProtocolError, Malformed
 from wgrelay.keys import PublicKey
-from wgrelay.proto.buffer import Buffer, Endpoint, Writer
+from wgrelay.proto.buffer import Buffer, Writer
 from wgrelay.proto.constants import (
     KEY_LEN,
     MAX_DETAIL_LEN,

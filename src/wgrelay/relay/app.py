@@ -9,9 +9,9 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from wgrelay.endpoint import Endpoint
 from wgrelay.errors import ConfigError
 from wgrelay.keys import load_or_create_relay_identity
-from wgrelay.proto.buffer import Endpoint
 from wgrelay.proto.constants import MAX_ENDPOINTS, MAX_REGION_LEN
 from wgrelay.relay.access import AccessPolicy, AllowFilePolicy, OpenPolicy, PeersOfInterfacePolicy
 from wgrelay.relay.config import RelayConfig

@@ -54,9 +54,9 @@ import os
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from wgrelay.endpoint import endpoint_str
 from wgrelay.keys import PublicKey, RelayIdentity
 from wgrelay.proto.announce import RelayNodeInfo, encode_announcement
-from wgrelay.proto.buffer import endpoint_str
 from wgrelay.proto.constants import (
     DATA_HEADER_LEN,
     MIN_WIREGUARD_PACKET,

@@ -38,9 +38,9 @@ import itertools
 import random
 import struct
 
+from wgrelay.endpoint import Endpoint
 from wgrelay.errors import RemoteProtocolError
 from wgrelay.keys import PrivateKey, PublicKey
-from wgrelay.proto.buffer import Endpoint
 from wgrelay.sim.loop import VirtualTimeLoop
 from wgrelay.sim.socket import SimUdpTransport
 from wgrelay.sim.wgpeer import (

@@ -18,8 +18,8 @@ import struct
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from wgrelay.endpoint import Endpoint
 from wgrelay.keys import PublicKey
-from wgrelay.proto.buffer import Endpoint
 
 # ---------------------------------------------------------------- spec constants
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 from typing import TYPE_CHECKING
 
+from wgrelay.endpoint import Endpoint
 from wgrelay.errors import BackendError
 from wgrelay.keys import PrivateKey, PublicKey
 from wgrelay.mesh.backend.base import (
@@ -29,7 +30,6 @@ from wgrelay.mesh.backend.base import (
     parse_endpoint,
     sort_peers,
 )
-from wgrelay.proto.buffer import Endpoint
 from wgrelay.sim.topology import Host
 from wgrelay.sim.wgdevice import WireGuardDevice
 from wgrelay.sim.wgpeer import (

@@ -25,9 +25,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
+from wgrelay.endpoint import Endpoint
 from wgrelay.errors import BackendError
 from wgrelay.keys import PrivateKey, PublicKey
-from wgrelay.proto.buffer import Endpoint
 
 SYS_CLASS_NET = Path("/sys/class/net")
 """Where Linux shows network devices; per network namespace."""

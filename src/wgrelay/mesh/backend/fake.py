@@ -28,6 +28,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from wgrelay.endpoint import Endpoint
 from wgrelay.errors import BackendError
 from wgrelay.keys import PrivateKey, PublicKey
 from wgrelay.mesh.backend.base import (
@@ -39,7 +40,6 @@ from wgrelay.mesh.backend.base import (
     parse_endpoint,
     sort_peers,
 )
-from wgrelay.proto.buffer import Endpoint
 
 DEFAULT_MTU = 1420
 """What wg-quick and wireguard-go give a new interface."""

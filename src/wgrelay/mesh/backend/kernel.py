@@ -32,6 +32,7 @@ import subprocess
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from wgrelay.endpoint import Endpoint
 from wgrelay.errors import BackendError, InvalidKey
 from wgrelay.keys import PrivateKey, PublicKey
 from wgrelay.mesh.backend.base import (
@@ -45,7 +46,6 @@ from wgrelay.mesh.backend.base import (
     read_mtu,
     sort_peers,
 )
-from wgrelay.proto.buffer import Endpoint
 
 DEFAULT_TIMEOUT_S = 5.0
 """``wg`` answers in milliseconds; this only bounds a wedged kernel or daemon."""

@@ -42,6 +42,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from wgrelay.endpoint import Endpoint
 from wgrelay.errors import BackendError
 from wgrelay.keys import PrivateKey, PublicKey
 from wgrelay.mesh.backend.base import (
@@ -55,7 +56,6 @@ from wgrelay.mesh.backend.base import (
     read_mtu,
     sort_peers,
 )
-from wgrelay.proto.buffer import Endpoint
 
 DEFAULT_SOCKET_DIR = Path("/var/run/wireguard")
 DEFAULT_TIMEOUT_S = 5.0
