@@ -242,6 +242,17 @@ class Nat:
         """Forget every mapping, as a reboot of the box would."""
         self.table.reset()
 
+    def reconfigure(self, behavior: NatBehavior) -> None:
+        """Give the box new settings (say, an operator turning on
+        endpoint-independent mapping); like a reboot, it forgets every mapping."""
+        self.behavior = behavior
+        self.table = NatTable(
+            behavior,
+            self.public_ip,
+            self.network.derive_rng(f"nat/{self.name}/{behavior}"),
+            self._on_table_event,
+        )
+
     def mapping_of(self, inside: Endpoint, remote: Endpoint) -> Endpoint | None:
         """The external endpoint ``inside`` currently uses towards ``remote``."""
         return self.table.mapping_of(inside, remote, self.network.loop.time())
