@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: all demo test test-slow lint bench sysdeps venv clean
+.PHONY: all demo nat-matrix test test-slow lint bench sysdeps venv clean
 
 all: test
 
@@ -19,9 +19,15 @@ venv: $(STAMP)
 sysdeps:
 	@scripts/install-sysdeps.sh
 
-## make demo: a relayed WireGuard tunnel coming up by itself in network namespaces
+## make demo: a relayed WireGuard tunnel coming up by itself: in network namespaces
+## as root, told by the network simulator otherwise (wgrelay demo --simulated)
 demo: sysdeps venv
 	$(BIN)/wgrelay demo
+
+## make nat-matrix: docs/NAT_MATRIX.md, the path the agents take for each pair of NATs
+nat-matrix: venv
+	$(BIN)/wgrelay demo --simulated --matrix > docs/NAT_MATRIX.md.tmp
+	mv docs/NAT_MATRIX.md.tmp docs/NAT_MATRIX.md
 
 ## make test: unit, loopback, simulation and (as root) namespace system tests
 test: sysdeps venv

@@ -313,6 +313,12 @@ def _direct_timeout(text: str) -> float:
     return float(text)
 
 
+def _speed(text: str) -> float:
+    if not _SECONDS.fullmatch(text) or float(text) > 1000:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a speed factor from 0 to 1000")
+    return float(text)
+
+
 def _state_dir(text: str) -> Path:
     # Path("") is the current directory: a typo or an empty variable, not a choice
     if not text.strip():
@@ -321,21 +327,24 @@ def _state_dir(text: str) -> Path:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    import asyncio
+    from wgrelay.demo.simulated import print_nat_matrix, run_simulated_demo
 
-    from wgrelay.demo.loopback import run_loopback_demo
-
+    if args.matrix:
+        return print_nat_matrix()
+    speed = args.speed if args.speed is not None else (10.0 if sys.stdout.isatty() else 0.0)
+    if args.simulated:
+        return run_simulated_demo(speed=speed, verbose=args.verbose)
     missing = _netns_demo_missing()
     if missing is None:
         from wgrelay.demo.netns import run_netns_demo
 
         return run_netns_demo()
     print(
-        f"wgrelay demo: the WireGuard/NAT namespace demo {missing}; running the nearest "
-        "honest thing instead: a real relay and two real clients on 127.0.0.1 (no WireGuard)",
+        f"wgrelay demo: the WireGuard/NAT namespace demo {missing}; telling the same story "
+        "in the simulator instead (wgrelay demo --simulated)",
         flush=True,
     )
-    return asyncio.run(run_loopback_demo())
+    return run_simulated_demo(speed=speed, verbose=args.verbose)
 
 
 def _netns_demo_missing() -> str | None:
@@ -498,7 +507,24 @@ def build_parser() -> argparse.ArgumentParser:
     sp = add("status", "show per-peer paths of running agents", cmd_status)
     sp.add_argument("interface", nargs="?", metavar="INTERFACE", help="only this interface")
     sp.add_argument("--json", action="store_true", help="stable machine-readable output")
-    add("demo", "a relayed WireGuard tunnel coming up in network namespaces", cmd_demo)
+    sp = add("demo", "a relayed WireGuard tunnel coming up (namespaces, or simulated)", cmd_demo)
+    sp.add_argument(
+        "--simulated",
+        action="store_true",
+        help="tell the story in the network simulator (no root needed; the default without root)",
+    )
+    sp.add_argument(
+        "--matrix",
+        action="store_true",
+        help="with --simulated: print the NAT-pair matrix (docs/NAT_MATRIX.md) instead",
+    )
+    sp.add_argument(
+        "--speed",
+        type=_speed,
+        metavar="FACTOR",
+        help="simulated seconds per real second; 0 runs flat out"
+        " (default: 10 on a terminal, else 0)",
+    )
     return p
 
 
