@@ -35,13 +35,14 @@ from dataclasses import dataclass, field
 
 from tests.fuzz import seeds as corpus_io
 from tests.fuzz.generators import FLOOD_SOURCES, LinkInputs, RelayInputs, wg_payload
-from tests.fuzz.layout import ControlDraft, DataDraft, Draft, open_draft
+from tests.fuzz.layout import ControlDraft, DataDraft, Draft, RawDraft, open_draft
 from tests.fuzz.mutators import Mutator
-from tests.fuzz.oracle import Finding, Tally, known_link_lockout
-from tests.fuzz.world import SESSIONS, Peer, World
+from tests.fuzz.oracle import Finding, Tally, host_port, known_link_lockout
+from tests.fuzz.world import SESSIONS, WORLD_SEED, Peer, World
 from wgrelay.client.link import LinkState
 from wgrelay.keys import PublicKey
 from wgrelay.proto.data import data_header
+from wgrelay.proto.envelope import FLAG_COOKIE
 from wgrelay.relay.admission import Addr
 from wgrelay.relay.config import RelayConfig
 
@@ -87,7 +88,8 @@ PRESETS: dict[str, RelayConfig] = {
 Coverage = Callable[[Callable[[], object]], bool]
 """Runs one delivery and says whether it reached code not reached before."""
 Found = Callable[[str, str, bytes, Addr | None], None]
-"""Told about every input that did something new: (core, kind, data, source)."""
+"""Told about every input that did something new, or hit a known bug (kind
+"known:<bug>"): (core, kind, data, source)."""
 
 
 @dataclass
@@ -125,6 +127,15 @@ class Report:
         )
 
 
+def _world_seed(seed: int, world_seed: int | None) -> int:
+    """The relay's own randomness (session ids, cookie secrets) for this run.
+
+    Never ``WORLD_SEED`` itself, which make_corpus --explore uses: a cookie in
+    a found input was valid at that relay, and must not be at this one (the
+    oracle only knows the cookies it saw this relay send)."""
+    return world_seed if world_seed is not None else WORLD_SEED + 1 + seed
+
+
 def clock_step(rng: random.Random) -> float:
     r = rng.random()
     if r < 0.7:
@@ -151,6 +162,21 @@ def _refresh(d: Draft, gen: RelayInputs | LinkInputs) -> None:
         d.sid = gen.some_sid()
 
 
+def _no_earlier_cookie(d: Draft, world: World, gen: RelayInputs) -> None:
+    """A stored input's cookie may be one an earlier relay with the same secret
+    sent (make_corpus --explore): valid here, but the oracle never saw this
+    relay send it. Only this run's cookies, or a wrong one."""
+    hp = host_port(gen.src)
+    book = world.oracle.cookie_book
+    if isinstance(d, ControlDraft):
+        if d.cookie is not None and (d.cookie, d.sender, hp) not in book:
+            d.cookie = gen.cookie_for(d.sender) or bytes(16)
+    elif isinstance(d, RawDraft) and len(d.data) >= 75 and d.data[2] & FLAG_COOKIE:
+        raw = d.data
+        if (raw[59:75], raw[3:35], hp) not in book:
+            d.data = raw[:59] + bytes(16) + raw[75:]
+
+
 def _note(report: Report, kind: str, names: list[str]) -> None:
     report.kinds[kind] += 1
     report.mutations.update(names)
@@ -168,10 +194,11 @@ def fuzz_relay(
     strict: bool = False,
     coverage: Coverage | None = None,
     found: Found | None = None,
+    world_seed: int | None = None,
 ) -> Report:
     report = Report("relay", preset, seed)
     started = time.perf_counter()
-    world = World(PRESETS[preset], strict=strict).setup()
+    world = World(PRESETS[preset], seed=_world_seed(seed, world_seed), strict=strict).setup()
     rng = random.Random(seed)
     gen = RelayInputs(world, rng)
     mut = Mutator(rng, gen)
@@ -204,10 +231,15 @@ def fuzz_relay(
                 pool.append((data, src, kind))
             if found is not None:
                 found("relay", kind, data, src)
+        if found is not None and world.oracle.last_known is not None:
+            found("relay", f"known:{world.oracle.last_known}", data, src)
 
+    jar = world.relay._admission.cookies
+    world.oracle.earlier_cookies = lambda c, key, hp: jar.check(c, key, hp, world.now)
     for data, src, kind in seeds:  # the corpus as it is, once, at its own time
         deliver(data, src, f"corpus/{kind}")
         report.kinds["corpus"] += 1
+    world.oracle.earlier_cookies = None
     for i in range(inputs):
         # two stretches of a thousand inputs in five come as floods,
         # microseconds apart: control messages from few addresses and new
@@ -235,6 +267,7 @@ def fuzz_relay(
             draft = open_draft(data, keys)
             if rng.random() < 0.8:
                 _refresh(draft, gen)
+            _no_earlier_cookie(draft, world, gen)
             data, names = mut.mutate(draft, partner, rng.choice([0, 1, 1, 2, 3]))
             src = gen.src
             kind = "seed/" + kind.split("/", 1)[-1]
@@ -318,10 +351,11 @@ def fuzz_client(
     strict: bool = False,
     coverage: Coverage | None = None,
     found: Found | None = None,
+    world_seed: int | None = None,
 ) -> Report:
     report = Report("client", "deep", seed)
     started = time.perf_counter()
-    world = World(PRESETS["deep"], strict=strict).setup()
+    world = World(PRESETS["deep"], seed=_world_seed(seed, world_seed), strict=strict).setup()
     rng = random.Random(seed)
     target = world.peer["p0"]
     gen = LinkInputs(world, rng, target)
@@ -356,6 +390,8 @@ def fuzz_client(
                 pool.append((data, kind))
             if found is not None:
                 found("client", kind, data, None)
+        if found is not None and oracle.last_known is not None:
+            found("client", f"known:{oracle.last_known}", data, None)
         if oracle.broken:
             world.renew_link(target)
         world.pump()

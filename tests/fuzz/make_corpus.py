@@ -3,9 +3,11 @@
     python -m tests.fuzz.make_corpus            write relay/, client/ and world.json
     python -m tests.fuzz.make_corpus --check    exit 1 if the files differ from a fresh build
     python -m tests.fuzz.make_corpus --explore N [--seed S]
-        fuzz N inputs into each core under line coverage and keep, in found/,
-        every input that reached a line of src/wgrelay/{proto,relay,client}
-        no earlier input reached, and every input behind a finding
+        fuzz N inputs into each core (the relay under every preset) under line
+        coverage and keep, in found/, every input that reached a line of
+        src/wgrelay/{proto,relay,client} no earlier input reached (cov-*), a
+        few inputs that hit each known bug (known-*) and every input behind
+        a new finding (crash-*)
 
 The seeds depend only on the wire format and the world's fixed keys
 (world.py): each is sealed with a fixed nonce at a fixed time just after
@@ -429,19 +431,34 @@ def explore(inputs: int, seed: int, root: Path) -> Iterator[str]:
     from tests.fuzz.fuzzer import fuzz_client, fuzz_relay
 
     saved: list[Path] = []
+    known: Counter[str] = Counter()
 
     def keep(core: str, kind: str, data: bytes, src: Addr | None) -> None:
-        path = corpus_io.save_found(core, "cov", kind, data, src, root)
+        tag = "cov"
+        if kind.startswith("known:"):
+            known[kind] += 1
+            if known[kind] > 3:
+                return  # a few of each known bug are enough
+            tag = "known"
+        path = corpus_io.save_found(core, tag, kind, data, src, root)
         if path is not None:
             saved.append(path)
 
-    for core in corpus_io.CORES:
-        cov = LineCoverage()
+    from tests.fuzz.fuzzer import PRESETS
+
+    runs: list[tuple[str, str]] = [("relay", p) for p in PRESETS] + [("client", "deep")]
+    coverage = {core: LineCoverage() for core in corpus_io.CORES}
+    for core, preset in runs:
+        cov = coverage[core]
         seeds = corpus_io.load(core, root)
         if core == "relay":
-            report = fuzz_relay(inputs, seed, corpus=seeds, coverage=cov, found=keep)
+            report = fuzz_relay(
+                inputs, seed, preset, corpus=seeds, coverage=cov, found=keep, world_seed=WORLD_SEED
+            )
         else:
-            report = fuzz_client(inputs, seed, corpus=seeds, coverage=cov, found=keep)
+            report = fuzz_client(
+                inputs, seed, corpus=seeds, coverage=cov, found=keep, world_seed=WORLD_SEED
+            )
         for f in report.findings:
             path = corpus_io.save_found(f.core, "crash", f.rule, f.data, f.src, root)
             if path is not None:

@@ -172,6 +172,12 @@ class RelayOracle:
         """The newest cookie per (key, address): what a generator may echo."""
         self.signature: tuple[object, ...] = ()
         """What the last input did (reasons, handler, output types): coverage of outcomes."""
+        self.last_known: str | None = None
+        """The known bug the last input hit, if any."""
+        self.earlier_cookies: Callable[[bytes, bytes, HostPort], bool] | None = None
+        """While set, a cookie this check accepts counts as sent by the relay:
+        for corpus inputs that carry a cookie from an earlier run of a relay
+        with the same secret (the book only knows this run's cookies)."""
         self._entered: list[int] = []
         self._instrument()
 
@@ -203,7 +209,12 @@ class RelayOracle:
         before = dict(drops)
         control0 = stats.control_received
         regs0 = {k: r.addr for k, r in relay.table.regs.items()}
+        if self.earlier_cookies is not None and len(data) >= 75 and data[2] & 1:
+            seen = (bytes(data[59:75]), bytes(data[3:35]), host_port(src))
+            if seen not in self.cookie_book and self.earlier_cookies(*seen):
+                self.cookie_book.add(seen)  # proof from an earlier run: this run's from now
         self._entered.clear()
+        self.last_known = None
         try:
             relay.receive(data, src, now)
         except Exception as e:
@@ -233,6 +244,7 @@ class RelayOracle:
             known = known_relay_miscount(delta, handled)
             if known is not None and not self.strict:
                 t.known[known] += 1
+                self.last_known = known
             else:
                 self._find(
                     "one_reason",
@@ -282,6 +294,10 @@ class RelayOracle:
                     self._find("data_byte_for_byte", f"frame to {dst}", data, src, now)
                 continue
             recipient = self._recipient(d, dst, sender if dst == src else None, regs0, regs1)
+            if recipient is None and dst == src and sender not in self.client_keys:
+                # an answer to a key from the corpus we hold no keys for:
+                # well formed is all we can check
+                recipient = sender if self._well_formed(d) else None
             if recipient is None:
                 self._find("replies_are_sealed", f"{d.hex()} to {dst}", data, src, now)
                 continue
@@ -298,6 +314,14 @@ class RelayOracle:
             )
         if cookie_bytes > len(data):
             self._find("no_amplification", f"{cookie_bytes} bytes of cookies", data, src, now)
+
+    @staticmethod
+    def _well_formed(d: bytes) -> bool:
+        try:
+            parse_control_header(d)
+        except RemoteProtocolError:
+            return False
+        return True
 
     def _recipient(
         self,
@@ -365,6 +389,7 @@ class LinkOracle:
         self.broken = False
         """A known bug left the link unusable: the owner replaces it."""
         self.signature: tuple[object, ...] = ()
+        self.last_known: str | None = None
         self._maps_ok = True
         self._entered: list[str] = []
         self._instrument()
@@ -389,6 +414,7 @@ class LinkOracle:
         known = known_link_crash(e, self.link, now)
         if known is not None and not self.strict:
             self.tally.known[known] += 1
+            self.last_known = known
         else:
             self._find("no_exception", f"{what}: {e!r}", data, now, traceback.format_exc())
         self.broken = True
@@ -399,6 +425,7 @@ class LinkOracle:
         before = dict(c.drops)
         received0 = c.received
         self._entered.clear()
+        self.last_known = None
         try:
             link.receive(data, now)
         except Exception as e:
@@ -472,6 +499,7 @@ class LinkOracle:
             known = known_link_maps(dangling, missing)
             if known is not None and not self.strict:
                 self.tally.known[known] += 1
+                self.last_known = known
             else:
                 what = f"session_of[{dangling[0]}]" if dangling else f"sessions[{missing[0].hex()}]"
                 self._find("session_maps_inverse", f"{what} dangles", data, now)

@@ -5,8 +5,8 @@ Layout of tests/fuzz/corpus/::
     world.json          keys, addresses and clock the datagrams were made with
     relay/*.hex         seeds for the relay core (written by make_corpus)
     client/*.hex        seeds for a client link, as sent by its relay to p0
-    found/relay/*.hex   inputs the fuzzer found: new coverage, or a crash
-    found/client/*.hex
+    found/relay/*.hex   inputs the fuzzer found (make_corpus --explore): new line
+    found/client/*.hex  coverage (cov-*), a known bug (known-*), a new finding (crash-*)
 
 A file is comment lines (``# key: value``) and one line of hex::
 
