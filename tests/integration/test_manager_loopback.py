@@ -10,15 +10,9 @@ import pytest
 
 from tests.helpers import wg_packet
 from tests.integration.relays import inproc_relay
+from wgrelay.client.events import HomeChanged, PeerRelayed, PeerRelayLost, RelaysLearned
 from wgrelay.client.link import LinkConfig
-from wgrelay.client.manager import (
-    HomeChanged,
-    ManagerEvent,
-    PeerRelayed,
-    PeerRelayLost,
-    RelayManager,
-    RelaysLearned,
-)
+from wgrelay.client.manager import ManagerEvent, RelayManager
 from wgrelay.discovery.registry import RelayRegistry
 from wgrelay.keys import PrivateKey, PublicKey
 

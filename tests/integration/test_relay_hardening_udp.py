@@ -25,7 +25,8 @@ from tests.helpers import wg_packet
 from tests.integration.relays import RelayProcess, relay_process
 from tests.integration.test_relay_loopback import Sink
 from tests.unit.test_relay_hardening import _every_client_message
-from wgrelay.client.link import LinkConfig, LinkRejected, RelayLink
+from wgrelay.client.events import LinkRejected
+from wgrelay.client.link import LinkConfig, RelayLink
 from wgrelay.client.udp import RelayClient
 from wgrelay.keys import PrivateKey
 from wgrelay.proto.constants import MsgType

@@ -11,14 +11,14 @@ import pytest
 
 from tests.helpers import wg_packet
 from tests.integration.relays import inproc_relay, relay_process, start_relay_process
-from wgrelay.client.link import (
-    LinkConfig,
+from wgrelay.client.events import (
     LinkEvent,
     LinkRegistered,
     LinkRejected,
     SessionEnded,
     SessionEstablished,
 )
+from wgrelay.client.link import LinkConfig
 from wgrelay.client.udp import RelayClient
 from wgrelay.errors import RelayUnavailable
 from wgrelay.keys import PrivateKey, PublicKey

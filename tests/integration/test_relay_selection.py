@@ -15,8 +15,9 @@ import socket
 import pytest
 
 from tests.integration.relays import inproc_relay
+from wgrelay.client.events import HomeChanged
 from wgrelay.client.link import LinkConfig
-from wgrelay.client.manager import HomeChanged, ManagerEvent, RelayManager
+from wgrelay.client.manager import ManagerEvent, RelayManager
 from wgrelay.discovery.registry import RelayRegistry
 from wgrelay.keys import PrivateKey
 

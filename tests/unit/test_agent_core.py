@@ -6,20 +6,18 @@ from dataclasses import replace
 
 from wgrelay.endpoint import Endpoint
 from wgrelay.keys import PrivateKey, PublicKey
-from wgrelay.mesh.agent import (
+from wgrelay.mesh.actions import (
     Action,
-    AgentConfig,
-    AgentCore,
     CloseRelay,
     HoldProxy,
     Kick,
     LeaveRelay,
-    PathKind,
     ReplaceRelay,
     StartRelay,
     UseDirect,
     UseProxy,
 )
+from wgrelay.mesh.agent import AgentConfig, AgentCore, PathKind
 from wgrelay.mesh.backend.base import InterfaceInfo, PeerInfo
 from wgrelay.mesh.cache import ConnectionCache
 from wgrelay.mesh.nat import TryDirect
@@ -404,3 +402,17 @@ def test_relayed_path_gone_silent_gets_a_new_session_behind_the_same_proxy() -> 
     assert StartRelay(other) in acts  # the smaller key asks at once
     assert core.peers[other].kind == PathKind.RELAY_PENDING
     assert not any(isinstance(a, UseProxy | CloseRelay | LeaveRelay) for a in acts)
+
+
+def test_next_timer_names_the_next_rule_due() -> None:
+    me, other = keys_ordered()
+    core = AgentCore(me, AgentConfig(direct_probe_s=3.0, probe_back_s=30.0))
+    assert core.next_timer() == float("inf")  # no peer, nothing to do
+    core.observe(iface(peer(other)), 0.0, WALL0)
+    assert core.next_timer() == 3.0  # the direct candidate's time is up
+    core.observe(iface(peer(other)), 3.0, WALL0 + 3)
+    core.on_relayed(other, RELAY, False, 3.1, WALL0 + 3.1, RELAY_EP)
+    assert core.next_timer() == 3.1 + 30.0  # the probe-back
+    core.on_relay_lost(other, "peer_gone", 10.0, WALL0 + 10)
+    core.on_relay_failed(other, "no relay", 10.0)
+    assert core.next_timer() == 10.0 + AgentConfig().relay_retry_initial_s

@@ -12,18 +12,17 @@ import itertools
 from collections.abc import Callable
 from typing import TypeVar
 
-from wgrelay.client.link import LinkConfig
-from wgrelay.client.plan import (
+from wgrelay.client.events import (
     HomeChanged,
     PeerLocated,
     PeerRelayed,
     PeerRelayFailed,
     PeerRelayLost,
-    PlanConfig,
     PlanEvent,
     RelayMeasured,
-    RelayPlanner,
 )
+from wgrelay.client.link import LinkConfig
+from wgrelay.client.plan import PlanConfig, RelayPlanner
 from wgrelay.discovery.registry import RelayRegistry
 from wgrelay.keys import PrivateKey, PublicKey, RelayIdentity
 from wgrelay.relay.access import OpenPolicy

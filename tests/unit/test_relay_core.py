@@ -4,14 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from wgrelay.client.link import (
-    LinkConfig,
-    LinkEvent,
-    LinkRegistered,
-    RelayLink,
-    SessionEstablished,
-    SessionFailed,
-)
+from wgrelay.client.events import LinkEvent, LinkRegistered, SessionEstablished, SessionFailed
+from wgrelay.client.link import LinkConfig, RelayLink
 from wgrelay.keys import PrivateKey, PublicKey, RelayIdentity
 from wgrelay.proto.constants import MsgType, Status
 from wgrelay.relay.config import RelayConfig

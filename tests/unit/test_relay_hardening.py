@@ -15,7 +15,8 @@ import pytest
 
 from tests.helpers import wg_packet
 from tests.unit.test_relay_core import WALL0, Client, Net, registered
-from wgrelay.client.link import LinkRegistered, RelayLink, SessionEstablished
+from wgrelay.client.events import LinkRegistered, SessionEstablished
+from wgrelay.client.link import RelayLink
 from wgrelay.keys import PublicKey
 from wgrelay.proto.constants import MsgType
 from wgrelay.proto.cookie import COOKIE_REPLY_LEN

@@ -28,7 +28,7 @@ def test_config_refuses_values_beyond_their_wire_fields(
     fields: dict[str, int], fragment: str
 ) -> None:
     with pytest.raises(ConfigError, match=fragment):
-        RelayConfig(**fields)  # type: ignore[arg-type]
+        RelayConfig(**fields)
 
 
 def test_config_takes_the_largest_wire_values() -> None:

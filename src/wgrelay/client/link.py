@@ -52,10 +52,23 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
 
+from wgrelay.client.events import (
+    DiscoveryAnswered,
+    LinkEvent,
+    LinkLost,
+    LinkRegistered,
+    LinkRejected,
+    PingTimedOut,
+    QueryFailed,
+    RttMeasured,
+    SessionEnded,
+    SessionEstablished,
+    SessionFailed,
+)
 from wgrelay.endpoint import Endpoint
 from wgrelay.errors import RemoteProtocolError, StaleTimestamp
 from wgrelay.keys import PrivateKey, PublicKey, relay_x25519_public
-from wgrelay.proto.announce import Announcement, decode_announcement
+from wgrelay.proto.announce import decode_announcement
 from wgrelay.proto.constants import (
     NONCE_LEN,
     QUERY_FLAG_WANT_RELAYS,
@@ -86,7 +99,6 @@ from wgrelay.proto.messages import (
     Error,
     Heartbeat,
     HeartbeatAck,
-    PeerLocation,
     Ping,
     Pong,
     Register,
@@ -118,87 +130,6 @@ class LinkConfig:
     reregister_backoff_max_s: float = 8.0
     cookie_lifetime_s: float = 100.0
     accept_incoming: bool = True
-
-
-# ---------------------------------------------------------------- events
-
-
-@dataclass(frozen=True, slots=True)
-class LinkRegistered:
-    observed: Endpoint
-    heartbeat_s: int
-    epoch: int = 0
-
-
-@dataclass(frozen=True, slots=True)
-class LinkLost:
-    reason: str
-
-
-@dataclass(frozen=True, slots=True)
-class LinkRejected:
-    reason: str
-
-
-@dataclass(frozen=True, slots=True)
-class SessionEstablished:
-    peer: PublicKey
-    session_id: bytes
-    incoming: bool
-
-
-@dataclass(frozen=True, slots=True)
-class SessionFailed:
-    peer: PublicKey
-    status: Status
-
-
-@dataclass(frozen=True, slots=True)
-class SessionEnded:
-    peer: PublicKey
-    session_id: bytes
-    reason: CloseReason
-
-
-@dataclass(frozen=True, slots=True)
-class RttMeasured:
-    rtt_s: float
-    load_pct: int
-
-
-@dataclass(frozen=True, slots=True)
-class PingTimedOut:
-    """A PING went unanswered until its deadline: a loss on the path."""
-
-    echo_id: int
-
-
-@dataclass(frozen=True, slots=True)
-class DiscoveryAnswered:
-    query_id: int
-    located: PeerLocation | None
-    announcements: tuple[Announcement, ...]
-    asked_for: PublicKey | None
-
-
-@dataclass(frozen=True, slots=True)
-class QueryFailed:
-    query_id: int
-    asked_for: PublicKey | None
-
-
-LinkEvent = (
-    LinkRegistered
-    | LinkLost
-    | LinkRejected
-    | SessionEstablished
-    | SessionFailed
-    | SessionEnded
-    | RttMeasured
-    | PingTimedOut
-    | DiscoveryAnswered
-    | QueryFailed
-)
 
 
 @dataclass(slots=True)

@@ -24,21 +24,20 @@ import contextlib
 import logging
 from collections.abc import Callable
 
-from wgrelay.client.link import LinkConfig
-from wgrelay.client.plan import (
+from wgrelay.client.events import (
     HomeChanged,
     PeerLocated,
     PeerRelayed,
     PeerRelayFailed,
     PeerRelayLost,
-    PlanConfig,
     PlanEvent,
     RelayMeasured,
-    RelayPlanner,
     RelaysLearned,
-    relay_score,
 )
+from wgrelay.client.link import LinkConfig
+from wgrelay.client.plan import PlanConfig, RelayPlanner
 from wgrelay.discovery.registry import RelayRegistry
+from wgrelay.discovery.selection import relay_score
 from wgrelay.endpoint import Endpoint
 from wgrelay.errors import RelayUnavailable
 from wgrelay.keys import PrivateKey, PublicKey

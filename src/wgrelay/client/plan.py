@@ -54,38 +54,36 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import Enum
 
-from wgrelay.client.link import (
+from wgrelay.client.events import (
     DiscoveryAnswered,
-    LinkConfig,
+    HomeChanged,
     LinkEvent,
     LinkLost,
     LinkRegistered,
     LinkRejected,
-    LinkState,
+    PeerLocated,
+    PeerRelayed,
+    PeerRelayFailed,
+    PeerRelayLost,
     PingTimedOut,
+    PlanEvent,
     QueryFailed,
-    RelayLink,
+    RelayMeasured,
+    RelaysLearned,
     RttMeasured,
     SessionEnded,
     SessionEstablished,
     SessionFailed,
 )
+from wgrelay.client.link import LinkConfig, LinkState, RelayLink
 from wgrelay.discovery.registry import KnownRelay, RelayRegistry
+from wgrelay.discovery.selection import relay_score
 from wgrelay.endpoint import Endpoint, endpoint_str
 from wgrelay.errors import InvalidKey
 from wgrelay.keys import PrivateKey, PublicKey, relay_x25519_public
 from wgrelay.proto.constants import CloseReason
 
 log = logging.getLogger(__name__)
-
-NEVER_MEASURED_RTT_MS = 1000.0
-FAILURE_PENALTY_MS = 250.0
-LOAD_WEIGHT_MS = 2.0
-
-
-def relay_score(relay: KnownRelay) -> float:
-    rtt = relay.rtt_ms if relay.rtt_ms is not None else NEVER_MEASURED_RTT_MS
-    return rtt + FAILURE_PENALTY_MS * relay.failures + LOAD_WEIGHT_MS * (relay.load_pct or 0)
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,68 +102,6 @@ class PlanConfig:
     measure_interval_s: float = 15.0
     announcements_interval_s: float = 300.0
     link_idle_s: float = 60.0
-
-
-# ---------------------------------------------------------------- events
-
-
-@dataclass(frozen=True, slots=True)
-class PeerRelayed:
-    peer: PublicKey
-    relay: PublicKey
-    incoming: bool
-    session_id: bytes
-
-
-@dataclass(frozen=True, slots=True)
-class PeerRelayLost:
-    peer: PublicKey
-    relay: PublicKey
-    reason: str
-
-
-@dataclass(frozen=True, slots=True)
-class PeerRelayFailed:
-    peer: PublicKey
-    error: str
-
-
-@dataclass(frozen=True, slots=True)
-class HomeChanged:
-    relay: PublicKey | None
-
-
-@dataclass(frozen=True, slots=True)
-class PeerLocated:
-    peer: PublicKey
-    relay: PublicKey | None
-
-
-@dataclass(frozen=True, slots=True)
-class RelayMeasured:
-    relay: PublicKey
-    rtt_s: float | None
-    """None: the ping went unanswered (a loss)."""
-    peers: tuple[PublicKey, ...]
-    """The peers the relay carries at the moment."""
-
-
-@dataclass(frozen=True, slots=True)
-class RelaysLearned:
-    """Verified announcements changed the registry (new relays, or newer facts)."""
-
-    relays: tuple[PublicKey, ...]
-
-
-PlanEvent = (
-    PeerRelayed
-    | PeerRelayLost
-    | PeerRelayFailed
-    | HomeChanged
-    | PeerLocated
-    | RelayMeasured
-    | RelaysLearned
-)
 
 
 # ---------------------------------------------------------------- internal state

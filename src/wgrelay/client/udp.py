@@ -18,17 +18,15 @@ import logging
 import socket
 from collections.abc import Callable
 
-from wgrelay.client.link import (
-    LinkConfig,
+from wgrelay.client.events import (
     LinkEvent,
     LinkRegistered,
     LinkRejected,
-    LinkState,
-    RelayLink,
     RttMeasured,
     SessionEstablished,
     SessionFailed,
 )
+from wgrelay.client.link import LinkConfig, LinkState, RelayLink
 from wgrelay.endpoint import Endpoint
 from wgrelay.errors import RelayUnavailable
 from wgrelay.keys import PrivateKey, PublicKey

@@ -59,6 +59,17 @@ from enum import StrEnum
 
 from wgrelay.endpoint import Endpoint, endpoint_str, is_loopback
 from wgrelay.keys import PublicKey
+from wgrelay.mesh.actions import (
+    Action,
+    CloseRelay,
+    HoldProxy,
+    Kick,
+    LeaveRelay,
+    ReplaceRelay,
+    StartRelay,
+    UseDirect,
+    UseProxy,
+)
 from wgrelay.mesh.backend.base import InterfaceInfo, PeerInfo
 from wgrelay.mesh.cache import ConnectionCache
 from wgrelay.mesh.nat import DirectFailed, DirectSucceeded, NatTraverse, Observation, TryDirect
@@ -93,79 +104,6 @@ class AgentConfig:
     probe_back_s: float = 30.0
     probe_back_max_s: float = 900.0
     flap_window_s: float = 300.0
-
-
-# ---------------------------------------------------------------- actions
-
-
-@dataclass(frozen=True, slots=True)
-class Kick:
-    """Switch persistent keepalive on through 0: WireGuard sends at once."""
-
-    peer: PublicKey
-    keepalive_s: int
-
-
-@dataclass(frozen=True, slots=True)
-class UseProxy:
-    """Point the peer's endpoint at its local proxy (creating it)."""
-
-    peer: PublicKey
-
-
-@dataclass(frozen=True, slots=True)
-class HoldProxy:
-    """Stop (or resume) handing relay frames to WireGuard during a probe-back."""
-
-    peer: PublicKey
-    hold: bool
-
-
-@dataclass(frozen=True, slots=True)
-class LeaveRelay:
-    """The peer is direct now: close its relay session and proxy (endpoint stays)."""
-
-    peer: PublicKey
-
-
-@dataclass(frozen=True, slots=True)
-class UseDirect:
-    """Set the peer's endpoint (and keepalive) and drop any relay path (restore)."""
-
-    peer: PublicKey
-    endpoint: Endpoint | None
-    keepalive_s: int | None
-
-
-@dataclass(frozen=True, slots=True)
-class StartRelay:
-    peer: PublicKey
-
-
-@dataclass(frozen=True, slots=True)
-class ReplaceRelay:
-    """Drop the peer's relay session (telling the other end we want a new
-    one) but keep its proxy: WireGuard's endpoint does not change."""
-
-    peer: PublicKey
-
-
-@dataclass(frozen=True, slots=True)
-class CloseRelay:
-    peer: PublicKey
-
-
-Action = (
-    Kick
-    | TryDirect
-    | UseProxy
-    | HoldProxy
-    | LeaveRelay
-    | UseDirect
-    | StartRelay
-    | ReplaceRelay
-    | CloseRelay
-)
 
 
 @dataclass(slots=True)
@@ -657,6 +595,28 @@ class AgentCore:
     def probing(self) -> bool:
         """Whether a direct attempt is running (the daemon then polls faster)."""
         return not self.nat.is_finished()
+
+    def next_timer(self) -> float:
+        """The earliest moment a rule may act (the daemon observes then).
+
+        Every rule acts on a fresh observation of the interface, so this is
+        when to look again at the latest: a direct candidate's time is up, a
+        relay retry or a probe-back is due, a silent path reaches its limit.
+        """
+        t = self.nat.next_timer()
+        c = self.config
+        for p in self.peers.values():
+            if p.kind == PathKind.RELAY_PENDING and not p.relay_requested:
+                t = min(t, p.relay_retry_at)
+            elif p.kind == PathKind.RELAYED and not p.probing_back:
+                t = min(t, p.next_probe_back)
+                if p.silent_since is not None:
+                    t = min(t, p.silent_since + c.relay_silent_s)
+            elif p.kind == PathKind.PROBING and p.key not in self.nat.remaining:
+                t = min(t, p.next_probe_back)
+            elif p.kind == PathKind.DIRECT and p.silent_since is not None:
+                t = min(t, p.silent_since + c.broken_after_s)
+        return t
 
     def tick(self, now: float) -> list[Action]:
         """Timers that do not need a fresh snapshot (relay retries)."""

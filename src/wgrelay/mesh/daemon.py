@@ -21,35 +21,33 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from wgrelay.aio import stop_on_signals
-from wgrelay.client.link import LinkConfig
-from wgrelay.client.manager import (
+from wgrelay.client.events import (
     HomeChanged,
-    ManagerEvent,
     PeerRelayed,
     PeerRelayFailed,
     PeerRelayLost,
-    RelayManager,
     RelayMeasured,
 )
+from wgrelay.client.link import LinkConfig
+from wgrelay.client.manager import ManagerEvent, RelayManager
+from wgrelay.client.plan import PlanConfig
 from wgrelay.client.proxy import ProxyTable
 from wgrelay.discovery.registry import RegistryStore, RelayRegistry
 from wgrelay.endpoint import Endpoint, endpoint_str
 from wgrelay.errors import BackendError, ConfigError
 from wgrelay.keys import PublicKey
-from wgrelay.mesh.agent import (
+from wgrelay.mesh.actions import (
     Action,
-    AgentConfig,
-    AgentCore,
     CloseRelay,
     HoldProxy,
     Kick,
     LeaveRelay,
-    PathKind,
     ReplaceRelay,
     StartRelay,
     UseDirect,
     UseProxy,
 )
+from wgrelay.mesh.agent import AgentConfig, AgentCore, PathKind
 from wgrelay.mesh.backend.base import InterfaceInfo, WireGuardBackend
 from wgrelay.mesh.backend.detect import detect_backend
 from wgrelay.mesh.cache import ConnectionCache
@@ -62,16 +60,26 @@ from wgrelay.transport.udp import AsyncioRuntime
 
 log = logging.getLogger(__name__)
 
-POLL_INTERVAL_S = 1.0
-PROBE_POLL_INTERVAL_S = 0.2
-"""Faster while a direct attempt runs: its verdict (and a probe-back's outage)
-should not wait for the next second."""
-CACHE_FLUSH_INTERVAL_S = 10.0
-READ_ERROR_LOG_INTERVAL_S = 60.0
-STATUS_REFRESH_S = 5.0
-"""The status file is rewritten at once when a path or reason changes, else at
-most this often (byte counters and handshake times move all the time; writing
-them every second would wear the disk for nothing)."""
+
+@dataclass(frozen=True, slots=True)
+class DaemonConfig:
+    """The daemon's own timers (the decisions' timers are in AgentConfig,
+    PlanConfig and LinkConfig)."""
+
+    poll_interval_s: float = 1.0
+    """How often the interface is read at the latest (the core's next_timer()
+    may ask for an earlier look)."""
+    probe_poll_interval_s: float = 0.2
+    """Faster while a direct attempt runs: its verdict (and a probe-back's
+    outage) should not wait for the next second."""
+    cache_flush_interval_s: float = 10.0
+    read_error_log_interval_s: float = 60.0
+    status_refresh_s: float = 5.0
+    """The status file is rewritten at once when a path or reason changes, else
+    at most this often (byte counters and handshake times move all the time;
+    writing them every second would wear the disk for nothing)."""
+
+
 _VOLATILE = ("rx_bytes", "tx_bytes", "latest_handshake", "rtt_ms")
 WIREGUARD_OVERHEAD = 32  # WireGuard's own framing on top of the inner packet
 IPV4_UDP_HEADERS = 28
@@ -87,6 +95,8 @@ class AgentOptions:
     relays: list[tuple[Endpoint, PublicKey]] = field(default_factory=list)
     config: AgentConfig = field(default_factory=AgentConfig)
     link_config: LinkConfig = field(default_factory=LinkConfig)
+    plan_config: PlanConfig = field(default_factory=PlanConfig)
+    daemon: DaemonConfig = field(default_factory=DaemonConfig)
 
 
 def relayed_packet_size(mtu: int, ipv6: bool = False) -> int:
@@ -136,6 +146,7 @@ class Agent:
             on_event=self._on_manager_event,
             on_data=self._on_frame,
             link_config=opts.link_config,
+            plan_config=opts.plan_config,
             runtime=self.runtime,
         )
         self.proxies = ProxyTable(info.listen_port, self.manager.routes, runtime=self.runtime)
@@ -248,7 +259,7 @@ class Agent:
         except BackendError as e:
             # said once, then once a minute: the interface may be gone for a while
             now = self._clock()
-            if now - self._read_error_logged >= READ_ERROR_LOG_INTERVAL_S:
+            if now - self._read_error_logged >= self.opts.daemon.read_error_log_interval_s:
                 self._read_error_logged = now
                 log.warning("cannot read %s: %s", self.iface, e)
             return None
@@ -300,7 +311,10 @@ class Agent:
             sort_keys=True,
         )
         now = self._clock()
-        if steady == self._last_status and now - self._status_written < STATUS_REFRESH_S:
+        if (
+            steady == self._last_status
+            and now - self._status_written < self.opts.daemon.status_refresh_s
+        ):
             return
         self._last_status = steady
         self._status_written = now
@@ -371,11 +385,15 @@ class Agent:
                     self._run(self.core.tick(now))
                     self._write_status(info)
                 if now >= self._next_flush:
-                    self._next_flush = now + CACHE_FLUSH_INTERVAL_S
+                    self._next_flush = now + self.opts.daemon.cache_flush_interval_s
                     self._flush_cache()
-                interval = PROBE_POLL_INTERVAL_S if self.core.probing() else POLL_INTERVAL_S
+                # one timer: the next poll, or earlier if a rule of the core
+                # falls due before it
+                d = self.opts.daemon
+                interval = d.probe_poll_interval_s if self.core.probing() else d.poll_interval_s
+                wake = min(now + interval, self.core.next_timer())
                 with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(interval):
+                    async with asyncio.timeout_at(max(wake, self._clock())):
                         await self._stop.wait()
         finally:
             await self._shutdown()

@@ -173,3 +173,7 @@ class NatTraverse:
 
     def is_finished(self) -> bool:
         return not self.remaining
+
+    def next_timer(self) -> float:
+        """When the next candidate's time is up (inf: nothing in progress)."""
+        return min((att.deadline for att in self.remaining.values()), default=float("inf"))

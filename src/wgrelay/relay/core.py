@@ -48,7 +48,6 @@ its sessions, even if a replayed REGISTER re-created its registration.
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 import os
 from collections.abc import Callable, Iterable
@@ -56,7 +55,7 @@ from typing import Any
 
 from wgrelay.endpoint import endpoint_str
 from wgrelay.keys import PublicKey, RelayIdentity
-from wgrelay.proto.announce import RelayNodeInfo, encode_announcement
+from wgrelay.proto.announce import RelayNodeInfo
 from wgrelay.proto.constants import (
     DATA_HEADER_LEN,
     MIN_WIREGUARD_PACKET,
@@ -90,15 +89,15 @@ from wgrelay.proto.messages import (
     SessionOffer,
 )
 from wgrelay.relay.access import AccessPolicy
+from wgrelay.relay.addresses import OwnAddresses
 from wgrelay.relay.admission import Addr, Admission, Inbound, KeyState
+from wgrelay.relay.announcer import Announcer
 from wgrelay.relay.config import RelayConfig
 from wgrelay.relay.sessions import Refusal, Registration, Session, SessionTable, pair_of
 from wgrelay.relay.stats import DropReason, RelayStats
 
 log = logging.getLogger(__name__)
 
-ANNOUNCEMENT_TTL_S = 600
-ANNOUNCEMENT_RESIGN_S = 60.0
 MIN_DATA_FRAME = DATA_HEADER_LEN + MIN_WIREGUARD_PACKET
 ERROR_LOG_INTERVAL_S = 60.0
 
@@ -148,13 +147,12 @@ class RelayCore:
         self.table = SessionTable(config)
         self.sessions = self.table.sessions
         """Established sessions by id: the data path's only lookup."""
-        self._own_ports: set[int] = set()
-        self._own_hosts: set[str] = {h for h, _ in announce_endpoints}
+        self._own = OwnAddresses(announce_endpoints)
         self._next_housekeeping = now + config.housekeeping_interval_s
         self._closed_packets = 0
         self._closed_bytes = 0
         self._shutting_down = False
-        self._announcement: tuple[RelayNodeInfo, float, bytes] | None = None
+        self._announcer = Announcer(identity)
         self._error_logged = -1e9
         self._handlers: dict[MsgType, Callable[[Inbound, Any], None]] = {
             MsgType.REGISTER: self._handle_register,
@@ -177,28 +175,11 @@ class RelayCore:
 
     def set_own_addresses(self, addresses: Iterable[Addr]) -> None:
         """The addresses the relay listens on: never a peer's address."""
-        for addr in addresses:
-            self._own_ports.add(int(addr[1]))
-            self._own_hosts.add(str(addr[0]))
+        self._own.add(addresses)
 
     def usable_peer_address(self, addr: Addr) -> bool:
         """An address the relay may register a peer at (and so send to)."""
-        host, port = str(addr[0]), int(addr[1])
-        if port == 0:
-            return False
-        try:
-            ip = ipaddress.ip_address(host.split("%", 1)[0])
-        except ValueError:
-            return False
-        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-            ip = ip.ipv4_mapped
-        if ip.is_unspecified or ip.is_multicast or str(ip) == "255.255.255.255":
-            return False
-        # ourselves: a session pointed at the relay would forward to itself forever
-        return not (
-            port in self._own_ports
-            and (host in self._own_hosts or str(ip) in self._own_hosts or ip.is_loopback)
-        )
+        return self._own.usable_peer_address(addr)
 
     # ------------------------------------------------------------ inputs
 
@@ -619,20 +600,9 @@ class RelayCore:
         )
 
     def announcement(self, now: float) -> bytes | None:
-        """Our signed announcement, re-signed only when it changed or aged.
-
-        Signing costs an Ed25519 operation; queries can come 20 a second per key.
-        """
+        """Our signed announcement (re-signed only when it changed or aged)."""
         info = self.node_info()
-        if info is None:
-            return None
-        wall = self._wall_at(now)
-        cached = self._announcement
-        if cached is not None and cached[0] == info and wall - cached[1] < ANNOUNCEMENT_RESIGN_S:
-            return cached[2]
-        raw = encode_announcement(info, int(wall * 1000), ANNOUNCEMENT_TTL_S, self.identity)
-        self._announcement = (info, wall, raw)
-        return raw
+        return self._announcer.sign(info, self._wall_at(now)) if info is not None else None
 
     def is_registered(self, key: PublicKey) -> bool:
         return key.raw in self.table.regs

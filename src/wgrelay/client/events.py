@@ -1,0 +1,157 @@
+"""Everything the client side reports, as frozen events (past-tense names).
+
+``RelayLink`` (one relay) reports ``LinkEvent``s to its owner; ``RelayPlanner``
+(every relay) turns them into ``PlanEvent``s, the agent's one outcome channel.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from wgrelay.endpoint import Endpoint
+from wgrelay.keys import PublicKey
+from wgrelay.proto.announce import Announcement
+from wgrelay.proto.constants import CloseReason, Status
+from wgrelay.proto.messages import PeerLocation
+
+# ---------------------------------------------------------------- one relay
+
+
+@dataclass(frozen=True, slots=True)
+class LinkRegistered:
+    observed: Endpoint
+    heartbeat_s: int
+    epoch: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class LinkLost:
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class LinkRejected:
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class SessionEstablished:
+    peer: PublicKey
+    session_id: bytes
+    incoming: bool
+
+
+@dataclass(frozen=True, slots=True)
+class SessionFailed:
+    peer: PublicKey
+    status: Status
+
+
+@dataclass(frozen=True, slots=True)
+class SessionEnded:
+    peer: PublicKey
+    session_id: bytes
+    reason: CloseReason
+
+
+@dataclass(frozen=True, slots=True)
+class RttMeasured:
+    rtt_s: float
+    load_pct: int
+
+
+@dataclass(frozen=True, slots=True)
+class PingTimedOut:
+    """A PING went unanswered until its deadline: a loss on the path."""
+
+    echo_id: int
+
+
+@dataclass(frozen=True, slots=True)
+class DiscoveryAnswered:
+    query_id: int
+    located: PeerLocation | None
+    announcements: tuple[Announcement, ...]
+    asked_for: PublicKey | None
+
+
+@dataclass(frozen=True, slots=True)
+class QueryFailed:
+    query_id: int
+    asked_for: PublicKey | None
+
+
+LinkEvent = (
+    LinkRegistered
+    | LinkLost
+    | LinkRejected
+    | SessionEstablished
+    | SessionFailed
+    | SessionEnded
+    | RttMeasured
+    | PingTimedOut
+    | DiscoveryAnswered
+    | QueryFailed
+)
+
+
+# ---------------------------------------------------------------- every relay (the planner)
+
+
+@dataclass(frozen=True, slots=True)
+class PeerRelayed:
+    peer: PublicKey
+    relay: PublicKey
+    incoming: bool
+    session_id: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class PeerRelayLost:
+    peer: PublicKey
+    relay: PublicKey
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class PeerRelayFailed:
+    peer: PublicKey
+    error: str
+
+
+@dataclass(frozen=True, slots=True)
+class HomeChanged:
+    relay: PublicKey | None
+
+
+@dataclass(frozen=True, slots=True)
+class PeerLocated:
+    peer: PublicKey
+    relay: PublicKey | None
+
+
+@dataclass(frozen=True, slots=True)
+class RelayMeasured:
+    relay: PublicKey
+    rtt_s: float | None
+    """None: the ping went unanswered (a loss)."""
+    peers: tuple[PublicKey, ...]
+    """The peers the relay carries at the moment."""
+
+
+@dataclass(frozen=True, slots=True)
+class RelaysLearned:
+    """Verified announcements changed the registry (new relays, or newer facts)."""
+
+    relays: tuple[PublicKey, ...]
+
+
+PlanEvent = (
+    PeerRelayed
+    | PeerRelayLost
+    | PeerRelayFailed
+    | HomeChanged
+    | PeerLocated
+    | RelayMeasured
+    | RelaysLearned
+)

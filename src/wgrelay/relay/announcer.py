@@ -1,0 +1,29 @@
+"""The relay's own signed announcement, signed as rarely as it can be.
+
+Signing costs an Ed25519 operation and discovery queries can come 20 a second
+per key, so the same bytes are handed out until what they say changes (load,
+endpoints) or they age past ``RESIGN_AFTER_S``.
+"""
+
+from __future__ import annotations
+
+from wgrelay.keys import RelayIdentity
+from wgrelay.proto.announce import RelayNodeInfo, encode_announcement
+
+ANNOUNCEMENT_TTL_S = 600
+"""How long others may use an announcement of ours."""
+RESIGN_AFTER_S = 60.0
+
+
+class Announcer:
+    def __init__(self, identity: RelayIdentity) -> None:
+        self.identity = identity
+        self._cached: tuple[RelayNodeInfo, float, bytes] | None = None
+
+    def sign(self, info: RelayNodeInfo, wall: float) -> bytes:
+        cached = self._cached
+        if cached is not None and cached[0] == info and wall - cached[1] < RESIGN_AFTER_S:
+            return cached[2]
+        raw = encode_announcement(info, int(wall * 1000), ANNOUNCEMENT_TTL_S, self.identity)
+        self._cached = (info, wall, raw)
+        return raw
