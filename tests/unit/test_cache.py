@@ -573,7 +573,8 @@ def test_a_failed_flush_is_logged_and_retried(
     path = tmp_path / "cache.db"
     cache = ConnectionCache(path)
     cache.record_failure(PEER, PUB4, T0)
-    conn = cache._conn
+    assert cache._store is not None
+    conn = cache._store._conn
     assert conn is not None
     conn.execute("PRAGMA query_only=1")  # stands in for a full or read-only disk
     with caplog.at_level(logging.WARNING):
