@@ -22,6 +22,7 @@ from tests.fuzz import make_corpus
 from tests.fuzz import seeds as corpus_io
 from tests.fuzz.fuzzer import PRESETS, Report, fuzz_client, fuzz_relay
 from tests.fuzz.layout import ControlDraft
+from tests.fuzz.udp import fuzz_udp
 from tests.fuzz.world import ADDRESS_POOL, World
 from wgrelay.proto.constants import MsgType
 from wgrelay.proto.envelope import ChannelKeys
@@ -235,3 +236,17 @@ def test_client_link_long_fuzz() -> None:
     report = fuzz_client(40_000, seed=20_240_808, corpus=corpus_io.load("client"))
     assert_clean(report)
     check_link_reach(report)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_relay_process_under_fuzzing_over_udp(tmp_path: Path) -> None:
+    """The same corpus and mutators against ``wgrelay start-relay`` on 127.0.0.1."""
+    report = fuzz_udp(60_000, seed=20_240_808, state_dir=tmp_path / "relay")
+    print(f"{report.sent} datagrams in {report.seconds:.1f} s; replies {dict(report.received)}")
+    print(f"relay drops: {report.drops}")
+    assert not report.problems, report.problems
+    assert report.sent == 60_000
+    assert report.received["cookie_reply"] > 0
+    assert report.received["REGISTERED"] > 0  # fuzzed keys got all the way in
+    assert report.drops.get("internal_error", 0) == 0

@@ -173,3 +173,33 @@ def test_a_session_id_offered_twice_leaves_no_dangling_session() -> None:
     assert p0.link.sessions[sid] == r
     for peer, s in p0.link.session_of.items():
         assert p0.link.sessions.get(s) == peer, f"session_of[{peer}] dangles"
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="relay/core.py _bind_check: a move refused because the message is not newer"
+    " than the newest accepted from the key (stale_rebind) is silent, so a restarted"
+    " peer whose last run's clock was ahead cannot move and is never told why",
+)
+def test_a_restarted_peer_whose_clock_was_ahead_can_move() -> None:
+    """Found over UDP: p0's clock ran 100 s fast for a while (within the skew
+    window, so the relay accepted its messages). p0 restarts with its clock
+    right, behind a NAT that gave it a new port. Its REGISTER from there, with
+    a valid cookie, passes the replay window (it is above the window's floor)
+    but is older than the newest p0 message, so ``_bind_check`` drops it as
+    ``stale_rebind`` and answers nothing: unlike after REPLAYED, the link
+    cannot move its timestamps past ``newest``, and stays unregistered until
+    its old registration expires (``registration_ttl_s``), its sessions with it."""
+    w = world()
+    peer = w.peer["p0"]
+    peer.link.sync_wall(w.now, w.wall() + 100.0)  # its clock, 100 s fast
+    for _ in range(20):
+        w.advance(0.5)  # heartbeats: the relay's newest from p0 is 100 s ahead
+    w.renew_link(peer)  # restarted, its clock right again
+    del w.by_addr[peer.addr]
+    peer.addr = ("198.51.100.10", 41234)  # and a new port from its NAT
+    w.by_addr[peer.addr] = peer
+    peer.link.connect(w.now)
+    for _ in range(6):
+        w.advance(0.5)
+    assert w.relay.registered_addr(peer.pub) == peer.addr
