@@ -1,4 +1,4 @@
-"""Helper process for test_cache's kill -9 test (not a test module).
+"""Helper process for test_cache_store's kill -9 test (not a test module).
 
 Usage: ``python cache_writer.py PATH``. Opens the cache at PATH, continues from
 the generation it holds (the last success time of its entries, 0 if empty) and
