@@ -7,10 +7,12 @@ Relay (``RelayOracle.deliver``), for every datagram, honest or fuzzed:
   counted under exactly one drop reason; a control datagram counts one
   ``control_received`` and is either dropped before any handler under exactly
   one reason, or reaches exactly one handler, which may count at most one
-  drop. The stats alone cannot tell "handled" from "dropped without a count"
-  (an accepted heartbeat, a retransmitted SESSION_ANSWER and a duplicate
-  answer leave no counter behind), so the oracle wraps the core's handler
-  table and counts handler entries itself;
+  drop. The stats alone cannot give that account: a handled message has no
+  counter of its own (its reply bumps ``control_sent``, but so does the
+  cookie sent for a dropped one) and some leave nothing at all (a
+  retransmitted SESSION_ANSWER for an established session, a retransmitted
+  CONNECTION_REQUEST while the offer is out). So the oracle wraps the core's
+  handler table and counts handler entries itself;
 * **return routability**: an address gets nothing but cookie replies (26
   bytes, no larger than the datagram that caused them, at most that many bytes
   in all) unless it is the registered address of the key the message is for,

@@ -30,8 +30,9 @@ import sys
 import time
 import urllib.request
 from collections import Counter, deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 from tests.fuzz import seeds as corpus_io
@@ -157,13 +158,14 @@ def pump(peers: list[UdpPeer], seconds: float) -> None:
                     p.take(data)
 
 
-def wait_for(peers: list[UdpPeer], done: object, seconds: float = 10.0) -> bool:
+def wait_for(peers: list[UdpPeer], done: Callable[[], bool], seconds: float = 10.0) -> bool:
+    """Pump until ``done()`` (False if ``seconds`` pass first)."""
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
-        if callable(done) and done():
+        if done():
             return True
         pump(peers, 0.05)
-    return bool(callable(done) and done())
+    return done()
 
 
 class UdpInputs(RelayInputs):
@@ -350,7 +352,7 @@ def _after(rp: RelayProcess, ident: RelayIdentity) -> list[str]:
         for src, dst in ((a, b), (b, a)):
             frame = data_header(sid) + wg_payload(random.Random(1), 64)
             src.sock.sendto(frame, rp.endpoint)
-            if not wait_for(peers, lambda dst=dst, frame=frame: frame in dst.frames, 5.0):
+            if not wait_for(peers, partial(list.__contains__, dst.frames, frame), 5.0):
                 problems.append(
                     f"after fuzzing, a frame {src.party.name}->{dst.party.name} was lost"
                 )
