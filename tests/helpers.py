@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
+from collections.abc import Callable
 
 import pytest
 
@@ -26,3 +28,14 @@ datagrams that can be WireGuard messages, at least 32 bytes long."""
 def wg_packet(body: bytes = b"") -> bytes:
     """A datagram shaped like WireGuard transport data carrying ``body``."""
     return WG_TRANSPORT_HEADER + body.ljust(28, b"\0")
+
+
+async def until(condition: Callable[[], bool], timeout: float = 5.0) -> None:
+    """Wait for ``condition`` (checked every few milliseconds); fail after ``timeout``.
+
+    For state that fires no event of its own (a relay core's counters): the
+    wait ends when the condition holds, not after a guessed delay.
+    """
+    async with asyncio.timeout(timeout):
+        while not condition():  # noqa: ASYNC110 (nothing to wait on but the state itself)
+            await asyncio.sleep(0.005)

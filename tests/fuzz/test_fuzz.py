@@ -184,9 +184,9 @@ def test_oracle_sees_a_reply_to_an_unproven_address() -> None:
 
     def answer_anyone(
         body: Body, keys: ChannelKeys, sender: bytes, addr: Addr, now: float,
-        proven: bool, request_size: int, echo: bytes,
+        proven: bool, request_size: int, echo: bytes, count: bool = True,
     ) -> None:  # fmt: skip
-        reply(body, keys, sender, addr, now, True, request_size, echo)
+        reply(body, keys, sender, addr, now, True, request_size, echo, count)
 
     admission._reply = answer_anyone  # type: ignore[method-assign]
     world.send(ping_from_p0(world), ADDRESS_POOL[0])

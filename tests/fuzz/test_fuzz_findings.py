@@ -1,9 +1,9 @@
 """What the structure-aware fuzzer found in src/, one minimal test each.
 
-Each is marked ``xfail(strict=True)``: it fails today and starts passing
-when the bug is fixed, which then fails the suite until the mark is taken
-off. The fuzzer's oracle recognises each of these precisely (oracle.py,
-``known_*``) so the fuzzing runs stay green meanwhile, and counts them.
+Each failed when the fuzzer found it (committed as a strict xfail) and
+passes since its fix; they stay as regression tests. The fuzzer's oracle
+still recognises each precisely (oracle.py, ``known_*``) and counts any that
+comes back, so a regression shows in the fuzzing runs too.
 """
 
 from __future__ import annotations
@@ -64,11 +64,6 @@ def drops_for(w: World, data: bytes, src: Addr) -> dict[str, int]:
 # ---------------------------------------------------------------- relay
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="relay/admission.py: a refused message's notice to an unproven address becomes"
-    " a cookie in _reply, which counts unproven_address on top of the refusal's reason",
-)
 @pytest.mark.parametrize(
     "case", ["stale_timestamp", "replayed", "not_allowed", "late_session_answer"]
 )
@@ -101,11 +96,6 @@ def test_a_dropped_message_answered_with_a_cookie_counts_one_drop(case: str) -> 
 # ---------------------------------------------------------------- client
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="client/link.py _fix_clock: an ERROR(STALE_TIMESTAMP) whose value is near 2**64"
-    " makes every later timestamp 2**64 and seal_control raises struct.error",
-)
 def test_a_stale_timestamp_error_near_the_top_of_u64_cannot_break_the_link() -> None:
     """A relay's authenticated ERROR(STALE_TIMESTAMP, value=2**64 - 1) is
     accepted as the relay's clock; the next timestamp the link computes rounds
@@ -124,11 +114,6 @@ def test_a_stale_timestamp_error_near_the_top_of_u64_cannot_break_the_link() -> 
     assert p0.link.datagrams_to_send()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="client/link.py _fix_clock moves clock_offset_s back but Timestamper keeps its"
-    " last value, so the link's timestamps stay ahead and the relay refuses them all",
-)
 def test_a_link_follows_the_relay_clock_back() -> None:
     """The relay's clock was 10 minutes fast, it said so (STALE_TIMESTAMP), then
     it was corrected and said so again. The link sets its offset back to 0 but
@@ -153,11 +138,6 @@ def test_a_link_follows_the_relay_clock_back() -> None:
     assert p0.link.rtt_s is not None, "the relay refused our ping"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="client/link.py _bind: a session id already bound to one peer, bound to"
-    " another, leaves session_of of the first pointing at the second's session",
-)
 def test_a_session_id_offered_twice_leaves_no_dangling_session() -> None:
     """Two SESSION_OFFERs from the relay with one session id and two different
     initiators: ``sessions`` maps the id to the second peer while
@@ -175,12 +155,6 @@ def test_a_session_id_offered_twice_leaves_no_dangling_session() -> None:
         assert p0.link.sessions.get(s) == peer, f"session_of[{peer}] dangles"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="relay/core.py _bind_check: a move refused because the message is not newer"
-    " than the newest accepted from the key (stale_rebind) is silent, so a restarted"
-    " peer whose last run's clock was ahead cannot move and is never told why",
-)
 def test_a_restarted_peer_whose_clock_was_ahead_can_move() -> None:
     """Found over UDP: p0's clock ran 100 s fast for a while (within the skew
     window, so the relay accepted its messages). p0 restarts with its clock

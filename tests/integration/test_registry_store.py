@@ -177,7 +177,7 @@ def test_add_bootstrap_relay_while_an_agent_runs_survives_the_agents_save(
 
 
 AGENT_LIKE_SAVER = """
-import select, sys
+import select, sys, time
 from pathlib import Path
 from wgrelay.discovery.registry import RegistryStore
 
@@ -195,6 +195,9 @@ while True:
         print("saving", flush=True)
     if select.select([sys.stdin], [], [], 0)[0] and not sys.stdin.read():
         break  # the test closed our stdin: stop, like an agent on SIGTERM
+    # pacing, not synchronisation: far more often than an agent saves, but a
+    # writer in a tight loop would starve SQLite's busy handler of the others
+    time.sleep(0.01)
 store.save(registry)
 store.close()
 print(saves, flush=True)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import wg_packet
+from tests.helpers import until, wg_packet
 from tests.integration.relays import inproc_relay, relay_process, start_relay_process
 from wgrelay.client.events import (
     LinkEvent,
@@ -162,47 +162,10 @@ def test_max_connections_reached_gives_resource_limit() -> None:
             assert relay.core.get_stats().quota_hits["max_connections"] == 1
             # closing one frees a slot
             clients[0].close_session(keys[1].public_key())
-            await asyncio.sleep(0.1)
+            await until(lambda: relay.core.get_stats().sessions_active == 1)
             await clients[0].open_session(keys[2].public_key())
             for c in clients:
                 await c.close()
-
-    run(scenario)
-
-
-def test_bandwidth_cap_holds_within_ten_percent() -> None:
-    cap_kbps = 100
-    duration = 5.0
-
-    async def scenario() -> None:
-        async with inproc_relay(RelayConfig(max_bandwidth_kbps=cap_kbps)) as relay:
-            a, b = PrivateKey.generate(), PrivateKey.generate()
-            received = [0]
-
-            def count(peer: PublicKey, frame: bytes) -> None:
-                received[0] += len(frame)
-
-            ca = RelayClient(a, relay.key, relay.endpoint)
-            cb = RelayClient(b, relay.key, relay.endpoint, on_data=count)
-            await ca.wait_registered()
-            await cb.wait_registered()
-            await ca.open_session(b.public_key())
-            loop = asyncio.get_running_loop()
-            payload = wg_packet(bytes(1186))  # 1200-byte frames
-            start = loop.time()
-            # offer ~3x the cap, paced, for `duration` seconds
-            while loop.time() - start < duration:
-                for _ in range(25):
-                    ca.send(b.public_key(), payload)
-                await asyncio.sleep(0.1)
-            await asyncio.sleep(0.3)  # let the last frames land
-            rate = received[0] / duration
-            cap = cap_kbps * 1000
-            print(f"bandwidth: {rate:.0f} B/s vs cap {cap}")
-            assert 0.9 * cap <= rate <= 1.1 * cap, f"{rate:.0f} B/s vs cap {cap}"
-            assert relay.core.get_stats().drops["bandwidth"] > 0
-            await ca.close()
-            await cb.close()
 
     run(scenario)
 
@@ -248,11 +211,11 @@ def test_nat_rebinding_of_b_keeps_the_session() -> None:
             assert cb.local_port != old_port
             # frames from the new address are not accepted until B re-announces itself
             cb.send(a.public_key(), wg_packet(b"too early"))
-            await asyncio.sleep(0.1)
-            assert relay.core.get_stats().drops["spoofed_source"] == 1
-            cb.heartbeat_now()
-            await asyncio.sleep(0.2)
-            assert relay.core.registered_addr(b.public_key())[1] == cb.local_port  # type: ignore[index]
+            await until(lambda: relay.core.get_stats().drops["spoofed_source"] == 1)
+            cb.heartbeat_now()  # (one cookie round trip proves the new address)
+            await until(
+                lambda: relay.core.registered_addr(b.public_key()) == ("127.0.0.1", cb.local_port)
+            )
             await pump_in_order(ca, b.public_key(), sink_b, 100, b"2")
             await pump_in_order(cb, a.public_key(), sink_a, 100, b"3")
             assert relay.core.sessions[sid].packets == 300  # the early frame was dropped

@@ -110,6 +110,10 @@ from wgrelay.proto.messages import (
 
 log = logging.getLogger(__name__)
 
+MAX_CLOCK_CORRECTION_S = 366 * 86400.0
+"""A relay that says our clock is off by more than a year is wrong (or
+hostile): its figure is not followed."""
+
 
 class LinkState(Enum):
     IDLE = "idle"
@@ -179,6 +183,12 @@ class RelayLink:
         self.clock_offset_s = 0.0
         """The relay's clock minus ours, once it told us ours is off (else 0)."""
         self.last_heard = now
+        """When the relay last sent us an authenticated control message."""
+        self.data_heard = float("-inf")
+        """When a data frame of one of our sessions last came from the relay:
+        the shell sets it (the data path never reaches the link). A relay
+        that forwards our peers' packets is alive, whatever control messages
+        a lossy path drops."""
         self.rtt_s: float | None = None
         self.relay_load_pct: int | None = None
         self._next_heartbeat = float("inf")
@@ -300,12 +310,16 @@ class RelayLink:
     def next_event(self) -> LinkEvent | None:
         return self._events.pop(0) if self._events else None
 
+    def alive_at(self) -> float:
+        """The last sign of life from the relay (control or our sessions' data)."""
+        return max(self.last_heard, self.data_heard)
+
     def next_timer(self) -> float:
         t = self._next_heartbeat
         for req in self._requests.values():
             t = min(t, req.next_send, req.deadline)
         if self.state in (LinkState.REGISTERED, LinkState.REGISTERING):
-            t = min(t, self.last_heard + self.config.lost_after_s)
+            t = min(t, self.alive_at() + self.config.lost_after_s)
         return t
 
     # ------------------------------------------------------------ sending
@@ -473,6 +487,11 @@ class RelayLink:
             return
         if old is not None:
             self.sessions.pop(old, None)
+        previous = self.sessions.get(sid)
+        if previous is not None and previous != peer:
+            # a confused relay reused the id: the other peer lost its session
+            del self.session_of[previous]
+            self._events.append(SessionEnded(previous, sid, CloseReason.REPLACED))
         self.sessions[sid] = peer
         self.session_of[peer] = sid
         self._events.append(SessionEstablished(peer, sid, incoming))
@@ -540,6 +559,13 @@ class RelayLink:
     def _fix_clock(self, body: Error, now: float) -> None:
         """The relay says our clock is off by more than the skew window."""
         offset = body.value / 1_000_000 - (now + self._wall_offset)
+        if abs(offset) > MAX_CLOCK_CORRECTION_S:
+            log.warning(
+                "relay %s claims a clock %.0f s from ours; not following it",
+                self.relay_key.short(),
+                offset,
+            )
+            return
         if abs(offset - self.clock_offset_s) < 1.0:
             return  # already corrected (a late duplicate)
         log.warning(
@@ -548,6 +574,9 @@ class RelayLink:
             -offset,
         )
         self.clock_offset_s = offset
+        # follow its clock back too: timestamps only ever increase, so without
+        # this a relay whose clock stepped back would lock us out (stale)
+        self._ts.reset()
         self._resend(body.ref_type, now)
 
     def _fix_floor(self, body: Error, now: float) -> None:
@@ -590,9 +619,9 @@ class RelayLink:
         # the same sum as next_timer(): a difference could miss it by one ulp
         # and leave the timer due forever
         if self.state in (LinkState.REGISTERED, LinkState.REGISTERING) and (
-            now >= self.last_heard + self.config.lost_after_s
+            now >= self.alive_at() + self.config.lost_after_s
         ):
-            self._lose(now, f"nothing heard for {now - self.last_heard:.1f} s")
+            self._lose(now, f"nothing heard for {now - self.alive_at():.1f} s")
         if now >= self._next_heartbeat and self.state == LinkState.REGISTERED:
             self._hb_seq = (self._hb_seq + 1) & 0xFFFFFFFF
             self._start(Heartbeat(self._hb_seq), self._hb_seq, now)

@@ -214,11 +214,12 @@ class RelayManager:
     def datagram_received(self, data: bytes, addr: Addr) -> None:
         src = (addr[0], addr[1])
         if data and data[0] == _DATA:
-            sessions = self.planner.sessions_at(src)
-            peer = sessions.get(data[2:DATA_HEADER_LEN]) if sessions is not None else None
-            if peer is None:
+            link = self.planner.link_at(src)
+            peer = link.sessions.get(data[2:DATA_HEADER_LEN]) if link is not None else None
+            if peer is None or link is None:
                 self.frames_dropped += 1
                 return
+            link.data_heard = self.runtime.now()  # the relay is alive
             self._on_data(peer, data)
             return
         if self.planner.receive(src, data, self.runtime.now()):

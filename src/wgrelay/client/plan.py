@@ -235,10 +235,11 @@ class RelayPlanner:
         lk = self._links.get(key)
         return lk.link if lk is not None else None
 
-    def sessions_at(self, addr: Endpoint) -> dict[bytes, PublicKey] | None:
-        """The data path's lookup: session id -> peer, for the relay at ``addr``."""
+    def link_at(self, addr: Endpoint) -> RelayLink | None:
+        """The data path's lookup: the link of the relay at ``addr`` (its
+        ``sessions`` map a frame's session id to the peer)."""
         key = self._by_addr.get(addr)
-        return self._links[key].link.sessions if key is not None else None
+        return self._links[key].link if key is not None else None
 
     def relay_addr(self, relay: PublicKey) -> Endpoint | None:
         lk = self._links.get(relay)

@@ -142,6 +142,7 @@ class RelayClient:
                 self.frames_dropped += 1
                 return
             self.frames_in += 1
+            self.link.data_heard = self.now()  # the relay is alive
             self.on_data(peer, data)
             return
         self.link.receive(data, self.now())

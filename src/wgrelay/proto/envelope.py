@@ -231,6 +231,11 @@ class Timestamper:
         """Every later timestamp will be above ``ts_us``."""
         self._last = max(self._last, ts_us)
 
+    def reset(self) -> None:
+        """Follow the clock (with ``offset_s``) again, even below earlier values:
+        only when the other end said our timestamps are too far ahead."""
+        self._last = 0
+
 
 class ReplayWindow:
     """Accepts each timestamp at most once, in about 0.3 KB per sender.
@@ -257,6 +262,17 @@ class ReplayWindow:
             return
         if ts == self.newest or ts <= self.floor or ts in self._recent:
             raise Replayed(f"timestamp {ts} already seen or older than the window")
+
+    def reset(self, floor: int) -> None:
+        """Forget every value and refuse anything up to ``floor``.
+
+        For a window whose values lie further in the future than the clock
+        check lets any message be (the receiver's clock stepped back): nothing
+        could ever be accepted again. Refusing everything up to the receiver's
+        own clock keeps every message sent before safe from replay."""
+        self.newest = floor
+        self.floor = floor
+        del self._recent[:]
 
     def accept(self, ts: int) -> None:
         self.check(ts)

@@ -107,6 +107,9 @@ class Inbound:
     size: int
     echo: bytes
     """The first 8 bytes of the request's nonce (echoed by a cookie reply)."""
+    dropped: bool = False
+    """Counted under a drop reason already: a cookie sent instead of its
+    answer must not count it a second time (one reason per datagram)."""
 
 
 class Admission:
@@ -217,6 +220,11 @@ class Admission:
             )  # fmt: skip
             return None
         newest = ks.replay.newest
+        if newest > wall_us + MAX_CLOCK_SKEW_S * 1_000_000:
+            # the window is further ahead than any message may be (our clock
+            # stepped back): it would refuse this sender forever
+            ks.replay.reset(wall_us)
+            newest = wall_us
         try:
             ks.replay.accept(ts)
         except RemoteProtocolError as e:
@@ -280,7 +288,21 @@ class Admission:
 
     def reply(self, inb: Inbound, body: Body) -> None:
         """Answer the sender of ``inb`` at its source address."""
-        self._reply(body, inb.ks.keys, inb.key, inb.addr, inb.now, inb.proven, inb.size, inb.echo)
+        self._reply(
+            body,
+            inb.ks.keys,
+            inb.key,
+            inb.addr,
+            inb.now,
+            inb.proven,
+            inb.size,
+            inb.echo,
+            count=not inb.dropped,
+        )
+
+    def notice(self, inb: Inbound, body: Error) -> None:
+        """Tell the sender of a refused message why (at most once a second)."""
+        self._notice(inb.ks, body, inb.key, inb.addr, inb.now, inb.proven, inb.size, inb.echo)
 
     def challenge(self, inb: Inbound) -> None:
         """Ask the sender to prove its address (it repeats the message with the cookie)."""
@@ -297,12 +319,14 @@ class Admission:
         proven: bool,
         request_size: int,
         echo: bytes,
+        count: bool = True,
     ) -> None:
         if not proven:
             # an address that has not shown it wants our answers gets nothing
             # but a cookie (26 bytes, smaller than any request); an honest
             # sender repeats its message with it and gets the real answer
-            self._drops[DropReason.UNPROVEN_ADDRESS] += 1
+            if count:  # (a refused message was counted under its own reason)
+                self._drops[DropReason.UNPROVEN_ADDRESS] += 1
             self._send_cookie(sender, echo, addr, now, request_size)
             return
         self._out.append((self.seal(body, keys, now), addr))
@@ -337,7 +361,7 @@ class Admission:
             ks.last_notice = now
         # (unproven: a cookie, bounded by the per-source budget; the notice
         # itself follows once the sender repeats the message with it)
-        self._reply(body, ks.keys, sender, addr, now, proven, size, echo)
+        self._reply(body, ks.keys, sender, addr, now, proven, size, echo, count=False)
 
     def _refuse_not_allowed(
         self,
@@ -358,4 +382,4 @@ class Admission:
             reply = ConnectionResponse(body.request_id, Status.AUTH_FAILED, bytes(SESSION_ID_LEN))
         else:
             reply = Error(ErrorCode.AUTH_FAILED, hdr.msg_type)
-        self._reply(reply, keys, sender, addr, now, proven, size, echo)
+        self._reply(reply, keys, sender, addr, now, proven, size, echo, count=False)

@@ -271,13 +271,25 @@ class RelayCore:
             self._admission.challenge(inb)
             return False
         if not self.usable_peer_address(inb.addr):
-            self._drops[DropReason.BAD_ADDRESS] += 1
+            self._drop(inb, DropReason.BAD_ADDRESS)
             return False
         if reg is not None and not inb.newer:
-            # a delayed or replayed message must not move the peer back
-            self._drops[DropReason.STALE_REBIND] += 1
+            # a delayed or replayed message must not move the peer back; an
+            # honest peer that restarted after its clock ran ahead is told the
+            # figure to continue above (else it could not move until its old
+            # registration expired)
+            self._drop(inb, DropReason.STALE_REBIND)
+            newest = inb.ks.replay.newest
+            self._admission.notice(
+                inb, Error(ErrorCode.REPLAYED, inb.msg_type, "not newer than before", newest)
+            )
             return False
         return True
+
+    def _drop(self, inb: Inbound, reason: DropReason) -> None:
+        """Count a handled message as dropped, under this one reason."""
+        self._drops[reason] += 1
+        inb.dropped = True
 
     def _handle_register(self, inb: Inbound, body: Register) -> None:
         now = inb.now
@@ -385,7 +397,7 @@ class RelayCore:
             return
         if treg.addr == reg.addr:
             # both behind one address: the relay cannot tell their packets apart
-            self._drops[DropReason.BAD_ADDRESS] += 1
+            self._drop(inb, DropReason.BAD_ADDRESS)
             respond(Status.ERROR)
             return
         refusal = self.table.admit_session(reg, treg)
@@ -441,9 +453,9 @@ class RelayCore:
             est = self.sessions.get(body.session_id)
             if est is not None and inb.key in (est.a_key, est.b_key):
                 return  # a retransmitted answer; already done
+            self._drop(inb, DropReason.UNKNOWN_SESSION)
             if body.accept:  # accepted too late: make sure the peer drops it
                 self._reply(inb, SessionClose(body.session_id, CloseReason.NORMAL))
-            self._drops[DropReason.UNKNOWN_SESSION] += 1
             return
         if inb.key != s.b_key:
             self._drops[DropReason.UNEXPECTED] += 1
