@@ -345,12 +345,6 @@ def test_no_production_module_imports_the_simulator() -> None:
 # ---------------------------------------------------------------- known agent problems
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="agent bug: with both ends on the same persistent keepalive, only one end of"
-    " an idle tunnel ever sends (a received keepalive pushes WireGuard's timer back), so"
-    " that end sees tx grow and rx not and declares the direct path silent after 15 s",
-)
 def test_idle_direct_tunnel_stays_direct(mesh: SimMesh) -> None:
     mesh.add_relay("relay", link=RELAY_LINK)
     a, b = pair(mesh, NatKind.FULL_CONE, NatKind.FULL_CONE)
@@ -361,12 +355,6 @@ def test_idle_direct_tunnel_stays_direct(mesh: SimMesh) -> None:
     assert watch.changes == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="agent bug: the same one-sided keepalive makes an idle relayed tunnel look"
-    " silent for 40 s between rekeys, and the agent replaces the relay session every"
-    " one to three minutes",
-)
 def test_idle_relayed_tunnel_keeps_its_session(mesh: SimMesh) -> None:
     relay = mesh.add_relay("relay", link=RELAY_LINK)
     a, b = pair(mesh, NatKind.SYMMETRIC, NatKind.SYMMETRIC)

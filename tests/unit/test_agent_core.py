@@ -416,3 +416,42 @@ def test_next_timer_names_the_next_rule_due() -> None:
     core.on_relay_lost(other, "peer_gone", 10.0, WALL0 + 10)
     core.on_relay_failed(other, "no relay", 10.0)
     assert core.next_timer() == 10.0 + AgentConfig().relay_retry_initial_s
+
+
+def test_an_idle_tunnel_with_one_sided_keepalives_is_never_silent() -> None:
+    """WireGuard restarts its keepalive timer on any packet, sent or received:
+    with the same interval on both ends only one end sends keepalives, and
+    hears nothing but the answers to its rekeys every two minutes."""
+    me, other = keys_ordered()
+    core = AgentCore(me, AgentConfig(keepalive_s=25, broken_after_s=15.0))
+    hs = WALL0 - 1
+    core.observe(iface(peer(other, latest_handshake=hs)), 0.0, WALL0)
+    assert core.peers[other].kind == PathKind.DIRECT
+    tx = rx = 0
+    for t in range(1, 601):
+        if t % 25 == 0:
+            tx += 32  # our keepalive, answered by nobody
+        if t % 125 == 0:
+            tx += 148  # rekey: initiation out, response in, a new handshake
+            rx += 92
+            hs = WALL0 + t
+        acts = core.observe(
+            iface(peer(other, latest_handshake=hs, tx_bytes=tx, rx_bytes=rx)), float(t), WALL0 + t
+        )
+        assert core.peers[other].kind == PathKind.DIRECT, (t, acts)
+
+
+def test_data_sent_into_a_dead_direct_path_is_noticed_after_the_limit() -> None:
+    me, other = keys_ordered()
+    core = AgentCore(me, AgentConfig(keepalive_s=25, broken_after_s=15.0))
+    core.observe(iface(peer(other, latest_handshake=WALL0 - 1)), 0.0, WALL0)
+    tx = 0
+    for t in range(1, 40):
+        tx += 1200  # data every second, nothing comes back
+        core.observe(
+            iface(peer(other, latest_handshake=WALL0 - 1, tx_bytes=tx)), float(t), WALL0 + t
+        )
+        if core.peers[other].kind != PathKind.DIRECT:
+            break
+    assert t == 16  # silent since t=1 (tx grew, rx did not), limit 15 s
+    assert core.peers[other].kind in (PathKind.PROBING, PathKind.RELAY_PENDING)

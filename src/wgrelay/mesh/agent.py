@@ -53,6 +53,7 @@ the relay joins two requests for the same pair into one session anyway).
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -76,6 +77,13 @@ from wgrelay.mesh.nat import DirectFailed, DirectSucceeded, NatTraverse, Observa
 
 log = logging.getLogger(__name__)
 
+ANSWER_WAIT_S = 11.0
+"""How long WireGuard may take to answer data: it sends a keepalive 10 s after
+receiving data if it had nothing else to send (KEEPALIVE_TIMEOUT)."""
+KEEPALIVE_MESSAGE_BYTES = 32
+"""A WireGuard keepalive as backends count it in tx_bytes: a transport message
+with an empty payload (16-byte header, 16-byte tag)."""
+
 
 class PathKind(StrEnum):
     PROBING = "probing"
@@ -94,9 +102,9 @@ class AgentConfig:
     """A handshake younger than this (WireGuard's REJECT_AFTER_TIME) proves a path."""
     broken_after_s: float = 15.0
     """Sending without any answer for this long on a direct path: it broke."""
-    relay_silent_s: float = 40.0
-    """The same for a relayed path. Longer than the persistent keepalive both
-    agents set (25 s), so an idle tunnel is never taken for a dead one."""
+    relay_silent_s: float = 20.0
+    """The same for a relayed path (a little longer: two hops, and the relay's
+    own liveness checks usually notice first)."""
     keepalive_s: int = 25
     """Persistent keepalive the agent sets on peers it manages (0: leave alone)."""
     relay_retry_initial_s: float = 5.0
@@ -131,6 +139,12 @@ class PeerPath:
     rx_bytes: int = 0
     tx_bytes: int = 0
     silent_since: float | None = None
+    """Since when we send and hear nothing (see ``AgentCore._silent``)."""
+    tx_at_silence: int = 0
+    owed_since: float | None = None
+    """Since when we sent more than keepalives into the silence (an answer is owed)."""
+    tx_before: int = 0
+    """tx_bytes at the previous observation."""
     wg_endpoint: Endpoint | None = None
     """WireGuard's endpoint for the peer at the last observation."""
     last_heard: float | None = None
@@ -277,6 +291,7 @@ class AgentCore:
         hs = peer.latest_handshake
         new_handshake = hs is not None and (p.latest_handshake is None or hs > p.latest_handshake)
         delta = (new_handshake, peer.rx_bytes > p.rx_bytes, peer.tx_bytes > p.tx_bytes)
+        p.tx_before = p.tx_bytes
         p.latest_handshake, p.rx_bytes, p.tx_bytes = hs, peer.rx_bytes, peer.tx_bytes
         p.wg_endpoint = peer.endpoint
         if delta[0] or delta[1]:
@@ -398,29 +413,19 @@ class AgentCore:
         if p.kind == PathKind.DIRECT:
             if ep is not None and not is_loopback(ep) and ep not in self.proxy_endpoints:
                 p.direct_endpoint = ep  # WireGuard roamed, or the operator set it
-            if rx_grew or new_handshake:
-                p.silent_since = None
-                if new_handshake and ep is not None:
-                    self.cache.record_success(p.key, ep, wall)
-            elif tx_grew and p.silent_since is None:
-                p.silent_since = now
+            if new_handshake and ep is not None:
+                self.cache.record_success(p.key, ep, wall)
+            self._track_silence(p, rx_grew or new_handshake, tx_grew, now)
             if p.direct_since is not None and now - p.direct_since >= self.config.flap_window_s:
                 p.flaps = 0  # stable long enough: forget old flaps
-            if p.silent_since is not None and now - p.silent_since >= self.config.broken_after_s:
+            if self._silent(p, now, self.config.broken_after_s):
                 p.silent_since = None
                 if ep is not None and not is_loopback(ep):
                     self.cache.record_failure(p.key, ep, wall)
                 actions += self._start_probing(p, now, wall, "direct path went silent")
         elif p.kind == PathKind.RELAYED and not p.probing_back:
-            if rx_grew or new_handshake:
-                p.silent_since = None
-            elif tx_grew and p.silent_since is None:
-                p.silent_since = now
-            if (
-                p.silent_since is not None
-                and now - p.silent_since >= self.config.relay_silent_s
-                and ep in self.proxy_endpoints
-            ):
+            self._track_silence(p, rx_grew or new_handshake, tx_grew, now)
+            if self._silent(p, now, self.config.relay_silent_s) and ep in self.proxy_endpoints:
                 # WireGuard sends (keepalives at least) and nothing comes back
                 # through the relay: the session is gone there, whatever the
                 # relay told us (a restart it hid, a lost SESSION_CLOSE)
@@ -455,6 +460,45 @@ class AgentCore:
         elif p.kind == PathKind.PROBING:
             actions += self._retry_paused(p, now, wall)
         return actions
+
+    @staticmethod
+    def _track_silence(p: PeerPath, heard: bool, sent: bool, now: float) -> None:
+        if heard:
+            p.silent_since = None
+            p.owed_since = None
+        elif sent and p.silent_since is None:
+            p.silent_since = now
+            p.tx_at_silence = p.tx_before
+
+    def _silent(self, p: PeerPath, now: float, limit_s: float) -> bool:
+        """Has the path been silent for ``limit_s`` while it owed us an answer?
+
+        Sending and hearing nothing is normal on an idle tunnel: WireGuard's
+        persistent keepalive timer restarts on any packet sent *or received*,
+        so with both ends at the same interval only one end ever sends its
+        keepalives (32-byte messages nobody answers), and the other end hears
+        from it but sends nothing until its next rekey. So silence only counts
+        once we sent more than keepalives (data, which WireGuard answers within
+        its 10 s passive keepalive, or a handshake initiation, answered at
+        once), and only after the answer had ``ANSWER_WAIT_S`` to come. An idle
+        broken path is still found: its next rekey sends an initiation (at most
+        about two minutes later).
+        """
+        if p.silent_since is None:
+            return False
+        sent = p.tx_bytes - p.tx_at_silence
+        ka = self.config.keepalive_s
+        # the window opens at the first growth we saw, which may have been a
+        # keepalive sent up to one poll earlier: count one more than fit
+        allowed = (
+            KEEPALIVE_MESSAGE_BYTES * (math.ceil((now - p.silent_since) / ka) + 1) if ka else 0
+        )
+        if sent <= allowed:
+            p.owed_since = None
+            return False
+        if p.owed_since is None:
+            p.owed_since = now
+        return now >= p.silent_since + limit_s and now >= p.owed_since + ANSWER_WAIT_S
 
     def _probe_offset(self, p: PeerPath) -> float:
         """Both ends would probe back at the same moment and spoil each other's
@@ -601,21 +645,21 @@ class AgentCore:
 
         Every rule acts on a fresh observation of the interface, so this is
         when to look again at the latest: a direct candidate's time is up, a
-        relay retry or a probe-back is due, a silent path reaches its limit.
+        relay retry or a probe-back is due. (Silence is not a timer: it needs
+        new counters to count, and the daemon's regular reads bring them.)
+        Only deadlines a rule will act on when they pass are named, so a
+        passed deadline never asks for a look again and again.
         """
         t = self.nat.next_timer()
-        c = self.config
         for p in self.peers.values():
-            if p.kind == PathKind.RELAY_PENDING and not p.relay_requested:
-                t = min(t, p.relay_retry_at)
-            elif p.kind == PathKind.RELAYED and not p.probing_back:
-                t = min(t, p.next_probe_back)
-                if p.silent_since is not None:
-                    t = min(t, p.silent_since + c.relay_silent_s)
+            if p.kind == PathKind.RELAY_PENDING:
+                due = not p.relay_requested and self.relay_enabled
+                t = min(t, p.relay_retry_at) if due else t
+            elif p.kind == PathKind.RELAYED:
+                due = not p.probing_back and self.relay_enabled
+                t = min(t, p.next_probe_back) if due else t
             elif p.kind == PathKind.PROBING and p.key not in self.nat.remaining:
                 t = min(t, p.next_probe_back)
-            elif p.kind == PathKind.DIRECT and p.silent_since is not None:
-                t = min(t, p.silent_since + c.broken_after_s)
         return t
 
     def tick(self, now: float) -> list[Action]:

@@ -61,6 +61,9 @@ from wgrelay.transport.udp import AsyncioRuntime
 log = logging.getLogger(__name__)
 
 
+MIN_WAIT_S = 0.05
+
+
 @dataclass(frozen=True, slots=True)
 class DaemonConfig:
     """The daemon's own timers (the decisions' timers are in AgentConfig,
@@ -391,7 +394,9 @@ class Agent:
                 # falls due before it
                 d = self.opts.daemon
                 interval = d.probe_poll_interval_s if self.core.probing() else d.poll_interval_s
-                wake = min(now + interval, self.core.next_timer())
+                # (never sooner than MIN_WAIT_S: a rule that let a deadline
+                # pass without acting must not turn this into a busy loop)
+                wake = max(min(now + interval, self.core.next_timer()), now + MIN_WAIT_S)
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout_at(max(wake, self._clock())):
                         await self._stop.wait()
