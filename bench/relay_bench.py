@@ -472,8 +472,10 @@ def render(
                 for size in o.sizes:
                     a = summary["wgrelay"].get(f"tput_{size}")
                     b = summary[ref].get(f"tput_{size}")
-                    ok = a is not None and b is not None and b["pps"].median
-                    cells.append(f"{a['pps'].median / b['pps'].median:.2f}" if ok else "-")
+                    if a is not None and b is not None and b["pps"].median:
+                        cells.append(f"{a['pps'].median / b['pps'].median:.2f}")
+                    else:
+                        cells.append("-")
                 lines.append(f"| wgrelay ÷ {ref} | " + " | ".join(cells) + " |")
             lines.append("")
         if "lat" in summary["wgrelay"] and "direct" in summary and "lat" in summary["direct"]:

@@ -21,14 +21,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from wgrelay.client.link import (
-    LinkConfig,
-    LinkEvent,
-    LinkRejected,
-    LinkState,
-    RelayLink,
-    SessionFailed,
-)
+from wgrelay.client.events import LinkEvent, LinkRejected, SessionFailed
+from wgrelay.client.link import LinkConfig, LinkState, RelayLink
 from wgrelay.keys import PrivateKey, PublicKey
 from wgrelay.proto.constants import MsgType
 from wgrelay.proto.data import data_header

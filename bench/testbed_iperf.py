@@ -56,7 +56,7 @@ def run_case(kind: str, seconds: int, reps: int) -> tuple[list[float], list[int]
             raise RuntimeError(f"{kind}: tunnel did not come up:\n{sc.agent_log(a)[-2000:]}")
         time.sleep(1)  # let the agents settle on their path before measuring
         status = sc.status(a) or {}
-        path = status.get("peers", [{}])[0].get("path", "?")  # type: ignore[union-attr, index]
+        path = status.get("peers", [{}])[0].get("path", "?")  # type: ignore[index]
         rates, retrans = [], []
         for _ in range(reps):
             mbit, rt = iperf(a, b, seconds)

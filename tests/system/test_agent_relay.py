@@ -139,8 +139,8 @@ def test_killing_the_active_relay_fails_over_and_tcp_survives() -> None:
             lambda: (
                 (s := sc.status(a)) is not None
                 and s["peers"][0]["path"] == "relayed"  # type: ignore[index]
-                and s["peers"][0]["relay"] not in (None, active)
-            ),  # type: ignore[index]
+                and s["peers"][0]["relay"] not in (None, active)  # type: ignore[index]
+            ),
             60,
         ), sc.agent_log(a)[-4000:]
         assert sc.wait_ping(a, b, timeout=20) is not None
