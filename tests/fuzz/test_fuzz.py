@@ -131,7 +131,7 @@ def test_relay_core_under_structure_aware_fuzzing(preset: str) -> None:
 
 
 def test_client_link_under_structure_aware_fuzzing() -> None:
-    report = fuzz_client(5000, seed=8, corpus=corpus_io.load("client"))
+    report = fuzz_client(5000, seed=9, corpus=corpus_io.load("client"))
     assert_clean(report)
     check_link_reach(report)
 

@@ -439,7 +439,7 @@ class RelayLink:
         self._register_backoff = self.config.retransmit_initial_s
         self._events.append(LinkRegistered(body.observed, body.heartbeat_s, body.epoch))
         if was_lost:
-            for peer in self.wanted:
+            for peer in sorted(self.wanted, key=lambda k: k.raw):  # hash-free order
                 if peer not in self.session_of:
                     self.request_session(peer, now)
 

@@ -620,7 +620,7 @@ class RelayPlanner:
 
     def _measure(self, now: float) -> None:
         self._next_measure = now + self.config.measure_interval_s
-        for key in set(self.route_relay.values()):
+        for key in dict.fromkeys(self.route_relay.values()):  # ordered, deduplicated
             link = self.link(key)
             if link is not None:
                 link.ping(now)

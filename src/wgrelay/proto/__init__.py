@@ -10,10 +10,10 @@ from wgrelay.errors import Truncated, UnknownType
 from wgrelay.proto.announce import Announcement, RelayNodeInfo, decode_announcement
 from wgrelay.proto.constants import CONTROL_TYPES, MsgType
 from wgrelay.proto.cookie import CookieReply, decode_cookie_reply
-from wgrelay.proto.data import DataFrame, decode_data
+from wgrelay.proto.data import RelayPacket, decode_data
 from wgrelay.proto.envelope import ControlHeader, parse_control_header
 
-Parsed = DataFrame | ControlHeader | Announcement | CookieReply
+Parsed = RelayPacket | ControlHeader | Announcement | CookieReply
 
 
 def parse_datagram(data: bytes) -> Parsed:
@@ -39,9 +39,9 @@ __all__ = [
     "Announcement",
     "ControlHeader",
     "CookieReply",
-    "DataFrame",
     "MsgType",
     "Parsed",
     "RelayNodeInfo",
+    "RelayPacket",
     "parse_datagram",
 ]

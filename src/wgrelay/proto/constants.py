@@ -107,7 +107,7 @@ class CloseReason(IntEnum):
     SHUTDOWN = 2
     PEER_GONE = 3
     REPLACED = 4
-    QUOTA = 5
+    """The end that closed wants a new session (its path through this one went silent)."""
 
 
 class ErrorCode(IntEnum):

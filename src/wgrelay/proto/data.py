@@ -31,7 +31,9 @@ MAX_DATA_FRAME = DATA_HEADER_LEN + MAX_DATA_PAYLOAD
 
 
 @dataclass(frozen=True, slots=True)
-class DataFrame:
+class RelayPacket:
+    """The seed's RelayPacket: one WireGuard packet and the session it travels in."""
+
     session_id: bytes
     payload: bytes
     flags: int = 0
@@ -50,7 +52,7 @@ def encode_data(session_id: bytes, payload: bytes, flags: int = 0) -> bytes:
     return data_header(session_id, flags) + payload
 
 
-def decode_data(data: bytes) -> DataFrame:
+def decode_data(data: bytes) -> RelayPacket:
     n = len(data)
     if n < DATA_HEADER_LEN:
         raise Truncated(f"data frame of {n} bytes")
@@ -58,7 +60,7 @@ def decode_data(data: bytes) -> DataFrame:
         raise UnknownType(f"not a data frame: {data[0]:#04x}")
     if n > MAX_DATA_FRAME:
         raise Oversize(f"data frame of {n} bytes > {MAX_DATA_FRAME}")
-    return DataFrame(
+    return RelayPacket(
         session_id=bytes(data[2:DATA_HEADER_LEN]),
         payload=bytes(data[DATA_HEADER_LEN:]),
         flags=data[1],

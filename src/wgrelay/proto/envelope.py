@@ -63,7 +63,7 @@ from wgrelay.proto.constants import (
     TIMESTAMP_LEN,
     MsgType,
 )
-from wgrelay.proto.messages import Body, decode_body, encode_body
+from wgrelay.proto.messages import Body, RelayMessage, decode_body, encode_body
 
 FLAG_COOKIE = 0x01
 FLAG_FROM_SERVER = 0x02
@@ -192,7 +192,7 @@ def seal_control(
     return out
 
 
-def open_control(data: bytes, header: ControlHeader, keys: ChannelKeys) -> tuple[int, Body]:
+def open_control(data: bytes, header: ControlHeader, keys: ChannelKeys) -> tuple[int, RelayMessage]:
     """Decrypt and decode; returns (timestamp_us, body). Raises on any tampering."""
     if header.from_server == keys.from_server:
         raise AuthenticationFailed("message claims our own side of the channel")

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import ClassVar, Self, TypeVar
+from typing import ClassVar, Self, TypeVar, cast
 
 from wgrelay.endpoint import Endpoint
 from wgrelay.errors import LocalProtocolError, Malformed
@@ -411,20 +411,39 @@ BODY_TYPES: dict[MsgType, type[Body]] = {
 }
 
 
+RelayMessage = (
+    Register
+    | Registered
+    | Heartbeat
+    | HeartbeatAck
+    | ConnectionRequest
+    | ConnectionResponse
+    | SessionOffer
+    | SessionAnswer
+    | SessionClose
+    | Error
+    | Ping
+    | Pong
+    | DiscoveryQuery
+    | DiscoveryResponse
+)
+"""The seed's RelayMessage: every control message body, one union to match on."""
+
+
 def encode_body(body: Body) -> bytes:
     w = Writer()
     body.encode_body(w)
     return w.getvalue()
 
 
-def decode_body(msg_type: MsgType, data: bytes) -> Body:
+def decode_body(msg_type: MsgType, data: bytes) -> RelayMessage:
     cls = BODY_TYPES.get(msg_type)
     if cls is None:
         raise Malformed(f"type {msg_type:#x} has no control body")
     b = Buffer(data)
     body = cls.decode_body(b)
     b.expect_end()
-    return body
+    return cast(RelayMessage, body)  # BODY_TYPES holds exactly the union's members
 
 
 __all__ = [
@@ -443,6 +462,7 @@ __all__ = [
     "Pong",
     "Register",
     "Registered",
+    "RelayMessage",
     "SessionAnswer",
     "SessionClose",
     "SessionOffer",

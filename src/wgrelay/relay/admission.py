@@ -38,8 +38,15 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from wgrelay.errors import RemoteProtocolError
-from wgrelay.proto.constants import NONCE_LEN, SESSION_ID_LEN, ErrorCode, MsgType, Status
+from wgrelay.errors import AuthenticationFailed, RemoteProtocolError
+from wgrelay.proto.constants import (
+    MAX_DETAIL_LEN,
+    NONCE_LEN,
+    SESSION_ID_LEN,
+    ErrorCode,
+    MsgType,
+    Status,
+)
 from wgrelay.proto.cookie import CookieJar, encode_cookie_reply
 from wgrelay.proto.envelope import (
     MAX_CLOCK_SKEW_S,
@@ -52,7 +59,13 @@ from wgrelay.proto.envelope import (
     parse_control_header,
     seal_control,
 )
-from wgrelay.proto.messages import Body, ConnectionRequest, ConnectionResponse, Error
+from wgrelay.proto.messages import (
+    Body,
+    ConnectionRequest,
+    ConnectionResponse,
+    Error,
+    RelayMessage,
+)
 from wgrelay.relay.access import AccessPolicy
 from wgrelay.relay.config import RelayConfig
 from wgrelay.relay.limits import KeyedRateLimiter, TokenBucket, WindowCounter
@@ -95,7 +108,7 @@ class Inbound:
 
     ks: KeyState
     key: bytes
-    body: Body
+    body: RelayMessage
     msg_type: MsgType
     addr: Addr
     now: float
@@ -192,6 +205,15 @@ class Admission:
             ts, body = open_control(data, hdr, keys)
         except RemoteProtocolError as e:
             self._drops[e.reason] += 1
+            if ks is not None and not isinstance(e, AuthenticationFailed):
+                # it decrypted, so its known sender really sent a body we cannot
+                # read (another version, a bug): say so rather than stay silent
+                proven = at_home or self._cookie_ok(hdr, addr, now)
+                detail = str(e)[:MAX_DETAIL_LEN]
+                self._notice(
+                    ks, Error(ErrorCode.MALFORMED, hdr.msg_type, detail),
+                    sender, addr, now, proven, len(data), hdr.nonce[:8],
+                )  # fmt: skip
             return None
         if cookie_ok is None:
             cookie_ok = self._cookie_ok(hdr, addr, now)

@@ -48,6 +48,7 @@ its sessions, even if a replayed REGISTER re-created its registration.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from collections.abc import Callable, Iterable
@@ -231,6 +232,7 @@ class RelayCore:
         return dst
 
     def receive_control(self, data: bytes, addr: Addr, now: float) -> None:
+        inb: Inbound | None = None
         try:
             inb = self._admission.admit(data, addr, now, self._registered)
             if inb is None:
@@ -242,6 +244,12 @@ class RelayCore:
             handler(inb, inb.body)
         except Exception:  # a bug must cost one message, never the relay
             self._internal_error(now, "control message from %s", addr)
+            if inb is not None and not inb.dropped:
+                inb.dropped = True
+                # the sender is authentic: tell it, so it does not wait for
+                # an answer that will never come (at most once a second)
+                with contextlib.suppress(Exception):
+                    self._admission.notice(inb, Error(ErrorCode.INTERNAL, inb.msg_type))
 
     def _internal_error(self, now: float, what: str, *args: object) -> None:
         self._drops[DropReason.INTERNAL_ERROR] += 1

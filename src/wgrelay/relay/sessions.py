@@ -40,8 +40,10 @@ class Registration:
     ks: KeyState
     expires: float
     accept_incoming: bool = True
-    sessions: set[bytes] = field(default_factory=set)
-    """Every session it is part of, pending or established."""
+    sessions: dict[bytes, None] = field(default_factory=dict)
+    """Every session it is part of, pending or established (a dict used as an
+    ordered set: iteration order must not depend on hashing, or runs of the
+    simulator would differ between processes)."""
 
 
 class Session:
@@ -217,8 +219,8 @@ class SessionTable:
         s = Session(sid, a, b, now, now + self.config.offer_timeout_s)
         self.pending[sid] = s
         self.by_pair[pair_of(a.key, b.key)] = s
-        a.sessions.add(sid)
-        b.sessions.add(sid)
+        a.sessions[sid] = None
+        b.sessions[sid] = None
         self._count_session(s, +1)
         return s
 
@@ -241,7 +243,7 @@ class SessionTable:
         for k in (s.a_key, s.b_key):
             reg = self.regs.get(k)
             if reg is not None:
-                reg.sessions.discard(s.sid)
+                reg.sessions.pop(s.sid, None)
         return established
 
     def find(self, sid: bytes) -> Session | None:
