@@ -2,122 +2,16 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
-from wgrelay.client.events import LinkEvent, LinkRegistered, SessionEstablished, SessionFailed
-from wgrelay.client.link import LinkConfig, RelayLink
-from wgrelay.keys import PrivateKey, PublicKey, RelayIdentity
+from wgrelay.client.events import LinkRegistered, SessionEstablished, SessionFailed
+from wgrelay.keys import RelayIdentity
 from wgrelay.proto.constants import MsgType, Status
 from wgrelay.relay.config import RelayConfig
 from wgrelay.relay.core import RelayCore
-
-WALL0 = 1_700_000_000.0
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 0.0
-
-    def wall(self) -> float:
-        return WALL0 + self.now
-
-
-class Allow:
-    description = "test"
-
-    def __init__(self) -> None:
-        self.denied: set[bytes] = set()
-
-    def allows(self, key: bytes) -> bool:
-        return key not in self.denied
-
-    def refresh(self) -> None:
-        return None
-
-
-@dataclass
-class Client:
-    key: PrivateKey
-    link: RelayLink
-    addr: tuple[str, int]
-    events: list[LinkEvent] = field(default_factory=list)
-    sent: list[bytes] = field(default_factory=list)
-
-    @property
-    def pub(self) -> PublicKey:
-        return self.key.public_key()
-
-
-class Net:
-    """One relay core and any number of links, datagrams moved by hand."""
-
-    def __init__(self, config: RelayConfig | None = None) -> None:
-        self.clock = Clock()
-        self.ident = RelayIdentity.generate()
-        self.policy = Allow()
-        self.relay = RelayCore(
-            self.ident, config or RelayConfig(), self.policy, now=0.0, wall=WALL0
-        )
-        self.clients: list[Client] = []
-        self.to_relay: list[tuple[bytes, tuple[str, int]]] = []
-        self.replies: list[tuple[bytes, tuple[object, ...]]] = []
-
-    def client(self, accept: bool = True) -> Client:
-        key = PrivateKey.generate()
-        link = RelayLink(
-            key,
-            self.ident.public,
-            LinkConfig(),
-            now=self.clock.now,
-            wall=self.clock.wall(),
-            accept_offer=lambda _p: accept,
-        )
-        c = Client(key, link, ("198.51.100.1", 40000 + len(self.clients)))
-        self.clients.append(c)
-        return c
-
-    def run(self, rounds: int = 10) -> None:
-        now = self.clock.now
-        for _ in range(rounds):
-            moved = False
-            for c in self.clients:
-                for d in c.link.datagrams_to_send():
-                    c.sent.append(d)
-                    self.to_relay.append((d, c.addr))
-            for d, addr in self.to_relay:
-                moved = True
-                self.relay.receive(d, addr, now)
-            self.to_relay.clear()
-            for d, dst in self.relay.datagrams_to_send():
-                self.replies.append((d, dst))
-                for c in self.clients:
-                    if c.addr == dst:
-                        moved = True
-                        c.link.receive(d, now)
-            for c in self.clients:
-                while (ev := c.link.next_event()) is not None:
-                    c.events.append(ev)
-            if not moved:
-                return
-
-    def advance(self, dt: float) -> None:
-        self.clock.now += dt
-        self.relay.handle_timer(self.clock.now)
-        for c in self.clients:
-            c.link.handle_timer(self.clock.now)
-        self.run()
-
-
-def registered(net: Net, *clients: Client) -> None:
-    for c in clients:
-        c.link.connect(net.clock.now)
-    net.run()
-    for c in clients:
-        assert any(isinstance(e, LinkRegistered) for e in c.events)
+from wgrelay.testkit import WALL0, Allow, CoreNet, registered
 
 
 def test_session_flow_in_memory() -> None:
-    net = Net()
+    net = CoreNet()
     a, b = net.client(), net.client()
     registered(net, a, b)
     a.link.request_session(b.pub, net.clock.now)
@@ -129,7 +23,7 @@ def test_session_flow_in_memory() -> None:
 
 
 def test_under_load_unknown_senders_get_cookies_no_larger_than_their_message() -> None:
-    net = Net(RelayConfig(handshakes_before_cookies=1))
+    net = CoreNet(RelayConfig(handshakes_before_cookies=1))
     a, b = net.client(), net.client()
     a.link.connect(0.0)
     net.run()  # the first one is free and counts as the one handshake
@@ -147,7 +41,7 @@ def test_under_load_unknown_senders_get_cookies_no_larger_than_their_message() -
 
 
 def test_cookie_for_another_address_gets_a_fresh_one() -> None:
-    net = Net(RelayConfig(handshakes_before_cookies=0))
+    net = CoreNet(RelayConfig(handshakes_before_cookies=0))
     b = net.client()
     b.link.connect(0.0)
     net.run()  # cookie reply, repeat with cookie, registered
@@ -162,7 +56,7 @@ def test_cookie_for_another_address_gets_a_fresh_one() -> None:
 
 
 def test_replayed_register_after_expiry_is_rejected() -> None:
-    net = Net(RelayConfig(registration_ttl_s=10, heartbeat_interval_s=5))
+    net = CoreNet(RelayConfig(registration_ttl_s=10, heartbeat_interval_s=5))
     a = net.client()
     registered(net, a)
     register = a.sent[-1]  # the REGISTER that carried the cookie and bound a
@@ -176,7 +70,7 @@ def test_replayed_register_after_expiry_is_rejected() -> None:
 
 
 def test_policy_change_answers_a_pending_requester() -> None:
-    net = Net()
+    net = CoreNet()
     a, b = net.client(), net.client()
     registered(net, a, b)
     b.link._accept_offer = lambda _p: True
@@ -213,7 +107,7 @@ def test_announcement_is_signed_once_then_reused() -> None:
 
 
 def test_key_cache_is_least_recently_used() -> None:
-    net = Net(RelayConfig(key_cache_size=2))
+    net = CoreNet(RelayConfig(key_cache_size=2))
     a, b, c = net.client(), net.client(), net.client()
     for cl in (a, b):
         cl.link.ping(0.0)

@@ -14,7 +14,6 @@ import random
 import pytest
 
 from tests.helpers import wg_packet
-from tests.unit.test_relay_core import WALL0, Client, Net, registered
 from wgrelay.client.events import LinkRegistered, SessionEstablished
 from wgrelay.client.link import RelayLink
 from wgrelay.keys import PublicKey
@@ -24,13 +23,14 @@ from wgrelay.proto.data import data_header
 from wgrelay.proto.messages import DiscoveryQuery
 from wgrelay.relay.config import RelayConfig
 from wgrelay.relay.core import RelayCore
+from wgrelay.testkit import WALL0, Client, CoreNet, registered
 
 Addr = tuple[object, ...]
 VICTIM = ("203.0.113.99", 5353)
 """A third party that never sent the relay a byte."""
 
 
-def deliver(net: Net, data: bytes, src: Addr) -> list[tuple[bytes, Addr]]:
+def deliver(net: CoreNet, data: bytes, src: Addr) -> list[tuple[bytes, Addr]]:
     """One datagram into the relay from ``src``; everything the relay sends."""
     net.relay.receive(data, src, net.clock.now)
     return net.relay.datagrams_to_send()
@@ -45,7 +45,7 @@ def only_cookies_to(out: list[tuple[bytes, Addr]], dst: Addr, request_len: int) 
     return len(sent)
 
 
-def session_between(net: Net, a: Client, b: Client) -> bytes:
+def session_between(net: CoreNet, a: Client, b: Client) -> bytes:
     a.link.request_session(b.pub, net.clock.now)
     net.run()
     sid = a.link.session_of[b.pub]
@@ -61,7 +61,7 @@ def test_forged_heartbeat_cannot_point_a_session_at_a_third_party() -> None:
     heartbeat of one of them 'from' the victim. On main the registration and
     the session moved there and the relay streamed the other key's data to
     the victim."""
-    net = Net()
+    net = CoreNet()
     k1, k2 = net.client(), net.client()
     registered(net, k1, k2)
     session_between(net, k1, k2)
@@ -79,7 +79,7 @@ def test_forged_heartbeat_cannot_point_a_session_at_a_third_party() -> None:
 def test_a_key_registered_entirely_from_a_forged_address_gets_nothing_but_cookies() -> None:
     """On main a fresh key registered and opened a session from the victim's
     address and 100/100 frames reached the victim."""
-    net = Net()
+    net = CoreNet()
     target = net.client()
     registered(net, target)
     attacker = net.client()
@@ -96,7 +96,7 @@ def test_a_key_registered_entirely_from_a_forged_address_gets_nothing_but_cookie
 
 
 def test_a_captured_cookie_does_not_help_another_key_or_address() -> None:
-    net = Net()
+    net = CoreNet()
     a = net.client()
     registered(net, a)
     cookie = a.link._cookie
@@ -124,7 +124,7 @@ def test_a_captured_cookie_does_not_help_another_key_or_address() -> None:
 def test_the_relay_never_registers_a_peer_at_an_address_it_must_not_send_to(addr: Addr) -> None:
     """Even with a valid cookie for it (as if the attacker could receive there):
     pointed at itself, a session forwarded 1.1 million frames in 10 s on main."""
-    net = Net()
+    net = CoreNet()
     net.relay.set_own_addresses([("203.0.113.10", 51821)])
     attacker = net.client()
     where = (str(addr[0]), int(str(addr[1])))
@@ -138,7 +138,7 @@ def test_the_relay_never_registers_a_peer_at_an_address_it_must_not_send_to(addr
 
 
 def test_two_peers_behind_one_address_get_no_session_that_loops() -> None:
-    net = Net()
+    net = CoreNet()
     a, b = net.client(), net.client()
     b.addr = a.addr  # two keys, one address: the relay could not tell them apart
     registered(net, a)
@@ -153,7 +153,7 @@ def test_two_peers_behind_one_address_get_no_session_that_loops() -> None:
 def test_a_delayed_heartbeat_cannot_move_a_peer_back() -> None:
     """On main an out-of-order replayed heartbeat moved A's sessions to the
     attacker for a heartbeat interval."""
-    net = Net()
+    net = CoreNet()
     a, b = net.client(), net.client()
     registered(net, a, b)
     sid = session_between(net, a, b)
@@ -175,7 +175,7 @@ def test_a_delayed_heartbeat_cannot_move_a_peer_back() -> None:
 
 
 def test_nat_rebinding_moves_the_session_after_one_cookie_round_trip() -> None:
-    net = Net()
+    net = CoreNet()
     a, b = net.client(), net.client()
     registered(net, a, b)
     sid = session_between(net, a, b)
@@ -210,7 +210,7 @@ def test_no_reply_to_an_unproven_address_exceeds_its_request(registered_elsewher
     """Every message type a peer can send, from a key of the attacker's own,
     with the victim's address as source, on an --open relay with announcements
     (on main a 94-byte DISCOVERY_QUERY drew up to 397 bytes)."""
-    net = Net()
+    net = CoreNet()
     net.relay.announce_endpoints = (("203.0.113.10", 51821),)
     target = net.client()
     attacker = net.client()
@@ -239,7 +239,7 @@ def test_junk_from_the_victims_own_ip_does_not_cost_it_its_registration() -> Non
     """5,000 junk control packets/s from other ports of the victim's public IP
     (CGNAT, an office NAT): on main the victim lost its registration in 14 s."""
     config = RelayConfig(registration_ttl_s=10, heartbeat_interval_s=2)
-    net = Net(config)
+    net = CoreNet(config)
     a, b = net.client(), net.client()
     registered(net, a, b)
     sid = session_between(net, a, b)
@@ -274,7 +274,7 @@ def test_ipv6_sources_share_a_budget_per_64() -> None:
 def test_tiny_frames_are_not_forwarded_and_small_ones_pay_per_packet() -> None:
     """On main one session of 11-byte frames under the byte cap drove the
     relay to 92 % CPU: 1000 KB/s / 11 B is 90,000 frames a second."""
-    net = Net(RelayConfig(max_bandwidth_kbps=100))
+    net = CoreNet(RelayConfig(max_bandwidth_kbps=100))
     a, b = net.client(), net.client()
     registered(net, a, b)
     sid = session_between(net, a, b)
@@ -297,7 +297,7 @@ def test_tiny_frames_are_not_forwarded_and_small_ones_pay_per_packet() -> None:
 
 def test_one_source_cannot_fill_the_registration_table() -> None:
     config = RelayConfig(max_registrations=10, max_registrations_per_source=4)
-    net = Net(config)
+    net = CoreNet(config)
     flooders = [net.client() for _ in range(6)]  # all on 198.51.100.1
     for f in flooders:
         f.link.connect(net.clock.now)
@@ -308,7 +308,7 @@ def test_one_source_cannot_fill_the_registration_table() -> None:
 
 def test_a_full_table_evicts_an_idle_entry_of_the_biggest_source_for_a_newcomer() -> None:
     config = RelayConfig(max_registrations=6, max_registrations_per_source=6)
-    net = Net(config)
+    net = CoreNet(config)
     flooders = [net.client() for _ in range(6)]
     for f in flooders:
         f.link.connect(net.clock.now)
@@ -330,7 +330,7 @@ def test_a_full_table_evicts_an_idle_entry_of_the_biggest_source_for_a_newcomer(
 def test_offers_a_target_has_not_accepted_do_not_use_up_its_share() -> None:
     """On main strangers' pending offers filled a target's per-peer cap."""
     config = RelayConfig(max_sessions_per_peer=2, max_pending_per_peer=8)
-    net = Net(config)
+    net = CoreNet(config)
     target = net.client(accept=False)  # rejects strangers... later
     target.link._accept_offer = lambda _p: False
     strangers = [net.client() for _ in range(5)]
@@ -350,7 +350,7 @@ def test_offers_a_target_has_not_accepted_do_not_use_up_its_share() -> None:
 
 def test_a_peer_has_a_bounded_number_of_offers_outstanding() -> None:
     config = RelayConfig(max_pending_per_peer=3)
-    net = Net(config)
+    net = CoreNet(config)
     asker = net.client()
     targets = [net.client() for _ in range(5)]
     registered(net, asker, *targets)
@@ -364,7 +364,7 @@ def test_a_peer_has_a_bounded_number_of_offers_outstanding() -> None:
 
 def test_one_source_cannot_fill_max_connections() -> None:
     config = RelayConfig(max_connections=10, max_sessions_per_source=4)
-    net = Net(config)
+    net = CoreNet(config)
     peers = [net.client() for _ in range(10)]
     registered(net, *peers)
     for p, q in zip(peers[::2], peers[1::2], strict=True):
@@ -380,7 +380,7 @@ def test_one_source_cannot_fill_max_connections() -> None:
 def test_a_restart_hidden_by_a_replayed_register_is_noticed_by_the_epoch() -> None:
     """On main: crash, restart, the attacker replays A's recent REGISTER, A's
     heartbeats are answered 'ok' and its sessions are never rebuilt."""
-    net = Net()
+    net = CoreNet()
     a, b = net.client(), net.client()
     registered(net, a, b)
     sid = session_between(net, a, b)
@@ -414,7 +414,7 @@ def test_a_restart_hidden_by_a_replayed_register_is_noticed_by_the_epoch() -> No
 def test_a_reply_the_wire_cannot_carry_costs_one_message_not_the_relay() -> None:
     """--idle-timeout 65536 made every ConnectionResponse raise on main, which
     killed housekeeping. The CLI now refuses it; the core survives it anyway."""
-    net = Net()
+    net = CoreNet()
     object.__setattr__(net.relay.config, "session_idle_timeout_s", 65536)
     a, b = net.client(), net.client()
     registered(net, a, b)
@@ -435,7 +435,7 @@ def test_a_peer_whose_clock_stepped_back_is_told_and_recovers() -> None:
     """The relay accepted timestamps from a's future (its clock ran 30 s ahead
     for a while); a restarts with a correct clock. On main it stayed locked
     out, silently, until real time caught up."""
-    net = Net()
+    net = CoreNet()
     a = net.client()
     a.link._wall_offset += 30.0
     registered(net, a)
@@ -453,7 +453,7 @@ def test_a_peer_whose_clock_stepped_back_is_told_and_recovers() -> None:
 
 
 def test_a_peer_whose_clock_is_far_off_uses_the_relays_clock() -> None:
-    net = Net()
+    net = CoreNet()
     a = net.client()
     a.link._wall_offset -= 600.0  # ten minutes slow: outside the 120 s window
     a.link.connect(net.clock.now)
@@ -464,7 +464,7 @@ def test_a_peer_whose_clock_is_far_off_uses_the_relays_clock() -> None:
 
 
 def test_random_session_close_and_answer_from_strangers_change_nothing() -> None:
-    net = Net()
+    net = CoreNet()
     a, b = net.client(), net.client()
     mallory = net.client()
     registered(net, a, b, mallory)
