@@ -6,6 +6,7 @@ import io
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import sysconfig
@@ -57,6 +58,31 @@ def test_same_story_every_time() -> None:
         run_simulated_demo(speed=0.0, out=out)
         runs.append([ln for ln in out.getvalue().splitlines() if "wall time" not in ln])
     assert runs[0] == runs[1]
+
+
+@pytest.mark.parametrize(("sig", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, -signal.SIGTERM)])
+def test_a_paced_demo_stops_on_ctrl_c_and_sigterm(sig: signal.Signals, code: int) -> None:
+    """The agents ask for signal handlers; the simulator refuses them, so the
+    signals keep their default effect (a virtual-time loop would never run them)."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "wgrelay", "demo", "--simulated", "--speed", "1"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        for line in proc.stdout:  # the agents are running once they probe
+            if "is probing" in line:
+                break
+        proc.send_signal(sig)
+        assert proc.wait(timeout=20) == code
+    finally:
+        proc.kill()
+        proc.wait()
+        for stream in (proc.stdout, proc.stderr):
+            if stream is not None:
+                stream.close()
 
 
 @pytest.fixture

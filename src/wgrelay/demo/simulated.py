@@ -26,10 +26,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import signal
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -99,7 +97,6 @@ class _Story:
         end = self.sim.now() + seconds
         while self.sim.now() < end - 1e-9:
             self.sim.run_for(min(STEP_S, end - self.sim.now()))
-            _keep_ctrl_c()
             if self.speed > 0:
                 ahead = self.sim.now() / self.speed - (time.monotonic() - self.wall_start)
                 if ahead > 0:
@@ -293,16 +290,6 @@ def run_simulated_demo(*, speed: float = 0.0, verbose: int = 0, out: TextIO | No
             story.say("the story did not go as it should: giving up")
             return 1
     return 0
-
-
-def _keep_ctrl_c() -> None:
-    """Let Ctrl-C end the demo. Each agent installs asyncio signal handlers,
-    which a virtual-time loop never runs (it never reads the wake-up pipe), so
-    Python's own handler is put back and KeyboardInterrupt reaches the CLI."""
-    if threading.current_thread() is not threading.main_thread():
-        return
-    if signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
-        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def print_nat_matrix(out: TextIO | None = None) -> int:

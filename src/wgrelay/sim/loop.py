@@ -40,7 +40,9 @@ Such a function must not block or wait for the loop; ``inline_executor=False``
 makes any executor use an error instead.
 
 Real sockets and subprocesses cannot work here either (their readiness is never
-reported): a scenario that awaits one ends in ``SimulationDeadlock``.
+reported): a scenario that awaits one ends in ``SimulationDeadlock``. Signal
+handlers are refused for the same reason (their callbacks would never run, and
+Ctrl-C would be swallowed).
 """
 
 from __future__ import annotations
@@ -50,7 +52,7 @@ import math
 import selectors
 from collections.abc import Callable, Mapping
 from types import MappingProxyType
-from typing import Any, Protocol, TypeVar
+from typing import Any, Protocol, TypeVar, TypeVarTuple
 
 from wgrelay.errors import WgRelayError
 
@@ -59,6 +61,7 @@ EPOCH_S = 1_700_000_000.0
 timestamps are reproducible)."""
 
 _T = TypeVar("_T")
+_Ts = TypeVarTuple("_Ts")
 
 
 class SimulationError(WgRelayError):
@@ -203,6 +206,14 @@ class VirtualTimeLoop(asyncio.SelectorEventLoop):
             f"simulation deadlock at t={self._virtual_now:.6f}s: nothing is scheduled, "
             f"so nothing can ever wake the {len(tasks)} waiting task(s): {waiting}{more}"
         )
+
+    def add_signal_handler(self, sig: int, callback: Callable[[*_Ts], object], *args: *_Ts) -> None:
+        """Refused: the handler would run only once the loop reads its wake-up
+        pipe, which this loop never does, so SIGINT and SIGTERM would be
+        swallowed and the process could not be stopped. Shells that ask
+        (``wgrelay.aio.stop_on_signals``) carry on without a handler, and the
+        signals keep their default effect on a simulation's process."""
+        raise RuntimeError("a virtual-time loop takes no signal handlers")
 
     def run_in_executor(  # type: ignore[override]
         self, executor: Any, func: Callable[..., _T], *args: Any
