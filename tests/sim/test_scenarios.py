@@ -161,6 +161,32 @@ def test_relay_killed_fails_over_to_another(mesh: SimMesh) -> None:
     assert all(rtt is not None for rtt in last)
 
 
+def test_only_relay_restarts_and_the_tunnel_comes_back(mesh: SimMesh) -> None:
+    relay = mesh.add_relay("relay", link=RELAY_LINK)
+    a, b = pair(mesh, NatKind.SYMMETRIC, NatKind.SYMMETRIC)
+    mesh.start()
+    mesh.wait_connected(a, b, timeout_s=30)
+    traffic = mesh.ping_every(a, b)
+    mesh.sim.run_for(10.0)
+    relay.kill()
+    mesh.sim.run_for(30.0)
+    assert relay.stats() is None
+    relay.restart()  # a new process: same key and port, no memory of anyone
+    restarted_at = mesh.sim.now()
+    back = mesh.sim.run_until(
+        lambda: mesh.connected(a, b) and relay.holds(a) and relay.holds(b), timeout_s=60
+    )
+    assert back - restarted_at <= 10.0
+    mesh.sim.run_for(20.0)
+    assert relay.incarnations == 2
+    stats = relay.stats()
+    assert stats is not None
+    assert stats.sessions_active == 1
+    late = [rtt for s, rtt in traffic.results if s >= mesh.sim.now() - 10.0]
+    assert late
+    assert all(rtt is not None for rtt in late)
+
+
 def test_partition_heals_and_the_tunnel_recovers(mesh: SimMesh) -> None:
     relay = mesh.add_relay("relay", link=RELAY_LINK)
     a, b = pair(mesh, NatKind.SYMMETRIC, NatKind.SYMMETRIC)
