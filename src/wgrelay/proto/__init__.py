@@ -12,8 +12,9 @@ from wgrelay.proto.constants import CONTROL_TYPES, MsgType
 from wgrelay.proto.cookie import CookieReply, decode_cookie_reply
 from wgrelay.proto.data import RelayPacket, decode_data
 from wgrelay.proto.envelope import ControlHeader, parse_control_header
+from wgrelay.proto.location import LocationRecord, decode_location
 
-Parsed = RelayPacket | ControlHeader | Announcement | CookieReply
+Parsed = RelayPacket | ControlHeader | Announcement | CookieReply | LocationRecord
 
 
 def parse_datagram(data: bytes) -> Parsed:
@@ -32,6 +33,8 @@ def parse_datagram(data: bytes) -> Parsed:
         return decode_announcement(data)
     if t == MsgType.COOKIE_REPLY:
         return decode_cookie_reply(data)
+    if t == MsgType.LOCATION:
+        return decode_location(data)
     raise UnknownType(f"unknown message type {t:#04x}")
 
 

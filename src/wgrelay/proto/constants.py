@@ -34,15 +34,31 @@ class MsgType(IntEnum):
     DISCOVERY_QUERY = 0x2C  # query_id u32 | flags u8 | max u8 | caps u32 | region str8 | [key]
     DISCOVERY_RESPONSE = 0x2D  # query_id u32 | flags u8 | [location] | n u8 | n x (u16 len, ann)
 
+    # relay to relay, inside the same envelope (the contacting relay is the client)
+    GOSSIP = 0x40  # n u8 | n x (u16 len, ANNOUNCEMENT) | m u8 | m x (key 32B, issued_ms u64)
+    GOSSIP_ACK = 0x41  # new u8
+    DIGEST = 0x42  # 16 x (count u16 | hash 8B): one per bucket of relay keys
+    DIGEST_REPLY = 0x43  # more u8 | buckets u16 | n u8 | n x (key 32B | issued_ms u64)
+    PULL = 0x44  # n u8 | n x key 32B
+    PULL_REPLY = 0x45  # n u8 | n x (u16 len, ANNOUNCEMENT)
+    LOCATION_STORE = 0x46  # n u8 | n x LOCATION record
+    LOCATION_ACK = 0x47  # stored u8
+    PROBE_REQUEST = 0x48  # target key 32B | nonce u64: "ping it for me"
+    PROBE_ANSWER = 0x49  # target key 32B | nonce u64 | alive u8
+
     # signed, readable by anyone: type | version | RelayNodeInfo | issued_ms u64 | ttl_s u32 | sig
     ANNOUNCEMENT = 0x30
+    # signed by the home relay: type | version | peer | home | issued_ms u64 | ttl_s u32 | sig
+    LOCATION = 0x32
     # unauthenticated and stateless: type | version | echo 8B | cookie 16B.
     # Proves the peer receives at its address (return routability) before the
     # relay binds it there or answers it with more bytes than it sent.
     COOKIE_REPLY = 0x31
 
 
-CONTROL_TYPES = frozenset(t for t in MsgType if 0x20 <= t <= 0x2F)
+CONTROL_TYPES = frozenset(t for t in MsgType if 0x20 <= t <= 0x2F or 0x40 <= t <= 0x4F)
+RELAY_TO_RELAY = frozenset(t for t in MsgType if 0x40 <= t <= 0x4F)
+"""Messages only relays send each other (the sender must be a known relay)."""
 
 # Control messages sent by the server side of a channel (the relay a peer or
 # another relay contacted). The envelope's FROM_SERVER flag must agree.
@@ -55,6 +71,11 @@ SERVER_TO_CLIENT = frozenset(
         MsgType.ERROR,
         MsgType.PONG,
         MsgType.DISCOVERY_RESPONSE,
+        MsgType.GOSSIP_ACK,
+        MsgType.DIGEST_REPLY,
+        MsgType.PULL_REPLY,
+        MsgType.LOCATION_ACK,
+        MsgType.PROBE_ANSWER,
     }
 )
 
@@ -86,6 +107,12 @@ MAX_REGION_LEN = 32
 MAX_DETAIL_LEN = 120
 MAX_ENDPOINTS = 8
 MAX_ANNOUNCEMENTS_PER_RESPONSE = 6
+LOCATION_RECORD_LEN = 142
+MAX_RECORDS_PER_MESSAGE = 7
+MAX_DIGEST_ENTRIES = 25
+MAX_PULL_KEYS = 5
+"""A PULL_REPLY carries the announcements asked for: five fit one datagram."""
+DIGEST_BUCKETS = 16
 
 # ------------------------------------------------------------------ codes
 
@@ -143,3 +170,7 @@ REGISTER_FLAG_ACCEPT_INCOMING = 0x01
 QUERY_FLAG_WANT_RELAYS = 0x01
 QUERY_FLAG_LOCATE_PEER = 0x02
 RESPONSE_FLAG_LOCATED = 0x01
+RESPONSE_FLAG_RECORD = 0x02
+"""The location comes with the home relay's signed LOCATION record."""
+RESPONSE_FLAG_MORE = 0x04
+"""More relays than fit: ask again with the next page."""

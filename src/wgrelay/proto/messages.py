@@ -8,27 +8,43 @@ malformed, not silently accepted.
 
 from __future__ import annotations
 
-from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import ClassVar, Self, TypeVar, cast
 
 from wgrelay.endpoint import Endpoint
 from wgrelay.errors import LocalProtocolError, Malformed
 from wgrelay.keys import PublicKey
+from wgrelay.proto.body import Body
 from wgrelay.proto.buffer import Buffer, Writer
 from wgrelay.proto.constants import (
     KEY_LEN,
+    LOCATION_RECORD_LEN,
     MAX_DETAIL_LEN,
     MAX_ENDPOINTS,
     MAX_REGION_LEN,
     QUERY_FLAG_LOCATE_PEER,
     RESPONSE_FLAG_LOCATED,
+    RESPONSE_FLAG_MORE,
+    RESPONSE_FLAG_RECORD,
     SESSION_ID_LEN,
     CloseReason,
     ErrorCode,
     HeartbeatStatus,
     MsgType,
     Status,
+)
+from wgrelay.proto.federation import (
+    FEDERATION_BODIES,
+    Digest,
+    DigestReply,
+    Gossip,
+    GossipAck,
+    LocationAck,
+    LocationStore,
+    ProbeAnswer,
+    ProbeRequest,
+    Pull,
+    PullReply,
 )
 
 
@@ -50,20 +66,6 @@ def _pull_enum(b: Buffer, enum: type[_E]) -> _E:
 def _check_session_id(sid: bytes) -> None:
     if len(sid) != SESSION_ID_LEN:
         raise LocalProtocolError("session ids are 8 bytes")
-
-
-class Body(ABC):
-    """Base of control message bodies."""
-
-    TYPE: ClassVar[MsgType]
-    __slots__ = ()
-
-    @abstractmethod
-    def encode_body(self, w: Writer) -> None: ...
-
-    @classmethod
-    @abstractmethod
-    def decode_body(cls, b: Buffer) -> Self: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -319,6 +321,8 @@ class DiscoveryQuery(Body):
     required_caps: int = 0
     region: str = ""
     locate: PublicKey | None = None
+    page: int = 0
+    """Which page of the relay list (``max_results`` a page), from 0."""
 
     def encode_body(self, w: Writer) -> None:
         flags = self.flags & ~QUERY_FLAG_LOCATE_PEER
@@ -329,6 +333,7 @@ class DiscoveryQuery(Body):
         w.push_u8(self.max_results)
         w.push_u32(self.required_caps)
         w.push_str8(self.region, MAX_REGION_LEN)
+        w.push_u16(self.page)
         if self.locate is not None:
             w.push_bytes(self.locate.raw, KEY_LEN)
 
@@ -339,6 +344,7 @@ class DiscoveryQuery(Body):
         max_results = b.pull_u8()
         caps = b.pull_u32()
         region = b.pull_str8(MAX_REGION_LEN)
+        page = b.pull_u16()
         locate = _pull_key(b) if flags & QUERY_FLAG_LOCATE_PEER else None
         return cls(
             query_id=qid,
@@ -347,6 +353,7 @@ class DiscoveryQuery(Body):
             required_caps=caps,
             region=region,
             locate=locate,
+            page=page,
         )
 
 
@@ -366,13 +373,25 @@ class DiscoveryResponse(Body):
     query_id: int
     announcements: tuple[bytes, ...] = ()
     location: PeerLocation | None = None
+    record: bytes | None = None
+    """The home relay's signed LOCATION record behind ``location``, when known."""
+    more: bool = False
+    """More relays than this page holds."""
 
     def encode_body(self, w: Writer) -> None:
+        flags = RESPONSE_FLAG_LOCATED if self.location is not None else 0
+        if self.record is not None:
+            if self.location is None:
+                raise LocalProtocolError("a location record goes with a location")
+            flags |= RESPONSE_FLAG_RECORD
+        flags |= RESPONSE_FLAG_MORE if self.more else 0
         w.push_u32(self.query_id)
-        w.push_u8(RESPONSE_FLAG_LOCATED if self.location is not None else 0)
+        w.push_u8(flags)
         if self.location is not None:
             w.push_bytes(self.location.relay.raw, KEY_LEN)
             w.push_endpoint(self.location.endpoint)
+        if self.record is not None:
+            w.push_bytes(self.record, LOCATION_RECORD_LEN)
         w.push_u8(len(self.announcements))
         for ann in self.announcements:
             w.push_u16(len(ann))
@@ -382,33 +401,44 @@ class DiscoveryResponse(Body):
     def decode_body(cls, b: Buffer) -> Self:
         qid = b.pull_u32()
         flags = b.pull_u8()
+        if flags & ~(RESPONSE_FLAG_LOCATED | RESPONSE_FLAG_RECORD | RESPONSE_FLAG_MORE):
+            raise Malformed(f"unknown discovery response flags {flags:#04x}")
         location = None
+        record = None
         if flags & RESPONSE_FLAG_LOCATED:
             location = PeerLocation(relay=_pull_key(b), endpoint=b.pull_endpoint())
+        if flags & RESPONSE_FLAG_RECORD:
+            if location is None:
+                raise Malformed("a location record without a location")
+            record = b.pull_bytes(LOCATION_RECORD_LEN)
         n = b.pull_u8()
         anns = tuple(b.pull_bytes(b.pull_u16()) for _ in range(n))
-        return cls(query_id=qid, announcements=anns, location=location)
+        return cls(
+            query_id=qid,
+            announcements=anns,
+            location=location,
+            record=record,
+            more=bool(flags & RESPONSE_FLAG_MORE),
+        )
 
 
-BODY_TYPES: dict[MsgType, type[Body]] = {
-    cls.TYPE: cls
-    for cls in (
-        Register,
-        Registered,
-        Heartbeat,
-        HeartbeatAck,
-        ConnectionRequest,
-        ConnectionResponse,
-        SessionOffer,
-        SessionAnswer,
-        SessionClose,
-        Error,
-        Ping,
-        Pong,
-        DiscoveryQuery,
-        DiscoveryResponse,
-    )
-}
+_PEER_BODIES: tuple[type[Body], ...] = (
+    Register,
+    Registered,
+    Heartbeat,
+    HeartbeatAck,
+    ConnectionRequest,
+    ConnectionResponse,
+    SessionOffer,
+    SessionAnswer,
+    SessionClose,
+    Error,
+    Ping,
+    Pong,
+    DiscoveryQuery,
+    DiscoveryResponse,
+)
+BODY_TYPES: dict[MsgType, type[Body]] = {cls.TYPE: cls for cls in _PEER_BODIES + FEDERATION_BODIES}
 
 
 RelayMessage = (
@@ -426,6 +456,16 @@ RelayMessage = (
     | Pong
     | DiscoveryQuery
     | DiscoveryResponse
+    | Gossip
+    | GossipAck
+    | Digest
+    | DigestReply
+    | Pull
+    | PullReply
+    | LocationStore
+    | LocationAck
+    | ProbeRequest
+    | ProbeAnswer
 )
 """The seed's RelayMessage: every control message body, one union to match on."""
 

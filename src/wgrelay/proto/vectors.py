@@ -21,6 +21,19 @@ from wgrelay.proto.constants import (
 from wgrelay.proto.cookie import cookie_mac, encode_cookie_reply
 from wgrelay.proto.data import encode_data
 from wgrelay.proto.envelope import derive_client_keys, derive_server_keys, seal_control
+from wgrelay.proto.federation import (
+    Digest,
+    DigestReply,
+    Gossip,
+    GossipAck,
+    LocationAck,
+    LocationStore,
+    ProbeAnswer,
+    ProbeRequest,
+    Pull,
+    PullReply,
+)
+from wgrelay.proto.location import encode_location
 from wgrelay.proto.messages import (
     Body,
     ConnectionRequest,
@@ -60,6 +73,8 @@ INFO = RelayNodeInfo(
     max_sessions=100,
 )
 ANNOUNCEMENT = encode_announcement(INFO, ISSUED_MS, 600, RELAY)
+LOCATION = encode_location(OTHER_PEER, ISSUED_MS, 120, RELAY)
+ECHO = 0x0102030405060708
 
 # (name, body, sent by the relay?)
 CONTROL_VECTORS: list[tuple[str, Body, bool]] = [
@@ -103,6 +118,7 @@ CONTROL_VECTORS: list[tuple[str, Body, bool]] = [
             max_results=4,
             region="eu-west",
             locate=OTHER_PEER,
+            page=1,
         ),
         False,
     ),
@@ -112,9 +128,23 @@ CONTROL_VECTORS: list[tuple[str, Body, bool]] = [
             query_id=9,
             announcements=(ANNOUNCEMENT,),
             location=PeerLocation(relay=RELAY.public, endpoint=("203.0.113.10", 51821)),
+            record=LOCATION,
+            more=True,
         ),
         True,
     ),
+    # relay to relay (sealed here on the same channel as the rest: between two
+    # relays the client's key is the contacting relay's X25519 form)
+    ("gossip", Gossip((ANNOUNCEMENT,), ((RELAY.public, ISSUED_MS),)), False),
+    ("gossip_ack", GossipAck(1), True),
+    ("digest", Digest(tuple((i, bytes([i]) * 8) for i in range(16))), False),
+    ("digest_reply", DigestReply(((RELAY.public, ISSUED_MS),), buckets=0x0A01), True),
+    ("pull", Pull((RELAY.public,)), False),
+    ("pull_reply", PullReply((ANNOUNCEMENT,)), True),
+    ("location_store", LocationStore((LOCATION,)), False),
+    ("location_ack", LocationAck(1), True),
+    ("probe_request", ProbeRequest(RELAY.public, ECHO), False),
+    ("probe_answer", ProbeAnswer(RELAY.public, ECHO, True), True),
 ]
 
 
@@ -149,6 +179,7 @@ def all_vectors() -> dict[str, bytes]:
     )
     out["cookie_reply"] = encode_cookie_reply(NONCE[:8], COOKIE)
     out["announcement"] = ANNOUNCEMENT
+    out["location"] = LOCATION
     return out
 
 

@@ -38,6 +38,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from wgrelay.endpoint import Endpoint
 from wgrelay.errors import AuthenticationFailed, RemoteProtocolError
 from wgrelay.proto.constants import (
     MAX_DETAIL_LEN,
@@ -165,7 +166,10 @@ class Admission:
         addr: Addr,
         now: float,
         registered: Callable[[bytes], tuple[KeyState, Addr] | None],
+        relay_endpoints: Callable[[bytes], tuple[Endpoint, ...] | None] = lambda _key: None,
     ) -> Inbound | None:
+        """``relay_endpoints(sender)``: the announced endpoints of a known relay
+        (None for anyone else)."""
         self.stats.control_received += 1
         try:
             hdr = parse_control_header(data)
@@ -174,8 +178,15 @@ class Admission:
             return None
         sender = hdr.sender.raw
         reg = registered(sender)
+        relay_eps = relay_endpoints(sender)
+        # a registered peer at its registered address, or a known relay at one
+        # of its announced endpoints, has its own budget (per key, after
+        # decryption): neighbours behind the same public IP cannot starve it.
+        # Only the first is also a proven address: a relay may announce any
+        # address, so answers to a relay still need its cookie.
         at_home = reg is not None and reg[1] == addr
-        if not at_home and not self._sources.allow(source_group(addr), now):
+        exempt = at_home or (relay_eps is not None and (addr[0], addr[1]) in relay_eps)
+        if not exempt and not self._sources.allow(source_group(addr), now):
             self._drops[DropReason.RATE_LIMITED_IP] += 1
             return None
         ks = reg[0] if reg is not None else self.key_cache.get(sender)
@@ -220,7 +231,11 @@ class Admission:
         proven = at_home or cookie_ok
         n = len(data)
         echo = hdr.nonce[:8]
-        if not self.policy.allows(sender):
+        # other relays are not members of our mesh but of the federation:
+        # they pass when we hold their announcement, and a GOSSIP may carry
+        # the announcement that introduces its sender (its handler checks)
+        relay = relay_eps is not None or hdr.msg_type == MsgType.GOSSIP
+        if not relay and not self.policy.allows(sender):
             self._drops[DropReason.NOT_ALLOWED] += 1
             self._refuse_not_allowed(hdr, body, keys, sender, addr, now, proven, n, echo)
             return None
@@ -228,8 +243,15 @@ class Admission:
             ks = KeyState(
                 keys=keys,
                 replay=ReplayWindow(),
+                # a relay speaks for many peers (lookups, records): a larger budget
                 limiter=TokenBucket(
-                    self.config.control_rate_per_key, self.config.control_burst_per_key, now
+                    self.config.control_rate_per_relay
+                    if relay
+                    else self.config.control_rate_per_key,
+                    self.config.control_burst_per_relay
+                    if relay
+                    else self.config.control_burst_per_key,
+                    now,
                 ),
             )
             self._cache_keys(sender, ks)

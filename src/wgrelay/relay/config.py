@@ -38,6 +38,9 @@ class RelayConfig:
     control_burst_per_ip: float = 100.0
     control_rate_per_key: float = 20.0
     control_burst_per_key: float = 60.0
+    control_rate_per_relay: float = 500.0
+    control_burst_per_relay: float = 1000.0
+    """Other relays send on behalf of many peers (lookups, location records)."""
     rate_table_size: int = 4096
     key_cache_size: int = 20_000
     handshakes_before_cookies: int = 100

@@ -55,13 +55,16 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from wgrelay.endpoint import endpoint_str
+from wgrelay.errors import RemoteProtocolError
 from wgrelay.keys import PublicKey, RelayIdentity
 from wgrelay.proto.announce import RelayNodeInfo
 from wgrelay.proto.constants import (
+    CONTROL_TYPES,
     DATA_HEADER_LEN,
     MIN_WIREGUARD_PACKET,
     QUERY_FLAG_WANT_RELAYS,
     REGISTER_FLAG_ACCEPT_INCOMING,
+    RELAY_TO_RELAY,
     SESSION_ID_LEN,
     Capability,
     CloseReason,
@@ -70,7 +73,10 @@ from wgrelay.proto.constants import (
     MsgType,
     Status,
 )
+from wgrelay.proto.cookie import decode_cookie_reply
 from wgrelay.proto.data import MAX_DATA_FRAME
+from wgrelay.proto.envelope import FLAG_FROM_SERVER, parse_control_header
+from wgrelay.proto.federation import Gossip
 from wgrelay.proto.messages import (
     Body,
     ConnectionRequest,
@@ -94,6 +100,7 @@ from wgrelay.relay.addresses import OwnAddresses
 from wgrelay.relay.admission import Addr, Admission, Inbound, KeyState
 from wgrelay.relay.announcer import Announcer
 from wgrelay.relay.config import RelayConfig
+from wgrelay.relay.federation import Federation, FederationConfig, Located
 from wgrelay.relay.sessions import Refusal, Registration, Session, SessionTable, pair_of
 from wgrelay.relay.stats import DropReason, RelayStats
 
@@ -121,6 +128,7 @@ class RelayCore:
         rng: Callable[[int], bytes] = os.urandom,
         region: str = "",
         announce_endpoints: tuple[tuple[str, int], ...] = (),
+        federation: FederationConfig | None = None,
     ) -> None:
         self.identity = identity
         self.config = config
@@ -146,6 +154,9 @@ class RelayCore:
             rng,
         )
         self.table = SessionTable(config)
+        self.federation = Federation(
+            identity, federation or FederationConfig(), self._out, now, self._wall_at, rng
+        )
         self.sessions = self.table.sessions
         """Established sessions by id: the data path's only lookup."""
         self._own = OwnAddresses(announce_endpoints)
@@ -163,6 +174,7 @@ class RelayCore:
             MsgType.SESSION_CLOSE: self._handle_session_close,
             MsgType.PING: self._handle_ping,
             MsgType.DISCOVERY_QUERY: self._handle_discovery_query,
+            **dict.fromkeys(RELAY_TO_RELAY, self._handle_relay_message),
         }
 
     # ------------------------------------------------------------ clocks and addresses
@@ -192,6 +204,34 @@ class RelayCore:
                 self._out.append((data, dst))
             return
         self.receive_control(data, addr, now)
+
+    def _receive_as_client(self, data: bytes, now: float) -> bool:
+        """Answers to what we asked other relays, and their cookie replies.
+
+        True if ``data`` was one (handled or dropped by the federation)."""
+        if len(data) < 3 or not (
+            data[0] == MsgType.COOKIE_REPLY
+            or (data[2] & FLAG_FROM_SERVER and data[0] in CONTROL_TYPES)
+        ):
+            return False
+        self.stats.control_received += 1
+        if data[0] == MsgType.COOKIE_REPLY:
+            try:
+                reply = decode_cookie_reply(data)
+            except RemoteProtocolError as e:
+                self._drops[e.reason] += 1
+                return True
+            if not self.federation.receive_cookie(reply, now):
+                self._drops[DropReason.UNEXPECTED] += 1
+            return True
+        try:
+            hdr = parse_control_header(data)
+        except RemoteProtocolError as e:
+            self._drops[e.reason] += 1
+            return True
+        if not self.federation.receive_answer(hdr, data, now):
+            self._drops[DropReason.UNEXPECTED] += 1
+        return True
 
     def forward_data(self, data: bytes, addr: Addr, now: float) -> Addr | None:
         """The data path: where to send this frame, or None (dropped and counted)."""
@@ -234,7 +274,9 @@ class RelayCore:
     def receive_control(self, data: bytes, addr: Addr, now: float) -> None:
         inb: Inbound | None = None
         try:
-            inb = self._admission.admit(data, addr, now, self._registered)
+            if self._receive_as_client(data, now):
+                return
+            inb = self._admission.admit(data, addr, now, self._registered, self._relay_endpoints)
             if inb is None:
                 return
             handler = self._handlers.get(inb.msg_type)
@@ -256,6 +298,10 @@ class RelayCore:
         if now - self._error_logged >= ERROR_LOG_INTERVAL_S:
             self._error_logged = now
             log.exception("internal error handling " + what + " (dropped)", *args)
+
+    def _relay_endpoints(self, x25519: bytes) -> tuple[tuple[str, int], ...] | None:
+        m = self.federation.directory.by_x25519(x25519)
+        return m.announcement.info.endpoints if m is not None else None
 
     def _registered(self, key: bytes) -> tuple[KeyState, Addr] | None:
         reg = self.table.regs.get(key)
@@ -316,6 +362,7 @@ class RelayCore:
                     self._evict(victim, now)
                 ks = self._admission.forget_key(inb.key) or inb.ks
                 reg = self.table.add(inb.key, inb.addr, ks, 0.0)
+                self.federation.peer_registered(PublicKey(inb.key), now)
                 log.info(
                     "peer %s registered from %s", PublicKey(inb.key).short(), endpoint_str(inb.addr)
                 )
@@ -505,17 +552,53 @@ class RelayCore:
 
     def _handle_discovery_query(self, inb: Inbound, body: DiscoveryQuery) -> None:
         anns: tuple[bytes, ...] = ()
+        more = False
         if body.flags & QUERY_FLAG_WANT_RELAYS and body.max_results > 0:
-            caps = self.capabilities()
-            if caps & body.required_caps == body.required_caps and (
-                not body.region or body.region == self.region
-            ):
-                own = self.announcement(inb.now)
-                anns = (own,) if own is not None else ()
-        location = None
-        if body.locate is not None and body.locate.raw in self.table.regs:
-            location = PeerLocation(self.identity.public, self._location_endpoint(inb.addr))
-        self._reply(inb, DiscoveryResponse(body.query_id, anns, location))
+            self._refresh_own(inb.now)
+            anns, more = self.federation.live_announcements(
+                body.page, body.max_results, body.region, body.required_caps
+            )
+        peer = body.locate
+        if peer is None:
+            self._reply(inb, DiscoveryResponse(body.query_id, anns, more=more))
+            return
+
+        def answer(found: Located | None) -> None:
+            location = record = None
+            if found is not None:
+                location, record = PeerLocation(found.home, found.endpoint), found.record
+            elif peer.raw in self.table.regs:  # registered here, not announced
+                location = PeerLocation(self.identity.public, self._location_endpoint(inb.addr))
+            self._reply(inb, DiscoveryResponse(body.query_id, anns, location, record, more))
+
+        fed = self.federation
+        if peer.raw in self.table.regs or fed.directory.by_x25519(inb.key) is not None:
+            # what we know ourselves; a relay asking is never sent on (no loops)
+            answer(fed.local_location(peer, inb.now))
+            return
+        found = fed.locate(peer, inb.now, answer)
+        if found is not None:
+            answer(found)
+
+    def _handle_relay_message(self, inb: Inbound, body: Body) -> None:
+        fed = self.federation
+        m = fed.directory.by_x25519(inb.key)
+        if m is None and isinstance(body, Gossip):  # a relay may introduce itself
+            fed.introduced_by(inb.key, body.announcements, inb.now)
+            m = fed.directory.by_x25519(inb.key)
+        if m is None:
+            self._drop(inb, DropReason.UNEXPECTED)  # only relays we know speak here
+            return
+        fed.on_request(m.key, body, lambda reply: self._reply(inb, reply), inb.now)
+
+    def _refresh_own(self, now: float) -> None:
+        raw = self.announcement(now)
+        if raw is not None:
+            self.federation.set_own(raw)
+
+    def add_bootstrap(self, key: PublicKey, endpoint: tuple[str, int]) -> None:
+        """Another relay to contact first (``start-relay --bootstrap``)."""
+        self.federation.add_bootstrap(key, endpoint)
 
     def _location_endpoint(self, addr: Addr) -> tuple[str, int]:
         if self.announce_endpoints:
@@ -527,9 +610,14 @@ class RelayCore:
     # ------------------------------------------------------------ timers
 
     def next_timer(self) -> float:
-        return self._next_housekeeping
+        return min(self._next_housekeeping, self.federation.next_timer())
 
     def handle_timer(self, now: float) -> None:
+        try:
+            if now >= self.federation.next_timer():
+                self.federation.handle_timer(now, self.announcement)
+        except Exception:  # a bug must not stop gossip for good
+            self._internal_error(now, "federation timer")
         if now < self._next_housekeeping:
             return
         self._next_housekeeping = now + self.config.housekeeping_interval_s
@@ -571,6 +659,7 @@ class RelayCore:
                 self._close(s, CloseReason.PEER_GONE, {s.other(reg.key)}, now)
         self.table.remove_registration(reg)
         self._admission.remember_key(reg.key, reg.ks)
+        self.federation.peer_gone(PublicKey(reg.key))
 
     def policy_changed(self, now: float) -> None:
         """Drop registrations and sessions of keys the policy no longer allows.
@@ -605,7 +694,7 @@ class RelayCore:
         return min(100, busy * 100 // self.config.max_connections)
 
     def capabilities(self) -> int:
-        return int(Capability.UDP_RELAY | Capability.DISCOVERY)
+        return int(Capability.UDP_RELAY | Capability.DISCOVERY | Capability.GOSSIP)
 
     def node_info(self) -> RelayNodeInfo | None:
         if not self.announce_endpoints:

@@ -1,0 +1,291 @@
+"""Relays that know each other, in memory on a fake clock (issue 10).
+
+A tiny world moves datagrams between production ``RelayCore``s (and
+``RelayLink`` clients) with a fixed one-way delay and jumps time to the next
+delivery or timer, so convergence times and message counts are exact.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+from collections import Counter
+from collections.abc import Callable
+
+import pytest
+
+from wgrelay.client.events import DiscoveryAnswered, LinkEvent, LinkRegistered
+from wgrelay.client.link import LinkConfig, RelayLink
+from wgrelay.discovery.directory import Liveness, RelayDirectory, Verdict
+from wgrelay.discovery.rendezvous import holders
+from wgrelay.keys import PrivateKey, PublicKey, RelayIdentity
+from wgrelay.proto.announce import RelayNodeInfo, decode_announcement, encode_announcement
+from wgrelay.proto.constants import MsgType
+from wgrelay.proto.location import encode_location
+from wgrelay.relay.access import OpenPolicy
+from wgrelay.relay.config import RelayConfig
+from wgrelay.relay.core import RelayCore
+from wgrelay.relay.federation import FederationConfig
+
+WALL0 = 1_700_000_000.0
+DELAY_S = 0.01
+Addr = tuple[str, int]
+FAST = FederationConfig(sync_interval_s=10.0)
+
+
+class World:
+    def __init__(self) -> None:
+        self.now = 0.0
+        self.relays: dict[Addr, RelayCore] = {}
+        self.links: dict[Addr, RelayLink] = {}
+        self.link_events: dict[Addr, list[LinkEvent]] = {}
+        self.down: set[Addr] = set()
+        self.sent: Counter[tuple[Addr, int]] = Counter()
+        """(sender, message type) -> datagrams sent."""
+        self._q: list[tuple[float, int, Addr, Addr, bytes]] = []
+        self._link_relay: dict[Addr, Addr] = {}
+        self.keys: dict[Addr, PublicKey] = {}
+        self._seq = itertools.count()
+
+    def relay(self, n: int, config: FederationConfig = FAST) -> tuple[RelayCore, Addr]:
+        addr = (f"203.0.113.{n}", 51821)
+        core = RelayCore(
+            RelayIdentity.generate(),
+            RelayConfig(),
+            OpenPolicy(),
+            now=self.now,
+            wall=WALL0 + self.now,
+            announce_endpoints=(addr,),
+            federation=config,
+        )
+        self.relays[addr] = core
+        return core, addr
+
+    def peer(self, n: int, relay: tuple[RelayCore, Addr]) -> tuple[RelayLink, Addr]:
+        key = PrivateKey.generate()
+        self.keys[(f"198.51.100.{n}", 40000)] = key.public_key()
+        link = RelayLink(
+            key,
+            relay[0].identity.public,
+            LinkConfig(),
+            now=self.now,
+            wall=WALL0 + self.now,
+        )
+        addr = (f"198.51.100.{n}", 40000)
+        self.links[addr] = link
+        self.link_events[addr] = []
+        self._link_relay[addr] = relay[1]
+        return link, addr
+
+    def _push(self, src: Addr, dst: Addr, data: bytes) -> None:
+        self.sent[(src, data[0])] += 1
+        heapq.heappush(self._q, (self.now + DELAY_S, next(self._seq), src, dst, data))
+
+    def flush(self) -> None:
+        for addr, core in self.relays.items():
+            for data, dst in core.datagrams_to_send():
+                if addr not in self.down:
+                    self._push(addr, (dst[0], dst[1]), data)
+        for addr, link in self.links.items():
+            for data in link.datagrams_to_send():
+                self._push(addr, self._link_relay[addr], data)
+            while (ev := link.next_event()) is not None:
+                self.link_events[addr].append(ev)
+
+    def step(self) -> None:
+        self.flush()
+        timers = [c.next_timer() for a, c in self.relays.items() if a not in self.down]
+        timers += [lk.next_timer() for lk in self.links.values()]
+        t = min([*timers, self._q[0][0] if self._q else float("inf")])
+        self.now = max(self.now, t)
+        while self._q and self._q[0][0] <= self.now:
+            _, _, src, dst, data = heapq.heappop(self._q)
+            if dst in self.down:
+                continue
+            if dst in self.relays:
+                self.relays[dst].receive(data, src, self.now)
+            elif dst in self.links:
+                self.links[dst].receive(data, self.now)
+        for a, c in self.relays.items():
+            if a not in self.down:
+                c.handle_timer(self.now)
+        for lk in self.links.values():
+            lk.handle_timer(self.now)
+        self.flush()
+
+    def run_until(self, cond: Callable[[], bool], limit_s: float = 120.0) -> float:
+        end = self.now + limit_s
+        while not cond():
+            assert self.now < end, "condition never held"
+            self.step()
+        return self.now
+
+    def run_for(self, seconds: float) -> None:
+        end = self.now + seconds
+        while self.now < end:
+            self.step()
+
+
+def chain(w: World, n: int) -> list[tuple[RelayCore, Addr]]:
+    """Relay i+1 bootstrapped with relay i only."""
+    cores = [w.relay(i + 1) for i in range(n)]
+    for prev, (core, _) in itertools.pairwise(cores):
+        core.add_bootstrap(prev[0].identity.public, prev[1])
+    return cores
+
+
+def knows_all(cores: list[tuple[RelayCore, Addr]]) -> bool:
+    return all(len(c.federation.directory) == len(cores) - 1 for c, _ in cores)
+
+
+def test_a_chain_of_relays_converges_within_three_sync_intervals() -> None:
+    w = World()
+    cores = chain(w, 5)
+    t = w.run_until(lambda: knows_all(cores))
+    assert t <= 3 * FAST.sync_interval_s
+    for core, _ in cores:  # and each announces what it can do
+        assert all(
+            m.announcement.info.capabilities & 0b11000 for m in core.federation.directory.members()
+        )
+
+
+def test_a_peer_is_found_through_its_holders_in_at_most_k_plus_one_requests() -> None:
+    w = World()
+    cores = chain(w, 8)
+    w.run_until(lambda: knows_all(cores))
+    home = cores[2]
+    b, b_addr = w.peer(1, home)
+    b.connect(w.now)
+    w.run_until(lambda: any(isinstance(e, LinkRegistered) for e in w.link_events[b_addr]))
+    w.run_for(1.0)  # records placed at b's holders
+    b_key = w.keys[b_addr]
+    live = cores[0][0].federation.directory.live()
+    chosen = holders(b_key, live, FAST.replicas)
+    held = [c for c, _ in cores if c.federation.local_location(b_key, w.now) is not None]
+    assert {c.identity.public for c in held} >= set(chosen) - {home[0].identity.public}
+    # an agent whose home is another relay asks its home; the home asks b's holders
+    asker_home = next(c for c in cores if c[0].identity.public not in chosen and c is not home)
+    a, a_addr = w.peer(2, asker_home)
+    a.connect(w.now)
+    w.run_until(lambda: any(isinstance(e, LinkRegistered) for e in w.link_events[a_addr]))
+    before = Counter(w.sent)
+    qid = a.query(w.now, locate=b_key, want_relays=False)
+    w.run_until(
+        lambda: any(
+            isinstance(e, DiscoveryAnswered) and e.query_id == qid for e in w.link_events[a_addr]
+        )
+    )
+    answer = next(
+        e for e in w.link_events[a_addr] if isinstance(e, DiscoveryAnswered) and e.query_id == qid
+    )
+    assert answer.located is not None
+    assert answer.located.relay == home[0].identity.public
+    requests = sum(n - before[k] for k, n in w.sent.items() if k[1] == MsgType.DISCOVERY_QUERY)
+    assert requests <= FAST.replicas + 1
+
+
+def test_a_dead_relay_is_declared_dead_and_its_peers_records_move() -> None:
+    w = World()
+    cores = chain(w, 6)
+    w.run_until(lambda: knows_all(cores))
+    victim_core, victim = cores[3]
+    w.down.add(victim)
+    died = w.now
+    key = victim_core.identity.public
+
+    def everyone_knows() -> bool:
+        return all(
+            (m := c.federation.directory.get(key)) is not None and m.liveness is Liveness.DEAD
+            for c, a in cores
+            if a != victim
+        )
+
+    t = w.run_until(everyone_knows, limit_s=60)
+    # probed (1 s) + indirect (1 s) + suspect (4 s) by someone, then gossip
+    print(f"declared dead everywhere {t - died:.1f} s after it died")
+    assert t - died < 20.0
+
+
+# ---------------------------------------------------------------- refusals
+
+
+def _announcement(ident: RelayIdentity, issued_ms: int, ttl_s: int = 600) -> bytes:
+    info = RelayNodeInfo(key=ident.public, endpoints=(("203.0.113.9", 51821),))
+    return encode_announcement(info, issued_ms, ttl_s, ident)
+
+
+@pytest.mark.parametrize(
+    ("issued_offset_ms", "ttl_s", "verdict"),
+    [
+        (0, 600, Verdict.NEW),
+        (200_000, 600, Verdict.FUTURE),  # dated beyond the 120 s skew window
+        (-700_000, 600, Verdict.EXPIRED),
+    ],
+)
+def test_announcements_dated_wrong_are_refused(
+    issued_offset_ms: int, ttl_s: int, verdict: Verdict
+) -> None:
+    d = RelayDirectory(RelayIdentity.generate().public)
+    wall_ms = int(WALL0 * 1000)
+    ann = decode_announcement(
+        _announcement(RelayIdentity.generate(), wall_ms + issued_offset_ms, ttl_s)
+    )
+    assert d.learn(ann, 0.0, wall_ms) is verdict
+
+
+def test_only_a_relays_own_newer_signature_changes_its_entry() -> None:
+    own = RelayIdentity.generate()
+    d = RelayDirectory(own.public)
+    other = RelayIdentity.generate()
+    wall_ms = int(WALL0 * 1000)
+    first = decode_announcement(_announcement(other, wall_ms))
+    assert d.learn(first, 0.0, wall_ms) is Verdict.NEW
+    assert d.learn(first, 0.0, wall_ms) is Verdict.KNOWN  # a replay
+    older = decode_announcement(_announcement(other, wall_ms - 1000))
+    assert d.learn(older, 0.0, wall_ms) is Verdict.KNOWN
+    assert d.learn(decode_announcement(_announcement(own, wall_ms)), 0.0, wall_ms) is Verdict.SELF
+    d.declare_dead(other.public, 0.0)
+    # a newer announcement (its incarnation) refutes the death
+    newer = decode_announcement(_announcement(other, wall_ms + 1000))
+    assert d.learn(newer, 1.0, wall_ms) is Verdict.NEWER
+    member = d.get(other.public)
+    assert member is not None
+    assert member.liveness is Liveness.ALIVE
+
+
+def test_a_forged_announcement_is_refused_by_the_federation() -> None:
+    w = World()
+    core, _ = w.relay(1)
+    liar = RelayIdentity.generate()
+    raw = bytearray(_announcement(liar, int(WALL0 * 1000)))
+    raw[40] ^= 1  # anything: the signature no longer covers it
+    assert not core.federation.learn(bytes(raw), 0.0)
+    assert core.federation.counters["bad_announcement"] == 1
+
+
+@pytest.mark.parametrize(
+    ("case", "counter"),
+    [
+        ("forged", "bad_location"),
+        ("future", "location_future"),
+        ("expired", "location_expired"),
+        ("unknown_home", "location_unknown_home"),
+        ("replayed", "location_not_newer"),
+    ],
+)
+def test_location_records_that_do_not_check_out_are_refused(case: str, counter: str) -> None:
+    w = World()
+    cores = chain(w, 2)
+    w.run_until(lambda: knows_all(cores))
+    holder, home = cores[0][0], cores[1][0]
+    peer = PrivateKey.generate().public_key()
+    wall_ms = int((WALL0 + w.now) * 1000)
+    signer = home.identity if case != "unknown_home" else RelayIdentity.generate()
+    issued = {"future": wall_ms + 200_000, "expired": wall_ms - 200_000}.get(case, wall_ms)
+    raw = encode_location(peer, issued, 120, signer)
+    if case == "forged":
+        raw = raw[:10] + bytes([raw[10] ^ 1]) + raw[11:]
+    if case == "replayed":
+        assert holder.federation._hold(raw, w.now)
+    assert not holder.federation._hold(raw, w.now)
+    assert holder.federation.counters[counter] == 1
