@@ -14,6 +14,7 @@ import re
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from wgrelay import __version__
 from wgrelay.errors import ConfigError, WgRelayError
@@ -28,6 +29,9 @@ from wgrelay.keys import (
     write_key_file,
 )
 from wgrelay.state import default_state_dir
+
+if TYPE_CHECKING:
+    from wgrelay.discovery.registry import RelayRegistry
 
 log = logging.getLogger("wgrelay")
 
@@ -111,6 +115,7 @@ def cmd_start_relay(args: argparse.Namespace) -> int:
         metrics=args.metrics,
         region=args.region,
         announce=args.announce or [],
+        bootstrap=args.bootstrap or [],
         config=config,
     )
     return run_relay(opts)
@@ -120,13 +125,9 @@ def cmd_start_relay(args: argparse.Namespace) -> int:
 
 
 def _relay_arg(text: str) -> tuple[tuple[str, int], PublicKey]:
-    from wgrelay.relay.app import parse_destination
+    from wgrelay.relay.app import parse_relay_spec
 
-    endpoint, sep, key = text.partition("=")
-    if not sep:
-        raise ConfigError(f"--relay {text!r}: expected ENDPOINT=PUB_KEY")
-    # base64 keys end in '=', so split at the first '=' after the endpoint
-    return parse_destination(endpoint, "--relay endpoint"), _relay_key(key)
+    return parse_relay_spec(text, "--relay")
 
 
 def _relay_key(text: str) -> PublicKey:
@@ -180,14 +181,17 @@ def cmd_list_relays(args: argparse.Namespace) -> int:
     import json
     import time
 
-    from wgrelay.client.manager import relay_score
     from wgrelay.discovery.registry import RegistryStore
+    from wgrelay.discovery.selection import relay_score
     from wgrelay.endpoint import endpoint_str
     from wgrelay.state import ensure_state_dir
 
     store = RegistryStore(ensure_state_dir(args.state_dir) / "relays.db")
     try:
         registry = store.load()
+        if args.refresh:
+            _refresh_relays(registry)
+            store.save(registry)
     finally:
         store.close()
     now_ms = int(time.time() * 1000)
@@ -200,11 +204,15 @@ def cmd_list_relays(args: argparse.Namespace) -> int:
                         "public_key": str(r.key),
                         "endpoints": [endpoint_str(e) for e in r.endpoints],
                         "bootstrap": r.bootstrap,
+                        "source": "bootstrap" if r.bootstrap else "gossip",
                         "region": r.region,
+                        "capabilities": r.capabilities,
                         "load_pct": r.load_pct,
+                        "max_sessions": r.max_sessions,
                         "rtt_ms": r.rtt_ms,
                         "failures": r.failures,
                         "successes": r.successes,
+                        "last_seen": r.issued_ms / 1000 if r.issued_ms is not None else None,
                         "score": relay_score(r),
                     }
                     for r in relays
@@ -216,13 +224,45 @@ def cmd_list_relays(args: argparse.Namespace) -> int:
     if not relays:
         print("no relays known; add one with: wgrelay add-bootstrap-relay ENDPOINT PUB_KEY")
         return 0
-    print(f"{'RELAY':44}  {'ENDPOINT':22}  {'SOURCE':9}  {'RTT':>8}  {'FAIL':>4}  REGION")
+    print(
+        f"{'RELAY':44}  {'ENDPOINT':22}  {'SOURCE':9}  {'LOAD':>4}  {'RTT':>8}  "
+        f"{'OK/FAIL':>7}  {'SEEN':>6}  REGION"
+    )
     for r in relays:
         ep = endpoint_str(r.endpoint)
         rtt = f"{r.rtt_ms:.1f}ms" if r.rtt_ms is not None else "-"
-        src = "bootstrap" if r.bootstrap else "announced"
-        print(f"{r.key!s:44}  {ep:22}  {src:9}  {rtt:>8}  {r.failures:>4}  {r.region or '-'}")
+        src = "bootstrap" if r.bootstrap else "gossip"
+        load = f"{r.load_pct}%" if r.load_pct is not None else "-"
+        seen = _ago(now_ms - r.issued_ms) if r.issued_ms is not None else "-"
+        print(
+            f"{r.key!s:44}  {ep:22}  {src:9}  {load:>4}  {rtt:>8}  "
+            f"{f'{r.successes}/{r.failures}':>7}  {seen:>6}  {r.region or '-'}"
+        )
     return 0
+
+
+def _ago(ms: int) -> str:
+    s = max(0, ms // 1000)
+    return f"{s}s" if s < 120 else f"{s // 60}m" if s < 7200 else f"{s // 3600}h"
+
+
+def _refresh_relays(registry: RelayRegistry) -> None:
+    """``--refresh``: ask the known relays for the current set (a few seconds)."""
+    import asyncio
+
+    from wgrelay.discovery.refresh import refresh_registry
+    from wgrelay.transport.udp import AsyncioRuntime
+
+    async def run() -> None:
+        result = await refresh_registry(registry, AsyncioRuntime())
+        if result.answered_by is None:
+            raise ConfigError(
+                "no known relay answered"
+                + (f" ({'; '.join(result.failures)})" if result.failures else "")
+            )
+        log.info("relay %s listed %d new relays", result.answered_by[:8], result.learned)
+
+    asyncio.run(run())
 
 
 def cmd_configure_relay(args: argparse.Namespace) -> int:
@@ -417,6 +457,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     sp = add("list-relays", "list known relay nodes", cmd_list_relays)
     sp.add_argument("--json", action="store_true", help="machine-readable output")
+    sp.add_argument(
+        "--refresh",
+        action="store_true",
+        help="ask the known relays for the current set first (and remember it)",
+    )
     sp = add("start-relay", "run a relay node", cmd_start_relay)
     sp.add_argument(
         "--max-connections",
@@ -452,6 +497,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sp.add_argument("--metrics", metavar="ADDR:PORT", help="serve Prometheus metrics here")
     sp.add_argument("--region", default="", help="region label for announcements")
+    sp.add_argument(
+        "--bootstrap",
+        action="append",
+        metavar="ENDPOINT=PUB_KEY",
+        help="another relay to join the federation through (repeatable; remembered)",
+    )
     sp.add_argument(
         "--announce",
         action="append",

@@ -73,6 +73,9 @@ class DiscoveryAnswered:
     located: PeerLocation | None
     announcements: tuple[Announcement, ...]
     asked_for: PublicKey | None
+    more: bool = False
+    """The relay knows more relays than this page held (ask for the next)."""
+    page: int = 0
 
 
 @dataclass(frozen=True, slots=True)

@@ -273,6 +273,7 @@ class RelayLink:
         locate: PublicKey | None = None,
         want_relays: bool = True,
         region: str = "",
+        page: int = 0,
     ) -> int:
         qid = self._new_id()
         body = DiscoveryQuery(
@@ -281,6 +282,7 @@ class RelayLink:
             max_results=6,
             region=region,
             locate=locate,
+            page=page,
         )
         self._start(body, qid, now, peer=locate)
         return qid
@@ -528,7 +530,10 @@ class RelayLink:
                 anns.append(decode_announcement(raw))
             except RemoteProtocolError as e:
                 self._drop(f"announcement_{e.reason}")
-        self._events.append(DiscoveryAnswered(body.query_id, body.location, tuple(anns), req.peer))
+        page = req.body.page if isinstance(req.body, DiscoveryQuery) else 0
+        self._events.append(
+            DiscoveryAnswered(body.query_id, body.location, tuple(anns), req.peer, body.more, page)
+        )
 
     def _on_error(self, body: Error, now: float) -> None:
         code = body.code

@@ -85,6 +85,9 @@ from wgrelay.proto.constants import CloseReason
 
 log = logging.getLogger(__name__)
 
+MAX_PAGES = 100
+"""Of the relay list: 600 relays; a federation bigger than that is sampled."""
+
 
 @dataclass(frozen=True, slots=True)
 class PlanConfig:
@@ -96,9 +99,16 @@ class PlanConfig:
     connect_timeout_s: float = 6.0
     """Registering at a relay (cookie round trip included)."""
     session_timeout_s: float = 6.0
-    locate_fanout: int = 8
+    locate_fanout: int = 2
+    """Relays asked where a peer is when we have no home yet (else only the home)."""
     locate_timeout_s: float = 2.0
+    located_relay_ttl_s: float = 600.0
+    locate_widen: int = 8
+    """Relays asked when the home does not know where a peer is."""
     rehome_retry_s: float = 5.0
+    rehome_retry_max_s: float = 60.0
+    retry_jitter: float = 0.2
+    """Backoff delays vary by this fraction either way."""
     measure_interval_s: float = 15.0
     announcements_interval_s: float = 300.0
     link_idle_s: float = 60.0
@@ -127,6 +137,10 @@ class _Attempt:
     errors: list[str] = field(default_factory=list)
     report_located: bool = False
     """Only locate (``locate()``): report where, do not connect."""
+    asked: set[PublicKey] = field(default_factory=set)
+    widened: bool = False
+    """The home did not know: other relays were asked too (relays that do
+    not federate, or a peer whose records are not placed yet)."""
 
 
 @dataclass(slots=True)
@@ -172,6 +186,7 @@ class RelayPlanner:
         self.home: PublicKey | None = None
         self._homing: _Homing | None = None
         self._rehome_at = float("inf")
+        self._rehome_failures = 0
         self._attempts: dict[PublicKey, _Attempt] = {}
         self.route_relay: dict[PublicKey, PublicKey] = {}
         """peer -> the relay whose session carries it."""
@@ -441,7 +456,7 @@ class RelayPlanner:
         if not relays:
             log.warning("no relay known: add one with add-bootstrap-relay or --relay")
             self._set_home(None, now)
-            self._rehome_at = now + self.config.rehome_retry_s
+            self._rehome_at = now + self._rehome_backoff()
             return
         measure = relays[: self.config.measure_count]
         homing = _Homing(measuring=set(), measure_deadline=now + self.config.measure_timeout_s)
@@ -487,7 +502,16 @@ class RelayPlanner:
         self._homing = None
         self._set_home(None, now)
         log.warning("no home relay reachable; retrying in %.0f s", self.config.rehome_retry_s)
-        self._rehome_at = now + self.config.rehome_retry_s
+        self._rehome_at = now + self._rehome_backoff()
+
+    def _rehome_backoff(self) -> float:
+        """Exponential with jitter, so a mesh restarting at once does not
+        stampede its bootstrap relays in step (the seed's risk table)."""
+        c = self.config
+        delay: float = min(c.rehome_retry_s * 2.0**self._rehome_failures, c.rehome_retry_max_s)
+        self._rehome_failures += 1
+        jitter = int.from_bytes(self._rng(2), "big") / 65535.0  # 0..1
+        return delay * (1.0 - c.retry_jitter + 2 * c.retry_jitter * jitter)
 
     def _home_failed(self, key: PublicKey, why: str, now: float) -> None:
         log.info("relay %s unusable as home: %s", key.short(), why)
@@ -498,6 +522,8 @@ class RelayPlanner:
             self._register_next_home(now)
 
     def _set_home(self, key: PublicKey | None, now: float) -> None:
+        if key is not None:
+            self._rehome_failures = 0
         if key == self.home:
             return
         self.home = key
@@ -511,28 +537,54 @@ class RelayPlanner:
                 self._next_measure = now + self.config.measure_interval_s
         self._events.append(HomeChanged(key))
 
-    def _ask_announcements(self, now: float) -> None:
-        self._next_announcements = now + self.config.announcements_interval_s
+    def _ask_announcements(self, now: float, page: int = 0) -> None:
+        """The relays our home knows, page by page (``DiscoveryAnswered.more``)."""
+        if page == 0:
+            self._next_announcements = now + self.config.announcements_interval_s
         if self.home is None:
             return
         link = self.link(self.home)
         if link is not None and link.state == LinkState.REGISTERED:
-            link.query(now, want_relays=True)
+            link.query(now, want_relays=True, page=page)
 
     # ------------------------------------------------------------ relaying a peer
 
     def _locating(self, peer: PublicKey, now: float) -> _Attempt:
+        """Ask our home where ``peer`` is (it asks the peer's holders for us:
+        one request however many relays there are); without a home, the best
+        ``locate_fanout`` relays."""
         attempt = _Attempt(peer, _Phase.LOCATING, now + self.config.locate_timeout_s)
-        for relay in self.available(now)[: self.config.locate_fanout]:
-            link = self._link(relay.key, now)
-            if link is not None and link.state != LinkState.REJECTED:
-                attempt.queries[relay.key] = link.query(now, locate=peer, want_relays=False)
+        home = self.link(self.home) if self.home is not None else None
+        if home is not None and home.state == LinkState.REGISTERED:
+            targets = [home.relay_key]
+        else:
+            targets = [r.key for r in self.available(now)[: self.config.locate_fanout]]
+        self._ask_where(attempt, targets, now)
         return attempt
+
+    def _ask_where(self, attempt: _Attempt, targets: list[PublicKey], now: float) -> None:
+        for key in targets:
+            link = self._link(key, now)
+            if link is not None and link.state != LinkState.REJECTED and key not in attempt.asked:
+                attempt.asked.add(key)
+                attempt.queries[key] = link.query(now, locate=attempt.peer, want_relays=False)
+
+    def _widen(self, attempt: _Attempt, now: float) -> bool:
+        """Ask the best other relays once; True if any was asked."""
+        if attempt.widened:
+            return False
+        attempt.widened = True
+        others = [r.key for r in self.available(now) if r.key not in attempt.asked]
+        self._ask_where(attempt, others[: self.config.locate_widen], now)
+        attempt.deadline = now + self.config.locate_timeout_s
+        return bool(attempt.queries)
 
     def _on_discovery(self, key: PublicKey, ev: DiscoveryAnswered, now: float) -> None:
         learned = tuple(a.info.key for a in ev.announcements if self.registry.register_relay(a))
         if learned:
             self._events.append(RelaysLearned(learned))
+        if ev.asked_for is None and ev.more and key == self.home and ev.page < MAX_PAGES:
+            self._ask_announcements(now, ev.page + 1)
         peer = ev.asked_for
         attempt = self._attempts.get(peer) if peer is not None else None
         if attempt is None or attempt.phase is not _Phase.LOCATING:
@@ -541,6 +593,11 @@ class RelayPlanner:
             return
         del attempt.queries[key]
         found = ev.located.relay if ev.located is not None else None
+        if found is not None and ev.located is not None and self.registry.get(found) is None:
+            host, port = ev.located.endpoint
+            if port and host not in ("0.0.0.0", "::"):  # (a relay that announces nothing)
+                expires = self._wall_ms(now) + int(self.config.located_relay_ttl_s * 1000)
+                self.registry.learn_endpoint(found, ev.located.endpoint, expires)
         if found is not None and self.registry.get(found) is not None and self._usable(found):
             attempt.located = found
             attempt.queries.clear()
@@ -557,6 +614,8 @@ class RelayPlanner:
             self._located(attempt, now)
 
     def _located(self, attempt: _Attempt, now: float) -> None:
+        if attempt.located is None and self._widen(attempt, now):
+            return  # wait for the wider round
         if attempt.report_located:
             self._finish_locate(attempt, now)
         else:

@@ -130,6 +130,15 @@ class RelayRegistry:
         self._touch(key, BOOTSTRAP)
         return relay
 
+    def learn_endpoint(self, key: PublicKey, endpoint: Endpoint, expires_ms: int) -> bool:
+        """A relay we only know by where a lookup said a peer is registered:
+        usable until ``expires_ms`` (or until its announcement arrives), and
+        not saved (nothing signed vouches for it). False if already known."""
+        if key in self._relays:
+            return False
+        self._relays[key] = KnownRelay(key=key, endpoints=(endpoint,), expires_ms=expires_ms)
+        return True
+
     def remove(self, key: PublicKey) -> bool:
         """Forget a relay, bootstrap or not (the store deletes it too)."""
         if key not in self._relays:

@@ -27,6 +27,7 @@ from wgrelay.client.events import (
     PeerRelayFailed,
     PeerRelayLost,
     RelayMeasured,
+    RelaysLearned,
 )
 from wgrelay.client.link import LinkConfig
 from wgrelay.client.manager import ManagerEvent, RelayManager
@@ -160,6 +161,7 @@ class Agent:
         self._status_written = -1e9
         self._started = False
         self._next_flush = 0.0
+        self._registry_dirty = False
 
     # ------------------------------------------------------------ data
 
@@ -188,6 +190,8 @@ class Agent:
             self._run(self.core.on_relay_failed(ev.peer, ev.error, now))
         elif isinstance(ev, RelayMeasured):
             self._record_measurement(ev)
+        elif isinstance(ev, RelaysLearned):
+            self._registry_dirty = True  # saved at the next loop turn, in a thread
         elif isinstance(ev, HomeChanged) and ev.relay is not None:
             relay = self.registry.get(ev.relay)
             where = endpoint_str(relay.endpoint) if relay else "?"
@@ -390,6 +394,8 @@ class Agent:
                 if now >= self._next_flush:
                     self._next_flush = now + self.opts.daemon.cache_flush_interval_s
                     self._flush_cache()
+                if self._registry_dirty:
+                    await self._save_registry()
                 # one timer: the next poll, or earlier if a rule of the core
                 # falls due before it
                 d = self.opts.daemon
@@ -405,6 +411,18 @@ class Agent:
 
     def stop(self) -> None:
         self._stop.set()
+
+    async def _save_registry(self) -> None:
+        """What the relays told us, on disk as it arrives: a crash loses
+        seconds of learning, not the run."""
+        self._registry_dirty = False
+        store = self.store
+        if store is None:
+            return
+        try:
+            await self.runtime.run_blocking(lambda: store.save(self.registry))
+        except Exception as e:  # a full disk must not stop the data path
+            log.warning("could not save the relay registry: %s", e)
 
     def _flush_cache(self) -> None:
         try:

@@ -64,6 +64,7 @@ from wgrelay.proto.messages import (
     Body,
     ConnectionRequest,
     ConnectionResponse,
+    DiscoveryQuery,
     Error,
     RelayMessage,
 )
@@ -121,6 +122,9 @@ class Inbound:
     size: int
     echo: bytes
     """The first 8 bytes of the request's nonce (echoed by a cookie reply)."""
+    member: bool = True
+    """Allowed by the access policy. A non-member reaches a handler only with a
+    DISCOVERY_QUERY for the public relay list (announcements are public)."""
     dropped: bool = False
     """Counted under a drop reason already: a cookie sent instead of its
     answer must not count it a second time (one reason per datagram)."""
@@ -235,7 +239,11 @@ class Admission:
         # they pass when we hold their announcement, and a GOSSIP may carry
         # the announcement that introduces its sender (its handler checks)
         relay = relay_eps is not None or hdr.msg_type == MsgType.GOSSIP
-        if not relay and not self.policy.allows(sender):
+        member = relay or self.policy.allows(sender)
+        public_query = (
+            isinstance(body, DiscoveryQuery) and body.locate is None and not member
+        )  # (the list of relays is public: their announcements are)
+        if not member and not public_query:
             self._drops[DropReason.NOT_ALLOWED] += 1
             self._refuse_not_allowed(hdr, body, keys, sender, addr, now, proven, n, echo)
             return None
@@ -254,7 +262,8 @@ class Admission:
                     now,
                 ),
             )
-            self._cache_keys(sender, ks)
+            if member:  # a non-member's public query leaves no state behind
+                self._cache_keys(sender, ks)
         wall_us = int(self._wall(now) * 1_000_000)
         if abs(ts - wall_us) > MAX_CLOCK_SKEW_S * 1_000_000:
             self._drops[DropReason.STALE_TIMESTAMP] += 1
@@ -287,6 +296,7 @@ class Admission:
             )  # fmt: skip
             return None
         return Inbound(
+            member=member,
             ks=ks,
             key=sender,
             body=body,

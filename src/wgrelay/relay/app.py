@@ -3,20 +3,24 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ipaddress
 import logging
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from wgrelay.endpoint import Endpoint
+from wgrelay.discovery.registry import RegistryStore, RelayRegistry
+from wgrelay.endpoint import Endpoint, endpoint_str
 from wgrelay.errors import ConfigError
-from wgrelay.keys import load_or_create_relay_identity
+from wgrelay.keys import PublicKey, load_or_create_relay_identity, relay_x25519_public
 from wgrelay.proto.constants import MAX_ENDPOINTS, MAX_REGION_LEN
 from wgrelay.relay.access import AccessPolicy, AllowFilePolicy, OpenPolicy, PeersOfInterfacePolicy
 from wgrelay.relay.config import RelayConfig
 from wgrelay.relay.core import RelayCore
+from wgrelay.relay.localaddrs import local_announce_endpoints
 from wgrelay.relay.metrics import make_registry, serve_metrics
+from wgrelay.relay.peers_store import SAVE_INTERVAL_S, load_known_relays, save_known_relays
 from wgrelay.relay.server import POLICY_REFRESH_S, BindAddress, RelayServer
 from wgrelay.state import ensure_state_dir
 from wgrelay.transport.udp import AsyncioRuntime
@@ -38,7 +42,20 @@ class RelayOptions:
     metrics: str | None = None
     region: str = ""
     announce: list[str] = field(default_factory=list)
+    bootstrap: list[str] = field(default_factory=list)
+    """Other relays to contact first, ENDPOINT=PUB_KEY (remembered in the state dir)."""
     config: RelayConfig = field(default_factory=RelayConfig)
+
+
+def parse_relay_spec(text: str, what: str) -> tuple[Endpoint, PublicKey]:
+    """``ENDPOINT=PUB_KEY``: a relay's address and its (Ed25519) key."""
+    endpoint, sep, key = text.partition("=")
+    if not sep:
+        raise ConfigError(f"{what} {text!r}: expected ENDPOINT=PUB_KEY")
+    # base64 keys end in '=', so split at the first '=' after the endpoint
+    relay_key = PublicKey.from_base64(key, f"{what} key")
+    relay_x25519_public(relay_key)  # a WireGuard key pasted by mistake almost never is one
+    return parse_destination(endpoint, f"{what} endpoint"), relay_key
 
 
 def parse_endpoint(text: str, what: str = "endpoint") -> Endpoint:
@@ -154,6 +171,7 @@ def install_uvloop() -> str:
 async def _serve(opts: RelayOptions) -> None:
     # validate everything before the first side effect (a key file, a socket)
     announce, metrics_ep = check_options(opts)
+    bootstrap = [parse_relay_spec(b, "--bootstrap") for b in opts.bootstrap]
     policy = build_policy(opts)
     binds = bind_addresses(opts)
     state = ensure_state_dir(opts.state_dir)
@@ -178,6 +196,21 @@ async def _serve(opts: RelayOptions) -> None:
     server.open()
     if created:
         log.info("generated relay key %s in %s", identity.public, key_file)
+    if not announce:
+        core.announce_endpoints = local_announce_endpoints(server.port, MAX_ENDPOINTS)
+        if core.announce_endpoints:
+            log.info(
+                "announcing %s (this host's global addresses; --announce to say otherwise)",
+                ", ".join(endpoint_str(e) for e in core.announce_endpoints),
+            )
+        else:
+            log.warning(
+                "no address to announce: other relays cannot learn this one and agents can "
+                "use it only as a bootstrap relay (give --announce ADDR:PORT)"
+            )
+    store = RegistryStore(state / "relays.db")
+    known = load_known_relays(store, core, bootstrap, runtime.now())
+    saver = asyncio.create_task(_save_known_relays_every(store, known, core, runtime))
     metrics_server = None
     try:
         if metrics_ep is not None:
@@ -198,10 +231,29 @@ async def _serve(opts: RelayOptions) -> None:
 
         await server.serve(ready)
     finally:
+        saver.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await saver
+        try:
+            save_known_relays(store, known, core)
+        except Exception as e:  # a full disk must not turn a clean exit into a crash
+            log.warning("could not save the relays this relay knows: %s", e)
+        store.close()
         server.close_transports()
         if metrics_server is not None:
             metrics_server.close()
             await metrics_server.wait_closed()
+
+
+async def _save_known_relays_every(
+    store: RegistryStore, registry: RelayRegistry, core: RelayCore, runtime: AsyncioRuntime
+) -> None:
+    while True:
+        await asyncio.sleep(SAVE_INTERVAL_S)
+        try:
+            await runtime.run_blocking(lambda: save_known_relays(store, registry, core))
+        except Exception as e:  # keep relaying; try again next time
+            log.warning("could not save the relays this relay knows: %s", e)
 
 
 def run_relay(opts: RelayOptions) -> int:

@@ -558,7 +558,7 @@ class RelayCore:
             anns, more = self.federation.live_announcements(
                 body.page, body.max_results, body.region, body.required_caps
             )
-        peer = body.locate
+        peer = body.locate if inb.member else None
         if peer is None:
             self._reply(inb, DiscoveryResponse(body.query_id, anns, more=more))
             return

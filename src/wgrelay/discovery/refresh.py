@@ -1,0 +1,77 @@
+"""Ask known relays for the current relay set (``wgrelay list-relays --refresh``).
+
+The seed's ``refresh_from_bootstrap``/``query_relays`` for a command, not a
+daemon: it asks the known relays in order (bootstrap relays first, then by
+score) for their list of live relays, page by page, until one relay has
+answered in full. Any relay of a federation knows every live relay, so one
+full answer is the whole set. The list of relays is public (announcements
+are), so a throwaway key is enough, whatever a relay's access policy.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass, field
+
+from wgrelay.client.events import DiscoveryAnswered, LinkEvent, QueryFailed
+from wgrelay.client.udp import RelayClient
+from wgrelay.discovery.registry import RelayRegistry
+from wgrelay.discovery.selection import relay_score
+from wgrelay.keys import PrivateKey
+from wgrelay.transport.base import Runtime
+
+log = logging.getLogger(__name__)
+
+MAX_PAGES = 100
+ASK_AT_MOST = 5
+
+
+@dataclass(slots=True)
+class RefreshResult:
+    answered_by: str | None = None
+    learned: int = 0
+    failures: list[str] = field(default_factory=list)
+
+
+async def refresh_registry(
+    registry: RelayRegistry, runtime: Runtime, timeout_s: float = 3.0
+) -> RefreshResult:
+    result = RefreshResult()
+    key = PrivateKey.generate()
+    order = sorted(registry.all(), key=lambda r: (not r.bootstrap, relay_score(r)))
+    for relay in order[:ASK_AT_MOST]:
+        client = RelayClient(key, relay.key, relay.endpoint, runtime=runtime)
+        try:
+            complete = await _ask_all_pages(client, registry, timeout_s, result)
+        except (TimeoutError, OSError) as e:
+            result.failures.append(f"{relay.key.short()}: {type(e).__name__}")
+            continue
+        finally:
+            await client.close()
+        if complete:
+            result.answered_by = str(relay.key)
+            break
+    return result
+
+
+async def _ask_all_pages(
+    client: RelayClient, registry: RelayRegistry, timeout_s: float, result: RefreshResult
+) -> bool:
+    for page in range(MAX_PAGES):
+        qid = client.link.query(client.now(), want_relays=True, page=page)
+
+        def answer(e: LinkEvent, q: int = qid) -> bool:
+            return isinstance(e, DiscoveryAnswered | QueryFailed) and e.query_id == q
+
+        fut = client.expect(answer)
+        client.poke()
+        async with asyncio.timeout(timeout_s):
+            ev = await fut
+        if not isinstance(ev, DiscoveryAnswered):
+            result.failures.append(f"{client.relay_key.short()}: no answer")
+            return False
+        result.learned += sum(registry.register_relay(a) for a in ev.announcements)
+        if not ev.more:
+            return True
+    return True

@@ -1,0 +1,60 @@
+"""A relay remembers the relays it knows, in ``STATE_DIR/relays.db``.
+
+The same SQLite store as an agent's registry (discovery/registry.py, with its
+merge-on-save and never-lose-the-operator rules): the bootstrap relays given
+with ``start-relay --bootstrap`` (kept for later starts), and the signed
+announcements the relay learned, saved every ``SAVE_INTERVAL_S`` and at exit.
+A restarted relay contacts them all again, not only its bootstrap relays, so
+it rejoins the federation even if those are gone; an announcement that
+expired meanwhile is refused when read back, as any other.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from wgrelay.discovery.registry import RegistryStore, RelayRegistry
+from wgrelay.endpoint import Endpoint
+from wgrelay.errors import RemoteProtocolError
+from wgrelay.keys import PublicKey
+from wgrelay.proto.announce import decode_announcement
+from wgrelay.relay.core import RelayCore
+
+log = logging.getLogger(__name__)
+
+SAVE_INTERVAL_S = 60.0
+
+
+def load_known_relays(
+    store: RegistryStore, core: RelayCore, bootstrap: list[tuple[Endpoint, PublicKey]], now: float
+) -> RelayRegistry:
+    """Merge the command line's bootstrap relays into the store, then hand
+    every known relay to the relay core. Returns the registry to save into."""
+    registry = store.load()
+    for endpoint, key in bootstrap:
+        registry.add_bootstrap(key, endpoint)
+    if bootstrap:
+        store.save(registry)
+    own = core.identity.public
+    for relay in registry.all():
+        if relay.key == own:
+            continue
+        if relay.bootstrap:
+            core.add_bootstrap(relay.key, relay.endpoint)
+        if relay.announcement is not None:
+            core.federation.learn(relay.announcement, now)
+    return registry
+
+
+def save_known_relays(store: RegistryStore, registry: RelayRegistry, core: RelayCore) -> int:
+    """What the federation learned since the last save, merged into the store."""
+    changed = 0
+    for member in core.federation.directory.members():
+        try:
+            ann = decode_announcement(member.announcement.raw)
+        except RemoteProtocolError:
+            continue
+        changed += registry.register_relay(ann)
+    if changed:
+        store.save(registry)
+    return changed

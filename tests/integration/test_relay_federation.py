@@ -1,0 +1,81 @@
+"""Relays that know each other, as real processes on 127.0.0.1 (issue 10).
+
+Five relay processes, each started with ``--bootstrap`` of only the previous
+one (a chain). A state directory that knows only relay 1 asks with
+``wgrelay list-relays --refresh --json`` and must list all five within three
+anti-entropy intervals.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.integration.relays import RelayProcess, start_relay_process
+from wgrelay.relay.federation import FederationConfig
+
+pytestmark = pytest.mark.timeout(120)
+
+SYNC_INTERVAL_S = FederationConfig().sync_interval_s
+
+
+def free_udp_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def cli(state: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "wgrelay", "--state-dir", str(state), *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def test_a_chain_of_five_relays_is_listed_whole_from_the_first(tmp_path: Path) -> None:
+    relays: list[RelayProcess] = []
+    try:
+        for i in range(5):
+            port = free_udp_port()
+            args = ["--open", "--announce", f"127.0.0.1:{port}"]
+            if relays:
+                prev = relays[-1]
+                args += ["--bootstrap", f"127.0.0.1:{prev.endpoint[1]}={prev.key}"]
+            relays.append(start_relay_process(tmp_path / f"relay{i}", *args, port=port))
+        started = time.monotonic()
+        state = tmp_path / "agent"
+        state.mkdir(mode=0o700)
+        first = relays[0]
+        res = cli(state, "add-bootstrap-relay", f"127.0.0.1:{first.endpoint[1]}", str(first.key))
+        assert res.returncode == 0, res.stderr
+        want = {str(r.key) for r in relays}
+        listed: set[str] = set()
+        while listed != want:
+            assert time.monotonic() - started < 3 * SYNC_INTERVAL_S, (listed, want)
+            res = cli(state, "list-relays", "--refresh", "--json")
+            assert res.returncode == 0, res.stderr
+            listed = {r["public_key"] for r in json.loads(res.stdout)}
+        took = time.monotonic() - started
+        print(f"all five listed {took:.1f} s after the last relay started")
+        # the relays remember what they learned: relay 5 restarts knowing them
+        last = relays[-1]
+        assert last.stop(signal.SIGTERM) == 0
+        db = tmp_path / "relay4" / "relays.db"
+        assert db.exists()
+    finally:
+        for r in relays:
+            r.stop()
+        for r in relays:
+            assert "Traceback" not in r.log.read_text(), r.log.read_text()[-2000:]
+    assert os.path.getsize(db) > 0
