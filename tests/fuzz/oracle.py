@@ -12,14 +12,23 @@ Relay (``RelayOracle.deliver``), for every datagram, honest or fuzzed:
   cookie sent for a dropped one) and some leave nothing at all (a
   retransmitted SESSION_ANSWER for an established session, a retransmitted
   CONNECTION_REQUEST while the offer is out). So the oracle wraps the core's
-  handler table and counts handler entries itself;
+  handler table and counts handler entries itself. A datagram the core routes
+  to its federation before admission (a FROM_SERVER answer or a cookie reply
+  to one of its own relay-to-relay channels) counts one ``control_received``
+  too and is dropped under exactly one reason (the core's, or its channel's)
+  or handled (the federation took the answer, or repeated the message the
+  cookie asked for); the oracle wraps those entry points as well. Timers
+  count no drop (no datagram was received);
 * **return routability**: an address gets nothing but cookie replies (26
   bytes, no larger than the datagram that caused them, at most that many bytes
   in all) unless it is the registered address of the key the message is for,
   before or after the input, or the input came from there with a cookie the
-  relay had sent to that key at that address. Every other output is opened
-  with its recipient's keys: the relay only ever sends well-formed, sealed
-  messages, and data frames only byte for byte to a registered address.
+  relay had sent to that key at that address (or a later answer, to an
+  address that key proved so before). Every other output is opened with its
+  recipient's keys: the relay only ever sends well-formed, sealed messages,
+  and data frames only byte for byte to a registered address. What the relay
+  asks other relays (as the client of a channel to them) goes only to the
+  address the relay's announcement names, sealed for that relay.
 
 Client (``LinkOracle.deliver``): no exception escapes ``RelayLink.receive`` or
 ``handle_timer``; every input counts one ``received`` and is either dropped
@@ -50,10 +59,11 @@ from wgrelay.proto.cookie import COOKIE_REPLY_LEN
 from wgrelay.proto.envelope import (
     MAX_CLOCK_SKEW_S,
     ChannelKeys,
+    ControlHeader,
     open_control,
     parse_control_header,
 )
-from wgrelay.relay.admission import Addr
+from wgrelay.relay.admission import Addr, Inbound
 from wgrelay.relay.core import RelayCore
 
 _DATA = int(MsgType.DATA)
@@ -120,6 +130,27 @@ def known_relay_miscount(delta: dict[str, int], handled: int) -> str | None:
     return None
 
 
+DEFERRED = "deferred_cookie"
+
+
+def known_deferred_cookie(delta: dict[str, int], cookies: int) -> dict[str, int] | None:
+    """test_a_deferred_answer_to_an_unproven_address_counts_no_drop: a request
+    whose answer comes later (a PROBE_REQUEST from a known relay, a locate the
+    relay asks the peer's holders about) from an address its sender has not
+    proven is handled, and its answer, when it comes, is replaced by a cookie
+    reply and counted as ``unproven_address``: a second count for a handled
+    datagram, made while the relay handles another datagram or a timer, and a
+    cookie sent where nothing asked for one just then. ``delta`` without
+    those counts (None: not this bug)."""
+    if cookies == 0 or delta.get("unproven_address", 0) < cookies:
+        return None
+    rest = dict(delta)
+    rest["unproven_address"] -= cookies
+    if not rest["unproven_address"]:
+        del rest["unproven_address"]
+    return rest
+
+
 def known_link_crash(exc: BaseException, link: RelayLink, now: float) -> str | None:
     """test_a_stale_timestamp_error_near_the_top_of_u64_cannot_break_the_link: the
     relay's clock from an ERROR becomes our timestamp, which no longer fits u64."""
@@ -151,6 +182,10 @@ def _reason_text(delta: dict[str, int]) -> str:
     return ", ".join(f"{k}+{v}" for k, v in sorted(delta.items())) or "none"
 
 
+def _channel_text(channel: dict[str, int]) -> str:
+    return f" ({_reason_text(channel)})" if channel else ""
+
+
 # ---------------------------------------------------------------- relay
 
 
@@ -160,11 +195,15 @@ class RelayOracle:
         relay: RelayCore,
         client_keys: dict[bytes, ChannelKeys],
         *,
+        relay_keys: dict[bytes, ChannelKeys] | None = None,
         strict: bool = False,
     ) -> None:
         self.relay = relay
         self.client_keys = client_keys
         """Sender key -> that party's own channel keys (to open what the relay sends it)."""
+        self.relay_keys = relay_keys or {}
+        """Another relay's X25519 key -> its side of the channel the fuzzed
+        relay opens to it (to open the requests it is sent)."""
         self.strict = strict
         self.tally = Tally()
         self.findings: list[Finding] = []
@@ -180,22 +219,80 @@ class RelayOracle:
         """While set, a cookie this check accepts counts as sent by the relay:
         for corpus inputs that carry a cookie from an earlier run of a relay
         with the same secret (the book only knows this run's cookies)."""
+        self.proven: set[tuple[bytes, HostPort]] = set()
+        """(key, address) pairs a handled message proved (a later answer may go there)."""
+        self.deferred: dict[tuple[bytes, HostPort], bytes] = {}
+        """(echo, address) -> key of handled messages from unproven addresses
+        (known_deferred_cookie: their late answer becomes a cookie)."""
         self._entered: list[int] = []
+        self._routed: list[bool] = []
+        self._answers: list[str] = []
+        self._channel_drops: Counter[str] = Counter()
         self._instrument()
 
     def _instrument(self) -> None:
         """Count handler entries: the one thing no relay counter tells."""
         handlers = self.relay._handlers
         entered = self._entered
+        proven, deferred = self.proven, self.deferred
         for t, fn in list(handlers.items()):
 
             def counted(
-                inb: Any, body: Any, _fn: Callable[[Any, Any], None] = fn, _t: int = int(t)
+                inb: Inbound, body: Any, _fn: Callable[[Any, Any], None] = fn, _t: int = int(t)
             ) -> None:
                 entered.append(_t)
+                where = host_port(inb.addr)
+                if inb.proven:
+                    proven.add((inb.key, where))
+                else:
+                    if len(deferred) >= 4096:
+                        del deferred[next(iter(deferred))]
+                    deferred[(inb.echo, where)] = inb.key
                 _fn(inb, body)
 
             handlers[t] = counted
+        self._instrument_federation()
+
+    def _instrument_federation(self) -> None:
+        """What the core routes to its federation before admission: whether it
+        did, which answers the federation took, what its channels dropped."""
+        relay = self.relay
+        fed = relay.federation
+        routed, answers, channel_drops = self._routed, self._answers, self._channel_drops
+        as_client = relay._receive_as_client
+        on_answer = fed._on_answer
+        receive_answer = fed.receive_answer
+        receive_cookie = fed.receive_cookie
+
+        def routed_as_client(data: bytes, now: float) -> bool:
+            r = as_client(data, now)
+            routed.append(r)
+            return r
+
+        def answer_taken(key: PublicKey, body: Any, now: float) -> None:
+            answers.append(type(body).__name__)
+            on_answer(key, body, now)
+
+        def answer_received(hdr: ControlHeader, data: bytes, now: float) -> bool:
+            channels = list(fed._channels.values())
+            before = [dict(ch.drops) for ch in channels]
+            r = receive_answer(hdr, data, now)
+            for ch, old in zip(channels, before, strict=True):
+                channel_drops.update(
+                    {f"channel_{k}": v - old.get(k, 0) for k, v in ch.drops.items()}
+                )
+            return r
+
+        def cookie_received(reply: Any, now: float) -> bool:
+            r = receive_cookie(reply, now)
+            if r:
+                answers.append("CookieReply")
+            return r
+
+        setattr(relay, "_receive_as_client", routed_as_client)  # noqa: B010
+        setattr(fed, "_on_answer", answer_taken)  # noqa: B010
+        setattr(fed, "receive_answer", answer_received)  # noqa: B010
+        setattr(fed, "receive_cookie", cookie_received)  # noqa: B010
 
     def _find(
         self, rule: str, detail: str, data: bytes, src: Addr | None, now: float, tb: str = ""
@@ -211,11 +308,15 @@ class RelayOracle:
         before = dict(drops)
         control0 = stats.control_received
         regs0 = {k: r.addr for k, r in relay.table.regs.items()}
+        relays0 = self._relay_addresses()
         if self.earlier_cookies is not None and len(data) >= 75 and data[2] & 1:
             seen = (bytes(data[59:75]), bytes(data[3:35]), host_port(src))
             if seen not in self.cookie_book and self.earlier_cookies(*seen):
                 self.cookie_book.add(seen)  # proof from an earlier run: this run's from now
         self._entered.clear()
+        self._routed.clear()
+        self._answers.clear()
+        self._channel_drops.clear()
         self.last_known = None
         try:
             relay.receive(data, src, now)
@@ -224,17 +325,39 @@ class RelayOracle:
         out = relay.datagrams_to_send()
         regs1 = {k: r.addr for k, r in relay.table.regs.items()}
         delta = {k: v - before.get(k, 0) for k, v in drops.items() if v != before.get(k, 0)}
-        dropped = sum(delta.values())
         handled = len(self._entered)
+        routed = any(self._routed)
+        channel = {k: v for k, v in self._channel_drops.items() if v > 0}
         is_data = bool(data) and data[0] == _DATA
         t = self.tally
         t.inputs += 1
         if delta.get("internal_error"):
             self._find("no_internal_error", _reason_text(delta), data, src, now)
+        late = self._check_outputs(
+            data, src, now, out, regs0, regs1, relays0 | self._relay_addresses(), is_data
+        )
+        counted = delta
+        known: str | None = None
+        if late:
+            rest = known_deferred_cookie(delta, late)
+            if rest is not None and not self.strict:
+                counted, known = rest, DEFERRED
+        dropped = sum(counted.values())
         if is_data:
             forwarded = len(out)
             ok = handled == 0 and dropped + forwarded == 1
             t.forwarded += forwarded
+        elif routed:
+            taken = len(self._answers)
+            ok = (
+                stats.control_received - control0 == 1
+                and handled == 0
+                and taken <= 1
+                and dropped + sum(channel.values()) + taken == 1
+            )
+            if taken:
+                t.handlers["answer:" + self._answers[0]] += 1
+                t.handled += dropped == 0
         else:
             ok = stats.control_received - control0 == 1 and (
                 (handled == 0 and dropped == 1) or (handled == 1 and dropped <= 1)
@@ -243,63 +366,104 @@ class RelayOracle:
                 t.handlers[MsgType(self._entered[0]).name] += 1
                 t.handled += dropped == 0
         if not ok:
-            known = known_relay_miscount(delta, handled)
+            known = known_relay_miscount(counted, handled)
             if known is not None and not self.strict:
-                t.known[known] += 1
-                self.last_known = known
+                pass
             else:
+                known = None
                 self._find(
                     "one_reason",
-                    f"drops {_reason_text(delta)}, handlers {handled}, outputs {len(out)}",
+                    f"drops {_reason_text(delta)}{_channel_text(channel)}, handlers {handled},"
+                    f" answers {self._answers}, outputs {len(out)}",
                     data,
                     src,
                     now,
                 )
-        t.dropped += dropped > 0
+        if known is not None:
+            t.known[known] += 1
+            self.last_known = known
+        t.dropped += dropped > 0 or bool(channel)
         t.reasons.update(delta)
-        self._check_outputs(data, src, now, out, regs0, regs1, is_data)
+        t.reasons.update(channel)
         self.signature = (
             is_data,
+            routed,
             tuple(sorted(delta)),
+            tuple(sorted(channel)),
             tuple(self._entered),
+            tuple(self._answers),
             tuple(sorted({d[0] for d, _ in out if d})),
         )
+        return out
+
+    def _relay_addresses(self) -> dict[bytes, HostPort]:
+        """Where the relay sends what it asks another relay: X25519 key -> the
+        first endpoint of its announcement (or the bootstrap address)."""
+        fed = self.relay.federation
+        out = {
+            m.x25519: host_port(m.announcement.info.endpoints[0]) for m in fed.directory.members()
+        }
+        for key, ep in fed._bootstrap.items():
+            ch = fed._channels.get(key)
+            if ch is not None:
+                out.setdefault(ch.peer_x25519, host_port(ep))
         return out
 
     def _check_outputs(
         self,
         data: bytes,
-        src: Addr,
+        src: Addr | None,
         now: float,
         out: list[tuple[bytes, Addr]],
         regs0: dict[bytes, Addr],
         regs1: dict[bytes, Addr],
+        relays: dict[bytes, HostPort],
         is_data: bool,
-    ) -> None:
+    ) -> int:
+        """Check what the relay sent; the number of late cookies (known_deferred_cookie)."""
         if not out:
-            return
+            return 0
         sender = bytes(data[3:35]) if len(data) >= 35 else b""
-        hp = host_port(src)
+        hp = host_port(src) if src is not None else None
         cookie = bytes(data[59:75]) if len(data) >= 75 and data[2] & 1 else None
-        proven = cookie is not None and (cookie, sender, hp) in self.cookie_book
+        proven = hp is not None and cookie is not None and (cookie, sender, hp) in self.cookie_book
         cookie_bytes = 0
+        late = 0
         for d, dst in out:
+            to = host_port(dst)
             if d[:1] == bytes((_COOKIE,)):
+                owner = self.deferred.get((bytes(d[2:10]), to))
+                if dst != src and owner is not None and len(d) == COOKIE_REPLY_LEN:
+                    late += 1  # a late answer to an unproven address
+                    self.cookie_book.add((bytes(d[10:26]), owner, to))
+                    self.cookies[(owner, to)] = bytes(d[10:26])
+                    continue
                 cookie_bytes += len(d)
-                if dst != src or len(d) != COOKIE_REPLY_LEN:
+                if dst != src or len(d) != COOKIE_REPLY_LEN or hp is None:
                     self._find("cookie_to_source", f"{len(d)} bytes to {dst}", data, src, now)
-                self.cookie_book.add((bytes(d[10:26]), sender, hp))
-                self.cookies[(sender, hp)] = bytes(d[10:26])
+                    continue
+                self.cookie_book.add((bytes(d[10:26]), sender, to))
+                self.cookies[(sender, to)] = bytes(d[10:26])
                 continue
             if d[:1] == bytes((_DATA,)):
                 if not is_data or d != data or dst not in regs0.values() or dst == src:
                     self._find("data_byte_for_byte", f"frame to {dst}", data, src, now)
                 continue
-            recipient = self._recipient(d, dst, sender if dst == src else None, regs0, regs1)
+            try:
+                hdr = parse_control_header(d)
+            except RemoteProtocolError:
+                self._find("replies_are_sealed", f"{d.hex()} to {dst}", data, src, now)
+                continue
+            if hdr.sender.raw == self.relay.identity.x25519_public and not hdr.from_server:
+                # the relay as the client of a channel to another relay
+                if not self._to_announced_relay(d, hdr, to, relays):
+                    self._find("asks_relays_where_announced", f"{d.hex()} to {dst}", data, src, now)
+                continue
+            recipient = self._recipient(d, hdr, to, sender if dst == src else None, regs0, regs1)
             if recipient is None and dst == src and sender not in self.client_keys:
                 # an answer to a key from the corpus we hold no keys for:
                 # well formed is all we can check
-                recipient = sender if self._well_formed(d) else None
+                recipient = sender
             if recipient is None:
                 self._find("replies_are_sealed", f"{d.hex()} to {dst}", data, src, now)
                 continue
@@ -307,6 +471,8 @@ class RelayOracle:
                 continue
             if dst == src and recipient == sender and proven:
                 continue
+            if (recipient, to) in self.proven:
+                continue  # a late answer, to an address its key proved before
             self._find(
                 "unproven_gets_only_cookies",
                 f"{MsgType(d[0]).name} of {len(d)} bytes to {dst}",
@@ -316,31 +482,37 @@ class RelayOracle:
             )
         if cookie_bytes > len(data):
             self._find("no_amplification", f"{cookie_bytes} bytes of cookies", data, src, now)
+        return late
 
-    @staticmethod
-    def _well_formed(d: bytes) -> bool:
-        try:
-            parse_control_header(d)
-        except RemoteProtocolError:
-            return False
-        return True
+    def _to_announced_relay(
+        self, d: bytes, hdr: ControlHeader, to: HostPort, relays: dict[bytes, HostPort]
+    ) -> bool:
+        for x, where in relays.items():
+            keys = self.relay_keys.get(x)
+            if where != to or keys is None:
+                continue
+            try:
+                open_control(d, hdr, keys)
+            except RemoteProtocolError:
+                continue
+            return True
+        return False
 
     def _recipient(
         self,
         d: bytes,
-        dst: Addr,
+        hdr: ControlHeader,
+        to: HostPort,
         sender: bytes | None,
         regs0: dict[bytes, Addr],
         regs1: dict[bytes, Addr],
     ) -> bytes | None:
-        """Whose keys open ``d``: the input's sender, or a key registered at ``dst``."""
-        try:
-            hdr = parse_control_header(d)
-        except RemoteProtocolError:
-            return None
+        """Whose keys open ``d``: the input's sender, or a key registered (or
+        proven) at ``to``."""
         candidates = [sender] if sender is not None else []
-        candidates += [k for k, a in regs0.items() if a == dst]
-        candidates += [k for k, a in regs1.items() if a == dst]
+        candidates += [k for k, a in regs0.items() if host_port(a) == to]
+        candidates += [k for k, a in regs1.items() if host_port(a) == to]
+        candidates += sorted(k for k, a in self.proven if a == to)
         for k in candidates:
             keys = self.client_keys.get(k)
             if keys is None:
@@ -357,7 +529,9 @@ class RelayOracle:
     def tick(self, now: float) -> list[tuple[bytes, Addr]]:
         relay = self.relay
         regs0 = {k: r.addr for k, r in relay.table.regs.items()}
-        internal0 = relay.stats.drops["internal_error"]
+        relays0 = self._relay_addresses()
+        before = dict(relay.stats.drops)
+        self.last_known = None
         try:
             relay.handle_timer(now)
         except Exception as e:
@@ -365,12 +539,20 @@ class RelayOracle:
                 "no_exception", f"handle_timer: {e!r}", b"", None, now, traceback.format_exc()
             )
         out = relay.datagrams_to_send()
-        if relay.stats.drops["internal_error"] != internal0:
+        drops = relay.stats.drops
+        delta = {k: v - before.get(k, 0) for k, v in drops.items() if v != before.get(k, 0)}
+        if delta.get("internal_error"):
             self._find("no_internal_error", "in housekeeping", b"", None, now)
-        for d, dst in out:
-            recipient = self._recipient(d, dst, None, regs0, {})
-            if recipient is None:
-                self._find("timer_sends_to_registered", f"{d.hex()} to {dst}", b"", None, now)
+        regs1 = {k: r.addr for k, r in relay.table.regs.items()}
+        late = self._check_outputs(
+            b"", None, now, out, regs0, regs1, relays0 | self._relay_addresses(), False
+        )
+        rest = known_deferred_cookie(delta, late) if not self.strict else None
+        if rest is not None:
+            self.tally.known[DEFERRED] += 1
+            delta = rest
+        if delta:
+            self._find("timers_count_no_drop", _reason_text(delta), b"", None, now)
         return out
 
 

@@ -5,16 +5,20 @@ links' from seeded generators, and the clock starts at ``WALL0``: the corpus
 (tests/fuzz/corpus/) is sealed with these keys at that time, so its datagrams
 authenticate in this world.
 
-The world is a relay core and six honest peers, each a real ``RelayLink``
-(they do the cookie dance themselves), wired by hand like
-tests/unit/test_relay_core.py does: p0-p1 and p2-p3 hold sessions (p1 over
+The world is a relay core, two more relays of its federation (``r1``, ``r2``:
+real ``RelayCore``s whose announcements it holds and which hold its own, so
+they gossip, sync, probe and store location records with it and answer what
+it asks them) and six honest peers, each a real ``RelayLink`` (they do the
+cookie dance themselves), wired by hand like tests/unit/test_relay_core.py
+does: p0-p1 and p2-p3 hold sessions (p1 over
 IPv6), p4 refuses incoming sessions, p5 never answers offers so p2's offer to
 it stays pending. ``maintain`` puts all that back whenever fuzzed input took
 it apart. Strangers hold keys the relay has not seen, ``d0`` is a key the
 policy refuses, and a few more parties speak with keys no honest peer would
-use (the relay's own, a weak one). Every datagram the relay receives, honest
-or not, passes through a ``RelayOracle``; every datagram a link receives,
-through its ``LinkOracle``.
+use (the relay's own, a weak one). ``rb`` is a relay identity nobody knows
+(until it introduces itself with a GOSSIP of its own announcement). Every
+datagram the fuzzed relay receives, honest or not, passes through a
+``RelayOracle``; every datagram a link receives, through its ``LinkOracle``.
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ from wgrelay.errors import RemoteProtocolError
 from wgrelay.keys import PrivateKey, PublicKey, RelayIdentity, clamp
 from wgrelay.proto.constants import MsgType
 from wgrelay.proto.envelope import ChannelKeys, derive_client_keys, derive_server_keys
+from wgrelay.relay.access import OpenPolicy
 from wgrelay.relay.admission import Addr
 from wgrelay.relay.config import RelayConfig
 from wgrelay.relay.core import RelayCore
@@ -70,6 +75,14 @@ STRANGERS: tuple[tuple[str, Addr], ...] = (
     ("s3", ("2001:db8:2::23", 5003, 0, 0)),
 )
 DENIED = ("d0", ("203.0.113.30", 5030))
+RELAYS: tuple[tuple[str, Addr], ...] = (
+    ("r1", ("192.0.2.2", 51820)),
+    ("r2", ("192.0.2.3", 51820)),
+)
+"""The other relays of the federation (real cores): the fuzzed relay holds
+their announcements, they hold its own."""
+UNKNOWN_RELAY = ("rb", ("192.0.2.9", 51820))
+"""A relay identity the fuzzed relay does not know (no core behind it)."""
 FRESH = tuple(f"x{i}" for i in range(8))
 """Keys the fuzzer speaks with from any address."""
 
@@ -154,6 +167,24 @@ def party_named(name: str, relay: RelayIdentity, home: Addr) -> Party:
     return make_party(name, private, bytes(sodium.crypto_scalarmult_base(private)), relay, home)
 
 
+def relay_identity(name: str) -> RelayIdentity:
+    """The identity of relay ``name`` ("r1", "r2", "rb")."""
+    return RelayIdentity.from_seed(derive("relay-" + name.removeprefix("r")))
+
+
+def relay_party(name: str, relay: RelayIdentity, home: Addr) -> Party:
+    """Relay ``name`` as a client of ``relay``'s channels (its X25519 form)."""
+    ident = relay_identity(name)
+    return make_party(name, ident.x25519_private, ident.x25519_public, relay, home)
+
+
+def answer_keys(name: str, relay: RelayIdentity) -> ChannelKeys:
+    """Relay ``name``'s side of the channel ``relay`` opens to it: ``tx`` seals
+    its answers (FROM_SERVER) to ``relay``, ``rx`` opens ``relay``'s requests."""
+    ident = relay_identity(name)
+    return derive_server_keys(ident.x25519_public, ident.x25519_private, relay.x25519_public)
+
+
 def all_parties(relay: RelayIdentity) -> list[Party]:
     """Every key of the world, honest or not, in a fixed order."""
     parties = [party_named(n, relay, a) for n, a in (*PEERS, *STRANGERS, DENIED)]
@@ -165,6 +196,8 @@ def all_parties(relay: RelayIdentity) -> list[Party]:
     # keys X25519 refuses (all-zero, a low-order point): no channel keys at all
     parties.append(make_party("zero", None, bytes(32), relay, ADDRESS_POOL[1]))
     parties.append(make_party("low", None, b"\x01" + bytes(31), relay, ADDRESS_POOL[2]))
+    # other relays, as clients of the fuzzed relay's channels
+    parties += [relay_party(n, relay, a) for n, a in (*RELAYS, UNKNOWN_RELAY)]
     return parties
 
 
@@ -180,6 +213,25 @@ class Peer:
     @property
     def pub(self) -> PublicKey:
         return PublicKey(self.party.public)
+
+
+@dataclass
+class OtherRelay:
+    """An honest relay of the federation: a real core at its announced address."""
+
+    name: str
+    identity: RelayIdentity
+    addr: Addr
+    core: RelayCore
+    party: Party
+    """It as a client of the fuzzed relay (what it seals requests with)."""
+    answers: ChannelKeys
+    """Its side of the fuzzed relay's channel to it (``answer_keys``)."""
+    inbox: list[tuple[bytes, Addr]] = field(default_factory=list)
+
+
+def host_port(addr: Addr) -> tuple[str, int]:
+    return (str(addr[0]), int(addr[1]))
 
 
 class World:
@@ -211,7 +263,30 @@ class World:
         )
         self.relay.set_own_addresses(OWN_ADDRESSES)
         client_keys = {p.public: p.client for p in self.parties if p.client is not None}
-        self.oracle = RelayOracle(self.relay, client_keys, strict=strict)
+        relay_keys = {
+            relay_identity(n).x25519_public: answer_keys(n, self.identity)
+            for n, _ in (*RELAYS, UNKNOWN_RELAY)
+        }
+        self.oracle = RelayOracle(self.relay, client_keys, relay_keys=relay_keys, strict=strict)
+        self.relays: list[OtherRelay] = []
+        for i, (name, addr) in enumerate(RELAYS):
+            ident = relay_identity(name)
+            core = RelayCore(
+                ident,
+                RelayConfig(),
+                OpenPolicy(),
+                now=0.0,
+                wall=WALL0,
+                rng=random.Random(seed * 100 + i).randbytes,
+                region="fuzz",
+                announce_endpoints=(host_port(addr),),
+            )
+            core.set_own_addresses([addr])
+            party = self.by_name[name]
+            self.relays.append(
+                OtherRelay(name, ident, addr, core, party, answer_keys(name, self.identity))
+            )
+        self.relay_at = {host_port(r.addr): r for r in self.relays}
         self.peers: list[Peer] = []
         self.retired: list[LinkOracle] = []
         self._links_made = 0
@@ -288,6 +363,10 @@ class World:
         for d, dst in out:
             for tap in self.out_taps:
                 tap(d, dst)
+            other = self.relay_at.get(host_port(dst))
+            if other is not None:
+                other.inbox.append((d, OWN_ADDRESSES[0]))
+                continue
             p = self.by_addr.get(dst)
             if p is None:
                 continue  # to an address the fuzzer plays: the oracle kept the cookies
@@ -298,10 +377,30 @@ class World:
             else:
                 p.inbox.append(d)
 
+    def _relays_move(self) -> bool:
+        """The other relays read their inboxes; what they send the fuzzed
+        relay goes in through its oracle, what they send each other to the
+        other's inbox (anything else is lost)."""
+        moved = False
+        own = {host_port(a) for a in OWN_ADDRESSES}
+        for r in self.relays:
+            inbox, r.inbox = r.inbox, []
+            for d, src in inbox:
+                moved = True
+                r.core.receive(d, src, self.now)
+            for d, dst in r.core.datagrams_to_send():
+                moved = True
+                hp = host_port(dst)
+                if hp in own:
+                    self.send(d, r.addr)
+                elif hp in self.relay_at:
+                    self.relay_at[hp].inbox.append((d, r.addr))
+        return moved
+
     def pump(self, rounds: int = 16) -> None:
         """Deliver honest traffic both ways until nothing moves."""
         for _ in range(rounds):
-            moved = False
+            moved = self._relays_move()
             for p in self.peers:
                 if p.oracle.broken:
                     self.renew_link(p)
@@ -322,6 +421,9 @@ class World:
     def advance(self, dt: float) -> None:
         self.now += dt
         self.route(self.oracle.tick(self.now))
+        for r in self.relays:
+            if self.now >= r.core.next_timer():
+                r.core.handle_timer(self.now)
         for p in self.peers:
             if p.oracle.broken:
                 self.renew_link(p)
@@ -347,7 +449,21 @@ class World:
                 pa.oracle.api("request_session", partial(pa.link.request_session, pb.pub, now), now)
         self.pump()
 
+    def introduce_relays(self) -> None:
+        """Every relay holds every other's current announcement (as after
+        gossip), so the fuzzed relay knows r1 and r2 and they know it."""
+        cores = [self.relay, *(r.core for r in self.relays)]
+        anns = [c.announcement(self.now) for c in cores]
+        for core, own in zip(cores, anns, strict=True):
+            fed = core.federation
+            if own is not None:
+                fed.set_own(own)
+            for raw in anns:
+                if raw is not None and raw != own:
+                    fed.learn(raw, self.now)
+
     def setup(self) -> World:
+        self.introduce_relays()
         for p in self.peers:
             p.link.connect(self.now)
         self.pump()
