@@ -107,6 +107,9 @@ class Report:
     outcomes: int = 0
     quota_hits: Counter[str] = field(default_factory=Counter)
     """The relay's refusals and evictions, by quota."""
+    federation: Counter[str] = field(default_factory=Counter)
+    """The fuzzed relay's federation counters (what its gossip, store and
+    lookups made of what they got)."""
     after: list[str] = field(default_factory=list)
     """What did not work after the fuzzing (the cores must still serve)."""
 
@@ -118,12 +121,16 @@ class Report:
         t = self.tally
         top = ", ".join(f"{k} {v}" for k, v in t.reasons.most_common(12))
         handlers = ", ".join(f"{k} {v}" for k, v in sorted(t.handlers.items()))
+        fed = ", ".join(
+            f"{k} {v}" for k, v in sorted(self.federation.items()) if not k.startswith("sent_")
+        )
         return (
             f"{self.core}/{self.preset} seed {self.seed}: {self.inputs} inputs in"
             f" {self.seconds:.1f} s ({self.rate:.0f}/s); checked {t.inputs} (with honest"
             f" traffic): {t.handled} handled, {t.dropped} dropped, {t.forwarded} forwarded;"
             f" {self.outcomes} distinct outcomes; findings {len(self.findings)};"
             f" known {dict(self.known)}\n  drops: {top}\n  handlers: {handlers}"
+            + (f"\n  federation: {fed}" if fed else "")
         )
 
 
@@ -203,6 +210,7 @@ def fuzz_relay(
     gen = RelayInputs(world, rng)
     mut = Mutator(rng, gen)
     keys = {p.public: p.to_relay for p in world.parties if p.to_relay is not None}
+    answers = {world.by_name[n].public: k.tx for n, k in gen.answer_keys.items()}
     history: deque[tuple[bytes, Addr]] = deque(maxlen=256)
 
     def tap(d: bytes, src: Addr) -> None:
@@ -210,6 +218,7 @@ def fuzz_relay(
         gen.observe(d)
 
     world.taps.append(tap)
+    world.out_taps.append(gen.observe_out)
     for s in world.relay.sessions.values():
         gen.closed_sids.append(s.sid)  # stays interesting once it is closed
     seeds = [(s.data, s.src or world.peers[0].addr, s.kind) for s in corpus or []]
@@ -250,6 +259,7 @@ def fuzz_relay(
         if i % 50 == 0:
             world.maintain()
             world.holdback = 0.05 if (i // 2000) % 2 else 0.0
+            world.relay_loss = 0.3 if (i // 2000) % 2 else 0.0
         partner = history[rng.randrange(len(history))][0] if history else None
         r = rng.random()
         names: list[str] = []
@@ -264,7 +274,7 @@ def fuzz_relay(
         elif r < 0.35 and (seeds or pool):
             data, src, kind = rng.choice(pool if pool and rng.random() < 0.5 else seeds or pool)
             gen.src = src
-            draft = open_draft(data, keys)
+            draft = open_draft(data, keys, answers)
             if rng.random() < 0.8:
                 _refresh(draft, gen)
             _no_earlier_cookie(draft, world, gen)
@@ -287,7 +297,7 @@ def fuzz_relay(
 def after_relay(world: World) -> list[str]:
     """Fresh peers register, open a session, frames forward; honest ones too."""
     problems: list[str] = []
-    world.holdback = 0.0
+    world.holdback = world.relay_loss = 0.0
     world.held.clear()
     for k in range(240):  # fuzzed registrations expire, buckets refill
         world.advance(1.0)
@@ -336,6 +346,7 @@ def _finish(report: Report, world: World, started: float, inputs: int, outcomes:
     report.findings = world.findings()
     report.outcomes = outcomes
     report.quota_hits = Counter(world.relay.stats.quota_hits)
+    report.federation = Counter(world.relay.federation.counters)
     report.tally = world.oracle.tally if report.core == "relay" else report.tally
     report.known = world.oracle.tally.known + world.link_known()
 

@@ -7,6 +7,17 @@ the relay already sent one for that key and address (so strangers do get
 registered and reach the handlers), data frames for live, pending and unknown
 sessions, announcements, cookie replies, WireGuard's own packets.
 
+It also speaks as the other relays of the federation: relay-to-relay
+requests (GOSSIP, DIGEST, PULL, LOCATION_STORE, PROBE_REQUEST, and the
+PINGs and locates relays send) sealed by r1 and r2, which the relay knows,
+and by rb, which it does not until it introduces itself; and answers to
+what the relay itself asked them (PONG, GOSSIP_ACK, DIGEST_REPLY,
+PULL_REPLY, LOCATION_ACK, PROBE_ANSWER, DISCOVERY_RESPONSE and cookie
+replies), sealed FROM_SERVER on the relay's own channels with the echo
+ids, nonces, query ids and keys it really sent (learned by opening what it
+sends them). Signed announcements and LOCATION records come valid, newer,
+replayed, forged, future-dated, expired, of an unknown home relay.
+
 ``LinkInputs`` speaks to one link as its relay: every body type sealed with
 the relay's keys for that peer, carrying the request ids, heartbeat
 sequence numbers, ping echoes, query ids and nonces the link really sent
@@ -26,14 +37,30 @@ import nacl.bindings as sodium
 
 from tests.fuzz.layout import ControlDraft, DataDraft, Draft, RawDraft, open_draft
 from tests.fuzz.oracle import host_port
-from tests.fuzz.world import ADDRESS_POOL, WALL0, Party, Peer, World, derive, make_party
+from tests.fuzz.world import (
+    ADDRESS_POOL,
+    RELAYS,
+    UNKNOWN_RELAY,
+    WALL0,
+    Party,
+    Peer,
+    World,
+    answer_keys,
+    make_party,
+    relay_identity,
+)
 from wgrelay.endpoint import Endpoint
 from wgrelay.errors import RemoteProtocolError
 from wgrelay.keys import PublicKey, RelayIdentity, clamp
 from wgrelay.proto.announce import RelayNodeInfo, encode_announcement
 from wgrelay.proto.constants import (
     CONTROL_TYPES,
+    DIGEST_BUCKETS,
+    MAX_PULL_KEYS,
+    MAX_RECORDS_PER_MESSAGE,
     MAX_REGION_LEN,
+    PROTOCOL_VERSION,
+    RELAY_TO_RELAY,
     SERVER_TO_CLIENT,
     CloseReason,
     ErrorCode,
@@ -43,6 +70,18 @@ from wgrelay.proto.constants import (
 )
 from wgrelay.proto.cookie import encode_cookie_reply
 from wgrelay.proto.envelope import FLAG_COOKIE, FLAG_FROM_SERVER
+from wgrelay.proto.federation import (
+    Digest,
+    DigestReply,
+    Gossip,
+    GossipAck,
+    LocationAck,
+    LocationStore,
+    ProbeAnswer,
+    ProbeRequest,
+    Pull,
+    PullReply,
+)
 from wgrelay.proto.messages import (
     Body,
     ConnectionRequest,
@@ -68,8 +107,25 @@ from wgrelay.relay.admission import Addr
 CLIENT_TYPES = sorted(t for t in CONTROL_TYPES if t not in SERVER_TO_CLIENT)
 SERVER_TYPES = sorted(SERVER_TO_CLIENT)
 ALL_TYPES = sorted(CONTROL_TYPES)
-OTHER_RELAY = RelayIdentity.from_seed(derive("relay-b"))
-"""A second relay identity the fuzzer holds (announcements it can sign)."""
+PEER_TYPES = [t for t in CLIENT_TYPES if t not in RELAY_TO_RELAY]
+RELAY_REQUESTS = [
+    *(t for t in CLIENT_TYPES if t in RELAY_TO_RELAY),
+    MsgType.PING,
+    MsgType.DISCOVERY_QUERY,
+]
+"""What one relay asks another (as the client of a channel)."""
+RELAY_ANSWERS = [
+    *(t for t in SERVER_TYPES if t in RELAY_TO_RELAY),
+    MsgType.PONG,
+    MsgType.DISCOVERY_RESPONSE,
+    MsgType.ERROR,
+]
+"""What a relay answers another (FROM_SERVER)."""
+OTHER_RELAY = relay_identity(UNKNOWN_RELAY[0])
+"""A relay identity the fuzzer holds that the fuzzed relay does not know."""
+NOBODY = relay_identity("z")
+"""A relay identity nobody knows or ever announces (an unknown home relay)."""
+RELAY_NAMES = (*(n for n, _ in RELAYS), UNKNOWN_RELAY[0])
 REGIONS = ("", "fuzz", "eu-west", "x" * MAX_REGION_LEN, "é" * 16, "\x00")
 
 
@@ -103,6 +159,12 @@ class _Common:
         """Mutates an announcement along its layout (set by the fuzzer)."""
         self.nonces: deque[bytes] = deque(maxlen=64)
         self.closed_sids: deque[bytes] = deque(maxlen=16)
+        self.idents = {n: relay_identity(n) for n in RELAY_NAMES}
+        self.relay_keys = [
+            world.identity.public.raw,
+            *(i.public.raw for i in self.idents.values()),
+            NOBODY.public.raw,
+        ]
         self.announcement = encode_announcement(
             RelayNodeInfo(
                 key=world.identity.public,
@@ -124,6 +186,8 @@ class _Common:
 
     def some_key(self) -> bytes:
         w, rng = self.world, self.rng
+        if rng.random() < 0.15:  # a relay's Ed25519 key (relay-to-relay bodies name relays)
+            return rng.choice(self.relay_keys)
         pick = rng.randrange(10)
         if pick < 4 and w.relay.table.regs:
             return rng.choice(list(w.relay.table.regs))
@@ -164,7 +228,7 @@ class _Common:
         return reg.ks.replay.newest if reg is not None else None
 
     def signer(self, key: bytes) -> RelayIdentity | None:
-        for ident in (self.world.identity, OTHER_RELAY):
+        for ident in (self.world.identity, *self.idents.values(), NOBODY):
             if ident.public.raw == key:
                 return ident
         return None
@@ -217,27 +281,172 @@ class _Common:
         if t == MsgType.PONG:
             return Pong(rng.randrange(2**64), rng.randrange(101))
         if t == MsgType.DISCOVERY_QUERY:
-            locate = PublicKey(self.some_key()) if rng.random() < 0.5 else None
+            locate = PublicKey(self.locate_key()) if rng.random() < 0.5 else None
             return DiscoveryQuery(
                 rng.randrange(2**32),
                 rng.choice([0, 1, 1, 0xFD, 0xFF]),
-                rng.choice([0, 1, 6, 255]),
-                rng.choice([0, 1, 0x1F, 2**32 - 1]),
+                rng.choice([0, 1, 1, 2, 6, 255]),
+                rng.choice([0, 0, 1, 0x1F, 2**32 - 1]),
                 rng.choice(REGIONS),
                 locate,
+                rng.choice([0, 0, 1, 2, 3, 0xFFFF]),
             )
-        return self.discovery_response(rng.randrange(2**32))
+        if t == MsgType.DISCOVERY_RESPONSE:
+            return self.discovery_response(rng.randrange(2**32))
+        return self.federation_body(t)
 
-    def discovery_response(self, qid: int) -> DiscoveryResponse:
+    def locate_key(self) -> bytes:
+        """A peer to look for: registered here, known to the world, or nobody."""
+        rng = self.rng
+        regs = self.world.relay.table.regs
+        pick = rng.random()
+        if pick < 0.4 and regs:
+            return rng.choice(list(regs))
+        if pick < 0.8:
+            return rng.choice(self.world.parties).public
+        return self.some_key()
+
+    def discovery_response(self, qid: int, locate: bytes | None = None) -> DiscoveryResponse:
         rng = self.rng
         choices = [self.announcement, self.announcement, rng.randbytes(40)]
         if self.vary_announcement is not None:
             choices += [self.vary_announcement(self.announcement) for _ in range(3)]
         anns = [rng.choice(choices) for _ in range(rng.choice([0, 1, 1, 2, 3]))]
-        location = None
-        if rng.random() < 0.4:
-            location = PeerLocation(PublicKey(self.some_key()), endpoint(rng))
-        return DiscoveryResponse(qid, tuple(anns), location)
+        location = record = None
+        if rng.random() < (0.8 if locate is not None else 0.4):
+            home = rng.choice(RELAY_NAMES)
+            location = PeerLocation(self.idents[home].public, endpoint(rng))
+            if rng.random() < 0.6:
+                peer = locate if locate is not None and rng.random() < 0.7 else None
+                record = self.location_record(peer, home if rng.random() < 0.7 else None)
+        return DiscoveryResponse(qid, tuple(anns), location, record, rng.random() < 0.2)
+
+    # ------------------------------------------------------------ the federation
+
+    def now_ms(self) -> int:
+        return self.now_us() // 1000
+
+    def relay_announcement(self, name: str, fresh: bool = True) -> bytes:
+        """A relay's announcement: its own, at its real address, signed now (a
+        newer one) or one of the interesting wrong ones."""
+        rng = self.rng
+        w = self.world
+        now = self.now_ms()
+        if name == "self":
+            ident, addr = w.identity, ("192.0.2.1", 51820)
+        else:
+            ident = self.idents[name]
+            other = w.relay_named.get(name)
+            addr = host_port(other.addr if other is not None else UNKNOWN_RELAY[1])
+        issued, ttl = now, 600
+        endpoints: tuple[Endpoint, ...] = (addr,)
+        if not fresh:
+            issued, ttl = rng.choice(
+                [
+                    (now - 700_000, 600),  # expired
+                    (now + 200_000, 600),  # from the future
+                    (now - 1, 1),  # expires now
+                    (int(WALL0 * 1000), 600),  # the first one (a replay, by now)
+                    (now, 2**32 - 1),
+                ]
+            )
+            if rng.random() < 0.3:
+                endpoints = (endpoint(rng), addr)  # another address first
+        info = RelayNodeInfo(ident.public, endpoints, "fuzz", 0x1F, rng.choice([0, 3, 100]), 100)
+        return encode_announcement(info, max(0, issued), ttl, ident)
+
+    def some_announcement(self) -> bytes:
+        """An announcement for a GOSSIP or PULL_REPLY."""
+        rng = self.rng
+        pick = rng.random()
+        name = rng.choice([*RELAY_NAMES, "self"])
+        if pick < 0.15:
+            held = self.world.relay.federation.directory.raw_announcement(
+                PublicKey(self.relay_keys[rng.randrange(len(self.relay_keys))])
+            )
+            if held is not None:
+                return held  # exactly what the relay holds: a repeat
+        if pick < 0.5:
+            return self.relay_announcement(name)
+        if pick < 0.85:
+            return self.relay_announcement(name, fresh=False)
+        if pick < 0.95 and self.vary_announcement is not None:
+            return self.vary_announcement(self.relay_announcement(name))
+        return rng.randbytes(rng.choice([0, 40, 170]))
+
+    def location_record(self, peer: bytes | None = None, home: str | None = None) -> bytes:
+        """A LOCATION record: valid (a known home, now, a sane ttl) or forged,
+        future, expired, of an unknown home, with a ttl out of range."""
+        rng = self.rng
+        now = self.now_ms()
+        if peer is None:
+            peer = self.locate_key()
+        kind = rng.choice(
+            ["valid", "valid", "valid", "future", "expired", "unknown_home", "forged", "ttl"]
+        )
+        name = home or rng.choice(["r1", "r1", "r2", "rb", "self"])
+        if kind == "unknown_home":
+            name = rng.choice(["rb", "nobody"])  # rb: unknown until it introduces itself
+        ident = {"self": self.world.identity, "nobody": NOBODY}.get(name) or self.idents[name]
+        issued, ttl = rng.choice([(now, 120), (now, 600), (now - 10_000, 120), (now + 1, 1)])
+        if kind == "future":
+            issued = now + rng.choice([121_000, 200_000, 2**63])
+        elif kind == "expired":
+            issued, ttl = rng.choice([(now - 700_000, 600), (now - 120_000, 120), (0, 600)])
+        elif kind == "ttl":
+            ttl = rng.choice([0, 601, 2**32 - 1])
+        signed = bytes((MsgType.LOCATION, PROTOCOL_VERSION)) + peer + ident.public.raw
+        signed += (issued & (2**64 - 1)).to_bytes(8, "big") + ttl.to_bytes(4, "big")
+        sig = ident.sign(signed)
+        if kind == "forged":  # a bit of the signature, or someone else's
+            sig = rng.choice([sig[:-1] + bytes((sig[-1] ^ 1,)), NOBODY.sign(signed)])
+        return signed + sig
+
+    def versions(self, n: int) -> tuple[tuple[PublicKey, int], ...]:
+        """(relay key, issued_ms) pairs: what a directory holds, older, newer."""
+        rng = self.rng
+        fed = self.world.relay.federation
+        out = []
+        for _ in range(n):
+            key = PublicKey(rng.choice(self.relay_keys))
+            held = fed.directory.issued(key)
+            base = held if held is not None else self.now_ms()
+            out.append((key, rng.choice([base, base, base - 1, base + 1, 0, 2**64 - 1])))
+        return tuple(out)
+
+    def federation_body(self, t: MsgType) -> Body:
+        rng = self.rng
+        fed = self.world.relay.federation
+        if t == MsgType.GOSSIP:
+            anns = tuple(self.some_announcement() for _ in range(rng.choice([0, 1, 1, 2, 5])))
+            return Gossip(anns, self.versions(rng.choice([0, 0, 0, 1, 2, 8])))
+        if t == MsgType.GOSSIP_ACK:
+            return GossipAck(rng.choice([0, 1, 255]))
+        if t == MsgType.DIGEST:
+            buckets = list(fed.directory.digest())
+            for _ in range(rng.choice([0, 1, 1, 2, 16])):
+                i = rng.randrange(DIGEST_BUCKETS)
+                buckets[i] = (rng.choice([0, 1, 2, 0xFFFF]), rng.randbytes(8))
+            return Digest(tuple(buckets))
+        if t == MsgType.DIGEST_REPLY:
+            entries = self.versions(rng.choice([0, 1, 2, 3, 25]))
+            return DigestReply(entries, rng.randrange(1 << 16), rng.random() < 0.2)
+        if t == MsgType.PULL:
+            keys = (PublicKey(rng.choice(self.relay_keys)) for _ in range(rng.randint(0, 5)))
+            return Pull(tuple(keys)[:MAX_PULL_KEYS])
+        if t == MsgType.PULL_REPLY:
+            return PullReply(tuple(self.some_announcement() for _ in range(rng.randint(0, 3))))
+        if t == MsgType.LOCATION_STORE:
+            n = rng.choice([0, 1, 1, 1, 2, MAX_RECORDS_PER_MESSAGE])
+            return LocationStore(tuple(self.location_record() for _ in range(n)))
+        if t == MsgType.LOCATION_ACK:
+            return LocationAck(rng.choice([0, 1, 7, 255]))
+        if t == MsgType.PROBE_REQUEST:
+            return ProbeRequest(PublicKey(rng.choice(self.relay_keys)), rng.randrange(2**64))
+        # PROBE_ANSWER
+        return ProbeAnswer(
+            PublicKey(rng.choice(self.relay_keys)), rng.randrange(2**64), rng.random() < 0.5
+        )
 
     def draft(self, t: MsgType, party: Party, key: bytes | None, body: Body) -> ControlDraft:
         rng = self.rng
@@ -296,6 +505,10 @@ class RelayInputs(_Common):
         self.flood = ""
         """"control": control messages from few addresses and many new keys;
         "data": full-size frames on live sessions."""
+        self.answer_keys = {n: answer_keys(n, world.identity) for n in RELAY_NAMES}
+        self.relay_asked: dict[tuple[str, int], deque[Body]] = {}
+        """(relay, type) -> what the fuzzed relay asked that relay lately."""
+        self.relay_nonces: deque[tuple[str, bytes]] = deque(maxlen=32)
 
     def ephemeral(self) -> Party:
         """A key nobody has seen (public-key work for the relay)."""
@@ -329,7 +542,14 @@ class RelayInputs(_Common):
             party = rng.choice(self.honest)
         else:
             party = rng.choice(self.others)
-        t = MsgType(rng.choice(CLIENT_TYPES) if rng.random() < 0.85 else rng.choice(SERVER_TYPES))
+        r = rng.random()
+        t = MsgType(
+            rng.choice(PEER_TYPES)
+            if r < 0.8
+            else rng.choice(CLIENT_TYPES)
+            if r < 0.88
+            else rng.choice(SERVER_TYPES)
+        )
         body = self.body(t)
         table = self.world.relay.table
         if t in (MsgType.SESSION_ANSWER, MsgType.SESSION_CLOSE) and rng.random() < 0.5:
@@ -373,16 +593,157 @@ class RelayInputs(_Common):
         return DataDraft(0, self.some_sid(), wg_payload(rng)), "data/unknown"
 
     def other(self) -> tuple[Draft, str]:
-        self.src = self.rng.choice([*ADDRESS_POOL, *(p.addr for p in self.world.peers)])
+        rng = self.rng
+        self.src = rng.choice([*ADDRESS_POOL, *(p.addr for p in self.world.peers)])
+        if rng.random() < 0.2:
+            return RawDraft(self.location_record()), "raw/location"
         d = self.raw()
         return d, f"raw/{d.data[:1].hex() or 'empty'}"
+
+    # ------------------------------------------------------------ as other relays
+
+    def relay_source(self, name: str) -> Addr:
+        """Mostly the address the relay announces (where the fuzzed relay
+        answers it), sometimes anywhere."""
+        rng = self.rng
+        other = self.world.relay_named.get(name)
+        home = other.addr if other is not None else UNKNOWN_RELAY[1]
+        if rng.random() < 0.8:
+            return home
+        return rng.choice([*ADDRESS_POOL, *(p.addr for p in self.world.peers)])
+
+    def relay_request(self) -> tuple[Draft, str]:
+        """What a relay asks the fuzzed relay (as the client of a channel)."""
+        rng = self.rng
+        w = self.world
+        pick = rng.random()
+        if pick < 0.75:
+            name = rng.choice([n for n, _ in RELAYS])
+        elif pick < 0.9:
+            name = UNKNOWN_RELAY[0]
+        else:
+            name = ""
+        t = MsgType(rng.choice(RELAY_REQUESTS) if rng.random() < 0.9 else rng.choice(RELAY_ANSWERS))
+        if name:
+            party = w.by_name[name]
+            self.src = self.relay_source(name)
+        else:  # not a relay at all
+            party = rng.choice([*self.honest, *self.others])
+            self.src = self.source(party)
+        body = self.body(t)
+        if t == MsgType.GOSSIP and name and rng.random() < 0.5:
+            # carrying its own announcement: how an unknown relay introduces itself
+            assert isinstance(body, Gossip)
+            body = Gossip((self.relay_announcement(name), *body.announcements[:4]), body.dead)
+        d = self.draft(t, party, party.to_relay, body)
+        d.flags &= ~FLAG_FROM_SERVER
+        cookie = self.cookie_for(party.public)
+        if cookie is not None and rng.random() < 0.85:
+            d.cookie, d.flags = cookie, d.flags | FLAG_COOKIE
+        return d, f"relay/{t.name.lower()}"
+
+    def observe_out(self, data: bytes, dst: Addr) -> None:
+        """A datagram the fuzzed relay sent: what it asked another relay (the
+        echo ids, nonces, query ids and keys its answers must carry)."""
+        if len(data) < 59 or data[3:35] != self.world.identity.x25519_public:
+            return
+        if data[0] not in CONTROL_TYPES or data[2] & FLAG_FROM_SERVER:
+            return
+        other = self.world.relay_at.get(host_port(dst))
+        names = [other.name] if other is not None else [UNKNOWN_RELAY[0]]
+        for name in names:
+            keys = self.answer_keys[name]
+            d = open_draft(data, {self.world.identity.x25519_public: keys.rx})
+            if not isinstance(d, ControlDraft):
+                continue
+            self.relay_nonces.append((name, d.nonce))
+            try:
+                body = decode_body(MsgType(d.msg_type), d.body)
+            except (RemoteProtocolError, ValueError):
+                return
+            self.relay_asked.setdefault((name, d.msg_type), deque(maxlen=8)).append(body)
+            return
+
+    def relay_answer(self) -> tuple[Draft, str]:
+        """An answer on one of the fuzzed relay's own channels (FROM_SERVER),
+        to what it asked, mostly."""
+        rng = self.rng
+        asked = [k for k, v in self.relay_asked.items() if v]
+        if asked and rng.random() < 0.8:
+            name, t_asked = rng.choice(sorted(asked))
+            question: Body | None = rng.choice(self.relay_asked[(name, t_asked)])
+            pending = self.world.relay.federation._queries
+            waiting = [
+                q
+                for q in self.relay_asked[(name, t_asked)]
+                if isinstance(q, DiscoveryQuery) and q.query_id in pending
+            ]
+            if waiting and rng.random() < 0.8:
+                question = rng.choice(waiting)  # a lookup still waiting for its holders
+        else:
+            name, question = rng.choice(RELAY_NAMES), None
+        body = self.answer_to(question) if question is not None else None
+        if body is None:
+            body = self.body(MsgType(rng.choice(RELAY_ANSWERS)))
+        party = self.world.by_name[name]
+        self.src = self.relay_source(name)
+        d = self.draft(body.TYPE, party, self.answer_keys[name].tx, body)
+        d.flags |= FLAG_FROM_SERVER
+        return d, f"answer/{body.TYPE.name.lower()}"
+
+    def answer_to(self, q: Body) -> Body | None:
+        rng = self.rng
+        if isinstance(q, Ping):
+            return Pong(q.echo_id, rng.randrange(101))
+        if isinstance(q, ProbeRequest):
+            return ProbeAnswer(q.target, q.nonce, rng.random() < 0.7)
+        if isinstance(q, DiscoveryQuery):
+            locate = q.locate.raw if q.locate is not None else None
+            return self.discovery_response(q.query_id, locate)
+        if isinstance(q, Digest):
+            n = rng.choice([0, 1, 2, 3])
+            return DigestReply(self.versions(n), rng.randrange(1 << 16), rng.random() < 0.2)
+        if isinstance(q, Pull):
+            anns = tuple(
+                self.relay_announcement(n)
+                for k in q.keys
+                for n in RELAY_NAMES
+                if self.idents[n].public == k
+            )
+            return PullReply(anns)
+        if isinstance(q, Gossip):
+            return GossipAck(len(q.announcements))
+        if isinstance(q, LocationStore):
+            return LocationAck(len(q.records))
+        return None
+
+    def relay_cookie(self) -> tuple[Draft, str]:
+        """A cookie reply to a message the fuzzed relay sent another relay."""
+        rng = self.rng
+        if self.relay_nonces and rng.random() < 0.85:
+            name, nonce = rng.choice(self.relay_nonces)
+            echo = nonce[:8]
+        else:
+            name, echo = rng.choice(RELAY_NAMES), rng.randbytes(8)
+        self.src = self.relay_source(name)
+        return RawDraft(encode_cookie_reply(echo, rng.randbytes(16))), "answer/cookie_reply"
+
+    def relay(self) -> tuple[Draft, str]:
+        pick = self.rng.random()
+        if pick < 0.55:
+            return self.relay_request()
+        if pick < 0.9:
+            return self.relay_answer()
+        return self.relay_cookie()
 
     def fresh(self) -> tuple[Draft, str]:
         pick = self.rng.random()
         if self.flood:
             pick = 0.0 if self.flood == "control" else 0.8
-        if pick < 0.7:
+        if pick < 0.5:
             return self.control()
+        if pick < 0.75:
+            return self.relay()
         if pick < 0.92:
             return self.data()
         return self.other()

@@ -9,7 +9,9 @@ authentication, which is where a fuzzer that only flips bits never gets.
 ``body_fields`` walks a body (or an announcement) along its layout and
 returns the span and kind of every field it can find, so mutators can set a
 length byte to its limit, an address family to 5 or a session id to a live
-one, instead of flipping a random bit that the tag then catches.
+one, instead of flipping a random bit that the tag then catches. Relay-to-
+relay bodies (0x40-0x49) are walked too, and signed LOCATION records
+(``location_fields``) like announcements.
 """
 
 from __future__ import annotations
@@ -22,13 +24,16 @@ import nacl.exceptions
 
 from wgrelay.proto.constants import (
     COOKIE_LEN,
+    DIGEST_BUCKETS,
     KEY_LEN,
+    LOCATION_RECORD_LEN,
     MAX_DETAIL_LEN,
     MAX_REGION_LEN,
     NONCE_LEN,
     PROTOCOL_VERSION,
     QUERY_FLAG_LOCATE_PEER,
     RESPONSE_FLAG_LOCATED,
+    RESPONSE_FLAG_RECORD,
     SESSION_ID_LEN,
     SIGNATURE_LEN,
     TAG_LEN,
@@ -40,6 +45,7 @@ from wgrelay.proto.constants import (
     Status,
 )
 from wgrelay.proto.envelope import FLAG_COOKIE
+from wgrelay.proto.federation import DIGEST_HASH_LEN
 
 HEADER_LEN = 3 + KEY_LEN + NONCE_LEN  # 59
 COOKIE_END = HEADER_LEN + COOKIE_LEN  # 75
@@ -133,17 +139,21 @@ class RawDraft:
 Draft = ControlDraft | DataDraft | RawDraft
 
 
-def open_draft(data: bytes, keys: dict[bytes, bytes]) -> Draft:
+def open_draft(
+    data: bytes, keys: dict[bytes, bytes], alt: dict[bytes, bytes] | None = None
+) -> Draft:
     """Take a datagram apart; ``keys`` maps a sender key to the AEAD key of its
-    direction. A control datagram that does not open stays raw."""
+    direction (``alt``: another to try, a relay's answers on the channels it
+    serves). A control datagram that does not open stays raw."""
     if data[:1] == bytes((MsgType.DATA,)) and len(data) >= 10:
         return DataDraft(data[1], bytes(data[2:10]), bytes(data[10:]))
     if len(data) >= MIN_CONTROL:
         flags = data[2]
         off = COOKIE_END if flags & FLAG_COOKIE else HEADER_LEN
         sender = bytes(data[3 : 3 + KEY_LEN])
-        key = keys.get(sender)
-        if key is not None and len(data) >= off + TAG_LEN + TIMESTAMP_LEN:
+        for key in (keys.get(sender), (alt or {}).get(sender)):
+            if key is None or len(data) < off + TAG_LEN + TIMESTAMP_LEN:
+                continue
             nonce = bytes(data[3 + KEY_LEN : HEADER_LEN])
             plaintext = aead_open(bytes(data[off:]), bytes(data[:off]), nonce, key)
             if plaintext is not None:
@@ -169,8 +179,8 @@ class Field:
     off: int
     size: int
     kind: str
-    """u8 u16 u32 u64 flags type pct bool enum key sid strlen str family ip port
-    count annlen ann sig"""
+    """u8 u16 u32 u64 ms flags type pct bool enum key sid strlen str family ip
+    port count annlen ann loc hash sig (ms: a wall clock in milliseconds)"""
     limit: int = 0
     """strlen: the longest string allowed; enum: the first invalid value."""
 
@@ -210,6 +220,22 @@ class _Walker:
             self.short = True
             return
         self.take("port", 2)
+
+    def blobs(self, kind: str) -> None:
+        """n u8 | n x (len u16 | blob): announcements in gossip and replies."""
+        n = self.take("count", 1)
+        for _ in range(n or 0):
+            size = self.take("annlen", 2)
+            if size is None:
+                break
+            self.take(kind, size)
+
+    def versions(self) -> None:
+        """n u8 | n x (relay key 32B | issued_ms u64)."""
+        n = self.take("count", 1)
+        for _ in range(n or 0):
+            self.take("key", KEY_LEN)
+            self.take("ms", 8)
 
 
 _ENUM_END = {
@@ -272,6 +298,7 @@ def body_fields(msg_type: int, body: bytes) -> list[Field]:
         w.take("u8", 1)
         w.take("u32", 4)
         w.str8(MAX_REGION_LEN)
+        w.take("u16", 2)  # page
         if flags is not None and flags & QUERY_FLAG_LOCATE_PEER:
             w.take("key", KEY_LEN)
     elif t == MsgType.DISCOVERY_RESPONSE:
@@ -280,12 +307,36 @@ def body_fields(msg_type: int, body: bytes) -> list[Field]:
         if flags is not None and flags & RESPONSE_FLAG_LOCATED:
             w.take("key", KEY_LEN)
             w.endpoint()
+        if flags is not None and flags & RESPONSE_FLAG_RECORD:
+            w.take("loc", LOCATION_RECORD_LEN)
+        w.blobs("ann")
+    elif t in (MsgType.GOSSIP, MsgType.PULL_REPLY):
+        w.blobs("ann")
+        if t == MsgType.GOSSIP:
+            w.versions()  # dead notices
+    elif t in (MsgType.GOSSIP_ACK, MsgType.LOCATION_ACK):
+        w.take("u8", 1)
+    elif t == MsgType.DIGEST:
+        for _ in range(DIGEST_BUCKETS):
+            w.take("u16", 2)
+            w.take("hash", DIGEST_HASH_LEN)
+    elif t == MsgType.DIGEST_REPLY:
+        w.take("bool", 1)
+        w.take("u16", 2)  # the buckets that differ, a bit each
+        w.versions()
+    elif t == MsgType.PULL:
         n = w.take("count", 1)
         for _ in range(n or 0):
-            size = w.take("annlen", 2)
-            if size is None:
-                break
-            w.take("ann", size)
+            w.take("key", KEY_LEN)
+    elif t == MsgType.LOCATION_STORE:
+        n = w.take("count", 1)
+        for _ in range(n or 0):
+            w.take("loc", LOCATION_RECORD_LEN)
+    elif t in (MsgType.PROBE_REQUEST, MsgType.PROBE_ANSWER):
+        w.take("key", KEY_LEN)
+        w.take("u64", 8)
+        if t == MsgType.PROBE_ANSWER:
+            w.take("bool", 1)
     return w.fields
 
 
@@ -303,8 +354,29 @@ def announcement_fields(data: bytes) -> list[Field]:
     n = w.take("count", 1)
     for _ in range(min(n or 0, 16)):
         w.endpoint()
-    w.take("u64", 8)
+    w.take("ms", 8)
     w.take("u32", 4)
+    fields = w.fields
+    if len(data) >= SIGNATURE_LEN:
+        fields.append(Field(len(data) - SIGNATURE_LEN, SIGNATURE_LEN, "sig"))
+    return fields
+
+
+LOCATION_SIGNED = LOCATION_RECORD_LEN - SIGNATURE_LEN  # 78
+"""Bytes of a LOCATION record the signature covers (proto/location.py)."""
+LOCATION_HOME = slice(34, 66)
+"""Where a LOCATION record names its home relay (the signer)."""
+
+
+def location_fields(data: bytes) -> list[Field]:
+    """The fields of a signed LOCATION record (type 0x32), signature last."""
+    w = _Walker(data, 0, max(0, len(data) - SIGNATURE_LEN))
+    w.take("type", 1)
+    w.take("u8", 1)
+    w.take("key", KEY_LEN)  # the peer
+    w.take("key", KEY_LEN)  # its home relay
+    w.take("ms", 8)
+    w.take("u32", 4)  # ttl_s
     fields = w.fields
     if len(data) >= SIGNATURE_LEN:
         fields.append(Field(len(data) - SIGNATURE_LEN, SIGNATURE_LEN, "sig"))

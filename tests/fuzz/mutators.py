@@ -26,6 +26,8 @@ from tests.fuzz.layout import (
     COOKIE_END,
     DATA_BOUNDARIES,
     HEADER_LEN,
+    LOCATION_HOME,
+    LOCATION_SIGNED,
     ControlDraft,
     DataDraft,
     Draft,
@@ -34,14 +36,22 @@ from tests.fuzz.layout import (
     announcement_fields,
     body_fields,
     boundaries,
+    location_fields,
 )
 from wgrelay.keys import RelayIdentity
-from wgrelay.proto.constants import CONTROL_TYPES, MAX_CONTROL_SIZE, SERVER_TO_CLIENT, MsgType
+from wgrelay.proto.constants import (
+    CONTROL_TYPES,
+    MAX_CONTROL_SIZE,
+    SERVER_TO_CLIENT,
+    SIGNATURE_LEN,
+    MsgType,
+)
 from wgrelay.proto.data import MAX_DATA_FRAME
 from wgrelay.proto.envelope import FLAG_COOKIE, FLAG_FROM_SERVER
 
 CONTROL_TYPE_BYTES = sorted(int(t) for t in CONTROL_TYPES)
-OTHER_TYPE_BYTES = [0, 1, 2, 3, 4, 5, 0x10, 0x1F, 0x2E, 0x2F, 0x30, 0x31, 0x32, 0x7F, 0xFF]
+OTHER_TYPE_BYTES = [0, 1, 2, 3, 4, 5, 0x10, 0x1F, 0x2E, 0x2F, 0x30, 0x31, 0x32, 0x33, 0x3F]
+OTHER_TYPE_BYTES += [0x4A, 0x4F, 0x50, 0x7F, 0xFF]
 
 
 class Context(Protocol):
@@ -88,6 +98,25 @@ def field_value(rng: random.Random, ctx: Context, f: Field, buf: bytes) -> bytes
         v = rng.choice([0, 4, 6, 5, 46, 255])
     elif k == "port":
         v = rng.choice([0, 1, 51820, 65535])
+    elif k == "ms":
+        now = ctx.now_us() // 1000
+        v = rng.choice(
+            [
+                now,
+                now + 1,
+                old,
+                old + 1,
+                old - 1,
+                now + 121_000,  # past the clock skew allowed
+                now - 600_000,  # expired with a 600 s ttl
+                now - 120_001,
+                0,
+                2**64 - 1,
+                _u(rng, 8, old),
+            ]
+        )
+    elif k == "hash":
+        return rng.choice([bytes(f.size), b"\xff" * f.size, rng.randbytes(f.size)])
     elif k == "u64":
         now = ctx.now_us()
         v = rng.choice(
@@ -114,7 +143,7 @@ def field_value(rng: random.Random, ctx: Context, f: Field, buf: bytes) -> bytes
         return ctx.some_sid()
     elif k == "ip":
         return rng.choice([bytes(f.size), b"\xff" * f.size, rng.randbytes(f.size)])
-    else:  # ann, sig: flip a bit somewhere inside
+    else:  # ann, loc, sig: flip a bit somewhere inside
         b = bytearray(buf[f.off : f.off + f.size])
         if b:
             b[rng.randrange(len(b))] ^= 1 << rng.randrange(8)
@@ -179,6 +208,9 @@ class Mutator:
             elif isinstance(draft, RawDraft) and draft.data[:1] == b"\x30" and rng.random() < 0.6:
                 draft.data = self.announcement(draft.data)
                 names.append("announcement")
+            elif isinstance(draft, RawDraft) and draft.data[:1] == b"\x32" and rng.random() < 0.6:
+                draft.data = self.location(draft.data)
+                names.append("location")
             else:
                 wire_rounds += 1
         data = draft.build()
@@ -196,11 +228,17 @@ class Mutator:
             return
         f = self.rng.choice(fields)
         if f.kind == "ann" and self.rng.random() < 0.8:
-            # an announcement inside a response: mutated along its own layout
-            # (and signed again), its u16 length kept true so the body parses
+            # an announcement inside a response or gossip: mutated along its
+            # own layout (and signed again), its u16 length kept true so the
+            # body parses
             ann = self.announcement(d.body[f.off : f.off + f.size])
             head = d.body[: f.off - 2] + len(ann).to_bytes(2, "big")
             d.body = head + ann + d.body[f.off + f.size :]
+            return
+        if f.kind == "loc" and self.rng.random() < 0.8:
+            # a location record (fixed size: a changed one shifts what follows)
+            rec = self.location(d.body[f.off : f.off + f.size])
+            d.body = d.body[: f.off] + rec + d.body[f.off + f.size :]
             return
         value = field_value(self.rng, self.ctx, f, d.body)
         d.body = d.body[: f.off] + value + d.body[f.off + f.size :]
@@ -341,6 +379,28 @@ class Mutator:
             signer = self.ctx.signer(data[2:34])
             if signer is not None:
                 data = data[:-64] + signer.sign(data[:-64])
+        return data
+
+    def location(self, data: bytes) -> bytes:
+        """A LOCATION record mutated along its layout; mostly signed again by
+        the home relay it names (if we hold that key), so the holder's
+        checks after the signature see the change."""
+        rng = self.rng
+        fields = location_fields(data)
+        if not fields:
+            return data
+        r = rng.random()
+        if r < 0.1:
+            return data[: rng.choice([*boundaries(fields, len(data)), 1])]
+        if r < 0.15:
+            return data + rng.randbytes(rng.choice([1, 16]))
+        f = rng.choice(fields)
+        data = data[: f.off] + field_value(rng, self.ctx, f, data) + data[f.off + f.size :]
+        if rng.random() < 0.8 and len(data) > LOCATION_SIGNED:
+            signer = self.ctx.signer(data[LOCATION_HOME])
+            if signer is not None:
+                body = data[:LOCATION_SIGNED]
+                data = body + signer.sign(body) + data[LOCATION_SIGNED + SIGNATURE_LEN :]
         return data
 
     # ------------------------------------------------------------ after sealing

@@ -11,20 +11,24 @@ from __future__ import annotations
 import pytest
 
 from tests.fuzz.fuzzer import PRESETS
-from tests.fuzz.layout import ControlDraft
+from tests.fuzz.layout import ControlDraft, open_draft
 from tests.fuzz.world import ADDRESS_POOL, World
 from wgrelay.client.link import LinkState
 from wgrelay.keys import PublicKey
 from wgrelay.proto.constants import QUERY_FLAG_WANT_RELAYS, SERVER_TO_CLIENT, ErrorCode, MsgType
 from wgrelay.proto.envelope import FLAG_FROM_SERVER, MAX_CLOCK_SKEW_S
 from wgrelay.proto.federation import ProbeRequest
+from wgrelay.proto.location import encode_location
 from wgrelay.proto.messages import (
     Body,
     DiscoveryQuery,
+    DiscoveryResponse,
     Error,
+    PeerLocation,
     Ping,
     SessionAnswer,
     SessionOffer,
+    decode_body,
     encode_body,
 )
 from wgrelay.relay.admission import Addr
@@ -141,6 +145,41 @@ def test_a_deferred_answer_to_an_unproven_address_counts_no_drop(case: str) -> N
     ]
     delta = {k: v - before.get(k, 0) for k, v in drops.items() if v != before.get(k, 0)}
     assert delta == {}, f"{delta} counted by a timer; {len(late)} cookie(s) to {src}"
+
+
+@pytest.mark.xfail(strict=True, reason="KeyError in Federation._on_locate_answer")
+def test_a_locate_answer_with_another_peers_record_is_no_internal_error() -> None:
+    """Found by the fuzzer after relays began to talk (2f29b25).
+
+    p0 asks its relay where s0 is; the relay does not know and asks s0's
+    holders (r1 and r2, DISCOVERY_QUERY with locate). r1 answers with a
+    location and a valid LOCATION record, signed by r1 (a relay the relay
+    knows), but for another peer, s1. ``_on_locate_answer`` holds the record
+    (``_hold`` files it under s1) and then reads ``self._records[s0]``:
+    ``KeyError``, counted as ``internal_error``; p0 gets its answer only when
+    the lookup times out, and the relay now holds a record for s1 it never
+    asked about. The record's peer must be the one asked for (or the answer
+    dropped)."""
+    w = world()
+    s0, s1 = (PublicKey(w.by_name[n].public) for n in ("s0", "s1"))
+    query = from_peer(w, "p0", DiscoveryQuery(5, 0, 0, locate=s0))
+    w.relay.receive(query, w.peer["p0"].addr, w.now)
+    r1 = w.relays[0]
+    asked = None
+    for d, dst in w.relay.datagrams_to_send():
+        draft = open_draft(d, {w.identity.x25519_public: r1.answers.rx})
+        if dst == r1.addr and isinstance(draft, ControlDraft):
+            asked = decode_body(MsgType(draft.msg_type), draft.body)
+    assert isinstance(asked, DiscoveryQuery)
+    assert asked.locate == s0
+    record = encode_location(s1, int(w.wall() * 1000), 120, r1.identity)
+    where = PeerLocation(r1.identity.public, ("192.0.2.2", 51820))
+    answer = ControlDraft(
+        int(MsgType.DISCOVERY_RESPONSE), FLAG_FROM_SERVER, r1.party.public, bytes(24), None,
+        w.wall_us() + 1000, encode_body(DiscoveryResponse(asked.query_id, (), where, record)),
+        r1.answers.tx,
+    ).build()  # fmt: skip
+    assert drops_for(w, answer, r1.addr) == {}
 
 
 # ---------------------------------------------------------------- client

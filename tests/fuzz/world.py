@@ -32,7 +32,7 @@ from functools import partial
 
 import nacl.bindings as sodium
 
-from tests.fuzz.oracle import Finding, LinkOracle, RelayOracle
+from tests.fuzz.oracle import Finding, LinkOracle, RelayOracle, host_port
 from wgrelay.client.link import LinkConfig, LinkState, RelayLink
 from wgrelay.errors import RemoteProtocolError
 from wgrelay.keys import PrivateKey, PublicKey, RelayIdentity, clamp
@@ -230,10 +230,6 @@ class OtherRelay:
     inbox: list[tuple[bytes, Addr]] = field(default_factory=list)
 
 
-def host_port(addr: Addr) -> tuple[str, int]:
-    return (str(addr[0]), int(addr[1]))
-
-
 class World:
     def __init__(
         self,
@@ -287,6 +283,7 @@ class World:
                 OtherRelay(name, ident, addr, core, party, answer_keys(name, self.identity))
             )
         self.relay_at = {host_port(r.addr): r for r in self.relays}
+        self.relay_named = {r.name: r for r in self.relays}
         self.peers: list[Peer] = []
         self.retired: list[LinkOracle] = []
         self._links_made = 0
@@ -297,6 +294,9 @@ class World:
         self.holdback = 0.0
         """Chance that an honest datagram is held back, to arrive later (reordered)."""
         self.held: list[tuple[bytes, Addr]] = []
+        self.relay_loss = 0.0
+        """Chance that a datagram to r1 or r2 is lost (so probes time out, and
+        the fuzzer's answers find lookups and probes still waiting)."""
         self.frames: Counter[str] = Counter()
         """Data frames the relay delivered, per peer."""
         self.taps: list[Callable[[bytes, Addr], None]] = []
@@ -365,7 +365,8 @@ class World:
                 tap(d, dst)
             other = self.relay_at.get(host_port(dst))
             if other is not None:
-                other.inbox.append((d, OWN_ADDRESSES[0]))
+                if not (self.relay_loss and self.rng.random() < self.relay_loss):
+                    other.inbox.append((d, OWN_ADDRESSES[0]))
                 continue
             p = self.by_addr.get(dst)
             if p is None:
