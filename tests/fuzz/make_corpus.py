@@ -38,17 +38,23 @@ from tests.fuzz.world import (
     ADDRESS_POOL,
     OWN_ADDRESSES,
     RELAY_SEED,
+    RELAYS,
+    UNKNOWN_RELAY,
     WALL0,
     WORLD_SEED,
     Party,
     all_parties,
+    answer_keys,
     derive,
+    relay_identity,
 )
 from wgrelay.keys import PublicKey, RelayIdentity
 from wgrelay.proto.announce import RelayNodeInfo, encode_announcement
 from wgrelay.proto.constants import (
+    DIGEST_BUCKETS,
     MAX_DETAIL_LEN,
     MAX_REGION_LEN,
+    PROTOCOL_VERSION,
     QUERY_FLAG_WANT_RELAYS,
     REGISTER_FLAG_ACCEPT_INCOMING,
     SERVER_TO_CLIENT,
@@ -61,6 +67,18 @@ from wgrelay.proto.constants import (
 from wgrelay.proto.cookie import cookie_mac, encode_cookie_reply
 from wgrelay.proto.data import encode_data
 from wgrelay.proto.envelope import FLAG_COOKIE, FLAG_FROM_SERVER
+from wgrelay.proto.federation import (
+    Digest,
+    DigestReply,
+    Gossip,
+    GossipAck,
+    LocationAck,
+    LocationStore,
+    ProbeAnswer,
+    ProbeRequest,
+    Pull,
+    PullReply,
+)
 from wgrelay.proto.messages import (
     Body,
     ConnectionRequest,
@@ -85,6 +103,8 @@ from wgrelay.relay.admission import Addr
 CORPUS_COOKIE_SECRET = derive("corpus cookie secret")
 TS0 = int(WALL0 * 1_000_000) + 1_000
 """The seeds' timestamps: a millisecond after the world's start, one microsecond apart."""
+MS0 = int(WALL0 * 1000)
+"""When the seeds' announcements and location records are signed (Unix ms)."""
 SID_A = bytes.fromhex("5e55104a00000001")
 SID_B = bytes.fromhex("5e55104b00000002")
 EPOCH = 0x0123456789ABCDEF
@@ -127,16 +147,91 @@ class _Sealer:
         ).build()
 
 
-def _announcement(ident: RelayIdentity) -> bytes:
+def _announcement(
+    ident: RelayIdentity,
+    endpoints: tuple[Addr, ...] = OWN_ADDRESSES,
+    issued_ms: int = MS0,
+    ttl_s: int = 600,
+) -> bytes:
     info = RelayNodeInfo(
         key=ident.public,
-        endpoints=tuple((str(a[0]), int(a[1])) for a in OWN_ADDRESSES),
+        endpoints=tuple((str(a[0]), int(a[1])) for a in endpoints),
         region="fuzz",
-        capabilities=0x09,
+        capabilities=0x09 if ttl_s == 600 else 0x1F,
         load_pct=3,
         max_sessions=100,
     )
-    return encode_announcement(info, int(WALL0 * 1000), 600, ident)
+    return encode_announcement(info, issued_ms, ttl_s, ident)
+
+
+def _record(peer: bytes, home: RelayIdentity, issued_ms: int = MS0, ttl_s: int = 120) -> bytes:
+    """A LOCATION record, by hand (so a ttl out of range can be signed too)."""
+    signed = bytes((MsgType.LOCATION, PROTOCOL_VERSION)) + peer + home.public.raw
+    signed += issued_ms.to_bytes(8, "big") + ttl_s.to_bytes(4, "big")
+    return signed + home.sign(signed)
+
+
+def _records(peer: bytes, known: RelayIdentity) -> list[tuple[str, bytes]]:
+    """One LOCATION record of each kind a holder must tell apart."""
+    good = _record(peer, known)
+    return [
+        ("valid", good),
+        ("forged", good[:-1] + bytes((good[-1] ^ 1,))),
+        ("future", _record(peer, known, MS0 + 300_000)),
+        ("expired", _record(peer, known, MS0 - 700_000, 600)),
+        ("unknown_home", _record(peer, relay_identity("z"))),
+        ("ttl_zero", _record(peer, known, MS0, 0)),
+        ("ttl_too_long", _record(peer, known, MS0, 601)),
+    ]
+
+
+def _federation_requests(
+    own: RelayIdentity, r1: RelayIdentity, r2: RelayIdentity, rb: RelayIdentity, peer: bytes
+) -> list[tuple[str, Body]]:
+    """What one relay asks another, one of each (and a few of the variants)."""
+    anns = (_announcement(r1, (RELAYS[0][1],), MS0 + 1), _announcement(r2, (RELAYS[1][1],)))
+    return [
+        ("gossip", Gossip(anns, ((r2.public, MS0),))),
+        ("gossip_empty", Gossip()),
+        ("gossip_dead_notices", Gossip((), ((r2.public, MS0 + 5), (rb.public, MS0)))),
+        ("gossip_expired", Gossip((_announcement(rb, (UNKNOWN_RELAY[1],), MS0 - 900_000),))),
+        (
+            "gossip_future_self_garbage",
+            Gossip(
+                (
+                    _announcement(r2, (RELAYS[1][1],), MS0 + 300_000),
+                    _announcement(own),
+                    bytes((MsgType.ANNOUNCEMENT, PROTOCOL_VERSION)) + bytes(40),
+                )
+            ),
+        ),
+        ("digest", Digest(tuple((i, bytes([i]) * 8) for i in range(DIGEST_BUCKETS)))),
+        ("pull", Pull((r1.public, r2.public, rb.public))),
+        ("location_store", LocationStore(tuple(rec for _, rec in _records(peer, r1)))),
+        ("probe_request", ProbeRequest(r2.public, 0x0102030405060708)),
+        ("probe_request_self", ProbeRequest(r1.public, 9)),
+        ("ping", Ping(0x5EED)),
+        ("discovery_query_locate", DiscoveryQuery(11, 0, 0, locate=PublicKey(peer), page=0)),
+    ]
+
+
+def _federation_answers(
+    r1: RelayIdentity, r2: RelayIdentity, peer: bytes
+) -> list[tuple[str, Body]]:
+    """What a relay answers another (FROM_SERVER), one of each."""
+    where = PeerLocation(r1.public, ("192.0.2.2", 51820))
+    return [
+        ("gossip_ack", GossipAck(1)),
+        ("digest_reply", DigestReply(((r2.public, MS0 + 10), (r1.public, MS0)), 0x8001, False)),
+        ("digest_reply_more", DigestReply(((r1.public, MS0),), 0xFFFF, True)),
+        ("pull_reply", PullReply((_announcement(r2, (RELAYS[1][1],), MS0 + 2),))),
+        ("location_ack", LocationAck(1)),
+        ("probe_answer", ProbeAnswer(r2.public, 0x0102030405060708, True)),
+        ("pong", Pong(0x5EED, 0)),
+        ("discovery_response_record", DiscoveryResponse(11, (), where, _record(peer, r1))),
+        ("discovery_response_more", DiscoveryResponse(11, (), None, None, True)),
+        ("error", Error(ErrorCode.REPLAYED, int(MsgType.GOSSIP), "", TS0)),
+    ]
 
 
 def _relay_bodies(p1: bytes) -> list[tuple[str, Body]]:
@@ -148,11 +243,13 @@ def _relay_bodies(p1: bytes) -> list[tuple[str, Body]]:
         ("session_answer", SessionAnswer(SID_A, True)),
         ("session_close", SessionClose(SID_A, CloseReason.NORMAL)),
         ("ping", Ping(0x1122334455667788)),
-        ("discovery_query", DiscoveryQuery(9, QUERY_FLAG_WANT_RELAYS, 6, 0, "fuzz", target)),
+        ("discovery_query", DiscoveryQuery(9, QUERY_FLAG_WANT_RELAYS, 6, 0, "fuzz", target, 1)),
     ]
 
 
-def _client_bodies(home: Addr, p2: bytes, ann: bytes, relay_pub: bytes) -> list[tuple[str, Body]]:
+def _client_bodies(
+    home: Addr, p2: bytes, ann: bytes, relay_pub: bytes, record: bytes
+) -> list[tuple[str, Body]]:
     observed = (str(home[0]), int(home[1]))
     bodies: list[tuple[str, Body]] = [
         ("registered", Registered(30, 5, EPOCH, observed)),
@@ -168,6 +265,16 @@ def _client_bodies(home: Addr, p2: bytes, ann: bytes, relay_pub: bytes) -> list[
             DiscoveryResponse(9, (ann,), PeerLocation(PublicKey(relay_pub), ("192.0.2.1", 51820))),
         ),
         ("discovery_response_empty", DiscoveryResponse(9)),
+        (
+            "discovery_response_record",
+            DiscoveryResponse(
+                9,
+                (ann,),
+                PeerLocation(PublicKey(relay_pub), ("192.0.2.1", 51820)),
+                record,
+                more=True,
+            ),
+        ),
     ]
     bodies += [
         (f"connection_response_{s.name.lower()}", ConnectionResponse(42, s, SID_A, 180, 1000))
@@ -228,7 +335,8 @@ def entries() -> list[Entry]:
     # server-to-client bodies sent to the relay: right flag with the peer's keys, and wrong flag
     ann = _announcement(ident)
     one_of_each: dict[MsgType, tuple[str, Body]] = {}
-    for name, body in _client_bodies(p0.home, parties["p2"].public, ann, ident.public.raw):
+    record = _record(parties["p1"].public, ident)
+    for name, body in _client_bodies(p0.home, parties["p2"].public, ann, ident.public.raw, record):
         one_of_each.setdefault(body.TYPE, (name, body))
     for name, body in one_of_each.values():
         to_relay(
@@ -236,13 +344,63 @@ def entries() -> list[Entry]:
         )
         data = s.seal(body, p0.public, key(p0), flags=0)
         to_relay(f"s2c-{name}-wrong-direction", f"control/{name}/wrong-direction", data, p0.home)
-    edge_query = DiscoveryQuery(0xFFFFFFFF, 0xFD, 255, 0xFFFFFFFF, "r" * MAX_REGION_LEN, None)
+    edge_query = DiscoveryQuery(
+        0xFFFFFFFF, 0xFD, 255, 0xFFFFFFFF, "r" * MAX_REGION_LEN, None, 0xFFFF
+    )
     to_relay(
         "discovery_query-edges",
         "control/discovery_query/edges",
         s.seal(edge_query, p0.public, key(p0)),
         p0.home,
     )
+    # the federation: what r1 and r2 (relays the fuzzed relay knows) ask it,
+    # from their announced address, without and with a cookie; the same from
+    # rb (a relay it does not know: its GOSSIP of its own announcement
+    # introduces it) and from p0 (no relay at all)
+    r1, r2, rb = (relay_identity(n) for n in ("r1", "r2", "rb"))
+    pr1, prb = parties["r1"], parties["rb"]
+    requests = _federation_requests(ident, r1, r2, rb, p1.public)
+    r1_home = (str(pr1.home[0]), int(pr1.home[1]))
+    for name, body in requests:
+        to_relay(f"{name}-r1", f"relay/{name}/known", s.seal(body, pr1.public, key(pr1)), pr1.home)
+        cookie = cookie_mac(CORPUS_COOKIE_SECRET, pr1.public, r1_home)
+        data = s.seal(body, pr1.public, key(pr1), cookie=cookie)
+        to_relay(f"{name}-r1-cookie", f"relay/{name}/known-cookie", data, pr1.home)
+    for name, body in requests[5:9]:
+        data = s.seal(body, prb.public, key(prb))
+        to_relay(f"{name}-rb", f"relay/{name}/unknown-relay", data, prb.home)
+        data = s.seal(body, p0.public, key(p0))
+        to_relay(f"{name}-p0", f"relay/{name}/not-a-relay", data, p0.home)
+    introduce = Gossip((_announcement(rb, (UNKNOWN_RELAY[1],)),))
+    to_relay(
+        "gossip-rb-introduces",
+        "relay/gossip/introduces",
+        s.seal(introduce, prb.public, key(prb)),
+        prb.home,
+    )
+    # answers to the fuzzed relay's own channels (FROM_SERVER, r1's side of them)
+    from_r1 = answer_keys("r1", ident).tx
+    for name, body in _federation_answers(r1, r2, p1.public):
+        data = s.seal(body, pr1.public, from_r1, flags=FLAG_FROM_SERVER)
+        to_relay(f"answer-{name}-r1", f"answer/{name}", data, pr1.home)
+    data = s.seal(GossipAck(0), prb.public, answer_keys("rb", ident).tx, flags=FLAG_FROM_SERVER)
+    to_relay("answer-gossip_ack-rb", "answer/gossip_ack/no-channel", data, prb.home)
+    # locates and pages, from peers and from a relay
+    s0_key = PublicKey(s0.public)
+    queries = [
+        ("p0", "page2", DiscoveryQuery(21, QUERY_FLAG_WANT_RELAYS, 1, page=2)),
+        ("p0", "last_page", DiscoveryQuery(22, QUERY_FLAG_WANT_RELAYS, 2, page=0xFFFF)),
+        ("p0", "locate_registered", DiscoveryQuery(23, 0, 0, locate=PublicKey(p1.public))),
+        ("p0", "locate_unknown", DiscoveryQuery(24, QUERY_FLAG_WANT_RELAYS, 6, locate=s0_key)),
+        ("s0", "locate_unknown", DiscoveryQuery(25, 0, 0, locate=PublicKey(p0.public))),
+        ("r1", "locate_unknown", DiscoveryQuery(26, QUERY_FLAG_WANT_RELAYS, 6, locate=s0_key)),
+    ]
+    for who, name, query in queries:
+        p = parties[who]
+        data = s.seal(query, p.public, key(p))
+        to_relay(f"discovery_query-{name}-{who}", f"control/discovery_query/{name}", data, p.home)
+    for name, rec in _records(p1.public, r1):
+        to_relay(f"raw-location-{name}", f"raw/location/{name}", rec, ADDRESS_POOL[0])
     # data frames
     wg = bytes((4, 0, 0, 0))
     frames = {
@@ -281,7 +439,7 @@ def entries() -> list[Entry]:
     # the client side: what p0's relay sends it
     relay_pub = ident.x25519_public
     to_p0 = p0.from_relay
-    for name, body in _client_bodies(p0.home, parties["p2"].public, ann, ident.public.raw):
+    for name, body in _client_bodies(p0.home, parties["p2"].public, ann, ident.public.raw, record):
         out.append(
             ("client", f"{name}.hex", f"control/{name}", s.seal(body, relay_pub, to_p0), None)
         )
@@ -317,7 +475,18 @@ def entries() -> list[Entry]:
             None,
         )
     )
+    for name, body in [
+        *(
+            (n, b)
+            for n, b in _federation_requests(ident, r1, r2, rb, p1.public)
+            if n in ("gossip", "digest", "pull", "location_store", "probe_request")
+        ),
+        *_federation_answers(r1, r2, p1.public),
+    ]:
+        data = s.seal(body, relay_pub, to_p0, flags=FLAG_FROM_SERVER)
+        out.append(("client", f"r2r-{name}.hex", f"relay/{name}/to-peer", data, None))
     out.append(("client", "announcement.hex", "raw/announcement", ann, None))
+    out.append(("client", "location.hex", "raw/location", record, None))
     out.append(("client", "data-keepalive.hex", "raw/data", frames["keepalive"], None))
     return out
 

@@ -24,7 +24,7 @@ from tests.fuzz.fuzzer import PRESETS, Report, fuzz_client, fuzz_relay
 from tests.fuzz.layout import ControlDraft
 from tests.fuzz.udp import fuzz_udp
 from tests.fuzz.world import ADDRESS_POOL, World
-from wgrelay.proto.constants import RELAY_TO_RELAY, MsgType
+from wgrelay.proto.constants import MsgType
 from wgrelay.proto.envelope import ChannelKeys
 from wgrelay.proto.messages import Body, Ping, encode_body
 from wgrelay.relay.admission import Addr
@@ -40,6 +40,53 @@ RELAY_HANDLERS = {
     "PING",
     "DISCOVERY_QUERY",
 }
+FEDERATION_HANDLERS = {"GOSSIP", "DIGEST", "PULL", "LOCATION_STORE", "PROBE_REQUEST"}
+"""Relay-to-relay requests: their handler runs for any sender (and drops
+what a relay it does not know sends)."""
+FEDERATION_ANSWERS = {
+    f"answer:{name}"
+    for name in (
+        "Pong",
+        "GossipAck",
+        "DigestReply",
+        "PullReply",
+        "LocationAck",
+        "ProbeAnswer",
+        "DiscoveryResponse",
+        "Error",
+        "CookieReply",
+    )
+}
+"""What the federation took on the relay's own channels (and cookie replies it repeated for)."""
+FEDERATION_VERDICTS = {
+    "announcement_new",
+    "announcement_newer",
+    "announcement_known",
+    "announcement_self",
+    "announcement_future",
+    "announcement_expired",
+    "bad_announcement",
+    "bad_location",
+    "location_unknown_home",
+    "location_future",
+    "location_expired",
+    "location_not_newer",
+}
+"""What the relay's directory and location store made of what it was sent
+(the corpus has one of each: a preset that admits the corpus's relays reaches
+them all whatever the seed)."""
+FEDERATION_VERDICTS_TIGHT = {
+    "announcement_new",
+    "announcement_known",
+    "announcement_newer",
+    "announcement_self",
+    "bad_announcement",
+    "bad_location",
+    "location_not_newer",
+}
+"""Under "tight" a relay's keys fall out of the 6-entry key cache and it needs
+a cookie for each message: the corpus's requests are refused, the fuzzer's
+get through less often."""
 LINK_HANDLERS = {
     "Registered",
     "HeartbeatAck",
@@ -70,6 +117,7 @@ RELAY_REASONS = {
     "not_allowed",
     "unproven_address",
     "unexpected",
+    "channel_auth_failed",
 }
 RELAY_REASONS_LONG = {"bad_address", "stale_rebind"}
 PRESET_REASONS = {
@@ -91,6 +139,7 @@ LINK_REASONS = {
     "stale_timestamp",
     "wrong_sender",
     "unsolicited_cookie",
+    "unexpected",
 }
 
 
@@ -102,15 +151,14 @@ def assert_clean(report: Report) -> None:
     assert report.tally.inputs >= report.inputs
 
 
-FEDERATION_HANDLERS = frozenset(t.name for t in RELAY_TO_RELAY)
-
-
 def check_relay_reach(report: Report, preset: str, more: frozenset[str] = frozenset()) -> None:
-    """The fuzzer got everywhere it should: every handler, every drop reason."""
+    """The fuzzer got everywhere it should: every handler, every drop reason,
+    every answer the federation takes, every verdict on what it is sent."""
     t = report.tally
-    # (relay-to-relay types reach their handler too when the fuzzer picks
-    # them; only relays may use them, which the handler checks)
-    assert RELAY_HANDLERS <= set(t.handlers) <= RELAY_HANDLERS | FEDERATION_HANDLERS
+    assert set(t.handlers) == RELAY_HANDLERS | FEDERATION_HANDLERS | FEDERATION_ANSWERS
+    verdicts = FEDERATION_VERDICTS_TIGHT if preset == "tight" else FEDERATION_VERDICTS
+    missing = verdicts - set(report.federation)
+    assert not missing, f"the federation never saw: {missing}"
     assert t.forwarded > 0
     missing = (RELAY_REASONS | PRESET_REASONS[preset] | more) - set(t.reasons)
     assert not missing, f"never reached: {missing}"
