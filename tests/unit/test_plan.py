@@ -208,7 +208,8 @@ def test_the_home_relay_dying_fails_over_and_the_session_is_reported_lost() -> N
 def test_carrying_relays_are_measured_and_idle_ones_left() -> None:
     w = World()
     r1, r2 = w.relay(1, 0.010), w.relay(2, 0.010)
-    a = w.peer(1, [r1, r2], measure_interval_s=15.0, link_idle_s=60.0)
+    # (no standby: that one is kept on purpose, test_failover.py)
+    a = w.peer(1, [r1, r2], measure_interval_s=15.0, link_idle_s=60.0, standby=False)
     b = w.peer(2, [r1])
     for p in (a, b):
         p.start(w.now)

@@ -73,6 +73,7 @@ from wgrelay.proto.constants import (
     NONCE_LEN,
     QUERY_FLAG_WANT_RELAYS,
     REGISTER_FLAG_ACCEPT_INCOMING,
+    REGISTER_FLAG_STANDBY,
     CloseReason,
     ErrorCode,
     HeartbeatStatus,
@@ -131,6 +132,18 @@ class LinkConfig:
     default_heartbeat_s: float = 5.0
     lost_after_s: float = 9.0
     """Nothing authenticated heard from the relay for this long: the relay is lost."""
+    carrier_probe_s: float = 0.5
+    """A relay that carried our peers' traffic in the last ``carrier_window_s``
+    and has been silent this long is pinged..."""
+    carrier_probe_interval_s: float = 0.25
+    """...then at this interval (dense: a lossy path must not lose them all)..."""
+    carrier_lost_after_s: float = 2.0
+    """...and declared lost once silent this long with ``carrier_probes``
+    probes unanswered: failover in seconds where traffic flows, while an idle
+    link costs no more than its heartbeats. At 20 % loss each way, all of 6
+    probes are lost with probability 0.36^6 = 0.2 %."""
+    carrier_probes: int = 6
+    carrier_window_s: float = 10.0
     reregister_backoff_max_s: float = 8.0
     cookie_lifetime_s: float = 100.0
     accept_incoming: bool = True
@@ -191,6 +204,13 @@ class RelayLink:
         a lossy path drops."""
         self.rtt_s: float | None = None
         self.relay_load_pct: int | None = None
+        self.standby = False
+        """Registered for failover only (REGISTER_FLAG_STANDBY): the relay
+        accepts sessions for us but leads lookups to our home, not here."""
+        self._probe_at = float("inf")
+        self._probes = 0
+        """Carrier probes sent since the relay was last heard."""
+        self._probes_since = float("-inf")
         self._next_heartbeat = float("inf")
         self._hb_seq = 0
         self._register_backoff = config.retransmit_initial_s
@@ -235,6 +255,15 @@ class RelayLink:
         self.state = LinkState.REGISTERING
         self.last_heard = now
         self._register(now)
+
+    def set_standby(self, standby: bool, now: float) -> None:
+        """Become (or stop being) a standby registration; a registered link
+        tells the relay at once (promotion places our location record there)."""
+        if standby == self.standby:
+            return
+        self.standby = standby
+        if self.state == LinkState.REGISTERED:
+            self._register(now)
 
     def request_session(self, peer: PublicKey, now: float) -> int:
         """Ask the relay for a session to ``peer``; answered by an event."""
@@ -322,7 +351,48 @@ class RelayLink:
             t = min(t, req.next_send, req.deadline)
         if self.state in (LinkState.REGISTERED, LinkState.REGISTERING):
             t = min(t, self.alive_at() + self.config.lost_after_s)
+        return min(t, self._carrier_timer())
+
+    # ------------------------------------------------------------ carrier
+
+    def _carrying(self) -> bool:
+        """Our peers' traffic came through this relay lately: its death
+        must be noticed in seconds, not at the heartbeat's pace."""
+        return (
+            self.state == LinkState.REGISTERED
+            and bool(self.session_of)
+            and self.alive_at() - self.data_heard < self.config.carrier_window_s
+        )
+
+    def _carrier_timer(self) -> float:
+        if not self._carrying():
+            return float("inf")
+        if self._probes_since != self.alive_at():
+            # heard since the last probe: start over from that moment
+            return self.alive_at() + self.config.carrier_probe_s
+        t = self._probe_at
+        if self._probes >= self.config.carrier_probes:
+            t = min(t, self.alive_at() + self.config.carrier_lost_after_s)
         return t
+
+    def _carrier(self, now: float) -> None:
+        if not self._carrying():
+            return
+        alive = self.alive_at()
+        if self._probes_since != alive:
+            self._probes_since, self._probes = alive, 0
+            self._probe_at = alive + self.config.carrier_probe_s
+        if self._probes >= self.config.carrier_probes and (
+            now >= alive + self.config.carrier_lost_after_s
+        ):
+            self._lose(now, f"carried traffic, then silent for {now - alive:.1f} s")
+            return
+        if now >= self._probe_at:
+            # a bare ping, not a request: the answer only needs to arrive
+            # (receive() notes the relay alive); retransmits would be probes
+            self._probes += 1
+            self._probe_at = now + self.config.carrier_probe_interval_s
+            self._send(Ping(int.from_bytes(self._rng(8), "big")), now)
 
     # ------------------------------------------------------------ sending
 
@@ -369,6 +439,8 @@ class RelayLink:
 
     def _register(self, now: float) -> None:
         flags = REGISTER_FLAG_ACCEPT_INCOMING if self.config.accept_incoming else 0
+        if self.standby:
+            flags |= REGISTER_FLAG_STANDBY
         body = Register(flags=flags, keepalive_s=int(self.heartbeat_s))
         self._requests.pop((MsgType.REGISTER, 0), None)
         self._start(body, 0, now)
@@ -627,6 +699,7 @@ class RelayLink:
             now >= self.alive_at() + self.config.lost_after_s
         ):
             self._lose(now, f"nothing heard for {now - self.alive_at():.1f} s")
+        self._carrier(now)
         if now >= self._next_heartbeat and self.state == LinkState.REGISTERED:
             self._hb_seq = (self._hb_seq + 1) & 0xFFFFFFFF
             self._start(Heartbeat(self._hb_seq), self._hb_seq, now)

@@ -112,6 +112,8 @@ class PlanConfig:
     measure_interval_s: float = 15.0
     announcements_interval_s: float = 300.0
     link_idle_s: float = 60.0
+    standby: bool = True
+    """Keep a second relay registered, so losing the home costs one REGISTER."""
 
 
 # ---------------------------------------------------------------- internal state
@@ -184,6 +186,9 @@ class RelayPlanner:
         self._by_addr: dict[Endpoint, PublicKey] = {}
         self._bad_keys: set[PublicKey] = set()
         self.home: PublicKey | None = None
+        self.standby: PublicKey | None = None
+        """The next-best relay, registered too (REGISTER_FLAG_STANDBY) so
+        that losing the home costs one REGISTER, not a search."""
         self._homing: _Homing | None = None
         self._rehome_at = float("inf")
         self._rehome_failures = 0
@@ -241,6 +246,9 @@ class RelayPlanner:
             accept_offer=self._accept_peer,
             rng=self._rng,
         )
+        # only the home places a location record for us: other relays (the
+        # standby, a peer's home we reach it through) must not draw lookups
+        link.standby = key != self.home
         addr = (relay.endpoint[0], relay.endpoint[1])
         self._links[key] = _Link(link, addr, now)
         self._by_addr[addr] = key
@@ -316,6 +324,7 @@ class RelayPlanner:
         self._attempts.clear()
         self.route_relay.clear()
         self._homing = None
+        self.standby = None
         self._rehome_at = self._next_measure = self._next_announcements = float("inf")
 
     # ------------------------------------------------------------ outputs
@@ -436,10 +445,15 @@ class RelayPlanner:
         homing = self._homing
         if homing is not None and homing.trying == key:
             self._home_failed(key, why, now)
+        if key == self.standby:
+            self.standby = None
         if key == self.home and not self._closed:
-            log.warning("home relay %s down (%s); choosing another", key.short(), why)
-            self._set_home(None, now)
-            self._choose_home(now)
+            if not self._promote_standby(now):
+                log.warning("home relay %s down (%s); choosing another", key.short(), why)
+                self._set_home(None, now)
+                self._choose_home(now)
+        elif key != self.home and self.standby is None:
+            self._choose_standby(now)
         for attempt in list(self._attempts.values()):
             if attempt.current == key:
                 attempt.errors.append(f"{key.short()}: {why}")
@@ -497,12 +511,44 @@ class RelayPlanner:
                 self._homing = None
                 self._set_home(relay.key, now)
             else:
+                link.set_standby(False, now)
                 link.connect(now)
             return
         self._homing = None
         self._set_home(None, now)
         log.warning("no home relay reachable; retrying in %.0f s", self.config.rehome_retry_s)
         self._rehome_at = now + self._rehome_backoff()
+
+    def _promote_standby(self, now: float) -> bool:
+        """The home is down: the standby, already registered, takes over."""
+        key = self.standby
+        link = self.link(key) if key is not None else None
+        if key is None or link is None or link.state != LinkState.REGISTERED:
+            return False
+        log.warning(
+            "home relay %s down; standby %s takes over",
+            self.home.short() if self.home else "?",
+            key.short(),
+        )
+        self.standby = None
+        self._set_home(key, now)
+        return True
+
+    def _choose_standby(self, now: float) -> None:
+        """Register at the best relay that is not home, for failover."""
+        if self._closed or self.home is None or not self.config.standby:
+            return
+        for relay in self.available(now):
+            if relay.key == self.home:
+                continue
+            link = self._link(relay.key, now)
+            if link is None or link.state in (LinkState.LOST, LinkState.REJECTED):
+                continue
+            self.standby = relay.key
+            log.info("standby relay %s", relay.key.short())
+            link.connect(now)
+            self._touch(relay.key, now)
+            return
 
     def _rehome_backoff(self) -> float:
         """Exponential with jitter, so a mesh restarting at once does not
@@ -516,6 +562,9 @@ class RelayPlanner:
     def _home_failed(self, key: PublicKey, why: str, now: float) -> None:
         log.info("relay %s unusable as home: %s", key.short(), why)
         self.registry.record_failure(key)
+        link = self.link(key)
+        if link is not None:
+            link.set_standby(True, now)
         homing = self._homing
         if homing is not None:
             homing.trying = None
@@ -526,13 +575,22 @@ class RelayPlanner:
             self._rehome_failures = 0
         if key == self.home:
             return
+        old = self.link(self.home) if self.home is not None else None
+        if old is not None:
+            old.set_standby(True, now)  # our record is no longer placed there
         self.home = key
         if key is not None:
+            home = self.link(key)
+            if home is not None:
+                home.set_standby(False, now)  # the relay places our record now
             relay = self.registry.get(key)
             where = endpoint_str(relay.endpoint) if relay else "?"
             log.info("home relay %s at %s", key.short(), where)
             self._touch(key, now)
             self._ask_announcements(now)
+            if self.standby in (None, key):
+                self.standby = None
+                self._choose_standby(now)
             if self._next_measure == float("inf"):
                 self._next_measure = now + self.config.measure_interval_s
         self._events.append(HomeChanged(key))
@@ -632,7 +690,10 @@ class RelayPlanner:
             if key is not None and key not in out and self.registry.get(key) is not None:
                 out.append(key)
         out += [r.key for r in self.available(now) if r.key not in out]
-        return out
+        # a relay whose link was just lost (dead, or unreachable) is the last
+        # resort, not the first: the located relay may be the one that died
+        lost = [k for k in out if (lk := self._links.get(k)) and lk.link.state == LinkState.LOST]
+        return [k for k in out if k not in lost] + lost
 
     def _connect_next(self, attempt: _Attempt, now: float) -> None:
         if attempt.phase is _Phase.LOCATING:
@@ -696,7 +757,7 @@ class RelayPlanner:
         link = lk.link
         key = link.relay_key
         return not (
-            key == self.home
+            key in (self.home, self.standby)
             or link.session_of
             or link.wanted
             or (self._homing is not None and self._homing.trying == key)

@@ -167,6 +167,10 @@ class Capability(IntEnum):
 
 
 REGISTER_FLAG_ACCEPT_INCOMING = 0x01
+REGISTER_FLAG_STANDBY = 0x02
+"""A second registration, kept ready for failover: the relay accepts sessions
+for the peer but places no location record (its home's record stands); the
+same REGISTER without the bit promotes it (a fresh record is placed)."""
 QUERY_FLAG_WANT_RELAYS = 0x01
 QUERY_FLAG_LOCATE_PEER = 0x02
 RESPONSE_FLAG_LOCATED = 0x01

@@ -64,6 +64,7 @@ from wgrelay.proto.constants import (
     MIN_WIREGUARD_PACKET,
     QUERY_FLAG_WANT_RELAYS,
     REGISTER_FLAG_ACCEPT_INCOMING,
+    REGISTER_FLAG_STANDBY,
     RELAY_TO_RELAY,
     SESSION_ID_LEN,
     Capability,
@@ -362,12 +363,20 @@ class RelayCore:
                     self._evict(victim, now)
                 ks = self._admission.forget_key(inb.key) or inb.ks
                 reg = self.table.add(inb.key, inb.addr, ks, 0.0)
-                self.federation.peer_registered(PublicKey(inb.key), now)
+                reg.standby = True  # so the check below places its record
                 log.info(
                     "peer %s registered from %s", PublicKey(inb.key).short(), endpoint_str(inb.addr)
                 )
             else:
                 self._move(reg, inb.addr, now)
+        standby = bool(body.flags & REGISTER_FLAG_STANDBY)
+        if reg.standby and not standby:
+            # new here, or promoted from standby (its home died): our record
+            # is newer than the old home's, so lookups now lead here
+            self.federation.peer_registered(PublicKey(inb.key), now)
+        elif standby and not reg.standby:
+            self.federation.peer_gone(PublicKey(inb.key))
+        reg.standby = standby
         reg.accept_incoming = bool(body.flags & REGISTER_FLAG_ACCEPT_INCOMING)
         reg.expires = now + self.config.registration_ttl_s
         self._reply(
@@ -572,7 +581,13 @@ class RelayCore:
             self._reply(inb, DiscoveryResponse(body.query_id, anns, location, record, more))
 
         fed = self.federation
-        if peer.raw in self.table.regs or fed.directory.by_x25519(inb.key) is not None:
+        reg = self.table.regs.get(peer.raw)
+        if reg is not None and reg.accept_incoming:
+            # registered here (home or standby): the asker meets it here, no
+            # detour through the record holders, whatever their records say
+            answer(fed.own_location(peer))
+            return
+        if reg is not None or fed.directory.by_x25519(inb.key) is not None:
             # what we know ourselves; a relay asking is never sent on (no loops)
             answer(fed.local_location(peer, inb.now))
             return

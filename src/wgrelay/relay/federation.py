@@ -615,13 +615,24 @@ class Federation:
         lk.waiters.append(on_answer)
         return None
 
+    def is_home_of(self, peer: PublicKey) -> bool:
+        """Whether we place ``peer``'s location record (it registered here
+        as its home, not as a standby)."""
+        return peer in self._own_records
+
+    def own_location(self, peer: PublicKey) -> Located | None:
+        """Our signed record for a peer registered here as its home."""
+        raw = self._own_records.get(peer)
+        own = self.directory.own_announcement
+        if raw is None or own is None:
+            return None
+        return Located(self.key, own.info.endpoints[0], raw)
+
     def local_location(self, peer: PublicKey, now: float) -> Located | None:
         """From our own registrations' records or the records we hold."""
-        raw = self._own_records.get(peer)
-        if raw is not None:
-            own = self.directory.own_announcement
-            if own is not None:
-                return Located(self.key, own.info.endpoints[0], raw)
+        mine = self.own_location(peer)
+        if mine is not None:
+            return mine
         rec = self._records.get(peer)
         if rec is not None and rec.expires_ms() > self._wall_ms(now):
             m = self.directory.get(rec.home)

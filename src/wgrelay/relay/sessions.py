@@ -40,6 +40,8 @@ class Registration:
     ks: KeyState
     expires: float
     accept_incoming: bool = True
+    standby: bool = False
+    """Registered for failover only: no location record is placed for it."""
     sessions: dict[bytes, None] = field(default_factory=dict)
     """Every session it is part of, pending or established (a dict used as an
     ordered set: iteration order must not depend on hashing, or runs of the
