@@ -27,6 +27,7 @@ Every input is checked by the oracles (oracle.py); a run returns a ``Report``.
 
 from __future__ import annotations
 
+import hashlib
 import random
 import time
 from collections import Counter, deque
@@ -40,6 +41,7 @@ from tests.fuzz.mutators import Mutator
 from tests.fuzz.oracle import Finding, Tally, host_port, known_link_lockout
 from tests.fuzz.world import SESSIONS, WORLD_SEED, Peer, World
 from wgrelay.client.link import LinkState
+from wgrelay.discovery.directory import Liveness
 from wgrelay.keys import PublicKey
 from wgrelay.proto.data import data_header
 from wgrelay.proto.envelope import FLAG_COOKIE
@@ -112,6 +114,23 @@ class Report:
     lookups made of what they got)."""
     after: list[str] = field(default_factory=list)
     """What did not work after the fuzzing (the cores must still serve)."""
+
+    def fingerprint(self) -> str:
+        """What the run did, as a short hash (the same run must give the same
+        one in any process, whatever its PYTHONHASHSEED)."""
+        t = self.tally
+        what = [
+            sorted(t.reasons.items()),
+            sorted(t.handlers.items()),
+            sorted(t.known.items()),
+            sorted(self.mutations.items()),
+            sorted(self.kinds.items()),
+            sorted(self.federation.items()),
+            self.outcomes,
+            [str(f) for f in self.findings],
+            self.after,
+        ]
+        return hashlib.sha256(repr(what).encode()).hexdigest()[:16]
 
     @property
     def rate(self) -> float:
@@ -329,6 +348,23 @@ def after_relay(world: World) -> list[str]:
     else:
         problems += _frame_forwards(world, fa.party.name, fb.party.name, sid)
         problems += _frame_forwards(world, fb.party.name, fa.party.name, sid)
+    return problems + _federation_serves(world, [fa, fb])
+
+
+def _federation_serves(world: World, fresh: list[Peer]) -> list[str]:
+    """r1 and r2 are live members again, and hold the fresh peers' records."""
+    problems = []
+    fed = world.relay.federation
+    for r in world.relays:
+        m = fed.directory.get(r.identity.public)
+        if m is None or m.liveness is Liveness.DEAD:
+            problems.append(f"{r.name} is {m.liveness.value if m else 'unknown'} to the relay")
+        held = r.core.federation
+        problems += [
+            f"{r.name} holds no location record of {p.party.name}"
+            for p in fresh
+            if held.local_location(p.pub, world.now) is None
+        ]
     return problems
 
 
