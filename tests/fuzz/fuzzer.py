@@ -8,19 +8,25 @@ the relay one of: a freshly generated valid datagram, a corpus seed or an
 input that did something new in this run (both re-sealed at the current time
 with a fresh nonce and a valid cookie most of the time, so they stay
 meaningful), a replay of any earlier datagram, or an honest datagram that was
-held back (reordered) - each then mutated 0-3 times (mutators.py). Two
+held back (reordered) - each then mutated 0-3 times (mutators.py). A quarter
+of the fresh ones speak as other relays: requests from r1, r2 (known) and rb
+(not), and answers on the fuzzed relay's own channels to them. Two
 stretches of inputs in five come as floods, microseconds apart (control
 messages from few addresses and many new keys, or full-size frames), so rate
-limits, cookies under load and the bandwidth cap are taken too. Every 50
+limits, cookies under load and the bandwidth cap are taken too; every other
+stretch of two thousand, 30% of what the relay sends r1 and r2 is lost (so
+its probes time out and its lookups wait for the fuzzer's answers). Every 50
 inputs the honest peers put the registrations, sessions and the pending offer
 back. After the last input: four simulated minutes pass, honest links start
 over, and the relay must still register fresh peers (IPv4 and IPv6), open a
-session between them and forward frames on it and on an honest session.
+session between them and forward frames on it and on an honest session, and
+r1 and r2 must be live members again holding the fresh peers' records.
 
 ``fuzz_client`` does the same to p0's ``RelayLink``, as its relay: p0 keeps a
-ping, a query and session requests in flight so answers can match, its
-reactions go to the real relay, and afterwards the fuzzed link itself must
-register and carry a session again.
+ping, a query and session requests in flight so answers can match (half of
+them lost on the way, so the real relay's answer does not always come
+first), its reactions go to the real relay, and afterwards the fuzzed link
+itself must register and carry a session again.
 
 Every input is checked by the oracles (oracle.py); a run returns a ``Report``.
 """

@@ -1,9 +1,12 @@
 """What the structure-aware fuzzer found in src/, one minimal test each.
 
 Each failed when the fuzzer found it (committed as a strict xfail) and
-passes since its fix; they stay as regression tests. The fuzzer's oracle
-still recognises each precisely (oracle.py, ``known_*``) and counts any that
-comes back, so a regression shows in the fuzzing runs too.
+passes since its fix; they stay as regression tests. Those still marked
+``xfail(strict=True)`` are open: fixing one makes its test pass, and the
+strict mark then fails the suite until it is removed. The fuzzer's oracle
+recognises each precisely (oracle.py, ``known_*``) and counts any that
+comes (back) in ``known``, so the fuzzing runs stay green while it is open
+and a regression shows in them too.
 """
 
 from __future__ import annotations
