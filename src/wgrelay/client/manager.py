@@ -135,6 +135,10 @@ class RelayManager:
         return self.planner.home
 
     @property
+    def standby(self) -> PublicKey | None:
+        return self.planner.standby
+
+    @property
     def route_relay(self) -> dict[PublicKey, PublicKey]:
         return self.planner.route_relay
 

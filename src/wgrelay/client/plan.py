@@ -641,6 +641,8 @@ class RelayPlanner:
         learned = tuple(a.info.key for a in ev.announcements if self.registry.register_relay(a))
         if learned:
             self._events.append(RelaysLearned(learned))
+            if self.standby is None:
+                self._choose_standby(now)  # a home's first answer names the others
         if ev.asked_for is None and ev.more and key == self.home and ev.page < MAX_PAGES:
             self._ask_announcements(now, ev.page + 1)
         peer = ev.asked_for
@@ -740,6 +742,8 @@ class RelayPlanner:
 
     def _measure(self, now: float) -> None:
         self._next_measure = now + self.config.measure_interval_s
+        if self.standby is None:
+            self._choose_standby(now)  # the last one was lost, or none was known
         for key in dict.fromkeys(self.route_relay.values()):  # ordered, deduplicated
             link = self.link(key)
             if link is not None:

@@ -191,7 +191,7 @@ class Agent:
         elif isinstance(ev, RelayMeasured):
             self._record_measurement(ev)
         elif isinstance(ev, RelaysLearned):
-            self._registry_dirty = True  # saved at the next loop turn, in a thread
+            self._registry_dirty = True  # saved at the next loop turn
         elif isinstance(ev, HomeChanged) and ev.relay is not None:
             relay = self.registry.get(ev.relay)
             where = endpoint_str(relay.endpoint) if relay else "?"
@@ -303,6 +303,7 @@ class Agent:
                 }
             )
         home = self.registry.get(self.manager.home) if self.manager.home else None
+        standby = self.manager.standby
         doc = {
             "interface": self.iface,
             "backend": self.backend.name,
@@ -310,11 +311,12 @@ class Agent:
             "relay_enabled": self.core.relay_enabled,
             "home_relay": str(home.key) if home else None,
             "home_relay_endpoint": endpoint_str(home.endpoint) if home else None,
+            "standby_relay": str(standby) if standby else None,
             "peers": peers,
         }
         steady = json.dumps(
             [{k: v for k, v in p.items() if k not in _VOLATILE} for p in peers]
-            + [doc["home_relay"], doc["relay_enabled"]],
+            + [doc["home_relay"], doc["standby_relay"], doc["relay_enabled"]],
             sort_keys=True,
         )
         now = self._clock()
@@ -395,7 +397,7 @@ class Agent:
                     self._next_flush = now + self.opts.daemon.cache_flush_interval_s
                     self._flush_cache()
                 if self._registry_dirty:
-                    await self._save_registry()
+                    self._save_registry()
                 # one timer: the next poll, or earlier if a rule of the core
                 # falls due before it
                 d = self.opts.daemon
@@ -412,15 +414,16 @@ class Agent:
     def stop(self) -> None:
         self._stop.set()
 
-    async def _save_registry(self) -> None:
+    def _save_registry(self) -> None:
         """What the relays told us, on disk as it arrives: a crash loses
-        seconds of learning, not the run."""
+        seconds of learning, not the run. Inline, like the cache flush: one
+        small transaction, and the registry is only ever touched from the
+        loop's thread (SQLite connections are bound to theirs)."""
         self._registry_dirty = False
-        store = self.store
-        if store is None:
+        if self.store is None:
             return
         try:
-            await self.runtime.run_blocking(lambda: store.save(self.registry))
+            self.store.save(self.registry)
         except Exception as e:  # a full disk must not stop the data path
             log.warning("could not save the relay registry: %s", e)
 

@@ -10,6 +10,7 @@ setting, and returns one document; ``render_status`` makes the table.
     {"interfaces": [{
         "interface": str, "backend": str, "agent_running": bool, "pid": int | null,
         "relay_enabled": bool, "home_relay": str | null, "home_relay_endpoint": str | null,
+        "standby_relay": str | null,                  # registered too, for failover
         "updated": float | null,                      # Unix time of the agent's last write
         "peers": [{
             "public_key": str,
@@ -75,6 +76,7 @@ def collect_status(state_dir: Path, interface: str | None = None) -> dict[str, A
                 "relay_enabled": settings.relay_enabled_for(interface),
                 "home_relay": None,
                 "home_relay_endpoint": None,
+                "standby_relay": None,
                 "updated": None,
                 "peers": [],
             }
@@ -112,6 +114,8 @@ def render_status(doc: dict[str, Any]) -> str:
         relay = "enabled" if iface.get("relay_enabled") else "DISABLED (configure-relay)"
         home = iface.get("home_relay")
         home_txt = f"{home[:8]}.. at {iface.get('home_relay_endpoint')}" if home else "none"
+        if iface.get("standby_relay"):
+            home_txt += f" (standby {iface['standby_relay'][:8]}..)"
         lines.append(
             f"interface {iface['interface']}: agent {state}"
             + (f" ({iface['backend']} backend)" if iface.get("backend") else "")
