@@ -247,8 +247,10 @@ class RelayOracle:
         """While set, a cookie this check accepts counts as sent by the relay:
         for corpus inputs that carry a cookie from an earlier run of a relay
         with the same secret (the book only knows this run's cookies)."""
-        self.proven: set[tuple[bytes, HostPort]] = set()
-        """(key, address) pairs a handled message proved (a later answer may go there)."""
+        self.relay_addresses: dict[bytes, set[HostPort]] = {}
+        """Another relay's X25519 key -> every address it announced first."""
+        self.proven: dict[HostPort, set[bytes]] = {}
+        """Address -> keys a handled message proved it for (a late answer may go there)."""
         self.deferred: dict[tuple[bytes, HostPort], bytes] = {}
         """(echo, address) -> key of handled messages from unproven addresses
         (known_deferred_cookie: their late answer becomes a cookie)."""
@@ -271,7 +273,7 @@ class RelayOracle:
                 entered.append(_t)
                 where = host_port(inb.addr)
                 if inb.proven:
-                    proven.add((inb.key, where))
+                    proven.setdefault(where, set()).add(inb.key)
                 else:
                     if len(deferred) >= 4096:
                         del deferred[next(iter(deferred))]
@@ -293,9 +295,9 @@ class RelayOracle:
         receive_cookie = fed.receive_cookie
 
         def routed_as_client(data: bytes, now: float) -> bool:
-            r = as_client(data, now)
-            routed.append(r)
-            return r
+            routed.append(True)  # (stays so if the federation raises)
+            routed[-1] = as_client(data, now)
+            return routed[-1]
 
         def answer_taken(key: PublicKey, body: Any, now: float) -> None:
             answers.append(type(body).__name__)
@@ -336,7 +338,7 @@ class RelayOracle:
         before = dict(drops)
         control0 = stats.control_received
         regs0 = {k: r.addr for k, r in relay.table.regs.items()}
-        relays0 = self._relay_addresses()
+        self._note_relay_addresses()
         asked = dict(relay.federation._queries)
         if self.earlier_cookies is not None and len(data) >= 75 and data[2] & 1:
             seen = (bytes(data[59:75]), bytes(data[3:35]), host_port(src))
@@ -366,9 +368,9 @@ class RelayOracle:
             counted, known = {}, LOCATE_RECORD
         elif delta.get("internal_error"):
             self._find("no_internal_error", _reason_text(delta), data, src, now)
-        late = self._check_outputs(
-            data, src, now, out, regs0, regs1, relays0 | self._relay_addresses(), is_data
-        )
+        self._note_relay_addresses()
+        asks = not is_data and not routed
+        late = self._check_outputs(data, src, now, out, regs0, regs1, is_data, asks)
         if late:
             rest = known_deferred_cookie(delta, late)
             if rest is not None and not self.strict:
@@ -427,18 +429,21 @@ class RelayOracle:
         )
         return out
 
-    def _relay_addresses(self) -> dict[bytes, HostPort]:
-        """Where the relay sends what it asks another relay: X25519 key -> the
-        first endpoint of its announcement (or the bootstrap address)."""
+    def _note_relay_addresses(self) -> None:
+        """Where the relay may send what it asks another relay: the first
+        endpoint of each announcement of it the relay held (a channel keeps
+        the address it was opened with until its next use), or its bootstrap
+        address."""
         fed = self.relay.federation
-        out = {
-            m.x25519: host_port(m.announcement.info.endpoints[0]) for m in fed.directory.members()
-        }
+        seen = self.relay_addresses
+        for m in fed.directory.members():
+            if m.announcement.info.endpoints:
+                ep = host_port(m.announcement.info.endpoints[0])
+                seen.setdefault(m.x25519, set()).add(ep)
         for key, ep in fed._bootstrap.items():
             ch = fed._channels.get(key)
             if ch is not None:
-                out.setdefault(ch.peer_x25519, host_port(ep))
-        return out
+                seen.setdefault(ch.peer_x25519, set()).add(host_port(ep))
 
     def _check_outputs(
         self,
@@ -448,10 +453,12 @@ class RelayOracle:
         out: list[tuple[bytes, Addr]],
         regs0: dict[bytes, Addr],
         regs1: dict[bytes, Addr],
-        relays: dict[bytes, HostPort],
         is_data: bool,
+        asks: bool = False,
     ) -> int:
-        """Check what the relay sent; the number of late cookies (known_deferred_cookie)."""
+        """Check what the relay sent; the number of late cookies
+        (known_deferred_cookie). ``asks``: the input is a request the relay
+        may answer now (anything else it sends is a late answer)."""
         if not out:
             return 0
         sender = bytes(data[3:35]) if len(data) >= 35 else b""
@@ -489,7 +496,7 @@ class RelayOracle:
                 continue
             if hdr.sender.raw == self.relay.identity.x25519_public and not hdr.from_server:
                 # the relay as the client of a channel to another relay
-                if not self._to_announced_relay(d, hdr, to, relays):
+                if not self._to_announced_relay(d, hdr, to):
                     self._find("asks_relays_where_announced", f"{d.hex()} to {dst}", data, src, now)
                 continue
             recipient = self._recipient(d, hdr, to, sender if dst == src else None, regs0, regs1)
@@ -502,9 +509,10 @@ class RelayOracle:
                 continue
             if dst in (regs0.get(recipient), regs1.get(recipient)):
                 continue
-            if dst == src and recipient == sender and proven:
-                continue
-            if (recipient, to) in self.proven:
+            if dst == src and recipient == sender and asks:
+                if proven:  # the answer to this request: its own proof
+                    continue
+            elif recipient in self.proven.get(to, ()):
                 continue  # a late answer, to an address its key proved before
             self._find(
                 "unproven_gets_only_cookies",
@@ -517,12 +525,10 @@ class RelayOracle:
             self._find("no_amplification", f"{cookie_bytes} bytes of cookies", data, src, now)
         return late
 
-    def _to_announced_relay(
-        self, d: bytes, hdr: ControlHeader, to: HostPort, relays: dict[bytes, HostPort]
-    ) -> bool:
-        for x, where in relays.items():
+    def _to_announced_relay(self, d: bytes, hdr: ControlHeader, to: HostPort) -> bool:
+        for x, where in self.relay_addresses.items():
             keys = self.relay_keys.get(x)
-            if where != to or keys is None:
+            if to not in where or keys is None:
                 continue
             try:
                 open_control(d, hdr, keys)
@@ -545,7 +551,7 @@ class RelayOracle:
         candidates = [sender] if sender is not None else []
         candidates += [k for k, a in regs0.items() if host_port(a) == to]
         candidates += [k for k, a in regs1.items() if host_port(a) == to]
-        candidates += sorted(k for k, a in self.proven if a == to)
+        candidates += sorted(self.proven.get(to, ()))
         for k in candidates:
             keys = self.client_keys.get(k)
             if keys is None:
@@ -562,7 +568,7 @@ class RelayOracle:
     def tick(self, now: float) -> list[tuple[bytes, Addr]]:
         relay = self.relay
         regs0 = {k: r.addr for k, r in relay.table.regs.items()}
-        relays0 = self._relay_addresses()
+        self._note_relay_addresses()
         before = dict(relay.stats.drops)
         self.last_known = None
         try:
@@ -577,9 +583,7 @@ class RelayOracle:
         if delta.get("internal_error"):
             self._find("no_internal_error", "in housekeeping", b"", None, now)
         regs1 = {k: r.addr for k, r in relay.table.regs.items()}
-        late = self._check_outputs(
-            b"", None, now, out, regs0, regs1, relays0 | self._relay_addresses(), False
-        )
+        late = self._check_outputs(b"", None, now, out, regs0, regs1, False)
         rest = known_deferred_cookie(delta, late) if not self.strict else None
         if rest is not None:
             self.tally.known[DEFERRED] += 1

@@ -25,7 +25,8 @@ from tests.fuzz.layout import ControlDraft
 from tests.fuzz.udp import fuzz_udp
 from tests.fuzz.world import ADDRESS_POOL, World
 from wgrelay.proto.constants import MsgType
-from wgrelay.proto.envelope import ChannelKeys
+from wgrelay.proto.envelope import FLAG_FROM_SERVER, ChannelKeys
+from wgrelay.proto.federation import Gossip, GossipAck
 from wgrelay.proto.messages import Body, Ping, encode_body
 from wgrelay.relay.admission import Addr
 
@@ -282,6 +283,50 @@ def test_oracle_sees_an_internal_error() -> None:
     world.relay._handlers[MsgType.PING] = broken
     world.send(ping_from_p0(world), world.peer["p0"].addr)
     assert [f.rule for f in world.findings()] == ["no_internal_error"]
+
+
+def gossip_from_r1(world: World) -> bytes:
+    r1 = world.by_name["r1"]
+    return ControlDraft(
+        int(MsgType.GOSSIP), 0, r1.public, bytes(range(24)), None, world.wall_us() + 1000,
+        encode_body(Gossip()), r1.to_relay,
+    ).build()  # fmt: skip
+
+
+def test_oracle_sees_a_relay_answered_at_an_unproven_address() -> None:
+    """Known relays pass the access policy, never the cookie."""
+    world = World(PRESETS["deep"]).setup()
+    admission = world.relay._admission
+    reply = admission._reply
+
+    def answer_anyone(
+        body: Body, keys: ChannelKeys, sender: bytes, addr: Addr, now: float,
+        proven: bool, request_size: int, echo: bytes, count: bool = True,
+    ) -> None:  # fmt: skip
+        reply(body, keys, sender, addr, now, True, request_size, echo, count)
+
+    admission._reply = answer_anyone  # type: ignore[method-assign]
+    world.send(gossip_from_r1(world), world.relays[0].addr)
+    assert [f.rule for f in world.findings()] == ["unproven_gets_only_cookies"]
+
+
+def test_oracle_sees_a_request_to_an_address_no_relay_announced() -> None:
+    world = World(PRESETS["deep"]).setup()
+    world.relay.federation._addr_of = lambda key: ADDRESS_POOL[0]  # type: ignore[method-assign]
+    world.advance(1.5)  # a probe, gossip: all to the wrong address
+    assert "asks_relays_where_announced" in {f.rule for f in world.findings()}
+
+
+def test_oracle_sees_a_routed_answer_nobody_counted() -> None:
+    world = World(PRESETS["deep"]).setup()
+    world.relay._drops = Counter()  # the core's own drops go nowhere
+    rb = world.by_name["rb"]  # the relay has no channel to rb: unexpected
+    answer = ControlDraft(
+        int(MsgType.GOSSIP_ACK), FLAG_FROM_SERVER, rb.public, bytes(24), None,
+        world.wall_us() + 1000, encode_body(GossipAck(0)), rb.to_relay,
+    ).build()  # fmt: skip
+    world.send(answer, rb.home)
+    assert [f.rule for f in world.findings()] == ["one_reason"]
 
 
 # ---------------------------------------------------------------- slow
