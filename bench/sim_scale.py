@@ -8,19 +8,19 @@ WireGuard and the network are simulated, with the trace off.
 Traffic pattern: every peer is a WireGuard peer of the peers at ring distance
 1, 7 and 31 (so six peers each, 3,000 pairs, not a full mesh of half a million);
 NATs cycle through no NAT, full cone, restricted cone, port-restricted cone and
-symmetric (twice), so pairs of the last two kinds need a relay. Every agent has
-every relay as a bootstrap relay: relays do not share announcements or peer
-locations yet, so a shorter list could leave two peers with no relay in common.
+symmetric (twice), so pairs of the last two kinds need a relay. Relays are 5 to
+45 ms away, listed in no particular order, with ``start-relay``'s limits. Every
+agent has every relay as a bootstrap relay: relays do not tell agents about
+each other yet, so a shorter list could leave two peers with no relay in common.
 
 Phases and figures:
 
 1. start everything; virtual time until every pair that needs a relay is
    relayed (and until every pair is connected at all);
-2. a steady window (20 s after connecting; pings every 5 s on 100 relayed
-   pairs): control messages per
-   relay per minute, homes per relay, relays each agent measured, sockets per
-   agent host;
-3. simulator throughput: queued packet steps ("events") per wall second;
+2. a steady window (from 20 s after connecting; pings every 5 s on 100
+   relayed pairs): control messages per relay per minute and by type, homes
+   per relay, relays each agent measured, registrations and sockets per agent;
+3. simulator throughput: queued packet steps ("events") per CPU and wall second;
 4. memory (tracemalloc, a separate run: one relay, many agents): what the relay
    core keeps per registration and per session, counting allocations made
    under ``wgrelay/relay/`` frames that are still alive.
@@ -107,9 +107,13 @@ def build(
     sim: Simulation, state: Path, n_peers: int, n_relays: int
 ) -> tuple[SimMesh, list[SimPeer], list[tuple[SimPeer, SimPeer]]]:
     mesh = SimMesh(sim, state, relay_config=RELAY_CONFIG)
+    # relays spread from 5 to 45 ms away, in no particular order (the bootstrap
+    # list an operator writes is not sorted by distance), with a little jitter
+    distance = list(range(n_relays))
+    sim.network.derive_rng("bench/relay-order").shuffle(distance)
     for i in range(n_relays):
-        # relays spread from 5 to 45 ms away, with a little jitter
-        mesh.add_relay(f"r{i}", link=LinkSpec(delay_s=0.005 + 0.040 * i / n_relays, jitter_s=0.002))
+        delay_s = 0.005 + 0.040 * distance[i] / n_relays
+        mesh.add_relay(f"r{i}", link=LinkSpec(delay_s=delay_s, jitter_s=0.002))
     peers = [
         mesh.add_peer(f"p{i}", behind=kind_of(i), link=LinkSpec(delay_s=0.005 + 0.001 * (i % 40)))
         for i in range(n_peers)
@@ -218,6 +222,12 @@ def scale_run(n_peers: int, n_relays: int, seed: int, window_s: float) -> dict[s
         }
         homes = Counter(p.home() for p in peers)
         out["relays_used_as_home"] = sum(1 for k in homes if k is not None)
+        by_distance = sorted(mesh.relays.values(), key=lambda r: r.host.link.delay_s)
+        out["nearest_10_relays_used_as_home"] = sum(1 for r in by_distance[:10] if homes[r.key])
+        busiest = homes.most_common(1)[0][0]
+        out["distance_rank_of_busiest_home"] = next(
+            (n for n, r in enumerate(by_distance) if r.key == busiest), -1
+        )
         out["most_peers_on_one_home"] = max(homes.values())
         carriers = Counter(a.relay_for(b) for a, b in need)
         out["relays_carrying_sessions"] = sum(1 for k in carriers if k is not None)
