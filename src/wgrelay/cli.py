@@ -155,6 +155,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         backend=args.backend,
         relays=[(ep, key) for ep, key in relays],
         config=config,
+        geoip_db=args.geoip_db,
     )
     return run_agent(opts)
 
@@ -554,6 +555,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=3.0,
         metavar="SECONDS",
         help="how long a direct handshake may take before relaying (default 3)",
+    )
+    sp.add_argument(
+        "--geoip-db",
+        type=Path,
+        metavar="FILE",
+        help="MaxMind-format City database: estimates the RTT to relays not yet measured",
     )
     sp = add("status", "show per-peer paths of running agents", cmd_status)
     sp.add_argument("interface", nargs="?", metavar="INTERFACE", help="only this interface")

@@ -2,8 +2,8 @@
 
 * a link that carried traffic and falls silent probes its relay densely and
   declares it lost after ``carrier_lost_after_s``, not ``lost_after_s``;
-* a registration with REGISTER_FLAG_STANDBY accepts sessions but places no
-  location record; the same REGISTER without it promotes it;
+* a registration's REGISTER flags say how the relay lists it: home, standby
+  (offered second by lookups) or unlisted (no record);
 * the planner keeps the next-best relay registered as its standby and makes
   it home, with one REGISTER, when the home dies.
 """
@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from tests.unit.test_plan import World
 from wgrelay.client.events import DiscoveryAnswered, HomeChanged, LinkLost, SessionEstablished
-from wgrelay.client.link import LinkState
+from wgrelay.client.link import LinkState, Role
 from wgrelay.proto.constants import MsgType
 from wgrelay.testkit import Client, CoreNet, registered
 
@@ -92,25 +92,26 @@ def test_carrier_probing_stops_once_the_traffic_is_long_gone() -> None:
     assert a.link.counters.sent - before <= 1
 
 
-def test_a_standby_registration_places_no_record_until_promoted() -> None:
+def test_a_registration_is_listed_by_its_role() -> None:
     net = CoreNet()
     a = net.client()
-    a.link.standby = True
+    a.link.role = Role.STANDBY
     registered(net, a)
-    fed = net.relay.federation
-    assert not fed.is_home_of(a.pub)
-    a.link.set_standby(False, net.clock.now)  # promoted: one REGISTER
+    book = net.relay.federation.locations
+    assert book.is_listed(a.pub)
+    assert not book.is_home_of(a.pub)  # a standby record, lookups offer it second
+    a.link.set_role(Role.HOME, net.clock.now)  # promoted: one REGISTER
     net.run()
-    assert fed.is_home_of(a.pub)
-    a.link.set_standby(True, net.clock.now)
+    assert book.is_home_of(a.pub)
+    a.link.set_role(Role.UNLISTED, net.clock.now)  # only here to reach someone
     net.run()
-    assert not fed.is_home_of(a.pub)
+    assert not book.is_listed(a.pub)
 
 
 def test_a_peer_registered_as_standby_is_located_here() -> None:
     net = CoreNet()
     a, b = net.client(), net.client()
-    b.link.standby = True
+    b.link.role = Role.STANDBY
     registered(net, a, b)
     a.link.query(net.clock.now, locate=b.pub, want_relays=False)
     net.run()

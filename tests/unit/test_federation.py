@@ -286,6 +286,6 @@ def test_location_records_that_do_not_check_out_are_refused(case: str, counter: 
     if case == "forged":
         raw = raw[:10] + bytes([raw[10] ^ 1]) + raw[11:]
     if case == "replayed":
-        assert holder.federation._hold(raw, w.now)
-    assert not holder.federation._hold(raw, w.now)
+        assert holder.federation.locations.hold(raw, w.now)
+    assert not holder.federation.locations.hold(raw, w.now)
     assert holder.federation.counters[counter] == 1

@@ -68,6 +68,16 @@ class PingTimedOut:
 
 
 @dataclass(frozen=True, slots=True)
+class Place:
+    """A relay where a located peer accepts sessions, as its signed record says."""
+
+    location: PeerLocation
+    peer_rtt_ms: int | None
+    """The peer's RTT to that relay (None: not reported, or unsigned)."""
+    standby: bool
+
+
+@dataclass(frozen=True, slots=True)
 class DiscoveryAnswered:
     query_id: int
     located: PeerLocation | None
@@ -76,6 +86,9 @@ class DiscoveryAnswered:
     more: bool = False
     """The relay knows more relays than this page held (ask for the next)."""
     page: int = 0
+    places: tuple[Place, ...] = ()
+    """Every place the peer accepts sessions, its home first (``located``
+    is the first one's location)."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -59,6 +59,7 @@ from wgrelay.client.events import (
     LinkRegistered,
     LinkRejected,
     PingTimedOut,
+    Place,
     QueryFailed,
     RttMeasured,
     SessionEnded,
@@ -74,6 +75,8 @@ from wgrelay.proto.constants import (
     QUERY_FLAG_WANT_RELAYS,
     REGISTER_FLAG_ACCEPT_INCOMING,
     REGISTER_FLAG_STANDBY,
+    REGISTER_FLAG_UNLISTED,
+    RTT_UNKNOWN,
     CloseReason,
     ErrorCode,
     HeartbeatStatus,
@@ -91,6 +94,7 @@ from wgrelay.proto.envelope import (
     parse_control_header,
     seal_control,
 )
+from wgrelay.proto.location import decode_location
 from wgrelay.proto.messages import (
     Body,
     ConnectionRequest,
@@ -114,6 +118,24 @@ log = logging.getLogger(__name__)
 MAX_CLOCK_CORRECTION_S = 366 * 86400.0
 """A relay that says our clock is off by more than a year is wrong (or
 hostile): its figure is not followed."""
+
+
+class Role(Enum):
+    """How the relay publishes our registration (REGISTER flags)."""
+
+    HOME = "home"
+    """Lookups lead here first."""
+    STANDBY = "standby"
+    """Ready for failover: lookups offer it after the home."""
+    UNLISTED = "unlisted"
+    """Registered only to reach a peer here: no record."""
+
+
+_ROLE_FLAGS = {
+    Role.HOME: 0,
+    Role.STANDBY: REGISTER_FLAG_STANDBY,
+    Role.UNLISTED: REGISTER_FLAG_UNLISTED,
+}
 
 
 class LinkState(Enum):
@@ -144,6 +166,11 @@ class LinkConfig:
     probes are lost with probability 0.36^6 = 0.2 %."""
     carrier_probes: int = 6
     carrier_window_s: float = 10.0
+    rejoin_window_s: float = 15.0
+    """After the relay forgot us (it restarted, or we lost it), a session we
+    re-request whose peer is not back yet is asked for again every
+    ``rejoin_retry_s`` for this long: the peer is re-registering too."""
+    rejoin_retry_s: float = 1.0
     reregister_backoff_max_s: float = 8.0
     cookie_lifetime_s: float = 100.0
     accept_incoming: bool = True
@@ -204,13 +231,14 @@ class RelayLink:
         a lossy path drops."""
         self.rtt_s: float | None = None
         self.relay_load_pct: int | None = None
-        self.standby = False
-        """Registered for failover only (REGISTER_FLAG_STANDBY): the relay
-        accepts sessions for us but leads lookups to our home, not here."""
+        self.role = Role.HOME
+        """How the relay lists us; the planner makes only its home HOME."""
         self._probe_at = float("inf")
         self._probes = 0
         """Carrier probes sent since the relay was last heard."""
         self._probes_since = float("-inf")
+        self._rejoin_until = float("-inf")
+        self._retry_at: dict[PublicKey, float] = {}
         self._next_heartbeat = float("inf")
         self._hb_seq = 0
         self._register_backoff = config.retransmit_initial_s
@@ -256,14 +284,25 @@ class RelayLink:
         self.last_heard = now
         self._register(now)
 
-    def set_standby(self, standby: bool, now: float) -> None:
-        """Become (or stop being) a standby registration; a registered link
-        tells the relay at once (promotion places our location record there)."""
-        if standby == self.standby:
+    def set_role(self, role: Role, now: float) -> None:
+        """Change how the relay lists us; a registered link tells it at once
+        (a standby promoted to home has its record re-signed as home)."""
+        if role == self.role:
             return
-        self.standby = standby
+        self.role = role
         if self.state == LinkState.REGISTERED:
             self._register(now)
+
+    def rtt_ms(self) -> int:
+        """Our smoothed RTT to the relay, for REGISTER and HEARTBEAT."""
+        if self.rtt_s is None:
+            return RTT_UNKNOWN
+        return min(round(self.rtt_s * 1000), RTT_UNKNOWN - 1)
+
+    def _rtt_sample(self, sample: float) -> None:
+        # smoothed like TCP's SRTT (RFC 6298): one slow answer does not move
+        # the path choice much
+        self.rtt_s = sample if self.rtt_s is None else 0.875 * self.rtt_s + 0.125 * sample
 
     def request_session(self, peer: PublicKey, now: float) -> int:
         """Ask the relay for a session to ``peer``; answered by an event."""
@@ -281,6 +320,7 @@ class RelayLink:
         """Close our session to ``peer``. NORMAL tells the other end we are done
         with the relay (we went direct); REPLACED that we want a new session."""
         self.wanted.discard(peer)
+        self._retry_at.pop(peer, None)
         for key in [
             k for k, r in self._requests.items()
             if r.peer == peer and k[0] == MsgType.CONNECTION_REQUEST
@@ -290,6 +330,11 @@ class RelayLink:
         if sid is not None:
             self.sessions.pop(sid, None)
             self._send(SessionClose(sid, reason), now)
+
+    def forget_wanted(self, peer: PublicKey) -> None:
+        """Stop asking for ``peer`` here (it is carried elsewhere now)."""
+        self.wanted.discard(peer)
+        self._retry_at.pop(peer, None)
 
     def ping(self, now: float) -> int:
         echo = int.from_bytes(self._rng(8), "big")
@@ -328,6 +373,7 @@ class RelayLink:
             self.close_session(peer, now)
         self._requests.clear()
         self.wanted.clear()
+        self._retry_at.clear()
         self.state = LinkState.IDLE
         self._next_heartbeat = float("inf")
 
@@ -351,7 +397,8 @@ class RelayLink:
             t = min(t, req.next_send, req.deadline)
         if self.state in (LinkState.REGISTERED, LinkState.REGISTERING):
             t = min(t, self.alive_at() + self.config.lost_after_s)
-        return min(t, self._carrier_timer())
+        t = min(t, self._carrier_timer(), *self._retry_at.values())
+        return t
 
     # ------------------------------------------------------------ carrier
 
@@ -439,9 +486,8 @@ class RelayLink:
 
     def _register(self, now: float) -> None:
         flags = REGISTER_FLAG_ACCEPT_INCOMING if self.config.accept_incoming else 0
-        if self.standby:
-            flags |= REGISTER_FLAG_STANDBY
-        body = Register(flags=flags, keepalive_s=int(self.heartbeat_s))
+        flags |= _ROLE_FLAGS[self.role]
+        body = Register(flags=flags, keepalive_s=int(self.heartbeat_s), rtt_ms=self.rtt_ms())
         self._requests.pop((MsgType.REGISTER, 0), None)
         self._start(body, 0, now)
 
@@ -505,6 +551,7 @@ class RelayLink:
         if self._finish(MsgType.REGISTER, 0) is None and self.state == LinkState.REGISTERED:
             return  # duplicate
         was_lost = self.state != LinkState.REGISTERED
+        rejoining = was_lost and self.epoch is not None  # registered here before
         self.state = LinkState.REGISTERED
         self.epoch = body.epoch
         self.observed = body.observed
@@ -512,14 +559,19 @@ class RelayLink:
         self._next_heartbeat = now + self.heartbeat_s
         self._register_backoff = self.config.retransmit_initial_s
         self._events.append(LinkRegistered(body.observed, body.heartbeat_s, body.epoch))
+        if rejoining:
+            self._rejoin_until = now + self.config.rejoin_window_s
         if was_lost:
             for peer in sorted(self.wanted, key=lambda k: k.raw):  # hash-free order
                 if peer not in self.session_of:
                     self.request_session(peer, now)
 
     def _on_heartbeat_ack(self, body: HeartbeatAck, now: float) -> None:
-        if self._finish(MsgType.HEARTBEAT, body.seq) is None:
+        req = self._finish(MsgType.HEARTBEAT, body.seq)
+        if req is None:
             return  # not an answer to a heartbeat in flight (a duplicate)
+        if req.interval == self.config.retransmit_initial_s:
+            self._rtt_sample(now - req.sent_at)  # never resent: unambiguous (Karn)
         if body.status == HeartbeatStatus.NOT_REGISTERED:
             self._forgotten(now, "relay no longer knows us (restarted?)")
         elif self.epoch is not None and body.epoch != self.epoch:
@@ -551,6 +603,8 @@ class RelayLink:
         peer = req.peer
         if body.status == Status.SUCCESS:
             self._bind(peer, body.session_id, incoming=False)
+        elif body.status == Status.TARGET_UNREACHABLE and now < self._rejoin_until:
+            self._retry_at[peer] = now + self.config.rejoin_retry_s  # it may be on its way
         else:
             self.wanted.discard(peer)
             self._events.append(SessionFailed(peer, body.status))
@@ -588,9 +642,10 @@ class RelayLink:
         req = self._finish(MsgType.PING, body.echo_id)
         if req is None:
             return
-        self.rtt_s = now - req.sent_at
+        sample = now - req.sent_at
+        self._rtt_sample(sample)
         self.relay_load_pct = body.load_pct
-        self._events.append(RttMeasured(self.rtt_s, body.load_pct))
+        self._events.append(RttMeasured(sample, body.load_pct))
 
     def _on_discovery_response(self, body: DiscoveryResponse, now: float) -> None:
         req = self._finish(MsgType.DISCOVERY_QUERY, body.query_id)
@@ -603,9 +658,40 @@ class RelayLink:
             except RemoteProtocolError as e:
                 self._drop(f"announcement_{e.reason}")
         page = req.body.page if isinstance(req.body, DiscoveryQuery) else 0
+        places = self._places(body, req.peer)
         self._events.append(
-            DiscoveryAnswered(body.query_id, body.location, tuple(anns), req.peer, body.more, page)
+            DiscoveryAnswered(
+                body.query_id,
+                places[0].location if places else None,
+                tuple(anns),
+                req.peer,
+                body.more,
+                page,
+                places,
+            )
         )
+
+    def _places(self, body: DiscoveryResponse, peer: PublicKey | None) -> tuple[Place, ...]:
+        """Where the peer accepts sessions, each record checked: signed by
+        the relay it names, for the peer we asked about."""
+        out: list[Place] = []
+        for loc, raw in ((body.location, body.record), (body.alternate, body.alternate_record)):
+            if loc is None or peer is None:
+                continue
+            if raw is None:
+                out.append(Place(loc, None, False))  # "registered here", unsigned
+                continue
+            try:
+                rec = decode_location(raw)
+            except RemoteProtocolError as e:
+                self._drop(f"location_{e.reason}")
+                continue
+            if rec.peer != peer or rec.home != loc.relay:
+                self._drop("location_mismatch")
+                continue
+            rtt = None if rec.rtt_ms == RTT_UNKNOWN else rec.rtt_ms
+            out.append(Place(loc, rtt, rec.standby))
+        return tuple(out)
 
     def _on_error(self, body: Error, now: float) -> None:
         code = body.code
@@ -700,9 +786,14 @@ class RelayLink:
         ):
             self._lose(now, f"nothing heard for {now - self.alive_at():.1f} s")
         self._carrier(now)
+        for peer, at in list(self._retry_at.items()):
+            if now >= at:
+                del self._retry_at[peer]
+                if self.state == LinkState.REGISTERED and peer in self.wanted:
+                    self.request_session(peer, now)
         if now >= self._next_heartbeat and self.state == LinkState.REGISTERED:
             self._hb_seq = (self._hb_seq + 1) & 0xFFFFFFFF
-            self._start(Heartbeat(self._hb_seq), self._hb_seq, now)
+            self._start(Heartbeat(self._hb_seq, self.rtt_ms()), self._hb_seq, now)
             self._next_heartbeat = now + self.heartbeat_s
         for key, req in list(self._requests.items()):
             if key not in self._requests:

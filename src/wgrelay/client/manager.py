@@ -37,7 +37,7 @@ from wgrelay.client.events import (
 from wgrelay.client.link import LinkConfig
 from wgrelay.client.plan import PlanConfig, RelayPlanner
 from wgrelay.discovery.registry import RelayRegistry
-from wgrelay.discovery.selection import relay_score
+from wgrelay.discovery.selection import RttPrior, relay_score
 from wgrelay.endpoint import Endpoint
 from wgrelay.errors import RelayUnavailable
 from wgrelay.keys import PrivateKey, PublicKey
@@ -85,6 +85,7 @@ class RelayManager:
         link_config: LinkConfig | None = None,
         plan_config: PlanConfig | None = None,
         runtime: Runtime | None = None,
+        prior: RttPrior | None = None,
     ) -> None:
         self.runtime = runtime if runtime is not None else AsyncioRuntime()
         self.registry = registry
@@ -97,6 +98,7 @@ class RelayManager:
             accept_peer=accept_peer,
             config=plan_config,
             link_config=link_config,
+            prior=prior,
         )
         self._on_event = on_event
         self._on_data = on_data

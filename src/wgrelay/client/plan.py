@@ -66,6 +66,7 @@ from wgrelay.client.events import (
     PeerRelayFailed,
     PeerRelayLost,
     PingTimedOut,
+    Place,
     PlanEvent,
     QueryFailed,
     RelayMeasured,
@@ -75,9 +76,9 @@ from wgrelay.client.events import (
     SessionEstablished,
     SessionFailed,
 )
-from wgrelay.client.link import LinkConfig, LinkState, RelayLink
+from wgrelay.client.link import LinkConfig, LinkState, RelayLink, Role
 from wgrelay.discovery.registry import KnownRelay, RelayRegistry
-from wgrelay.discovery.selection import relay_score
+from wgrelay.discovery.selection import SWITCH_HOLD_S, RttPrior, Selector, worth_switching
 from wgrelay.endpoint import Endpoint, endpoint_str
 from wgrelay.errors import InvalidKey
 from wgrelay.keys import PrivateKey, PublicKey, relay_x25519_public
@@ -143,6 +144,9 @@ class _Attempt:
     widened: bool = False
     """The home did not know: other relays were asked too (relays that do
     not federate, or a peer whose records are not placed yet)."""
+    places: tuple[Place, ...] = ()
+    moving: bool = False
+    """A relayed peer moving to a cheaper path: a failure keeps the old one."""
 
 
 @dataclass(slots=True)
@@ -174,6 +178,7 @@ class RelayPlanner:
         config: PlanConfig | None = None,
         link_config: LinkConfig | None = None,
         rng: Callable[[int], bytes] = os.urandom,
+        prior: RttPrior | None = None,
     ) -> None:
         self.private_key = private_key
         self.registry = registry
@@ -181,6 +186,10 @@ class RelayPlanner:
         self.link_config = link_config or LinkConfig()
         self._accept_peer = accept_peer
         self._rng = rng
+        self.selector = Selector(private_key.public_key(), prior)
+        self._places: dict[PublicKey, tuple[Place, ...]] = {}
+        """Where each peer we located accepts sessions (for re-evaluation)."""
+        self._moved_at: dict[PublicKey, float] = {}
         self._wall_offset = wall - now
         self._links: dict[PublicKey, _Link] = {}
         self._by_addr: dict[Endpoint, PublicKey] = {}
@@ -216,7 +225,7 @@ class RelayPlanner:
     def available(self, now: float) -> list[KnownRelay]:
         """Known, usable relays, best score first."""
         relays = self.registry.get_available_relays(self._wall_ms(now))
-        return sorted((r for r in relays if self._usable(r.key)), key=relay_score)
+        return self.selector.order(r for r in relays if self._usable(r.key))
 
     def _usable(self, key: PublicKey) -> bool:
         """A relay key must be a valid Ed25519 point (we derive its X25519 key)."""
@@ -248,7 +257,7 @@ class RelayPlanner:
         )
         # only the home places a location record for us: other relays (the
         # standby, a peer's home we reach it through) must not draw lookups
-        link.standby = key != self.home
+        link.role = Role.HOME if key == self.home else Role.UNLISTED
         addr = (relay.endpoint[0], relay.endpoint[1])
         self._links[key] = _Link(link, addr, now)
         self._by_addr[addr] = key
@@ -280,7 +289,9 @@ class RelayPlanner:
 
     def relay_peer(self, peer: PublicKey, now: float) -> None:
         """Give ``peer`` a relayed path; answered by PeerRelayed or PeerRelayFailed."""
-        if peer in self._attempts and not self._attempts[peer].report_located:
+        current = self._attempts.get(peer)
+        if current is not None and not current.report_located:
+            current.moving = False  # the agent waits for an answer now
             return
         relay = self.route_relay.get(peer)
         if relay is not None:
@@ -310,6 +321,8 @@ class RelayPlanner:
         """Close ``peer``'s relay session (NORMAL: we went direct; REPLACED:
         we want a new one) and forget any attempt for it."""
         self._attempts.pop(peer, None)
+        self._places.pop(peer, None)
+        self._moved_at.pop(peer, None)
         relay = self.route_relay.pop(peer, None)
         for key, lk in self._links.items():
             lk.link.wanted.discard(peer)
@@ -395,11 +408,17 @@ class RelayPlanner:
 
     def _on_link_event(self, key: PublicKey, link: RelayLink, ev: LinkEvent, now: float) -> None:
         if isinstance(ev, SessionEstablished):
+            old = self.route_relay.get(ev.peer)
             self.route_relay[ev.peer] = key
             self.registry.record_success(key)
+            for other, lk in self._links.items():
+                if other != key and ev.peer not in lk.link.session_of:
+                    lk.link.forget_wanted(ev.peer)  # a lost link must not ask again
             attempt = self._attempts.get(ev.peer)
             if attempt is not None and not attempt.report_located:
                 del self._attempts[ev.peer]
+                if attempt.moving and old is not None and old != key:
+                    self._leave_old_path(ev.peer, old, now)
             self._touch(key, now)
             self._events.append(PeerRelayed(ev.peer, key, ev.incoming, ev.session_id))
         elif isinstance(ev, SessionFailed):
@@ -511,7 +530,7 @@ class RelayPlanner:
                 self._homing = None
                 self._set_home(relay.key, now)
             else:
-                link.set_standby(False, now)
+                link.set_role(Role.HOME, now)
                 link.connect(now)
             return
         self._homing = None
@@ -546,6 +565,7 @@ class RelayPlanner:
                 continue
             self.standby = relay.key
             log.info("standby relay %s", relay.key.short())
+            link.set_role(Role.STANDBY, now)
             link.connect(now)
             self._touch(relay.key, now)
             return
@@ -564,7 +584,7 @@ class RelayPlanner:
         self.registry.record_failure(key)
         link = self.link(key)
         if link is not None:
-            link.set_standby(True, now)
+            link.set_role(Role.UNLISTED, now)
         homing = self._homing
         if homing is not None:
             homing.trying = None
@@ -577,12 +597,12 @@ class RelayPlanner:
             return
         old = self.link(self.home) if self.home is not None else None
         if old is not None:
-            old.set_standby(True, now)  # our record is no longer placed there
+            old.set_role(Role.UNLISTED, now)  # lookups no longer lead there
         self.home = key
         if key is not None:
             home = self.link(key)
             if home is not None:
-                home.set_standby(False, now)  # the relay places our record now
+                home.set_role(Role.HOME, now)  # the relay signs our record as home
             relay = self.registry.get(key)
             where = endpoint_str(relay.endpoint) if relay else "?"
             log.info("home relay %s at %s", key.short(), where)
@@ -652,17 +672,25 @@ class RelayPlanner:
         if attempt.queries.get(key) != ev.query_id:
             return
         del attempt.queries[key]
-        found = ev.located.relay if ev.located is not None else None
-        if found is not None and ev.located is not None and self.registry.get(found) is None:
-            host, port = ev.located.endpoint
-            if port and host not in ("0.0.0.0", "::"):  # (a relay that announces nothing)
-                expires = self._wall_ms(now) + int(self.config.located_relay_ttl_s * 1000)
-                self.registry.learn_endpoint(found, ev.located.endpoint, expires)
-        if found is not None and self.registry.get(found) is not None and self._usable(found):
-            attempt.located = found
+        places = tuple(p for p in ev.places if self._known_place(p, now))
+        if places:
+            self._places[attempt.peer] = places
+            attempt.places = places
+            attempt.located = places[0].location.relay
             attempt.queries.clear()
         if not attempt.queries:
             self._located(attempt, now)
+
+    def _known_place(self, place: Place, now: float) -> bool:
+        """A place is usable once its relay is in the registry (learned from
+        the answer when it was not: its record is signed by it)."""
+        key, endpoint = place.location.relay, place.location.endpoint
+        if self.registry.get(key) is None:
+            host, port = endpoint
+            if port and host not in ("0.0.0.0", "::"):  # (a relay that announces nothing)
+                expires = self._wall_ms(now) + int(self.config.located_relay_ttl_s * 1000)
+                self.registry.learn_endpoint(key, endpoint, expires)
+        return self.registry.get(key) is not None and self._usable(key)
 
     def _on_query_failed(self, key: PublicKey, ev: QueryFailed, now: float) -> None:
         peer = ev.asked_for
@@ -685,9 +713,19 @@ class RelayPlanner:
         self._attempts.pop(attempt.peer, None)
         self._events.append(PeerLocated(attempt.peer, attempt.located))
 
+    def _path_costs(self, places: tuple[Place, ...]) -> list[tuple[float, PublicKey]]:
+        """Each place's whole-path cost (ours to the relay, the peer's from it)."""
+        out = []
+        for p in places:
+            relay = self.registry.get(p.location.relay)
+            if relay is not None:
+                out.append((self.selector.path_cost(relay, p.peer_rtt_ms), relay.key))
+        return sorted(out, key=lambda c: c[0])
+
     def _candidates(self, attempt: _Attempt, now: float) -> list[PublicKey]:
-        """The peer's own home, ours, then every other usable relay by score."""
-        out: list[PublicKey] = []
+        """Where the peer is, cheapest whole path first; our home; then every
+        other usable relay by score."""
+        out: list[PublicKey] = [key for _, key in self._path_costs(attempt.places)]
         for key in (attempt.located, self.home):
             if key is not None and key not in out and self.registry.get(key) is not None:
                 out.append(key)
@@ -720,6 +758,9 @@ class RelayPlanner:
                 attempt.deadline = now + self.config.connect_timeout_s
             return
         self._attempts.pop(attempt.peer, None)
+        if attempt.moving:
+            log.info("peer %s stays where it is: %s", attempt.peer.short(), attempt.errors)
+            return
         errors = "; ".join(attempt.errors) if attempt.errors else "no relay known"
         self._events.append(
             PeerRelayFailed(attempt.peer, f"no relay could reach {attempt.peer.short()} ({errors})")
@@ -744,10 +785,45 @@ class RelayPlanner:
         self._next_measure = now + self.config.measure_interval_s
         if self.standby is None:
             self._choose_standby(now)  # the last one was lost, or none was known
+        for peer, relay in list(self.route_relay.items()):
+            self._reconsider(peer, relay, now)
         for key in dict.fromkeys(self.route_relay.values()):  # ordered, deduplicated
             link = self.link(key)
             if link is not None:
                 link.ping(now)
+
+    def _reconsider(self, peer: PublicKey, relay: PublicKey, now: float) -> None:
+        """Move a relayed peer to a clearly cheaper path (selection.py's
+        hysteresis), at most once per SWITCH_HOLD_S."""
+        places = self._places.get(peer, ())
+        if peer in self._attempts or now - self._moved_at.get(peer, -1e18) < SWITCH_HOLD_S:
+            return
+        costs = self._path_costs(places)
+        current = next((c for c, key in costs if key == relay), None)
+        if not costs or current is None or costs[0][1] == relay:
+            return
+        best, to = costs[0]
+        if not worth_switching(current, best):
+            return
+        log.info(
+            "peer %s: path via %s costs %.0f ms, via %s %.0f ms: moving",
+            peer.short(),
+            relay.short(),
+            current,
+            to.short(),
+            best,
+        )
+        self._moved_at[peer] = now
+        attempt = _Attempt(peer, _Phase.CONNECTING, now, places=places, moving=True)
+        attempt.candidates = [to]
+        attempt.tried.add(relay)
+        self._attempts[peer] = attempt
+        self._connect_next(attempt, now)
+
+    def _leave_old_path(self, peer: PublicKey, old: PublicKey, now: float) -> None:
+        link = self.link(old)
+        if link is not None:
+            link.close_session(peer, now, CloseReason.REPLACED)
 
     def _carried(self, key: PublicKey) -> tuple[PublicKey, ...]:
         return tuple(p for p, r in self.route_relay.items() if r == key)

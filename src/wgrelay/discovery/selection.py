@@ -1,19 +1,69 @@
-"""Choosing among known relays: the score (lower is better).
+"""Choosing relays: a relay's score, and a whole path's cost (lower is better).
 
-Documented in docs/ARCHITECTURE.md::
+Documented in docs/ARCHITECTURE.md ("Choosing the path")::
 
-    score = rtt_ms (1000 if never measured) + 250 * failures + 2 * load_pct
+    rtt(R)     = our measured RTT to R, else the GeoIP prior, else 1000 ms
+    score(R)   = rtt(R) + 250 * failures(R) + 2 * load_pct(R)
+    cost(A-R-B) = score(R) + rtt_B(R)      (B's RTT to R from its signed
+                                            record; 1000 ms if not reported)
+
+Relays with the same score (typically: none measured yet) are ordered by a
+rendezvous hash of our key and theirs, so agents that know the same relays
+spread over them instead of all measuring, and homing on, the first few.
+
+Hysteresis: a relayed peer moves to another relay only when the new path is
+both ``SWITCH_FRACTION`` cheaper and ``SWITCH_MIN_MS`` cheaper than the
+current one, and at most once per ``SWITCH_HOLD_S`` per peer.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
+
 from wgrelay.discovery.registry import KnownRelay
+from wgrelay.discovery.rendezvous import weight
+from wgrelay.keys import PublicKey
 
 NEVER_MEASURED_RTT_MS = 1000.0
 FAILURE_PENALTY_MS = 250.0
 LOAD_WEIGHT_MS = 2.0
+SWITCH_FRACTION = 0.25
+SWITCH_MIN_MS = 20.0
+SWITCH_HOLD_S = 120.0
+
+RttPrior = Callable[[KnownRelay], float | None]
+"""An RTT estimate for a relay never measured (GeoIP distance), or None."""
 
 
-def relay_score(relay: KnownRelay) -> float:
-    rtt = relay.rtt_ms if relay.rtt_ms is not None else NEVER_MEASURED_RTT_MS
+def relay_score(relay: KnownRelay, prior: float | None = None) -> float:
+    if relay.rtt_ms is not None:
+        rtt = relay.rtt_ms
+    else:
+        rtt = prior if prior is not None else NEVER_MEASURED_RTT_MS
     return rtt + FAILURE_PENALTY_MS * relay.failures + LOAD_WEIGHT_MS * (relay.load_pct or 0)
+
+
+class Selector:
+    """Scores and path costs for one agent (its key spreads the ties)."""
+
+    def __init__(self, own: PublicKey, prior: RttPrior | None = None) -> None:
+        self.own = own
+        self.prior = prior
+
+    def score(self, relay: KnownRelay) -> float:
+        prior = self.prior(relay) if self.prior is not None and relay.rtt_ms is None else None
+        return relay_score(relay, prior)
+
+    def order(self, relays: Iterable[KnownRelay]) -> list[KnownRelay]:
+        """Best first; equal scores in an order of our own (rendezvous hash)."""
+        return sorted(relays, key=lambda r: (self.score(r), -weight(self.own, r.key)))
+
+    def path_cost(self, relay: KnownRelay, peer_rtt_ms: float | None) -> float:
+        theirs = peer_rtt_ms if peer_rtt_ms is not None else NEVER_MEASURED_RTT_MS
+        return self.score(relay) + theirs
+
+
+def worth_switching(current: float, candidate: float) -> bool:
+    """Hysteresis: only a clearly better path is worth a new session."""
+    gain = current - candidate
+    return gain >= SWITCH_MIN_MS and gain >= SWITCH_FRACTION * current

@@ -33,6 +33,7 @@ from wgrelay.client.link import LinkConfig
 from wgrelay.client.manager import ManagerEvent, RelayManager
 from wgrelay.client.plan import PlanConfig
 from wgrelay.client.proxy import ProxyTable
+from wgrelay.discovery.geoip import GeoPrior
 from wgrelay.discovery.registry import RegistryStore, RelayRegistry
 from wgrelay.endpoint import Endpoint, endpoint_str
 from wgrelay.errors import BackendError, ConfigError
@@ -101,6 +102,8 @@ class AgentOptions:
     link_config: LinkConfig = field(default_factory=LinkConfig)
     plan_config: PlanConfig = field(default_factory=PlanConfig)
     daemon: DaemonConfig = field(default_factory=DaemonConfig)
+    geoip_db: Path | None = None
+    """A MaxMind City database: RTT priors for relays not yet measured."""
 
 
 def relayed_packet_size(mtu: int, ipv6: bool = False) -> int:
@@ -142,6 +145,7 @@ class Agent:
         self.cache = cache
         self.core = AgentCore(own, opts.config, cache)
         self._peer_keys = {p.public_key for p in info.peers}
+        self.geo = GeoPrior(opts.geoip_db) if opts.geoip_db is not None else None
         self.manager = RelayManager(
             info.private_key,
             registry,
@@ -152,6 +156,7 @@ class Agent:
             link_config=opts.link_config,
             plan_config=opts.plan_config,
             runtime=self.runtime,
+            prior=self.geo,
         )
         self.proxies = ProxyTable(info.listen_port, self.manager.routes, runtime=self.runtime)
         self._stop = asyncio.Event()
@@ -193,6 +198,9 @@ class Agent:
         elif isinstance(ev, RelaysLearned):
             self._registry_dirty = True  # saved at the next loop turn
         elif isinstance(ev, HomeChanged) and ev.relay is not None:
+            home = self.manager.planner.link(ev.relay)
+            if self.geo is not None and home is not None and home.observed is not None:
+                self.geo.origin = home.observed[0]  # our public address, for the prior
             relay = self.registry.get(ev.relay)
             where = endpoint_str(relay.endpoint) if relay else "?"
             log.info("registered at home relay %s (%s)", ev.relay.short(), where)
@@ -449,6 +457,8 @@ class Agent:
         self.proxies.close()
         self._flush_cache()
         self.cache.close()
+        if self.geo is not None:
+            self.geo.close()
         if self.store is not None:
             try:
                 self.store.save(self.registry)

@@ -107,7 +107,7 @@ MAX_REGION_LEN = 32
 MAX_DETAIL_LEN = 120
 MAX_ENDPOINTS = 8
 MAX_ANNOUNCEMENTS_PER_RESPONSE = 6
-LOCATION_RECORD_LEN = 142
+LOCATION_RECORD_LEN = 145
 MAX_RECORDS_PER_MESSAGE = 7
 MAX_DIGEST_ENTRIES = 25
 MAX_PULL_KEYS = 5
@@ -168,13 +168,21 @@ class Capability(IntEnum):
 
 REGISTER_FLAG_ACCEPT_INCOMING = 0x01
 REGISTER_FLAG_STANDBY = 0x02
-"""A second registration, kept ready for failover: the relay accepts sessions
-for the peer but places no location record (its home's record stands); the
-same REGISTER without the bit promotes it (a fresh record is placed)."""
+"""A second registration, kept ready for failover: the relay places a record
+marked standby (lookups offer it after the home); the same REGISTER without
+the bit promotes it to home."""
+REGISTER_FLAG_UNLISTED = 0x04
+"""Registered only to reach a peer there: no location record at all."""
 QUERY_FLAG_WANT_RELAYS = 0x01
 QUERY_FLAG_LOCATE_PEER = 0x02
 RESPONSE_FLAG_LOCATED = 0x01
 RESPONSE_FLAG_RECORD = 0x02
 """The location comes with the home relay's signed LOCATION record."""
 RESPONSE_FLAG_MORE = 0x04
+RESPONSE_FLAG_ALTERNATE = 0x08
+"""A second place the peer accepts sessions (its standby), with its record."""
+RTT_UNKNOWN = 0xFFFF
+"""An ``rtt_ms`` field that was not measured."""
+LOCATION_FLAG_STANDBY = 0x01
+"""The record's relay holds a standby registration, not the peer's home."""
 """More relays than fit: ask again with the next page."""

@@ -18,7 +18,7 @@ Layouts (all integers big endian)::
                    server's members in those buckets, a page of them)
     PULL           n u8 | n x relay key 32B
     PULL_REPLY     n u8 | n x (len u16 | ANNOUNCEMENT)
-    LOCATION_STORE n u8 | n x LOCATION (142 B each)
+    LOCATION_STORE n u8 | n x LOCATION (145 B each)
     LOCATION_ACK   stored u8
     PROBE_REQUEST  target relay key 32B | nonce u64
     PROBE_ANSWER   target relay key 32B | nonce u64 | alive u8

@@ -1,14 +1,21 @@
 """Location records: "peer P is registered at home relay H", signed by H.
 
-Layout (142 bytes)::
+Layout (145 bytes)::
 
     0   type       u8    LOCATION (0x32)
     1   version    u8
     2   peer       32B   the peer's WireGuard public key
-    34  home       32B   the home relay's Ed25519 key (the signer)
+    34  home       32B   the relay that holds the registration (the signer)
     66  issued_ms  u64   when H signed it (Unix ms); a newer record replaces older
     74  ttl_s      u32   how long it may be believed after issued_ms
-    78  signature  64B   Ed25519 by ``home`` over bytes 0..77
+    78  flags      u8    bit 0: a standby registration, not the peer's home
+    79  rtt_ms     u16   the peer's round trip to H as it reported it (0xFFFF unknown)
+    81  signature  64B   Ed25519 by ``home`` over bytes 0..80
+
+A peer has at most two records at once: its home's and its standby's. Holders
+keep the newest of each relay (two per peer at most), so a lookup can offer
+both and the asker weighs the whole path through each (RTT to the relay plus
+``rtt_ms``).
 
 A home relay stores its registered peers' records at the k relays chosen by
 rendezvous hashing of the peer key (discovery/rendezvous.py), so anyone finds a
@@ -33,8 +40,10 @@ from wgrelay.keys import PublicKey, RelayIdentity, verify_signature
 from wgrelay.proto.buffer import Buffer, Writer
 from wgrelay.proto.constants import (
     KEY_LEN,
+    LOCATION_FLAG_STANDBY,
     LOCATION_RECORD_LEN,
     PROTOCOL_VERSION,
+    RTT_UNKNOWN,
     SIGNATURE_LEN,
     MsgType,
 )
@@ -51,12 +60,21 @@ class LocationRecord:
     ttl_s: int
     raw: bytes
     """The exact signed bytes, stored and handed on unchanged."""
+    standby: bool = False
+    rtt_ms: int = RTT_UNKNOWN
 
     def expires_ms(self) -> int:
         return self.issued_ms + self.ttl_s * 1000
 
 
-def encode_location(peer: PublicKey, issued_ms: int, ttl_s: int, identity: RelayIdentity) -> bytes:
+def encode_location(
+    peer: PublicKey,
+    issued_ms: int,
+    ttl_s: int,
+    identity: RelayIdentity,
+    standby: bool = False,
+    rtt_ms: int = RTT_UNKNOWN,
+) -> bytes:
     if not 0 < ttl_s <= MAX_LOCATION_TTL_S:
         raise LocalProtocolError(f"location ttl 1..{MAX_LOCATION_TTL_S} s")
     w = Writer()
@@ -66,6 +84,8 @@ def encode_location(peer: PublicKey, issued_ms: int, ttl_s: int, identity: Relay
     w.push_bytes(identity.public.raw, KEY_LEN)
     w.push_u64(issued_ms)
     w.push_u32(ttl_s)
+    w.push_u8(LOCATION_FLAG_STANDBY if standby else 0)
+    w.push_u16(min(max(rtt_ms, 0), RTT_UNKNOWN))
     signed = w.getvalue()
     return signed + identity.sign(signed)
 
@@ -88,8 +108,20 @@ def decode_location(data: bytes) -> LocationRecord:
     home = PublicKey(b.pull_bytes(KEY_LEN))
     issued_ms = b.pull_u64()
     ttl_s = b.pull_u32()
+    flags = b.pull_u8()
+    rtt_ms = b.pull_u16()
     if not 0 < ttl_s <= MAX_LOCATION_TTL_S:
         raise Malformed(f"location ttl {ttl_s} s")
+    if flags & ~LOCATION_FLAG_STANDBY:
+        raise Malformed(f"unknown location flags {flags:#04x}")
     if not verify_signature(home, bytes(data[:body_end]), bytes(data[body_end:])):
         raise AuthenticationFailed("location record signature does not verify")
-    return LocationRecord(peer=peer, home=home, issued_ms=issued_ms, ttl_s=ttl_s, raw=bytes(data))
+    return LocationRecord(
+        peer=peer,
+        home=home,
+        issued_ms=issued_ms,
+        ttl_s=ttl_s,
+        raw=bytes(data),
+        standby=bool(flags & LOCATION_FLAG_STANDBY),
+        rtt_ms=rtt_ms,
+    )

@@ -23,9 +23,11 @@ from wgrelay.proto.constants import (
     MAX_ENDPOINTS,
     MAX_REGION_LEN,
     QUERY_FLAG_LOCATE_PEER,
+    RESPONSE_FLAG_ALTERNATE,
     RESPONSE_FLAG_LOCATED,
     RESPONSE_FLAG_MORE,
     RESPONSE_FLAG_RECORD,
+    RTT_UNKNOWN,
     SESSION_ID_LEN,
     CloseReason,
     ErrorCode,
@@ -75,14 +77,19 @@ class Register(Body):
     TYPE: ClassVar[MsgType] = MsgType.REGISTER
     flags: int = 0
     keepalive_s: int = 0
+    rtt_ms: int = RTT_UNKNOWN
+    """Our round trip to this relay as we measured it (RTT_UNKNOWN if not):
+    the relay puts it in our location record, so whoever looks us up can
+    weigh the whole path through it (docs/ARCHITECTURE.md)."""
 
     def encode_body(self, w: Writer) -> None:
         w.push_u8(self.flags)
         w.push_u16(self.keepalive_s)
+        w.push_u16(self.rtt_ms)
 
     @classmethod
     def decode_body(cls, b: Buffer) -> Self:
-        return cls(flags=b.pull_u8(), keepalive_s=b.pull_u16())
+        return cls(flags=b.pull_u8(), keepalive_s=b.pull_u16(), rtt_ms=b.pull_u16())
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,13 +123,16 @@ class Registered(Body):
 class Heartbeat(Body):
     TYPE: ClassVar[MsgType] = MsgType.HEARTBEAT
     seq: int
+    rtt_ms: int = RTT_UNKNOWN
+    """Our smoothed round trip to this relay (as in REGISTER)."""
 
     def encode_body(self, w: Writer) -> None:
         w.push_u32(self.seq)
+        w.push_u16(self.rtt_ms)
 
     @classmethod
     def decode_body(cls, b: Buffer) -> Self:
-        return cls(seq=b.pull_u32())
+        return cls(seq=b.pull_u32(), rtt_ms=b.pull_u16())
 
 
 @dataclass(frozen=True, slots=True)
@@ -377,6 +387,10 @@ class DiscoveryResponse(Body):
     """The home relay's signed LOCATION record behind ``location``, when known."""
     more: bool = False
     """More relays than this page holds."""
+    alternate: PeerLocation | None = None
+    alternate_record: bytes | None = None
+    """A second relay where the peer accepts sessions, with that relay's
+    signed record (always: an alternate is never unsigned)."""
 
     def encode_body(self, w: Writer) -> None:
         flags = RESPONSE_FLAG_LOCATED if self.location is not None else 0
@@ -384,6 +398,11 @@ class DiscoveryResponse(Body):
             if self.location is None:
                 raise LocalProtocolError("a location record goes with a location")
             flags |= RESPONSE_FLAG_RECORD
+        if (self.alternate is None) != (self.alternate_record is None) or (
+            self.alternate is not None and self.record is None
+        ):
+            raise LocalProtocolError("an alternate goes with its record, after a signed location")
+        flags |= RESPONSE_FLAG_ALTERNATE if self.alternate is not None else 0
         flags |= RESPONSE_FLAG_MORE if self.more else 0
         w.push_u32(self.query_id)
         w.push_u8(flags)
@@ -392,6 +411,10 @@ class DiscoveryResponse(Body):
             w.push_endpoint(self.location.endpoint)
         if self.record is not None:
             w.push_bytes(self.record, LOCATION_RECORD_LEN)
+        if self.alternate is not None and self.alternate_record is not None:
+            w.push_bytes(self.alternate.relay.raw, KEY_LEN)
+            w.push_endpoint(self.alternate.endpoint)
+            w.push_bytes(self.alternate_record, LOCATION_RECORD_LEN)
         w.push_u8(len(self.announcements))
         for ann in self.announcements:
             w.push_u16(len(ann))
@@ -401,16 +424,22 @@ class DiscoveryResponse(Body):
     def decode_body(cls, b: Buffer) -> Self:
         qid = b.pull_u32()
         flags = b.pull_u8()
-        if flags & ~(RESPONSE_FLAG_LOCATED | RESPONSE_FLAG_RECORD | RESPONSE_FLAG_MORE):
+        known = RESPONSE_FLAG_LOCATED | RESPONSE_FLAG_RECORD | RESPONSE_FLAG_MORE
+        if flags & ~(known | RESPONSE_FLAG_ALTERNATE):
             raise Malformed(f"unknown discovery response flags {flags:#04x}")
-        location = None
-        record = None
+        location = alternate = None
+        record = alternate_record = None
         if flags & RESPONSE_FLAG_LOCATED:
             location = PeerLocation(relay=_pull_key(b), endpoint=b.pull_endpoint())
         if flags & RESPONSE_FLAG_RECORD:
             if location is None:
                 raise Malformed("a location record without a location")
             record = b.pull_bytes(LOCATION_RECORD_LEN)
+        if flags & RESPONSE_FLAG_ALTERNATE:
+            if record is None:
+                raise Malformed("an alternate location without a signed first one")
+            alternate = PeerLocation(relay=_pull_key(b), endpoint=b.pull_endpoint())
+            alternate_record = b.pull_bytes(LOCATION_RECORD_LEN)
         n = b.pull_u8()
         anns = tuple(b.pull_bytes(b.pull_u16()) for _ in range(n))
         return cls(
@@ -419,6 +448,8 @@ class DiscoveryResponse(Body):
             location=location,
             record=record,
             more=bool(flags & RESPONSE_FLAG_MORE),
+            alternate=alternate,
+            alternate_record=alternate_record,
         )
 
 

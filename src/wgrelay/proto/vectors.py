@@ -12,6 +12,7 @@ from wgrelay.proto.announce import RelayNodeInfo, encode_announcement
 from wgrelay.proto.constants import (
     QUERY_FLAG_WANT_RELAYS,
     REGISTER_FLAG_ACCEPT_INCOMING,
+    REGISTER_FLAG_STANDBY,
     Capability,
     CloseReason,
     ErrorCode,
@@ -73,12 +74,19 @@ INFO = RelayNodeInfo(
     max_sessions=100,
 )
 ANNOUNCEMENT = encode_announcement(INFO, ISSUED_MS, 600, RELAY)
-LOCATION = encode_location(OTHER_PEER, ISSUED_MS, 120, RELAY)
+LOCATION = encode_location(OTHER_PEER, ISSUED_MS, 120, RELAY, rtt_ms=23)
+STANDBY_RELAY = RelayIdentity.from_seed(bytes(range(97, 129)))
+STANDBY_LOCATION = encode_location(OTHER_PEER, ISSUED_MS, 120, STANDBY_RELAY, True, 41)
 ECHO = 0x0102030405060708
 
 # (name, body, sent by the relay?)
 CONTROL_VECTORS: list[tuple[str, Body, bool]] = [
-    ("register", Register(flags=REGISTER_FLAG_ACCEPT_INCOMING, keepalive_s=10), False),
+    ("register", Register(flags=REGISTER_FLAG_ACCEPT_INCOMING, keepalive_s=10, rtt_ms=23), False),
+    (
+        "register_standby",
+        Register(flags=REGISTER_FLAG_ACCEPT_INCOMING | REGISTER_FLAG_STANDBY, keepalive_s=10),
+        False,
+    ),
     (
         "registered",
         Registered(
@@ -86,7 +94,7 @@ CONTROL_VECTORS: list[tuple[str, Body, bool]] = [
         ),
         True,
     ),
-    ("heartbeat", Heartbeat(seq=7), False),
+    ("heartbeat", Heartbeat(seq=7, rtt_ms=23), False),
     (
         "heartbeat_ack",
         HeartbeatAck(seq=7, status=HeartbeatStatus.OK, epoch=0x0123456789ABCDEF),
@@ -130,6 +138,8 @@ CONTROL_VECTORS: list[tuple[str, Body, bool]] = [
             location=PeerLocation(relay=RELAY.public, endpoint=("203.0.113.10", 51821)),
             record=LOCATION,
             more=True,
+            alternate=PeerLocation(relay=STANDBY_RELAY.public, endpoint=("203.0.113.11", 51821)),
+            alternate_record=STANDBY_LOCATION,
         ),
         True,
     ),
@@ -180,6 +190,7 @@ def all_vectors() -> dict[str, bytes]:
     out["cookie_reply"] = encode_cookie_reply(NONCE[:8], COOKIE)
     out["announcement"] = ANNOUNCEMENT
     out["location"] = LOCATION
+    out["location_standby"] = STANDBY_LOCATION
     return out
 
 

@@ -64,8 +64,8 @@ from wgrelay.proto.constants import (
     MIN_WIREGUARD_PACKET,
     QUERY_FLAG_WANT_RELAYS,
     REGISTER_FLAG_ACCEPT_INCOMING,
-    REGISTER_FLAG_STANDBY,
     RELAY_TO_RELAY,
+    RTT_UNKNOWN,
     SESSION_ID_LEN,
     Capability,
     CloseReason,
@@ -101,8 +101,17 @@ from wgrelay.relay.addresses import OwnAddresses
 from wgrelay.relay.admission import Addr, Admission, Inbound, KeyState
 from wgrelay.relay.announcer import Announcer
 from wgrelay.relay.config import RelayConfig
-from wgrelay.relay.federation import Federation, FederationConfig, Located
-from wgrelay.relay.sessions import Refusal, Registration, Session, SessionTable, pair_of
+from wgrelay.relay.federation import Federation, FederationConfig
+from wgrelay.relay.locations import Found
+from wgrelay.relay.sessions import (
+    Listing,
+    Refusal,
+    Registration,
+    Session,
+    SessionTable,
+    listing_of,
+    pair_of,
+)
 from wgrelay.relay.stats import DropReason, RelayStats
 
 log = logging.getLogger(__name__)
@@ -363,21 +372,13 @@ class RelayCore:
                     self._evict(victim, now)
                 ks = self._admission.forget_key(inb.key) or inb.ks
                 reg = self.table.add(inb.key, inb.addr, ks, 0.0)
-                reg.standby = True  # so the check below places its record
                 log.info(
                     "peer %s registered from %s", PublicKey(inb.key).short(), endpoint_str(inb.addr)
                 )
             else:
                 self._move(reg, inb.addr, now)
-        standby = bool(body.flags & REGISTER_FLAG_STANDBY)
-        if reg.standby and not standby:
-            # new here, or promoted from standby (its home died): our record
-            # is newer than the old home's, so lookups now lead here
-            self.federation.peer_registered(PublicKey(inb.key), now)
-        elif standby and not reg.standby:
-            self.federation.peer_gone(PublicKey(inb.key))
-        reg.standby = standby
         reg.accept_incoming = bool(body.flags & REGISTER_FLAG_ACCEPT_INCOMING)
+        self._list(reg, listing_of(body.flags), body.rtt_ms, now)
         reg.expires = now + self.config.registration_ttl_s
         self._reply(
             inb,
@@ -389,6 +390,22 @@ class RelayCore:
             ),
         )
 
+    def _list(self, reg: Registration, listing: Listing, rtt_ms: int, now: float) -> None:
+        """Publish (or withdraw) the registration's location record. A new
+        record on a change of role: a standby promoted to home signs one
+        newer than the dead home's, so lookups now lead here first."""
+        if rtt_ms != RTT_UNKNOWN:
+            reg.rtt_ms = rtt_ms
+        if listing == reg.listing:
+            self.federation.locations.reported_rtt(PublicKey(reg.key), reg.rtt_ms, now)
+            return
+        reg.listing = listing
+        if listing is Listing.UNLISTED:
+            self.federation.peer_gone(PublicKey(reg.key))
+        else:
+            standby = listing is Listing.STANDBY
+            self.federation.peer_registered(PublicKey(reg.key), now, standby, reg.rtt_ms)
+
     def _handle_heartbeat(self, inb: Inbound, body: Heartbeat) -> None:
         reg = self.table.regs.get(inb.key)
         if reg is None:
@@ -399,6 +416,9 @@ class RelayCore:
                 return
             self._move(reg, inb.addr, inb.now)
         reg.expires = inb.now + self.config.registration_ttl_s
+        if body.rtt_ms != RTT_UNKNOWN and reg.listing is not None:
+            reg.rtt_ms = body.rtt_ms
+            self.federation.locations.reported_rtt(PublicKey(reg.key), body.rtt_ms, inb.now)
         self._reply(inb, HeartbeatAck(body.seq, HeartbeatStatus.OK, self.epoch))
 
     def _move(self, reg: Registration, addr: Addr, now: float) -> None:
@@ -572,28 +592,53 @@ class RelayCore:
             self._reply(inb, DiscoveryResponse(body.query_id, anns, more=more))
             return
 
-        def answer(found: Located | None) -> None:
-            location = record = None
-            if found is not None:
-                location, record = PeerLocation(found.home, found.endpoint), found.record
-            elif peer.raw in self.table.regs:  # registered here, not announced
-                location = PeerLocation(self.identity.public, self._location_endpoint(inb.addr))
-            self._reply(inb, DiscoveryResponse(body.query_id, anns, location, record, more))
+        def answer(found: Found) -> None:
+            self._reply(inb, self._locate_answer(body, anns, more, peer, found, inb.addr))
 
         fed = self.federation
         reg = self.table.regs.get(peer.raw)
         if reg is not None and reg.accept_incoming:
-            # registered here (home or standby): the asker meets it here, no
-            # detour through the record holders, whatever their records say
-            answer(fed.own_location(peer))
+            # registered here: the asker meets it here, no detour through the
+            # record holders; our record first, then any other place we know
+            answer(fed.local_location(peer, inb.now))
             return
         if reg is not None or fed.directory.by_x25519(inb.key) is not None:
             # what we know ourselves; a relay asking is never sent on (no loops)
             answer(fed.local_location(peer, inb.now))
             return
         found = fed.locate(peer, inb.now, answer)
-        if found is not None:
+        if found:
             answer(found)
+
+    def _locate_answer(
+        self,
+        body: DiscoveryQuery,
+        anns: tuple[bytes, ...],
+        more: bool,
+        peer: PublicKey,
+        found: Found,
+        addr: Addr,
+    ) -> DiscoveryResponse:
+        """The places ``peer`` accepts sessions, best first: signed records
+        only, except "here" for a relay that announces no record."""
+        signed = [f for f in found if f.record is not None][:2]
+        if not signed:
+            reg = self.table.regs.get(peer.raw)
+            here = None
+            if reg is not None and reg.accept_incoming:  # registered here, not announced
+                here = PeerLocation(self.identity.public, self._location_endpoint(addr))
+            return DiscoveryResponse(body.query_id, anns, here, None, more)
+        first = signed[0]
+        alt = signed[1] if len(signed) > 1 else None
+        return DiscoveryResponse(
+            body.query_id,
+            anns,
+            PeerLocation(first.home, first.endpoint),
+            first.record,
+            more,
+            alternate=PeerLocation(alt.home, alt.endpoint) if alt is not None else None,
+            alternate_record=alt.record if alt is not None else None,
+        )
 
     def _handle_relay_message(self, inb: Inbound, body: Body) -> None:
         fed = self.federation

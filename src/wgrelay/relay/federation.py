@@ -42,10 +42,9 @@ import logging
 import os
 import random
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from wgrelay.discovery.directory import Liveness, RelayDirectory, Verdict
-from wgrelay.discovery.rendezvous import holders
 from wgrelay.endpoint import Endpoint
 from wgrelay.errors import RemoteProtocolError
 from wgrelay.keys import PublicKey, RelayIdentity
@@ -54,9 +53,10 @@ from wgrelay.proto.constants import (
     MAX_ANNOUNCEMENTS_PER_RESPONSE,
     MAX_DIGEST_ENTRIES,
     MAX_PULL_KEYS,
+    RTT_UNKNOWN,
 )
 from wgrelay.proto.cookie import CookieReply
-from wgrelay.proto.envelope import MAX_CLOCK_SKEW_S, ControlHeader
+from wgrelay.proto.envelope import ControlHeader
 from wgrelay.proto.federation import (
     MAX_DEAD_NOTICES,
     Digest,
@@ -70,9 +70,9 @@ from wgrelay.proto.federation import (
     Pull,
     PullReply,
 )
-from wgrelay.proto.location import LocationRecord, decode_location, encode_location
-from wgrelay.proto.messages import Body, DiscoveryQuery, DiscoveryResponse, Ping, Pong
+from wgrelay.proto.messages import Body, DiscoveryResponse, Ping, Pong
 from wgrelay.relay.channels import RelayChannel
+from wgrelay.relay.locations import Found, LocationBook
 
 log = logging.getLogger(__name__)
 
@@ -101,30 +101,12 @@ class FederationConfig:
     """Location records held for others, at most (a bound, not a quota)."""
 
 
-@dataclass(frozen=True, slots=True)
-class Located:
-    """Where a peer is: its home relay, an endpoint there, the signed record."""
-
-    home: PublicKey
-    endpoint: Endpoint
-    record: bytes | None
-
-
 @dataclass(slots=True)
 class _Probe:
     target: PublicKey
     echo: int
     deadline: float
     indirect: bool = False
-
-
-@dataclass(slots=True)
-class _Lookup:
-    peer: PublicKey
-    deadline: float
-    asked: dict[int, PublicKey] = field(default_factory=dict)
-    """query id -> the holder asked."""
-    waiters: list[Callable[[Located | None], None]] = field(default_factory=list)
 
 
 @dataclass(slots=True)
@@ -163,14 +145,19 @@ class Federation:
         self._probes: dict[int, _Probe] = {}
         self._probe_order: list[PublicKey] = []
         self._on_behalf: dict[int, _ProbeOnBehalf] = {}
-        self._records: dict[PublicKey, LocationRecord] = {}
-        """Location records we hold for other relays' peers (newest per peer)."""
-        self._own_records: dict[PublicKey, bytes] = {}
-        """Signed records of our registered peers."""
-        self._placed: dict[PublicKey, tuple[PublicKey, ...]] = {}
-        self._lookups: dict[PublicKey, _Lookup] = {}
-        self._queries: dict[int, PublicKey] = {}
         self._next_id = int.from_bytes(rng(4), "big") & 0x7FFFFFFF
+        self.locations = LocationBook(
+            identity,
+            self.directory,
+            self._send,
+            self._wall_ms,
+            self._new_id,
+            self._count,
+            replicas=config.replicas,
+            ttl_s=config.location_ttl_s,
+            locate_timeout_s=config.locate_timeout_s,
+            max_records=config.max_records,
+        )
         self._next_push = now
         self._next_sync = now
         self._next_probe = now + config.probe_interval_s
@@ -318,7 +305,7 @@ class Federation:
             )
             reply(PullReply(anns[:MAX_PULL_KEYS]))
         elif isinstance(body, LocationStore):
-            reply(LocationAck(sum(self._hold(raw, now) for raw in body.records)))
+            reply(LocationAck(sum(self.locations.hold(raw, now) for raw in body.records)))
         elif isinstance(body, ProbeRequest):
             self._probe_on_behalf(body, reply, now)
 
@@ -329,33 +316,6 @@ class Federation:
         return DigestReply(
             tuple(entries[:MAX_DIGEST_ENTRIES]), mask, len(entries) > MAX_DIGEST_ENTRIES
         )
-
-    def _hold(self, raw: bytes, now: float) -> bool:
-        """Keep a location record for another relay's peer, if it checks out."""
-        try:
-            rec = decode_location(raw)
-        except RemoteProtocolError:
-            self._count("bad_location")
-            return False
-        wall_ms = self._wall_ms(now)
-        if rec.home != self.key and self.directory.get(rec.home) is None:
-            self._count("location_unknown_home")
-            return False
-        if rec.issued_ms > wall_ms + int(MAX_CLOCK_SKEW_S * 1000):
-            self._count("location_future")
-            return False
-        if rec.expires_ms() <= wall_ms:
-            self._count("location_expired")
-            return False
-        old = self._records.get(rec.peer)
-        if old is not None and rec.issued_ms <= old.issued_ms:
-            self._count("location_not_newer")
-            return False
-        if old is None and len(self._records) >= self.config.max_records:
-            self._count("location_store_full")
-            return False
-        self._records[rec.peer] = rec
-        return True
 
     def _probe_on_behalf(self, body: ProbeRequest, reply: Reply, now: float) -> None:
         echo = int.from_bytes(self._rng(8), "big")
@@ -390,7 +350,7 @@ class Federation:
         elif isinstance(body, ProbeAnswer):
             self._on_probe_answer(body, now)
         elif isinstance(body, DiscoveryResponse):
-            self._on_locate_answer(key, body, now)
+            self.locations.on_answer(key, body, now)
         elif isinstance(body, GossipAck | LocationAck):
             pass  # the answer itself was the sign of life
 
@@ -433,9 +393,7 @@ class Federation:
             t = min(t, p.deadline)
         for b in self._on_behalf.values():
             t = min(t, b.deadline)
-        for lk in self._lookups.values():
-            t = min(t, lk.deadline)
-        return t
+        return min(t, self.locations.next_timer())
 
     def handle_timer(self, now: float, own_announcement: Callable[[float], bytes | None]) -> None:
         if now >= self._next_announce:
@@ -457,10 +415,8 @@ class Federation:
         if now >= self._next_place or self._live_changed:
             self._live_changed = False
             self._next_place = now + self.config.location_refresh_s
-            self._place_all(now)
-        for peer, lk in list(self._lookups.items()):
-            if now >= lk.deadline:
-                self._finish_lookup(peer, None)
+            self.locations.place_all(now)
+        self.locations.handle_timer(now)
 
     def _expire(self, now: float) -> None:
         wall_ms = self._wall_ms(now)
@@ -468,7 +424,7 @@ class Federation:
             log.info("relay %s left the federation (announcement expired)", key.short())
             self._channels.pop(key, None)
             self._live_changed = True
-        self._records = {p: r for p, r in self._records.items() if r.expires_ms() > wall_ms}
+        self.locations.expire(wall_ms)
 
     # ------------------------------------------------------------ gossip
 
@@ -559,109 +515,25 @@ class Federation:
 
     # ------------------------------------------------------------ locations
 
-    def peer_registered(self, peer: PublicKey, now: float) -> None:
-        """A peer registered (or moved) here: sign and place its record now."""
-        self._own_records[peer] = encode_location(
-            peer, self._wall_ms(now), self.config.location_ttl_s, self.identity
-        )
-        self._place(peer, now, force=True)
+    def peer_registered(
+        self, peer: PublicKey, now: float, standby: bool = False, rtt_ms: int = RTT_UNKNOWN
+    ) -> None:
+        """A peer registered (or changed role) here: sign and place its record now."""
+        self.locations.registered(peer, now, standby, rtt_ms)
 
     def peer_gone(self, peer: PublicKey) -> None:
-        self._own_records.pop(peer, None)
-        self._placed.pop(peer, None)  # its records expire where they are
+        self.locations.gone(peer)
 
-    def _place_all(self, now: float) -> None:
-        wall_ms = self._wall_ms(now)
-        for peer in list(self._own_records):
-            self._own_records[peer] = encode_location(
-                peer, wall_ms, self.config.location_ttl_s, self.identity
-            )
-            self._place(peer, now, force=True)
-
-    def _place(self, peer: PublicKey, now: float, force: bool) -> None:
-        chosen = tuple(holders(peer, self.directory.live(), self.config.replicas))
-        if not force and self._placed.get(peer) == chosen:
-            return
-        self._placed[peer] = chosen
-        raw = self._own_records[peer]
-        for holder in chosen:
-            if holder == self.key:
-                self._hold(raw, now)
-            else:
-                self._send(holder, LocationStore((raw,)), now)
-
-    def locate(
-        self, peer: PublicKey, now: float, on_answer: Callable[[Located | None], None]
-    ) -> Located | None:
-        """Where is ``peer``? Answers at once when we know; else asks its
-        holders and calls ``on_answer`` later (and returns None)."""
-        known = self.local_location(peer, now)
-        if known is not None:
-            return known
-        lk = self._lookups.get(peer)
-        if lk is None:
-            lk = self._lookups[peer] = _Lookup(peer, now + self.config.locate_timeout_s)
-            for holder in holders(peer, self.directory.live(), self.config.replicas):
-                if holder == self.key:
-                    continue
-                qid = self._new_id()
-                if self._send(holder, DiscoveryQuery(qid, 0, 0, locate=peer), now):
-                    lk.asked[qid] = holder
-                    self._queries[qid] = peer
-            if not lk.asked:
-                del self._lookups[peer]
-                on_answer(None)
-                return None
-        lk.waiters.append(on_answer)
-        return None
+    def locate(self, peer: PublicKey, now: float, on_answer: Callable[[Found], None]) -> Found:
+        return self.locations.locate(peer, now, on_answer)
 
     def is_home_of(self, peer: PublicKey) -> bool:
-        """Whether we place ``peer``'s location record (it registered here
-        as its home, not as a standby)."""
-        return peer in self._own_records
+        """Whether ``peer`` registered here as its home (not standby, not unlisted)."""
+        return self.locations.is_home_of(peer)
 
-    def own_location(self, peer: PublicKey) -> Located | None:
-        """Our signed record for a peer registered here as its home."""
-        raw = self._own_records.get(peer)
-        own = self.directory.own_announcement
-        if raw is None or own is None:
-            return None
-        return Located(self.key, own.info.endpoints[0], raw)
-
-    def local_location(self, peer: PublicKey, now: float) -> Located | None:
+    def local_location(self, peer: PublicKey, now: float) -> Found:
         """From our own registrations' records or the records we hold."""
-        mine = self.own_location(peer)
-        if mine is not None:
-            return mine
-        rec = self._records.get(peer)
-        if rec is not None and rec.expires_ms() > self._wall_ms(now):
-            m = self.directory.get(rec.home)
-            if m is not None and m.liveness is not Liveness.DEAD:
-                return Located(rec.home, m.announcement.info.endpoints[0], rec.raw)
-        return None
-
-    def _on_locate_answer(self, key: PublicKey, body: DiscoveryResponse, now: float) -> None:
-        peer = self._queries.pop(body.query_id, None)
-        lk = self._lookups.get(peer) if peer is not None else None
-        if lk is None or peer is None:
-            return
-        lk.asked.pop(body.query_id, None)
-        if body.location is not None and body.record is not None and self._hold(body.record, now):
-            rec = self._records[peer]
-            m = self.directory.get(rec.home)
-            endpoint = m.announcement.info.endpoints[0] if m is not None else body.location.endpoint
-            self._finish_lookup(peer, Located(rec.home, endpoint, rec.raw))
-        elif not lk.asked:
-            self._finish_lookup(peer, None)
-
-    def _finish_lookup(self, peer: PublicKey, found: Located | None) -> None:
-        lk = self._lookups.pop(peer, None)
-        if lk is None:
-            return
-        for qid in lk.asked:
-            self._queries.pop(qid, None)
-        for waiter in lk.waiters:
-            waiter(found)
+        return self.locations.local(peer, now)
 
     # ------------------------------------------------------------ views
 
@@ -685,4 +557,4 @@ class Federation:
         return tuple(out[start : start + per_page]), len(out) > start + per_page
 
     def record_count(self) -> int:
-        return len(self._records)
+        return self.locations.count()

@@ -27,9 +27,33 @@ from collections import Counter
 from dataclasses import dataclass, field
 from enum import Enum
 
+from wgrelay.proto.constants import (
+    REGISTER_FLAG_ACCEPT_INCOMING,
+    REGISTER_FLAG_STANDBY,
+    REGISTER_FLAG_UNLISTED,
+    RTT_UNKNOWN,
+)
 from wgrelay.relay.admission import Addr, KeyState, source_group
 from wgrelay.relay.config import RelayConfig
 from wgrelay.relay.limits import TokenBucket
+
+
+class Listing(Enum):
+    """How a registration is published (REGISTER flags)."""
+
+    HOME = "home"
+    STANDBY = "standby"
+    UNLISTED = "unlisted"
+
+
+def listing_of(register_flags: int) -> Listing:
+    if not register_flags & REGISTER_FLAG_ACCEPT_INCOMING:
+        return Listing.UNLISTED  # it takes no sessions: nothing to find
+    if register_flags & REGISTER_FLAG_UNLISTED:
+        return Listing.UNLISTED
+    if register_flags & REGISTER_FLAG_STANDBY:
+        return Listing.STANDBY
+    return Listing.HOME
 
 
 @dataclass(slots=True)
@@ -40,8 +64,10 @@ class Registration:
     ks: KeyState
     expires: float
     accept_incoming: bool = True
-    standby: bool = False
-    """Registered for failover only: no location record is placed for it."""
+    listing: Listing | None = None
+    """What its location record says (None: none placed yet)."""
+    rtt_ms: int = RTT_UNKNOWN
+    """The peer's round trip to us, as it last reported it."""
     sessions: dict[bytes, None] = field(default_factory=dict)
     """Every session it is part of, pending or established (a dict used as an
     ordered set: iteration order must not depend on hashing, or runs of the
