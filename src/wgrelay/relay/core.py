@@ -77,7 +77,7 @@ from wgrelay.proto.constants import (
 from wgrelay.proto.cookie import decode_cookie_reply
 from wgrelay.proto.data import MAX_DATA_FRAME
 from wgrelay.proto.envelope import FLAG_FROM_SERVER, parse_control_header
-from wgrelay.proto.federation import Gossip
+from wgrelay.proto.federation import Gossip, ProbeRequest
 from wgrelay.proto.messages import (
     Body,
     ConnectionRequest,
@@ -606,9 +606,21 @@ class RelayCore:
             # what we know ourselves; a relay asking is never sent on (no loops)
             answer(fed.local_location(peer, inb.now))
             return
+        if self._deferred_needs_proof(inb):
+            return
         found = fed.locate(peer, inb.now, answer)
         if found:
             answer(found)
+
+    def _deferred_needs_proof(self, inb: Inbound) -> bool:
+        """A request answered later (a lookup, a probe on another's behalf)
+        must come from a proven address: a cookie cannot replace an answer
+        that leaves long after its request, so the sender proves it now."""
+        if inb.proven:
+            return False
+        self._admission.challenge(inb)
+        inb.dropped = True
+        return True
 
     def _locate_answer(
         self,
@@ -648,6 +660,8 @@ class RelayCore:
             m = fed.directory.by_x25519(inb.key)
         if m is None:
             self._drop(inb, DropReason.UNEXPECTED)  # only relays we know speak here
+            return
+        if isinstance(body, ProbeRequest) and self._deferred_needs_proof(inb):
             return
         fed.on_request(m.key, body, lambda reply: self._reply(inb, reply), inb.now)
 
