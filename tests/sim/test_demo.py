@@ -60,23 +60,29 @@ def test_same_story_every_time() -> None:
     assert runs[0] == runs[1]
 
 
-@pytest.mark.parametrize(("sig", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, -signal.SIGTERM)])
-def test_a_paced_demo_stops_on_ctrl_c_and_sigterm(sig: signal.Signals, code: int) -> None:
-    """The agents ask for signal handlers; the simulator refuses them, so the
-    signals keep their default effect (a virtual-time loop would never run them)."""
+@pytest.mark.parametrize(("sig", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_a_paced_demo_stops_on_ctrl_c_and_sigterm(
+    sig: signal.Signals, code: int, tmp_path: Path
+) -> None:
+    """The agents ask for signal handlers; the simulator refuses them (a
+    virtual-time loop would never run them), so Ctrl-C and SIGTERM work, and
+    the demo cleans up after itself."""
     proc = subprocess.Popen(
         [sys.executable, "-m", "wgrelay", "demo", "--simulated", "--speed", "1"],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        env={**os.environ, "TMPDIR": str(tmp_path)},
     )
     try:
         assert proc.stdout is not None
         for line in proc.stdout:  # the agents are running once they probe
             if "is probing" in line:
                 break
+        assert len(list(tmp_path.iterdir())) == 1  # its state directory
         proc.send_signal(sig)
         assert proc.wait(timeout=20) == code
+        assert list(tmp_path.iterdir()) == []
     finally:
         proc.kill()
         proc.wait()

@@ -26,8 +26,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import signal
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -268,6 +270,7 @@ def run_simulated_demo(*, speed: float = 0.0, verbose: int = 0, out: TextIO | No
     """Tell the story; 0 if the tunnel came up (and failed over), else 1."""
     out = out if out is not None else sys.stdout
     with contextlib.ExitStack() as stack:
+        stack.enter_context(_exit_on_sigterm())
         tmp = stack.enter_context(tempfile.TemporaryDirectory(prefix="wgrelay-demo-"))
         story = _Story(out, speed)
         stack.enter_context(_virtual_time_logging(story, verbose))
@@ -290,6 +293,24 @@ def run_simulated_demo(*, speed: float = 0.0, verbose: int = 0, out: TextIO | No
             story.say("the story did not go as it should: giving up")
             return 1
     return 0
+
+
+@contextlib.contextmanager
+def _exit_on_sigterm() -> Iterator[None]:
+    """SIGTERM ends the demo like Ctrl-C does, through the cleanup (the
+    temporary state directory); its default would kill the process on the spot."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum: int, frame: object) -> None:
+        raise SystemExit(128 + signum)
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def print_nat_matrix(out: TextIO | None = None) -> int:
