@@ -369,7 +369,7 @@ def _federation_serves(world: World, fresh: list[Peer]) -> list[str]:
         problems += [
             f"{r.name} holds no location record of {p.party.name}"
             for p in fresh
-            if held.local_location(p.pub, world.now) is None
+            if not held.local_location(p.pub, world.now)
         ]
     return problems
 

@@ -678,7 +678,7 @@ class RelayInputs(_Common):
         if asked and rng.random() < 0.8:
             name, t_asked = rng.choice(sorted(asked))
             question: Body | None = rng.choice(self.relay_asked[(name, t_asked)])
-            pending = self.world.relay.federation._queries
+            pending = self.world.relay.federation.locations._queries
             waiting = [
                 q
                 for q in self.relay_asked[(name, t_asked)]

@@ -339,7 +339,7 @@ class RelayOracle:
         control0 = stats.control_received
         regs0 = {k: r.addr for k, r in relay.table.regs.items()}
         self._note_relay_addresses()
-        asked = dict(relay.federation._queries)
+        asked = dict(relay.federation.locations._queries)
         if self.earlier_cookies is not None and len(data) >= 75 and data[2] & 1:
             seen = (bytes(data[59:75]), bytes(data[3:35]), host_port(src))
             if seen not in self.cookie_book and self.earlier_cookies(*seen):
