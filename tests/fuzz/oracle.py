@@ -33,10 +33,11 @@ Relay (``RelayOracle.deliver``), for every datagram, honest or fuzzed:
 Client (``LinkOracle.deliver``): no exception escapes ``RelayLink.receive`` or
 ``handle_timer``; every input counts one ``received`` and is either dropped
 under exactly one reason or reaches exactly one handler (which drops
-nothing at datagram level; bad announcements inside a response are counted
-apart, as ``announcement_*``); a cookie reply is dropped or answered by
-exactly one repeat; everything the link sends is a well-formed message sealed
-for the relay; ``sessions`` and ``session_of`` stay inverse maps.
+nothing at datagram level; bad announcements and LOCATION records inside a
+response are counted apart, as ``announcement_*`` and ``location_*``); a
+cookie reply is dropped or answered by exactly one repeat; everything the
+link sends is a well-formed message sealed for the relay; ``sessions`` and
+``session_of`` stay inverse maps.
 
 Known bugs (tests/fuzz/test_fuzz_findings.py) are recognised precisely and
 counted in ``known`` instead of failing the run, unless ``strict``.
@@ -595,6 +596,13 @@ class RelayOracle:
 
 # ---------------------------------------------------------------- client
 
+INSIDE_A_RESPONSE = ("announcement_", "location_")
+"""A link's drops of what a handled DISCOVERY_RESPONSE carries: an
+announcement that does not verify, a LOCATION record that does not
+(``location_<reason>``) or that is not for the peer asked about or not
+signed by the relay it names (``location_mismatch``). Not datagram drops:
+the response itself was handled."""
+
 
 class LinkOracle:
     def __init__(
@@ -654,7 +662,7 @@ class LinkOracle:
             return []
         out = self.collect(now, data)
         delta = {k: v - before.get(k, 0) for k, v in c.drops.items() if v != before.get(k, 0)}
-        datagram = {k: v for k, v in delta.items() if not k.startswith("announcement_")}
+        datagram = {k: v for k, v in delta.items() if not k.startswith(INSIDE_A_RESPONSE)}
         dropped = sum(datagram.values())
         handled = len(self._entered)
         t = self.tally
