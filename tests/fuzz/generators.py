@@ -16,7 +16,11 @@ PULL_REPLY, LOCATION_ACK, PROBE_ANSWER, DISCOVERY_RESPONSE and cookie
 replies), sealed FROM_SERVER on the relay's own channels with the echo
 ids, nonces, query ids and keys it really sent (learned by opening what it
 sends them). Signed announcements and LOCATION records come valid, newer,
-replayed, forged, future-dated, expired, of an unknown home relay.
+replayed, forged, future-dated, expired, of an unknown home relay; records
+as a home or a standby, with the peer's RTT or "unknown", some with flag
+bits nobody defined. REGISTERs ask to be listed as home, standby or not at
+all, REGISTERs and HEARTBEATs report RTTs, and a DISCOVERY_RESPONSE may
+offer an alternate place (the peer's standby) with its own record.
 
 ``LinkInputs`` speaks to one link as its relay: every body type sealed with
 the relay's keys for that peer, carrying the request ids, heartbeat
@@ -35,7 +39,15 @@ from collections.abc import Callable
 
 import nacl.bindings as sodium
 
-from tests.fuzz.layout import ControlDraft, DataDraft, Draft, RawDraft, open_draft
+from tests.fuzz.layout import (
+    LOCATION_SIGNED,
+    ControlDraft,
+    DataDraft,
+    Draft,
+    RawDraft,
+    open_draft,
+    signed_location,
+)
 from tests.fuzz.oracle import host_port
 from tests.fuzz.world import (
     ADDRESS_POOL,
@@ -59,8 +71,11 @@ from wgrelay.proto.constants import (
     MAX_PULL_KEYS,
     MAX_RECORDS_PER_MESSAGE,
     MAX_REGION_LEN,
-    PROTOCOL_VERSION,
+    REGISTER_FLAG_ACCEPT_INCOMING,
+    REGISTER_FLAG_STANDBY,
+    REGISTER_FLAG_UNLISTED,
     RELAY_TO_RELAY,
+    RTT_UNKNOWN,
     SERVER_TO_CLIENT,
     CloseReason,
     ErrorCode,
@@ -133,6 +148,27 @@ NOBODY = relay_identity("z")
 """A relay identity nobody knows or ever announces (an unknown home relay)."""
 RELAY_NAMES = (*(n for n, _ in RELAYS), UNKNOWN_RELAY[0])
 REGIONS = ("", "fuzz", "eu-west", "x" * MAX_REGION_LEN, "é" * 16, "\x00")
+_ACCEPT, _STANDBY, _UNLISTED = (
+    REGISTER_FLAG_ACCEPT_INCOMING,
+    REGISTER_FLAG_STANDBY,
+    REGISTER_FLAG_UNLISTED,
+)
+REGISTER_FLAGS = (
+    0,
+    _ACCEPT,
+    _ACCEPT,
+    _ACCEPT,
+    _ACCEPT | _STANDBY,
+    _ACCEPT | _STANDBY,
+    _ACCEPT | _UNLISTED,
+    _ACCEPT | _STANDBY | _UNLISTED,
+    _STANDBY,
+    _UNLISTED,
+    0xFF,
+)
+"""Home (accept), standby, unlisted, both, either without accept, unknown bits."""
+RECORD_KINDS = ("valid",) * 3 + ("future", "expired", "unknown_home", "forged", "ttl", "flags")
+"""What a generated LOCATION record is like (mostly valid)."""
 
 
 def wg_payload(rng: random.Random, size: int | None = None) -> bytes:
@@ -248,14 +284,16 @@ class _Common:
         rng = self.rng
         w = self.world
         if t == MsgType.REGISTER:
-            return Register(rng.choice([0, 1, 1, 2, 0xFF]), rng.choice([0, 5, 25, 0xFFFF]))
+            return Register(
+                rng.choice(REGISTER_FLAGS), rng.choice([0, 5, 25, 0xFFFF]), self.some_rtt()
+            )
         if t == MsgType.REGISTERED:
             epoch = w.relay.epoch if rng.random() < 0.7 else rng.randrange(2**64)
             return Registered(
                 rng.choice([0, 30, 0xFFFF]), rng.choice([0, 1, 5, 0xFFFF]), epoch, endpoint(rng)
             )
         if t == MsgType.HEARTBEAT:
-            return Heartbeat(rng.randrange(2**32))
+            return Heartbeat(rng.randrange(2**32), self.some_rtt())
         if t == MsgType.HEARTBEAT_ACK:
             epoch = w.relay.epoch if rng.random() < 0.7 else rng.randrange(2**64)
             return HeartbeatAck(rng.randrange(2**32), rng.choice(list(HeartbeatStatus)), epoch)
@@ -301,6 +339,12 @@ class _Common:
             return self.discovery_response(rng.randrange(2**32))
         return self.federation_body(t)
 
+    def some_rtt(self) -> int:
+        """A peer's reported RTT to the relay: unknown, steady, moved a little
+        or a lot (a record is re-signed past 25 % and 10 ms), the edges."""
+        rng = self.rng
+        return rng.choice([RTT_UNKNOWN, RTT_UNKNOWN, 0, 1, 23, 24, 40, 400, 0xFFFE])
+
     def locate_key(self) -> bytes:
         """A peer to look for: registered here, known to the world, or nobody."""
         rng = self.rng
@@ -319,14 +363,32 @@ class _Common:
         if self.vary_announcement is not None:
             choices += [self.vary_announcement(self.announcement) for _ in range(3)]
         anns = [rng.choice(choices) for _ in range(rng.choice([0, 1, 1, 2, 3]))]
-        location = record = None
+        location = record = alternate = alternate_record = None
         if rng.random() < (0.8 if locate is not None else 0.4):
             home = rng.choice(RELAY_NAMES)
             location = PeerLocation(self.idents[home].public, endpoint(rng))
             if rng.random() < 0.6:
                 peer = locate if locate is not None and rng.random() < 0.7 else None
                 record = self.location_record(peer, home if rng.random() < 0.7 else None)
-        return DiscoveryResponse(qid, tuple(anns), location, record, rng.random() < 0.2)
+            if record is not None and rng.random() < 0.5:
+                # a second place (the peer's standby, mostly): another relay or
+                # the same one, its record for the same peer or not, named by
+                # the relay that signed it or not
+                alt = rng.choice(RELAY_NAMES)
+                alternate = PeerLocation(self.idents[alt].public, endpoint(rng))
+                same = locate if locate is not None and rng.random() < 0.8 else None
+                alternate_record = self.location_record(
+                    same, alt if rng.random() < 0.7 else None, rng.random() < 0.8
+                )
+        return DiscoveryResponse(
+            qid,
+            tuple(anns),
+            location,
+            record,
+            rng.random() < 0.2,
+            alternate,
+            alternate_record,
+        )
 
     # ------------------------------------------------------------ the federation
 
@@ -380,16 +442,20 @@ class _Common:
             return self.vary_announcement(self.relay_announcement(name))
         return rng.randbytes(rng.choice([0, 40, 170]))
 
-    def location_record(self, peer: bytes | None = None, home: str | None = None) -> bytes:
-        """A LOCATION record: valid (a known home, now, a sane ttl) or forged,
-        future, expired, of an unknown home, with a ttl out of range."""
+    def location_record(
+        self, peer: bytes | None = None, home: str | None = None, standby: bool | None = None
+    ) -> bytes:
+        """A LOCATION record, home or standby (``standby`` None: either) with
+        the peer's RTT or none: valid (a known home, now, a sane ttl) or
+        forged, future, expired, of an unknown home, with a ttl out of range,
+        with flag bits nobody defined."""
         rng = self.rng
         now = self.now_ms()
         if peer is None:
             peer = self.locate_key()
-        kind = rng.choice(
-            ["valid", "valid", "valid", "future", "expired", "unknown_home", "forged", "ttl"]
-        )
+        if standby is None:
+            standby = rng.random() < 0.3
+        kind = rng.choice(RECORD_KINDS)
         name = home or rng.choice(["r1", "r1", "r2", "rb", "self"])
         if kind == "unknown_home":
             name = rng.choice(["rb", "nobody"])  # rb: unknown until it introduces itself
@@ -401,12 +467,14 @@ class _Common:
             issued, ttl = rng.choice([(now - 700_000, 600), (now - 120_000, 120), (0, 600)])
         elif kind == "ttl":
             ttl = rng.choice([0, 601, 2**32 - 1])
-        signed = bytes((MsgType.LOCATION, PROTOCOL_VERSION)) + peer + ident.public.raw
-        signed += (issued & (2**64 - 1)).to_bytes(8, "big") + ttl.to_bytes(4, "big")
-        sig = ident.sign(signed)
+        flags = int(standby)
+        if kind == "flags":
+            flags = rng.choice([0x02, 0x03, 0x80, 0xFF])
+        rec = signed_location(peer, ident, issued, ttl, flags=flags, rtt_ms=self.some_rtt())
         if kind == "forged":  # a bit of the signature, or someone else's
-            sig = rng.choice([sig[:-1] + bytes((sig[-1] ^ 1,)), NOBODY.sign(signed)])
-        return signed + sig
+            signed, sig = rec[:LOCATION_SIGNED], rec[LOCATION_SIGNED:]
+            rec = signed + rng.choice([sig[:-1] + bytes((sig[-1] ^ 1,)), NOBODY.sign(signed)])
+        return rec
 
     def versions(self, n: int) -> tuple[tuple[PublicKey, int], ...]:
         """(relay key, issued_ms) pairs: what a directory holds, older, newer."""
@@ -837,7 +905,8 @@ class LinkInputs(_Common):
             return Pong(ping.echo_id, rng.randrange(101))
         if t == MsgType.DISCOVERY_RESPONSE and (q := asked(MsgType.DISCOVERY_QUERY)):
             assert isinstance(q, DiscoveryQuery)
-            return self.discovery_response(q.query_id)
+            locate = q.locate.raw if q.locate is not None else None
+            return self.discovery_response(q.query_id, locate)
         if t == MsgType.ERROR and rng.random() < 0.6:
             sent = [k for k, v in self.sent.items() if v]
             ref = rng.choice(sent) if sent else int(MsgType.PING)

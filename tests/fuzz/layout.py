@@ -22,18 +22,22 @@ from dataclasses import dataclass
 import nacl.bindings as sodium
 import nacl.exceptions
 
+from wgrelay.keys import RelayIdentity
 from wgrelay.proto.constants import (
     COOKIE_LEN,
     DIGEST_BUCKETS,
     KEY_LEN,
+    LOCATION_FLAG_STANDBY,
     LOCATION_RECORD_LEN,
     MAX_DETAIL_LEN,
     MAX_REGION_LEN,
     NONCE_LEN,
     PROTOCOL_VERSION,
     QUERY_FLAG_LOCATE_PEER,
+    RESPONSE_FLAG_ALTERNATE,
     RESPONSE_FLAG_LOCATED,
     RESPONSE_FLAG_RECORD,
+    RTT_UNKNOWN,
     SESSION_ID_LEN,
     SIGNATURE_LEN,
     TAG_LEN,
@@ -179,8 +183,9 @@ class Field:
     off: int
     size: int
     kind: str
-    """u8 u16 u32 u64 ms flags type pct bool enum key sid strlen str family ip
-    port count annlen ann loc hash sig (ms: a wall clock in milliseconds)"""
+    """u8 u16 u32 u64 ms rtt flags type pct bool enum key sid strlen str family
+    ip port count annlen ann loc hash sig (ms: a wall clock in milliseconds;
+    rtt: a round trip in ms, 0xFFFF unknown)"""
     limit: int = 0
     """strlen: the longest string allowed; enum: the first invalid value."""
 
@@ -251,8 +256,9 @@ def body_fields(msg_type: int, body: bytes) -> list[Field]:
     w = _Walker(body)
     t = msg_type
     if t == MsgType.REGISTER:
-        w.take("flags", 1)
-        w.take("u16", 2)
+        w.take("flags", 1)  # accept incoming, standby, unlisted
+        w.take("u16", 2)  # keepalive_s
+        w.take("rtt", 2)
     elif t == MsgType.REGISTERED:
         w.take("u16", 2)
         w.take("u16", 2)
@@ -260,6 +266,7 @@ def body_fields(msg_type: int, body: bytes) -> list[Field]:
         w.endpoint()
     elif t == MsgType.HEARTBEAT:
         w.take("u32", 4)
+        w.take("rtt", 2)
     elif t == MsgType.HEARTBEAT_ACK:
         w.take("u32", 4)
         w.take("enum", 1, _ENUM_END["hb"])
@@ -308,6 +315,10 @@ def body_fields(msg_type: int, body: bytes) -> list[Field]:
             w.take("key", KEY_LEN)
             w.endpoint()
         if flags is not None and flags & RESPONSE_FLAG_RECORD:
+            w.take("loc", LOCATION_RECORD_LEN)
+        if flags is not None and flags & RESPONSE_FLAG_ALTERNATE:
+            w.take("key", KEY_LEN)  # the alternate's relay
+            w.endpoint()
             w.take("loc", LOCATION_RECORD_LEN)
         w.blobs("ann")
     elif t in (MsgType.GOSSIP, MsgType.PULL_REPLY):
@@ -362,10 +373,34 @@ def announcement_fields(data: bytes) -> list[Field]:
     return fields
 
 
-LOCATION_SIGNED = LOCATION_RECORD_LEN - SIGNATURE_LEN  # 78
+LOCATION_SIGNED = LOCATION_RECORD_LEN - SIGNATURE_LEN  # 81
 """Bytes of a LOCATION record the signature covers (proto/location.py)."""
 LOCATION_HOME = slice(34, 66)
 """Where a LOCATION record names its home relay (the signer)."""
+
+
+def signed_location(
+    peer: bytes,
+    signer: RelayIdentity,
+    issued_ms: int,
+    ttl_s: int,
+    *,
+    standby: bool = False,
+    rtt_ms: int = RTT_UNKNOWN,
+    flags: int | None = None,
+) -> bytes:
+    """A LOCATION record built by hand along proto/location.py's layout and
+    signed by ``signer`` (named in it as the home relay), so what
+    ``encode_location`` refuses can be signed too: a ttl out of range, a
+    clock past 2^64, flag bits nobody defined (``flags`` overrides
+    ``standby``)."""
+    if flags is None:
+        flags = LOCATION_FLAG_STANDBY if standby else 0
+    signed = bytes((MsgType.LOCATION, PROTOCOL_VERSION)) + peer + signer.public.raw
+    signed += (issued_ms & U64_MASK).to_bytes(8, "big") + (ttl_s & 0xFFFFFFFF).to_bytes(4, "big")
+    signed += bytes((flags & 0xFF,)) + (rtt_ms & 0xFFFF).to_bytes(2, "big")
+    assert len(signed) == LOCATION_SIGNED
+    return signed + signer.sign(signed)
 
 
 def location_fields(data: bytes) -> list[Field]:
@@ -377,6 +412,8 @@ def location_fields(data: bytes) -> list[Field]:
     w.take("key", KEY_LEN)  # its home relay
     w.take("ms", 8)
     w.take("u32", 4)  # ttl_s
+    w.take("flags", 1)  # bit 0 standby
+    w.take("rtt", 2)
     fields = w.fields
     if len(data) >= SIGNATURE_LEN:
         fields.append(Field(len(data) - SIGNATURE_LEN, SIGNATURE_LEN, "sig"))

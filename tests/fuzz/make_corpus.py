@@ -33,7 +33,7 @@ from types import FrameType
 from typing import Any
 
 from tests.fuzz import seeds as corpus_io
-from tests.fuzz.layout import ControlDraft
+from tests.fuzz.layout import ControlDraft, signed_location
 from tests.fuzz.world import (
     ADDRESS_POOL,
     OWN_ADDRESSES,
@@ -57,6 +57,7 @@ from wgrelay.proto.constants import (
     PROTOCOL_VERSION,
     QUERY_FLAG_WANT_RELAYS,
     REGISTER_FLAG_ACCEPT_INCOMING,
+    RTT_UNKNOWN,
     SERVER_TO_CLIENT,
     CloseReason,
     ErrorCode,
@@ -164,11 +165,20 @@ def _announcement(
     return encode_announcement(info, issued_ms, ttl_s, ident)
 
 
-def _record(peer: bytes, home: RelayIdentity, issued_ms: int = MS0, ttl_s: int = 120) -> bytes:
-    """A LOCATION record, by hand (so a ttl out of range can be signed too)."""
-    signed = bytes((MsgType.LOCATION, PROTOCOL_VERSION)) + peer + home.public.raw
-    signed += issued_ms.to_bytes(8, "big") + ttl_s.to_bytes(4, "big")
-    return signed + home.sign(signed)
+def _record(
+    peer: bytes,
+    home: RelayIdentity,
+    issued_ms: int = MS0,
+    ttl_s: int = 120,
+    *,
+    standby: bool = False,
+    rtt_ms: int = RTT_UNKNOWN,
+    flags: int | None = None,
+) -> bytes:
+    """A LOCATION record, by hand (so a ttl out of range or unknown flags can be signed too)."""
+    return signed_location(
+        peer, home, issued_ms, ttl_s, standby=standby, rtt_ms=rtt_ms, flags=flags
+    )
 
 
 def _records(peer: bytes, known: RelayIdentity) -> list[tuple[str, bytes]]:

@@ -2,8 +2,9 @@
 
 Before sealing, on a ``ControlDraft``: any field of the body set to an edge
 of its range (length bytes to 0, the limit, the limit + 1 and 255; an address
-family to 0, 5 or the wrong one; a u64 to 2^64 - 1; a session id to a live
-or pending one; a key to a registered peer, the sender itself or the relay),
+family to 0, 5 or the wrong one; a u64 to 2^64 - 1; a flag bit on or off; an
+RTT to 0, 0xFFFF "unknown" or a jump; a session id to a live or pending one;
+a key to a registered peer, the sender itself or the relay),
 bodies cut or grown at field boundaries or swapped for another type's, the
 timestamp moved (stale, future, replayed, 0, max), the type, version and flags
 bytes changed, cookies added, dropped or swapped, the sender swapped with or
@@ -42,6 +43,7 @@ from wgrelay.keys import RelayIdentity
 from wgrelay.proto.constants import (
     CONTROL_TYPES,
     MAX_CONTROL_SIZE,
+    RTT_UNKNOWN,
     SERVER_TO_CLIENT,
     SIGNATURE_LEN,
     MsgType,
@@ -89,7 +91,10 @@ def field_value(rng: random.Random, ctx: Context, f: Field, buf: bytes) -> bytes
     old = int.from_bytes(buf[f.off : f.off + f.size], "big") if f.size <= 8 else 0
     k = f.kind
     if k in ("u8", "flags", "pct", "bool", "count"):
-        v = rng.choice([0, 1, 2, 3, 100, 101, 0x7F, 0x80, 0xFE, 0xFF, old ^ 1, rng.randrange(256)])
+        bit = old ^ (1 << rng.randrange(8))  # one flag on or off (a standby, an alternate)
+        v = rng.choice(
+            [0, 1, 2, 3, 100, 101, 0x7F, 0x80, 0xFE, 0xFF, old ^ 1, bit, rng.randrange(256)]
+        )
     elif k == "enum":
         v = rng.choice([0, f.limit - 1, f.limit, f.limit + 1, 0xFF, rng.randrange(256)]) & 0xFF
     elif k == "type":
@@ -128,6 +133,23 @@ def field_value(rng: random.Random, ctx: Context, f: Field, buf: bytes) -> bytes
                 2**64 - 1,
                 2**64 - 1024,
                 2**63,
+            ]
+        )
+    elif k == "rtt":  # a peer's round trip: unknown, none, the edges, a jump
+        v = rng.choice(
+            [
+                RTT_UNKNOWN,
+                RTT_UNKNOWN - 1,
+                0,
+                1,
+                9,
+                10,
+                23,
+                400,
+                old,
+                old + 1,
+                old * 2,
+                _u(rng, 2, old),
             ]
         )
     elif k in ("u16", "u32", "annlen"):
