@@ -71,6 +71,7 @@ from wgrelay.proto.constants import (
     MAX_PULL_KEYS,
     MAX_RECORDS_PER_MESSAGE,
     MAX_REGION_LEN,
+    QUERY_FLAG_WANT_RELAYS,
     REGISTER_FLAG_ACCEPT_INCOMING,
     REGISTER_FLAG_STANDBY,
     REGISTER_FLAG_UNLISTED,
@@ -346,13 +347,19 @@ class _Common:
         return rng.choice([RTT_UNKNOWN, RTT_UNKNOWN, 0, 1, 23, 24, 40, 400, 0xFFFE])
 
     def locate_key(self) -> bytes:
-        """A peer to look for: registered here, known to the world, or nobody."""
+        """A peer to look for: registered here, not registered here (so the
+        relay asks the peer's holders, and the fuzzer can answer them),
+        known to the world, or nobody."""
         rng = self.rng
         regs = self.world.relay.table.regs
         pick = rng.random()
-        if pick < 0.4 and regs:
+        if pick < 0.3 and regs:
             return rng.choice(list(regs))
-        if pick < 0.8:
+        if pick < 0.55:
+            away = [p.public for p in self.world.parties if p.public not in regs]
+            if away:
+                return rng.choice(away)
+        if pick < 0.85:
             return rng.choice(self.world.parties).public
         return self.some_key()
 
@@ -608,8 +615,30 @@ class RelayInputs(_Common):
             return (f"10.{rng.randrange(4)}.{rng.randrange(256)}.{rng.randrange(1, 255)}", 9000)
         return rng.choice(ADDRESS_POOL)
 
+    def lookup(self) -> tuple[Draft, str]:
+        """An honest peer asks, from where it registered, where a peer not
+        registered here is: unless the relay holds its record, it asks the
+        peer's holders (r1, r2), and the fuzzer's answers to those queries
+        (``relay_answer``) find a lookup waiting."""
+        rng = self.rng
+        party = rng.choice(self.honest)
+        regs = self.world.relay.table.regs
+        reg = regs.get(party.public)
+        self.src = reg.addr if reg is not None else party.home
+        away = [p.public for p in self.world.parties if p.public not in regs]
+        target = PublicKey(rng.choice(away) if away else self.locate_key())
+        flags = rng.choice([0, QUERY_FLAG_WANT_RELAYS])
+        body = DiscoveryQuery(rng.randrange(2**32), flags, rng.choice([0, 6]), locate=target)
+        d = self.draft(MsgType.DISCOVERY_QUERY, party, party.to_relay, body)
+        cookie = self.cookie_for(party.public)
+        if cookie is not None and rng.random() < 0.85:
+            d.cookie, d.flags = cookie, d.flags | FLAG_COOKIE
+        return d, "control/discovery_query/lookup"
+
     def control(self) -> tuple[Draft, str]:
         rng = self.rng
+        if not self.flood and rng.random() < 0.08:
+            return self.lookup()
         if self.flood == "control" and rng.random() < 0.5:
             party = self.ephemeral()
         elif rng.random() < 0.55:
@@ -743,17 +772,20 @@ class RelayInputs(_Common):
         to what it asked, mostly."""
         rng = self.rng
         asked = [k for k, v in self.relay_asked.items() if v]
-        if asked and rng.random() < 0.8:
+        pending = self.world.relay.federation.locations._queries
+        waiting = [
+            (name, q)
+            for (name, t), sent in sorted(self.relay_asked.items())
+            if t == MsgType.DISCOVERY_QUERY
+            for q in sent
+            if isinstance(q, DiscoveryQuery) and q.query_id in pending
+        ]
+        question: Body | None
+        if waiting and rng.random() < 0.7:
+            name, question = rng.choice(waiting)  # a lookup still waiting for its holders
+        elif asked and rng.random() < 0.8:
             name, t_asked = rng.choice(sorted(asked))
-            question: Body | None = rng.choice(self.relay_asked[(name, t_asked)])
-            pending = self.world.relay.federation.locations._queries
-            waiting = [
-                q
-                for q in self.relay_asked[(name, t_asked)]
-                if isinstance(q, DiscoveryQuery) and q.query_id in pending
-            ]
-            if waiting and rng.random() < 0.8:
-                question = rng.choice(waiting)  # a lookup still waiting for its holders
+            question = rng.choice(self.relay_asked[(name, t_asked)])
         else:
             name, question = rng.choice(RELAY_NAMES), None
         body = self.answer_to(question) if question is not None else None
@@ -814,6 +846,10 @@ class RelayInputs(_Common):
         pick = self.rng.random()
         if self.flood:
             pick = 0.0 if self.flood == "control" else 0.8
+        elif self.world.relay.federation.locations._queries and self.rng.random() < 0.25:
+            # a lookup waits for the peer's holders (they are slow or lost):
+            # answer it as them, with records of that peer or another
+            return self.relay_answer()
         if pick < 0.5:
             return self.control()
         if pick < 0.75:
@@ -905,6 +941,14 @@ class LinkInputs(_Common):
             return Pong(ping.echo_id, rng.randrange(101))
         if t == MsgType.DISCOVERY_RESPONSE and (q := asked(MsgType.DISCOVERY_QUERY)):
             assert isinstance(q, DiscoveryQuery)
+            waiting = [
+                w
+                for w in self.sent[int(MsgType.DISCOVERY_QUERY)]
+                if isinstance(w, DiscoveryQuery) and w.locate is not None
+                if (MsgType.DISCOVERY_QUERY, w.query_id) in self.target.link._requests
+            ]
+            if waiting and rng.random() < 0.7:
+                q = rng.choice(waiting)  # a lookup still waiting: its records are checked
             locate = q.locate.raw if q.locate is not None else None
             return self.discovery_response(q.query_id, locate)
         if t == MsgType.ERROR and rng.random() < 0.6:
