@@ -57,6 +57,8 @@ from wgrelay.proto.constants import (
     PROTOCOL_VERSION,
     QUERY_FLAG_WANT_RELAYS,
     REGISTER_FLAG_ACCEPT_INCOMING,
+    REGISTER_FLAG_STANDBY,
+    REGISTER_FLAG_UNLISTED,
     RTT_UNKNOWN,
     SERVER_TO_CLIENT,
     CloseReason,
@@ -195,6 +197,21 @@ def _records(peer: bytes, known: RelayIdentity) -> list[tuple[str, bytes]]:
     ]
 
 
+def _role_records(
+    peer: bytes, known: RelayIdentity, other: RelayIdentity
+) -> list[tuple[str, bytes]]:
+    """LOCATION records of a peer's two places, in the order a holder gets
+    them: its home's with its RTT, its standby's at another relay, the
+    home relay's record turned standby (the same relay in the other role),
+    and one with a flag bit nobody defined."""
+    return [
+        ("home_rtt", _record(peer, known, MS0 + 1, rtt_ms=23)),
+        ("standby", _record(peer, other, MS0 + 1, standby=True, rtt_ms=41)),
+        ("standby_same_relay", _record(peer, known, MS0 + 2, standby=True, rtt_ms=0)),
+        ("unknown_flags", _record(peer, known, MS0 + 3, flags=0x02, rtt_ms=23)),
+    ]
+
+
 def _federation_requests(
     own: RelayIdentity, r1: RelayIdentity, r2: RelayIdentity, rb: RelayIdentity, peer: bytes
 ) -> list[tuple[str, Body]]:
@@ -222,14 +239,20 @@ def _federation_requests(
         ("probe_request_self", ProbeRequest(r1.public, 9)),
         ("ping", Ping(0x5EED)),
         ("discovery_query_locate", DiscoveryQuery(11, 0, 0, locate=PublicKey(peer), page=0)),
+        ("location_store_roles", LocationStore(tuple(r for _, r in _role_records(peer, r1, r2)))),
     ]
 
 
 def _federation_answers(
-    r1: RelayIdentity, r2: RelayIdentity, peer: bytes
+    r1: RelayIdentity, r2: RelayIdentity, peer: bytes, other_peer: bytes
 ) -> list[tuple[str, Body]]:
-    """What a relay answers another (FROM_SERVER), one of each."""
+    """What a relay answers another (FROM_SERVER), one of each; a lookup's
+    answer also with the peer's standby as an alternate, and with a record
+    of another peer than the one asked about."""
     where = PeerLocation(r1.public, ("192.0.2.2", 51820))
+    standby = PeerLocation(r2.public, ("192.0.2.3", 51820))
+    home_rec = _record(peer, r1, rtt_ms=23)
+    standby_rec = _record(peer, r2, standby=True, rtt_ms=41)
     return [
         ("gossip_ack", GossipAck(1)),
         ("digest_reply", DigestReply(((r2.public, MS0 + 10), (r1.public, MS0)), 0x8001, False)),
@@ -240,27 +263,49 @@ def _federation_answers(
         ("pong", Pong(0x5EED, 0)),
         ("discovery_response_record", DiscoveryResponse(11, (), where, _record(peer, r1))),
         ("discovery_response_more", DiscoveryResponse(11, (), None, None, True)),
+        (
+            "discovery_response_alternate",
+            DiscoveryResponse(11, (), where, home_rec, False, standby, standby_rec),
+        ),
+        (
+            "discovery_response_wrong_peer",
+            DiscoveryResponse(11, (), where, _record(other_peer, r1, rtt_ms=23)),
+        ),
         ("error", Error(ErrorCode.REPLAYED, int(MsgType.GOSSIP), "", TS0)),
     ]
 
 
 def _relay_bodies(p1: bytes) -> list[tuple[str, Body]]:
     target = PublicKey(p1)
+    accept = REGISTER_FLAG_ACCEPT_INCOMING
     return [
-        ("register", Register(REGISTER_FLAG_ACCEPT_INCOMING, 25)),
+        ("register", Register(accept, 25)),
         ("heartbeat", Heartbeat(7)),
         ("connection_request", ConnectionRequest(42, target)),
         ("session_answer", SessionAnswer(SID_A, True)),
         ("session_close", SessionClose(SID_A, CloseReason.NORMAL)),
         ("ping", Ping(0x1122334455667788)),
         ("discovery_query", DiscoveryQuery(9, QUERY_FLAG_WANT_RELAYS, 6, 0, "fuzz", target, 1)),
+        # how the relay lists a registration, and the RTT it signs into the record
+        ("register_standby", Register(accept | REGISTER_FLAG_STANDBY, 25, 41)),
+        ("register_unlisted", Register(accept | REGISTER_FLAG_UNLISTED, 25, 12)),
+        ("heartbeat_rtt", Heartbeat(8, 23)),
     ]
 
 
 def _client_bodies(
-    home: Addr, p2: bytes, ann: bytes, relay_pub: bytes, record: bytes
+    home: Addr,
+    p2: bytes,
+    ann: bytes,
+    relay_pub: bytes,
+    record: bytes,
+    alternate: PeerLocation,
+    alternate_record: bytes,
 ) -> list[tuple[str, Body]]:
+    """What a relay sends a peer; ``record`` is the relay's own for p1,
+    ``alternate_record`` p1's standby at ``alternate``."""
     observed = (str(home[0]), int(home[1]))
+    here = PeerLocation(PublicKey(relay_pub), ("192.0.2.1", 51820))
     bodies: list[tuple[str, Body]] = [
         ("registered", Registered(30, 5, EPOCH, observed)),
         ("registered_v6", Registered(30, 5, EPOCH, ("2001:db8:1::11", 40001))),
@@ -275,15 +320,14 @@ def _client_bodies(
             DiscoveryResponse(9, (ann,), PeerLocation(PublicKey(relay_pub), ("192.0.2.1", 51820))),
         ),
         ("discovery_response_empty", DiscoveryResponse(9)),
+        ("discovery_response_record", DiscoveryResponse(9, (ann,), here, record, more=True)),
         (
-            "discovery_response_record",
-            DiscoveryResponse(
-                9,
-                (ann,),
-                PeerLocation(PublicKey(relay_pub), ("192.0.2.1", 51820)),
-                record,
-                more=True,
-            ),
+            "discovery_response_alternate",
+            DiscoveryResponse(9, (ann,), here, record, False, alternate, alternate_record),
+        ),
+        (
+            "discovery_response_alternate_mismatch",
+            DiscoveryResponse(9, (), here, record, False, alternate, record),
         ),
     ]
     bodies += [
@@ -345,8 +389,14 @@ def entries() -> list[Entry]:
     # server-to-client bodies sent to the relay: right flag with the peer's keys, and wrong flag
     ann = _announcement(ident)
     one_of_each: dict[MsgType, tuple[str, Body]] = {}
-    record = _record(parties["p1"].public, ident)
-    for name, body in _client_bodies(p0.home, parties["p2"].public, ann, ident.public.raw, record):
+    record = _record(parties["p1"].public, ident, rtt_ms=23)
+    r1, r2, rb = (relay_identity(n) for n in ("r1", "r2", "rb"))
+    alternate = PeerLocation(r1.public, ("192.0.2.2", 51820))
+    standby = _record(parties["p1"].public, r1, standby=True, rtt_ms=41)
+    client_bodies = _client_bodies(
+        p0.home, parties["p2"].public, ann, ident.public.raw, record, alternate, standby
+    )
+    for name, body in client_bodies:
         one_of_each.setdefault(body.TYPE, (name, body))
     for name, body in one_of_each.values():
         to_relay(
@@ -367,7 +417,6 @@ def entries() -> list[Entry]:
     # from their announced address, without and with a cookie; the same from
     # rb (a relay it does not know: its GOSSIP of its own announcement
     # introduces it) and from p0 (no relay at all)
-    r1, r2, rb = (relay_identity(n) for n in ("r1", "r2", "rb"))
     pr1, prb = parties["r1"], parties["rb"]
     requests = _federation_requests(ident, r1, r2, rb, p1.public)
     r1_home = (str(pr1.home[0]), int(pr1.home[1]))
@@ -390,7 +439,7 @@ def entries() -> list[Entry]:
     )
     # answers to the fuzzed relay's own channels (FROM_SERVER, r1's side of them)
     from_r1 = answer_keys("r1", ident).tx
-    for name, body in _federation_answers(r1, r2, p1.public):
+    for name, body in _federation_answers(r1, r2, p1.public, s0.public):
         data = s.seal(body, pr1.public, from_r1, flags=FLAG_FROM_SERVER)
         to_relay(f"answer-{name}-r1", f"answer/{name}", data, pr1.home)
     data = s.seal(GossipAck(0), prb.public, answer_keys("rb", ident).tx, flags=FLAG_FROM_SERVER)
@@ -409,7 +458,7 @@ def entries() -> list[Entry]:
         p = parties[who]
         data = s.seal(query, p.public, key(p))
         to_relay(f"discovery_query-{name}-{who}", f"control/discovery_query/{name}", data, p.home)
-    for name, rec in _records(p1.public, r1):
+    for name, rec in [*_records(p1.public, r1), *_role_records(p1.public, r1, r2)]:
         to_relay(f"raw-location-{name}", f"raw/location/{name}", rec, ADDRESS_POOL[0])
     # data frames
     wg = bytes((4, 0, 0, 0))
@@ -449,7 +498,7 @@ def entries() -> list[Entry]:
     # the client side: what p0's relay sends it
     relay_pub = ident.x25519_public
     to_p0 = p0.from_relay
-    for name, body in _client_bodies(p0.home, parties["p2"].public, ann, ident.public.raw, record):
+    for name, body in client_bodies:
         out.append(
             ("client", f"{name}.hex", f"control/{name}", s.seal(body, relay_pub, to_p0), None)
         )
@@ -491,12 +540,13 @@ def entries() -> list[Entry]:
             for n, b in _federation_requests(ident, r1, r2, rb, p1.public)
             if n in ("gossip", "digest", "pull", "location_store", "probe_request")
         ),
-        *_federation_answers(r1, r2, p1.public),
+        *_federation_answers(r1, r2, p1.public, s0.public),
     ]:
         data = s.seal(body, relay_pub, to_p0, flags=FLAG_FROM_SERVER)
         out.append(("client", f"r2r-{name}.hex", f"relay/{name}/to-peer", data, None))
     out.append(("client", "announcement.hex", "raw/announcement", ann, None))
     out.append(("client", "location.hex", "raw/location", record, None))
+    out.append(("client", "location-standby.hex", "raw/location/standby", standby, None))
     out.append(("client", "data-keepalive.hex", "raw/data", frames["keepalive"], None))
     return out
 
