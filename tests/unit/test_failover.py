@@ -50,12 +50,13 @@ def _pings(datagrams: list[bytes]) -> int:
 def test_a_silent_carrying_relay_is_lost_in_two_seconds_not_nine() -> None:
     net = CoreNet()
     a, _ = _relayed_pair(net)
-    a.link.data_heard = net.clock.now  # our peer's traffic came through it
+    net.clock.now += 0.01
+    a.link.note_sent(net.clock.now)  # we sent our peer traffic through it
     start = net.clock.now
     sent = _silent_advance(net, a, start + 9.0)
     assert a.link.state == LinkState.LOST
     lost_at = net.clock.now - start
-    assert 2.0 <= lost_at <= 2.05, lost_at
+    assert 1.95 <= lost_at <= 2.05, lost_at  # 2 s after the first unanswered send
     assert any(isinstance(e, LinkLost) for e in a.events)
     # probes from 0.5 s of silence, every 0.25 s: at least the 6 required
     assert _pings(sent) >= a.link.config.carrier_probes
@@ -64,7 +65,8 @@ def test_a_silent_carrying_relay_is_lost_in_two_seconds_not_nine() -> None:
 def test_probes_answered_keep_a_quiet_carrying_link() -> None:
     net = CoreNet()
     a, _ = _relayed_pair(net)
-    a.link.data_heard = net.clock.now
+    net.clock.now += 0.01
+    a.link.note_sent(net.clock.now)
     for _ in range(100):  # 5 s, the relay answering
         net.advance(0.05)
     assert a.link.state == LinkState.REGISTERED
@@ -73,23 +75,24 @@ def test_probes_answered_keep_a_quiet_carrying_link() -> None:
 
 def test_an_idle_link_is_not_probed_and_keeps_the_slow_rule() -> None:
     net = CoreNet()
-    a, _ = _relayed_pair(net)  # a session, but no data ever came through
+    a, _ = _relayed_pair(net)  # a session, but no data ever sent through it
     start = net.clock.now
     sent = _silent_advance(net, a, start + 4.0)
     assert a.link.state == LinkState.REGISTERED
     assert _pings(sent) == 0
 
 
-def test_carrier_probing_stops_once_the_traffic_is_long_gone() -> None:
+def test_traffic_answered_in_time_costs_no_probe() -> None:
     net = CoreNet()
     a, _ = _relayed_pair(net)
-    a.link.data_heard = net.clock.now
-    for _ in range(240):  # 12 s: data last heard 12 s ago, relay answering
-        net.advance(0.05)
     before = a.link.counters.sent
-    for _ in range(40):  # 2 s more: heartbeats only (1 per default 5 s at most)
-        net.advance(0.05)
-    assert a.link.counters.sent - before <= 1
+    for _ in range(20):  # a ping a second through the tunnel, answered at once
+        a.link.note_sent(net.clock.now)
+        net.advance(0.1)
+        a.link.data_heard = net.clock.now
+        net.advance(0.9)
+    # 20 s: the heartbeats (every 5 s by default), no carrier probe
+    assert a.link.counters.sent - before <= 4
 
 
 def test_a_registration_is_listed_by_its_role() -> None:

@@ -155,17 +155,17 @@ class LinkConfig:
     lost_after_s: float = 9.0
     """Nothing authenticated heard from the relay for this long: the relay is lost."""
     carrier_probe_s: float = 0.5
-    """A relay that carried our peers' traffic in the last ``carrier_window_s``
-    and has been silent this long is pinged..."""
+    """A relay we sent our peers' traffic through, and that has been silent
+    since for this long, is pinged..."""
     carrier_probe_interval_s: float = 0.25
     """...then at this interval (dense: a lossy path must not lose them all)..."""
     carrier_lost_after_s: float = 2.0
     """...and declared lost once silent this long with ``carrier_probes``
-    probes unanswered: failover in seconds where traffic flows, while an idle
-    link costs no more than its heartbeats. At 20 % loss each way, all of 6
-    probes are lost with probability 0.36^6 = 0.2 %."""
+    probes unanswered: failover in seconds where traffic flows, while a link
+    whose traffic is answered, or an idle one, costs no more than its
+    heartbeats. At 20 % loss each way, all of 6 probes are lost with
+    probability 0.36^6 = 0.2 %."""
     carrier_probes: int = 6
-    carrier_window_s: float = 10.0
     rejoin_window_s: float = 15.0
     """After the relay forgot us (it restarted, or we lost it), a session we
     re-request whose peer is not back yet is asked for again every
@@ -229,6 +229,9 @@ class RelayLink:
         the shell sets it (the data path never reaches the link). A relay
         that forwards our peers' packets is alive, whatever control messages
         a lossy path drops."""
+        self._sent_since = float("-inf")
+        """The first data frame we sent through the relay after we last
+        heard from it (``note_sent``): what carrier probes count from."""
         self.rtt_s: float | None = None
         self.relay_load_pct: int | None = None
         self.role = Role.HOME
@@ -402,37 +405,47 @@ class RelayLink:
 
     # ------------------------------------------------------------ carrier
 
+    def note_sent(self, now: float) -> bool:
+        """We sent a data frame through the relay (the shell tells us, at
+        most once per batch: the data path never reaches the link). True
+        when this starts a wait for an answer: ``next_timer()`` moved."""
+        if self._sent_since <= self.alive_at():
+            self._sent_since = now
+            return True
+        return False
+
     def _carrying(self) -> bool:
-        """Our peers' traffic came through this relay lately: its death
-        must be noticed in seconds, not at the heartbeat's pace."""
+        """We sent our peers' traffic through this relay and have heard
+        nothing since: its death must be noticed in seconds, not at the
+        heartbeat's pace (and an answered link sends no probes at all)."""
         return (
             self.state == LinkState.REGISTERED
             and bool(self.session_of)
-            and self.alive_at() - self.data_heard < self.config.carrier_window_s
+            and self._sent_since > self.alive_at()
         )
 
     def _carrier_timer(self) -> float:
         if not self._carrying():
             return float("inf")
-        if self._probes_since != self.alive_at():
-            # heard since the last probe: start over from that moment
-            return self.alive_at() + self.config.carrier_probe_s
+        if self._probes_since != self._sent_since:
+            return self._sent_since + self.config.carrier_probe_s
         t = self._probe_at
         if self._probes >= self.config.carrier_probes:
-            t = min(t, self.alive_at() + self.config.carrier_lost_after_s)
+            t = min(t, self._sent_since + self.config.carrier_lost_after_s)
         return t
 
     def _carrier(self, now: float) -> None:
         if not self._carrying():
             return
-        alive = self.alive_at()
-        if self._probes_since != alive:
-            self._probes_since, self._probes = alive, 0
-            self._probe_at = alive + self.config.carrier_probe_s
+        since = self._sent_since
+        if self._probes_since != since:
+            # unanswered traffic since ``since``: probes count from there
+            self._probes_since, self._probes = since, 0
+            self._probe_at = since + self.config.carrier_probe_s
         if self._probes >= self.config.carrier_probes and (
-            now >= alive + self.config.carrier_lost_after_s
+            now >= since + self.config.carrier_lost_after_s
         ):
-            self._lose(now, f"carried traffic, then silent for {now - alive:.1f} s")
+            self._lose(now, f"traffic unanswered for {now - since:.1f} s")
             return
         if now >= self._probe_at:
             # a bare ping, not a request: the answer only needs to arrive

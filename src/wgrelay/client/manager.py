@@ -168,7 +168,16 @@ class RelayManager:
         route = self.routes.get(peer)
         if route is None:
             return False
+        self.note_sent(peer)
         return route[0](route[2] + packet, route[1])
+
+    def note_sent(self, peer: PublicKey) -> None:
+        """Traffic for ``peer`` went out through its relay: the link now
+        expects something back, and probes the relay if nothing comes."""
+        relay = self.planner.route_relay.get(peer)
+        link = self.planner.link(relay) if relay is not None else None
+        if link is not None and link.note_sent(self.runtime.now()):
+            self._arm_timer()  # the carrier probe may now be due before any other timer
 
     async def start(self, timeout: float = 30.0) -> PublicKey | None:
         """``begin`` and wait for the first home (None if none was reachable)."""

@@ -47,12 +47,14 @@ class ProxyCounters:
 class _Proxy:
     """One peer's 127.0.0.1 socket: WireGuard's packets in, relay frames out."""
 
-    __slots__ = ("counters", "endpoint", "hold", "peer", "table", "transport")
+    __slots__ = ("counters", "endpoint", "hold", "peer", "sent", "table", "transport")
 
     def __init__(self, table: ProxyTable, peer: PublicKey) -> None:
         self.table = table
         self.peer = peer
         self.hold = False
+        self.sent = False
+        """Sent to the relay in this batch (reported once, in batch_done)."""
         self.counters = ProxyCounters()
         self.transport: DatagramTransport = table.runtime.open_udp(
             LOCALHOST, 0, self, buffer_bytes=SOCKET_BUFFER_BYTES
@@ -75,9 +77,15 @@ class _Proxy:
         route[0](route[2] + data, route[1])
         c.to_relay_packets += 1
         c.to_relay_bytes += len(data)
+        self.sent = True
 
     def batch_done(self) -> None:
-        return None
+        # once per batch, not per packet: the relay link wants to know that
+        # traffic went out (it then expects some back), not how much
+        if self.sent:
+            self.sent = False
+            if self.table.on_sent is not None:
+                self.table.on_sent(self.peer)
 
 
 class ProxyTable:
@@ -87,11 +95,13 @@ class ProxyTable:
         routes: dict[PublicKey, Route],
         on_no_route: Callable[[PublicKey], None] | None = None,
         runtime: Runtime | None = None,
+        on_sent: Callable[[PublicKey], None] | None = None,
     ) -> None:
         self.runtime = runtime if runtime is not None else AsyncioRuntime()
         self.wg_addr: Endpoint = (LOCALHOST, wg_port)
         self.routes = routes
         self.on_no_route = on_no_route
+        self.on_sent = on_sent
         self._proxies: dict[PublicKey, _Proxy] = {}
 
     def set_wg_port(self, port: int) -> None:

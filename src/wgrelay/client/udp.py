@@ -271,6 +271,8 @@ class RelayClient:
         sid = self.link.session_of.get(peer)
         if sid is None:
             return False
+        if self.link.note_sent(self.now()):
+            self._arm_timer()
         self.send_frame(data_header(sid) + payload)
         return True
 

@@ -158,7 +158,12 @@ class Agent:
             runtime=self.runtime,
             prior=self.geo,
         )
-        self.proxies = ProxyTable(info.listen_port, self.manager.routes, runtime=self.runtime)
+        self.proxies = ProxyTable(
+            info.listen_port,
+            self.manager.routes,
+            runtime=self.runtime,
+            on_sent=self.manager.note_sent,
+        )
         self._stop = asyncio.Event()
         self._last_status = ""
         self._settings_mtime: int | None = None

@@ -110,6 +110,8 @@ class SimRelay:
             sim.network.derive_rng(f"mesh/relay/{name}").randbytes(32)
         )
         self.incarnations = 0
+        self.bootstrap: list[SimRelay] = []
+        """Relays it contacts first (``start-relay --bootstrap``), kept across restarts."""
         self.core: RelayCore | None = None
         self.server: RelayServer | None = None
         self._task: asyncio.Task[None] | None = None
@@ -153,6 +155,8 @@ class SimRelay:
             rng=rng.randbytes,
             announce_endpoints=(self.endpoint,),
         )
+        for other in self.bootstrap:
+            self.core.add_bootstrap(other.key, other.endpoint)
         self.server = RelayServer(
             self.core, rt, [BindAddress("0.0.0.0", self.port)], policy_refresh_s=0
         )
@@ -355,10 +359,16 @@ class SimMesh:
         link: LinkSpec = LinkSpec(),  # noqa: B008 (frozen)
         config: RelayConfig | None = None,
         port: int = RELAY_PORT,
+        bootstrap: Sequence[SimRelay] = (),
     ) -> SimRelay:
-        """A relay on the internet, listening (and serving) at once."""
+        """A relay on the internet, listening (and serving) at once; with
+        ``bootstrap``, it joins the federation through those relays."""
         host = self.sim.add_host(name, link=link)
         relay = SimRelay(self.sim, name, host, config or self.relay_config, port)
+        relay.bootstrap = list(bootstrap)
+        for other in relay.bootstrap:
+            if relay.core is not None:
+                relay.core.add_bootstrap(other.key, other.endpoint)
         self.relays[name] = relay
         return relay
 
