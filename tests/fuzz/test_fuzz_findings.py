@@ -150,19 +150,19 @@ def test_a_deferred_answer_to_an_unproven_address_counts_no_drop(case: str) -> N
     assert delta == {}, f"{delta} counted by a timer; {len(late)} cookie(s) to {src}"
 
 
-@pytest.mark.xfail(strict=True, reason="KeyError in Federation._on_locate_answer")
 def test_a_locate_answer_with_another_peers_record_is_no_internal_error() -> None:
-    """Found by the fuzzer after relays began to talk (2f29b25).
+    """Found by the fuzzer after relays began to talk (2f29b25), fixed in
+    fb98684.
 
     p0 asks its relay where s0 is; the relay does not know and asks s0's
     holders (r1 and r2, DISCOVERY_QUERY with locate). r1 answers with a
     location and a valid LOCATION record, signed by r1 (a relay the relay
-    knows), but for another peer, s1. ``_on_locate_answer`` holds the record
-    (``_hold`` files it under s1) and then reads ``self._records[s0]``:
-    ``KeyError``, counted as ``internal_error``; p0 gets its answer only when
-    the lookup times out, and the relay now holds a record for s1 it never
-    asked about. The record's peer must be the one asked for (or the answer
-    dropped)."""
+    knows), but for another peer, s1. The old ``_on_locate_answer`` held the
+    record (filed under s1) and then read the record of s0: ``KeyError``,
+    counted as ``internal_error``; p0 got its answer only when the lookup
+    timed out, and the relay held a record for s1 it never asked about. Now
+    the record is refused (``location_wrong_peer``), not filed, and the
+    lookup goes on waiting for r2."""
     w = world()
     s0, s1 = (PublicKey(w.by_name[n].public) for n in ("s0", "s1"))
     query = from_peer(w, "p0", DiscoveryQuery(5, 0, 0, locate=s0))
@@ -182,7 +182,14 @@ def test_a_locate_answer_with_another_peers_record_is_no_internal_error() -> Non
         w.wall_us() + 1000, encode_body(DiscoveryResponse(asked.query_id, (), where, record)),
         r1.answers.tx,
     ).build()  # fmt: skip
+    counters = w.relay.federation.counters
+    refused = counters.get("location_wrong_peer", 0)
     assert drops_for(w, answer, r1.addr) == {}
+    assert counters.get("location_wrong_peer", 0) == refused + 1
+    book = w.relay.federation.locations
+    assert book.held(s1, w.now) == ()  # not filed under the peer it names
+    assert book.held(s0, w.now) == ()
+    assert s0 in book._lookups  # still waiting for r2
 
 
 # ---------------------------------------------------------------- client
