@@ -40,7 +40,7 @@ test-slow: venv
 lint: venv
 	$(BIN)/ruff check src tests bench
 	$(BIN)/ruff format --check src tests bench
-	$(BIN)/mypy src
+	$(BIN)/mypy src tests bench
 
 ## make bench: relay throughput/latency vs direct and a plain forwarder (loopback),
 ## 1,000 agents and 200 relays in the simulator, then relayed vs direct WireGuard
