@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from tests.integration.relays import RelayProcess, start_relay_process
+from tests.integration.test_relay_abuse import free_tcp_port, scrape
 from wgrelay.relay.federation import FederationConfig
 
 pytestmark = pytest.mark.timeout(120)
@@ -45,10 +46,13 @@ def cli(state: Path, *args: str) -> subprocess.CompletedProcess[str]:
 
 def test_a_chain_of_five_relays_is_listed_whole_from_the_first(tmp_path: Path) -> None:
     relays: list[RelayProcess] = []
+    metrics_port = free_tcp_port()
     try:
         for i in range(5):
             port = free_udp_port()
             args = ["--open", "--announce", f"127.0.0.1:{port}"]
+            if i == 0:
+                args += ["--metrics", f"127.0.0.1:{metrics_port}"]
             if relays:
                 prev = relays[-1]
                 args += ["--bootstrap", f"127.0.0.1:{prev.endpoint[1]}={prev.key}"]
@@ -68,6 +72,10 @@ def test_a_chain_of_five_relays_is_listed_whole_from_the_first(tmp_path: Path) -
             listed = {r["public_key"] for r in json.loads(res.stdout)}
         took = time.monotonic() - started
         print(f"all five listed {took:.1f} s after the last relay started")
+        # the first relay's metrics say so too, and count its gossip
+        m = scrape(metrics_port)
+        assert m['wgrelay_federation_relays{state="live"}'] == 5
+        assert m['wgrelay_federation_events_total{event="sent_Gossip"}'] > 0
         # the relays remember what they learned: relay 5 restarts knowing them
         last = relays[-1]
         assert last.stop(signal.SIGTERM) == 0

@@ -804,4 +804,9 @@ class RelayCore:
         st.sessions_pending = len(self.table.pending)
         st.packets_forwarded = self._closed_packets + sum(s.packets for s in self.sessions.values())
         st.bytes_forwarded = self._closed_bytes + sum(s.bytes for s in self.sessions.values())
+        fed = self.federation
+        st.relays_known = len(fed.directory)
+        st.relays_live = len(fed.directory.live())
+        st.location_records = fed.record_count()
+        st.federation = dict(fed.counters)
         return st

@@ -67,6 +67,21 @@ class RelayCollector(Collector):
         for limit, n in sorted(st.quota_hits.items()):
             quota.add_metric([limit], n)
         yield quota
+        relays = GaugeMetricFamily("wgrelay_federation_relays", "Relays known", labels=["state"])
+        relays.add_metric(["known"], st.relays_known)
+        relays.add_metric(["live"], st.relays_live)
+        yield relays
+        yield GaugeMetricFamily(
+            "wgrelay_location_records",
+            "Location records held for other relays' peers",
+            value=st.location_records,
+        )
+        fed = CounterMetricFamily(
+            "wgrelay_federation_events", "Relay-to-relay messages and outcomes", labels=["event"]
+        )
+        for event, n in sorted(st.federation.items()):
+            fed.add_metric([event], n)
+        yield fed
 
 
 def make_registry(stats: Callable[[], RelayStats]) -> CollectorRegistry:

@@ -63,3 +63,10 @@ class RelayStats:
     drops: Counter[str] = field(default_factory=Counter)
     largest_unauthenticated_reply_ratio: float = 0.0
     """max(reply bytes / request bytes) over replies to unauthenticated packets."""
+    relays_known: int = 0
+    relays_live: int = 0
+    location_records: int = 0
+    """Held for other relays' peers (home and standby records)."""
+    federation: dict[str, int] = field(default_factory=dict)
+    """Relay-to-relay events by name: ``sent_<Message>`` and what was made
+    of what arrived (``announcement_new``, ``location_expired``, ...)."""
