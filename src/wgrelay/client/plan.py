@@ -82,7 +82,7 @@ from wgrelay.discovery.selection import SWITCH_HOLD_S, RttPrior, Selector, worth
 from wgrelay.endpoint import Endpoint, endpoint_str
 from wgrelay.errors import InvalidKey
 from wgrelay.keys import PrivateKey, PublicKey, relay_x25519_public
-from wgrelay.proto.constants import CloseReason
+from wgrelay.proto.constants import Capability, CloseReason
 
 log = logging.getLogger(__name__)
 
@@ -228,8 +228,13 @@ class RelayPlanner:
         return self.selector.order(r for r in relays if self._usable(r.key))
 
     def _usable(self, key: PublicKey) -> bool:
-        """A relay key must be a valid Ed25519 point (we derive its X25519 key)."""
+        """A relay key must be a valid Ed25519 point (we derive its X25519 key),
+        and a relay that announced its capabilities must relay UDP."""
         if key in self._bad_keys:
+            return False
+        relay = self.registry.get(key)
+        announced = relay is not None and relay.issued_ms is not None
+        if announced and relay is not None and not relay.capabilities & Capability.UDP_RELAY:
             return False
         try:
             relay_x25519_public(key)
@@ -262,6 +267,21 @@ class RelayPlanner:
         self._links[key] = _Link(link, addr, now)
         self._by_addr[addr] = key
         return link
+
+    def _next_endpoint(self, key: PublicKey) -> None:
+        """A relay that does not answer at one of its announced endpoints is
+        tried at the next one (IPv6 and IPv4, several addresses) from then on."""
+        lk = self._links.get(key)
+        relay = self.registry.get(key)
+        if lk is None or relay is None or len(relay.endpoints) < 2:
+            return
+        eps = [(e[0], e[1]) for e in relay.endpoints]
+        nxt = eps[(eps.index(lk.addr) + 1) % len(eps)] if lk.addr in eps else eps[0]
+        if nxt != lk.addr and nxt not in self._by_addr:
+            log.info("relay %s: trying %s", key.short(), endpoint_str(nxt))
+            self._by_addr.pop(lk.addr, None)
+            lk.addr = nxt
+            self._by_addr[nxt] = key
 
     def link(self, key: PublicKey) -> RelayLink | None:
         lk = self._links.get(key)
@@ -436,6 +456,7 @@ class RelayPlanner:
             self._on_link_down(key, ev, now)
         elif isinstance(ev, RttMeasured):
             self.registry.record_rtt(key, ev.rtt_s * 1000)
+            self.registry.record_load(key, ev.load_pct)
             self._on_pong(key, ev, now)
         elif isinstance(ev, DiscoveryAnswered):
             self._on_discovery(key, ev, now)
@@ -461,6 +482,8 @@ class RelayPlanner:
     def _on_link_down(self, key: PublicKey, ev: LinkLost | LinkRejected, now: float) -> None:
         self.registry.record_failure(key)
         why = ev.reason
+        if isinstance(ev, LinkLost):
+            self._next_endpoint(key)  # it keeps knocking: at the next address
         homing = self._homing
         if homing is not None and homing.trying == key:
             self._home_failed(key, why, now)
@@ -582,6 +605,8 @@ class RelayPlanner:
     def _home_failed(self, key: PublicKey, why: str, now: float) -> None:
         log.info("relay %s unusable as home: %s", key.short(), why)
         self.registry.record_failure(key)
+        if why == "no answer":
+            self._next_endpoint(key)
         link = self.link(key)
         if link is not None:
             link.set_role(Role.UNLISTED, now)

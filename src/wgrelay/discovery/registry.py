@@ -69,6 +69,7 @@ BOOTSTRAP = "bootstrap"
 ANNOUNCED = "announced"
 """A newer signed announcement: endpoints, region, capabilities, load, expiry."""
 RTT = "rtt"
+"""Our measurements: RTT, and the load a PONG reported."""
 COUNTS = "counts"
 """failures and successes"""
 
@@ -200,6 +201,14 @@ class RelayRegistry:
             # smoothed like TCP's SRTT so one slow answer does not reorder relays
             srtt = rtt_ms if r.rtt_ms is None else 0.75 * r.rtt_ms + 0.25 * rtt_ms
             self._relays[key] = replace(r, rtt_ms=srtt)
+            self._touch(key, RTT)
+
+    def record_load(self, key: PublicKey, load_pct: int) -> None:
+        """The load a relay reported in a PONG: fresher than its announcement's
+        (kept with the RTT: both are measurements of ours)."""
+        r = self._relays.get(key)
+        if r is not None and r.load_pct != load_pct:
+            self._relays[key] = replace(r, load_pct=load_pct)
             self._touch(key, RTT)
 
     def record_failure(self, key: PublicKey) -> None:
@@ -344,7 +353,7 @@ def merge_relay(row: tuple[object, ...], ours: KnownRelay, facts: frozenset[str]
     if BOOTSTRAP in facts:  # ours carries the endpoint the operator just gave first
         endpoints = (*ours.endpoints, *(e for e in endpoints if e not in ours.endpoints))
     if RTT in facts:
-        merged = replace(merged, rtt_ms=ours.rtt_ms)
+        merged = replace(merged, rtt_ms=ours.rtt_ms, load_pct=ours.load_pct)
     if COUNTS in facts:
         merged = replace(merged, failures=ours.failures, successes=ours.successes)
     return replace(merged, endpoints=endpoints, bootstrap=stored.bootstrap or ours.bootstrap)
