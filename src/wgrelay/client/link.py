@@ -52,6 +52,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
 
+from wgrelay.client.carrier import CarrierVerdict, CarrierWatch
 from wgrelay.client.events import (
     DiscoveryAnswered,
     LinkEvent,
@@ -229,17 +230,14 @@ class RelayLink:
         the shell sets it (the data path never reaches the link). A relay
         that forwards our peers' packets is alive, whatever control messages
         a lossy path drops."""
-        self._sent_since = float("-inf")
-        """The first data frame we sent through the relay after we last
-        heard from it (``note_sent``): what carrier probes count from."""
         self.rtt_s: float | None = None
         self.relay_load_pct: int | None = None
         self.role = Role.HOME
         """How the relay lists us; the planner makes only its home HOME."""
-        self._probe_at = float("inf")
-        self._probes = 0
-        """Carrier probes sent since the relay was last heard."""
-        self._probes_since = float("-inf")
+        c = config
+        self.carrier = CarrierWatch(
+            c.carrier_probe_s, c.carrier_probe_interval_s, c.carrier_lost_after_s, c.carrier_probes
+        )
         self._rejoin_until = float("-inf")
         self._retry_at: dict[PublicKey, float] = {}
         self._next_heartbeat = float("inf")
@@ -409,49 +407,26 @@ class RelayLink:
         """We sent a data frame through the relay (the shell tells us, at
         most once per batch: the data path never reaches the link). True
         when this starts a wait for an answer: ``next_timer()`` moved."""
-        if self._sent_since <= self.alive_at():
-            self._sent_since = now
-            return True
-        return False
+        return self.carrier.note_sent(now, self.alive_at())
 
     def _carrying(self) -> bool:
-        """We sent our peers' traffic through this relay and have heard
-        nothing since: its death must be noticed in seconds, not at the
-        heartbeat's pace (and an answered link sends no probes at all)."""
-        return (
-            self.state == LinkState.REGISTERED
-            and bool(self.session_of)
-            and self._sent_since > self.alive_at()
-        )
+        """Sessions here: the relay's death must be noticed in seconds when
+        our traffic goes unanswered (client/carrier.py)."""
+        return self.state == LinkState.REGISTERED and bool(self.session_of)
 
     def _carrier_timer(self) -> float:
-        if not self._carrying():
-            return float("inf")
-        if self._probes_since != self._sent_since:
-            return self._sent_since + self.config.carrier_probe_s
-        t = self._probe_at
-        if self._probes >= self.config.carrier_probes:
-            t = min(t, self._sent_since + self.config.carrier_lost_after_s)
-        return t
+        return self.carrier.next_timer(self.alive_at()) if self._carrying() else float("inf")
 
     def _carrier(self, now: float) -> None:
         if not self._carrying():
             return
-        since = self._sent_since
-        if self._probes_since != since:
-            # unanswered traffic since ``since``: probes count from there
-            self._probes_since, self._probes = since, 0
-            self._probe_at = since + self.config.carrier_probe_s
-        if self._probes >= self.config.carrier_probes and (
-            now >= since + self.config.carrier_lost_after_s
-        ):
+        verdict = self.carrier.check(now, self.alive_at())
+        if verdict is CarrierVerdict.LOST:
+            since = self.carrier.sent_since
             self._lose(now, f"traffic unanswered for {now - since:.1f} s")
-            return
-        if now >= self._probe_at:
+        elif verdict is CarrierVerdict.PROBE:
             # a bare ping, not a request: the answer only needs to arrive
             # (receive() notes the relay alive); retransmits would be probes
-            self._probes += 1
-            self._probe_at = now + self.config.carrier_probe_interval_s
             self._send(Ping(int.from_bytes(self._rng(8), "big")), now)
 
     # ------------------------------------------------------------ sending
