@@ -1,0 +1,172 @@
+"""The planner's links: one ``RelayLink`` per relay it talks to, by key and by
+address, and the relays it may use (plan.py has the theory of operation)."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable
+
+from wgrelay.client.events import (
+    Place,
+    PlanEvent,
+)
+from wgrelay.client.link import LinkConfig, RelayLink, Role
+from wgrelay.client.plan_state import Attempt, Homing, LinkSlot, PlanConfig
+from wgrelay.discovery.registry import KnownRelay, RelayRegistry
+from wgrelay.discovery.selection import RttPrior, Selector
+from wgrelay.endpoint import Endpoint, endpoint_str
+from wgrelay.errors import InvalidKey
+from wgrelay.keys import PrivateKey, PublicKey, relay_x25519_public
+from wgrelay.proto.constants import Capability
+
+log = logging.getLogger(__name__)
+
+
+class LinkPool:
+    def __init__(
+        self,
+        private_key: PrivateKey,
+        registry: RelayRegistry,
+        now: float,
+        wall: float,
+        accept_peer: Callable[[PublicKey], bool] = lambda _peer: True,
+        config: PlanConfig | None = None,
+        link_config: LinkConfig | None = None,
+        rng: Callable[[int], bytes] = os.urandom,
+        prior: RttPrior | None = None,
+    ) -> None:
+        self.private_key = private_key
+        self.registry = registry
+        self.config = config or PlanConfig()
+        self.link_config = link_config or LinkConfig()
+        self._accept_peer = accept_peer
+        self._rng = rng
+        self.selector = Selector(private_key.public_key(), prior)
+        self._places: dict[PublicKey, tuple[Place, ...]] = {}
+        """Where each peer we located accepts sessions (for re-evaluation)."""
+        self._moved_at: dict[PublicKey, float] = {}
+        self._wall_offset = wall - now
+        self._links: dict[PublicKey, LinkSlot] = {}
+        self._by_addr: dict[Endpoint, PublicKey] = {}
+        self._bad_keys: set[PublicKey] = set()
+        self.home: PublicKey | None = None
+        self.standby: PublicKey | None = None
+        """The next-best relay, registered too (REGISTER_FLAG_STANDBY) so
+        that losing the home costs one REGISTER, not a search."""
+        self._homing: Homing | None = None
+        self._rehome_at = float("inf")
+        self._rehome_failures = 0
+        self._attempts: dict[PublicKey, Attempt] = {}
+        self.route_relay: dict[PublicKey, PublicKey] = {}
+        """peer -> the relay whose session carries it."""
+        self._next_measure = float("inf")
+        self._next_announcements = float("inf")
+        self._events: list[PlanEvent] = []
+        self._started = False
+        self._closed = False
+
+    def _wall_ms(self, now: float) -> int:
+        return int((now + self._wall_offset) * 1000)
+
+    def sync_wall(self, now: float, wall: float) -> None:
+        self._wall_offset = wall - now
+        for lk in self._links.values():
+            lk.link.sync_wall(now, wall)
+
+    def available(self, now: float) -> list[KnownRelay]:
+        """Known, usable relays, best score first."""
+        relays = self.registry.get_available_relays(self._wall_ms(now))
+        return self.selector.order(r for r in relays if self._usable(r.key))
+
+    def _usable(self, key: PublicKey) -> bool:
+        """A relay key must be a valid Ed25519 point (we derive its X25519 key),
+        and a relay that announced its capabilities must relay UDP."""
+        if key in self._bad_keys:
+            return False
+        relay = self.registry.get(key)
+        announced = relay is not None and relay.issued_ms is not None
+        if announced and relay is not None and not relay.capabilities & Capability.UDP_RELAY:
+            return False
+        try:
+            relay_x25519_public(key)
+        except InvalidKey:
+            log.warning("relay key %s is not a relay (Ed25519) key; ignoring it", key)
+            self._bad_keys.add(key)
+            return False
+        return True
+
+    def _link(self, key: PublicKey, now: float) -> RelayLink | None:
+        lk = self._links.get(key)
+        if lk is not None:
+            return lk.link
+        relay = self.registry.get(key)
+        if relay is None or not self._usable(key):
+            return None
+        link = RelayLink(
+            self.private_key,
+            key,
+            self.link_config,
+            now=now,
+            wall=now + self._wall_offset,
+            accept_offer=self._accept_peer,
+            rng=self._rng,
+        )
+        # only the home places a location record for us: other relays (the
+        # standby, a peer's home we reach it through) must not draw lookups
+        link.role = Role.HOME if key == self.home else Role.UNLISTED
+        addr = (relay.endpoint[0], relay.endpoint[1])
+        self._links[key] = LinkSlot(link, addr, now)
+        self._by_addr[addr] = key
+        return link
+
+    def _next_endpoint(self, key: PublicKey) -> None:
+        """A relay that does not answer at one of its announced endpoints is
+        tried at the next one (IPv6 and IPv4, several addresses) from then on."""
+        lk = self._links.get(key)
+        relay = self.registry.get(key)
+        if lk is None or relay is None or len(relay.endpoints) < 2:
+            return
+        eps = [(e[0], e[1]) for e in relay.endpoints]
+        nxt = eps[(eps.index(lk.addr) + 1) % len(eps)] if lk.addr in eps else eps[0]
+        if nxt != lk.addr and nxt not in self._by_addr:
+            log.info("relay %s: trying %s", key.short(), endpoint_str(nxt))
+            self._by_addr.pop(lk.addr, None)
+            lk.addr = nxt
+            self._by_addr[nxt] = key
+
+    def link(self, key: PublicKey) -> RelayLink | None:
+        lk = self._links.get(key)
+        return lk.link if lk is not None else None
+
+    def link_at(self, addr: Endpoint) -> RelayLink | None:
+        """The data path's lookup: the link of the relay at ``addr`` (its
+        ``sessions`` map a frame's session id to the peer)."""
+        key = self._by_addr.get(addr)
+        return self._links[key].link if key is not None else None
+
+    def relay_addr(self, relay: PublicKey) -> Endpoint | None:
+        lk = self._links.get(relay)
+        return lk.addr if lk is not None else None
+
+    def links(self) -> dict[PublicKey, RelayLink]:
+        return {k: lk.link for k, lk in self._links.items()}
+
+    def datagrams_to_send(self) -> list[tuple[Endpoint, bytes]]:
+        out: list[tuple[Endpoint, bytes]] = []
+        for lk in self._links.values():
+            out.extend((lk.addr, data) for data in lk.link.datagrams_to_send())
+        return out
+
+    def _touch(self, key: PublicKey, now: float) -> None:
+        lk = self._links.get(key)
+        if lk is not None:
+            lk.idle_since = now
+
+    def _carried(self, key: PublicKey) -> tuple[PublicKey, ...]:
+        return tuple(p for p, r in self.route_relay.items() if r == key)
+
+    def _drop_link(self, key: PublicKey) -> None:
+        lk = self._links.pop(key, None)
+        if lk is not None:
+            self._by_addr.pop(lk.addr, None)

@@ -1,0 +1,211 @@
+"""Finding where a peer is and giving it a relayed path (plan.py has the theory
+of operation): ask the home, weigh the whole path through each place the peer
+accepts sessions, try candidates in order, move to a clearly cheaper path."""
+
+from __future__ import annotations
+
+import logging
+
+from wgrelay.client.events import (
+    DiscoveryAnswered,
+    PeerLocated,
+    PeerRelayFailed,
+    Place,
+    QueryFailed,
+    RelaysLearned,
+)
+from wgrelay.client.link import LinkState
+from wgrelay.client.plan_home import HomePlanner
+from wgrelay.client.plan_state import MAX_PAGES, Attempt, Phase
+from wgrelay.discovery.selection import SWITCH_HOLD_S, worth_switching
+from wgrelay.keys import PublicKey
+from wgrelay.proto.constants import CloseReason
+
+log = logging.getLogger(__name__)
+
+
+class PeerPaths(HomePlanner):
+    def _locating(self, peer: PublicKey, now: float) -> Attempt:
+        """Ask our home where ``peer`` is (it asks the peer's holders for us:
+        one request however many relays there are); without a home, the best
+        ``locate_fanout`` relays."""
+        attempt = Attempt(peer, Phase.LOCATING, now + self.config.locate_timeout_s)
+        home = self.link(self.home) if self.home is not None else None
+        if home is not None and home.state == LinkState.REGISTERED:
+            targets = [home.relay_key]
+        else:
+            targets = [r.key for r in self.available(now)[: self.config.locate_fanout]]
+        self._ask_where(attempt, targets, now)
+        return attempt
+
+    def _ask_where(self, attempt: Attempt, targets: list[PublicKey], now: float) -> None:
+        for key in targets:
+            link = self._link(key, now)
+            if link is not None and link.state != LinkState.REJECTED and key not in attempt.asked:
+                attempt.asked.add(key)
+                attempt.queries[key] = link.query(now, locate=attempt.peer, want_relays=False)
+
+    def _widen(self, attempt: Attempt, now: float) -> bool:
+        """Ask the best other relays once; True if any was asked."""
+        if attempt.widened:
+            return False
+        attempt.widened = True
+        others = [r.key for r in self.available(now) if r.key not in attempt.asked]
+        self._ask_where(attempt, others[: self.config.locate_widen], now)
+        attempt.deadline = now + self.config.locate_timeout_s
+        return bool(attempt.queries)
+
+    def _on_discovery(self, key: PublicKey, ev: DiscoveryAnswered, now: float) -> None:
+        learned = tuple(a.info.key for a in ev.announcements if self.registry.register_relay(a))
+        if learned:
+            self._events.append(RelaysLearned(learned))
+            if self.standby is None:
+                self._choose_standby(now)  # a home's first answer names the others
+        if ev.asked_for is None and ev.more and key == self.home and ev.page < MAX_PAGES:
+            self._ask_announcements(now, ev.page + 1)
+        peer = ev.asked_for
+        attempt = self._attempts.get(peer) if peer is not None else None
+        if attempt is None or attempt.phase is not Phase.LOCATING:
+            return
+        if attempt.queries.get(key) != ev.query_id:
+            return
+        del attempt.queries[key]
+        places = tuple(p for p in ev.places if self._known_place(p, now))
+        if places:
+            self._places[attempt.peer] = places
+            attempt.places = places
+            attempt.located = places[0].location.relay
+            attempt.queries.clear()
+        if not attempt.queries:
+            self._located(attempt, now)
+
+    def _known_place(self, place: Place, now: float) -> bool:
+        """A place is usable once its relay is in the registry (learned from
+        the answer when it was not: its record is signed by it)."""
+        key, endpoint = place.location.relay, place.location.endpoint
+        if self.registry.get(key) is None:
+            host, port = endpoint
+            if port and host not in ("0.0.0.0", "::"):  # (a relay that announces nothing)
+                expires = self._wall_ms(now) + int(self.config.located_relay_ttl_s * 1000)
+                self.registry.learn_endpoint(key, endpoint, expires)
+        return self.registry.get(key) is not None and self._usable(key)
+
+    def _on_query_failed(self, key: PublicKey, ev: QueryFailed, now: float) -> None:
+        peer = ev.asked_for
+        attempt = self._attempts.get(peer) if peer is not None else None
+        if attempt is None or attempt.queries.get(key) != ev.query_id:
+            return
+        del attempt.queries[key]
+        if not attempt.queries:
+            self._located(attempt, now)
+
+    def _located(self, attempt: Attempt, now: float) -> None:
+        if attempt.located is None and self._widen(attempt, now):
+            return  # wait for the wider round
+        if attempt.report_located:
+            self._finish_locate(attempt, now)
+        else:
+            self._connect_next(attempt, now)
+
+    def _finish_locate(self, attempt: Attempt, now: float) -> None:
+        self._attempts.pop(attempt.peer, None)
+        self._events.append(PeerLocated(attempt.peer, attempt.located))
+
+    def _path_costs(self, places: tuple[Place, ...]) -> list[tuple[float, PublicKey]]:
+        """Each place's whole-path cost (ours to the relay, the peer's from it)."""
+        out = []
+        for p in places:
+            relay = self.registry.get(p.location.relay)
+            if relay is not None:
+                out.append((self.selector.path_cost(relay, p.peer_rtt_ms), relay.key))
+        return sorted(out, key=lambda c: c[0])
+
+    def _candidates(self, attempt: Attempt, now: float) -> list[PublicKey]:
+        """Where the peer is, cheapest whole path first; our home; then every
+        other usable relay by score."""
+        out: list[PublicKey] = [key for _, key in self._path_costs(attempt.places)]
+        for key in (attempt.located, self.home):
+            if key is not None and key not in out and self.registry.get(key) is not None:
+                out.append(key)
+        out += [r.key for r in self.available(now) if r.key not in out]
+        # a relay whose link was just lost (dead, or unreachable) is the last
+        # resort, not the first: the located relay may be the one that died
+        lost = [k for k in out if (lk := self._links.get(k)) and lk.link.state == LinkState.LOST]
+        return [k for k in out if k not in lost] + lost
+
+    def _connect_next(self, attempt: Attempt, now: float) -> None:
+        if attempt.phase is Phase.LOCATING:
+            attempt.phase = Phase.CONNECTING
+            attempt.queries.clear()
+            attempt.candidates = self._candidates(attempt, now)
+        while attempt.candidates:
+            key = attempt.candidates.pop(0)
+            if key in attempt.tried:
+                continue
+            link = self._link(key, now)
+            if link is None or link.state == LinkState.REJECTED:
+                continue
+            attempt.tried.add(key)
+            attempt.current = key
+            self._touch(key, now)
+            if link.state == LinkState.REGISTERED:
+                link.request_session(attempt.peer, now)
+                attempt.deadline = now + self.config.session_timeout_s
+            else:
+                link.connect(now)
+                attempt.deadline = now + self.config.connect_timeout_s
+            return
+        self._attempts.pop(attempt.peer, None)
+        if attempt.moving:
+            log.info("peer %s stays where it is: %s", attempt.peer.short(), attempt.errors)
+            return
+        errors = "; ".join(attempt.errors) if attempt.errors else "no relay known"
+        self._events.append(
+            PeerRelayFailed(attempt.peer, f"no relay could reach {attempt.peer.short()} ({errors})")
+        )
+
+    def _attempt_timed_out(self, attempt: Attempt, now: float) -> None:
+        if attempt.phase is Phase.LOCATING:
+            attempt.queries.clear()
+            self._located(attempt, now)
+            return
+        key = attempt.current
+        if key is not None:
+            attempt.errors.append(f"{key.short()}: no answer")
+            link = self.link(key)
+            if link is not None and self.route_relay.get(attempt.peer) != key:
+                link.close_session(attempt.peer, now)  # stop asking there
+        self._connect_next(attempt, now)
+
+    def _reconsider(self, peer: PublicKey, relay: PublicKey, now: float) -> None:
+        """Move a relayed peer to a clearly cheaper path (selection.py's
+        hysteresis), at most once per SWITCH_HOLD_S."""
+        places = self._places.get(peer, ())
+        if peer in self._attempts or now - self._moved_at.get(peer, -1e18) < SWITCH_HOLD_S:
+            return
+        costs = self._path_costs(places)
+        current = next((c for c, key in costs if key == relay), None)
+        if not costs or current is None or costs[0][1] == relay:
+            return
+        best, to = costs[0]
+        if not worth_switching(current, best):
+            return
+        log.info(
+            "peer %s: path via %s costs %.0f ms, via %s %.0f ms: moving",
+            peer.short(),
+            relay.short(),
+            current,
+            to.short(),
+            best,
+        )
+        self._moved_at[peer] = now
+        attempt = Attempt(peer, Phase.CONNECTING, now, places=places, moving=True)
+        attempt.candidates = [to]
+        attempt.tried.add(relay)
+        self._attempts[peer] = attempt
+        self._connect_next(attempt, now)
+
+    def _leave_old_path(self, peer: PublicKey, old: PublicKey, now: float) -> None:
+        link = self.link(old)
+        if link is not None:
+            link.close_session(peer, now, CloseReason.REPLACED)
