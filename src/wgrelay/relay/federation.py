@@ -312,10 +312,23 @@ class Federation:
     def _digest_reply(self, body: Digest) -> DigestReply:
         differ = self.directory.differing(body.buckets)
         mask = sum(1 << i for i in differ)
-        entries = self.directory.versions_in(differ)
-        return DigestReply(
-            tuple(entries[:MAX_DIGEST_ENTRIES]), mask, len(entries) > MAX_DIGEST_ENTRIES
-        )
+        # A page holds 25 entries: fewer than the differing buckets of a large
+        # federation hold (announcements are re-signed all the time, so most
+        # buckets differ by some version). The buckets where the asker counts
+        # fewer relays than we do come first (it lacks members there), the
+        # others in random order, each bucket's entries shuffled: a cut page
+        # is a different page each time. (Cut in key order, the buckets of
+        # high keys were never offered and their relays stayed unknown.)
+        mine = self.directory.digest()
+        self._random.shuffle(differ)
+        differ.sort(key=lambda i: body.buckets[i][0] - mine[i][0])
+        entries: list[tuple[PublicKey, int]] = []
+        for i in differ:
+            chunk = self.directory.versions_in((i,))
+            self._random.shuffle(chunk)
+            entries += chunk
+        more = len(entries) > MAX_DIGEST_ENTRIES
+        return DigestReply(tuple(entries[:MAX_DIGEST_ENTRIES]), mask, more)
 
     def _probe_on_behalf(self, body: ProbeRequest, reply: Reply, now: float) -> None:
         echo = int.from_bytes(self._rng(8), "big")
