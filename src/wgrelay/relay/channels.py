@@ -92,11 +92,11 @@ class RelayChannel:
             except StaleTimestamp:
                 # relays keep their clocks; we take its word only for what it
                 # says, never to move our timestamps (we are not its client)
-                self._drop("stale_timestamp")
+                self.drop("stale_timestamp")
                 return None
             self._replay.accept(ts)
         except RemoteProtocolError as e:
-            self._drop(e.reason)
+            self.drop(e.reason)
             return None
         return body
 
@@ -104,7 +104,7 @@ class RelayChannel:
         """The peer relay wants proof of our address: repeat the message with it."""
         body = self._sent.pop(reply.echo, None)
         if body is None:
-            self._drop("unsolicited_cookie")
+            self.drop("unsolicited_cookie")
             return None
         self._cookie = (reply.cookie, now)
         return self.seal(body, now, wall)
@@ -112,5 +112,5 @@ class RelayChannel:
     def sent_nonce(self, echo: bytes) -> bool:
         return echo in self._sent
 
-    def _drop(self, reason: str) -> None:
+    def drop(self, reason: str) -> None:
         self.drops[reason] = self.drops.get(reason, 0) + 1

@@ -233,7 +233,10 @@ class Federation:
         if body is None:
             return True
         self._alive(key, now)
-        self._on_answer(key, body, now)
+        if not self._on_answer(key, body, now):
+            # a server-to-client body no relay sends another (REGISTERED,
+            # SESSION_OFFER, ...): sealed by a known relay, of no use
+            ch.drop("unexpected")
         return True
 
     def _bootstrap_by_x(self, x25519: bytes) -> PublicKey | None:
@@ -352,7 +355,8 @@ class Federation:
 
     # ------------------------------------------------------------ client side
 
-    def _on_answer(self, key: PublicKey, body: Body, now: float) -> None:
+    def _on_answer(self, key: PublicKey, body: Body, now: float) -> bool:
+        """Act on an answer; False if no relay answers another with this body."""
         if isinstance(body, Pong):
             self._on_pong(key, body, now)
         elif isinstance(body, DigestReply):
@@ -364,8 +368,9 @@ class Federation:
             self._on_probe_answer(body, now)
         elif isinstance(body, DiscoveryResponse):
             self.locations.on_answer(key, body, now)
-        elif isinstance(body, GossipAck | LocationAck):
-            pass  # the answer itself was the sign of life
+        elif not isinstance(body, GossipAck | LocationAck):
+            return False  # (an ack needs nothing: it was the sign of life)
+        return True
 
     def _on_pong(self, key: PublicKey, body: Pong, now: float) -> None:
         probe = self._probes.pop(body.echo_id, None)
