@@ -51,28 +51,19 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from typing import Any
 
-from wgrelay.endpoint import endpoint_str
 from wgrelay.errors import RemoteProtocolError
 from wgrelay.keys import PublicKey, RelayIdentity
-from wgrelay.proto.announce import RelayNodeInfo
 from wgrelay.proto.constants import (
     CONTROL_TYPES,
     DATA_HEADER_LEN,
     MIN_WIREGUARD_PACKET,
     QUERY_FLAG_WANT_RELAYS,
-    REGISTER_FLAG_ACCEPT_INCOMING,
     RELAY_TO_RELAY,
-    RTT_UNKNOWN,
-    SESSION_ID_LEN,
-    Capability,
-    CloseReason,
     ErrorCode,
-    HeartbeatStatus,
     MsgType,
-    Status,
 )
 from wgrelay.proto.cookie import decode_cookie_reply
 from wgrelay.proto.data import MAX_DATA_FRAME
@@ -80,54 +71,30 @@ from wgrelay.proto.envelope import FLAG_FROM_SERVER, parse_control_header
 from wgrelay.proto.federation import Gossip, ProbeRequest
 from wgrelay.proto.messages import (
     Body,
-    ConnectionRequest,
-    ConnectionResponse,
     DiscoveryQuery,
     DiscoveryResponse,
     Error,
-    Heartbeat,
-    HeartbeatAck,
     PeerLocation,
     Ping,
     Pong,
-    Register,
-    Registered,
-    SessionAnswer,
-    SessionClose,
-    SessionOffer,
 )
 from wgrelay.relay.access import AccessPolicy
-from wgrelay.relay.addresses import OwnAddresses
-from wgrelay.relay.admission import Addr, Admission, Inbound, KeyState
-from wgrelay.relay.announcer import Announcer
+from wgrelay.relay.admission import Addr, Inbound
 from wgrelay.relay.config import RelayConfig
-from wgrelay.relay.federation import Federation, FederationConfig
+from wgrelay.relay.core_sessions import SessionsCore
+from wgrelay.relay.federation import FederationConfig
 from wgrelay.relay.locations import Found
-from wgrelay.relay.sessions import (
-    Listing,
-    Refusal,
-    Registration,
-    Session,
-    SessionTable,
-    listing_of,
-    pair_of,
-)
-from wgrelay.relay.stats import DropReason, RelayStats
+from wgrelay.relay.stats import DropReason
 
 log = logging.getLogger(__name__)
 
 MIN_DATA_FRAME = DATA_HEADER_LEN + MIN_WIREGUARD_PACKET
-ERROR_LOG_INTERVAL_S = 60.0
 
-_REFUSAL_DETAIL = {
-    Refusal.RELAY_FULL: "relay is full",
-    Refusal.SOURCE_FULL: "too many registrations from your address",
-}
-
+log = logging.getLogger(__name__)
 __all__ = ["Addr", "RelayCore"]
 
 
-class RelayCore:
+class RelayCore(SessionsCore):
     def __init__(
         self,
         identity: RelayIdentity,
@@ -140,42 +107,9 @@ class RelayCore:
         announce_endpoints: tuple[tuple[str, int], ...] = (),
         federation: FederationConfig | None = None,
     ) -> None:
-        self.identity = identity
-        self.config = config
-        self.policy = policy
-        self._rng = rng
-        self.region = region
-        self.announce_endpoints = announce_endpoints
-        self._wall_offset = wall - now
-        self.epoch = int.from_bytes(rng(8), "big")
-        """Random per start; peers compare it to notice a restart."""
-        self.stats = RelayStats()
-        self._drops = self.stats.drops
-        self._out: list[tuple[bytes, Addr]] = []
-        self._admission = Admission(
-            identity.x25519_public,
-            identity.x25519_private,
-            config,
-            policy,
-            self.stats,
-            self._out,
-            now,
-            self._wall_at,
-            rng,
+        super().__init__(
+            identity, config, policy, now, wall, rng, region, announce_endpoints, federation
         )
-        self.table = SessionTable(config)
-        self.federation = Federation(
-            identity, federation or FederationConfig(), self._out, now, self._wall_at, rng
-        )
-        self.sessions = self.table.sessions
-        """Established sessions by id: the data path's only lookup."""
-        self._own = OwnAddresses(announce_endpoints)
-        self._next_housekeeping = now + config.housekeeping_interval_s
-        self._closed_packets = 0
-        self._closed_bytes = 0
-        self._shutting_down = False
-        self._announcer = Announcer(identity)
-        self._error_logged = -1e9
         self._handlers: dict[MsgType, Callable[[Inbound, Any], None]] = {
             MsgType.REGISTER: self._handle_register,
             MsgType.HEARTBEAT: self._handle_heartbeat,
@@ -186,23 +120,6 @@ class RelayCore:
             MsgType.DISCOVERY_QUERY: self._handle_discovery_query,
             **dict.fromkeys(RELAY_TO_RELAY, self._handle_relay_message),
         }
-
-    # ------------------------------------------------------------ clocks and addresses
-
-    def _wall_at(self, now: float) -> float:
-        return now + self._wall_offset
-
-    def sync_wall(self, now: float, wall: float) -> None:
-        """Follow the wall clock (NTP steps) without ever reading it ourselves."""
-        self._wall_offset = wall - now
-
-    def set_own_addresses(self, addresses: Iterable[Addr]) -> None:
-        """The addresses the relay listens on: never a peer's address."""
-        self._own.add(addresses)
-
-    def usable_peer_address(self, addr: Addr) -> bool:
-        """An address the relay may register a peer at (and so send to)."""
-        return self._own.usable_peer_address(addr)
 
     # ------------------------------------------------------------ inputs
 
@@ -302,277 +219,6 @@ class RelayCore:
                 # an answer that will never come (at most once a second)
                 with contextlib.suppress(Exception):
                     self._admission.notice(inb, Error(ErrorCode.INTERNAL, inb.msg_type))
-
-    def _internal_error(self, now: float, what: str, *args: object) -> None:
-        self._drops[DropReason.INTERNAL_ERROR] += 1
-        if now - self._error_logged >= ERROR_LOG_INTERVAL_S:
-            self._error_logged = now
-            log.exception("internal error handling " + what + " (dropped)", *args)
-
-    def _relay_endpoints(self, x25519: bytes) -> tuple[tuple[str, int], ...] | None:
-        m = self.federation.directory.by_x25519(x25519)
-        return m.announcement.info.endpoints if m is not None else None
-
-    def _registered(self, key: bytes) -> tuple[KeyState, Addr] | None:
-        reg = self.table.regs.get(key)
-        return (reg.ks, reg.addr) if reg is not None else None
-
-    # ------------------------------------------------------------ sending
-
-    def _send(self, body: Body, reg: Registration, now: float) -> None:
-        """To a registered (so proven) address."""
-        self._out.append((self._admission.seal(body, reg.ks.keys, now), reg.addr))
-        self.stats.control_sent += 1
-
-    def _reply(self, inb: Inbound, body: Body) -> None:
-        self._admission.reply(inb, body)
-
-    # ------------------------------------------------------------ registration
-
-    def _bind_check(self, inb: Inbound, reg: Registration | None) -> bool:
-        """May ``inb`` bind its key to its source address (new or moved)?"""
-        if not inb.proven:
-            self._admission.challenge(inb)
-            return False
-        if not self.usable_peer_address(inb.addr):
-            self._drop(inb, DropReason.BAD_ADDRESS)
-            return False
-        if reg is not None and not inb.newer:
-            # a delayed or replayed message must not move the peer back; an
-            # honest peer that restarted after its clock ran ahead is told the
-            # figure to continue above (else it could not move until its old
-            # registration expired)
-            self._drop(inb, DropReason.STALE_REBIND)
-            newest = inb.ks.replay.newest
-            self._admission.notice(
-                inb, Error(ErrorCode.REPLAYED, inb.msg_type, "not newer than before", newest)
-            )
-            return False
-        return True
-
-    def _drop(self, inb: Inbound, reason: DropReason) -> None:
-        """Count a handled message as dropped, under this one reason."""
-        self._drops[reason] += 1
-        inb.dropped = True
-
-    def _handle_register(self, inb: Inbound, body: Register) -> None:
-        now = inb.now
-        reg = self.table.regs.get(inb.key)
-        if reg is None or reg.addr != inb.addr:
-            if not self._bind_check(inb, reg):
-                return
-            if reg is None:
-                refusal, victim = self.table.admit_registration(inb.addr)
-                if refusal is not None:
-                    self.stats.quota_hits[refusal.value] += 1
-                    detail = _REFUSAL_DETAIL.get(refusal, "limit")
-                    self._reply(inb, Error(ErrorCode.RESOURCE_LIMIT, body.TYPE, detail))
-                    return
-                if victim is not None:
-                    self._evict(victim, now)
-                ks = self._admission.forget_key(inb.key) or inb.ks
-                reg = self.table.add(inb.key, inb.addr, ks, 0.0)
-                log.info(
-                    "peer %s registered from %s", PublicKey(inb.key).short(), endpoint_str(inb.addr)
-                )
-            else:
-                self._move(reg, inb.addr, now)
-        reg.accept_incoming = bool(body.flags & REGISTER_FLAG_ACCEPT_INCOMING)
-        self._list(reg, listing_of(body.flags), body.rtt_ms, now)
-        reg.expires = now + self.config.registration_ttl_s
-        self._reply(
-            inb,
-            Registered(
-                ttl_s=self.config.registration_ttl_s,
-                heartbeat_s=self.config.heartbeat_interval_s,
-                epoch=self.epoch,
-                observed=(inb.addr[0], inb.addr[1]),
-            ),
-        )
-
-    def _list(self, reg: Registration, listing: Listing, rtt_ms: int, now: float) -> None:
-        """Publish (or withdraw) the registration's location record. A new
-        record on a change of role: a standby promoted to home signs one
-        newer than the dead home's, so lookups now lead here first."""
-        if rtt_ms != RTT_UNKNOWN:
-            reg.rtt_ms = rtt_ms
-        if listing == reg.listing:
-            self.federation.locations.reported_rtt(PublicKey(reg.key), reg.rtt_ms, now)
-            return
-        reg.listing = listing
-        if listing is Listing.UNLISTED:
-            self.federation.peer_gone(PublicKey(reg.key))
-        else:
-            standby = listing is Listing.STANDBY
-            self.federation.peer_registered(PublicKey(reg.key), now, standby, reg.rtt_ms)
-
-    def _handle_heartbeat(self, inb: Inbound, body: Heartbeat) -> None:
-        reg = self.table.regs.get(inb.key)
-        if reg is None:
-            self._reply(inb, HeartbeatAck(body.seq, HeartbeatStatus.NOT_REGISTERED, self.epoch))
-            return
-        if reg.addr != inb.addr:
-            if not self._bind_check(inb, reg):
-                return
-            self._move(reg, inb.addr, inb.now)
-        reg.expires = inb.now + self.config.registration_ttl_s
-        if body.rtt_ms != RTT_UNKNOWN and reg.listing is not None:
-            reg.rtt_ms = body.rtt_ms
-            self.federation.locations.reported_rtt(PublicKey(reg.key), body.rtt_ms, inb.now)
-        self._reply(inb, HeartbeatAck(body.seq, HeartbeatStatus.OK, self.epoch))
-
-    def _move(self, reg: Registration, addr: Addr, now: float) -> None:
-        """The peer's NAT gave it a new (proven) address: move it and its sessions."""
-        log.info(
-            "peer %s moved from %s to %s",
-            PublicKey(reg.key).short(),
-            endpoint_str(reg.addr),
-            endpoint_str(addr),
-        )
-        for s in self.table.move(reg, addr):
-            self._close(s, CloseReason.PEER_GONE, {s.a_key, s.b_key}, now)
-
-    def _evict(self, victim: Registration, now: float) -> None:
-        log.info(
-            "registration table full: evicting idle peer %s (%s)",
-            PublicKey(victim.key).short(),
-            victim.source,
-        )
-        self.stats.quota_hits["evicted"] += 1
-        notice = Error(ErrorCode.RESOURCE_LIMIT, MsgType.REGISTER, "evicted: relay full")
-        self._send(notice, victim, now)
-        self._drop_registration(victim, Status.TARGET_UNREACHABLE, now)
-
-    # ------------------------------------------------------------ sessions
-
-    def _handle_connection_request(self, inb: Inbound, body: ConnectionRequest) -> None:
-        now = inb.now
-        rid = body.request_id
-        key = inb.key
-        target = body.target.raw
-
-        def respond(status: Status, sid: bytes = bytes(SESSION_ID_LEN)) -> None:
-            self._reply(inb, self._response(rid, status, sid))
-
-        reg = self.table.regs.get(key)
-        if reg is None:
-            self._reply(inb, Error(ErrorCode.NOT_REGISTERED, body.TYPE, "register first"))
-            return
-        if self._shutting_down or target == key:
-            respond(Status.ERROR)
-            return
-        if not self.policy.allows(target):
-            respond(Status.AUTH_FAILED)
-            return
-        s = self.table.by_pair.get(pair_of(key, target))
-        if s is not None:
-            if s.sid in self.sessions:
-                respond(Status.SUCCESS, s.sid)
-            elif key == s.b_key:
-                # B asks for A while A's offer to B is outstanding: both want it
-                s.waiters[key] = rid
-                self._establish(s, now)
-            else:
-                s.waiters[key] = rid  # a retransmitted request: answer when B does
-            return
-        treg = self.table.regs.get(target)
-        if treg is None or not treg.accept_incoming:
-            respond(Status.TARGET_UNREACHABLE)
-            return
-        if treg.addr == reg.addr:
-            # both behind one address: the relay cannot tell their packets apart
-            self._drop(inb, DropReason.BAD_ADDRESS)
-            respond(Status.ERROR)
-            return
-        refusal = self.table.admit_session(reg, treg)
-        if refusal is not None:
-            self.stats.quota_hits[refusal.value] += 1
-            respond(Status.RESOURCE_LIMIT)
-            return
-        s = self.table.open(self._new_session_id(), reg, treg, now)
-        s.waiters[key] = rid
-        self._send_offer(s, treg, now)
-
-    def _send_offer(self, s: Session, treg: Registration, now: float) -> None:
-        s.offer_next = now + self.config.offer_retransmit_s
-        self._send(SessionOffer(s.sid, PublicKey(s.a_key)), treg, now)
-
-    def _response(self, rid: int, status: Status, sid: bytes) -> ConnectionResponse:
-        return ConnectionResponse(
-            request_id=rid,
-            status=status,
-            session_id=sid,
-            idle_timeout_s=self.config.session_idle_timeout_s,
-            max_bandwidth_kbps=self.config.max_bandwidth_kbps,
-        )
-
-    def _new_session_id(self) -> bytes:
-        while True:
-            sid = self._rng(SESSION_ID_LEN)
-            if self.table.new_id_free(sid):
-                return sid
-
-    def _establish(self, s: Session, now: float) -> None:
-        self.table.establish(s, now)
-        self.stats.sessions_opened += 1
-        log.info(
-            "session %s open: %s <-> %s",
-            s.sid.hex(),
-            PublicKey(s.a_key).short(),
-            PublicKey(s.b_key).short(),
-        )
-        self._answer_waiters(s, Status.SUCCESS, now)
-
-    def _answer_waiters(self, s: Session, status: Status, now: float) -> None:
-        sid = s.sid if status == Status.SUCCESS else bytes(SESSION_ID_LEN)
-        for wkey, rid in s.waiters.items():
-            wreg = self.table.regs.get(wkey)
-            if wreg is not None:
-                self._send(self._response(rid, status, sid), wreg, now)
-        s.waiters.clear()
-
-    def _handle_session_answer(self, inb: Inbound, body: SessionAnswer) -> None:
-        s = self.table.pending.get(body.session_id)
-        if s is None:
-            est = self.sessions.get(body.session_id)
-            if est is not None and inb.key in (est.a_key, est.b_key):
-                return  # a retransmitted answer; already done
-            self._drop(inb, DropReason.UNKNOWN_SESSION)
-            if body.accept:  # accepted too late: make sure the peer drops it
-                self._reply(inb, SessionClose(body.session_id, CloseReason.NORMAL))
-            return
-        if inb.key != s.b_key:
-            self._drops[DropReason.UNEXPECTED] += 1
-            return
-        if body.accept:
-            self._establish(s, inb.now)
-        else:
-            log.info("session %s rejected by %s", s.sid.hex(), PublicKey(inb.key).short())
-            self._answer_waiters(s, Status.REJECTED, inb.now)
-            self._remove(s)
-
-    def _handle_session_close(self, inb: Inbound, body: SessionClose) -> None:
-        s = self.table.find(body.session_id)
-        if s is None or inb.key not in (s.a_key, s.b_key):
-            self._drops[DropReason.UNKNOWN_SESSION] += 1
-            return
-        if s.sid in self.table.pending:
-            self._answer_waiters(s, Status.REJECTED, inb.now)
-        self._close(s, body.reason, {s.other(inb.key)}, inb.now)
-
-    def _remove(self, s: Session) -> None:
-        if self.table.remove(s):
-            self.stats.sessions_closed += 1
-            self._closed_packets += s.packets
-            self._closed_bytes += s.bytes
-
-    def _close(self, s: Session, reason: CloseReason, notify: set[bytes], now: float) -> None:
-        log.info("session %s closed (%s)", s.sid.hex(), reason.name.lower())
-        self._remove(s)
-        for k in notify:
-            reg = self.table.regs.get(k)
-            if reg is not None:
-                self._send(SessionClose(s.sid, reason), reg, now)
 
     # ------------------------------------------------------------ ping and discovery
 
@@ -699,114 +345,3 @@ class RelayCore:
             self._housekeeping(now)
         except Exception:  # a bug must not stop expiry for good
             self._internal_error(now, "housekeeping")
-
-    def _housekeeping(self, now: float) -> None:
-        table = self.table
-        for reg in [r for r in table.regs.values() if r.expires <= now]:
-            log.info("peer %s registration expired", PublicKey(reg.key).short())
-            self._drop_registration(reg, Status.TARGET_UNREACHABLE, now)
-        for s in list(table.pending.values()):
-            if now >= s.offer_deadline:
-                log.info("session %s: no answer from target", s.sid.hex())
-                self._answer_waiters(s, Status.TARGET_UNREACHABLE, now)
-                self._close(s, CloseReason.PEER_GONE, {s.b_key}, now)
-            elif now >= s.offer_next:
-                treg = table.regs.get(s.b_key)
-                if treg is not None:
-                    self._send_offer(s, treg, now)
-        idle = self.config.session_idle_timeout_s
-        for s in list(self.sessions.values()):
-            if s.packets != s.last_packets:
-                s.last_packets = s.packets
-                s.last_active = now
-            elif now - s.last_active >= idle:
-                self._close(s, CloseReason.IDLE, {s.a_key, s.b_key}, now)
-
-    def _drop_registration(self, reg: Registration, pending_answer: Status, now: float) -> None:
-        """Forget a peer: its sessions end (the other end is told, a requester
-        still waiting gets ``pending_answer``)."""
-        for sid in list(reg.sessions):
-            s = self.table.find(sid)
-            if s is not None:
-                if sid in self.table.pending:
-                    self._answer_waiters(s, pending_answer, now)
-                self._close(s, CloseReason.PEER_GONE, {s.other(reg.key)}, now)
-        self.table.remove_registration(reg)
-        self._admission.remember_key(reg.key, reg.ks)
-        self.federation.peer_gone(PublicKey(reg.key))
-
-    def policy_changed(self, now: float) -> None:
-        """Drop registrations and sessions of keys the policy no longer allows.
-
-        Called by the shell after a policy refresh."""
-        for reg in [r for r in self.table.regs.values() if not self.policy.allows(r.key)]:
-            log.info("peer %s no longer allowed", PublicKey(reg.key).short())
-            self._drop_registration(reg, Status.AUTH_FAILED, now)
-
-    def shutdown(self, now: float) -> None:
-        """Tell every session and registration that the relay is going away."""
-        self._shutting_down = True
-        table = self.table
-        for s in list(table.pending.values()):
-            self._answer_waiters(s, Status.ERROR, now)
-        for s in list(self.sessions.values()) + list(table.pending.values()):
-            self._close(s, CloseReason.SHUTDOWN, {s.a_key, s.b_key}, now)
-        for reg in table.regs.values():
-            self._send(Error(ErrorCode.SHUTTING_DOWN, 0, "relay shutting down"), reg, now)
-
-    # ------------------------------------------------------------ outputs
-
-    def datagrams_to_send(self) -> list[tuple[bytes, Addr]]:
-        out = self._out[:]
-        self._out.clear()  # the list is shared with Admission: keep the object
-        return out
-
-    # ------------------------------------------------------------ introspection
-
-    def load_pct(self) -> int:
-        busy = len(self.sessions) + len(self.table.pending)
-        return min(100, busy * 100 // self.config.max_connections)
-
-    def capabilities(self) -> int:
-        return int(Capability.UDP_RELAY | Capability.DISCOVERY | Capability.GOSSIP)
-
-    def node_info(self) -> RelayNodeInfo | None:
-        if not self.announce_endpoints:
-            return None
-        return RelayNodeInfo(
-            key=self.identity.public,
-            endpoints=self.announce_endpoints,
-            region=self.region,
-            capabilities=self.capabilities(),
-            load_pct=self.load_pct(),
-            max_sessions=self.config.max_connections,
-        )
-
-    def announcement(self, now: float) -> bytes | None:
-        """Our signed announcement (re-signed only when it changed or aged)."""
-        info = self.node_info()
-        return self._announcer.sign(info, self._wall_at(now)) if info is not None else None
-
-    def is_registered(self, key: PublicKey) -> bool:
-        return key.raw in self.table.regs
-
-    def registered_addr(self, key: PublicKey) -> Addr | None:
-        reg = self.table.regs.get(key.raw)
-        return reg.addr if reg is not None else None
-
-    def key_cache_size(self) -> int:
-        return len(self._admission.key_cache)
-
-    def get_stats(self) -> RelayStats:
-        st = self.stats
-        st.registrations = len(self.table.regs)
-        st.sessions_active = len(self.sessions)
-        st.sessions_pending = len(self.table.pending)
-        st.packets_forwarded = self._closed_packets + sum(s.packets for s in self.sessions.values())
-        st.bytes_forwarded = self._closed_bytes + sum(s.bytes for s in self.sessions.values())
-        fed = self.federation
-        st.relays_known = len(fed.directory)
-        st.relays_live = len(fed.directory.live())
-        st.location_records = fed.record_count()
-        st.federation = dict(fed.counters)
-        return st

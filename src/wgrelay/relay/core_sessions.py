@@ -1,0 +1,353 @@
+"""Registrations and sessions: the handlers of REGISTER, HEARTBEAT,
+CONNECTION_REQUEST, SESSION_ANSWER and SESSION_CLOSE, and what ends them
+(housekeeping, policy changes, shutdown). The protocol's story is in core.py;
+the tables and their quotas in sessions.py."""
+
+from __future__ import annotations
+
+import logging
+
+from wgrelay.endpoint import endpoint_str
+from wgrelay.keys import PublicKey
+from wgrelay.proto.constants import (
+    REGISTER_FLAG_ACCEPT_INCOMING,
+    RTT_UNKNOWN,
+    SESSION_ID_LEN,
+    CloseReason,
+    ErrorCode,
+    HeartbeatStatus,
+    MsgType,
+    Status,
+)
+from wgrelay.proto.messages import (
+    ConnectionRequest,
+    ConnectionResponse,
+    Error,
+    Heartbeat,
+    HeartbeatAck,
+    Register,
+    Registered,
+    SessionAnswer,
+    SessionClose,
+    SessionOffer,
+)
+from wgrelay.relay.admission import Addr, Inbound
+from wgrelay.relay.core_state import RelayCoreState
+from wgrelay.relay.sessions import (
+    Listing,
+    Refusal,
+    Registration,
+    Session,
+    listing_of,
+    pair_of,
+)
+from wgrelay.relay.stats import DropReason
+
+log = logging.getLogger(__name__)
+
+_REFUSAL_DETAIL = {
+    Refusal.RELAY_FULL: "relay is full",
+    Refusal.SOURCE_FULL: "too many registrations from your address",
+}
+
+log = logging.getLogger(__name__)
+
+
+class SessionsCore(RelayCoreState):
+    # ------------------------------------------------------------ registration
+
+    def _bind_check(self, inb: Inbound, reg: Registration | None) -> bool:
+        """May ``inb`` bind its key to its source address (new or moved)?"""
+        if not inb.proven:
+            self._admission.challenge(inb)
+            return False
+        if not self.usable_peer_address(inb.addr):
+            self._drop(inb, DropReason.BAD_ADDRESS)
+            return False
+        if reg is not None and not inb.newer:
+            # a delayed or replayed message must not move the peer back; an
+            # honest peer that restarted after its clock ran ahead is told the
+            # figure to continue above (else it could not move until its old
+            # registration expired)
+            self._drop(inb, DropReason.STALE_REBIND)
+            newest = inb.ks.replay.newest
+            self._admission.notice(
+                inb, Error(ErrorCode.REPLAYED, inb.msg_type, "not newer than before", newest)
+            )
+            return False
+        return True
+
+    def _handle_register(self, inb: Inbound, body: Register) -> None:
+        now = inb.now
+        reg = self.table.regs.get(inb.key)
+        if reg is None or reg.addr != inb.addr:
+            if not self._bind_check(inb, reg):
+                return
+            if reg is None:
+                refusal, victim = self.table.admit_registration(inb.addr)
+                if refusal is not None:
+                    self.stats.quota_hits[refusal.value] += 1
+                    detail = _REFUSAL_DETAIL.get(refusal, "limit")
+                    self._reply(inb, Error(ErrorCode.RESOURCE_LIMIT, body.TYPE, detail))
+                    return
+                if victim is not None:
+                    self._evict(victim, now)
+                ks = self._admission.forget_key(inb.key) or inb.ks
+                reg = self.table.add(inb.key, inb.addr, ks, 0.0)
+                log.info(
+                    "peer %s registered from %s", PublicKey(inb.key).short(), endpoint_str(inb.addr)
+                )
+            else:
+                self._move(reg, inb.addr, now)
+        reg.accept_incoming = bool(body.flags & REGISTER_FLAG_ACCEPT_INCOMING)
+        self._list(reg, listing_of(body.flags), body.rtt_ms, now)
+        reg.expires = now + self.config.registration_ttl_s
+        self._reply(
+            inb,
+            Registered(
+                ttl_s=self.config.registration_ttl_s,
+                heartbeat_s=self.config.heartbeat_interval_s,
+                epoch=self.epoch,
+                observed=(inb.addr[0], inb.addr[1]),
+            ),
+        )
+
+    def _list(self, reg: Registration, listing: Listing, rtt_ms: int, now: float) -> None:
+        """Publish (or withdraw) the registration's location record. A new
+        record on a change of role: a standby promoted to home signs one
+        newer than the dead home's, so lookups now lead here first."""
+        if rtt_ms != RTT_UNKNOWN:
+            reg.rtt_ms = rtt_ms
+        if listing == reg.listing:
+            self.federation.locations.reported_rtt(PublicKey(reg.key), reg.rtt_ms, now)
+            return
+        reg.listing = listing
+        if listing is Listing.UNLISTED:
+            self.federation.peer_gone(PublicKey(reg.key))
+        else:
+            standby = listing is Listing.STANDBY
+            self.federation.peer_registered(PublicKey(reg.key), now, standby, reg.rtt_ms)
+
+    def _handle_heartbeat(self, inb: Inbound, body: Heartbeat) -> None:
+        reg = self.table.regs.get(inb.key)
+        if reg is None:
+            self._reply(inb, HeartbeatAck(body.seq, HeartbeatStatus.NOT_REGISTERED, self.epoch))
+            return
+        if reg.addr != inb.addr:
+            if not self._bind_check(inb, reg):
+                return
+            self._move(reg, inb.addr, inb.now)
+        reg.expires = inb.now + self.config.registration_ttl_s
+        if body.rtt_ms != RTT_UNKNOWN and reg.listing is not None:
+            reg.rtt_ms = body.rtt_ms
+            self.federation.locations.reported_rtt(PublicKey(reg.key), body.rtt_ms, inb.now)
+        self._reply(inb, HeartbeatAck(body.seq, HeartbeatStatus.OK, self.epoch))
+
+    def _move(self, reg: Registration, addr: Addr, now: float) -> None:
+        """The peer's NAT gave it a new (proven) address: move it and its sessions."""
+        log.info(
+            "peer %s moved from %s to %s",
+            PublicKey(reg.key).short(),
+            endpoint_str(reg.addr),
+            endpoint_str(addr),
+        )
+        for s in self.table.move(reg, addr):
+            self._close(s, CloseReason.PEER_GONE, {s.a_key, s.b_key}, now)
+
+    def _evict(self, victim: Registration, now: float) -> None:
+        log.info(
+            "registration table full: evicting idle peer %s (%s)",
+            PublicKey(victim.key).short(),
+            victim.source,
+        )
+        self.stats.quota_hits["evicted"] += 1
+        notice = Error(ErrorCode.RESOURCE_LIMIT, MsgType.REGISTER, "evicted: relay full")
+        self._send(notice, victim, now)
+        self._drop_registration(victim, Status.TARGET_UNREACHABLE, now)
+
+    # ------------------------------------------------------------ sessions
+
+    def _handle_connection_request(self, inb: Inbound, body: ConnectionRequest) -> None:
+        now = inb.now
+        rid = body.request_id
+        key = inb.key
+        target = body.target.raw
+
+        def respond(status: Status, sid: bytes = bytes(SESSION_ID_LEN)) -> None:
+            self._reply(inb, self._response(rid, status, sid))
+
+        reg = self.table.regs.get(key)
+        if reg is None:
+            self._reply(inb, Error(ErrorCode.NOT_REGISTERED, body.TYPE, "register first"))
+            return
+        if self._shutting_down or target == key:
+            respond(Status.ERROR)
+            return
+        if not self.policy.allows(target):
+            respond(Status.AUTH_FAILED)
+            return
+        s = self.table.by_pair.get(pair_of(key, target))
+        if s is not None:
+            if s.sid in self.sessions:
+                respond(Status.SUCCESS, s.sid)
+            elif key == s.b_key:
+                # B asks for A while A's offer to B is outstanding: both want it
+                s.waiters[key] = rid
+                self._establish(s, now)
+            else:
+                s.waiters[key] = rid  # a retransmitted request: answer when B does
+            return
+        treg = self.table.regs.get(target)
+        if treg is None or not treg.accept_incoming:
+            respond(Status.TARGET_UNREACHABLE)
+            return
+        if treg.addr == reg.addr:
+            # both behind one address: the relay cannot tell their packets apart
+            self._drop(inb, DropReason.BAD_ADDRESS)
+            respond(Status.ERROR)
+            return
+        refusal = self.table.admit_session(reg, treg)
+        if refusal is not None:
+            self.stats.quota_hits[refusal.value] += 1
+            respond(Status.RESOURCE_LIMIT)
+            return
+        s = self.table.open(self._new_session_id(), reg, treg, now)
+        s.waiters[key] = rid
+        self._send_offer(s, treg, now)
+
+    def _send_offer(self, s: Session, treg: Registration, now: float) -> None:
+        s.offer_next = now + self.config.offer_retransmit_s
+        self._send(SessionOffer(s.sid, PublicKey(s.a_key)), treg, now)
+
+    def _response(self, rid: int, status: Status, sid: bytes) -> ConnectionResponse:
+        return ConnectionResponse(
+            request_id=rid,
+            status=status,
+            session_id=sid,
+            idle_timeout_s=self.config.session_idle_timeout_s,
+            max_bandwidth_kbps=self.config.max_bandwidth_kbps,
+        )
+
+    def _new_session_id(self) -> bytes:
+        while True:
+            sid = self._rng(SESSION_ID_LEN)
+            if self.table.new_id_free(sid):
+                return sid
+
+    def _establish(self, s: Session, now: float) -> None:
+        self.table.establish(s, now)
+        self.stats.sessions_opened += 1
+        log.info(
+            "session %s open: %s <-> %s",
+            s.sid.hex(),
+            PublicKey(s.a_key).short(),
+            PublicKey(s.b_key).short(),
+        )
+        self._answer_waiters(s, Status.SUCCESS, now)
+
+    def _answer_waiters(self, s: Session, status: Status, now: float) -> None:
+        sid = s.sid if status == Status.SUCCESS else bytes(SESSION_ID_LEN)
+        for wkey, rid in s.waiters.items():
+            wreg = self.table.regs.get(wkey)
+            if wreg is not None:
+                self._send(self._response(rid, status, sid), wreg, now)
+        s.waiters.clear()
+
+    def _handle_session_answer(self, inb: Inbound, body: SessionAnswer) -> None:
+        s = self.table.pending.get(body.session_id)
+        if s is None:
+            est = self.sessions.get(body.session_id)
+            if est is not None and inb.key in (est.a_key, est.b_key):
+                return  # a retransmitted answer; already done
+            self._drop(inb, DropReason.UNKNOWN_SESSION)
+            if body.accept:  # accepted too late: make sure the peer drops it
+                self._reply(inb, SessionClose(body.session_id, CloseReason.NORMAL))
+            return
+        if inb.key != s.b_key:
+            self._drops[DropReason.UNEXPECTED] += 1
+            return
+        if body.accept:
+            self._establish(s, inb.now)
+        else:
+            log.info("session %s rejected by %s", s.sid.hex(), PublicKey(inb.key).short())
+            self._answer_waiters(s, Status.REJECTED, inb.now)
+            self._remove(s)
+
+    def _handle_session_close(self, inb: Inbound, body: SessionClose) -> None:
+        s = self.table.find(body.session_id)
+        if s is None or inb.key not in (s.a_key, s.b_key):
+            self._drops[DropReason.UNKNOWN_SESSION] += 1
+            return
+        if s.sid in self.table.pending:
+            self._answer_waiters(s, Status.REJECTED, inb.now)
+        self._close(s, body.reason, {s.other(inb.key)}, inb.now)
+
+    def _remove(self, s: Session) -> None:
+        if self.table.remove(s):
+            self.stats.sessions_closed += 1
+            self._closed_packets += s.packets
+            self._closed_bytes += s.bytes
+
+    def _close(self, s: Session, reason: CloseReason, notify: set[bytes], now: float) -> None:
+        log.info("session %s closed (%s)", s.sid.hex(), reason.name.lower())
+        self._remove(s)
+        for k in notify:
+            reg = self.table.regs.get(k)
+            if reg is not None:
+                self._send(SessionClose(s.sid, reason), reg, now)
+
+    # ------------------------------------------------------------ expiry, policy changes, shutdown
+
+    def _housekeeping(self, now: float) -> None:
+        table = self.table
+        for reg in [r for r in table.regs.values() if r.expires <= now]:
+            log.info("peer %s registration expired", PublicKey(reg.key).short())
+            self._drop_registration(reg, Status.TARGET_UNREACHABLE, now)
+        for s in list(table.pending.values()):
+            if now >= s.offer_deadline:
+                log.info("session %s: no answer from target", s.sid.hex())
+                self._answer_waiters(s, Status.TARGET_UNREACHABLE, now)
+                self._close(s, CloseReason.PEER_GONE, {s.b_key}, now)
+            elif now >= s.offer_next:
+                treg = table.regs.get(s.b_key)
+                if treg is not None:
+                    self._send_offer(s, treg, now)
+        idle = self.config.session_idle_timeout_s
+        for s in list(self.sessions.values()):
+            if s.packets != s.last_packets:
+                s.last_packets = s.packets
+                s.last_active = now
+            elif now - s.last_active >= idle:
+                self._close(s, CloseReason.IDLE, {s.a_key, s.b_key}, now)
+
+    def _drop_registration(self, reg: Registration, pending_answer: Status, now: float) -> None:
+        """Forget a peer: its sessions end (the other end is told, a requester
+        still waiting gets ``pending_answer``)."""
+        for sid in list(reg.sessions):
+            s = self.table.find(sid)
+            if s is not None:
+                if sid in self.table.pending:
+                    self._answer_waiters(s, pending_answer, now)
+                self._close(s, CloseReason.PEER_GONE, {s.other(reg.key)}, now)
+        self.table.remove_registration(reg)
+        self._admission.remember_key(reg.key, reg.ks)
+        self.federation.peer_gone(PublicKey(reg.key))
+
+    def policy_changed(self, now: float) -> None:
+        """Drop registrations and sessions of keys the policy no longer allows.
+
+        Called by the shell after a policy refresh."""
+        for reg in [r for r in self.table.regs.values() if not self.policy.allows(r.key)]:
+            log.info("peer %s no longer allowed", PublicKey(reg.key).short())
+            self._drop_registration(reg, Status.AUTH_FAILED, now)
+
+    def shutdown(self, now: float) -> None:
+        """Tell every session and registration that the relay is going away."""
+        self._shutting_down = True
+        table = self.table
+        for s in list(table.pending.values()):
+            self._answer_waiters(s, Status.ERROR, now)
+        for s in list(self.sessions.values()) + list(table.pending.values()):
+            self._close(s, CloseReason.SHUTDOWN, {s.a_key, s.b_key}, now)
+        for reg in table.regs.values():
+            self._send(Error(ErrorCode.SHUTTING_DOWN, 0, "relay shutting down"), reg, now)
