@@ -53,10 +53,7 @@ the relay joins two requests for the same pair into one session anyway).
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Mapping
-from dataclasses import dataclass, field
-from enum import StrEnum
 
 from wgrelay.endpoint import Endpoint, endpoint_str, is_loopback
 from wgrelay.keys import PublicKey
@@ -74,82 +71,11 @@ from wgrelay.mesh.actions import (
 from wgrelay.mesh.backend.base import InterfaceInfo, PeerInfo
 from wgrelay.mesh.cache import ConnectionCache
 from wgrelay.mesh.nat import DirectFailed, DirectSucceeded, NatTraverse, Observation, TryDirect
+from wgrelay.mesh.peer_path import AgentConfig, PathKind, PeerPath
 
 log = logging.getLogger(__name__)
 
-ANSWER_WAIT_S = 11.0
-"""How long WireGuard may take to answer data: it sends a keepalive 10 s after
-receiving data if it had nothing else to send (KEEPALIVE_TIMEOUT)."""
-KEEPALIVE_MESSAGE_BYTES = 32
-"""A WireGuard keepalive as backends count it in tx_bytes: a transport message
-with an empty payload (16-byte header, 16-byte tag)."""
-
-
-class PathKind(StrEnum):
-    PROBING = "probing"
-    DIRECT = "direct"
-    RELAY_PENDING = "relay-pending"
-    RELAYED = "relayed"
-
-
-@dataclass(frozen=True, slots=True)
-class AgentConfig:
-    relay_enabled: bool = True
-    direct_probe_s: float = 3.0
-    """How long one direct candidate may take to show a handshake."""
-    initiate_delay_s: float = 2.0
-    handshake_fresh_s: float = 180.0
-    """A handshake younger than this (WireGuard's REJECT_AFTER_TIME) proves a path."""
-    broken_after_s: float = 15.0
-    """Sending without any answer for this long on a direct path: it broke."""
-    relay_silent_s: float = 20.0
-    """The same for a relayed path (a little longer: two hops, and the relay's
-    own liveness checks usually notice first)."""
-    keepalive_s: int = 25
-    """Persistent keepalive the agent sets on peers it manages (0: leave alone)."""
-    relay_retry_initial_s: float = 5.0
-    relay_retry_max_s: float = 60.0
-    probe_back_s: float = 30.0
-    probe_back_max_s: float = 900.0
-    flap_window_s: float = 300.0
-
-
-@dataclass(slots=True)
-class PeerPath:
-    key: PublicKey
-    kind: PathKind
-    since: float
-    reason: str
-    original_endpoint: Endpoint | None
-    original_keepalive: int | None
-    direct_endpoint: Endpoint | None = None
-    """The direct endpoint in use, or the best known one: where the peer goes back to."""
-    relay: PublicKey | None = None
-    relay_endpoint: Endpoint | None = None
-    relay_requested: bool = False
-    relay_retry_at: float = 0.0
-    relay_backoff_s: float = 0.0
-    probing_back: bool = False
-    next_probe_back: float = 0.0
-    probe_back_interval_s: float = 0.0
-    flaps: int = 0
-    direct_since: float | None = None
-    returned_direct_at: float | None = None
-    latest_handshake: float | None = None
-    rx_bytes: int = 0
-    tx_bytes: int = 0
-    silent_since: float | None = None
-    """Since when we send and hear nothing (see ``AgentCore._silent``)."""
-    tx_at_silence: int = 0
-    owed_since: float | None = None
-    """Since when we sent more than keepalives into the silence (an answer is owed)."""
-    tx_before: int = 0
-    """tx_bytes at the previous observation."""
-    wg_endpoint: Endpoint | None = None
-    """WireGuard's endpoint for the peer at the last observation."""
-    last_heard: float | None = None
-    """When we last saw the peer alive (rx grew or a new handshake)."""
-    history: list[str] = field(default_factory=list)
+__all__ = ["AgentConfig", "AgentCore", "PathKind", "PeerPath"]
 
 
 class AgentCore:
@@ -415,17 +341,20 @@ class AgentCore:
                 p.direct_endpoint = ep  # WireGuard roamed, or the operator set it
             if new_handshake and ep is not None:
                 self.cache.record_success(p.key, ep, wall)
-            self._track_silence(p, rx_grew or new_handshake, tx_grew, now)
+            p.track_silence(rx_grew or new_handshake, tx_grew, now)
             if p.direct_since is not None and now - p.direct_since >= self.config.flap_window_s:
                 p.flaps = 0  # stable long enough: forget old flaps
-            if self._silent(p, now, self.config.broken_after_s):
+            if p.silent(now, self.config.broken_after_s, self.config.keepalive_s):
                 p.silent_since = None
                 if ep is not None and not is_loopback(ep):
                     self.cache.record_failure(p.key, ep, wall)
                 actions += self._start_probing(p, now, wall, "direct path went silent")
         elif p.kind == PathKind.RELAYED and not p.probing_back:
-            self._track_silence(p, rx_grew or new_handshake, tx_grew, now)
-            if self._silent(p, now, self.config.relay_silent_s) and ep in self.proxy_endpoints:
+            p.track_silence(rx_grew or new_handshake, tx_grew, now)
+            if (
+                p.silent(now, self.config.relay_silent_s, self.config.keepalive_s)
+                and ep in self.proxy_endpoints
+            ):
                 # WireGuard sends (keepalives at least) and nothing comes back
                 # through the relay: the session is gone there, whatever the
                 # relay told us (a restart it hid, a lost SESSION_CLOSE)
@@ -460,45 +389,6 @@ class AgentCore:
         elif p.kind == PathKind.PROBING:
             actions += self._retry_paused(p, now, wall)
         return actions
-
-    @staticmethod
-    def _track_silence(p: PeerPath, heard: bool, sent: bool, now: float) -> None:
-        if heard:
-            p.silent_since = None
-            p.owed_since = None
-        elif sent and p.silent_since is None:
-            p.silent_since = now
-            p.tx_at_silence = p.tx_before
-
-    def _silent(self, p: PeerPath, now: float, limit_s: float) -> bool:
-        """Has the path been silent for ``limit_s`` while it owed us an answer?
-
-        Sending and hearing nothing is normal on an idle tunnel: WireGuard's
-        persistent keepalive timer restarts on any packet sent *or received*,
-        so with both ends at the same interval only one end ever sends its
-        keepalives (32-byte messages nobody answers), and the other end hears
-        from it but sends nothing until its next rekey. So silence only counts
-        once we sent more than keepalives (data, which WireGuard answers within
-        its 10 s passive keepalive, or a handshake initiation, answered at
-        once), and only after the answer had ``ANSWER_WAIT_S`` to come. An idle
-        broken path is still found: its next rekey sends an initiation (at most
-        about two minutes later).
-        """
-        if p.silent_since is None:
-            return False
-        sent = p.tx_bytes - p.tx_at_silence
-        ka = self.config.keepalive_s
-        # the window opens at the first growth we saw, which may have been a
-        # keepalive sent up to one poll earlier: count one more than fit
-        allowed = (
-            KEEPALIVE_MESSAGE_BYTES * (math.ceil((now - p.silent_since) / ka) + 1) if ka else 0
-        )
-        if sent <= allowed:
-            p.owed_since = None
-            return False
-        if p.owed_since is None:
-            p.owed_since = now
-        return now >= p.silent_since + limit_s and now >= p.owed_since + ANSWER_WAIT_S
 
     def _probe_offset(self, p: PeerPath) -> float:
         """Both ends would probe back at the same moment and spoil each other's
