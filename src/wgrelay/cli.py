@@ -10,17 +10,16 @@ from __future__ import annotations
 
 import argparse
 import logging
-import re
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from wgrelay import __version__
+from wgrelay import cli_types as argtype
 from wgrelay.errors import ConfigError, WgRelayError
 from wgrelay.keys import (
     PrivateKey,
-    PublicKey,
     RelayIdentity,
     load_key_file,
     parse_key_text,
@@ -124,27 +123,11 @@ def cmd_start_relay(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------- agent and relays
 
 
-def _relay_arg(text: str) -> tuple[tuple[str, int], PublicKey]:
-    from wgrelay.relay.app import parse_relay_spec
-
-    return parse_relay_spec(text, "--relay")
-
-
-def _relay_key(text: str) -> PublicKey:
-    """A relay's public key: 44 base64 chars that are also a valid Ed25519 point
-    (a WireGuard key pasted by mistake almost never is)."""
-    from wgrelay.keys import relay_x25519_public
-
-    key = PublicKey.from_base64(text, "relay key")
-    relay_x25519_public(key)
-    return key
-
-
 def cmd_up(args: argparse.Namespace) -> int:
     from wgrelay.mesh.agent import AgentConfig
     from wgrelay.mesh.daemon import AgentOptions, run_agent
 
-    relays = [_relay_arg(r) for r in args.relay or []]
+    relays = [argtype.relay_arg(r) for r in args.relay or []]
     config = AgentConfig(
         keepalive_s=args.keepalive,
         direct_probe_s=args.direct_timeout,
@@ -166,7 +149,7 @@ def cmd_add_bootstrap_relay(args: argparse.Namespace) -> int:
     from wgrelay.state import ensure_state_dir
 
     endpoint = parse_destination(args.endpoint, "ENDPOINT")
-    key = _relay_key(args.pub_key)
+    key = argtype.relay_key(args.pub_key)
     store = RegistryStore(ensure_state_dir(args.state_dir) / "relays.db")
     try:
         registry = store.load()
@@ -303,70 +286,6 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
-def _ascii_int(text: str) -> int | None:
-    """A decimal integer in ASCII digits, else None.
-
-    ``str.isdigit()`` and ``int()`` also take other scripts' digits (U+0665,
-    ARABIC-INDIC DIGIT FIVE) and superscripts; a port or a limit typed that way
-    is a mistake, not a number.
-    """
-    if not (text.isascii() and text.isdigit()) or len(text) > 20:
-        return None
-    return int(text)
-
-
-def _port(text: str) -> int:
-    n = _ascii_int(text)
-    if n is None or n > 65535:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a port (0-65535; 0 picks a free one)")
-    return n
-
-
-def _positive(text: str) -> int:
-    n = _ascii_int(text)
-    if n is None or n < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a positive integer")
-    return n
-
-
-def _non_negative(text: str) -> int:
-    n = _ascii_int(text)
-    if n is None:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a non-negative integer")
-    return n
-
-
-def _keepalive(text: str) -> int:
-    n = _ascii_int(text)
-    if n is None or n > 65535:  # WireGuard's persistent keepalive is a u16
-        raise argparse.ArgumentTypeError(f"{text!r} is not 0-65535 seconds")
-    return n
-
-
-_SECONDS = re.compile(r"[0-9]{1,6}(\.[0-9]{1,6})?")
-MAX_DIRECT_TIMEOUT_S = 300.0
-
-
-def _direct_timeout(text: str) -> float:
-    # a plain decimal: float() would also take "nan", "inf", "1e9" and U+0663
-    if not _SECONDS.fullmatch(text) or not 0.1 <= float(text) <= MAX_DIRECT_TIMEOUT_S:
-        raise argparse.ArgumentTypeError(f"{text!r} is not 0.1 to {MAX_DIRECT_TIMEOUT_S:g} seconds")
-    return float(text)
-
-
-def _speed(text: str) -> float:
-    if not _SECONDS.fullmatch(text) or float(text) > 1000:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a speed factor from 0 to 1000")
-    return float(text)
-
-
-def _state_dir(text: str) -> Path:
-    # Path("") is the current directory: a typo or an empty variable, not a choice
-    if not text.strip():
-        raise argparse.ArgumentTypeError("must not be empty")
-    return Path(text)
-
-
 def cmd_demo(args: argparse.Namespace) -> int:
     from wgrelay.demo.simulated import print_nat_matrix, run_simulated_demo
 
@@ -411,7 +330,7 @@ def _common_options(suppress: bool) -> _Parser:
     common = _Parser(add_help=False)
     common.add_argument(
         "--state-dir",
-        type=_state_dir,
+        type=argtype.state_dir,
         default=d,
         help="directory for all state (default: $WGRELAY_STATE_DIR, /var/lib/wgrelay as root)",
     )
@@ -466,19 +385,19 @@ def build_parser() -> argparse.ArgumentParser:
     sp = add("start-relay", "run a relay node", cmd_start_relay)
     sp.add_argument(
         "--max-connections",
-        type=_positive,
+        type=argtype.positive,
         default=100,
         metavar="N",
         help="relayed sessions at once (default 100)",
     )
     sp.add_argument(
         "--max-bandwidth",
-        type=_non_negative,
+        type=argtype.non_negative,
         default=1000,
         metavar="KBPS",
         help="per connection and direction, KB/s; 0 = unlimited (default 1000)",
     )
-    sp.add_argument("--port", type=_port, default=51821, help="UDP port (default 51821)")
+    sp.add_argument("--port", type=argtype.port, default=51821, help="UDP port (default 51821)")
     sp.add_argument(
         "--bind",
         action="append",
@@ -510,10 +429,10 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="ADDR:PORT",
         help="public endpoint to announce (repeatable)",
     )
-    sp.add_argument("--max-sessions-per-peer", type=_positive, default=32, metavar="N")
+    sp.add_argument("--max-sessions-per-peer", type=argtype.positive, default=32, metavar="N")
     sp.add_argument(
         "--idle-timeout",
-        type=_positive,
+        type=argtype.positive,
         default=180,
         metavar="SECONDS",
         help="close sessions idle this long (default 180)",
@@ -544,14 +463,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sp.add_argument(
         "--keepalive",
-        type=_keepalive,
+        type=argtype.keepalive,
         default=25,
         metavar="SECONDS",
         help="persistent keepalive on managed peers; 0 leaves it alone (default 25)",
     )
     sp.add_argument(
         "--direct-timeout",
-        type=_direct_timeout,
+        type=argtype.direct_timeout,
         default=3.0,
         metavar="SECONDS",
         help="how long a direct handshake may take before relaying (default 3)",
@@ -578,7 +497,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sp.add_argument(
         "--speed",
-        type=_speed,
+        type=argtype.speed,
         metavar="FACTOR",
         help="simulated seconds per real second; 0 runs flat out"
         " (default: 10 on a terminal, else 0)",

@@ -1,0 +1,91 @@
+"""Argument types for the command line: each turns one option's text into a
+value or raises ``argparse.ArgumentTypeError`` with one clear line, so bad
+input never reaches a command (and never as a traceback)."""
+
+from __future__ import annotations
+
+import argparse
+import re
+from pathlib import Path
+
+from wgrelay.keys import PublicKey
+
+
+def relay_arg(text: str) -> tuple[tuple[str, int], PublicKey]:
+    from wgrelay.relay.app import parse_relay_spec
+
+    return parse_relay_spec(text, "--relay")
+
+
+def relay_key(text: str) -> PublicKey:
+    """A relay's public key: 44 base64 chars that are also a valid Ed25519 point
+    (a WireGuard key pasted by mistake almost never is)."""
+    from wgrelay.keys import relay_x25519_public
+
+    key = PublicKey.from_base64(text, "relay key")
+    relay_x25519_public(key)
+    return key
+
+
+def ascii_int(text: str) -> int | None:
+    """A decimal integer in ASCII digits, else None.
+
+    ``str.isdigit()`` and ``int()`` also take other scripts' digits (U+0665,
+    ARABIC-INDIC DIGIT FIVE) and superscripts; a port or a limit typed that way
+    is a mistake, not a number.
+    """
+    if not (text.isascii() and text.isdigit()) or len(text) > 20:
+        return None
+    return int(text)
+
+
+def port(text: str) -> int:
+    n = ascii_int(text)
+    if n is None or n > 65535:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port (0-65535; 0 picks a free one)")
+    return n
+
+
+def positive(text: str) -> int:
+    n = ascii_int(text)
+    if n is None or n < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive integer")
+    return n
+
+
+def non_negative(text: str) -> int:
+    n = ascii_int(text)
+    if n is None:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a non-negative integer")
+    return n
+
+
+def keepalive(text: str) -> int:
+    n = ascii_int(text)
+    if n is None or n > 65535:  # WireGuard's persistent keepalive is a u16
+        raise argparse.ArgumentTypeError(f"{text!r} is not 0-65535 seconds")
+    return n
+
+
+_SECONDS = re.compile(r"[0-9]{1,6}(\.[0-9]{1,6})?")
+MAX_DIRECT_TIMEOUT_S = 300.0
+
+
+def direct_timeout(text: str) -> float:
+    # a plain decimal: float() would also take "nan", "inf", "1e9" and U+0663
+    if not _SECONDS.fullmatch(text) or not 0.1 <= float(text) <= MAX_DIRECT_TIMEOUT_S:
+        raise argparse.ArgumentTypeError(f"{text!r} is not 0.1 to {MAX_DIRECT_TIMEOUT_S:g} seconds")
+    return float(text)
+
+
+def speed(text: str) -> float:
+    if not _SECONDS.fullmatch(text) or float(text) > 1000:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a speed factor from 0 to 1000")
+    return float(text)
+
+
+def state_dir(text: str) -> Path:
+    # Path("") is the current directory: a typo or an empty variable, not a choice
+    if not text.strip():
+        raise argparse.ArgumentTypeError("must not be empty")
+    return Path(text)
