@@ -85,7 +85,6 @@ class DaemonConfig:
     writing them every second would wear the disk for nothing)."""
 
 
-_VOLATILE = ("rx_bytes", "tx_bytes", "latest_handshake", "rtt_ms")
 WIREGUARD_OVERHEAD = 32  # WireGuard's own framing on top of the inner packet
 IPV4_UDP_HEADERS = 28
 IPV6_UDP_HEADERS = 48
@@ -165,7 +164,7 @@ class Agent:
             on_sent=self.manager.note_sent,
         )
         self._stop = asyncio.Event()
-        self._last_status = ""
+        self._last_status: object = None
         self._settings_mtime: int | None = None
         self._read_error_logged = -1e9
         self._status_written = -1e9
@@ -289,8 +288,38 @@ class Agent:
         return info
 
     def _write_status(self, info: InterfaceInfo) -> None:
-        peers = []
         by_key = {p.public_key: p for p in info.peers}
+        # Decide from what is cheap to read whether anything a reader cares
+        # about changed; the document itself (RTTs from the connection cache,
+        # histories) is only built when it is written. (Built on every poll it
+        # cost a third of an agent's CPU in the 1,000-agent simulation.)
+        steady = (
+            tuple(
+                (
+                    key.raw,
+                    p.kind,
+                    p.reason,
+                    p.since,
+                    len(p.history),
+                    p.direct_endpoint,
+                    p.relay,
+                    wg.endpoint if (wg := by_key.get(key)) else None,
+                )
+                for key, p in self.core.peers.items()
+            ),
+            self.manager.home,
+            self.manager.standby,
+            self.core.relay_enabled,
+        )
+        now = self._clock()
+        if (
+            steady == self._last_status
+            and now - self._status_written < self.opts.daemon.status_refresh_s
+        ):
+            return
+        self._last_status = steady
+        self._status_written = now
+        peers = []
         for key, p in sorted(self.core.peers.items(), key=lambda kv: str(kv[0])):
             wg = by_key.get(key)
             relay = self.registry.get(p.relay) if p.relay and p.kind == PathKind.RELAYED else None
@@ -327,19 +356,6 @@ class Agent:
             "standby_relay": str(standby) if standby else None,
             "peers": peers,
         }
-        steady = json.dumps(
-            [{k: v for k, v in p.items() if k not in _VOLATILE} for p in peers]
-            + [doc["home_relay"], doc["standby_relay"], doc["relay_enabled"]],
-            sort_keys=True,
-        )
-        now = self._clock()
-        if (
-            steady == self._last_status
-            and now - self._status_written < self.opts.daemon.status_refresh_s
-        ):
-            return
-        self._last_status = steady
-        self._status_written = now
         doc["updated"] = round(self._wall(), 3)
         text = json.dumps(doc, indent=2, sort_keys=True)
         path = status_path(self.opts.state_dir, self.iface)
