@@ -21,6 +21,7 @@ from wgrelay.discovery.rendezvous import holders
 from wgrelay.keys import PrivateKey, PublicKey, RelayIdentity
 from wgrelay.proto.announce import RelayNodeInfo, decode_announcement, encode_announcement
 from wgrelay.proto.constants import MsgType
+from wgrelay.proto.envelope import FLAG_FROM_SERVER
 from wgrelay.proto.location import encode_location
 from wgrelay.relay.access import OpenPolicy
 from wgrelay.relay.config import RelayConfig
@@ -289,3 +290,37 @@ def test_location_records_that_do_not_check_out_are_refused(case: str, counter: 
         assert holder.federation.locations.hold(raw, w.now)
     assert not holder.federation.locations.hold(raw, w.now)
     assert holder.federation.counters[counter] == 1
+
+
+def test_answers_refused_on_a_relay_channel_are_counted_in_the_stats() -> None:
+    """An answer from a known relay that does not open (here: tampered in
+    transit) is counted by reason in ``get_stats().federation``, which the
+    metrics export, and the count is kept when a channel is replaced."""
+    w = World()
+    cores = chain(w, 2)
+    (r1, a1), (r2, a2) = cores
+    w.run_until(lambda: knows_all(cores))
+    push = w._push
+    tampered = 0
+
+    def tamper(src: Addr, dst: Addr, data: bytes) -> None:
+        nonlocal tampered
+        if src == a1 and dst == a2 and data[2] & FLAG_FROM_SERVER:
+            tampered += 1
+            data = data[:-1] + bytes([data[-1] ^ 1])  # the AEAD tag
+        push(src, dst, data)
+
+    w._push = tamper  # type: ignore[method-assign]
+    w.run_for(2 * FAST.sync_interval_s)
+    assert tampered
+    refused = {
+        k: n for k, n in r2.get_stats().federation.items() if k.startswith("answer_dropped_")
+    }
+    assert sum(refused.values()) == tampered, refused
+    # the channel to relay 1 is replaced (relay 1 moved): the counts stay
+    fed = r2.federation
+    fed._channels.pop(r1.identity.public)
+    w._push = push  # type: ignore[method-assign]
+    w.run_for(FAST.sync_interval_s)
+    after = {k: n for k, n in r2.get_stats().federation.items() if k.startswith("answer_dropped_")}
+    assert after == refused

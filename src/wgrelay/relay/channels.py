@@ -48,6 +48,7 @@ class RelayChannel:
         peer: PublicKey,
         addr: Endpoint,
         rng: Callable[[int], bytes] = os.urandom,
+        drops: dict[str, int] | None = None,
     ) -> None:
         self.peer = peer
         self.addr = addr
@@ -61,7 +62,9 @@ class RelayChannel:
         self._replay = ReplayWindow()
         self._cookie: tuple[bytes, float] | None = None
         self._sent: OrderedDict[bytes, Body] = OrderedDict()
-        self.drops: dict[str, int] = {}
+        self.drops: dict[str, int] = drops if drops is not None else {}
+        """Answers refused, by reason; shared by all of a relay's channels
+        (a channel is replaced when its relay moves: counts must not go back)."""
 
     def seal(self, body: Body, now: float, wall: float) -> bytes:
         cookie = None

@@ -189,4 +189,6 @@ class RelayCoreState:
         st.relays_live = len(fed.directory.live())
         st.location_records = fed.record_count()
         st.federation = dict(fed.counters)
+        for reason, n in fed.channel_drops.items():
+            st.federation[f"answer_dropped_{reason}"] = n
         return st

@@ -165,6 +165,8 @@ class Federation:
         self._next_place = now + config.location_refresh_s
         self._live_changed = False
         self.counters: dict[str, int] = {}
+        self.channel_drops: dict[str, int] = {}
+        """Answers from other relays refused on our channels, by reason."""
 
     # ------------------------------------------------------------ setup
 
@@ -207,7 +209,9 @@ class Federation:
         if addr is None:
             return None
         if ch is None or ch.addr != addr:
-            ch = self._channels[key] = RelayChannel(self.identity, key, addr, self._rng)
+            ch = self._channels[key] = RelayChannel(
+                self.identity, key, addr, self._rng, self.channel_drops
+            )
         return ch
 
     def _send(self, key: PublicKey, body: Body, now: float) -> bool:
