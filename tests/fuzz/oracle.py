@@ -145,7 +145,8 @@ def known_deferred_cookie(delta: dict[str, int], cookies: int) -> dict[str, int]
     reply and counted as ``unproven_address``: a second count for a handled
     datagram, made while the relay handles another datagram or a timer, and a
     cookie sent where nothing asked for one just then. ``delta`` without
-    those counts (None: not this bug)."""
+    those counts (None: not this bug). Fixed in d5469df (the sender is
+    challenged when its request arrives); kept to name a regression."""
     if cookies == 0 or delta.get("unproven_address", 0) < cookies:
         return None
     rest = dict(delta)
@@ -163,8 +164,9 @@ def known_locate_record(
 ) -> bool:
     """test_a_locate_answer_with_another_peers_record_is_no_internal_error: a
     holder answers the relay's locate for P with a valid LOCATION record of
-    another peer; the relay stores it under that peer, then looks P's record
-    up (``KeyError``)."""
+    another peer; the relay stored it under that peer, then looked P's record
+    up (``KeyError``). Fixed in fb98684 (refused as ``location_wrong_peer``);
+    kept to name a regression."""
     if delta != {"internal_error": 1}:
         return False
     try:
@@ -178,6 +180,18 @@ def known_locate_record(
         return peer is not None and decode_location(body.record).peer != peer
     except RemoteProtocolError:
         return False
+
+
+ERROR_UNEXPECTED = "relay_error_counted_unexpected"
+
+
+def known_error_unexpected(offered: list[str], taken: list[str], channel: dict[str, int]) -> bool:
+    """test_an_error_a_relay_answers_with_is_not_counted_unexpected: a known
+    relay's ERROR on one of the relay's channels (REPLAYED, RESOURCE_LIMIT,
+    MALFORMED, AUTH_FAILED: what any relay's admission answers) is refused
+    by ``Federation._on_answer`` and counted as the channel's ``unexpected``,
+    the reason for a body no relay sends another."""
+    return offered == ["Error"] and not taken and channel == {"channel_unexpected": 1}
 
 
 def known_link_crash(exc: BaseException, link: RelayLink, now: float) -> str | None:
@@ -258,6 +272,9 @@ class RelayOracle:
         self._entered: list[int] = []
         self._routed: list[bool] = []
         self._answers: list[str] = []
+        """Bodies of answers ``Federation._on_answer`` took."""
+        self._offered: list[str] = []
+        """Bodies of answers it was handed (taken or not)."""
         self._channel_drops: Counter[str] = Counter()
         self._instrument()
 
@@ -290,6 +307,7 @@ class RelayOracle:
         relay = self.relay
         fed = relay.federation
         routed, answers, channel_drops = self._routed, self._answers, self._channel_drops
+        offered = self._offered
         as_client = relay._receive_as_client
         on_answer = fed._on_answer
         receive_answer = fed.receive_answer
@@ -300,18 +318,20 @@ class RelayOracle:
             routed[-1] = as_client(data, now)
             return routed[-1]
 
-        def answer_taken(key: PublicKey, body: Any, now: float) -> None:
-            answers.append(type(body).__name__)
-            on_answer(key, body, now)
+        def answer_taken(key: PublicKey, body: Any, now: float) -> bool:
+            offered.append(type(body).__name__)
+            taken: bool = on_answer(key, body, now)
+            if taken:  # (else its channel counts it: unexpected)
+                answers.append(offered[-1])
+            return taken
 
         def answer_received(hdr: ControlHeader, data: bytes, now: float) -> bool:
-            channels = list(fed._channels.values())
-            before = [dict(ch.drops) for ch in channels]
+            # each channel's counts, or one dict all of them share
+            tables = list({id(ch.drops): ch.drops for ch in fed._channels.values()}.values())
+            before = [dict(t) for t in tables]
             r = receive_answer(hdr, data, now)
-            for ch, old in zip(channels, before, strict=True):
-                channel_drops.update(
-                    {f"channel_{k}": v - old.get(k, 0) for k, v in ch.drops.items()}
-                )
+            for table, old in zip(tables, before, strict=True):
+                channel_drops.update({f"channel_{k}": v - old.get(k, 0) for k, v in table.items()})
             return r
 
         def cookie_received(reply: Any, now: float) -> bool:
@@ -348,6 +368,7 @@ class RelayOracle:
         self._entered.clear()
         self._routed.clear()
         self._answers.clear()
+        self._offered.clear()
         self._channel_drops.clear()
         self.last_known = None
         try:
@@ -389,7 +410,13 @@ class RelayOracle:
                 and taken <= 1
                 and dropped + sum(channel.values()) + taken == 1
             )
-            if taken:
+            if ok and known_error_unexpected(self._offered, self._answers, channel):
+                if self.strict:
+                    what = "a relay's Error counted as channel_unexpected"
+                    self._find("right_reason", what, data, src, now)
+                known = ERROR_UNEXPECTED
+                t.handlers["answer:Error"] += 1  # (what it is once taken again)
+            elif taken:
                 t.handlers["answer:" + self._answers[0]] += 1
                 t.handled += dropped == 0
         else:
@@ -408,7 +435,7 @@ class RelayOracle:
                 self._find(
                     "one_reason",
                     f"drops {_reason_text(delta)}{_channel_text(channel)}, handlers {handled},"
-                    f" answers {self._answers}, outputs {len(out)}",
+                    f" answers {self._answers} of {self._offered}, outputs {len(out)}",
                     data,
                     src,
                     now,
@@ -425,6 +452,7 @@ class RelayOracle:
             tuple(sorted(delta)),
             tuple(sorted(channel)),
             tuple(self._entered),
+            tuple(self._offered),
             tuple(self._answers),
             tuple(sorted({d[0] for d, _ in out if d})),
         )

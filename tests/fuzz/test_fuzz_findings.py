@@ -11,6 +11,9 @@ and a regression shows in them too.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import TypeVar
+
 import pytest
 
 from tests.fuzz.fuzzer import PRESETS
@@ -18,23 +21,37 @@ from tests.fuzz.layout import ControlDraft, open_draft
 from tests.fuzz.world import ADDRESS_POOL, World
 from wgrelay.client.link import LinkState
 from wgrelay.keys import PublicKey
-from wgrelay.proto.constants import QUERY_FLAG_WANT_RELAYS, SERVER_TO_CLIENT, ErrorCode, MsgType
+from wgrelay.proto.constants import (
+    QUERY_FLAG_WANT_RELAYS,
+    SERVER_TO_CLIENT,
+    CloseReason,
+    ErrorCode,
+    HeartbeatStatus,
+    MsgType,
+    Status,
+)
 from wgrelay.proto.envelope import FLAG_FROM_SERVER, MAX_CLOCK_SKEW_S
 from wgrelay.proto.federation import ProbeRequest
 from wgrelay.proto.location import encode_location
 from wgrelay.proto.messages import (
     Body,
+    ConnectionResponse,
     DiscoveryQuery,
     DiscoveryResponse,
     Error,
+    HeartbeatAck,
     PeerLocation,
     Ping,
+    Registered,
     SessionAnswer,
+    SessionClose,
     SessionOffer,
     decode_body,
     encode_body,
 )
 from wgrelay.relay.admission import Addr
+
+K = TypeVar("K")
 
 ELSEWHERE = ADDRESS_POOL[0]
 """An address p0 has not proven it receives at."""
@@ -68,13 +85,18 @@ def from_relay(w: World, name: str, body: Body, n: int = 0) -> bytes:
     ).build()  # fmt: skip
 
 
+def grown(before: Mapping[K, int], after: Mapping[K, int]) -> dict[K, int]:
+    """The counters that went up, by how much."""
+    return {k: v - before.get(k, 0) for k, v in after.items() if v != before.get(k, 0)}
+
+
 def drops_for(w: World, data: bytes, src: Addr) -> dict[str, int]:
     """What one datagram adds to the relay's drop counters."""
     drops = w.relay.stats.drops
     before = dict(drops)
     w.relay.receive(data, src, w.now)
     w.relay.datagrams_to_send()
-    return {k: v - before.get(k, 0) for k, v in drops.items() if v != before.get(k, 0)}
+    return grown(before, drops)
 
 
 # ---------------------------------------------------------------- relay
@@ -109,10 +131,10 @@ def test_a_dropped_message_answered_with_a_cookie_counts_one_drop(case: str) -> 
     assert sum(delta.values()) == 1, delta
 
 
-@pytest.mark.xfail(strict=True, reason="a late answer's cookie is counted as a drop in a timer")
 @pytest.mark.parametrize("case", ["probe_request", "locate"])
 def test_a_deferred_answer_to_an_unproven_address_counts_no_drop(case: str) -> None:
-    """Found by the fuzzer after relays began to talk (2f29b25).
+    """Found by the fuzzer after relays began to talk (2f29b25), fixed in
+    d5469df.
 
     Some requests are answered later, not while the relay handles them: a
     PROBE_REQUEST from a known relay (answered when the target's PONG comes,
@@ -128,7 +150,8 @@ def test_a_deferred_answer_to_an_unproven_address_counts_no_drop(case: str) -> N
     cookie goes out that no datagram asked for just then (its echo is a
     request's long gone). The unproven sender should be challenged when its
     request arrives (a cookie then, counted for that datagram) or its late
-    answer dropped without a count."""
+    answer dropped without a count. Now it is challenged on arrival: one
+    cookie, one ``unproven_address`` for that datagram, nothing later."""
     w = world()
     if case == "probe_request":
         r1, r2 = w.relays
@@ -138,7 +161,9 @@ def test_a_deferred_answer_to_an_unproven_address_counts_no_drop(case: str) -> N
         stranger = PublicKey(w.by_name["s0"].public)  # registered nowhere
         request = from_peer(w, "p0", DiscoveryQuery(5, QUERY_FLAG_WANT_RELAYS, 6, locate=stranger))
         src = ELSEWHERE
-    assert drops_for(w, request, src) == {}  # handled: a PING to r2, or queries to the holders
+    # fixed: challenged when it arrives (one cookie, one drop for this datagram)
+    arrival = drops_for(w, request, src)
+    assert [(getattr(k, "value", k), v) for k, v in arrival.items()] == [("unproven_address", 1)]
     w.now += 5.0  # nobody answers: the probe times out, the lookup gives up
     drops = w.relay.stats.drops
     before = dict(drops)
@@ -190,6 +215,93 @@ def test_a_locate_answer_with_another_peers_record_is_no_internal_error() -> Non
     assert book.held(s1, w.now) == ()  # not filed under the peer it names
     assert book.held(s0, w.now) == ()
     assert s0 in book._lookups  # still waiting for r2
+
+
+NO_RELAY_ANSWER: dict[str, Body] = {
+    "registered": Registered(30, 5, 1, ("192.0.2.1", 51820)),
+    "heartbeat_ack": HeartbeatAck(1, HeartbeatStatus.OK, 1),
+    "connection_response": ConnectionResponse(1, Status.SUCCESS, bytes(8), 180, 1000),
+    "session_offer": SessionOffer(bytes(8), PublicKey(bytes(range(32)))),
+    "session_close": SessionClose(bytes(8), CloseReason.NORMAL),
+}
+"""Server-to-client bodies a relay never answers another relay with."""
+
+
+@pytest.mark.parametrize("case", sorted(NO_RELAY_ANSWER))
+def test_an_answer_no_relay_sends_is_counted(case: str) -> None:
+    """Found by the fuzzer after the wire format change (fb98684), in the
+    long run under "deep" (60k inputs, seed 20240808: twice, a mutated
+    answer re-typed CONNECTION_RESPONSE); fixed in dcedb3f.
+
+    r1, a relay the relay knows, answers on the relay's own channel to it
+    (FROM_SERVER, sealed with r1's side of that channel, fresh, not replayed)
+    with a body no relay ever sends another: REGISTERED, HEARTBEAT_ACK,
+    CONNECTION_RESPONSE, SESSION_OFFER or SESSION_CLOSE. ``RelayChannel.open``
+    accepts any server-to-client type, ``Federation.receive_answer`` marks r1
+    alive and hands it to ``_on_answer``, which has no branch for it and
+    returns: ``control_received`` goes up, and no drop reason, neither the
+    core's nor the channel's. Every other datagram nobody uses is counted
+    (a peer's body without a handler is ``unexpected``): this one should
+    be too, at the core or at the channel. Now ``_on_answer`` says it took
+    nothing and the channel counts ``unexpected``."""
+    w = world()
+    r1 = w.relays[0]
+    channel = w.relay.federation._channels[r1.identity.public]
+    before = dict(channel.drops)
+    body = NO_RELAY_ANSWER[case]
+    answer = ControlDraft(
+        int(body.TYPE), FLAG_FROM_SERVER, r1.party.public, bytes(24), None,
+        w.wall_us() + 1000, encode_body(body), r1.answers.tx,
+    ).build()  # fmt: skip
+    received = w.relay.stats.control_received
+    core = drops_for(w, answer, r1.addr)
+    at_channel = grown(before, channel.drops)
+    assert w.relay.stats.control_received == received + 1
+    assert sum(core.values()) + sum(at_channel.values()) == 1, (core, at_channel)
+    assert at_channel == {"unexpected": 1}
+
+
+RELAY_ERRORS: dict[str, Error] = {
+    "replayed": Error(ErrorCode.REPLAYED, MsgType.GOSSIP, "timestamp not new", 1),
+    "resource_limit": Error(ErrorCode.RESOURCE_LIMIT, MsgType.DIGEST, "control rate limit"),
+    "malformed": Error(ErrorCode.MALFORMED, MsgType.PULL, "trailing bytes"),
+    "auth_failed": Error(ErrorCode.AUTH_FAILED, MsgType.LOCATION_STORE),
+}
+"""ERRORs any relay's admission answers another relay's request with
+(admission.py; STALE_TIMESTAMP the channel counts itself)."""
+
+
+@pytest.mark.xfail(strict=True, reason="a relay's ERROR is counted as a body no relay sends")
+@pytest.mark.parametrize("case", sorted(RELAY_ERRORS))
+def test_an_error_a_relay_answers_with_is_not_counted_unexpected(case: str) -> None:
+    """Found by the fuzzer right after dcedb3f (every fast run under every
+    preset: the answers the corpus and the mutators seal as r1's ERRORs no
+    longer reached ``_on_answer`` as taken; each now counted
+    ``channel_unexpected``).
+
+    r1, a relay the relay knows, answers on the relay's channel to it with
+    an ERROR its admission sends any sender, relays too: REPLAYED, a
+    RESOURCE_LIMIT from its per-relay token bucket, MALFORMED, AUTH_FAILED.
+    dcedb3f made ``Federation._on_answer`` say False for any body it has no
+    branch for, meant for those no relay sends another (REGISTERED,
+    SESSION_OFFER, ...), and ERROR has none: the channel counts it as
+    ``unexpected``, the reason for a body that should never come, so a
+    neighbour rate-limiting us reads as one sending nonsense. Before
+    dcedb3f it was taken (a sign of life, nothing more). It should be taken
+    again, or counted under a reason of its own (as the channel already
+    does for STALE_TIMESTAMP), but not as ``unexpected``."""
+    w = world()
+    r1 = w.relays[0]
+    channel = w.relay.federation._channels[r1.identity.public]
+    before = dict(channel.drops)
+    answer = ControlDraft(
+        int(MsgType.ERROR), FLAG_FROM_SERVER, r1.party.public, bytes(24), None,
+        w.wall_us() + 1000, encode_body(RELAY_ERRORS[case]), r1.answers.tx,
+    ).build()  # fmt: skip
+    core = drops_for(w, answer, r1.addr)
+    at_channel = grown(before, channel.drops)
+    assert core == {}
+    assert "unexpected" not in at_channel, at_channel
 
 
 # ---------------------------------------------------------------- client
