@@ -12,8 +12,10 @@ held back (reordered) - each then mutated 0-3 times (mutators.py). A quarter
 of the fresh ones speak as other relays: requests from r1, r2 (known) and rb
 (not), and answers on the fuzzed relay's own channels to them. Two
 stretches of inputs in five come as floods, microseconds apart (control
-messages from few addresses and many new keys, or full-size frames), so rate
-limits, cookies under load and the bandwidth cap are taken too; every other
+messages from few addresses and many new keys, among them a crowd that comes
+back with its cookies and fills the registration table, or full-size
+frames), so rate limits, cookies under load, eviction and the bandwidth cap
+are taken too; every other
 stretch of two thousand, 30% of what the relay sends r1 and r2 is lost (so
 its probes time out and its lookups wait for the fuzzer's answers). Every 50
 inputs the honest peers put the registrations, sessions and the pending offer
@@ -310,8 +312,8 @@ def fuzz_relay(
             draft, kind = gen.fresh()
             src = gen.src
             data, names = mut.mutate(draft, partner, rng.choice([0, 0, 1, 1, 1, 2, 3]))
-        if gen.flood == "control" and rng.random() < 0.85:
-            src = rng.choice(FLOOD_SOURCES)
+        if gen.flood == "control" and kind != "control/register/crowd" and rng.random() < 0.85:
+            src = rng.choice(FLOOD_SOURCES)  # (the crowd's cookies are for where it chose)
         _note(report, kind, names)
         deliver(data, src, kind)
     report.after = after_relay(world)

@@ -59,6 +59,7 @@ from tests.fuzz.world import (
     World,
     answer_keys,
     make_party,
+    party_named,
     relay_identity,
 )
 from wgrelay.endpoint import Endpoint
@@ -573,6 +574,8 @@ FLOOD_SOURCES: tuple[Addr, ...] = (
     ("2001:db8:ff::99", 6666, 0, 0),  # the /64 of other pool addresses
     ("198.51.100.10", 40999),  # p0's IP, another port (a neighbour behind its NAT)
 )
+CROWD = tuple(f"crowd{i}" for i in range(6))
+"""Keys that register from the flood's sources while it lasts (``crowd``)."""
 
 
 class RelayInputs(_Common):
@@ -590,6 +593,10 @@ class RelayInputs(_Common):
         self.relay_asked: dict[tuple[str, int], deque[Body]] = {}
         """(relay, type) -> what the fuzzed relay asked that relay lately."""
         self.relay_nonces: deque[tuple[str, bytes]] = deque(maxlen=32)
+        self.crowd = [party_named(n, world.identity, FLOOD_SOURCES[0]) for n in CROWD]
+        for party in self.crowd:
+            if party.client is not None:
+                world.oracle.client_keys[party.public] = party.client
 
     def ephemeral(self) -> Party:
         """A key nobody has seen (public-key work for the relay)."""
@@ -635,11 +642,29 @@ class RelayInputs(_Common):
             d.cookie, d.flags = cookie, d.flags | FLAG_COOKIE
         return d, "control/discovery_query/lookup"
 
+    def crowd_register(self) -> tuple[Draft, str]:
+        """A key of the crowd registers from a flood source, with the cookie
+        the relay sent it there once it has one: within a flood (no
+        registration expires) they fill the table, the sources fill up
+        unevenly, and a newcomer from a smaller source evicts an idle entry
+        of the fullest one, or is refused (the "crowded" preset)."""
+        rng = self.rng
+        party = rng.choice(self.crowd)
+        self.src = rng.choice(FLOOD_SOURCES)
+        d = self.draft(MsgType.REGISTER, party, party.to_relay, self.body(MsgType.REGISTER))
+        cookie = self.cookie_for(party.public)
+        if cookie is not None:
+            d.cookie, d.flags = cookie, d.flags | FLAG_COOKIE
+        return d, "control/register/crowd"
+
     def control(self) -> tuple[Draft, str]:
         rng = self.rng
         if not self.flood and rng.random() < 0.08:
             return self.lookup()
-        if self.flood == "control" and rng.random() < 0.5:
+        pick = rng.random() if self.flood == "control" else 1.0
+        if pick < 0.2:
+            return self.crowd_register()
+        if pick < 0.6:
             party = self.ephemeral()
         elif rng.random() < 0.55:
             party = rng.choice(self.honest)
