@@ -182,18 +182,6 @@ def known_locate_record(
         return False
 
 
-ERROR_UNEXPECTED = "relay_error_counted_unexpected"
-
-
-def known_error_unexpected(offered: list[str], taken: list[str], channel: dict[str, int]) -> bool:
-    """test_an_error_a_relay_answers_with_is_not_counted_unexpected: a known
-    relay's ERROR on one of the relay's channels (REPLAYED, RESOURCE_LIMIT,
-    MALFORMED, AUTH_FAILED: what any relay's admission answers) is refused
-    by ``Federation._on_answer`` and counted as the channel's ``unexpected``,
-    the reason for a body no relay sends another."""
-    return offered == ["Error"] and not taken and channel == {"channel_unexpected": 1}
-
-
 def known_link_crash(exc: BaseException, link: RelayLink, now: float) -> str | None:
     """test_a_stale_timestamp_error_near_the_top_of_u64_cannot_break_the_link: the
     relay's clock from an ERROR becomes our timestamp, which no longer fits u64."""
@@ -410,13 +398,7 @@ class RelayOracle:
                 and taken <= 1
                 and dropped + sum(channel.values()) + taken == 1
             )
-            if ok and known_error_unexpected(self._offered, self._answers, channel):
-                if self.strict:
-                    what = "a relay's Error counted as channel_unexpected"
-                    self._find("right_reason", what, data, src, now)
-                known = ERROR_UNEXPECTED
-                t.handlers["answer:Error"] += 1  # (what it is once taken again)
-            elif taken:
+            if taken:
                 t.handlers["answer:" + self._answers[0]] += 1
                 t.handled += dropped == 0
         else:

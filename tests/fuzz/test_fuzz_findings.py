@@ -271,7 +271,6 @@ RELAY_ERRORS: dict[str, Error] = {
 (admission.py; STALE_TIMESTAMP the channel counts itself)."""
 
 
-@pytest.mark.xfail(strict=True, reason="a relay's ERROR is counted as a body no relay sends")
 @pytest.mark.parametrize("case", sorted(RELAY_ERRORS))
 def test_an_error_a_relay_answers_with_is_not_counted_unexpected(case: str) -> None:
     """Found by the fuzzer right after dcedb3f (every fast run under every
@@ -289,7 +288,8 @@ def test_an_error_a_relay_answers_with_is_not_counted_unexpected(case: str) -> N
     neighbour rate-limiting us reads as one sending nonsense. Before
     dcedb3f it was taken (a sign of life, nothing more). It should be taken
     again, or counted under a reason of its own (as the channel already
-    does for STALE_TIMESTAMP), but not as ``unexpected``."""
+    does for STALE_TIMESTAMP), but not as ``unexpected``. Fixed: taken, and
+    counted as the federation event ``refused_<code>``."""
     w = world()
     r1 = w.relays[0]
     channel = w.relay.federation._channels[r1.identity.public]
@@ -302,6 +302,7 @@ def test_an_error_a_relay_answers_with_is_not_counted_unexpected(case: str) -> N
     at_channel = grown(before, channel.drops)
     assert core == {}
     assert "unexpected" not in at_channel, at_channel
+    assert w.relay.get_stats().federation.get(f"refused_{case}") == 1
 
 
 # ---------------------------------------------------------------- client

@@ -70,7 +70,7 @@ from wgrelay.proto.federation import (
     Pull,
     PullReply,
 )
-from wgrelay.proto.messages import Body, DiscoveryResponse, Ping, Pong
+from wgrelay.proto.messages import Body, DiscoveryResponse, Error, Ping, Pong
 from wgrelay.relay.channels import RelayChannel
 from wgrelay.relay.locations import Found, LocationBook
 
@@ -140,7 +140,11 @@ class Federation:
         self.directory = RelayDirectory(identity.public)
         self._channels: dict[PublicKey, RelayChannel] = {}
         self._bootstrap: dict[PublicKey, Endpoint] = {}
-        self._push: list[bytes] = []
+        self._push: list[tuple[PublicKey, bytes]] = []
+        """Announcements to gossip next round, with the key of the relay each is about."""
+        self._acquainted: set[PublicKey] = set()
+        """Relays that answered a relay-only request of ours since we last sent
+        them a DIGEST: they know us (a relay unknown to them is not answered)."""
         self._dead_notices: list[tuple[PublicKey, int]] = []
         self._probes: dict[int, _Probe] = {}
         self._probe_order: list[PublicKey] = []
@@ -184,7 +188,7 @@ class Federation:
         old = self.directory.own_announcement
         if old is None or ann.issued_ms > old.issued_ms:
             self.directory.set_own(ann)
-            self._push.append(raw)
+            self._push.append((self.key, raw))
 
     def is_relay(self, x25519: bytes) -> bool:
         return self.directory.by_x25519(x25519) is not None
@@ -271,7 +275,7 @@ class Federation:
         verdict = self.directory.learn(ann, now, self._wall_ms(now))
         self._count(f"announcement_{verdict.value}")
         if verdict.changed:
-            self._push.append(ann.raw)
+            self._push.append((ann.info.key, ann.raw))
             if verdict is Verdict.NEW:
                 log.info("relay %s joined the federation", ann.info.key.short())
                 self._live_changed = True
@@ -291,7 +295,7 @@ class Federation:
             except RemoteProtocolError:
                 continue
             if self.directory.learn(ann, now, self._wall_ms(now)).changed:
-                self._push.append(ann.raw)
+                self._push.append((ann.info.key, ann.raw))
                 self._live_changed = True
         return self.is_relay(x25519)
 
@@ -361,6 +365,8 @@ class Federation:
 
     def _on_answer(self, key: PublicKey, body: Body, now: float) -> bool:
         """Act on an answer; False if no relay answers another with this body."""
+        if isinstance(body, DigestReply | PullReply | GossipAck | LocationAck | ProbeAnswer):
+            self._acquainted.add(key)  # answered as a relay: it knows us
         if isinstance(body, Pong):
             self._on_pong(key, body, now)
         elif isinstance(body, DigestReply):
@@ -372,6 +378,11 @@ class Federation:
             self._on_probe_answer(body, now)
         elif isinstance(body, DiscoveryResponse):
             self.locations.on_answer(key, body, now)
+        elif isinstance(body, Error):
+            # a refusal (its rate limit, a replay, ...): a sign of life that
+            # says why; counted apart from bodies no relay sends another
+            code = body.code
+            self._count(f"refused_{getattr(code, 'name', str(int(code))).lower()}")
         elif not isinstance(body, GossipAck | LocationAck):
             return False  # (an ack needs nothing: it was the sign of life)
         return True
@@ -445,6 +456,7 @@ class Federation:
         for key in self.directory.expire(wall_ms):
             log.info("relay %s left the federation (announcement expired)", key.short())
             self._channels.pop(key, None)
+            self._acquainted.discard(key)
             self._live_changed = True
         self.locations.expire(wall_ms)
 
@@ -458,8 +470,15 @@ class Federation:
         dead, self._dead_notices = self._dead_notices[:MAX_DEAD_NOTICES], []
         targets = self._others()
         self._random.shuffle(targets)
-        for key in targets[: self.config.gossip_fanout] or list(self._bootstrap):
-            self._gossip_to(key, anns, now, dead)
+        fanout = self.config.gossip_fanout
+        if len(targets) < fanout:
+            # a relay that knows few others yet (the federation is starting):
+            # its bootstrap relays too, known or not (else news that reaches
+            # a relay knowing only the newcomer dies there)
+            targets += [k for k in self._bootstrap if self.directory.get(k) is None]
+        for key in targets[:fanout]:
+            # never a relay's own announcement to it: a copy that dies there
+            self._gossip_to(key, [raw for k, raw in anns if k != key], now, dead)
 
     def _gossip_to(
         self,
@@ -481,11 +500,15 @@ class Federation:
             peer = self._random.choice(others)
         elif self._bootstrap:
             peer = self._random.choice(sorted(self._bootstrap, key=lambda k: k.raw))
-            own = self.directory.own_announcement
-            if own is not None:  # introduce ourselves first
-                self._send(peer, Gossip((own.raw,)), now)
         else:
             return
+        own = self.directory.own_announcement
+        if peer not in self._acquainted and own is not None:
+            # a relay that does not know us drops our DIGEST (only known
+            # relays speak federation): introduce ourselves first. (We may
+            # know it from others' gossip while ours never reached it.)
+            self._send(peer, Gossip((own.raw,)), now)
+        self._acquainted.discard(peer)  # until its answer shows it still knows us
         self._send(peer, Digest(self.directory.digest()), now)
 
     # ------------------------------------------------------------ liveness
