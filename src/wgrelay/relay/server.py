@@ -3,10 +3,12 @@
 The logic is in core.py; this file only pumps. Sockets come from the
 ``Runtime`` (real ones in production, simulated ones in ``wgrelay.sim``), whose
 drain loop hands every datagram to ``datagram_received``. Data frames go
-straight to ``RelayCore.forward_data`` and back out with one ``sendto`` (the
-fast path: no allocation beyond the received bytes, no logging); control
-messages go through the core, and its output is flushed once per burst
-(``batch_done``) and after every timer.
+straight to ``RelayCore.forward_data`` and back out with ``send_deferred`` (the
+fast path: no allocation beyond the received bytes, no logging; on the batched
+transport a wake-up's datagrams leave together in one ``sendmmsg`` per 64);
+control messages go through the core, and its output is flushed once per burst
+(``batch_done``) and after every timer, through the same queue so that
+everything leaves in the order the core decided it.
 
 Nothing that goes wrong in here may stop the relay: the transport catches a
 receiver's exceptions, the core counts a failing message as ``internal_error``,
@@ -26,13 +28,15 @@ from wgrelay.aio import stop_on_signals
 from wgrelay.errors import ConfigError
 from wgrelay.proto.constants import MsgType
 from wgrelay.relay.core import Addr, RelayCore
-from wgrelay.transport.base import DatagramTransport, Runtime
+from wgrelay.transport.base import DatagramTransport, DeferredSender, Runtime
 
 log = logging.getLogger(__name__)
 
 SOCKET_BUFFER_BYTES = 4 * 1024 * 1024
 POLICY_REFRESH_S = 5.0
 _DATA = int(MsgType.DATA)
+
+Send = Callable[[bytes, Addr], object]
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,7 +70,9 @@ class RelayServer:
         self._binds = binds
         self._policy_refresh_s = policy_refresh_s
         self.transports: list[DatagramTransport] = []
-        self._by_addr_len: dict[int, DatagramTransport] = {}
+        self._send_by_addr_len: dict[int, Send] = {}
+        """Where a datagram to an address of that tuple length leaves: the
+        transport's ``send_deferred`` where it has one, else ``sendto``."""
         self._stop = asyncio.Event()
         self._timer: asyncio.TimerHandle | asyncio.Handle | None = None
         self._timer_when = float("inf")
@@ -100,8 +106,12 @@ class RelayServer:
         if not self.transports:
             raise ConfigError("could not listen on any address")
         for t in self.transports:
-            self._by_addr_len[2 if t.family == socket.AF_INET else 4] = t
+            send: Send = t.send_deferred if isinstance(t, DeferredSender) else t.sendto
+            self._send_by_addr_len[2 if t.family == socket.AF_INET else 4] = send
         self.core.set_own_addresses(t.local_address for t in self.transports)
+        io_paths = {t.io_path for t in self.transports if isinstance(t, DeferredSender)}
+        if io_paths:
+            log.info("UDP I/O: %s", "; ".join(sorted(io_paths)))
 
     def local_addresses(self) -> list[str]:
         out = []
@@ -118,7 +128,7 @@ class RelayServer:
         for t in self.transports:
             t.close()
         self.transports.clear()
-        self._by_addr_len.clear()
+        self._send_by_addr_len.clear()
 
     # ------------------------------------------------------------ receiving (DatagramReceiver)
 
@@ -126,9 +136,9 @@ class RelayServer:
         if data and data[0] == _DATA:
             dst = self.core.forward_data(data, addr, self.runtime.now())
             if dst is not None:
-                t = self._by_addr_len.get(len(dst))
-                if t is not None:
-                    t.sendto(data, dst)
+                send = self._send_by_addr_len.get(len(dst))
+                if send is not None:
+                    send(data, dst)
             return
         self.core.receive_control(data, addr, self.runtime.now())
         self._control_pending = True
@@ -141,9 +151,9 @@ class RelayServer:
     # ------------------------------------------------------------ pump
 
     def _send(self, data: bytes, dst: Addr) -> None:
-        t = self._by_addr_len.get(len(dst))
-        if t is not None:
-            t.sendto(data, dst)
+        send = self._send_by_addr_len.get(len(dst))
+        if send is not None:
+            send(data, dst)
 
     def _flush(self) -> None:
         for data, dst in self.core.datagrams_to_send():

@@ -7,6 +7,12 @@ relay server, the relay client and the local proxies take a ``Runtime`` and
 never open a socket or read a clock themselves.
 """
 
-from wgrelay.transport.base import Addr, DatagramReceiver, DatagramTransport, Runtime
+from wgrelay.transport.base import (
+    Addr,
+    DatagramReceiver,
+    DatagramTransport,
+    DeferredSender,
+    Runtime,
+)
 
-__all__ = ["Addr", "DatagramReceiver", "DatagramTransport", "Runtime"]
+__all__ = ["Addr", "DatagramReceiver", "DatagramTransport", "DeferredSender", "Runtime"]

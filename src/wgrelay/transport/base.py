@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from typing import Any, Protocol, TypeVar
+from typing import Any, Protocol, TypeVar, runtime_checkable
 
 T = TypeVar("T")
 
@@ -52,6 +52,25 @@ class DatagramTransport(Protocol):
 
     def close(self) -> None:
         """Stop receiving and release the socket; idempotent."""
+
+
+@runtime_checkable
+class DeferredSender(Protocol):
+    """A transport that can send a wake-up's datagrams together (optional).
+
+    The real UDP transport implements it; a shell that never looks at
+    ``sendto``'s result (the relay's data path) sends with ``send_deferred``
+    instead, and the datagrams of one wake-up leave in order, in a few system
+    calls, right after ``batch_done``. Outside a wake-up it sends at once.
+    """
+
+    @property
+    def io_path(self) -> str:
+        """How this socket is read and written, for the start-up log."""
+
+    def send_deferred(self, data: bytes | memoryview, addr: Addr) -> None:
+        """Queue one datagram (or send it now outside a wake-up). Never raises;
+        a datagram dropped locally is counted like a failed ``sendto``."""
 
 
 class Runtime(Protocol):
