@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import heapq
 import itertools
+import random
 from collections import Counter
 from collections.abc import Callable
 
@@ -324,3 +325,75 @@ def test_answers_refused_on_a_relay_channel_are_counted_in_the_stats() -> None:
     w.run_for(FAST.sync_interval_s)
     after = {k: n for k, n in r2.get_stats().federation.items() if k.startswith("answer_dropped_")}
     assert after == refused
+
+
+# ---------------------------------------------------------------- spreading news
+
+
+def _seeded_relay(w: World, n: int, seed: int) -> tuple[RelayCore, Addr]:
+    """A relay whose key and random choices come from ``seed`` (repeatable runs)."""
+    rng = random.Random(seed)
+    addr = (f"203.0.113.{n}", 51821)
+    core = RelayCore(
+        RelayIdentity.from_seed(rng.randbytes(32)),
+        RelayConfig(),
+        OpenPolicy(),
+        now=w.now,
+        wall=WALL0 + w.now,
+        rng=rng.randbytes,
+        announce_endpoints=(addr,),
+        federation=FAST,
+    )
+    w.relays[addr] = core
+    return core, addr
+
+
+def test_a_relay_joining_a_federation_knows_it_at_once_and_is_known_in_seconds() -> None:
+    """40 relays, each started with one earlier relay as its bootstrap (a
+    random tree, as operators start them), then one more joins through one
+    of them. It used to learn 25 relays a sync interval (one DIGEST_REPLY
+    page each 10 s), and its announcement could die at its bootstrap relay
+    (gossiped back to the newcomer, the only relay that one knew), leaving it
+    unknown until the next re-signing (60 s). Now the next page is asked for
+    as soon as a page brings news, gossip never tells a relay its own
+    announcement and falls back to bootstrap relays, and a relay talking to
+    one that has not shown it knows it sends its own announcement along."""
+    w = World()
+    pick = random.Random(3)
+    cores: list[tuple[RelayCore, Addr]] = []
+    for i in range(40):
+        core, addr = _seeded_relay(w, i + 1, 1000 + i)
+        if cores:
+            boot, boot_addr = cores[pick.randrange(len(cores))]
+            core.add_bootstrap(boot.identity.public, boot_addr)
+        cores.append((core, addr))
+    converged = w.run_until(lambda: knows_all(cores), limit_s=200.0)
+    assert converged <= 2 * FAST.sync_interval_s + 1.0
+    w.run_for(3.7)
+    new, _ = _seeded_relay(w, 100, 99)
+    boot, boot_addr = cores[7]
+    new.add_bootstrap(boot.identity.public, boot_addr)
+    t0 = w.now
+    knows = w.run_until(lambda: len(new.federation.directory) == len(cores), limit_s=200.0)
+    key = new.identity.public
+    known = w.run_until(
+        lambda: all(c.federation.directory.get(key) is not None for c, _ in cores), limit_s=200.0
+    )
+    print(f"joined: knows all after {knows - t0:.2f} s, known by all after {known - t0:.2f} s")
+    assert knows - t0 <= 1.0  # one sync: page after page from its bootstrap relay
+    assert known - t0 <= 8.0  # its gossip, O(log N) rounds of 1 s
+
+
+def test_a_relay_introduces_itself_before_syncing_with_one_that_does_not_know_it() -> None:
+    """A learned of B from someone else, B never heard of A: B drops A's
+    DIGEST (only known relays speak federation), so A must introduce itself."""
+    w = World()
+    a, _ = _seeded_relay(w, 1, 1)
+    b, _ = _seeded_relay(w, 2, 2)
+    w.run_for(2.0)  # both announced themselves to no one
+    raw = b.announcement(w.now)
+    assert raw is not None
+    assert a.federation.learn(raw, w.now)
+    t0 = w.now
+    t = w.run_until(lambda: b.federation.directory.get(a.identity.public) is not None, 120.0)
+    assert t - t0 <= FAST.sync_interval_s + 1.0

@@ -12,9 +12,13 @@ Every relay knows every live relay, and finds any peer in O(k) messages
   reaches all N relays in O(log N) rounds for about fanout x N messages.
 * **Anti-entropy** every ``sync_interval_s``: a DIGEST (16 bucket hashes) to a
   random relay, which answers with its entries in the buckets that differ;
-  each side then pulls what it lacks and pushes what the other lacks. Lost
-  gossip, partitions that heal, and a new relay's first contact with one
-  bootstrap relay all converge this way.
+  each side then pulls what it lacks and pushes what the other lacks. A
+  reply holds 25 entries: while a page brings something we lacked, the next
+  is asked for once its pulls are answered, so a new relay learns a whole
+  federation from its bootstrap relay in one sync. Lost gossip, partitions
+  that heal, and a new relay's first contact all converge this way. Only
+  known relays are answered, so a relay sends its own announcement first to
+  one that has not answered it yet (in GOSSIP, or before a DIGEST).
 * **Liveness**, SWIM-style: a PING to one member a second, in shuffled round
   robin; no answer within ``probe_timeout_s`` and ``indirect_probes`` other
   relays are asked to ping it (PROBE_REQUEST); still nothing and it is
@@ -93,6 +97,9 @@ class FederationConfig:
     indirect_probes: int = 2
     suspect_timeout_s: float = 4.0
     announce_refresh_s: float = 60.0
+    max_sync_pages: int = 16
+    """DIGEST_REPLY pages taken one after another in one sync (25 relays a
+    page), while each brings something we lacked."""
     replicas: int = 3
     location_ttl_s: int = 120
     location_refresh_s: float = 40.0
@@ -145,6 +152,11 @@ class Federation:
         self._acquainted: set[PublicKey] = set()
         """Relays that answered a relay-only request of ours since we last sent
         them a DIGEST: they know us (a relay unknown to them is not answered)."""
+        self._next_page: dict[PublicKey, tuple[int, int]] = {}
+        """Relays whose partial DIGEST_REPLY named what we lacked: (PULLs still
+        unanswered, pages so far); then we ask for the next page at once."""
+        self._pages: dict[PublicKey, int] = {}
+        """Pages asked of a relay in the sync under way (its DIGEST is out)."""
         self._dead_notices: list[tuple[PublicKey, int]] = []
         self._probes: dict[int, _Probe] = {}
         self._probe_order: list[PublicKey] = []
@@ -374,6 +386,7 @@ class Federation:
         elif isinstance(body, PullReply):
             for raw in body.announcements:
                 self.learn(raw, now)
+            self._pulled(key, now)
         elif isinstance(body, ProbeAnswer):
             self._on_probe_answer(body, now)
         elif isinstance(body, DiscoveryResponse):
@@ -386,6 +399,18 @@ class Federation:
         elif not isinstance(body, GossipAck | LocationAck):
             return False  # (an ack needs nothing: it was the sign of life)
         return True
+
+    def _pulled(self, key: PublicKey, now: float) -> None:
+        waiting = self._next_page.get(key)
+        if waiting is None:
+            return
+        left, pages = waiting
+        if left > 1:
+            self._next_page[key] = (left - 1, pages)
+            return
+        del self._next_page[key]
+        self._pages[key] = pages
+        self._send(key, Digest(self.directory.digest()), now)
 
     def _on_pong(self, key: PublicKey, body: Pong, now: float) -> None:
         probe = self._probes.pop(body.echo_id, None)
@@ -404,10 +429,19 @@ class Federation:
     def _on_digest_reply(self, key: PublicKey, body: DigestReply, now: float) -> None:
         theirs = dict(body.entries)
         want = [k for k, i in body.entries if (self.directory.issued(k) or -1) < i]
+        pulls = 0
         for start in range(0, len(want), MAX_PULL_KEYS):
-            self._send(key, Pull(tuple(want[start : start + MAX_PULL_KEYS])), now)
+            pulls += self._send(key, Pull(tuple(want[start : start + MAX_PULL_KEYS])), now)
+        pages = self._pages.pop(key, 0) + 1
         if body.more:
-            return  # their page is partial: what they lack is unknown yet
+            # their page is partial: what they lack is unknown yet. If it
+            # named anything we lacked, the next page follows once the pulls
+            # are answered: a page is 25 relays, and one page a sync interval
+            # left a relay joining a federation of N unaware of most of it for
+            # N/25 intervals. (Pages are cut in a new random order each time.)
+            if pulls and pages < self.config.max_sync_pages:
+                self._next_page[key] = (pulls, pages)
+            return
         buckets = {i for i in range(16) if body.buckets >> i & 1}
         give = [
             raw
@@ -457,6 +491,8 @@ class Federation:
             log.info("relay %s left the federation (announcement expired)", key.short())
             self._channels.pop(key, None)
             self._acquainted.discard(key)
+            self._next_page.pop(key, None)
+            self._pages.pop(key, None)
             self._live_changed = True
         self.locations.expire(wall_ms)
 
@@ -487,6 +523,11 @@ class Federation:
         now: float,
         dead: list[tuple[PublicKey, int]] | None = None,
     ) -> None:
+        own = self.directory.own_announcement
+        if anns and key not in self._acquainted and own is not None and own.raw not in anns:
+            # it may not know us, and would drop the lot (only known relays
+            # speak federation): ours first, so news spreads from us too
+            anns = [own.raw, *anns]
         # a few per datagram (each ~170-190 bytes, 1200 at most)
         chunks = [anns[i : i + 5] for i in range(0, len(anns), 5)] or [[]]
         for i, chunk in enumerate(chunks):
@@ -509,6 +550,8 @@ class Federation:
             # know it from others' gossip while ours never reached it.)
             self._send(peer, Gossip((own.raw,)), now)
         self._acquainted.discard(peer)  # until its answer shows it still knows us
+        self._pages.pop(peer, None)
+        self._next_page.pop(peer, None)
         self._send(peer, Digest(self.directory.digest()), now)
 
     # ------------------------------------------------------------ liveness
