@@ -15,14 +15,18 @@ import pytest
 
 from tests.helpers import wg_packet
 from wgrelay.client.events import LinkRegistered, SessionEstablished
-from wgrelay.client.link import RelayLink
-from wgrelay.keys import PublicKey
-from wgrelay.proto.constants import MsgType
-from wgrelay.proto.cookie import COOKIE_REPLY_LEN
+from wgrelay.client.link import LinkConfig, RelayLink
+from wgrelay.keys import PrivateKey, PublicKey, RelayIdentity
+from wgrelay.proto.announce import RelayNodeInfo, encode_announcement
+from wgrelay.proto.constants import Capability, MsgType
+from wgrelay.proto.cookie import COOKIE_REPLY_LEN, decode_cookie_reply
 from wgrelay.proto.data import data_header
+from wgrelay.proto.federation import Gossip
 from wgrelay.proto.messages import DiscoveryQuery
+from wgrelay.relay.channels import RelayChannel
 from wgrelay.relay.config import RelayConfig
 from wgrelay.relay.core import RelayCore
+from wgrelay.relay.stats import DropReason
 from wgrelay.testkit import WALL0, Client, CoreNet, registered
 
 Addr = tuple[object, ...]
@@ -475,3 +479,46 @@ def test_random_session_close_and_answer_from_strangers_change_nothing() -> None
     net.run()
     assert sid in net.relay.sessions
     assert net.relay.get_stats().drops["unknown_session"] == 1
+
+
+# ---------------------------------------------------------------- federation
+
+
+def test_a_stranger_that_introduces_itself_as_a_relay_gets_no_registration() -> None:
+    """Found in the review of issue 10: anyone can sign an announcement, so
+    being a relay of the federation must open relay-to-relay speech only. An
+    outsider the access policy refuses introduced itself with one GOSSIP and
+    then registered as a peer (filling the table, receiving offers)."""
+    net = CoreNet()
+    member = net.client()
+    registered(net, member)
+    outsider = RelayIdentity.generate()
+    net.policy.denied.add(outsider.x25519_public)
+    at = ("198.51.100.77", 40000)
+    info = RelayNodeInfo(outsider.public, (at,), "", int(Capability.GOSSIP), 0, 100)
+    ann = encode_announcement(info, int(net.clock.wall() * 1000), 600, outsider)
+    channel = RelayChannel(outsider, net.ident.public, ("192.0.2.1", 51821))
+    out = deliver(net, channel.seal(Gossip((ann,)), 0.0, net.clock.wall()), at)
+    for data, _ in out:
+        if data[0] == MsgType.COOKIE_REPLY:
+            again = channel.on_cookie(decode_cookie_reply(data), 0.0, net.clock.wall())
+            assert again is not None
+            deliver(net, again, at)
+    assert net.relay.federation.directory.by_x25519(outsider.x25519_public) is not None
+
+    refused = net.relay.stats.drops[DropReason.NOT_ALLOWED]
+    as_peer = RelayLink(
+        PrivateKey(outsider.x25519_private),
+        net.ident.public,
+        LinkConfig(),
+        now=0.0,
+        wall=net.clock.wall(),
+    )
+    as_peer.connect(0.0)
+    for _ in range(3):  # the REGISTER, then again with the cookie
+        for data in as_peer.datagrams_to_send():
+            for reply, dst in deliver(net, data, at):
+                if dst == at:
+                    as_peer.receive(reply, 0.0)
+    assert not net.relay.is_registered(PublicKey(outsider.x25519_public))
+    assert net.relay.stats.drops[DropReason.NOT_ALLOWED] > refused

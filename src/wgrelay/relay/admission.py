@@ -43,6 +43,7 @@ from wgrelay.errors import AuthenticationFailed, RemoteProtocolError
 from wgrelay.proto.constants import (
     MAX_DETAIL_LEN,
     NONCE_LEN,
+    RELAY_TO_RELAY,
     SESSION_ID_LEN,
     ErrorCode,
     MsgType,
@@ -74,6 +75,9 @@ from wgrelay.relay.limits import KeyedRateLimiter, TokenBucket, WindowCounter
 from wgrelay.relay.stats import DropReason, RelayStats
 
 log = logging.getLogger(__name__)
+
+_RELAY_SPEECH = frozenset(RELAY_TO_RELAY) | {MsgType.PING, MsgType.DISCOVERY_QUERY}
+"""What another relay may send us as a relay (not as a member of our mesh)."""
 
 Addr = tuple[Any, ...]
 """A socket address exactly as recvfrom returned it (2-tuple IPv4, 4-tuple IPv6)."""
@@ -237,9 +241,12 @@ class Admission:
         echo = hdr.nonce[:8]
         # other relays are not members of our mesh but of the federation:
         # they pass when we hold their announcement, and a GOSSIP may carry
-        # the announcement that introduces its sender (its handler checks)
+        # the announcement that introduces its sender (its handler checks).
+        # Being a relay opens relay-to-relay speech only (and liveness pings,
+        # lookups): never a registration or a session, which only the access
+        # policy grants (anyone can sign an announcement)
         relay = relay_eps is not None or hdr.msg_type == MsgType.GOSSIP
-        member = relay or self.policy.allows(sender)
+        member = self.policy.allows(sender) or (relay and hdr.msg_type in _RELAY_SPEECH)
         public_query = (
             isinstance(body, DiscoveryQuery) and body.locate is None and not member
         )  # (the list of relays is public: their announcements are)
