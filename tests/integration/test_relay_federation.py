@@ -72,10 +72,12 @@ def test_a_chain_of_five_relays_is_listed_whole_from_the_first(tmp_path: Path) -
             listed = {r["public_key"] for r in json.loads(res.stdout)}
         took = time.monotonic() - started
         print(f"all five listed {took:.1f} s after the last relay started")
-        # the first relay's metrics say so too, and count its gossip
+        # the first relay's metrics say so too, and count what it learned
         m = scrape(metrics_port)
         assert m['wgrelay_federation_relays{state="live"}'] == 5
-        assert m['wgrelay_federation_events_total{event="sent_Gossip"}'] > 0
+        events = 'wgrelay_federation_events_total{event="%s"}'
+        assert m[events % "announcement_new"] > 0  # what it learned of the others
+        assert m[events % "sent_Ping"] > 0  # and it checks they live
         # the relays remember what they learned: relay 5 restarts knowing them
         last = relays[-1]
         assert last.stop(signal.SIGTERM) == 0
