@@ -22,6 +22,7 @@ import pytest
 from tests.integration.relays import RelayProcess, start_relay_process
 from tests.integration.test_relay_abuse import free_tcp_port, scrape
 from wgrelay.relay.federation import FederationConfig
+from wgrelay.relay.peers_store import SAVE_INTERVAL_S
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -89,3 +90,37 @@ def test_a_chain_of_five_relays_is_listed_whole_from_the_first(tmp_path: Path) -
         for r in relays:
             assert "Traceback" not in r.log.read_text(), r.log.read_text()[-2000:]
     assert os.path.getsize(db) > 0
+
+
+def test_what_a_relay_learned_survives_kill_9(tmp_path: Path) -> None:
+    """Relays b and c both start with a as their bootstrap relay; b learns of
+    c from the federation alone. b's relays.db holds c within seconds, while
+    b runs (it used to be saved only at a clean exit: the periodic save ran
+    in a thread the SQLite connection does not belong to, and failed), and
+    still after ``kill -9``."""
+    relays: list[RelayProcess] = []
+    try:
+        for name in ("a", "b", "c"):
+            port = free_udp_port()
+            args = ["--open", "--announce", f"127.0.0.1:{port}"]
+            if relays:
+                a = relays[0]
+                args += ["--bootstrap", f"127.0.0.1:{a.endpoint[1]}={a.key}"]
+            relays.append(start_relay_process(tmp_path / name, *args, port=port))
+        b, c = relays[1], relays[2]
+        deadline = time.monotonic() + 3 * SYNC_INTERVAL_S + SAVE_INTERVAL_S
+        known: set[str] = set()
+        while str(c.key) not in known:
+            assert time.monotonic() < deadline, known
+            res = cli(tmp_path / "b", "list-relays", "--json")
+            assert res.returncode == 0, res.stderr
+            known = {r["public_key"] for r in json.loads(res.stdout)}
+        assert b.stop(signal.SIGKILL) == -signal.SIGKILL
+        res = cli(tmp_path / "b", "list-relays", "--json")
+        assert res.returncode == 0, res.stderr
+        assert str(c.key) in {r["public_key"] for r in json.loads(res.stdout)}
+    finally:
+        for r in relays:
+            r.stop()
+        for r in relays:
+            assert "Traceback" not in r.log.read_text(), r.log.read_text()[-2000:]

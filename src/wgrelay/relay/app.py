@@ -210,7 +210,7 @@ async def _serve(opts: RelayOptions) -> None:
             )
     store = RegistryStore(state / "relays.db")
     known = load_known_relays(store, core, bootstrap, runtime.now())
-    saver = asyncio.create_task(_save_known_relays_every(store, known, core, runtime))
+    saver = asyncio.create_task(_save_known_relays_every(store, known, core))
     metrics_server = None
     try:
         if metrics_ep is not None:
@@ -246,12 +246,15 @@ async def _serve(opts: RelayOptions) -> None:
 
 
 async def _save_known_relays_every(
-    store: RegistryStore, registry: RelayRegistry, core: RelayCore, runtime: AsyncioRuntime
+    store: RegistryStore, registry: RelayRegistry, core: RelayCore
 ) -> None:
     while True:
         await asyncio.sleep(SAVE_INTERVAL_S)
+        # on the loop thread: the store's SQLite connection belongs to it, and
+        # the directory changes under any other thread (a few rows, once in
+        # a while: the agent saves its registry the same way)
         try:
-            await runtime.run_blocking(lambda: save_known_relays(store, registry, core))
+            save_known_relays(store, registry, core)
         except Exception as e:  # keep relaying; try again next time
             log.warning("could not save the relays this relay knows: %s", e)
 
