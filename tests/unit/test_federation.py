@@ -17,14 +17,18 @@ import pytest
 
 from wgrelay.client.events import DiscoveryAnswered, LinkEvent, LinkRegistered
 from wgrelay.client.link import LinkConfig, RelayLink
-from wgrelay.discovery.directory import Liveness, RelayDirectory, Verdict
+from wgrelay.discovery.directory import MAX_TTL_S, Liveness, RelayDirectory, Verdict
 from wgrelay.discovery.rendezvous import holders
 from wgrelay.keys import PrivateKey, PublicKey, RelayIdentity
 from wgrelay.proto.announce import RelayNodeInfo, decode_announcement, encode_announcement
-from wgrelay.proto.constants import MsgType
-from wgrelay.proto.envelope import FLAG_FROM_SERVER
+from wgrelay.proto.constants import CONTROL_TYPES, MAX_CONTROL_SIZE, MsgType
+from wgrelay.proto.cookie import decode_cookie_reply
+from wgrelay.proto.envelope import FLAG_FROM_SERVER, derive_server_keys, seal_control
+from wgrelay.proto.federation import DigestReply, Gossip, Pull
 from wgrelay.proto.location import encode_location
+from wgrelay.proto.messages import Body, Ping
 from wgrelay.relay.access import OpenPolicy
+from wgrelay.relay.channels import RelayChannel
 from wgrelay.relay.config import RelayConfig
 from wgrelay.relay.core import RelayCore
 from wgrelay.relay.federation import FederationConfig
@@ -182,8 +186,16 @@ def test_a_peer_is_found_through_its_holders_in_at_most_k_plus_one_requests() ->
     )
     assert answer.located is not None
     assert answer.located.relay == home[0].identity.public
-    requests = sum(n - before[k] for k, n in w.sent.items() if k[1] == MsgType.DISCOVERY_QUERY)
-    assert requests <= FAST.replicas + 1
+
+    def sent(t: MsgType) -> int:
+        return sum(n - before[k] for k, n in w.sent.items() if k[1] == t)
+
+    # A holder that has not seen this relay's address proven answers its
+    # first query with a cookie, and the channel repeats the same query with
+    # it (a reply may not exceed an unproven request): a repeat, not a request.
+    repeats = sent(MsgType.COOKIE_REPLY)
+    assert repeats <= FAST.replicas
+    assert sent(MsgType.DISCOVERY_QUERY) - repeats <= FAST.replicas + 1
 
 
 def test_a_dead_relay_is_declared_dead_and_its_peers_records_move() -> None:
@@ -222,6 +234,7 @@ def _announcement(ident: RelayIdentity, issued_ms: int, ttl_s: int = 600) -> byt
         (0, 600, Verdict.NEW),
         (200_000, 600, Verdict.FUTURE),  # dated beyond the 120 s skew window
         (-700_000, 600, Verdict.EXPIRED),
+        (0, MAX_TTL_S + 1, Verdict.LONG_LIVED),  # it would outlive any refutation
     ],
 )
 def test_announcements_dated_wrong_are_refused(
@@ -306,7 +319,13 @@ def test_answers_refused_on_a_relay_channel_are_counted_in_the_stats() -> None:
 
     def tamper(src: Addr, dst: Addr, data: bytes) -> None:
         nonlocal tampered
-        if src == a1 and dst == a2 and data[2] & FLAG_FROM_SERVER:
+        if (
+            src == a1
+            and dst == a2
+            and data[0] in CONTROL_TYPES
+            and data[0] != MsgType.COOKIE_REPLY
+            and data[2] & FLAG_FROM_SERVER
+        ):
             tampered += 1
             data = data[:-1] + bytes([data[-1] ^ 1])  # the AEAD tag
         push(src, dst, data)
@@ -397,3 +416,137 @@ def test_a_relay_introduces_itself_before_syncing_with_one_that_does_not_know_it
     t0 = w.now
     t = w.run_until(lambda: b.federation.directory.get(a.identity.public) is not None, 120.0)
     assert t - t0 <= FAST.sync_interval_s + 1.0
+
+
+# ---------------------------------------------------------------- abuse (review of issue 10)
+
+
+class Prober:
+    """Another relay's side of the relay-to-relay channel to one core,
+    datagrams moved by hand (cookies answered)."""
+
+    def __init__(self, core: RelayCore, at: Addr, ident: RelayIdentity | None = None) -> None:
+        self.core = core
+        self.at = at
+        self.ident = ident or RelayIdentity.generate()
+        self.channel = RelayChannel(self.ident, core.identity.public, ("203.0.113.1", 51821))
+        self.to_others: list[tuple[bytes, Addr]] = []
+
+    def send(self, body: Body, now: float) -> None:
+        wall = WALL0 + now
+        pending = [self.channel.seal(body, now, wall)]
+        while pending:
+            self.core.receive(pending.pop(), self.at, now)
+            for data, dst in self.core.datagrams_to_send():
+                dst = (str(dst[0]), int(dst[1]))
+                if dst == self.at and data[0] == MsgType.COOKIE_REPLY:
+                    again = self.channel.on_cookie(decode_cookie_reply(data), now, wall)
+                    if again is not None:
+                        pending.append(again)
+                elif dst != self.at:
+                    self.to_others.append((data, dst))
+
+
+def _big_announcement(ident: RelayIdentity, now: float, ttl_s: int = 600) -> bytes:
+    """The largest a relay may announce: eight IPv6 endpoints, a 32-byte region."""
+    eps = tuple((f"2001:db8::{i + 1}", 51821) for i in range(8))
+    info = RelayNodeInfo(ident.public, eps, "r" * 32, 0b11111, 0, 100)
+    return encode_announcement(info, int((WALL0 + now) * 1000), ttl_s, ident)
+
+
+def test_a_stranger_introduces_itself_and_nobody_else() -> None:
+    """A GOSSIP from an unknown sender taught the relay every announcement
+    in it, of any TTL: a stranger could fill the directory with relays
+    pointing at a victim, for good. Only the sender's own is learned."""
+    w = World()
+    core, _ = w.relay(1)
+    stranger = Prober(core, ("198.51.100.7", 40000))
+    others = [_announcement(RelayIdentity.generate(), int(WALL0 * 1000)) for _ in range(4)]
+    own = _announcement(stranger.ident, int(WALL0 * 1000))
+    stranger.send(Gossip((*others, own)), 0.0)
+    d = core.federation.directory
+    assert d.by_x25519(stranger.ident.x25519_public) is not None
+    assert len(d) == 1
+    # and strangers are let in at a bounded rate
+    for i in range(60):
+        newcomer = Prober(core, (f"198.51.100.{10 + i}", 40000))
+        newcomer.send(Gossip((_announcement(newcomer.ident, int(WALL0 * 1000)),)), 0.0)
+    assert len(d) <= 1 + 20
+    assert core.federation.counters["introduction_refused"] >= 39
+
+
+def test_an_unsolicited_digest_reply_makes_the_relay_send_nothing() -> None:
+    """A known relay announcing a victim's address sent DIGEST_REPLYs
+    marking every bucket, unasked: the relay gossiped its whole directory
+    to the victim for each (x340). Only answers to what it asked count."""
+    w = World()
+    core, _ = w.relay(1)
+    fed = core.federation
+    for _ in range(40):
+        fed.learn(_announcement(RelayIdentity.generate(), int(WALL0 * 1000)), 0.0)
+    liar = RelayIdentity.generate()
+    victim = ("192.0.2.99", 53)
+    info = RelayNodeInfo(key=liar.public, endpoints=(victim,))
+    fed.learn(encode_announcement(info, int(WALL0 * 1000), 600, liar), 0.0)
+    fed._send(liar.public, Ping(1), 0.0)  # our channel to it is open
+    core.datagrams_to_send()
+    keys = derive_server_keys(liar.x25519_public, liar.x25519_private, core.identity.x25519_public)
+    for n in range(10):
+        reply = seal_control(
+            DigestReply((), 0xFFFF, False),
+            sender=liar.x25519_public,
+            keys=keys,
+            timestamp_us=int((WALL0 + 1.0) * 1e6) + n,
+            nonce=bytes([n]) * 24,
+        )
+        core.receive(reply, ("198.51.100.66", 4444), 1.0)
+        assert core.datagrams_to_send() == []
+    assert core.get_stats().federation["answer_dropped_unsolicited"] == 10
+
+
+def test_the_largest_announcements_fit_every_message_that_carries_them() -> None:
+    """Announcements were packed five or six to a message by count; eight
+    endpoints and a 32-byte region make 1,700-byte datagrams that could not
+    be sealed (list queries failed, a gossip flush raised)."""
+    w = World()
+    core, addr = w.relay(1)
+    fed = core.federation
+    big = [RelayIdentity.generate() for _ in range(12)]
+    for ident in big:
+        assert fed.learn(_big_announcement(ident, 0.0), 0.0)
+    peer = Prober(core, ("203.0.113.50", 51821), big[0])
+    # a PULL of many, a query for the list, a gossip flush
+    peer.send(Pull(tuple(i.public for i in big[1:6])), 0.0)
+    link, link_addr = w.peer(1, (core, addr))
+    link.connect(w.now)
+    w.run_until(lambda: any(isinstance(e, LinkRegistered) for e in w.link_events[link_addr]))
+    pages: list[int] = []
+    page, more = 0, True
+    while more:
+        anns, more = fed.live_announcements(page, 6, "", 0)
+        pages.append(len(anns))
+        page += 1
+    assert sum(pages) == 13, pages  # every live relay, ourselves too, once
+    assert max(pages) >= 2, pages
+    fed._push = [(i.public, _big_announcement(i, 0.0)) for i in big]
+    fed._flush_gossip(0.0)
+    for data, _ in core.datagrams_to_send():
+        assert len(data) <= MAX_CONTROL_SIZE
+    assert core.stats.drops["internal_error"] == 0
+
+
+def test_a_relay_named_dead_refutes_with_a_newer_announcement_at_once() -> None:
+    """The refutation re-used the cached announcement (same issued_ms, for a
+    minute): nobody took it as newer, and the relay stayed dead elsewhere."""
+    w = World()
+    core, _ = w.relay(1)
+    core.handle_timer(5.0)
+    friend = Prober(core, ("203.0.113.2", 51821))
+    friend.send(Gossip((_announcement(friend.ident, int((WALL0 + 5.0) * 1000)),)), 5.0)
+    own = core.federation.directory.own_announcement
+    assert own is not None
+    friend.send(Gossip((), ((core.identity.public, own.issued_ms),)), 20.0)
+    core.handle_timer(20.0)
+    refuted = core.federation.directory.own_announcement
+    assert refuted is not None
+    assert refuted.issued_ms > own.issued_ms

@@ -39,6 +39,13 @@ from wgrelay.proto.federation import DIGEST_HASH_LEN
 
 _ISSUED = struct.Struct("!Q")
 
+MAX_TTL_S = 3600
+"""The longest announcement a relay takes (ours live 600 s and are re-signed
+every minute): an entry must disappear within an hour of its relay."""
+MAX_MEMBERS = 10_000
+"""Far beyond any federation we expect; a bound on what signed-by-anyone
+announcements can make a relay hold (each member costs about 1 kB)."""
+
 
 class Liveness(Enum):
     ALIVE = "alive"
@@ -57,6 +64,10 @@ class Verdict(Enum):
     EXPIRED = "expired"
     SELF = "self"
     """Our own key in someone else's hands: only we announce ourselves."""
+    LONG_LIVED = "long_lived"
+    """A TTL over ``MAX_TTL_S``: it would outlive any refutation, for good."""
+    FULL = "full"
+    """A new relay while the directory holds ``MAX_MEMBERS``."""
 
     @property
     def changed(self) -> bool:
@@ -103,7 +114,11 @@ class RelayDirectory:
             return Verdict.FUTURE
         if ann.expires_ms() <= wall_ms:
             return Verdict.EXPIRED
+        if ann.ttl_s > MAX_TTL_S:
+            return Verdict.LONG_LIVED
         old = self._members.get(key)
+        if old is None and len(self._members) >= MAX_MEMBERS:
+            return Verdict.FULL
         if old is not None and ann.issued_ms <= old.issued_ms:
             return Verdict.KNOWN
         x = relay_x25519_public(key)
@@ -174,14 +189,18 @@ class RelayDirectory:
         out = [k for k, m in self._members.items() if m.liveness is not Liveness.DEAD]
         return [self.own, *out] if self.own_announcement is not None else out
 
-    def live_announcements(self) -> list[bytes]:
-        """Signed announcements of the live relays, ours first, in key order."""
-        out = [self.own_announcement.raw] if self.own_announcement is not None else []
+    def live_members_announcements(self) -> list[Announcement]:
+        """Announcements of the live relays, ours first, in key order."""
+        out = [self.own_announcement] if self.own_announcement is not None else []
         live = sorted(
             (m for m in self._members.values() if m.liveness is not Liveness.DEAD),
             key=lambda m: m.key.raw,
         )
-        return out + [m.announcement.raw for m in live]
+        return out + [m.announcement for m in live]
+
+    def live_announcements(self) -> list[bytes]:
+        """Signed announcements of the live relays, ours first, in key order."""
+        return [a.raw for a in self.live_members_announcements()]
 
     def __len__(self) -> int:
         return len(self._members)

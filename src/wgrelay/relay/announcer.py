@@ -20,10 +20,21 @@ class Announcer:
         self.identity = identity
         self._cached: tuple[RelayNodeInfo, float, bytes] | None = None
 
-    def sign(self, info: RelayNodeInfo, wall: float) -> bytes:
+    def sign(self, info: RelayNodeInfo, wall: float, fresh: bool = False) -> bytes:
+        """``fresh``: newer than any before, even if nothing changed (a relay
+        refutes a notice of its death with a newer announcement)."""
         cached = self._cached
-        if cached is not None and cached[0] == info and wall - cached[1] < RESIGN_AFTER_S:
+        if (
+            not fresh
+            and cached is not None
+            and cached[0] == info
+            and wall - cached[1] < RESIGN_AFTER_S
+        ):
             return cached[2]
-        raw = encode_announcement(info, int(wall * 1000), ANNOUNCEMENT_TTL_S, self.identity)
+        issued_ms = int(wall * 1000)
+        if cached is not None and issued_ms <= int(cached[1] * 1000):
+            issued_ms = int(cached[1] * 1000) + 1  # strictly newer, whatever the clock did
+            wall = issued_ms / 1000
+        raw = encode_announcement(info, issued_ms, ANNOUNCEMENT_TTL_S, self.identity)
         self._cached = (info, wall, raw)
         return raw

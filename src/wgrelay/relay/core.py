@@ -68,7 +68,7 @@ from wgrelay.proto.constants import (
 from wgrelay.proto.cookie import decode_cookie_reply
 from wgrelay.proto.data import MAX_DATA_FRAME
 from wgrelay.proto.envelope import FLAG_FROM_SERVER, parse_control_header
-from wgrelay.proto.federation import Gossip, ProbeRequest
+from wgrelay.proto.federation import Gossip, GossipAck, ProbeRequest
 from wgrelay.proto.messages import (
     Body,
     DiscoveryQuery,
@@ -223,6 +223,8 @@ class RelayCore(SessionsCore):
     # ------------------------------------------------------------ ping and discovery
 
     def _handle_ping(self, inb: Inbound, body: Ping) -> None:
+        if inb.member and (m := self.federation.directory.by_x25519(inb.key)) is not None:
+            self.federation.heard_from(m.key, inb.now)  # a relay probing us lives
         self._reply(inb, Pong(body.echo_id, self.load_pct()))
 
     def _handle_discovery_query(self, inb: Inbound, body: DiscoveryQuery) -> None:
@@ -301,9 +303,15 @@ class RelayCore(SessionsCore):
     def _handle_relay_message(self, inb: Inbound, body: Body) -> None:
         fed = self.federation
         m = fed.directory.by_x25519(inb.key)
-        if m is None and isinstance(body, Gossip):  # a relay may introduce itself
-            fed.introduced_by(inb.key, body.announcements, inb.now)
-            m = fed.directory.by_x25519(inb.key)
+        if m is None and isinstance(body, Gossip):
+            # a relay may introduce itself, from an address it proves first
+            # (its announcement will have us send there); its own
+            # announcement only: the rest we hear once we know it
+            if self._deferred_needs_proof(inb):
+                return
+            if fed.introduced_by(inb.key, body.announcements, inb.now):
+                self._reply(inb, GossipAck(1))
+                return
         if m is None:
             self._drop(inb, DropReason.UNEXPECTED)  # only relays we know speak here
             return

@@ -162,10 +162,13 @@ class RelayCoreState:
             max_sessions=self.config.max_connections,
         )
 
-    def announcement(self, now: float) -> bytes | None:
-        """Our signed announcement (re-signed only when it changed or aged)."""
+    def announcement(self, now: float, fresh: bool = False) -> bytes | None:
+        """Our signed announcement (re-signed only when it changed or aged,
+        or when ``fresh`` asks for a newer one)."""
         info = self.node_info()
-        return self._announcer.sign(info, self._wall_at(now)) if info is not None else None
+        if info is None:
+            return None
+        return self._announcer.sign(info, self._wall_at(now), fresh)
 
     def is_registered(self, key: PublicKey) -> bool:
         return key.raw in self.table.regs

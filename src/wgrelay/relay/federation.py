@@ -51,16 +51,17 @@ from dataclasses import dataclass
 from wgrelay.discovery.directory import Liveness, RelayDirectory, Verdict
 from wgrelay.endpoint import Endpoint
 from wgrelay.errors import RemoteProtocolError
-from wgrelay.keys import PublicKey, RelayIdentity
+from wgrelay.keys import PublicKey, RelayIdentity, relay_x25519_public
 from wgrelay.proto.announce import decode_announcement
 from wgrelay.proto.constants import (
     MAX_ANNOUNCEMENTS_PER_RESPONSE,
+    MAX_CONTROL_SIZE,
     MAX_DIGEST_ENTRIES,
     MAX_PULL_KEYS,
     RTT_UNKNOWN,
 )
 from wgrelay.proto.cookie import CookieReply
-from wgrelay.proto.envelope import ControlHeader
+from wgrelay.proto.envelope import MIN_CONTROL_SIZE, ControlHeader
 from wgrelay.proto.federation import (
     MAX_DEAD_NOTICES,
     Digest,
@@ -74,8 +75,9 @@ from wgrelay.proto.federation import (
     Pull,
     PullReply,
 )
-from wgrelay.proto.messages import Body, DiscoveryResponse, Error, Ping, Pong
+from wgrelay.proto.messages import Body, DiscoveryResponse, Error, Ping, Pong, encode_body
 from wgrelay.relay.channels import RelayChannel
+from wgrelay.relay.limits import TokenBucket
 from wgrelay.relay.locations import Found, LocationBook
 
 log = logging.getLogger(__name__)
@@ -83,6 +85,41 @@ log = logging.getLogger(__name__)
 Addr = tuple[object, ...]
 Send = Callable[[bytes, Endpoint], None]
 Reply = Callable[[Body], None]
+
+MAX_ASKED = 16
+"""DIGEST_REPLYs and PULL_REPLYs we take from one relay before it answered
+those in flight (a sync asks one digest and a few pulls)."""
+INTRODUCTIONS_PER_S = 0.5
+INTRODUCTION_BURST = 20
+"""How fast relays unknown to anyone we know may introduce themselves: a
+federation grows by a few relays a minute, not by thousands a second."""
+MAX_BODY = MAX_CONTROL_SIZE - MIN_CONTROL_SIZE
+"""The most body bytes one control datagram carries."""
+GOSSIP_MOST = 5
+PULL_REPLY_ROOM = MAX_BODY - 1  # a count, then the announcements
+RESPONSE_ROOM = MAX_BODY - 450
+"""What a DISCOVERY_RESPONSE leaves for announcements: besides its fixed
+fields it may carry a location and an alternate, each with a 145-byte record."""
+
+
+def packed(anns: list[bytes], room: int, most: int) -> list[list[bytes]]:
+    """Announcements in order, cut into runs that fit ``room`` body bytes
+    (each costs its length and a u16 prefix) and hold at most ``most``.
+    (An announcement is at most about 310 bytes: eight endpoints and a
+    32-byte region; counting alone overflowed 1,200 bytes.)"""
+    runs: list[list[bytes]] = []
+    run: list[bytes] = []
+    used = 0
+    for raw in anns:
+        cost = len(raw) + 2
+        if run and (used + cost > room or len(run) == most):
+            runs.append(run)
+            run, used = [], 0
+        run.append(raw)
+        used += cost
+    if run:
+        runs.append(run)
+    return runs
 
 
 @dataclass(frozen=True, slots=True)
@@ -183,6 +220,16 @@ class Federation:
         self.counters: dict[str, int] = {}
         self.channel_drops: dict[str, int] = {}
         """Answers from other relays refused on our channels, by reason."""
+        self._asked: dict[PublicKey, int] = {}
+        """DIGESTs and PULLs in flight, per relay: only an answer to one of
+        them may make us send (a DIGEST_REPLY marking every bucket would
+        otherwise have us gossip the whole directory wherever its sender's
+        announcement points, as often as it likes)."""
+        self._refute = False
+        """A notice said we are dead: sign a newer announcement at once."""
+        self._refusal = "unexpected"
+        """Why ``_on_answer`` refused the answer it was just handed."""
+        self._introductions = TokenBucket(INTRODUCTIONS_PER_S, INTRODUCTION_BURST, now)
 
     # ------------------------------------------------------------ setup
 
@@ -236,6 +283,20 @@ class Federation:
             return False
         self._out.append((ch.seal(body, now, self._wall(now)), ch.addr))
         self._count(f"sent_{type(body).__name__}")
+        if isinstance(body, Digest | Pull):
+            self._asked[key] = min(self._asked.get(key, 0) + 1, MAX_ASKED)
+        return True
+
+    def _answers_asked(self, key: PublicKey) -> bool:
+        """Is an answer that makes us send (DIGEST_REPLY, PULL_REPLY) one we asked for?"""
+        n = self._asked.get(key, 0)
+        if n == 0:
+            self._refusal = "unsolicited"
+            return False
+        if n == 1:
+            del self._asked[key]
+        else:
+            self._asked[key] = n - 1
         return True
 
     def _new_id(self) -> int:
@@ -253,10 +314,11 @@ class Federation:
         if body is None:
             return True
         self._alive(key, now)
+        self._refusal = "unexpected"
         if not self._on_answer(key, body, now):
             # a server-to-client body no relay sends another (REGISTERED,
-            # SESSION_OFFER, ...): sealed by a known relay, of no use
-            ch.drop("unexpected")
+            # SESSION_OFFER, ...), or an answer to nothing we asked
+            ch.drop(self._refusal)
         return True
 
     def _bootstrap_by_x(self, x25519: bytes) -> PublicKey | None:
@@ -293,6 +355,10 @@ class Federation:
                 self._live_changed = True
         return verdict.changed
 
+    def heard_from(self, key: PublicKey, now: float) -> None:
+        """A known relay spoke to us (a PING, a request): it lives."""
+        self._alive(key, now)
+
     def _alive(self, key: PublicKey, now: float) -> None:
         if self.directory.acked(key, now):
             log.info("relay %s is alive again", key.short())
@@ -300,15 +366,24 @@ class Federation:
 
     def introduced_by(self, x25519: bytes, anns: tuple[bytes, ...], now: float) -> bool:
         """A GOSSIP from an unknown sender: does it carry the sender's own
-        announcement? (the only way a relay introduces itself)"""
+        announcement? (the only way a relay introduces itself). Only that one
+        is learned: anyone can sign announcements, and a stranger must not
+        fill the directory with relays that point at a victim; the others
+        come from relays we know. Introductions are rate-limited too."""
         for raw in anns:
             try:
                 ann = decode_announcement(raw)
             except RemoteProtocolError:
                 continue
-            if self.directory.learn(ann, now, self._wall_ms(now)).changed:
-                self._push.append((ann.info.key, ann.raw))
-                self._live_changed = True
+            if relay_x25519_public(ann.info.key) != x25519:
+                continue
+            known = self.directory.get(ann.info.key) is not None
+            if not known and not self._introductions.take(1, now):
+                self._count("introduction_refused")
+                return False
+            if self.learn(raw, now):
+                self._count("introduced")
+            break
         return self.is_relay(x25519)
 
     # ------------------------------------------------------------ server side
@@ -326,7 +401,8 @@ class Federation:
             anns = tuple(
                 raw for k in body.keys if (raw := self.directory.raw_announcement(k)) is not None
             )
-            reply(PullReply(anns[:MAX_PULL_KEYS]))
+            runs = packed(list(anns), PULL_REPLY_ROOM, MAX_PULL_KEYS)
+            reply(PullReply(tuple(runs[0]) if runs else ()))  # the rest at the next sync
         elif isinstance(body, LocationStore):
             reply(LocationAck(sum(self.locations.hold(raw, now) for raw in body.records)))
         elif isinstance(body, ProbeRequest):
@@ -366,6 +442,7 @@ class Federation:
         for key, issued in dead:
             if key == self.key:
                 self._next_announce = now  # refute: a newer announcement of ours
+                self._refute = True
                 continue
             m = self.directory.get(key)
             if m is None or m.issued_ms > issued or m.liveness is Liveness.DEAD:
@@ -378,9 +455,21 @@ class Federation:
     def _on_answer(self, key: PublicKey, body: Body, now: float) -> bool:
         """Act on an answer; False if no relay answers another with this body."""
         if isinstance(body, DigestReply | PullReply | GossipAck | LocationAck | ProbeAnswer):
+            if (
+                isinstance(body, GossipAck)
+                and key not in self._acquainted
+                and self._asked.get(key)
+                and key not in self._pages
+            ):
+                # our introduction went through only now (it had to prove our
+                # address first): the DIGEST that followed it was dropped by a
+                # relay that did not know us yet. Ask again, not a sync later.
+                self._send(key, Digest(self.directory.digest()), now)
             self._acquainted.add(key)  # answered as a relay: it knows us
         if isinstance(body, Pong):
             self._on_pong(key, body, now)
+        elif isinstance(body, DigestReply | PullReply) and not self._answers_asked(key):
+            return False
         elif isinstance(body, DigestReply):
             self._on_digest_reply(key, body, now)
         elif isinstance(body, PullReply):
@@ -462,10 +551,13 @@ class Federation:
             t = min(t, b.deadline)
         return min(t, self.locations.next_timer())
 
-    def handle_timer(self, now: float, own_announcement: Callable[[float], bytes | None]) -> None:
+    def handle_timer(
+        self, now: float, own_announcement: Callable[[float, bool], bytes | None]
+    ) -> None:
         if now >= self._next_announce:
             self._next_announce = now + self.config.announce_refresh_s
-            raw = own_announcement(now)
+            raw = own_announcement(now, self._refute)
+            self._refute = False
             if raw is not None:
                 self.set_own(raw)
         self._expire(now)
@@ -528,12 +620,11 @@ class Federation:
             # it may not know us, and would drop the lot (only known relays
             # speak federation): ours first, so news spreads from us too
             anns = [own.raw, *anns]
-        # a few per datagram (each ~170-190 bytes, 1200 at most)
-        chunks = [anns[i : i + 5] for i in range(0, len(anns), 5)] or [[]]
-        for i, chunk in enumerate(chunks):
-            notices = tuple(dead or ()) if i == 0 else ()
-            if chunk or notices:
-                self._send(key, Gossip(tuple(chunk), notices), now)
+        notices = tuple(dead or ())
+        room = MAX_BODY - len(encode_body(Gossip((), notices)))
+        for i, chunk in enumerate(packed(anns, room, GOSSIP_MOST) or [[]]):
+            if chunk or (notices and i == 0):
+                self._send(key, Gossip(tuple(chunk), notices if i == 0 else ()), now)
 
     def _sync(self, now: float) -> None:
         others = self._others()
@@ -628,21 +719,21 @@ class Federation:
     def live_announcements(
         self, page: int, per_page: int, region: str, caps: int
     ) -> tuple[tuple[bytes, ...], bool]:
-        """A page of the live relays' announcements, filtered; and whether more follow."""
-        out: list[bytes] = []
-        for raw in self.directory.live_announcements():
-            try:
-                info = decode_announcement(raw).info
-            except RemoteProtocolError:
-                continue
-            if region and info.region and info.region != region:
-                continue
-            if info.capabilities & caps != caps:
-                continue
-            out.append(raw)
+        """A page of the live relays' announcements, filtered; and whether
+        more follow. Pages are cut by size as well as count, the same way
+        for every asker, so page numbers hold. (Filtered on what the
+        directory decoded when it verified them: no signature checked here.)"""
+        out = [
+            ann.raw
+            for ann in self.directory.live_members_announcements()
+            if not (region and ann.info.region and ann.info.region != region)
+            and ann.info.capabilities & caps == caps
+        ]
         per_page = max(1, min(per_page, MAX_ANNOUNCEMENTS_PER_RESPONSE))
-        start = page * per_page
-        return tuple(out[start : start + per_page]), len(out) > start + per_page
+        pages = packed(out, RESPONSE_ROOM, per_page)
+        if page >= len(pages):
+            return (), False
+        return tuple(pages[page]), page + 1 < len(pages)
 
     def record_count(self) -> int:
         return self.locations.count()
