@@ -8,7 +8,8 @@ STAMP  := $(VENV)/.installed
 
 all: test
 
-$(STAMP): pyproject.toml
+# sysdeps first: the batched-I/O extension builds against python3-dev
+$(STAMP): pyproject.toml setup.py | sysdeps
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -e '.[dev]'
