@@ -21,7 +21,9 @@ from wgrelay.client.plan import PlanConfig, RelayPlanner
 from wgrelay.discovery.geoip import GeoPrior, great_circle_km, rtt_estimate_ms
 from wgrelay.discovery.registry import KnownRelay, RelayRegistry
 from wgrelay.discovery.selection import (
+    FAILURE_PENALTY_MS,
     NEVER_MEASURED_RTT_MS,
+    RelayHistory,
     Selector,
     relay_score,
     worth_switching,
@@ -186,7 +188,12 @@ def test_a_bad_geoip_database_is_one_clear_error(tmp_path: Path) -> None:
 # ---------------------------------------------------------------- planners
 
 
-def _peer(w: PathWorld, n: int, relays: list[tuple[PublicKey, Addr]]) -> RelayPlanner:
+def _peer(
+    w: PathWorld,
+    n: int,
+    relays: list[tuple[PublicKey, Addr]],
+    history: RelayHistory | None = None,
+) -> RelayPlanner:
     reg = RelayRegistry()
     for key, addr in relays:
         reg.add_bootstrap(key, addr)
@@ -198,6 +205,7 @@ def _peer(w: PathWorld, n: int, relays: list[tuple[PublicKey, Addr]]) -> RelayPl
         wall=WALL0 + w.now,
         config=PlanConfig(),
         link_config=LinkConfig(lost_after_s=3.0),
+        history=history,
     )
     w.planners[addr] = p
     w.events[addr] = []
@@ -229,6 +237,41 @@ def test_the_whole_path_beats_the_peers_home() -> None:
     (ev,) = w.saw(a, PeerRelayed)
     assert ev.relay == r2[0], "the standby's path is cheaper than the home's"
     assert w.saw(b, PeerRelayed, relay=r2[0])
+
+
+def test_relay_failures_for_a_peer_count_in_its_path_cost() -> None:
+    """The connection cache's relay history: relayed sessions to B through
+    r2 failed three times since one last worked, so A passes over the path
+    that is otherwise cheapest (about 50 ms against 220 ms via B's home)."""
+    w = PathWorld()
+    r1, r2, r3 = w.relay(1, 0.005), w.relay(2, 0.005), w.relay(3, 0.002)
+    every = [r1, r2, r3]
+    b = _peer(w, 2, every)
+    bpub = b.private_key.public_key()
+
+    def history(peer: PublicKey, relay: PublicKey) -> int:
+        return 3 if (peer, relay) == (bpub, r2[0]) else 0
+
+    a = _peer(w, 1, every, history)
+    assert a.selector.path_cost(known(20.0), 30.0, bpub) == 50.0  # no history: no penalty
+    w.slow(b, r2[1], 0.010)
+    w.slow(b, r3[1], 0.150)
+    w.slow(a, r1[1], 0.095)
+    w.slow(a, r2[1], 0.005)
+    for p in (a, b):
+        p.start(w.now)
+    w.run_until(lambda: a.home == r3[0] and b.home == r1[0] and b.standby == r2[0], limit_s=30)
+    w.run_until(
+        lambda: all(len(r.federation.locations.held(bpub, w.now)) == 2 for r in w.relays.values())
+    )
+    r2_relay = a.registry.get(r2[0])
+    assert r2_relay is not None
+    plain = Selector(a.private_key.public_key()).path_cost(r2_relay, 30.0)
+    assert a.selector.path_cost(r2_relay, 30.0, bpub) == plain + 3 * FAILURE_PENALTY_MS
+    a.relay_peer(bpub, w.now)
+    w.run_until(lambda: bool(w.saw(a, PeerRelayed)), limit_s=30)
+    (ev,) = w.saw(a, PeerRelayed)
+    assert ev.relay == r1[0], "r2 keeps failing for this peer: its home's path instead"
 
 
 def test_a_relayed_peer_moves_only_to_a_clearly_cheaper_path() -> None:

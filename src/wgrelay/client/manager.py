@@ -37,7 +37,7 @@ from wgrelay.client.events import (
 from wgrelay.client.link import LinkConfig
 from wgrelay.client.plan import PlanConfig, RelayPlanner
 from wgrelay.discovery.registry import RelayRegistry
-from wgrelay.discovery.selection import RttPrior, relay_score
+from wgrelay.discovery.selection import RelayHistory, RttPrior, relay_score
 from wgrelay.endpoint import Endpoint
 from wgrelay.errors import RelayUnavailable
 from wgrelay.keys import PrivateKey, PublicKey
@@ -86,6 +86,7 @@ class RelayManager:
         plan_config: PlanConfig | None = None,
         runtime: Runtime | None = None,
         prior: RttPrior | None = None,
+        history: RelayHistory | None = None,
     ) -> None:
         self.runtime = runtime if runtime is not None else AsyncioRuntime()
         self.registry = registry
@@ -99,6 +100,7 @@ class RelayManager:
             config=plan_config,
             link_config=link_config,
             prior=prior,
+            history=history,
         )
         self._on_event = on_event
         self._on_data = on_data

@@ -14,7 +14,7 @@ from wgrelay.client.events import (
 from wgrelay.client.link import LinkConfig, RelayLink, Role
 from wgrelay.client.plan_state import Attempt, Homing, LinkSlot, PlanConfig
 from wgrelay.discovery.registry import KnownRelay, RelayRegistry
-from wgrelay.discovery.selection import RttPrior, Selector
+from wgrelay.discovery.selection import RelayHistory, RttPrior, Selector
 from wgrelay.endpoint import Endpoint, endpoint_str
 from wgrelay.errors import InvalidKey
 from wgrelay.keys import PrivateKey, PublicKey, relay_x25519_public
@@ -35,6 +35,7 @@ class LinkPool:
         link_config: LinkConfig | None = None,
         rng: Callable[[int], bytes] = os.urandom,
         prior: RttPrior | None = None,
+        history: RelayHistory | None = None,
     ) -> None:
         self.private_key = private_key
         self.registry = registry
@@ -42,7 +43,7 @@ class LinkPool:
         self.link_config = link_config or LinkConfig()
         self._accept_peer = accept_peer
         self._rng = rng
-        self.selector = Selector(private_key.public_key(), prior)
+        self.selector = Selector(private_key.public_key(), prior, history)
         self._places: dict[PublicKey, tuple[Place, ...]] = {}
         """Where each peer we located accepts sessions (for re-evaluation)."""
         self._moved_at: dict[PublicKey, float] = {}

@@ -111,19 +111,22 @@ class PeerPaths(HomePlanner):
         self._attempts.pop(attempt.peer, None)
         self._events.append(PeerLocated(attempt.peer, attempt.located))
 
-    def _path_costs(self, places: tuple[Place, ...]) -> list[tuple[float, PublicKey]]:
-        """Each place's whole-path cost (ours to the relay, the peer's from it)."""
+    def _path_costs(
+        self, peer: PublicKey, places: tuple[Place, ...]
+    ) -> list[tuple[float, PublicKey]]:
+        """Each place's whole-path cost (ours to the relay, the peer's from
+        it, what relaying to this peer through it did before)."""
         out = []
         for p in places:
             relay = self.registry.get(p.location.relay)
             if relay is not None:
-                out.append((self.selector.path_cost(relay, p.peer_rtt_ms), relay.key))
+                out.append((self.selector.path_cost(relay, p.peer_rtt_ms, peer), relay.key))
         return sorted(out, key=lambda c: c[0])
 
     def _candidates(self, attempt: Attempt, now: float) -> list[PublicKey]:
         """Where the peer is, cheapest whole path first; our home; then every
         other usable relay by score."""
-        out: list[PublicKey] = [key for _, key in self._path_costs(attempt.places)]
+        out: list[PublicKey] = [key for _, key in self._path_costs(attempt.peer, attempt.places)]
         for key in (attempt.located, self.home):
             if key is not None and key not in out and self.registry.get(key) is not None:
                 out.append(key)
@@ -183,7 +186,7 @@ class PeerPaths(HomePlanner):
         places = self._places.get(peer, ())
         if peer in self._attempts or now - self._moved_at.get(peer, -1e18) < SWITCH_HOLD_S:
             return
-        costs = self._path_costs(places)
+        costs = self._path_costs(peer, places)
         current = next((c for c, key in costs if key == relay), None)
         if not costs or current is None or costs[0][1] == relay:
             return

@@ -6,6 +6,9 @@ Documented in docs/ARCHITECTURE.md ("Choosing the path")::
     score(R)   = rtt(R) + 250 * failures(R) + 2 * load_pct(R)
     cost(A-R-B) = score(R) + rtt_B(R)      (B's RTT to R from its signed
                                             record; 1000 ms if not reported)
+                  + 250 * min(lost_B(R), 4)  (relayed sessions to B through R
+                                            that failed since the last that
+                                            worked: the connection cache)
 
 Relays with the same score (typically: none measured yet) are ordered by a
 rendezvous hash of our key and theirs, so agents that know the same relays
@@ -33,6 +36,10 @@ SWITCH_HOLD_S = 120.0
 
 RttPrior = Callable[[KnownRelay], float | None]
 """An RTT estimate for a relay never measured (GeoIP distance), or None."""
+RelayHistory = Callable[[PublicKey, PublicKey], int]
+"""(peer, relay) -> relayed sessions to that peer through that relay that
+failed since the last one that worked (the connection cache's relay entries)."""
+MAX_HISTORY_FAILURES = 4
 
 
 def relay_score(relay: KnownRelay, prior: float | None = None) -> float:
@@ -46,9 +53,12 @@ def relay_score(relay: KnownRelay, prior: float | None = None) -> float:
 class Selector:
     """Scores and path costs for one agent (its key spreads the ties)."""
 
-    def __init__(self, own: PublicKey, prior: RttPrior | None = None) -> None:
+    def __init__(
+        self, own: PublicKey, prior: RttPrior | None = None, history: RelayHistory | None = None
+    ) -> None:
         self.own = own
         self.prior = prior
+        self.history = history
 
     def score(self, relay: KnownRelay) -> float:
         prior = self.prior(relay) if self.prior is not None and relay.rtt_ms is None else None
@@ -58,9 +68,15 @@ class Selector:
         """Best first; equal scores in an order of our own (rendezvous hash)."""
         return sorted(relays, key=lambda r: (self.score(r), -weight(self.own, r.key)))
 
-    def path_cost(self, relay: KnownRelay, peer_rtt_ms: float | None) -> float:
+    def path_cost(
+        self, relay: KnownRelay, peer_rtt_ms: float | None, peer: PublicKey | None = None
+    ) -> float:
         theirs = peer_rtt_ms if peer_rtt_ms is not None else NEVER_MEASURED_RTT_MS
-        return self.score(relay) + theirs
+        cost = self.score(relay) + theirs
+        if peer is not None and self.history is not None:
+            lost = min(self.history(peer, relay.key), MAX_HISTORY_FAILURES)
+            cost += FAILURE_PENALTY_MS * lost
+        return cost
 
 
 def worth_switching(current: float, candidate: float) -> bool:

@@ -156,6 +156,7 @@ class Agent:
             plan_config=opts.plan_config,
             runtime=self.runtime,
             prior=self.geo,
+            history=self._relay_failures,
         )
         self.proxies = ProxyTable(
             info.listen_port,
@@ -365,6 +366,15 @@ class Agent:
             tmp.replace(path)
         except OSError as e:
             log.warning("cannot write %s: %s", path, e.strerror)
+
+    def _relay_failures(self, peer: PublicKey, relay: PublicKey) -> int:
+        """Relayed sessions to ``peer`` through ``relay`` that failed since the
+        last one that worked (the connection cache): the planner's path cost
+        counts them, so a relay that keeps failing for this peer is passed over."""
+        for e in self.cache.entries(peer):
+            if e.relay_pubkey == relay:
+                return e.failure_count
+        return 0
 
     def _rtt(
         self, key: PublicKey, kind: PathKind, relay_ep: Endpoint | None
