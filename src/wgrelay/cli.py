@@ -174,12 +174,21 @@ def cmd_list_relays(args: argparse.Namespace) -> int:
     try:
         registry = store.load()
         if args.refresh:
-            _refresh_relays(registry)
-            store.save(registry)
+            try:
+                _refresh_relays(registry, args.region)
+            finally:  # what the pages that did come taught us is kept
+                store.save(registry)
     finally:
         store.close()
     now_ms = int(time.time() * 1000)
-    relays = sorted(registry.get_available_relays(now_ms), key=relay_score)
+    relays = sorted(
+        (
+            r
+            for r in registry.get_available_relays(now_ms)
+            if not args.region or r.region == args.region
+        ),
+        key=relay_score,
+    )
     if args.json:
         print(
             json.dumps(
@@ -230,15 +239,16 @@ def _ago(ms: int) -> str:
     return f"{s}s" if s < 120 else f"{s // 60}m" if s < 7200 else f"{s // 3600}h"
 
 
-def _refresh_relays(registry: RelayRegistry) -> None:
-    """``--refresh``: ask the known relays for the current set (a few seconds)."""
+def _refresh_relays(registry: RelayRegistry, region: str) -> None:
+    """``--refresh``: ask the known relays for the current set (a few seconds;
+    only those of ``region`` if one is given: relays filter their answer)."""
     import asyncio
 
     from wgrelay.discovery.refresh import refresh_registry
     from wgrelay.transport.udp import AsyncioRuntime
 
     async def run() -> None:
-        result = await refresh_registry(registry, AsyncioRuntime())
+        result = await refresh_registry(registry, AsyncioRuntime(), region=region)
         if result.answered_by is None:
             raise ConfigError(
                 "no known relay answered"
@@ -381,6 +391,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--refresh",
         action="store_true",
         help="ask the known relays for the current set first (and remember it)",
+    )
+    sp.add_argument(
+        "--region",
+        type=argtype.region,
+        default="",
+        help="only relays announcing this region (with --refresh, only those are asked for)",
     )
     sp = add("start-relay", "run a relay node", cmd_start_relay)
     sp.add_argument(

@@ -89,3 +89,18 @@ def state_dir(text: str) -> Path:
     if not text.strip():
         raise argparse.ArgumentTypeError("must not be empty")
     return Path(text)
+
+
+def region(text: str) -> str:
+    """A region label as relays announce it (at most 32 bytes of UTF-8)."""
+    from wgrelay.proto.constants import MAX_REGION_LEN
+
+    try:
+        n = len(text.encode("utf-8"))
+    except UnicodeEncodeError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not valid UTF-8") from None
+    if n > MAX_REGION_LEN:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is {n} bytes; a region is at most {MAX_REGION_LEN}"
+        )
+    return text

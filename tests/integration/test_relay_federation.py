@@ -124,3 +124,41 @@ def test_what_a_relay_learned_survives_kill_9(tmp_path: Path) -> None:
             r.stop()
         for r in relays:
             assert "Traceback" not in r.log.read_text(), r.log.read_text()[-2000:]
+
+
+def test_list_relays_of_one_region(tmp_path: Path) -> None:
+    """``list-relays --refresh --region eu``: the relays filter their answer,
+    and only the relays of that region are listed."""
+    relays: list[RelayProcess] = []
+    try:
+        for i, region in enumerate(("eu", "us", "eu")):
+            port = free_udp_port()
+            args = ["--open", "--announce", f"127.0.0.1:{port}", "--region", region]
+            if relays:
+                prev = relays[-1]
+                args += ["--bootstrap", f"127.0.0.1:{prev.endpoint[1]}={prev.key}"]
+            relays.append(start_relay_process(tmp_path / f"relay{i}", *args, port=port))
+        state = tmp_path / "agent"
+        state.mkdir(mode=0o700)
+        first = relays[0]
+        res = cli(state, "add-bootstrap-relay", f"127.0.0.1:{first.endpoint[1]}", str(first.key))
+        assert res.returncode == 0, res.stderr
+        want = {str(relays[0].key), str(relays[2].key)}
+        deadline = time.monotonic() + 3 * SYNC_INTERVAL_S
+        listed: list[dict[str, object]] = []
+        while {r["public_key"] for r in listed} != want:
+            assert time.monotonic() < deadline, listed
+            res = cli(state, "list-relays", "--refresh", "--region", "eu", "--json")
+            assert res.returncode == 0, res.stderr
+            listed = json.loads(res.stdout)
+        assert all(r["region"] == "eu" for r in listed)
+        # the relay of the other region was never asked for: not even stored
+        res = cli(state, "list-relays", "--json")
+        assert str(relays[1].key) not in {r["public_key"] for r in json.loads(res.stdout)}
+        res = cli(state, "list-relays", "--region", "x" * 33)
+        assert res.returncode == 2
+        assert res.stderr.count("\n") == 1
+        assert "at most 32" in res.stderr
+    finally:
+        for r in relays:
+            r.stop()

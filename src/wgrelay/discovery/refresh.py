@@ -35,7 +35,7 @@ class RefreshResult:
 
 
 async def refresh_registry(
-    registry: RelayRegistry, runtime: Runtime, timeout_s: float = 3.0
+    registry: RelayRegistry, runtime: Runtime, timeout_s: float = 3.0, region: str = ""
 ) -> RefreshResult:
     result = RefreshResult()
     key = PrivateKey.generate()
@@ -43,7 +43,7 @@ async def refresh_registry(
     for relay in order[:ASK_AT_MOST]:
         client = RelayClient(key, relay.key, relay.endpoint, runtime=runtime)
         try:
-            complete = await _ask_all_pages(client, registry, timeout_s, result)
+            complete = await _ask_all_pages(client, registry, timeout_s, result, region)
         except (TimeoutError, OSError) as e:
             result.failures.append(f"{relay.key.short()}: {type(e).__name__}")
             continue
@@ -56,10 +56,14 @@ async def refresh_registry(
 
 
 async def _ask_all_pages(
-    client: RelayClient, registry: RelayRegistry, timeout_s: float, result: RefreshResult
+    client: RelayClient,
+    registry: RelayRegistry,
+    timeout_s: float,
+    result: RefreshResult,
+    region: str = "",
 ) -> bool:
     for page in range(MAX_PAGES):
-        qid = client.link.query(client.now(), want_relays=True, page=page)
+        qid = client.link.query(client.now(), want_relays=True, region=region, page=page)
 
         def answer(e: LinkEvent, q: int = qid) -> bool:
             return isinstance(e, DiscoveryAnswered | QueryFailed) and e.query_id == q
