@@ -1,9 +1,11 @@
 """The addresses of this host a relay can announce when it was not told.
 
 A relay bound to the wildcard address does not know by which address peers
-reach it. Without ``--announce`` it announces every global address of its
-interfaces (IPv4 from the kernel's interface list, IPv6 from
-/proc/net/if_inet6), skipping loopback, link-local and unspecified ones. A
+reach it. Without ``--announce`` it announces the addresses of its interfaces
+(IPv4 from the kernel's interface list, IPv6 of global scope from
+/proc/net/if_inet6), skipping loopback, link-local, unspecified and multicast
+ones, public addresses first: private ones stay (a mesh on one site reaches
+its relay by them) but come last. A
 relay behind NAT or a load balancer must say ``--announce``: what it sees on
 its interfaces is not what peers reach. Nothing here sends a packet.
 """
@@ -55,7 +57,11 @@ def announceable(host: str) -> bool:
 
 
 def local_announce_endpoints(port: int, limit: int) -> tuple[tuple[str, int], ...]:
-    """Global addresses of this host's interfaces with ``port``, IPv4 first."""
+    """Addresses of this host's interfaces with ``port``: public ones first
+    (agents try a relay's endpoints in order, and a private address, a
+    container bridge's say, only answers inside its own network), IPv4
+    first within each kind."""
     hosts = [h for h in _ipv4_addresses() + _ipv6_addresses() if announceable(h)]
     unique = list(dict.fromkeys(hosts))
+    unique.sort(key=lambda h: not ipaddress.ip_address(h).is_global)
     return tuple((h, port) for h in unique[:limit])
