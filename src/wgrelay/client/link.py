@@ -324,7 +324,7 @@ class RelayLink(LinkCore):
             except RemoteProtocolError as e:
                 self._drop(f"announcement_{e.reason}")
         page = req.body.page if isinstance(req.body, DiscoveryQuery) else 0
-        places = self._places(body, req.peer)
+        places = self._places(body, req.peer, int(self._wall(now) * 1000))
         self._events.append(
             DiscoveryAnswered(
                 body.query_id,
@@ -337,9 +337,12 @@ class RelayLink(LinkCore):
             )
         )
 
-    def _places(self, body: DiscoveryResponse, peer: PublicKey | None) -> tuple[Place, ...]:
+    def _places(
+        self, body: DiscoveryResponse, peer: PublicKey | None, wall_ms: int
+    ) -> tuple[Place, ...]:
         """Where the peer accepts sessions, each record checked: signed by
-        the relay it names, for the peer we asked about."""
+        the relay it names, for the peer we asked about, and current (a
+        relay could otherwise hand out a record its home let lapse)."""
         out: list[Place] = []
         for loc, raw in ((body.location, body.record), (body.alternate, body.alternate_record)):
             if loc is None or peer is None:
@@ -354,6 +357,12 @@ class RelayLink(LinkCore):
                 continue
             if rec.peer != peer or rec.home != loc.relay:
                 self._drop("location_mismatch")
+                continue
+            if rec.expires_ms() <= wall_ms:
+                self._drop("location_expired")
+                continue
+            if rec.issued_ms > wall_ms + MAX_CLOCK_SKEW_S * 1000:
+                self._drop("location_future")
                 continue
             rtt = None if rec.rtt_ms == RTT_UNKNOWN else rec.rtt_ms
             out.append(Place(loc, rtt, rec.standby))
