@@ -6,7 +6,8 @@ with ``start-relay --bootstrap`` (kept for later starts), and the signed
 announcements the relay learned, saved every ``SAVE_INTERVAL_S`` and at exit.
 A restarted relay contacts them all again, not only its bootstrap relays, so
 it rejoins the federation even if those are gone; an announcement that
-expired meanwhile is refused when read back, as any other.
+expired meanwhile is refused when read back, as any other, but its relay is
+still contacted at the endpoint it gave, like a bootstrap relay.
 """
 
 from __future__ import annotations
@@ -39,10 +40,15 @@ def load_known_relays(
     for relay in registry.all():
         if relay.key == own:
             continue
-        if relay.bootstrap:
+        learned = relay.announcement is not None and core.federation.learn(
+            relay.announcement, now
+        )
+        if relay.bootstrap or not learned:
+            # a relay whose announcement lapsed while we were down is still
+            # worth a try: contacted like a bootstrap relay (this run only),
+            # it answers with a fresh one. Else a relay down for longer than
+            # an announcement lives, its bootstrap relays gone, never rejoins.
             core.add_bootstrap(relay.key, relay.endpoint)
-        if relay.announcement is not None:
-            core.federation.learn(relay.announcement, now)
     return registry
 
 
