@@ -550,3 +550,43 @@ def test_a_relay_named_dead_refutes_with_a_newer_announcement_at_once() -> None:
     refuted = core.federation.directory.own_announcement
     assert refuted is not None
     assert refuted.issued_ms > own.issued_ms
+
+
+def test_a_fifth_of_a_federation_dying_at_once_is_declared_dead_everywhere_within_seconds() -> None:
+    """30 relays, 6 die at once. A relay that heard a notice used to ignore
+    it when it held a newer announcement than the notice named (relays
+    re-sign as their load changes, so the last version may be newer than the
+    declarer's and still be from before the death), suspected the relay for
+    4 s of its own before passing the notice on (6 s a hop), and passed it on
+    in one gossip round only: the last relays learned from their own probing,
+    one member a second (about 40 s here). Now one unanswered probe of our
+    own confirms a notice, and each notice goes out in three rounds."""
+    w = World()
+    pick = random.Random(1)
+    cores: list[tuple[RelayCore, Addr]] = []
+    for i in range(30):
+        core, addr = _seeded_relay(w, i + 1, 1000 + i)
+        if cores:
+            boot, boot_addr = cores[pick.randrange(len(cores))]
+            core.add_bootstrap(boot.identity.public, boot_addr)
+        cores.append((core, addr))
+    w.run_until(lambda: knows_all(cores), limit_s=200.0)
+    w.run_for(5.0)
+    victims = pick.sample(cores, 6)
+    w.down.update(a for _, a in victims)
+    died = w.now
+    keys = [c.identity.public for c, _ in victims]
+    survivors = [c for c, a in cores if a not in w.down]
+
+    def all_declared() -> bool:
+        return all(
+            (m := c.federation.directory.get(k)) is not None and m.liveness is Liveness.DEAD
+            for c in survivors
+            for k in keys
+        )
+
+    t = w.run_until(all_declared, limit_s=200.0)
+    print(f"6 of 30 relays dead: declared dead everywhere {t - died:.1f} s later")
+    # first suspicion: probed (1 s), indirect (1 s), suspect (4 s); then
+    # about 2 s a hop (a gossip round, one probe of one's own)
+    assert t - died <= 20.0

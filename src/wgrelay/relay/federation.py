@@ -133,6 +133,8 @@ class FederationConfig:
     probe_timeout_s: float = 1.0
     indirect_probes: int = 2
     suspect_timeout_s: float = 4.0
+    dead_notice_rounds: int = 3
+    """Gossip rounds a relay repeats each death it declared in."""
     announce_refresh_s: float = 60.0
     max_sync_pages: int = 16
     """DIGEST_REPLY pages taken one after another in one sync (25 relays a
@@ -151,6 +153,8 @@ class _Probe:
     echo: int
     deadline: float
     indirect: bool = False
+    corroborate: bool = False
+    """A notice named the target dead: no answer to this probe and we agree."""
 
 
 @dataclass(slots=True)
@@ -194,7 +198,9 @@ class Federation:
         unanswered, pages so far); then we ask for the next page at once."""
         self._pages: dict[PublicKey, int] = {}
         """Pages asked of a relay in the sync under way (its DIGEST is out)."""
-        self._dead_notices: list[tuple[PublicKey, int]] = []
+        self._dead_notices: dict[tuple[PublicKey, int], int] = {}
+        """Relays we declared dead (key, the version we held) and the gossip
+        rounds each notice is still sent in."""
         self._probes: dict[int, _Probe] = {}
         self._probe_order: list[PublicKey] = []
         self._on_behalf: dict[int, _ProbeOnBehalf] = {}
@@ -439,16 +445,28 @@ class Federation:
         )
 
     def _on_dead_notices(self, dead: tuple[tuple[PublicKey, int], ...], now: float) -> None:
-        for key, issued in dead:
+        for key, _issued in dead:
             if key == self.key:
                 self._next_announce = now  # refute: a newer announcement of ours
                 self._refute = True
                 continue
             m = self.directory.get(key)
-            if m is None or m.issued_ms > issued or m.liveness is Liveness.DEAD:
-                continue  # refuted already, or news to nobody
-            if not any(p.target == key for p in self._probes.values()):
-                self._probe(key, now)  # see for ourselves before believing it
+            if m is None or m.liveness is Liveness.DEAD:
+                continue  # news to nobody
+            # See for ourselves before believing it: one probe. The relay
+            # that sent the notice probed it directly and through others and
+            # suspected it for suspect_timeout_s; if it is silent to us too,
+            # it is dead, with no suspicion of our own (each relay passing
+            # the notice on after a suspicion period of its own took ~6 s a
+            # hop). Even when we hold a newer announcement than the notice
+            # names: a relay re-signs when its load changes, so its last
+            # version may be newer than its declarer's and still be from
+            # before it died. An answer refutes a notice.
+            probing = [p for p in self._probes.values() if p.target == key]
+            for p in probing:
+                p.corroborate = True
+            if not probing:
+                self._probe(key, now, corroborate=True)
 
     # ------------------------------------------------------------ client side
 
@@ -595,7 +613,15 @@ class Federation:
 
     def _flush_gossip(self, now: float) -> None:
         anns, self._push = self._push, []
-        dead, self._dead_notices = self._dead_notices[:MAX_DEAD_NOTICES], []
+        # each notice goes out in dead_notice_rounds rounds, to fanout relays
+        # each time: sent once, as announcements are, it died out before
+        # reaching everyone (receivers pass it on only once they agree), and
+        # the last relays learned of a death from their own probing, up to N s
+        dead = list(self._dead_notices)[:MAX_DEAD_NOTICES]
+        for notice in dead:
+            left = self._dead_notices.pop(notice) - 1
+            if left > 0:
+                self._dead_notices[notice] = left
         targets = self._others()
         self._random.shuffle(targets)
         fanout = self.config.gossip_fanout
@@ -658,16 +684,20 @@ class Federation:
                 self._probe(key, now)
                 return
 
-    def _probe(self, key: PublicKey, now: float) -> None:
+    def _probe(self, key: PublicKey, now: float, corroborate: bool = False) -> None:
         echo = int.from_bytes(self._rng(8), "big")
         if self._send(key, Ping(echo), now):
-            self._probes[echo] = _Probe(key, echo, now + self.config.probe_timeout_s)
+            deadline = now + self.config.probe_timeout_s
+            self._probes[echo] = _Probe(key, echo, deadline, corroborate=corroborate)
 
     def _check_probes(self, now: float) -> None:
         for echo, p in list(self._probes.items()):
             if now < p.deadline:
                 continue
             del self._probes[echo]
+            if p.corroborate:
+                self._declare_dead(p.target, now)
+                continue
             if not p.indirect:
                 helpers = [k for k in self._others() if k != p.target]
                 self._random.shuffle(helpers)
@@ -683,14 +713,19 @@ class Federation:
                 log.info("relay %s suspected (no answer to probes)", p.target.short())
         for m in self.directory.members():
             if m.liveness is Liveness.SUSPECT and now >= m.since + self.config.suspect_timeout_s:
-                self.directory.declare_dead(m.key, now)
-                log.warning("relay %s declared dead", m.key.short())
-                self._dead_notices.append((m.key, m.issued_ms))
-                self._live_changed = True
+                self._declare_dead(m.key, now)
         for echo, b in list(self._on_behalf.items()):
             if now >= b.deadline:
                 del self._on_behalf[echo]
                 b.requester_reply(ProbeAnswer(b.target, b.nonce, False))
+
+    def _declare_dead(self, key: PublicKey, now: float) -> None:
+        m = self.directory.get(key)
+        if m is None or not self.directory.declare_dead(key, now):
+            return
+        log.warning("relay %s declared dead", key.short())
+        self._dead_notices[(key, m.issued_ms)] = self.config.dead_notice_rounds
+        self._live_changed = True
 
     # ------------------------------------------------------------ locations
 
