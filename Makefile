@@ -44,12 +44,13 @@ lint: venv
 	$(BIN)/mypy src tests bench
 
 ## make bench: relay throughput/latency vs direct and a plain forwarder (loopback),
-## 1,000 agents and 200 relays in the simulator, then relayed vs direct WireGuard
-## iperf3 on the namespace testbed (as root)
+## 1,000 agents and 200 relays in the simulator (unfederated, then federated),
+## then relayed vs direct WireGuard iperf3 on the namespace testbed (as root)
 bench: sysdeps venv
 	$(MAKE) -C bench
 	$(BIN)/python bench/relay_bench.py
 	$(BIN)/python bench/sim_scale.py
+	$(BIN)/python bench/federation_scale.py
 	$(BIN)/python bench/testbed_iperf.py
 
 clean:
