@@ -589,10 +589,15 @@ class Federation:
         if now >= self._next_sync:
             self._next_sync = now + self.config.sync_interval_s
             self._sync(now)
-        if now >= self._next_place or self._live_changed:
+        if now >= self._next_place:
             self._live_changed = False
             self._next_place = now + self.config.location_refresh_s
-            self.locations.place_all(now)
+            self.locations.place_all(now)  # re-signed, to every holder
+        elif self._live_changed:
+            # only the ~k/N of the records whose holders changed, as they
+            # are, to their new holders (not a re-signing of everything)
+            self._live_changed = False
+            self.locations.place_moved(now)
         self.locations.handle_timer(now)
 
     def _expire(self, now: float) -> None:
