@@ -40,9 +40,7 @@ def load_known_relays(
     for relay in registry.all():
         if relay.key == own:
             continue
-        learned = relay.announcement is not None and core.federation.learn(
-            relay.announcement, now
-        )
+        learned = relay.announcement is not None and core.federation.learn(relay.announcement, now)
         if relay.bootstrap or not learned:
             # a relay whose announcement lapsed while we were down is still
             # worth a try: contacted like a bootstrap relay (this run only),
