@@ -32,6 +32,7 @@ from wgrelay.relay.channels import RelayChannel
 from wgrelay.relay.config import RelayConfig
 from wgrelay.relay.core import RelayCore
 from wgrelay.relay.federation import FederationConfig
+from wgrelay.relay.locations import STORE_ACK_WAIT_S
 
 WALL0 = 1_700_000_000.0
 DELAY_S = 0.01
@@ -590,3 +591,30 @@ def test_a_fifth_of_a_federation_dying_at_once_is_declared_dead_everywhere_withi
     # first suspicion: probed (1 s), indirect (1 s), suspect (4 s); then
     # about 2 s a hop (a gossip round, one probe of one's own)
     assert t - died <= 20.0
+
+
+def test_a_holder_that_missed_a_store_gets_the_records_again() -> None:
+    """Only records whose holders change are sent when the live set changes,
+    so a LOCATION_STORE that is lost (the holder did not know us yet, was
+    restarting) would stay lost until the next refresh: unacknowledged
+    stores are sent again."""
+    w = World()
+    cores = chain(w, 3)
+    w.run_until(lambda: knows_all(cores))
+    home = cores[0]
+    b, b_addr = w.peer(1, home)
+    b_key = w.keys[b_addr]
+    live = home[0].federation.directory.live()
+    others = [(c, a) for c, a in cores if c is not home[0] and c.identity.public in live]
+    chosen = set(holders(b_key, live, FAST.replicas)) - {home[0].identity.public}
+    missed = next((c, a) for c, a in others if c.identity.public in chosen)
+    w.down.add(missed[1])  # its first store is lost
+    b.connect(w.now)
+    w.run_until(lambda: any(isinstance(e, LinkRegistered) for e in w.link_events[b_addr]))
+    w.run_for(0.5)
+    assert not missed[0].federation.local_location(b_key, w.now)
+    w.down.discard(missed[1])
+    back = w.now
+    w.run_until(lambda: bool(missed[0].federation.local_location(b_key, w.now)))
+    assert w.now - back <= 2 * STORE_ACK_WAIT_S
+    assert home[0].federation.counters["location_store_again"] >= 1

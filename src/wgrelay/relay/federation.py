@@ -267,10 +267,21 @@ class Federation:
         return int(self._wall(now) * 1000)
 
     def _addr_of(self, key: PublicKey) -> Endpoint | None:
+        """Where to reach a relay: the endpoint the operator gave (known to
+        work), else the first it announces in an address family we announce
+        too (an IPv6-first relay is not out of reach of an IPv4-only one)."""
+        boot = self._bootstrap.get(key)
         m = self.directory.get(key)
-        if m is not None:
-            return m.announcement.info.endpoints[0]
-        return self._bootstrap.get(key)
+        if m is None or boot is not None:
+            return boot
+        endpoints = m.announcement.info.endpoints
+        own = self.directory.own_announcement
+        if own is not None:
+            ours = {":" in host for host, _ in own.info.endpoints}
+            for ep in endpoints:
+                if (":" in ep[0]) in ours:
+                    return ep
+        return endpoints[0]
 
     def _channel(self, key: PublicKey) -> RelayChannel | None:
         ch = self._channels.get(key)
@@ -503,7 +514,9 @@ class Federation:
             # says why; counted apart from bodies no relay sends another
             code = body.code
             self._count(f"refused_{getattr(code, 'name', str(int(code))).lower()}")
-        elif not isinstance(body, GossipAck | LocationAck):
+        elif isinstance(body, LocationAck):
+            self.locations.acked(key)
+        elif not isinstance(body, GossipAck):
             return False  # (an ack needs nothing: it was the sign of life)
         return True
 

@@ -124,6 +124,14 @@ class _Lookup:
 
 SendTo = Callable[[PublicKey, Body, float], bool]
 
+STORE_ACK_WAIT_S = 2.0
+STORE_RETRIES = 3
+"""A holder that does not acknowledge a LOCATION_STORE within STORE_ACK_WAIT_S
+gets our records for it again, up to STORE_RETRIES times: a relay drops the
+requests of relays it does not know yet (one that joined a moment ago), and
+only what changes is sent any more, so a lost store would stay lost until
+the next refresh."""
+
 
 class LocationBook:
     """Our peers' records (signed, placed) and the records we hold for others."""
@@ -167,6 +175,8 @@ class LocationBook:
         self._next_expiry_ms = 0
         self._lookups: dict[PublicKey, _Lookup] = {}
         self._queries: dict[int, PublicKey] = {}
+        self._unacked: dict[PublicKey, tuple[float, int]] = {}
+        """Holder -> (when to send again, retries so far)."""
 
     # ------------------------------------------------------------ our peers
 
@@ -264,6 +274,29 @@ class LocationBook:
                 continue
             for i in range(0, len(raws), RECORDS_PER_STORE):
                 self._send(holder, LocationStore(tuple(raws[i : i + RECORDS_PER_STORE])), now)
+            tries = self._unacked.get(holder, (0.0, 0))[1]
+            self._unacked[holder] = (now + STORE_ACK_WAIT_S, tries)
+
+    def acked(self, holder: PublicKey) -> None:
+        """A holder acknowledged a LOCATION_STORE of ours."""
+        self._unacked.pop(holder, None)
+
+    def _store_again(self, now: float) -> None:
+        for holder, (due, tries) in list(self._unacked.items()):
+            if now < due:
+                continue
+            del self._unacked[holder]
+            if tries >= STORE_RETRIES:
+                continue  # dead or refusing: liveness and the refresh take over
+            raws = [
+                self._own[p].raw
+                for p, hs in self._placed.items()
+                if holder in hs and p in self._own
+            ]
+            if raws:
+                self._count("location_store_again")
+                self._unacked[holder] = (0.0, tries + 1)
+                self._store({holder: raws}, now)
 
     def _sign(self, peer: PublicKey, now: float) -> None:
         own = self._own[peer]
@@ -473,12 +506,15 @@ class LocationBook:
         return ()
 
     def on_answer(self, key: PublicKey, body: DiscoveryResponse, now: float) -> None:
-        """A holder's answer to one of our lookups."""
-        peer = self._queries.pop(body.query_id, None)
+        """A holder's answer to one of our lookups (only the relay asked
+        may answer its query: ids are sequential, easy to guess)."""
+        peer = self._queries.get(body.query_id)
         lk = self._lookups.get(peer) if peer is not None else None
-        if lk is None or peer is None:
+        if lk is None or peer is None or lk.asked.get(body.query_id) != key:
+            self._count("locate_answer_unasked")
             return
-        lk.asked.pop(body.query_id, None)
+        del self._queries[body.query_id]
+        del lk.asked[body.query_id]
         found = False
         for raw in (body.record, body.alternate_record):
             if raw is None:
@@ -500,9 +536,12 @@ class LocationBook:
             self._finish(peer, ())
 
     def next_timer(self) -> float:
-        return min((lk.deadline for lk in self._lookups.values()), default=float("inf"))
+        lookups = min((lk.deadline for lk in self._lookups.values()), default=float("inf"))
+        stores = min((due for due, _ in self._unacked.values()), default=float("inf"))
+        return min(lookups, stores)
 
     def handle_timer(self, now: float) -> None:
+        self._store_again(now)
         for peer, lk in list(self._lookups.items()):
             if now >= lk.deadline:
                 self._finish(peer, ())
