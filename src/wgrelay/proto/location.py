@@ -12,10 +12,11 @@ Layout (145 bytes)::
     79  rtt_ms     u16   the peer's round trip to H as it reported it (0xFFFF unknown)
     81  signature  64B   Ed25519 by ``home`` over bytes 0..80
 
-A peer has at most two records at once: its home's and its standby's. Holders
-keep the newest of each relay (two per peer at most), so a lookup can offer
-both and the asker weighs the whole path through each (RTT to the relay plus
-``rtt_ms``).
+An honest peer has two records at once: its home's and its standby's. Holders
+keep the newest record of each signing relay, at most four per peer (a relay
+lying about a peer cannot push the genuine ones out: relay/locations.py), and
+a lookup offers the best two, so the asker weighs the whole path through each
+(RTT to the relay plus ``rtt_ms``).
 
 A home relay stores its registered peers' records at the k relays chosen by
 rendezvous hashing of the peer key (discovery/rendezvous.py), so anyone finds a
