@@ -122,14 +122,9 @@ def test_every_pair_through_a_killed_relay_recovers(run: fs.Run) -> None:
     assert max(rec.answered.values()) <= PAIR_RECOVERY_BOUND_S
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="agent (mesh/agent.py, AgentCore.on_relayed): a session that arrives "
-    "while a direct probe-back holds the proxy clears probing_back without "
-    "HoldProxy(False), so the proxy drops every frame from the relay for good "
-    "while both agents say relayed",
-)
 def test_every_pair_through_a_killed_relay_carries_traffic_again(run: fs.Run) -> None:
+    """(A session that arrived during a direct probe-back left the proxy
+    holding the relay's frames for good: fixed in AgentCore.on_relayed.)"""
     rec = run.recovery
     assert rec is not None
     assert set(rec.answered) == set(run.hit)

@@ -224,6 +224,26 @@ def test_failed_probe_back_goes_back_to_the_relay_and_waits_longer() -> None:
     assert p.next_probe_back == 36.1 + 60.0
 
 
+def test_a_session_arriving_during_a_probe_back_releases_the_proxy() -> None:
+    """Found by the federation-scale simulation: a relay died during a direct
+    retry, the new session arrived while the proxy held the relay's frames,
+    and the retry's end never released them: every frame from the relay was
+    dropped for good while both agents said "relayed"."""
+    core, other = relayed_core(AgentConfig(probe_back_s=30.0, direct_probe_s=3.0))
+    acts = core.observe(iface(peer(other, endpoint=PROXY)), 33.1, WALL0 + 33.1)
+    assert HoldProxy(other, True) in acts  # the retry holds the relay's frames
+    other_relay = PrivateKey.generate().public_key()
+    acts = core.on_relayed(other, other_relay, True, 34.0, WALL0 + 34.0, RELAY_EP)
+    assert HoldProxy(other, False) in acts
+    assert acts[-1] == UseProxy(other)
+    p = core.peers[other]
+    assert p.kind == PathKind.RELAYED
+    assert not p.probing_back
+    # and the abandoned retry does not come back to move the endpoint
+    acts = core.observe(iface(peer(other, endpoint=PROXY, rx_bytes=100)), 36.5, WALL0 + 36.5)
+    assert not [a for a in acts if isinstance(a, HoldProxy | UseDirect)]
+
+
 def test_peer_reaching_us_directly_while_relayed_moves_us_to_direct() -> None:
     core, other = relayed_core()
     wan: Endpoint = ("198.51.100.77", 40001)

@@ -436,6 +436,12 @@ class AgentCore:
         actions: list[Action] = []
         if p.kind == PathKind.PROBING:
             self.nat.mark_connected(peer)
+        if p.probing_back:
+            # a new session (after a failover, say) during a direct retry: the
+            # retry ends here, and the proxy must stop holding the relay's
+            # frames (else it drops them for good while we say "relayed")
+            self.nat.mark_connected(peer)
+            actions.append(HoldProxy(peer, False))
         if (
             p.returned_direct_at is not None
             and now - p.returned_direct_at < self.config.flap_window_s
