@@ -144,10 +144,11 @@ def test_the_survivors_declare_the_dead_and_re_place_every_record(run: fs.Run) -
 
 @pytest.mark.xfail(
     strict=True,
-    reason="client (plan_peers.py): an agent whose home died unnoticed asks it, "
-    "retransmits, then widens to 8 more relays (each asking k holders, each "
-    "unregistered one first answering with a cookie): 22 to 44 requests. "
-    "Asking the peer's k holders itself would cost k.",
+    reason="client: an agent whose home died unnoticed asks it and retransmits, "
+    "then asks the peer's k holders itself (plan_peers._widen), some of them "
+    "dead too, each retransmitted: up to 18 datagrams (22 to 44 when it widened "
+    "to 8 relays that each asked the holders). A lookup should skip relays "
+    "not answering and count a retransmission as the same request.",
 )
 def test_every_lookup_after_the_kill_costs_at_most_k_plus_1_requests(run: fs.Run) -> None:
     lookups = run.lookups.of(fs.AFTER_KILL)

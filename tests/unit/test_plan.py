@@ -24,7 +24,9 @@ from wgrelay.client.events import (
 from wgrelay.client.link import LinkConfig
 from wgrelay.client.plan import PlanConfig, RelayPlanner
 from wgrelay.discovery.registry import RelayRegistry
+from wgrelay.discovery.rendezvous import DEFAULT_REPLICAS, holders
 from wgrelay.keys import PrivateKey, PublicKey, RelayIdentity
+from wgrelay.proto.constants import MsgType
 from wgrelay.relay.access import OpenPolicy
 from wgrelay.relay.config import RelayConfig
 from wgrelay.relay.core import RelayCore
@@ -225,3 +227,31 @@ def test_carrying_relays_are_measured_and_idle_ones_left() -> None:
     if other in a.links() and other not in a.route_relay.values():
         w.run_until(lambda: other not in a.links(), limit_s=90)
     assert set(a.links()) == {a.home, *a.route_relay.values()}
+
+
+def test_a_lookup_the_home_leaves_unanswered_asks_the_peers_holders() -> None:
+    """The home died unnoticed: after its lookup times out the agent asks
+    the peer's k holders itself (rendezvous over the relays it knows, as the
+    federation places records), not the next 8 relays by score."""
+    w = World()
+    relays = [w.relay(n, 0.010) for n in range(1, 8)]
+    a = w.peer(1, relays)
+    a.start(w.now)
+    w.run_until(lambda: a.home is not None)
+    home = next(addr for key, addr in relays if key == a.home)
+    asked: list[PublicKey] = []
+    send = w._send
+
+    def record(src: Addr, dst: Addr, data: bytes) -> None:
+        if src == w.addr_of(a) and data[0] == MsgType.DISCOVERY_QUERY:
+            asked.append(next(key for key, addr in relays if addr == dst))
+        send(src, dst, data)
+
+    w._send = record  # type: ignore[method-assign]
+    w.down.add(home)
+    peer = PrivateKey.generate().public_key()
+    a.locate(peer, w.now)
+    w.run_until(lambda: bool(w.saw(a, PeerLocated)))
+    known = [r.key for r in a.registry.all()]
+    want = set(holders(peer, known, DEFAULT_REPLICAS)) - {a.home}
+    assert set(asked) - {a.home} == want

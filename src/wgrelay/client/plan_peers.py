@@ -17,6 +17,7 @@ from wgrelay.client.events import (
 from wgrelay.client.link import LinkState
 from wgrelay.client.plan_home import HomePlanner
 from wgrelay.client.plan_state import MAX_PAGES, Attempt, Phase
+from wgrelay.discovery.rendezvous import DEFAULT_REPLICAS, holders
 from wgrelay.discovery.selection import SWITCH_HOLD_S, worth_switching
 from wgrelay.keys import PublicKey
 from wgrelay.proto.constants import CloseReason
@@ -46,12 +47,22 @@ class PeerPaths(HomePlanner):
                 attempt.queries[key] = link.query(now, locate=attempt.peer, want_relays=False)
 
     def _widen(self, attempt: Attempt, now: float) -> bool:
-        """Ask the best other relays once; True if any was asked."""
+        """Ask once more, elsewhere; True if any was asked. First the peer's
+        holders themselves, found as the federation finds them (rendezvous
+        over the relays we know: the same set while our list is current):
+        k requests, what our home would have sent for us (it may be dead and
+        not yet noticed). Only if we know none of them, the best others."""
         if attempt.widened:
             return False
         attempt.widened = True
-        others = [r.key for r in self.available(now) if r.key not in attempt.asked]
-        self._ask_where(attempt, others[: self.config.locate_widen], now)
+        known = [r.key for r in self.available(now)]
+        targets = [
+            k for k in holders(attempt.peer, known, DEFAULT_REPLICAS) if k not in attempt.asked
+        ]
+        if not targets:
+            others = [k for k in known if k not in attempt.asked]
+            targets = others[: self.config.locate_widen]
+        self._ask_where(attempt, targets, now)
         attempt.deadline = now + self.config.locate_timeout_s
         return bool(attempt.queries)
 
