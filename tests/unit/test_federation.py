@@ -618,3 +618,44 @@ def test_a_holder_that_missed_a_store_gets_the_records_again() -> None:
     w.run_until(lambda: bool(missed[0].federation.local_location(b_key, w.now)))
     assert w.now - back <= 2 * STORE_ACK_WAIT_S
     assert home[0].federation.counters["location_store_again"] >= 1
+
+
+def test_a_relay_that_missed_a_death_notice_learns_it_at_the_next_sync() -> None:
+    """Relay B probes rarely and every GOSSIP from A to B is lost while A
+    spreads the news that X died: B used to keep X alive until its own
+    probing reached X (up to N s in a federation of N). Now A sees X in B's
+    DIGEST_REPLY and tells B, which probes X once and agrees."""
+    slow = FederationConfig(sync_interval_s=10.0, probe_interval_s=1000.0)
+    w = World()
+    a, a_addr = w.relay(1)
+    b, b_addr = w.relay(2, slow)
+    x, x_addr = w.relay(3)
+    b.add_bootstrap(a.identity.public, a_addr)
+    x.add_bootstrap(a.identity.public, a_addr)
+    cores = [(a, a_addr), (b, b_addr), (x, x_addr)]
+    w.run_until(lambda: knows_all(cores))
+    w.run_for(3.0)
+    push = w._push
+    lose = True
+
+    def lossy(src: Addr, dst: Addr, data: bytes) -> None:
+        if not (lose and src == a_addr and dst == b_addr and data[0] == MsgType.GOSSIP):
+            push(src, dst, data)
+
+    w._push = lossy  # type: ignore[method-assign]
+    w.down.add(x_addr)
+    died = w.now
+    xkey = x.identity.public
+
+    def dead_at(core: RelayCore) -> bool:
+        m = core.federation.directory.get(xkey)
+        return m is not None and m.liveness is Liveness.DEAD
+
+    w.run_until(lambda: dead_at(a) and not a.federation._dead_notices, limit_s=60.0)
+    lose = False  # A's notice rounds are over, and B missed them all
+    assert not dead_at(b)
+    t = w.run_until(lambda: dead_at(b), limit_s=60.0)
+    print(f"B learned X died {t - died:.1f} s after it died")
+    # A: suspicion and its notice rounds (about 10 s); then A's next sync
+    # with B (every 10 s) and B's one probe (1 s)
+    assert t - died <= 10.0 + FAST.sync_interval_s + 2.0

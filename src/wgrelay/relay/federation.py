@@ -552,6 +552,17 @@ class Federation:
         pulls = 0
         for start in range(0, len(want), MAX_PULL_KEYS):
             pulls += self._send(key, Pull(tuple(want[start : start + MAX_PULL_KEYS])), now)
+        # relays it lists as live that we declared dead: tell it (it probes
+        # for itself). A notice a relay missed in the gossip rounds (a few in
+        # a thousand relay pairs when a fifth of 200 relays die at once) is
+        # made good at its next sync, not by its own probing (up to N s).
+        dead = [
+            (k, m.issued_ms)
+            for k, _ in body.entries
+            if (m := self.directory.get(k)) is not None and m.liveness is Liveness.DEAD
+        ]
+        if dead:
+            self._send(key, Gossip((), tuple(dead[:MAX_DEAD_NOTICES])), now)
         pages = self._pages.pop(key, 0) + 1
         if body.more:
             # their page is partial: what they lack is unknown yet. If it
