@@ -304,6 +304,7 @@ class Agent:
                     len(p.history),
                     p.direct_endpoint,
                     p.relay,
+                    p.relay_endpoint,
                     wg.endpoint if (wg := by_key.get(key)) else None,
                 )
                 for key, p in self.core.peers.items()

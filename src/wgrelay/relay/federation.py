@@ -50,10 +50,11 @@ from dataclasses import dataclass
 
 from wgrelay.discovery.directory import Liveness, RelayDirectory, Verdict
 from wgrelay.endpoint import Endpoint
-from wgrelay.errors import RemoteProtocolError
+from wgrelay.errors import LocalProtocolError, RemoteProtocolError
 from wgrelay.keys import PublicKey, RelayIdentity, relay_x25519_public
 from wgrelay.proto.announce import decode_announcement
 from wgrelay.proto.constants import (
+    COOKIE_LEN,
     MAX_ANNOUNCEMENTS_PER_RESPONSE,
     MAX_CONTROL_SIZE,
     MAX_DIGEST_ENTRIES,
@@ -93,8 +94,9 @@ INTRODUCTIONS_PER_S = 0.5
 INTRODUCTION_BURST = 20
 """How fast relays unknown to anyone we know may introduce themselves: a
 federation grows by a few relays a minute, not by thousands a second."""
-MAX_BODY = MAX_CONTROL_SIZE - MIN_CONTROL_SIZE
-"""The most body bytes one control datagram carries."""
+MAX_BODY = MAX_CONTROL_SIZE - MIN_CONTROL_SIZE - COOKIE_LEN
+"""The most body bytes one control datagram carries (with a cookie in its
+header: a channel repeats the relay's cookie for 100 s once asked)."""
 GOSSIP_MOST = 5
 PULL_REPLY_ROOM = MAX_BODY - 1  # a count, then the announcements
 RESPONSE_ROOM = MAX_BODY - 450
@@ -267,13 +269,13 @@ class Federation:
         return int(self._wall(now) * 1000)
 
     def _addr_of(self, key: PublicKey) -> Endpoint | None:
-        """Where to reach a relay: the endpoint the operator gave (known to
-        work), else the first it announces in an address family we announce
-        too (an IPv6-first relay is not out of reach of an IPv4-only one)."""
-        boot = self._bootstrap.get(key)
+        """Where to reach a relay: the first endpoint it announces in an
+        address family we announce too (an IPv6-first relay is not out of
+        reach of an IPv4-only one); for a relay we hold no announcement of,
+        the endpoint we were given (bootstrap) or last knew (a lapsed one)."""
         m = self.directory.get(key)
-        if m is None or boot is not None:
-            return boot
+        if m is None:
+            return self._bootstrap.get(key)
         endpoints = m.announcement.info.endpoints
         own = self.directory.own_announcement
         if own is not None:
@@ -298,7 +300,13 @@ class Federation:
         ch = self._channel(key)
         if ch is None:
             return False
-        self._out.append((ch.seal(body, now, self._wall(now)), ch.addr))
+        try:
+            sealed = ch.seal(body, now, self._wall(now))
+        except LocalProtocolError:  # too large (a bug): one message, not the timer
+            log.exception("cannot send %s to relay %s", type(body).__name__, key.short())
+            self._count("send_failed")
+            return False
+        self._out.append((sealed, ch.addr))
         self._count(f"sent_{type(body).__name__}")
         if isinstance(body, Digest | Pull):
             self._asked[key] = min(self._asked.get(key, 0) + 1, MAX_ASKED)
@@ -483,6 +491,8 @@ class Federation:
 
     def _on_answer(self, key: PublicKey, body: Body, now: float) -> bool:
         """Act on an answer; False if no relay answers another with this body."""
+        if isinstance(body, DigestReply | PullReply) and not self._answers_asked(key):
+            return False
         if isinstance(body, DigestReply | PullReply | GossipAck | LocationAck | ProbeAnswer):
             if (
                 isinstance(body, GossipAck)
@@ -497,8 +507,6 @@ class Federation:
             self._acquainted.add(key)  # answered as a relay: it knows us
         if isinstance(body, Pong):
             self._on_pong(key, body, now)
-        elif isinstance(body, DigestReply | PullReply) and not self._answers_asked(key):
-            return False
         elif isinstance(body, DigestReply):
             self._on_digest_reply(key, body, now)
         elif isinstance(body, PullReply):
@@ -632,6 +640,7 @@ class Federation:
             self._acquainted.discard(key)
             self._next_page.pop(key, None)
             self._pages.pop(key, None)
+            self._asked.pop(key, None)
             self._live_changed = True
         self.locations.expire(wall_ms)
 

@@ -21,6 +21,7 @@ from wgrelay.relay.core import RelayCore
 
 log = logging.getLogger(__name__)
 
+MAX_LAPSED_CONTACTS = 32
 SAVE_INTERVAL_S = 5.0
 """How often what the federation learned is merged into ``relays.db`` (only
 changed rows are written): a ``kill -9`` loses seconds of it, not the run."""
@@ -37,16 +38,23 @@ def load_known_relays(
     if bootstrap:
         store.save(registry)
     own = core.identity.public
+    lapsed = []
     for relay in registry.all():
         if relay.key == own:
             continue
         learned = relay.announcement is not None and core.federation.learn(relay.announcement, now)
-        if relay.bootstrap or not learned:
-            # a relay whose announcement lapsed while we were down is still
-            # worth a try: contacted like a bootstrap relay (this run only),
-            # it answers with a fresh one. Else a relay down for longer than
-            # an announcement lives, its bootstrap relays gone, never rejoins.
+        if relay.bootstrap:
             core.add_bootstrap(relay.key, relay.endpoint)
+        elif not learned:
+            lapsed.append(relay)
+    # A relay whose announcement lapsed while we were down is still worth a
+    # try: contacted like a bootstrap relay (this run only) at the endpoint
+    # we last knew, it answers with a fresh announcement (whose endpoints are
+    # used from then on). Else a relay down for longer than an announcement
+    # lives, its bootstrap relays gone, never rejoins. The most recent few.
+    lapsed.sort(key=lambda r: r.issued_ms or 0, reverse=True)
+    for relay in lapsed[:MAX_LAPSED_CONTACTS]:
+        core.add_bootstrap(relay.key, relay.endpoint)
     return registry
 
 

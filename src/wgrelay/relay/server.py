@@ -151,6 +151,10 @@ class RelayServer:
     # ------------------------------------------------------------ pump
 
     def _send(self, data: bytes, dst: Addr) -> None:
+        if len(dst) == 2 and ":" in str(dst[0]):
+            # an IPv6 endpoint as announced, (host, port): the IPv6 socket's
+            # form (the IPv4 one cannot send it; it was dropped there)
+            dst = (dst[0], dst[1], 0, 0)
         send = self._send_by_addr_len.get(len(dst))
         if send is not None:
             send(data, dst)
