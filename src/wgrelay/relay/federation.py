@@ -140,7 +140,7 @@ class FederationConfig:
     announce_refresh_s: float = 60.0
     max_sync_pages: int = 16
     """DIGEST_REPLY pages taken one after another in one sync (25 relays a
-    page), while each brings something we lacked."""
+    page), while each names relays we did not know."""
     replicas: int = 3
     location_ttl_s: int = 120
     location_refresh_s: float = 40.0
@@ -574,11 +574,14 @@ class Federation:
         pages = self._pages.pop(key, 0) + 1
         if body.more:
             # their page is partial: what they lack is unknown yet. If it
-            # named anything we lacked, the next page follows once the pulls
+            # named relays new to us, the next page follows once the pulls
             # are answered: a page is 25 relays, and one page a sync interval
             # left a relay joining a federation of N unaware of most of it for
-            # N/25 intervals. (Pages are cut in a new random order each time.)
-            if pulls and pages < self.config.max_sync_pages:
+            # N/25 intervals. (Newer versions alone do not: gossip brings
+            # those, and in a federation that re-signs all the time nearly
+            # every page has one; following them doubled the DIGESTs.)
+            new = any(self.directory.issued(k) is None for k in want)
+            if new and pulls and pages < self.config.max_sync_pages:
                 self._next_page[key] = (pulls, pages)
             return
         buckets = {i for i in range(16) if body.buckets >> i & 1}
