@@ -45,14 +45,14 @@ nothing authenticated heard); then a lookup at the home (up to 2 s when the
 home waits on a dead holder, longer when the home itself died unnoticed:
 the lookup times out and widens), a session at the next place, and
 WireGuard's 5 s handshake retry through it. Measured: the agents say
-recovered within 11 s, a ping is answered within 14 s."""
+recovered within 10 s, a ping is answered within 14 s."""
 DEAD_DECLARED_BOUND_S = 25.0
 """First suspicion: a direct probe (1 s), two indirect (1 s), suspect for
 4 s; then about 2 s a hop (a gossip round, one probe of one's own), three
-rounds per notice. Measured: 16 s."""
+rounds per notice. Measured: 14 s."""
 RECORDS_BOUND_S = 25.0
 """A home re-places its peers' records as soon as it declares a holder dead.
-Measured: 15 s."""
+Measured: 13 s."""
 
 
 @pytest.fixture(scope="module")
@@ -103,8 +103,9 @@ def test_a_relay_never_asks_more_than_k_holders_per_query_it_is_sent(run: fs.Run
 def test_every_pair_through_a_killed_relay_recovers(run: fs.Run) -> None:
     """Each pair that went through a killed relay is pinged every second from
     5 s before the kill: recovered when a ping sent after it is answered.
-    Pairs whose proxy holds the relay's frames for good are the agent defect
-    of the xfail test below."""
+    (A session that arrived during a direct probe-back used to leave the
+    proxy holding the relay's frames for good while both agents said
+    relayed; fixed in AgentCore.on_relayed.)"""
     f = run.figures
     assert f["killed"] == round(0.2 * PARAMS.relays)
     assert f["killed_carrying_sessions"] == f["killed"]
@@ -115,19 +116,10 @@ def test_every_pair_through_a_killed_relay_recovers(run: fs.Run) -> None:
     assert set(rec.pairs) == set(run.hit)
     assert max(rec.pairs.values()) <= PAIR_RECOVERY_BOUND_S
     assert f["pairs_connected_at_end"] == f["pairs"]
-    # and traffic flows again, but for the held proxies
-    assert set(rec.answered) | set(rec.held) == set(run.hit)
-    assert not set(rec.answered) & set(rec.held)
-    assert len(rec.answered) >= 0.8 * len(run.hit)
-    assert max(rec.answered.values()) <= PAIR_RECOVERY_BOUND_S
-
-
-def test_every_pair_through_a_killed_relay_carries_traffic_again(run: fs.Run) -> None:
-    """(A session that arrived during a direct probe-back left the proxy
-    holding the relay's frames for good: fixed in AgentCore.on_relayed.)"""
-    rec = run.recovery
-    assert rec is not None
+    # and traffic flows again through every one of them
     assert set(rec.answered) == set(run.hit)
+    assert not rec.held
+    assert max(rec.answered.values()) <= PAIR_RECOVERY_BOUND_S
 
 
 def test_the_survivors_declare_the_dead_and_re_place_every_record(run: fs.Run) -> None:
@@ -146,9 +138,10 @@ def test_the_survivors_declare_the_dead_and_re_place_every_record(run: fs.Run) -
     strict=True,
     reason="client: an agent whose home died unnoticed asks it and retransmits, "
     "then asks the peer's k holders itself (plan_peers._widen), some of them "
-    "dead too, each retransmitted: up to 18 datagrams (22 to 44 when it widened "
-    "to 8 relays that each asked the holders). A lookup should skip relays "
-    "not answering and count a retransmission as the same request.",
+    "dead too, each retransmitted: up to 16 datagrams here, 19 with 200 relays "
+    "(22 to 45 when it widened to 8 relays that each asked the holders). A "
+    "lookup should skip relays not answering and count a retransmission as "
+    "the same request.",
 )
 def test_every_lookup_after_the_kill_costs_at_most_k_plus_1_requests(run: fs.Run) -> None:
     lookups = run.lookups.of(fs.AFTER_KILL)
