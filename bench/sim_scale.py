@@ -10,8 +10,9 @@ Traffic pattern: every peer is a WireGuard peer of the peers at ring distance
 NATs cycle through no NAT, full cone, restricted cone, port-restricted cone and
 symmetric (twice), so pairs of the last two kinds need a relay. Relays are 5 to
 45 ms away, listed in no particular order, with ``start-relay``'s limits. Every
-agent has every relay as a bootstrap relay (one list for the whole mesh), so
-the figures are about home choice and session placement, not discovery.
+agent has every relay as a bootstrap relay (one list for the whole mesh) and
+the relays are not federated, so the figures are about home choice and
+session placement, not discovery (bench/federation_scale.py measures that).
 
 Phases and figures:
 
