@@ -46,7 +46,6 @@ timestamps is derived from it with an offset the shell keeps in step
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Callable
 from typing import Any
 
@@ -68,7 +67,7 @@ from wgrelay.client.link_config import (
 )
 from wgrelay.client.link_core import LinkCore
 from wgrelay.errors import RemoteProtocolError, StaleTimestamp
-from wgrelay.keys import PrivateKey, PublicKey
+from wgrelay.keys import PublicKey
 from wgrelay.proto.announce import decode_announcement
 from wgrelay.proto.constants import (
     QUERY_FLAG_WANT_RELAYS,
@@ -108,18 +107,8 @@ __all__ = ["LinkConfig", "LinkState", "RelayLink", "Role"]
 
 
 class RelayLink(LinkCore):
-    def __init__(
-        self,
-        private_key: PrivateKey,
-        relay_key: PublicKey,
-        config: LinkConfig,
-        now: float,
-        wall: float,
-        accept_offer: Callable[[PublicKey], bool] = lambda _peer: True,
-        rng: Callable[[int], bytes] = os.urandom,
-    ) -> None:
-        super().__init__(private_key, relay_key, config, now, wall, accept_offer, rng)
-        self._handlers: dict[type[Body], Callable[[Any, float], None]] = {
+    def _handler_table(self) -> dict[type[Body], Callable[[Any, float], None]]:
+        return {
             Registered: self._on_registered,
             HeartbeatAck: self._on_heartbeat_ack,
             ConnectionResponse: self._on_connection_response,

@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Callable
+from typing import Any
 
 from wgrelay.client.carrier import CarrierVerdict, CarrierWatch
 from wgrelay.client.events import (
@@ -113,6 +114,11 @@ class LinkCore:
         self.wanted: set[PublicKey] = set()
         """Peers we asked sessions for; re-requested after the relay forgets us."""
         self.counters = LinkCounters()
+        self._handlers = self._handler_table()
+
+    def _handler_table(self) -> dict[type[Body], Callable[[Any, float], None]]:
+        """The handler of each body the relay may send us (RelayLink's)."""
+        return {}
 
     def sync_wall(self, now: float, wall: float) -> None:
         """Follow the wall clock (NTP steps) without reading it ourselves."""

@@ -50,12 +50,11 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 from collections.abc import Callable
 from typing import Any
 
 from wgrelay.errors import RemoteProtocolError
-from wgrelay.keys import PublicKey, RelayIdentity
+from wgrelay.keys import PublicKey
 from wgrelay.proto.constants import (
     CONTROL_TYPES,
     DATA_HEADER_LEN,
@@ -78,11 +77,8 @@ from wgrelay.proto.messages import (
     Ping,
     Pong,
 )
-from wgrelay.relay.access import AccessPolicy
 from wgrelay.relay.admission import Addr, Inbound
-from wgrelay.relay.config import RelayConfig
 from wgrelay.relay.core_sessions import SessionsCore
-from wgrelay.relay.federation import FederationConfig
 from wgrelay.relay.locations import Found
 from wgrelay.relay.stats import DropReason
 
@@ -95,22 +91,8 @@ __all__ = ["Addr", "RelayCore"]
 
 
 class RelayCore(SessionsCore):
-    def __init__(
-        self,
-        identity: RelayIdentity,
-        config: RelayConfig,
-        policy: AccessPolicy,
-        now: float,
-        wall: float,
-        rng: Callable[[int], bytes] = os.urandom,
-        region: str = "",
-        announce_endpoints: tuple[tuple[str, int], ...] = (),
-        federation: FederationConfig | None = None,
-    ) -> None:
-        super().__init__(
-            identity, config, policy, now, wall, rng, region, announce_endpoints, federation
-        )
-        self._handlers: dict[MsgType, Callable[[Inbound, Any], None]] = {
+    def _handler_table(self) -> dict[MsgType, Callable[[Inbound, Any], None]]:
+        return {
             MsgType.REGISTER: self._handle_register,
             MsgType.HEARTBEAT: self._handle_heartbeat,
             MsgType.CONNECTION_REQUEST: self._handle_connection_request,

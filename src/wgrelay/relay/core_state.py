@@ -8,11 +8,13 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Callable, Iterable
+from typing import Any
 
 from wgrelay.keys import PublicKey, RelayIdentity
 from wgrelay.proto.announce import RelayNodeInfo
 from wgrelay.proto.constants import (
     Capability,
+    MsgType,
 )
 from wgrelay.proto.messages import (
     Body,
@@ -85,6 +87,11 @@ class RelayCoreState:
         self._shutting_down = False
         self._announcer = Announcer(identity)
         self._error_logged = -1e9
+        self._handlers = self._handler_table()
+
+    def _handler_table(self) -> dict[MsgType, Callable[[Inbound, Any], None]]:
+        """The handler of each message type a relay takes (RelayCore's)."""
+        return {}
 
     # ------------------------------------------------------------ clocks and addresses
 
