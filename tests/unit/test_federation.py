@@ -368,6 +368,19 @@ def _seeded_relay(w: World, n: int, seed: int) -> tuple[RelayCore, Addr]:
     return core, addr
 
 
+def _random_tree(w: World, n: int, seed: int, pick: random.Random) -> list[tuple[RelayCore, Addr]]:
+    """``n`` seeded relays, each started with one earlier relay (chosen by
+    ``pick``) as its bootstrap: a random tree, as operators start them."""
+    cores: list[tuple[RelayCore, Addr]] = []
+    for i in range(n):
+        core, addr = _seeded_relay(w, i + 1, seed + i)
+        if cores:
+            boot, boot_addr = cores[pick.randrange(len(cores))]
+            core.add_bootstrap(boot.identity.public, boot_addr)
+        cores.append((core, addr))
+    return cores
+
+
 def test_a_relay_joining_a_federation_knows_it_at_once_and_is_known_in_seconds() -> None:
     """40 relays, each started with one earlier relay as its bootstrap (a
     random tree, as operators start them), then one more joins through one
@@ -380,13 +393,7 @@ def test_a_relay_joining_a_federation_knows_it_at_once_and_is_known_in_seconds()
     one that has not shown it knows it sends its own announcement along."""
     w = World()
     pick = random.Random(3)
-    cores: list[tuple[RelayCore, Addr]] = []
-    for i in range(40):
-        core, addr = _seeded_relay(w, i + 1, 1000 + i)
-        if cores:
-            boot, boot_addr = cores[pick.randrange(len(cores))]
-            core.add_bootstrap(boot.identity.public, boot_addr)
-        cores.append((core, addr))
+    cores = _random_tree(w, 40, 1000, pick)
     converged = w.run_until(lambda: knows_all(cores), limit_s=200.0)
     assert converged <= 2 * FAST.sync_interval_s + 1.0
     w.run_for(3.7)
@@ -564,13 +571,7 @@ def test_a_fifth_of_a_federation_dying_at_once_is_declared_dead_everywhere_withi
     own confirms a notice, and each notice goes out in three rounds."""
     w = World()
     pick = random.Random(1)
-    cores: list[tuple[RelayCore, Addr]] = []
-    for i in range(30):
-        core, addr = _seeded_relay(w, i + 1, 1000 + i)
-        if cores:
-            boot, boot_addr = cores[pick.randrange(len(cores))]
-            core.add_bootstrap(boot.identity.public, boot_addr)
-        cores.append((core, addr))
+    cores = _random_tree(w, 30, 1000, pick)
     w.run_until(lambda: knows_all(cores), limit_s=200.0)
     w.run_for(5.0)
     victims = pick.sample(cores, 6)
@@ -733,13 +734,7 @@ def test_a_sync_in_a_federation_that_knows_everyone_costs_one_digest() -> None:
     what gossip brings anyway."""
     w = World()
     pick = random.Random(2)
-    cores: list[tuple[RelayCore, Addr]] = []
-    for i in range(30):
-        core, addr = _seeded_relay(w, i + 1, 2000 + i)
-        if cores:
-            boot, boot_addr = cores[pick.randrange(len(cores))]
-            core.add_bootstrap(boot.identity.public, boot_addr)
-        cores.append((core, addr))
+    cores = _random_tree(w, 30, 2000, pick)
     w.run_until(lambda: knows_all(cores), limit_s=200.0)
     w.run_for(5.0)
     before = sum(c.federation.counters.get("sent_Digest", 0) for c, _ in cores)
