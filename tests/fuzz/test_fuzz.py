@@ -283,19 +283,24 @@ def ping_from_p0(world: World) -> bytes:
     ).build()  # fmt: skip
 
 
-def test_oracle_sees_a_reply_to_an_unproven_address() -> None:
-    """A relay that answered any address (as main did before issue 8) is caught."""
-    world = World(PRESETS["deep"]).setup()
+def answer_anyone(world: World) -> None:
+    """Break the relay: its admission answers every address as if proven."""
     admission = world.relay._admission
     reply = admission._reply
 
-    def answer_anyone(
+    def answering(
         body: Body, keys: ChannelKeys, sender: bytes, addr: Addr, now: float,
         proven: bool, request_size: int, echo: bytes, count: bool = True,
     ) -> None:  # fmt: skip
         reply(body, keys, sender, addr, now, True, request_size, echo, count)
 
-    admission._reply = answer_anyone  # type: ignore[method-assign]
+    admission._reply = answering  # type: ignore[method-assign]
+
+
+def test_oracle_sees_a_reply_to_an_unproven_address() -> None:
+    """A relay that answered any address (as main did before issue 8) is caught."""
+    world = World(PRESETS["deep"]).setup()
+    answer_anyone(world)
     world.send(ping_from_p0(world), ADDRESS_POOL[0])
     assert [f.rule for f in world.findings()] == ["unproven_gets_only_cookies"]
 
@@ -329,16 +334,7 @@ def gossip_from_r1(world: World) -> bytes:
 def test_oracle_sees_a_relay_answered_at_an_unproven_address() -> None:
     """Known relays pass the access policy, never the cookie."""
     world = World(PRESETS["deep"]).setup()
-    admission = world.relay._admission
-    reply = admission._reply
-
-    def answer_anyone(
-        body: Body, keys: ChannelKeys, sender: bytes, addr: Addr, now: float,
-        proven: bool, request_size: int, echo: bytes, count: bool = True,
-    ) -> None:  # fmt: skip
-        reply(body, keys, sender, addr, now, True, request_size, echo, count)
-
-    admission._reply = answer_anyone  # type: ignore[method-assign]
+    answer_anyone(world)
     world.send(gossip_from_r1(world), world.relays[0].addr)
     assert [f.rule for f in world.findings()] == ["unproven_gets_only_cookies"]
 
