@@ -67,25 +67,16 @@ from wgrelay.mesh.agent import PathKind
 from wgrelay.proto.constants import MsgType
 from wgrelay.proto.envelope import parse_control_header
 from wgrelay.proto.messages import Body, DiscoveryQuery
-from wgrelay.relay.config import RelayConfig
 from wgrelay.relay.federation import Federation
-from wgrelay.sim import LinkSpec, NatKind, Simulation
+from wgrelay.sim import LinkSpec, Simulation
 from wgrelay.sim.mesh import SimMesh, SimPeer, SimRelay, Traffic
 from wgrelay.sim.socket import SimUdpTransport
 from wgrelay.transport.base import Addr, DatagramReceiver
 
-KINDS = (
-    NatKind.NONE,
-    NatKind.FULL_CONE,
-    NatKind.RESTRICTED_CONE,
-    NatKind.PORT_RESTRICTED_CONE,
-    NatKind.SYMMETRIC,
-    NatKind.SYMMETRIC,
-)
-CLOSED = (NatKind.PORT_RESTRICTED_CONE, NatKind.SYMMETRIC)
-RING_OFFSETS = (1, 7, 31)
-RELAY_CONFIG = RelayConfig()
-"""What ``start-relay`` runs with."""
+# the peers, their NATs and pairs, and the relays' limits of the 1,000 x 200
+# benchmark (docs/PERFORMANCE.md section 5), so the two compare
+from sim_scale import CLOSED, RELAY_CONFIG, RING_OFFSETS, index, kind_of  # isort: skip
+
 KILL_FRACTION = 0.2
 POLL_S = 0.25
 PLACEMENT_POLL_S = 1.0
@@ -328,14 +319,6 @@ def fed_of(relay: SimRelay) -> Federation:
 
 
 # ---------------------------------------------------------------- the scenario
-
-
-def kind_of(i: int) -> NatKind:
-    return KINDS[i % len(KINDS)]
-
-
-def index(p: SimPeer) -> int:
-    return int(p.name[1:])
 
 
 def needs_relay(a: SimPeer, b: SimPeer) -> bool:
