@@ -212,14 +212,23 @@ def _peer(
     return p
 
 
-def test_the_whole_path_beats_the_peers_home() -> None:
+Relay = tuple[PublicKey, Addr]
+
+
+def _home_far_standby_near(
+    failures: dict[tuple[PublicKey, PublicKey], int] | None = None,
+) -> tuple[PathWorld, RelayPlanner, RelayPlanner, tuple[Relay, Relay, Relay]]:
     """B homes on r1 (20 ms from it) with r2 (30 ms) as standby; A is 200 ms
     from r1, 20 ms from r2 and homes on r3, which B never joined. Via B's
-    home the path costs about 220 ms, via its standby about 50 ms."""
+    home the path costs about 220 ms, via its standby about 50 ms. Returns
+    once the federation has placed both of B's records at its holders (all
+    three). ``failures``: A's connection cache, (peer, relay) -> failures."""
     w = PathWorld()
     r1, r2, r3 = w.relay(1, 0.005), w.relay(2, 0.005), w.relay(3, 0.002)
     every = [r1, r2, r3]
-    a, b = _peer(w, 1, every), _peer(w, 2, every)
+    lost = failures if failures is not None else {}
+    a = _peer(w, 1, every, lambda peer, relay: lost.get((peer, relay), 0))
+    b = _peer(w, 2, every)
     w.slow(b, r2[1], 0.010)
     w.slow(b, r3[1], 0.150)
     w.slow(a, r1[1], 0.095)
@@ -227,11 +236,16 @@ def test_the_whole_path_beats_the_peers_home() -> None:
     for p in (a, b):
         p.start(w.now)
     w.run_until(lambda: a.home == r3[0] and b.home == r1[0] and b.standby == r2[0], limit_s=30)
-    # the federation has placed both of b's records at its holders (all three)
     bpub = b.private_key.public_key()
     w.run_until(
         lambda: all(len(r.federation.locations.held(bpub, w.now)) == 2 for r in w.relays.values())
     )
+    return w, a, b, (r1, r2, r3)
+
+
+def test_the_whole_path_beats_the_peers_home() -> None:
+    w, a, b, (_, r2, _) = _home_far_standby_near()
+    bpub = b.private_key.public_key()
     a.relay_peer(bpub, w.now)
     w.run_until(lambda: bool(w.saw(a, PeerRelayed)), limit_s=30)
     (ev,) = w.saw(a, PeerRelayed)
@@ -243,27 +257,11 @@ def test_relay_failures_for_a_peer_count_in_its_path_cost() -> None:
     """The connection cache's relay history: relayed sessions to B through
     r2 failed three times since one last worked, so A passes over the path
     that is otherwise cheapest (about 50 ms against 220 ms via B's home)."""
-    w = PathWorld()
-    r1, r2, r3 = w.relay(1, 0.005), w.relay(2, 0.005), w.relay(3, 0.002)
-    every = [r1, r2, r3]
-    b = _peer(w, 2, every)
+    failures: dict[tuple[PublicKey, PublicKey], int] = {}
+    w, a, b, (r1, r2, _) = _home_far_standby_near(failures)
     bpub = b.private_key.public_key()
-
-    def history(peer: PublicKey, relay: PublicKey) -> int:
-        return 3 if (peer, relay) == (bpub, r2[0]) else 0
-
-    a = _peer(w, 1, every, history)
     assert a.selector.path_cost(known(20.0), 30.0, bpub) == 50.0  # no history: no penalty
-    w.slow(b, r2[1], 0.010)
-    w.slow(b, r3[1], 0.150)
-    w.slow(a, r1[1], 0.095)
-    w.slow(a, r2[1], 0.005)
-    for p in (a, b):
-        p.start(w.now)
-    w.run_until(lambda: a.home == r3[0] and b.home == r1[0] and b.standby == r2[0], limit_s=30)
-    w.run_until(
-        lambda: all(len(r.federation.locations.held(bpub, w.now)) == 2 for r in w.relays.values())
-    )
+    failures[(bpub, r2[0])] = 3
     r2_relay = a.registry.get(r2[0])
     assert r2_relay is not None
     plain = Selector(a.private_key.public_key()).path_cost(r2_relay, 30.0)
