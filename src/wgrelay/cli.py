@@ -27,6 +27,7 @@ from wgrelay.keys import (
     relay_seed,
     write_key_file,
 )
+from wgrelay.relay.config import DEFAULT_PORT_RANGE
 from wgrelay.state import default_state_dir
 
 if TYPE_CHECKING:
@@ -102,6 +103,7 @@ def cmd_start_relay(args: argparse.Namespace) -> int:
         max_bandwidth_kbps=args.max_bandwidth,
         max_sessions_per_peer=args.max_sessions_per_peer,
         session_idle_timeout_s=args.idle_timeout,
+        port_range=args.port_range,
     )
     opts = RelayOptions(
         state_dir=args.state_dir,
@@ -116,6 +118,7 @@ def cmd_start_relay(args: argparse.Namespace) -> int:
         announce=args.announce or [],
         bootstrap=args.bootstrap or [],
         config=config,
+        kernel_offload=args.kernel_offload,
     )
     return run_relay(opts)
 
@@ -444,6 +447,22 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         metavar="ADDR:PORT",
         help="public endpoint to announce (repeatable)",
+    )
+    sp.add_argument(
+        "--port-range",
+        type=argtype.port_range,
+        default=DEFAULT_PORT_RANGE,
+        metavar="LOW-HIGH",
+        help="session ports for port mode, two per session, or off "
+        f"(default {DEFAULT_PORT_RANGE[0]}-{DEFAULT_PORT_RANGE[1]})",
+    )
+    sp.add_argument(
+        "--kernel-offload",
+        choices=("auto", "on", "off"),
+        default="auto",
+        help="forward port-mode sessions in the kernel (nftables): auto uses it when "
+        "the relay may (CAP_NET_ADMIN, forwarding on), on refuses to start without it "
+        "(default auto)",
     )
     sp.add_argument("--max-sessions-per-peer", type=argtype.positive, default=32, metavar="N")
     sp.add_argument(

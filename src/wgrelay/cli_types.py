@@ -46,6 +46,19 @@ def port(text: str) -> int:
     return n
 
 
+def port_range(text: str) -> tuple[int, int] | None:
+    """``LOW-HIGH`` (inclusive, two ports or more), or ``off``: None."""
+    if text == "off":
+        return None
+    lo_text, sep, hi_text = text.partition("-")
+    lo, hi = ascii_int(lo_text), ascii_int(hi_text)
+    if not sep or lo is None or hi is None or not 1 <= lo < hi <= 65535:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a port range (LOW-HIGH within 1-65535, or off)"
+        )
+    return lo, hi
+
+
 def positive(text: str) -> int:
     n = ascii_int(text)
     if n is None or n < 1:

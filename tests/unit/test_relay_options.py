@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -22,10 +23,12 @@ from wgrelay.relay.config import RelayConfig
         ({"max_connections": 2**32}, "--max-connections"),
         ({"registration_ttl_s": 65536}, "registration TTL"),
         ({"heartbeat_interval_s": 40000, "registration_ttl_s": 80000}, "registration TTL"),
+        ({"port_range": (52000, 70000)}, "--port-range"),
+        ({"port_range": (52000, 52000)}, "--port-range"),
     ],
 )
 def test_config_refuses_values_beyond_their_wire_fields(
-    fields: dict[str, int], fragment: str
+    fields: dict[str, Any], fragment: str
 ) -> None:
     with pytest.raises(ConfigError, match=fragment):
         RelayConfig(**fields)

@@ -39,6 +39,8 @@ class SessionEstablished:
     peer: PublicKey
     session_id: bytes
     incoming: bool
+    port: int = 0
+    """The relay's session port for our side (port mode); 0: framed only."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,6 +122,8 @@ class PeerRelayed:
     relay: PublicKey
     incoming: bool
     session_id: bytes
+    port: int = 0
+    """The relay's session port for our side (port mode); 0: framed only."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -257,17 +257,18 @@ class RelayLink(LinkCore):
             return
         peer = req.peer
         if body.status == Status.SUCCESS:
-            self._bind(peer, body.session_id, incoming=False)
+            self._bind(peer, body.session_id, incoming=False, port=body.port)
         elif body.status == Status.TARGET_UNREACHABLE and now < self._rejoin_until:
             self._retry_at[peer] = now + self.config.rejoin_retry_s  # it may be on its way
         else:
             self.wanted.discard(peer)
             self._events.append(SessionFailed(peer, body.status))
 
-    def _bind(self, peer: PublicKey, sid: bytes, incoming: bool) -> None:
+    def _bind(self, peer: PublicKey, sid: bytes, incoming: bool, port: int) -> None:
         old = self.session_of.get(peer)
         if old == sid:
             return
+        self.session_port[peer] = port
         if old is not None:
             self.sessions.pop(old, None)
         previous = self.sessions.get(sid)
@@ -277,13 +278,13 @@ class RelayLink(LinkCore):
             self._events.append(SessionEnded(previous, sid, CloseReason.REPLACED))
         self.sessions[sid] = peer
         self.session_of[peer] = sid
-        self._events.append(SessionEstablished(peer, sid, incoming))
+        self._events.append(SessionEstablished(peer, sid, incoming, port))
 
     def _on_session_offer(self, body: SessionOffer, now: float) -> None:
         accept = self._accept_offer(body.initiator)
         self._send(SessionAnswer(body.session_id, accept), now)
         if accept:
-            self._bind(body.initiator, body.session_id, incoming=True)
+            self._bind(body.initiator, body.session_id, incoming=True, port=body.port)
 
     def _on_session_close(self, body: SessionClose, now: float) -> None:
         peer = self.sessions.pop(body.session_id, None)

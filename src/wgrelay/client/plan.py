@@ -106,7 +106,8 @@ class RelayPlanner(PeerPaths):
             lk = self._links.get(relay)
             if lk is not None and peer in lk.link.session_of:
                 sid = lk.link.session_of[peer]
-                self._events.append(PeerRelayed(peer, relay, False, sid))
+                port = lk.link.session_port.get(peer, 0)
+                self._events.append(PeerRelayed(peer, relay, False, sid, port))
                 return
         attempt = self._locating(peer, now)
         self._attempts[peer] = attempt
@@ -216,7 +217,7 @@ class RelayPlanner(PeerPaths):
                 if attempt.moving and old is not None and old != key:
                     self._leave_old_path(ev.peer, old, now)
             self._touch(key, now)
-            self._events.append(PeerRelayed(ev.peer, key, ev.incoming, ev.session_id))
+            self._events.append(PeerRelayed(ev.peer, key, ev.incoming, ev.session_id, ev.port))
         elif isinstance(ev, SessionFailed):
             attempt = self._attempts.get(ev.peer)
             if attempt is not None and attempt.current == key:

@@ -24,8 +24,9 @@ class MsgType(IntEnum):
     HEARTBEAT = 0x22  # seq u32
     HEARTBEAT_ACK = 0x23  # seq u32 | status u8 | epoch u64
     CONNECTION_REQUEST = 0x24  # request_id u32 | target key 32B
-    CONNECTION_RESPONSE = 0x25  # request_id u32 | status u8 | session 8B | idle_s u16 | kBps u32
-    SESSION_OFFER = 0x26  # session 8B | initiator key 32B
+    # request_id u32 | status u8 | session 8B | idle_s u16 | kBps u32 | port u16
+    CONNECTION_RESPONSE = 0x25
+    SESSION_OFFER = 0x26  # session 8B | initiator key 32B | port u16
     SESSION_ANSWER = 0x27  # session 8B | accept u8
     SESSION_CLOSE = 0x28  # session 8B | reason u8
     ERROR = 0x29  # code u8 | ref_type u8 | value u64 | detail str8
@@ -164,6 +165,8 @@ class Capability(IntEnum):
     IPV6 = 1 << 2
     DISCOVERY = 1 << 3
     GOSSIP = 1 << 4
+    PORT_MODE = 1 << 5
+    """Session ports: WireGuard talks to the relay without the agent's proxy."""
 
 
 REGISTER_FLAG_ACCEPT_INCOMING = 0x01

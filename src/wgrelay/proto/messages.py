@@ -180,6 +180,8 @@ class ConnectionResponse(Body):
     idle_timeout_s: int = 0
     max_bandwidth_kbps: int = 0
     """Per-connection cap in kilobytes per second (0: none)."""
+    port: int = 0
+    """The relay port for the requester's WireGuard in port mode (0: framed only)."""
 
     def encode_body(self, w: Writer) -> None:
         _check_session_id(self.session_id)
@@ -188,6 +190,7 @@ class ConnectionResponse(Body):
         w.push_bytes(self.session_id)
         w.push_u16(self.idle_timeout_s)
         w.push_u32(self.max_bandwidth_kbps)
+        w.push_u16(self.port)
 
     @classmethod
     def decode_body(cls, b: Buffer) -> Self:
@@ -197,6 +200,7 @@ class ConnectionResponse(Body):
             session_id=b.pull_bytes(SESSION_ID_LEN),
             idle_timeout_s=b.pull_u16(),
             max_bandwidth_kbps=b.pull_u32(),
+            port=b.pull_u16(),
         )
 
 
@@ -207,15 +211,20 @@ class SessionOffer(Body):
     TYPE: ClassVar[MsgType] = MsgType.SESSION_OFFER
     session_id: bytes
     initiator: PublicKey
+    port: int = 0
+    """The relay port for the target's WireGuard in port mode (0: framed only)."""
 
     def encode_body(self, w: Writer) -> None:
         _check_session_id(self.session_id)
         w.push_bytes(self.session_id)
         w.push_bytes(self.initiator.raw, KEY_LEN)
+        w.push_u16(self.port)
 
     @classmethod
     def decode_body(cls, b: Buffer) -> Self:
-        return cls(session_id=b.pull_bytes(SESSION_ID_LEN), initiator=_pull_key(b))
+        return cls(
+            session_id=b.pull_bytes(SESSION_ID_LEN), initiator=_pull_key(b), port=b.pull_u16()
+        )
 
 
 @dataclass(frozen=True, slots=True)

@@ -45,6 +45,9 @@ class RelayOptions:
     bootstrap: list[str] = field(default_factory=list)
     """Other relays to contact first, ENDPOINT=PUB_KEY (remembered in the state dir)."""
     config: RelayConfig = field(default_factory=RelayConfig)
+    kernel_offload: str = "off"
+    """auto: forward fully latched port-mode sessions in the kernel when the
+    relay may; on: refuse to start without it; off: userspace only."""
 
 
 def parse_relay_spec(text: str, what: str) -> tuple[Endpoint, PublicKey]:

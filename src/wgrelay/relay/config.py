@@ -8,6 +8,8 @@ from wgrelay.errors import ConfigError
 
 _U16_MAX = 0xFFFF
 """Registered.ttl_s, Registered.heartbeat_s, ConnectionResponse.idle_timeout_s."""
+DEFAULT_PORT_RANGE = (52000, 52999)
+"""start-relay's --port-range: 500 sessions in port mode (the rest go framed)."""
 _U32_MAX = 0xFFFF_FFFF
 """ConnectionResponse.max_bandwidth_kbps, RelayNodeInfo.max_sessions."""
 
@@ -30,6 +32,9 @@ class RelayConfig:
     """Per IPv4 address or IPv6 /64: one host cannot fill the registration table."""
     max_sessions_per_source: int = 64
     """Sessions (pending or established) with an end in one IPv4 address or IPv6 /64."""
+    port_range: tuple[int, int] | None = None
+    """Session ports for port mode (two per session), inclusive; None: framed only.
+    ``start-relay`` defaults to ``DEFAULT_PORT_RANGE``."""
     packet_overhead_bytes: int = 64
     """Charged per data frame on top of its size against ``max_bandwidth_kbps``:
     what a packet costs on the wire beyond its payload (IP, UDP, link framing),
@@ -73,6 +78,10 @@ class RelayConfig:
             raise ConfigError("registration TTL must cover at least two heartbeats")
         if self.registration_ttl_s > _U16_MAX:
             raise ConfigError(f"registration TTL must be at most {_U16_MAX} s (a u16 on the wire)")
+        if self.port_range is not None:
+            lo, hi = self.port_range
+            if not 1 <= lo < hi <= _U16_MAX:
+                raise ConfigError("--port-range must be LOW-HIGH, two ports or more within 1-65535")
         if not 1 <= self.session_idle_timeout_s <= _U16_MAX:
             raise ConfigError(f"--idle-timeout must be 1 to {_U16_MAX} s (a u16 on the wire)")
 

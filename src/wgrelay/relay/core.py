@@ -155,7 +155,8 @@ class RelayCore(SessionsCore):
                 else DropReason.UNKNOWN_SESSION
             ] += 1
             return None
-        if addr == s.a_addr:
+        from_a = addr == s.a_addr
+        if from_a:
             dst = s.b_addr
             bucket = s.ab
         elif addr == s.b_addr:
@@ -178,7 +179,42 @@ class RelayCore(SessionsCore):
             return None
         s.packets += 1
         s.bytes += n
+        pp = s.ports
+        if pp is not None and self.ports is not None and self.ports.framed_from(pp, from_a, data):
+            return None  # the other side is in port mode: it leaves that side's port
         return dst
+
+    def forward_port(
+        self, port: int, data: bytes, addr: Addr, now: float
+    ) -> tuple[int, Addr] | None:
+        """A datagram on session port ``port``: (from port, to) when it goes
+        straight on, else None (dropped and counted, or queued for
+        ``port_output``; see ports.py)."""
+        ports = self.ports
+        if ports is None:
+            return None
+        return ports.forward(port, data, addr, now, self.config.packet_overhead_bytes)
+
+    def port_output(self) -> list[tuple[int, bytes | memoryview, Addr]]:
+        """Datagrams port mode queued: (from port, data, to); port 0: the main socket."""
+        ports = self.ports
+        if ports is None or not ports.out:
+            return []
+        out = ports.out[:]
+        ports.out.clear()
+        return out
+
+    def kernel_counts(self, path_id: int, counts: tuple[int, int, int, int]) -> None:
+        """The kernel offload's counters for a path: its traffic counts as the
+        session's (metrics, and activity for the idle timeout)."""
+        ports = self.ports
+        entry = ports.by_port.get(path_id) if ports is not None else None
+        if ports is None or entry is None:
+            return
+        packets, nbytes = ports.kernel_counts(path_id, counts)
+        s = entry[0].session
+        s.packets += packets
+        s.bytes += nbytes
 
     def receive_control(self, data: bytes, addr: Addr, now: float) -> None:
         inb: Inbound | None = None

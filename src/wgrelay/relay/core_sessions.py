@@ -153,6 +153,11 @@ class SessionsCore(RelayCoreState):
         )
         for s in self.table.move(reg, addr):
             self._close(s, CloseReason.PEER_GONE, {s.a_key, s.b_key}, now)
+        if self.ports is not None:
+            for sid in reg.sessions:
+                found = self.table.find(sid)
+                if found is not None:
+                    self.ports.moved(found)
 
     def _evict(self, victim: Registration, now: float) -> None:
         log.info(
@@ -174,7 +179,7 @@ class SessionsCore(RelayCoreState):
         target = body.target.raw
 
         def respond(status: Status, sid: bytes = bytes(SESSION_ID_LEN)) -> None:
-            self._reply(inb, self._response(rid, status, sid))
+            self._reply(inb, self._response(rid, status, sid, self._port_of(sid, key)))
 
         reg = self.table.regs.get(key)
         if reg is None:
@@ -212,20 +217,31 @@ class SessionsCore(RelayCoreState):
             respond(Status.RESOURCE_LIMIT)
             return
         s = self.table.open(self._new_session_id(), reg, treg, now)
+        if self.ports is not None:
+            self.ports.open(s)
         s.waiters[key] = rid
         self._send_offer(s, treg, now)
 
     def _send_offer(self, s: Session, treg: Registration, now: float) -> None:
         s.offer_next = now + self.config.offer_retransmit_s
-        self._send(SessionOffer(s.sid, PublicKey(s.a_key)), treg, now)
+        offer = SessionOffer(s.sid, PublicKey(s.a_key), self._port_of(s.sid, s.b_key))
+        self._send(offer, treg, now)
 
-    def _response(self, rid: int, status: Status, sid: bytes) -> ConnectionResponse:
+    def _port_of(self, sid: bytes, key: bytes) -> int:
+        """The session port of ``key``'s side (0: none, framed only)."""
+        pair = self.ports.by_sid.get(sid) if self.ports is not None else None
+        if pair is None:
+            return 0
+        return pair.a.port if key == pair.a.key else pair.b.port
+
+    def _response(self, rid: int, status: Status, sid: bytes, port: int = 0) -> ConnectionResponse:
         return ConnectionResponse(
             request_id=rid,
             status=status,
             session_id=sid,
             idle_timeout_s=self.config.session_idle_timeout_s,
             max_bandwidth_kbps=self.config.max_bandwidth_kbps,
+            port=port,
         )
 
     def _new_session_id(self) -> bytes:
@@ -236,6 +252,8 @@ class SessionsCore(RelayCoreState):
 
     def _establish(self, s: Session, now: float) -> None:
         self.table.establish(s, now)
+        if self.ports is not None:
+            self.ports.establish(s.sid)
         self.stats.sessions_opened += 1
         log.info(
             "session %s open: %s <-> %s",
@@ -250,7 +268,8 @@ class SessionsCore(RelayCoreState):
         for wkey, rid in s.waiters.items():
             wreg = self.table.regs.get(wkey)
             if wreg is not None:
-                self._send(self._response(rid, status, sid), wreg, now)
+                port = self._port_of(sid, wkey) if status == Status.SUCCESS else 0
+                self._send(self._response(rid, status, sid, port), wreg, now)
         s.waiters.clear()
 
     def _handle_session_answer(self, inb: Inbound, body: SessionAnswer) -> None:
@@ -283,6 +302,8 @@ class SessionsCore(RelayCoreState):
         self._close(s, body.reason, {s.other(inb.key)}, inb.now)
 
     def _remove(self, s: Session) -> None:
+        if self.ports is not None:
+            self.ports.close(s.sid)
         if self.table.remove(s):
             self.stats.sessions_closed += 1
             self._closed_packets += s.packets

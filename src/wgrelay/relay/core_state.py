@@ -25,6 +25,7 @@ from wgrelay.relay.admission import Addr, Admission, Inbound, KeyState
 from wgrelay.relay.announcer import Announcer
 from wgrelay.relay.config import RelayConfig
 from wgrelay.relay.federation import Federation, FederationConfig
+from wgrelay.relay.ports import PortPool, PortTable
 from wgrelay.relay.sessions import (
     Registration,
     SessionTable,
@@ -88,6 +89,8 @@ class RelayCoreState:
         self._announcer = Announcer(identity)
         self._error_logged = -1e9
         self._handlers = self._handler_table()
+        self.ports: PortTable | None = None
+        """Port mode's session ports (``enable_port_mode``); None: framed only."""
 
     def _handler_table(self) -> dict[MsgType, Callable[[Inbound, Any], None]]:
         """The handler of each message type a relay takes (RelayCore's)."""
@@ -109,6 +112,10 @@ class RelayCoreState:
     def usable_peer_address(self, addr: Addr) -> bool:
         """An address the relay may register a peer at (and so send to)."""
         return self._own.usable_peer_address(addr)
+
+    def enable_port_mode(self, pool: PortPool) -> None:
+        """Give sessions their own ports from ``pool`` (the shell binds them)."""
+        self.ports = PortTable(pool, self._drops)
 
     # ------------------------------------------------------------ errors, admission lookups
 
@@ -155,7 +162,8 @@ class RelayCoreState:
         return min(100, busy * 100 // self.config.max_connections)
 
     def capabilities(self) -> int:
-        return int(Capability.UDP_RELAY | Capability.DISCOVERY | Capability.GOSSIP)
+        caps = Capability.UDP_RELAY | Capability.DISCOVERY | Capability.GOSSIP
+        return int(caps | Capability.PORT_MODE) if self.ports is not None else int(caps)
 
     def node_info(self) -> RelayNodeInfo | None:
         if not self.announce_endpoints:
@@ -199,6 +207,11 @@ class RelayCoreState:
         st.relays_live = len(fed.directory.live())
         st.location_records = fed.record_count()
         st.federation = dict(fed.counters)
+        if self.ports is not None:
+            st.port_latches = self.ports.latches
+            st.port_sessions = sum(1 for p in self.ports.by_sid.values() if p.established)
+            st.port_sessions_offloaded = sum(1 for p in self.ports.by_sid.values() if p.offloaded)
+            st.ports_free = len(self.ports.pool)
         for reason, n in fed.channel_drops.items():
             st.federation[f"answer_dropped_{reason}"] = n
         return st

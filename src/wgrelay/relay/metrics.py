@@ -55,6 +55,20 @@ class RelayCollector(Collector):
         yield CounterMetricFamily(
             "wgrelay_handshakes", "Public-key operations for new senders", value=st.handshakes
         )
+        yield CounterMetricFamily(
+            "wgrelay_port_latches",
+            "Session ports latched to a verified WireGuard handshake (port mode)",
+            value=st.port_latches,
+        )
+        ports = GaugeMetricFamily(
+            "wgrelay_port_sessions", "Established sessions with session ports", labels=["state"]
+        )
+        ports.add_metric(["offered"], st.port_sessions)
+        ports.add_metric(["both_latched"], st.port_sessions_offloaded)
+        yield ports
+        yield GaugeMetricFamily(
+            "wgrelay_ports_free", "Session ports left in --port-range", value=st.ports_free
+        )
         cookies = CounterMetricFamily("wgrelay_cookies", "Stateless cookies", labels=["event"])
         cookies.add_metric(["sent"], st.cookies_sent)
         cookies.add_metric(["accepted"], st.cookies_accepted)

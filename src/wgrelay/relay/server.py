@@ -28,6 +28,7 @@ from wgrelay.aio import stop_on_signals
 from wgrelay.errors import ConfigError
 from wgrelay.proto.constants import MsgType
 from wgrelay.relay.core import Addr, RelayCore
+from wgrelay.relay.ports import PathChange, PortPool
 from wgrelay.transport.base import DatagramTransport, DeferredSender, Runtime
 
 log = logging.getLogger(__name__)
@@ -52,6 +53,22 @@ class BindAddress:
 
     def __str__(self) -> str:
         return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+
+class _PortReceiver:
+    """One session port's sockets deliver here (port mode)."""
+
+    __slots__ = ("port", "server")
+
+    def __init__(self, server: RelayServer, port: int) -> None:
+        self.server = server
+        self.port = port
+
+    def datagram_received(self, data: bytes, addr: Addr) -> None:
+        self.server.port_datagram(self.port, data, addr)
+
+    def batch_done(self) -> None:
+        pass
 
 
 class RelayServer:
@@ -79,6 +96,8 @@ class RelayServer:
         """Our own record of the armed deadline: uvloop's call_later returns a
         plain Handle without .when() for delays under 0.5 ms."""
         self._control_pending = False
+        self._port_transports: dict[int, dict[int, DatagramTransport]] = {}
+        """Session port -> {address tuple length: transport} (port mode)."""
 
     # ------------------------------------------------------------ sockets
 
@@ -109,6 +128,10 @@ class RelayServer:
             send: Send = t.send_deferred if isinstance(t, DeferredSender) else t.sendto
             self._send_by_addr_len[2 if t.family == socket.AF_INET else 4] = send
         self.core.set_own_addresses(t.local_address for t in self.transports)
+        port_range = self.core.config.port_range
+        if port_range is not None:
+            self.core.enable_port_mode(PortPool(*port_range, self._open_port, self._close_port))
+            log.info("port mode: session ports %d-%d", *port_range)
         io_paths = {t.io_path for t in self.transports if isinstance(t, DeferredSender)}
         if io_paths:
             log.info("UDP I/O: %s", "; ".join(sorted(io_paths)))
@@ -129,6 +152,61 @@ class RelayServer:
             t.close()
         self.transports.clear()
         self._send_by_addr_len.clear()
+        for port in list(self._port_transports):
+            self._close_port(port)
+
+    # ------------------------------------------------------------ session ports (port mode)
+
+    def _open_port(self, port: int) -> bool:
+        """Bind session port ``port`` on every address we listen on (all or none)."""
+        opened: dict[int, DatagramTransport] = {}
+        receiver = _PortReceiver(self, port)
+        try:
+            for t in self.transports:
+                pt = self.runtime.open_udp(
+                    t.local_address[0], port, receiver, buffer_bytes=SOCKET_BUFFER_BYTES
+                )
+                opened[2 if t.family == socket.AF_INET else 4] = pt
+        except OSError as e:
+            for pt in opened.values():
+                pt.close()
+            log.debug("session port %d not available: %s", port, e.strerror)
+            return False
+        self._port_transports[port] = opened
+        return True
+
+    def _close_port(self, port: int) -> None:
+        for pt in self._port_transports.pop(port, {}).values():
+            pt.close()
+
+    def port_datagram(self, port: int, data: bytes, addr: Addr) -> None:
+        core = self.core
+        res = core.forward_port(port, data, addr, self.runtime.now())
+        if res is not None:
+            out_port, dst = res
+            t = self._port_transports.get(out_port, {}).get(len(dst))
+            if t is not None:
+                t.sendto(data, dst)
+        ports = core.ports
+        if ports is not None and (ports.out or ports.changes):
+            self._flush_ports()
+
+    def _flush_ports(self) -> None:
+        for port, data, dst in self.core.port_output():
+            if port == 0:
+                self._send(bytes(data), dst)
+                continue
+            t = self._port_transports.get(port, {}).get(len(dst))
+            if t is not None:
+                t.sendto(data, dst)
+        ports = self.core.ports
+        if ports is not None and ports.changes:
+            changes = ports.changes[:]
+            ports.changes.clear()
+            self._apply_path_changes(changes)
+
+    def _apply_path_changes(self, changes: list[PathChange]) -> None:
+        """Where a kernel offload would take a fully latched path over (none here)."""
 
     # ------------------------------------------------------------ receiving (DatagramReceiver)
 
@@ -139,6 +217,10 @@ class RelayServer:
                 send = self._send_by_addr_len.get(len(dst))
                 if send is not None:
                     send(data, dst)
+            else:
+                ports = self.core.ports
+                if ports is not None and (ports.out or ports.changes):
+                    self._flush_ports()  # the other side is in port mode
             return
         self.core.receive_control(data, addr, self.runtime.now())
         self._control_pending = True
@@ -162,6 +244,7 @@ class RelayServer:
     def _flush(self) -> None:
         for data, dst in self.core.datagrams_to_send():
             self._send(data, dst)
+        self._flush_ports()  # closed sessions free their ports
         self._arm_timer()
 
     def _arm_timer(self) -> None:

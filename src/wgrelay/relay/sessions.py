@@ -26,6 +26,7 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass, field
 from enum import Enum
+from typing import TYPE_CHECKING
 
 from wgrelay.proto.constants import (
     REGISTER_FLAG_ACCEPT_INCOMING,
@@ -36,6 +37,9 @@ from wgrelay.proto.constants import (
 from wgrelay.relay.admission import Addr, KeyState, source_group
 from wgrelay.relay.config import RelayConfig
 from wgrelay.relay.limits import TokenBucket
+
+if TYPE_CHECKING:
+    from wgrelay.relay.ports import PortPair
 
 
 class Listing(Enum):
@@ -91,6 +95,7 @@ class Session:
         "offer_deadline",
         "offer_next",
         "packets",
+        "ports",
         "sid",
         "sources",
         "waiters",
@@ -115,6 +120,8 @@ class Session:
         self.waiters: dict[bytes, int] = {}  # key -> request_id awaiting a response
         self.offer_next = 0.0
         self.offer_deadline = offer_deadline
+        self.ports: PortPair | None = None
+        """Its session ports in port mode (ports.py), if the relay has them."""
 
     def other(self, key: bytes) -> bytes:
         return self.b_key if key == self.a_key else self.a_key

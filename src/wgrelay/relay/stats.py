@@ -38,6 +38,14 @@ class DropReason(StrEnum):
     """A peer address the relay never sends to (its own, unspecified, multicast)."""
     STALE_REBIND = "stale_rebind"
     """A message older than the newest from its key tried to move its registration."""
+    PORT_NOT_LATCHED = "port_not_latched"
+    """On a session port from a source it is not latched to, and not a handshake."""
+    PORT_FOREIGN_ADDRESS = "port_foreign_address"
+    """A handshake on a session port from another IP than its side's registration."""
+    PORT_BAD_MAC1 = "port_bad_mac1"
+    """A handshake on a session port whose mac1 is not for the session's other peer."""
+    PORT_PEER_NOT_LATCHED = "port_peer_not_latched"
+    """For a side that has not latched its port yet (a handshake is held for it)."""
     INTERNAL_ERROR = "internal_error"
     """A bug: the message was dropped, the relay went on (logged)."""
     UNEXPECTED = "unexpected"
@@ -57,6 +65,13 @@ class RelayStats:
     control_received: int = 0
     control_sent: int = 0
     handshakes: int = 0
+    port_latches: int = 0
+    """Session ports latched (or re-latched) to a verified WireGuard handshake."""
+    port_sessions: int = 0
+    """Established sessions with session ports (port mode offered)."""
+    port_sessions_offloaded: int = 0
+    """Of those, fully latched on both sides: forwarded by the kernel if offloaded."""
+    ports_free: int = 0
     cookies_sent: int = 0
     cookies_accepted: int = 0
     quota_hits: Counter[str] = field(default_factory=Counter)

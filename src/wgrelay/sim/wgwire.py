@@ -9,7 +9,7 @@ first 32 bytes of an initiation's ``encrypted_static`` are the initiator's
 static public key in the clear, so the responder can tell who it is without
 the Noise handshake. Nothing here is secret or secure; it only has the shape.
 
-mac1 (WireGuard paper, section 5.4.4)::
+mac1 (shared with the relay: wgrelay.proto.wgmac; WireGuard paper, section 5.4.4)::
 
     mac1_key = BLAKE2s-256("mac1----" || receiver's static public key)
     mac1     = BLAKE2s-128 keyed with mac1_key, over the message up to mac1
@@ -21,12 +21,13 @@ cookie replies).
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import struct
 from dataclasses import dataclass
 
 from wgrelay.errors import Malformed
+from wgrelay.proto.wgmac import compute_mac1 as compute_mac1
+from wgrelay.proto.wgmac import mac1_key as mac1_key  # re-exported for the simulator
+from wgrelay.proto.wgmac import verify_mac1 as verify_mac1
 
 MESSAGE_INITIATION = 1
 MESSAGE_RESPONSE = 2
@@ -48,8 +49,6 @@ MAC_LEN = 16
 KEY_LEN = 32
 TAI64N_LEN = 12
 
-MAC1_LABEL = b"mac1----"
-
 _INITIATION_STATIC_AT = 40  # after type, sender, ephemeral
 _INITIATION_TIMESTAMP_AT = _INITIATION_STATIC_AT + KEY_LEN + AEAD_TAG_LEN  # 88
 _MACS_LEN = 2 * MAC_LEN
@@ -61,24 +60,6 @@ _RESPONSE_HEADER = struct.Struct("<III")  # type, sender, receiver
 _TRANSPORT_HEADER = struct.Struct("<IIQ")  # type, receiver, counter
 _TAI64N = struct.Struct(">QI")
 _TAI64_EPOCH = 1 << 62
-
-
-def mac1_key(static_public: bytes) -> bytes:
-    """The key for mac1s of messages *to* the owner of ``static_public``."""
-    return hashlib.blake2s(MAC1_LABEL + static_public).digest()
-
-
-def compute_mac1(key: bytes, message_before_mac1: bytes) -> bytes:
-    return hashlib.blake2s(message_before_mac1, digest_size=MAC_LEN, key=key).digest()
-
-
-def verify_mac1(key: bytes, message: bytes) -> bool:
-    """Whether a whole initiation or response carries a valid mac1 for ``key``."""
-    end = len(message) - MAC_LEN
-    start = end - MAC_LEN
-    if start <= 0:
-        return False
-    return hmac.compare_digest(compute_mac1(key, message[:start]), message[start:end])
 
 
 def tai64n(wall_s: float) -> bytes:

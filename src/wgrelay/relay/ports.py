@@ -1,0 +1,332 @@
+"""Port mode: one relay port per side of a session, latched to WireGuard's socket.
+
+In framed mode a peer's WireGuard talks to the agent's 127.0.0.1 proxy, which
+adds a 10-byte header and sends to the relay's main port. In port mode the
+relay gives each side of a session its own UDP port (``a_port`` for the
+initiator A, ``b_port`` for B), told to the agent in CONNECTION_RESPONSE and
+SESSION_OFFER. The agent points its WireGuard endpoint for the peer straight
+at ``relay:port``: no proxy, no header, the bytes on the wire are WireGuard's.
+A packet arriving on ``a_port`` from A's latched address leaves ``b_port``
+for B's latched address unchanged, and the reverse.
+
+**Latching.** A port serves only the address it is latched to. It latches to
+a source that is provably its side: the same public IP as that side's
+authenticated registration, and a WireGuard handshake message (initiation or
+response, exact size) whose mac1 verifies under the *other* peer's public key
+(A's handshakes are addressed to B). A mac1 seen before on that port does not
+latch again (a replayed handshake cannot steal the port from the same NAT's
+other users). A fresh verified handshake from the registered IP re-latches,
+so NAT rebinding is followed as WireGuard's roaming follows it. Everything
+else arriving on a port is counted by reason and dropped.
+
+**Modes per side.** Each side is UNKNOWN until it either latches (PORT) or
+sends a framed data frame from its registered address (FRAMED): whatever it
+did last. Delivery to a PORT side leaves its port for its latched address;
+to any other side it is framed (header added) to its registered address, so
+a side whose NAT sends WireGuard's packets from another public IP (never
+latches) keeps working framed, and the two modes bridge within one session.
+A handshake for a side still UNKNOWN while it is switching to port mode is
+held (the latest one, up to ``HOLD_S``) and delivered when it latches, so the
+first handshake of a session is not lost to the order of the two latches.
+
+Sans-I/O: ``PortTable`` never opens a socket. Ports come from ``PortPool``,
+whose ``opener`` (the server's socket binder, a simulated one in tests) may
+refuse a port that is taken; results the fast path cannot return directly go
+to ``out`` (port 0: the relay's main socket), and changes of a session's
+kernel-offloadable state go to ``changes`` for the server's offload.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import TYPE_CHECKING
+
+from wgrelay.proto.constants import DATA_HEADER_LEN
+from wgrelay.proto.data import data_header
+from wgrelay.proto.wgmac import KEEPALIVE_LEN, is_handshake, mac1_key, mac1_of, verify_mac1
+from wgrelay.relay.admission import Addr
+from wgrelay.relay.stats import DropReason
+
+if TYPE_CHECKING:
+    from wgrelay.relay.sessions import Session
+
+log = logging.getLogger(__name__)
+
+HOLD_S = 5.0
+"""How long a held handshake stays deliverable: WireGuard's REKEY_TIMEOUT,
+after which the sender retransmits anyway."""
+RECENT_MAC1S = 8
+MAX_PORT_PACKET = 65507
+MAX_OPEN_TRIES = 16
+"""Ports tried per allocation when the opener refuses (taken by another program)."""
+
+Opener = Callable[[int], bool]
+Closer = Callable[[int], None]
+
+
+class SideMode(Enum):
+    UNKNOWN = "unknown"
+    PORT = "port"
+    FRAMED = "framed"
+
+
+class PortPool:
+    """The configured port range, handed out oldest-freed first (a port is
+    not reused at once, so a late packet of an old session finds no new one)."""
+
+    def __init__(self, lo: int, hi: int, opener: Opener, closer: Closer) -> None:
+        if not 1 <= lo <= hi <= 65535:
+            raise ValueError(f"bad port range {lo}-{hi}")
+        self.lo, self.hi = lo, hi
+        self._free: deque[int] = deque(range(lo, hi + 1))
+        self._opener = opener
+        self._closer = closer
+        self.in_use: set[int] = set()
+
+    def __len__(self) -> int:
+        return len(self._free)
+
+    def allocate(self) -> int | None:
+        for _ in range(min(MAX_OPEN_TRIES, len(self._free))):
+            port = self._free.popleft()
+            if self._opener(port):
+                self.in_use.add(port)
+                return port
+            self._free.append(port)  # taken by someone else: try it again later
+        return None
+
+    def release(self, port: int) -> None:
+        if port in self.in_use:
+            self.in_use.discard(port)
+            self._closer(port)
+            self._free.append(port)
+
+
+@dataclass(slots=True)
+class PortSide:
+    port: int
+    key: bytes
+    reg_addr: Addr
+    """The side's registered (control) address: framed delivery goes here,
+    and only its IP may latch the port."""
+    mac1_key: bytes
+    """Verifies the handshakes this side sends (keyed by the other side's key)."""
+    mode: SideMode = SideMode.UNKNOWN
+    latched: Addr | None = None
+    recent: deque[bytes] = field(default_factory=lambda: deque(maxlen=RECENT_MAC1S))
+    held: bytes | None = None
+    """The latest handshake *for* this side that came while it was UNKNOWN."""
+    held_at: float = 0.0
+    latches: int = 0
+
+
+@dataclass(slots=True)
+class PortPair:
+    session: Session
+    a: PortSide
+    b: PortSide
+    established: bool = False
+    offloaded: bool = False
+    kernel_seen: tuple[int, int, int, int] = (0, 0, 0, 0)
+    """The offload's counters at the last reading (ab packets/bytes, ba packets/bytes)."""
+
+    @property
+    def ready(self) -> bool:
+        """Both sides in port mode: the kernel can take the whole path."""
+        return self.established and self.a.mode is SideMode.PORT and self.b.mode is SideMode.PORT
+
+
+@dataclass(frozen=True, slots=True)
+class PathChange:
+    """A session's port path became fully latched (``pair`` set) or stopped
+    being so (``pair`` None): what the kernel offload installs or removes."""
+
+    path_id: int
+    pair: PortPair | None
+
+
+class PortTable:
+    def __init__(self, pool: PortPool, drops: dict[str, int]) -> None:
+        self.pool = pool
+        self._drops = drops
+        self.by_port: dict[int, tuple[PortPair, bool]] = {}
+        """port -> (pair, True if it is the A side's port)."""
+        self.by_sid: dict[bytes, PortPair] = {}
+        self.out: list[tuple[int, bytes | memoryview, Addr]] = []
+        """(from port, datagram, to); port 0: the relay's main socket."""
+        self.changes: list[PathChange] = []
+        self.latches = 0
+
+    # ------------------------------------------------------------ lifecycle
+
+    def open(self, s: Session) -> PortPair | None:
+        """Two ports for a new session, or None (range exhausted: framed only)."""
+        a_port = self.pool.allocate()
+        if a_port is None:
+            return None
+        b_port = self.pool.allocate()
+        if b_port is None:
+            self.pool.release(a_port)
+            return None
+        pair = PortPair(
+            s,
+            PortSide(a_port, s.a_key, s.a_addr, mac1_key(s.b_key)),
+            PortSide(b_port, s.b_key, s.b_addr, mac1_key(s.a_key)),
+        )
+        self.by_port[a_port] = (pair, True)
+        self.by_port[b_port] = (pair, False)
+        self.by_sid[s.sid] = pair
+        s.ports = pair
+        return pair
+
+    def close(self, sid: bytes) -> None:
+        pair = self.by_sid.pop(sid, None)
+        if pair is None:
+            return
+        pair.session.ports = None
+        if pair.offloaded:
+            pair.offloaded = False
+            self.changes.append(PathChange(pair.a.port, None))
+        for side in (pair.a, pair.b):
+            self.by_port.pop(side.port, None)
+            self.pool.release(side.port)
+
+    def establish(self, sid: bytes) -> None:
+        pair = self.by_sid.get(sid)
+        if pair is not None:
+            pair.established = True
+            self._check_ready(pair)
+
+    def _check_ready(self, pair: PortPair) -> None:
+        ready = pair.ready
+        if ready:
+            # (re)install: a re-latch changes the addresses
+            pair.offloaded = True
+            self.changes.append(PathChange(pair.a.port, pair))
+        elif pair.offloaded:
+            pair.offloaded = False
+            self.changes.append(PathChange(pair.a.port, None))
+
+    # ------------------------------------------------------------ the port data path
+
+    def moved(self, s: Session) -> None:
+        """The session's registered addresses changed (a peer's NAT rebound)."""
+        pair = s.ports
+        if pair is not None:
+            pair.a.reg_addr, pair.b.reg_addr = s.a_addr, s.b_addr
+
+    def forward(
+        self, port: int, data: bytes, addr: Addr, now: float, charge: int
+    ) -> tuple[int, Addr] | None:
+        """A datagram on a session port: (from port, to) when it goes on port
+        to port (the fast path), else None (dropped and counted, or queued in
+        ``out``). ``charge``: bytes counted per packet against the budget."""
+        entry = self.by_port.get(port)
+        drops = self._drops
+        if entry is None:
+            drops[DropReason.UNKNOWN_SESSION] += 1
+            return None
+        pair, from_a = entry
+        src, dst = (pair.a, pair.b) if from_a else (pair.b, pair.a)
+        n = len(data)
+        if n > MAX_PORT_PACKET:
+            drops[DropReason.OVERSIZE] += 1
+            return None
+        if n < KEEPALIVE_LEN or not 1 <= data[0] <= 4 or any(data[1:4]):
+            drops[DropReason.NOT_WIREGUARD] += 1
+            return None
+        if addr != src.latched and not self._latch(pair, src, data, addr, now):
+            return None
+        if not pair.established:
+            drops[DropReason.SESSION_NOT_READY] += 1
+            return None
+        s = pair.session
+        bucket = s.ab if from_a else s.ba
+        if bucket is not None and not bucket.take(n + charge, now):
+            drops[DropReason.BANDWIDTH] += 1
+            return None
+        s.packets += 1
+        s.bytes += n
+        if dst.mode is SideMode.PORT and dst.latched is not None:
+            return dst.port, dst.latched
+        if dst.mode is SideMode.UNKNOWN:
+            # switching to port mode (or never will: then its agent falls
+            # back to framed and we hear a framed frame from it first)
+            if is_handshake(data):
+                dst.held, dst.held_at = data, now
+            drops[DropReason.PORT_PEER_NOT_LATCHED] += 1
+            return None
+        self.out.append((0, data_header(s.sid) + data, dst.reg_addr))
+        return None
+
+    def _latch(self, pair: PortPair, side: PortSide, data: bytes, addr: Addr, now: float) -> bool:
+        drops = self._drops
+        if not is_handshake(data):
+            drops[DropReason.PORT_NOT_LATCHED] += 1
+            return False
+        if addr[0] != side.reg_addr[0]:
+            drops[DropReason.PORT_FOREIGN_ADDRESS] += 1
+            return False
+        if not verify_mac1(side.mac1_key, data):
+            drops[DropReason.PORT_BAD_MAC1] += 1
+            return False
+        mac = mac1_of(data)
+        if mac in side.recent:
+            drops[DropReason.REPLAYED] += 1
+            return False
+        side.recent.append(mac)
+        if side.latched is not None:
+            log.info(
+                "session %s: port %d re-latched from %s to %s",
+                pair.session.sid.hex(),
+                side.port,
+                side.latched,
+                addr,
+            )
+        side.latched = addr
+        side.mode = SideMode.PORT
+        side.latches += 1
+        self.latches += 1
+        if side.held is not None:
+            held, side.held = side.held, None
+            if now - side.held_at < HOLD_S:
+                self.out.append((side.port, held, addr))
+        self._check_ready(pair)
+        return True
+
+    # ------------------------------------------------------------ the framed data path
+
+    def framed_from(self, pair: PortPair, from_a: bool, frame: bytes) -> bool:
+        """A framed data frame of this session from a side's registered
+        address: that side is framed now. True if the frame was taken here
+        (the other side is in port mode: it leaves that side's port)."""
+        src, dst = (pair.a, pair.b) if from_a else (pair.b, pair.a)
+        if src.mode is not SideMode.FRAMED:
+            src.mode = SideMode.FRAMED
+            self._check_ready(pair)
+        if dst.mode is SideMode.PORT and dst.latched is not None:
+            self.out.append((dst.port, memoryview(frame)[DATA_HEADER_LEN:], dst.latched))
+            return True
+        return False
+
+    # ------------------------------------------------------------ kernel counters
+
+    def kernel_counts(self, path_id: int, counts: tuple[int, int, int, int]) -> tuple[int, int]:
+        """The offload's cumulative (ab packets, ab bytes, ba packets, ba bytes)
+        for a path; returns the (packets, bytes) new since the last reading."""
+        entry = self.by_port.get(path_id)
+        if entry is None:
+            return 0, 0
+        pair = entry[0]
+        last = pair.kernel_seen
+        if any(c < s for c, s in zip(counts, last, strict=True)):
+            last = (0, 0, 0, 0)  # reinstalled: its counters started again
+        pair.kernel_seen = counts
+        return (
+            counts[0] - last[0] + counts[2] - last[2],
+            counts[1] - last[1] + counts[3] - last[3],
+        )
