@@ -142,6 +142,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         relays=[(ep, key) for ep, key in relays],
         config=config,
         geoip_db=args.geoip_db,
+        port_mode=not args.framed_only,
     )
     return run_agent(opts)
 
@@ -515,6 +516,12 @@ def build_parser() -> argparse.ArgumentParser:
         type=Path,
         metavar="FILE",
         help="MaxMind-format City database: estimates the RTT to relays not yet measured",
+    )
+    sp.add_argument(
+        "--framed-only",
+        action="store_true",
+        help="never point WireGuard straight at a relay's session port (port mode); "
+        "relay every packet through the agent's local proxy",
     )
     sp = add("status", "show per-peer paths of running agents", cmd_status)
     sp.add_argument("interface", nargs="?", metavar="INTERFACE", help="only this interface")

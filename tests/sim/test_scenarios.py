@@ -25,6 +25,7 @@ import wgrelay
 from wgrelay.client.manager import RelayManager
 from wgrelay.mesh.agent import AgentConfig, AgentCore, PathKind
 from wgrelay.mesh.daemon import Agent
+from wgrelay.relay.config import RelayConfig
 from wgrelay.relay.core import RelayCore
 from wgrelay.relay.server import RelayServer
 from wgrelay.sim import LinkSpec, NatKind, Simulation, SimWireGuard
@@ -407,3 +408,36 @@ def test_direct_retry_costs_no_outage(mesh: SimMesh) -> None:
     traffic = mesh.ping_every(a, b)
     mesh.sim.run_for(120.0)
     assert traffic.longest_outage_s() <= 1.0, traffic.outages()
+
+
+# ---------------------------------------------------------------- port mode
+
+
+def test_port_mode_symmetric_pair_talks_to_the_relay_port_without_the_proxy(
+    mesh: SimMesh,
+) -> None:
+    """The relay gives each side a session port; each simulated WireGuard sends
+    its own packets there (mac1-verified handshakes latch the ports) and the
+    relay forwards them unchanged: nothing passes the agents' proxies."""
+    relay = mesh.add_relay("relay", link=RELAY_LINK, config=RelayConfig(port_range=(52000, 52099)))
+    a, b = pair(mesh, NatKind.SYMMETRIC, NatKind.SYMMETRIC)
+    mesh.start()
+    mesh.wait_connected(a, b, timeout_s=30)
+    mesh.sim.run_for(10.0)
+    for me, other in ((a, b), (b, a)):
+        assert me.path(other) is PathKind.RELAYED
+        ep = me.wg.read(me.wg.interface).peer(other.public).endpoint  # type: ignore[union-attr]
+        assert ep is not None
+        assert ep[0] == relay.endpoint[0]
+        assert 52000 <= ep[1] <= 52099
+        agent = me._agent()
+        assert agent.port_mode.describe(other.public)[0] == "port"
+        counters = agent.proxies.counters(other.public)
+        assert counters is not None
+        assert counters.to_relay_packets == 0
+    rtt = mesh.sim.run(a.ping(b))
+    assert rtt == pytest.approx(0.120, abs=1e-9)  # the same path, without the proxies
+    stats = relay.stats()
+    assert stats is not None
+    assert stats.port_latches == 2
+    assert stats.port_sessions_offloaded == 1

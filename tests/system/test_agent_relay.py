@@ -51,7 +51,9 @@ def test_relayed_tunnel_comes_up_by_itself_within_ten_seconds(
     for me, other in ((a, b), (b, a)):
         st = sc.wg_peer(me, other)
         assert st.endpoint is not None
-        assert st.endpoint[0] == "127.0.0.1", st
+        # port mode: WireGuard talks to the relay's session port, no local proxy
+        assert st.endpoint[0] == sc.relays["r1"].relay.address, st
+        assert st.endpoint[1] != 51821, st
         assert time.time() - st.latest_handshake < 30
     assert b.ping(a.tunnel_address, timeout=2.0)
     log_a = sc.agent_log(a)
@@ -62,7 +64,14 @@ def test_relayed_tunnel_comes_up_by_itself_within_ten_seconds(
     peers = status["peers"]
     assert isinstance(peers, list)
     assert peers[0]["path"] == "relayed"
+    assert wait_until(lambda: _relay_mode(sc, a) == "port", 8), sc.status(a)
     print(f"ping through the relay {took:.1f} s after the agents started")
+
+
+def _relay_mode(sc: MeshScenario, p: Peer) -> object:
+    status = sc.status(p)
+    peers = status["peers"] if status else None
+    return peers[0].get("relay_mode") if isinstance(peers, list) and peers else None
 
 
 def test_iperf3_through_the_relayed_tunnel(mesh: tuple[MeshScenario, Peer, Peer]) -> None:
@@ -105,7 +114,8 @@ def test_stopping_the_agent_restores_endpoints(mesh: tuple[MeshScenario, Peer, P
     sc.start_agent(a)
     sc.start_agent(b)
     assert sc.wait_ping(a, b, timeout=10.0) is not None
-    assert sc.wg_peer(a, b).endpoint[0] == "127.0.0.1"  # type: ignore[index]
+    relay_ip = sc.relays["r1"].relay.address
+    assert sc.wg_peer(a, b).endpoint[0] == relay_ip  # type: ignore[index]  # port mode
     for p in (a, b):
         assert sc.stop_agent(p) == 0
     for p, o in ((a, b), (b, a)):

@@ -181,6 +181,14 @@ class RelayManager:
         if link is not None and link.note_sent(self.runtime.now()):
             self._arm_timer()  # the carrier probe may now be due before any other timer
 
+    def note_heard(self, peer: PublicKey) -> None:
+        """Traffic from ``peer`` came in through its relay without passing us
+        (port mode: the relay sends to WireGuard itself): the relay is alive."""
+        relay = self.planner.route_relay.get(peer)
+        lk = self.planner.link(relay) if relay is not None else None
+        if lk is not None:
+            lk.data_heard = self.runtime.now()
+
     async def start(self, timeout: float = 30.0) -> PublicKey | None:
         """``begin`` and wait for the first home (None if none was reachable)."""
         fut = self._expect(lambda e: isinstance(e, HomeChanged))

@@ -54,6 +54,7 @@ from wgrelay.mesh.backend.base import InterfaceInfo, WireGuardBackend
 from wgrelay.mesh.backend.detect import detect_backend
 from wgrelay.mesh.cache import ConnectionCache
 from wgrelay.mesh.nat import TryDirect
+from wgrelay.mesh.port_mode import PortModePaths
 from wgrelay.proto.constants import DATA_HEADER_LEN, CloseReason
 from wgrelay.settings import load_settings, settings_path
 from wgrelay.state import ensure_state_dir
@@ -103,6 +104,9 @@ class AgentOptions:
     daemon: DaemonConfig = field(default_factory=DaemonConfig)
     geoip_db: Path | None = None
     """A MaxMind City database: RTT priors for relays not yet measured."""
+    port_mode: bool = True
+    """Point WireGuard straight at the relay's session port when it has one
+    (mesh/port_mode.py); False: always through the local proxy (framed)."""
 
 
 def relayed_packet_size(mtu: int, ipv6: bool = False) -> int:
@@ -164,6 +168,9 @@ class Agent:
             runtime=self.runtime,
             on_sent=self.manager.note_sent,
         )
+        self.port_mode = PortModePaths(opts.port_mode)
+        self._info = info
+        """The latest snapshot of the interface."""
         self._stop = asyncio.Event()
         self._last_status: object = None
         self._settings_mtime: int | None = None
@@ -184,6 +191,13 @@ class Agent:
         now = self._clock()
         if isinstance(ev, PeerRelayed):
             relay = self.registry.get(ev.relay)
+            self.port_mode.offered(
+                ev.peer,
+                relay.endpoint if relay else None,
+                ev.port,
+                self._info.peer(ev.peer),
+                self._wall(),
+            )
             self._run(
                 self.core.on_relayed(
                     ev.peer,
@@ -241,35 +255,72 @@ class Agent:
         elif isinstance(a, TryDirect):
             self.backend.set_endpoint(self.iface, a.peer, a.endpoint)
         elif isinstance(a, HoldProxy):
-            self.proxies.hold(a.peer, a.hold)
+            # in port mode the proxy holds for good: a framed frame given to
+            # WireGuard would make it roam off the relay port
+            self.proxies.hold(a.peer, a.hold or self.port_mode.holding(a.peer))
         elif isinstance(a, LeaveRelay):
             self.manager.close_connection(a.peer)
-            self.proxies.remove(a.peer)
-            self.core.proxy_endpoints = self.proxies.endpoints()
+            self._drop_relay_path(a.peer)
         elif isinstance(a, UseProxy):
-            ep = self.proxies.ensure(a.peer)
-            self.core.proxy_endpoints = self.proxies.endpoints()
-            self.backend.set_endpoint(self.iface, a.peer, ep)
-            if self.opts.config.keepalive_s:
-                self.backend.set_keepalive(self.iface, a.peer, self.opts.config.keepalive_s)
+            self._use_relay_path(a.peer)
         elif isinstance(a, UseDirect):
             if a.endpoint is not None:
                 self.backend.set_endpoint(self.iface, a.peer, a.endpoint)
             if a.keepalive_s is not None:
                 self.backend.set_keepalive(self.iface, a.peer, a.keepalive_s)
             self.manager.close_connection(a.peer)
-            self.proxies.remove(a.peer)
-            self.core.proxy_endpoints = self.proxies.endpoints()
+            self._drop_relay_path(a.peer)
         elif isinstance(a, StartRelay):
             self.manager.request_relay(a.peer)
         elif isinstance(a, ReplaceRelay):
-            # the proxy, and so WireGuard's endpoint, stays; a new session
-            # (StartRelay follows) takes over behind it
+            # the proxy stays WireGuard's endpoint in framed mode; a new
+            # session (StartRelay follows) takes over behind it
             self.manager.close_connection(a.peer, CloseReason.REPLACED)
         elif isinstance(a, CloseRelay):
             self.manager.close_connection(a.peer)
-            self.proxies.remove(a.peer)
-            self.core.proxy_endpoints = self.proxies.endpoints()
+            self._drop_relay_path(a.peer)
+
+    def _use_relay_path(self, peer: PublicKey) -> None:
+        """Point the peer's WireGuard at its relay path: the session port
+        (port mode) or the local proxy (framed; created here either way, it
+        is the fallback)."""
+        proxy = self.proxies.ensure(peer)
+        port = self.port_mode.endpoint(peer)
+        self.proxies.hold(peer, self.port_mode.holding(peer))
+        self._sync_relay_endpoints()
+        self.backend.set_endpoint(self.iface, peer, port or proxy)
+        keepalive = self.opts.config.keepalive_s
+        if port is not None:
+            self.port_mode.switched(peer, self._info.peer(peer), self._clock())
+            if keepalive:  # send now: the handshake that latches the port
+                self.backend.set_keepalive(self.iface, peer, keepalive, kick=True)
+        elif keepalive:
+            self.backend.set_keepalive(self.iface, peer, keepalive)
+
+    def _drop_relay_path(self, peer: PublicKey) -> None:
+        self.proxies.remove(peer)
+        self.port_mode.forget(peer)
+        self._sync_relay_endpoints()
+
+    def _sync_relay_endpoints(self) -> None:
+        """The endpoints that are our relay paths: never a direct candidate."""
+        self.core.proxy_endpoints = self.proxies.endpoints() | self.port_mode.endpoints()
+
+    def _check_port_mode(self, info: InterfaceInfo) -> None:
+        """A session port that did not latch in time: back to the proxy (framed)."""
+        now = self._clock()
+        for peer in info.peers:
+            p = self.core.peers.get(peer.public_key)
+            if p is None or p.kind != PathKind.RELAYED or p.probing_back:
+                continue
+            if self.port_mode.observe(peer, now):
+                self._run([UseProxy(peer.public_key)])
+                continue
+            sent, heard = self.port_mode.traffic(peer)
+            if heard:
+                self.manager.note_heard(peer.public_key)
+            if sent:
+                self.manager.note_sent(peer.public_key)
 
     # ------------------------------------------------------------ loop
 
@@ -306,6 +357,7 @@ class Agent:
                     p.relay,
                     p.relay_endpoint,
                     wg.endpoint if (wg := by_key.get(key)) else None,
+                    self.port_mode.describe(key),
                 )
                 for key, p in self.core.peers.items()
             ),
@@ -326,6 +378,9 @@ class Agent:
             wg = by_key.get(key)
             relay = self.registry.get(p.relay) if p.relay and p.kind == PathKind.RELAYED else None
             rtt_ms, rtt_source = self._rtt(key, p.kind, relay.endpoint if relay else None)
+            mode, mode_reason = self.port_mode.describe(key) if relay else (None, None)
+            if relay and mode is None:
+                mode, mode_reason = "framed", "framed: the relay offered no session port"
             peers.append(
                 {
                     "public_key": str(key),
@@ -341,6 +396,8 @@ class Agent:
                     else None,
                     "relay": str(p.relay) if relay else None,
                     "relay_endpoint": endpoint_str(relay.endpoint) if relay else None,
+                    "relay_mode": mode,
+                    "relay_mode_reason": mode_reason,
                     "latest_handshake": wg.latest_handshake if wg else None,
                     "rx_bytes": wg.rx_bytes if wg else None,
                     "tx_bytes": wg.tx_bytes if wg else None,
@@ -430,8 +487,10 @@ class Agent:
                     self._peer_keys = {p.public_key for p in info.peers}
                     if info.listen_port:
                         self.proxies.set_wg_port(info.listen_port)
+                    self._info = info
                     self._run(self.core.observe(info, now, self._wall()))
                     self._run(self.core.tick(now))
+                    self._check_port_mode(info)
                     self._write_status(info)
                 if now >= self._next_flush:
                     self._next_flush = now + self.opts.daemon.cache_flush_interval_s

@@ -127,18 +127,22 @@ def render_status(doc: dict[str, Any]) -> str:
             continue
         head = ("PEER", "PATH", "VIA", "HANDSHAKE", "RTT", "RX/TX")
         lines.append(
-            f"  {head[0]:10} {head[1]:13} {head[2]:34} {head[3]:10} {head[4]:>9} {head[5]:>17}"
+            f"  {head[0]:10} {head[1]:16} {head[2]:34} {head[3]:10} {head[4]:>9} {head[5]:>17}"
             "  REASON"
         )
         for p in peers:
-            if p["path"] == "relayed" and p.get("relay"):
+            path = p["path"]
+            if path == "relayed" and p.get("relay"):
                 via = f"relay {p['relay'][:8]}.. {p.get('relay_endpoint') or ''}"
+                # "relayed (port)", "relayed (framed)": whether WireGuard talks
+                # to the relay itself or through our proxy
+                path = f"relayed ({(p.get('relay_mode') or 'framed').split()[0]})"
             else:
                 via = p.get("direct_endpoint") or p.get("endpoint") or "-"
             rtt = f"{p['rtt_ms']:.1f}ms" if isinstance(p.get("rtt_ms"), int | float) else "-"
             rxtx = f"{_size(p.get('rx_bytes'))}/{_size(p.get('tx_bytes'))}"
             lines.append(
-                f"  {p['public_key'][:8] + '..':10} {p['path']:13} {via[:34]:34} "
+                f"  {p['public_key'][:8] + '..':10} {path:16} {via[:34]:34} "
                 f"{_ago(p.get('latest_handshake'), now):10} {rtt:>9} {rxtx:>17}  {p['reason']}"
             )
     return "\n".join(lines) + "\n"

@@ -1,0 +1,160 @@
+"""Which relayed peers use port mode, and whether it latched (sans-I/O).
+
+A relay in port mode gives our side of each session a port (relay/ports.py).
+Pointing WireGuard's endpoint straight at ``relay:port`` removes the proxy and
+the 10-byte header, but the relay forwards only once our side latched, and it
+latches only to a WireGuard *handshake* from WireGuard's own socket. So:
+
+* A session comes with a port, and WireGuard has no current session with the
+  peer (no handshake for ``SESSION_VALID_S``): WireGuard's next packet is a
+  handshake initiation anyway. Port mode is tried (TRYING): the endpoint moves
+  to the port and the proxy holds any framed frame (WireGuard would roam back
+  to the proxy on the first one).
+* Proof within ``latch_s``: a handshake newer than the switch, or bytes
+  received, with the endpoint on the port -> PORT. None -> FRAMED for this
+  session (a NAT that sends WireGuard's packets from another public IP than
+  the agent's, say): the endpoint goes back to the proxy, which relays framed.
+* WireGuard has a current session (a failover to a new relay, a relay
+  restart): it would send transport messages, which do not latch, until its
+  next handshake; trying would cost ``latch_s`` of traffic. The session is
+  framed (FRAMED, said why), with no outage.
+
+The daemon asks ``endpoint(peer)`` where a relayed peer's WireGuard should
+point and feeds every interface snapshot to ``observe``; ``status`` says the
+mode per peer.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from enum import StrEnum
+
+from wgrelay.endpoint import Endpoint, endpoint_str
+from wgrelay.keys import PublicKey
+from wgrelay.mesh.backend.base import PeerInfo
+
+log = logging.getLogger(__name__)
+
+LATCH_S = 6.0
+"""How long a port may take to show a handshake. WireGuard sends at most one
+initiation per REKEY_TIMEOUT (5 s, plus up to 1/3 s of jitter): when a direct
+attempt started one just before, the one through the port follows that long
+after."""
+SESSION_VALID_S = 180.0
+"""WireGuard's REJECT_AFTER_TIME: a handshake younger than this may still
+carry traffic without a new one."""
+
+
+class Mode(StrEnum):
+    TRYING = "port (latching)"
+    PORT = "port"
+    FRAMED = "framed"
+
+
+@dataclass(slots=True)
+class PortPath:
+    endpoint: Endpoint
+    mode: Mode
+    reason: str
+    since: float = 0.0
+    handshake_before: float | None = None
+    rx_before: int = 0
+    rx_seen: int = -1
+    tx_seen: int = -1
+
+
+class PortModePaths:
+    def __init__(self, enabled: bool = True, latch_s: float = LATCH_S) -> None:
+        self.enabled = enabled
+        self.latch_s = latch_s
+        self.paths: dict[PublicKey, PortPath] = {}
+
+    def offered(
+        self, peer: PublicKey, relay_endpoint: Endpoint | None, port: int, info: PeerInfo | None,
+        wall: float,
+    ) -> None:  # fmt: skip
+        """A new relayed session for ``peer``: its port (0: none) at the relay."""
+        self.paths.pop(peer, None)
+        if not self.enabled or not port or relay_endpoint is None:
+            return
+        ep: Endpoint = (relay_endpoint[0], port)
+        hs = info.latest_handshake if info is not None else None
+        if hs is not None and wall - hs < SESSION_VALID_S:
+            self.paths[peer] = PortPath(
+                ep, Mode.FRAMED, "framed: WireGuard's session is current, its packets "
+                "would not latch the relay port until its next handshake"
+            )  # fmt: skip
+            return
+        self.paths[peer] = PortPath(ep, Mode.TRYING, "port mode: waiting for a handshake")
+
+    def endpoint(self, peer: PublicKey) -> Endpoint | None:
+        """Where WireGuard should send: the relay port, or None (the proxy)."""
+        pp = self.paths.get(peer)
+        if pp is None or pp.mode is Mode.FRAMED:
+            return None
+        return pp.endpoint
+
+    def switched(self, peer: PublicKey, info: PeerInfo | None, now: float) -> None:
+        """WireGuard's endpoint was just set to the port: the latch clock starts."""
+        pp = self.paths.get(peer)
+        if pp is None or pp.mode is not Mode.TRYING:
+            return
+        pp.since = now
+        pp.handshake_before = info.latest_handshake if info is not None else None
+        pp.rx_before = info.rx_bytes if info is not None else 0
+
+    def observe(self, peer: PeerInfo, now: float) -> bool:
+        """A fresh snapshot of a peer; True if port mode just failed (the
+        endpoint must go back to the proxy)."""
+        pp = self.paths.get(peer.public_key)
+        if pp is None or pp.mode is not Mode.TRYING or pp.since == 0.0:
+            return False
+        if peer.endpoint == pp.endpoint:
+            hs = peer.latest_handshake
+            new_hs = hs is not None and (pp.handshake_before is None or hs > pp.handshake_before)
+            if new_hs or peer.rx_bytes > pp.rx_before:
+                pp.mode = Mode.PORT
+                pp.reason = (
+                    f"port mode: WireGuard talks to the relay at {endpoint_str(pp.endpoint)}"
+                )
+                log.info("peer %s: %s", peer.public_key.short(), pp.reason)
+                return False
+        if now - pp.since < self.latch_s:
+            return False
+        pp.mode = Mode.FRAMED
+        pp.reason = (
+            f"framed: no handshake through relay port {endpoint_str(pp.endpoint)} "
+            f"within {self.latch_s:.0f} s"
+        )
+        log.info("peer %s: %s", peer.public_key.short(), pp.reason)
+        return True
+
+    def traffic(self, peer: PeerInfo) -> tuple[bool, bool]:
+        """(sent, heard) through the relay port since the last snapshot. In
+        port mode our traffic never passes the agent, so the relay link learns
+        from these that it carries traffic and whether answers come (its
+        carrier check notices a dead relay in seconds, as in framed mode)."""
+        pp = self.paths.get(peer.public_key)
+        if pp is None or pp.mode is Mode.FRAMED or peer.endpoint != pp.endpoint:
+            return False, False
+        sent = pp.tx_seen >= 0 and peer.tx_bytes > pp.tx_seen
+        heard = pp.rx_seen >= 0 and peer.rx_bytes > pp.rx_seen
+        pp.tx_seen, pp.rx_seen = peer.tx_bytes, peer.rx_bytes
+        return sent, heard
+
+    def forget(self, peer: PublicKey) -> None:
+        self.paths.pop(peer, None)
+
+    def endpoints(self) -> set[Endpoint]:
+        return {pp.endpoint for pp in self.paths.values()}
+
+    def holding(self, peer: PublicKey) -> bool:
+        """Whether the proxy must hold framed frames (WireGuard is on the port)."""
+        pp = self.paths.get(peer)
+        return pp is not None and pp.mode is not Mode.FRAMED
+
+    def describe(self, peer: PublicKey) -> tuple[str | None, str | None]:
+        """(mode, why) for ``status``; (None, None) for a peer without a port."""
+        pp = self.paths.get(peer)
+        return (pp.mode.value, pp.reason) if pp is not None else (None, None)
