@@ -103,6 +103,8 @@ def test_relay_restart_brings_the_tunnel_back_without_restarting_agents(
     sc.start_relay(relay.relay)  # same key file, same port
     took = sc.wait_ping(a, b, timeout=30.0)
     assert took is not None, sc.agent_log(a)[-3000:]
+    assert wait_until(lambda: _relay_mode(sc, a) == "port", 10), sc.status(a)
+    assert sc.wg_peer(a, b).endpoint[0] == relay.relay.address  # type: ignore[index]
     assert sc.agents["a"].running()
     assert sc.agents["b"].running()
     print(f"tunnel back {took:.1f} s after the relay restarted")

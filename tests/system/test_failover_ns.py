@@ -86,6 +86,12 @@ def test_relay_killed_ping_answers_within_three_seconds_and_tcp_survives() -> No
                 ),
                 5,
             ), sc.status(a)
+            # port mode on the new relay too: WireGuard was restarted to
+            # handshake through its session port
+            assert wait_until(
+                lambda: (ep := sc.wg_peer(a, b).endpoint) is not None and ep[0] == r2.address,
+                10,
+            ), (sc.wg_peer(a, b), sc.agent_log(a)[-2000:])
             assert client.wait(timeout=60) == 0, client.read_log()[-2000:]
             assert "all lines echoed" in client.read_log()
             # what the agent learned by gossip was on disk before it died

@@ -47,17 +47,31 @@ def test_no_handshake_through_the_port_in_time_falls_back_to_framed() -> None:
     assert not pm.observe(_info(PORT_EP), now=100.0)  # said once
 
 
-def test_a_current_wireguard_session_stays_framed_without_an_outage() -> None:
+def test_a_current_wireguard_session_is_restarted_once_to_handshake_through_the_port() -> None:
     pm = PortModePaths()
     pm.offered(PEER, RELAY, 52000, _info(hs=WALL - 30), WALL)
+    assert pm.endpoint(PEER) == PORT_EP
+    assert pm.needs_restart(PEER)
+    assert not pm.needs_restart(PEER)  # once
+    # an old session is no session: the next packet is a handshake anyway
+    pm.offered(PEER, RELAY, 52000, _info(hs=WALL - SESSION_VALID_S - 1), WALL)
+    assert not pm.needs_restart(PEER)
+
+
+def test_a_relay_address_where_port_mode_failed_is_framed_from_then_on() -> None:
+    pm = PortModePaths()
+    pm.offered(PEER, RELAY, 52000, _info(), WALL)
+    pm.switched(PEER, _info(PORT_EP), now=10.0)
+    assert pm.observe(_info(PORT_EP), now=10.0 + LATCH_S)
+    pm.offered(PEER, RELAY, 52002, _info(hs=WALL - 1), WALL)  # the next session there
     assert pm.endpoint(PEER) is None
+    assert not pm.needs_restart(PEER)
     mode, why = pm.describe(PEER)
     assert mode == "framed"
     assert why is not None
-    assert "current" in why
-    # an old session is no session: the next packet is a handshake
-    pm.offered(PEER, RELAY, 52000, _info(hs=WALL - SESSION_VALID_S - 1), WALL)
-    assert pm.endpoint(PEER) == PORT_EP
+    assert "did not latch" in why
+    pm.offered(PEER, ("198.51.100.77", 51821), 52000, _info(), WALL)  # another relay: try
+    assert pm.endpoint(PEER) == ("198.51.100.77", 52000)
 
 
 def test_no_port_no_relay_endpoint_or_disabled_means_framed() -> None:
@@ -77,6 +91,7 @@ def test_traffic_through_the_port_is_reported_for_the_carrier_check() -> None:
     assert pm.traffic(_info(PORT_EP, rx=0, tx=0)) == (False, False)  # first look
     assert pm.traffic(_info(PORT_EP, rx=0, tx=100)) == (True, False)
     assert pm.traffic(_info(PORT_EP, rx=50, tx=100)) == (False, True)
+    assert pm.traffic(_info(PORT_EP, rx=0, tx=32)) == (True, False)  # restarted: from 0
     # elsewhere (a direct retry moved the endpoint): not the relay's traffic
     assert pm.traffic(_info(("198.51.100.9", 51820), rx=90, tx=200)) == (False, False)
     pm.forget(PEER)

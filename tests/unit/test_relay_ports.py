@@ -255,3 +255,18 @@ def test_kernel_counters_keep_an_offloaded_session_from_idling_out() -> None:
     assert s.bytes >= 9 * 1500
     net.advance(7.0)  # the counters stop moving: idle
     assert sid not in net.relay.sessions
+
+
+def test_crossed_initiations_deliver_only_the_later_one() -> None:
+    """Both agents restart WireGuard at once: each initiation alone gets
+    answered; both delivered would cross and both fail (5 s retry)."""
+    net, a, b, _ = _setup()
+    _sid, pa, pb = _session(net, a, b)
+    wg_a, wg_b = (A_IP, 51820), (B_IP, 61000)
+    assert _port(net, pa, _init(a, b), wg_a) is None  # held for B
+    init_b = _init(b, a)
+    assert _port(net, pb, init_b, wg_b) == (pa, wg_a)  # B's goes to A
+    assert net.relay.port_output() == []  # A's held one does not go to B
+    ports = net.relay.ports
+    assert ports is not None
+    assert ports.crossed == 1

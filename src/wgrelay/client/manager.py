@@ -173,21 +173,23 @@ class RelayManager:
         self.note_sent(peer)
         return route[0](route[2] + packet, route[1])
 
-    def note_sent(self, peer: PublicKey) -> None:
-        """Traffic for ``peer`` went out through its relay: the link now
-        expects something back, and probes the relay if nothing comes."""
+    def note_sent(self, peer: PublicKey, at: float | None = None) -> None:
+        """Traffic for ``peer`` went out through its relay (``at``, default
+        now): the link now expects something back, and probes the relay if
+        nothing comes."""
         relay = self.planner.route_relay.get(peer)
         link = self.planner.link(relay) if relay is not None else None
-        if link is not None and link.note_sent(self.runtime.now()):
+        if link is not None and link.note_sent(self.runtime.now() if at is None else at):
             self._arm_timer()  # the carrier probe may now be due before any other timer
 
-    def note_heard(self, peer: PublicKey) -> None:
+    def note_heard(self, peer: PublicKey, at: float) -> None:
         """Traffic from ``peer`` came in through its relay without passing us
-        (port mode: the relay sends to WireGuard itself): the relay is alive."""
+        (port mode: the relay sends to WireGuard itself) at ``at`` or later:
+        the relay was alive then."""
         relay = self.planner.route_relay.get(peer)
         lk = self.planner.link(relay) if relay is not None else None
-        if lk is not None:
-            lk.data_heard = self.runtime.now()
+        if lk is not None and at > lk.data_heard:
+            lk.data_heard = at
 
     async def start(self, timeout: float = 30.0) -> PublicKey | None:
         """``begin`` and wait for the first home (None if none was reachable)."""

@@ -214,6 +214,10 @@ class AgentCore:
     @staticmethod
     def _absorb(p: PeerPath, peer: PeerInfo, now: float) -> tuple[bool, bool, bool]:
         """Take the new counters; returns (new handshake, rx grew, tx grew)."""
+        if peer.rx_bytes < p.rx_bytes or peer.tx_bytes < p.tx_bytes:
+            # the peer was removed and added back (port mode restarts it to
+            # get a handshake through the relay port): its counters start at 0
+            p.rx_bytes = p.tx_bytes = p.tx_at_silence = 0
         hs = peer.latest_handshake
         new_handshake = hs is not None and (p.latest_handshake is None or hs > p.latest_handshake)
         delta = (new_handshake, peer.rx_bytes > p.rx_bytes, peer.tx_bytes > p.tx_bytes)

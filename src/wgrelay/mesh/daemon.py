@@ -78,6 +78,10 @@ class DaemonConfig:
     probe_poll_interval_s: float = 0.2
     """Faster while a direct attempt runs: its verdict (and a probe-back's
     outage) should not wait for the next second."""
+    port_poll_interval_s: float = 0.5
+    """While WireGuard talks to a relay port: our traffic no longer passes
+    the agent, and WireGuard's counters, read at each look, are all the relay
+    link learns of it, so a dead relay is noticed this much later at worst."""
     cache_flush_interval_s: float = 10.0
     read_error_log_interval_s: float = 60.0
     status_refresh_s: float = 5.0
@@ -171,6 +175,8 @@ class Agent:
         self.port_mode = PortModePaths(opts.port_mode)
         self._info = info
         """The latest snapshot of the interface."""
+        self._polled_at = self._clock()
+        """When the interface was read the time before."""
         self._stop = asyncio.Event()
         self._last_status: object = None
         self._settings_mtime: int | None = None
@@ -288,8 +294,16 @@ class Agent:
         port = self.port_mode.endpoint(peer)
         self.proxies.hold(peer, self.port_mode.holding(peer))
         self._sync_relay_endpoints()
-        self.backend.set_endpoint(self.iface, peer, port or proxy)
         keepalive = self.opts.config.keepalive_s
+        if port is not None and self.port_mode.needs_restart(peer):
+            # WireGuard's session is current: it would not handshake through
+            # the port for minutes; restarted, it does at once
+            if keepalive:
+                self.backend.set_keepalive(self.iface, peer, keepalive)
+            self.port_mode.switched(peer, self._info.peer(peer), self._clock())
+            self.backend.restart_peer(self.iface, peer, port)
+            return
+        self.backend.set_endpoint(self.iface, peer, port or proxy)
         if port is not None:
             self.port_mode.switched(peer, self._info.peer(peer), self._clock())
             if keepalive:  # send now: the handshake that latches the port
@@ -316,11 +330,15 @@ class Agent:
             if self.port_mode.observe(peer, now):
                 self._run([UseProxy(peer.public_key)])
                 continue
+            # WireGuard's counters say what happened since the last look, not
+            # when: a reply is dated at the start of the interval, what we
+            # sent just after it, so a relay that stopped answering makes the
+            # link wait (and probe) from the first interval without replies
             sent, heard = self.port_mode.traffic(peer)
             if heard:
-                self.manager.note_heard(peer.public_key)
+                self.manager.note_heard(peer.public_key, at=self._polled_at)
             if sent:
-                self.manager.note_sent(peer.public_key)
+                self.manager.note_sent(peer.public_key, at=min(now, self._polled_at + 1e-3))
 
     # ------------------------------------------------------------ loop
 
@@ -491,6 +509,7 @@ class Agent:
                     self._run(self.core.observe(info, now, self._wall()))
                     self._run(self.core.tick(now))
                     self._check_port_mode(info)
+                    self._polled_at = now
                     self._write_status(info)
                 if now >= self._next_flush:
                     self._next_flush = now + self.opts.daemon.cache_flush_interval_s
@@ -501,6 +520,8 @@ class Agent:
                 # falls due before it
                 d = self.opts.daemon
                 interval = d.probe_poll_interval_s if self.core.probing() else d.poll_interval_s
+                if self.port_mode.carrying():
+                    interval = min(interval, d.port_poll_interval_s)
                 # (never sooner than MIN_WAIT_S: a rule that let a deadline
                 # pass without acting must not turn this into a busy loop)
                 wake = max(min(now + interval, self.core.next_timer()), now + MIN_WAIT_S)

@@ -16,8 +16,11 @@ latches only to a WireGuard *handshake* from WireGuard's own socket. So:
   the agent's, say): the endpoint goes back to the proxy, which relays framed.
 * WireGuard has a current session (a failover to a new relay, a relay
   restart): it would send transport messages, which do not latch, until its
-  next handshake; trying would cost ``latch_s`` of traffic. The session is
-  framed (FRAMED, said why), with no outage.
+  next handshake. The daemon then *restarts* the peer (removes it and adds it
+  back, ``restart``): WireGuard forgets the session and handshakes through
+  the port at once, at the price of one round trip. If port mode already
+  failed once through that relay address (its NAT, say, sends WireGuard's
+  packets from another IP), the session is framed (said why), no restart.
 
 The daemon asks ``endpoint(peer)`` where a relayed peer's WireGuard should
 point and feeds every interface snapshot to ``observe``; ``status`` says the
@@ -57,6 +60,8 @@ class PortPath:
     endpoint: Endpoint
     mode: Mode
     reason: str
+    restart: bool = False
+    """WireGuard has a current session: restart the peer to get a handshake."""
     since: float = 0.0
     handshake_before: float | None = None
     rx_before: int = 0
@@ -69,6 +74,8 @@ class PortModePaths:
         self.enabled = enabled
         self.latch_s = latch_s
         self.paths: dict[PublicKey, PortPath] = {}
+        self.failed: set[tuple[PublicKey, str]] = set()
+        """(peer, relay host) where port mode did not latch: framed there from now on."""
 
     def offered(
         self, peer: PublicKey, relay_endpoint: Endpoint | None, port: int, info: PeerInfo | None,
@@ -79,14 +86,25 @@ class PortModePaths:
         if not self.enabled or not port or relay_endpoint is None:
             return
         ep: Endpoint = (relay_endpoint[0], port)
-        hs = info.latest_handshake if info is not None else None
-        if hs is not None and wall - hs < SESSION_VALID_S:
+        if (peer, relay_endpoint[0]) in self.failed:
             self.paths[peer] = PortPath(
-                ep, Mode.FRAMED, "framed: WireGuard's session is current, its packets "
-                "would not latch the relay port until its next handshake"
-            )  # fmt: skip
+                ep, Mode.FRAMED, f"framed: port mode did not latch at {relay_endpoint[0]} before"
+            )
             return
-        self.paths[peer] = PortPath(ep, Mode.TRYING, "port mode: waiting for a handshake")
+        hs = info.latest_handshake if info is not None else None
+        current = hs is not None and wall - hs < SESSION_VALID_S
+        self.paths[peer] = PortPath(
+            ep, Mode.TRYING, "port mode: waiting for a handshake", restart=current
+        )
+
+    def needs_restart(self, peer: PublicKey) -> bool:
+        """Whether the peer must be restarted to handshake through the port
+        (once: the restart is then done)."""
+        pp = self.paths.get(peer)
+        if pp is None or pp.mode is not Mode.TRYING or not pp.restart:
+            return False
+        pp.restart = False
+        return True
 
     def endpoint(self, peer: PublicKey) -> Endpoint | None:
         """Where WireGuard should send: the relay port, or None (the proxy)."""
@@ -127,6 +145,7 @@ class PortModePaths:
             f"framed: no handshake through relay port {endpoint_str(pp.endpoint)} "
             f"within {self.latch_s:.0f} s"
         )
+        self.failed.add((peer.public_key, str(pp.endpoint[0])))
         log.info("peer %s: %s", peer.public_key.short(), pp.reason)
         return True
 
@@ -138,10 +157,14 @@ class PortModePaths:
         pp = self.paths.get(peer.public_key)
         if pp is None or pp.mode is Mode.FRAMED or peer.endpoint != pp.endpoint:
             return False, False
-        sent = pp.tx_seen >= 0 and peer.tx_bytes > pp.tx_seen
-        heard = pp.rx_seen >= 0 and peer.rx_bytes > pp.rx_seen
+        sent = _moved(peer.tx_bytes, pp.tx_seen)
+        heard = _moved(peer.rx_bytes, pp.rx_seen)
         pp.tx_seen, pp.rx_seen = peer.tx_bytes, peer.rx_bytes
         return sent, heard
+
+    def carrying(self) -> bool:
+        """Whether some WireGuard peer talks to a relay port (not the proxy)."""
+        return any(pp.mode is not Mode.FRAMED for pp in self.paths.values())
 
     def forget(self, peer: PublicKey) -> None:
         self.paths.pop(peer, None)
@@ -158,3 +181,9 @@ class PortModePaths:
         """(mode, why) for ``status``; (None, None) for a peer without a port."""
         pp = self.paths.get(peer)
         return (pp.mode.value, pp.reason) if pp is not None else (None, None)
+
+
+def _moved(now: int, seen: int) -> bool:
+    """Whether a byte counter moved since ``seen`` (-1: not seen yet). A
+    restarted peer's counters start again at 0: below ``seen`` but not 0 moved."""
+    return seen >= 0 and (now > seen or 0 < now < seen)

@@ -27,7 +27,9 @@ a side whose NAT sends WireGuard's packets from another public IP (never
 latches) keeps working framed, and the two modes bridge within one session.
 A handshake for a side still UNKNOWN while it is switching to port mode is
 held (the latest one, up to ``HOLD_S``) and delivered when it latches, so the
-first handshake of a session is not lost to the order of the two latches.
+first handshake of a session is not lost to the order of the two latches;
+unless both are initiations (both agents switched at once), then only the
+latching one goes on (crossed initiations would both fail).
 
 Sans-I/O: ``PortTable`` never opens a socket. Ports come from ``PortPool``,
 whose ``opener`` (the server's socket binder, a simulated one in tests) may
@@ -47,7 +49,14 @@ from typing import TYPE_CHECKING
 
 from wgrelay.proto.constants import DATA_HEADER_LEN
 from wgrelay.proto.data import data_header
-from wgrelay.proto.wgmac import KEEPALIVE_LEN, is_handshake, mac1_key, mac1_of, verify_mac1
+from wgrelay.proto.wgmac import (
+    KEEPALIVE_LEN,
+    MESSAGE_INITIATION,
+    is_handshake,
+    mac1_key,
+    mac1_of,
+    verify_mac1,
+)
 from wgrelay.relay.admission import Addr
 from wgrelay.relay.stats import DropReason
 
@@ -160,6 +169,8 @@ class PortTable:
         """(from port, datagram, to); port 0: the relay's main socket."""
         self.changes: list[PathChange] = []
         self.latches = 0
+        self.crossed = 0
+        """Held initiations not delivered because the latching packet was one too."""
 
     # ------------------------------------------------------------ lifecycle
 
@@ -293,7 +304,14 @@ class PortTable:
         self.latches += 1
         if side.held is not None:
             held, side.held = side.held, None
-            if now - side.held_at < HOLD_S:
+            if held[0] == MESSAGE_INITIATION and data[0] == MESSAGE_INITIATION:
+                # both sides initiated (both agents switched at once): the
+                # latching one goes on and is answered; delivering the held
+                # one too would cross them, and WireGuard keeps one handshake
+                # state per peer, so both answers would be refused and the
+                # tunnel would wait for the 5 s retry
+                self.crossed += 1
+            elif now - side.held_at < HOLD_S:
                 self.out.append((side.port, held, addr))
         self._check_ready(pair)
         return True

@@ -188,6 +188,13 @@ class SimWireGuard(WireGuardDevice):
         if was_off and seconds:
             self._send_keepalive(p)
 
+    def restart_peer(self, interface: str, peer: PublicKey, endpoint: Endpoint) -> None:
+        self._check_interface(interface)
+        p = self._backend_peer(interface, peer)
+        allowed, keepalive = p.allowed_ips, p.keepalive_s or None
+        self.remove_peer(peer)
+        self.add_peer(peer, endpoint=endpoint, keepalive=keepalive, allowed_ips=allowed)
+
     def exists(self, interface: str) -> bool:
         check_interface_name(interface)
         return self._up and interface == self.interface

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
@@ -51,6 +51,9 @@ class PeerInfo:
     tx_bytes: int
     persistent_keepalive: int | None
     """Seconds between keepalives; None when off."""
+    preshared_key: bytes | None = field(default=None, repr=False, compare=False)
+    """The peer's preshared key, if it has one (kept so ``restart_peer`` can put
+    it back; never shown)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,6 +114,18 @@ class WireGuardBackend(Protocol):
         and with no session that starts a handshake now instead of at the next
         packet (WireGuard still sends at most one initiation per 5 s). The agent
         uses this to probe a path without waiting for traffic.
+        """
+        ...
+
+    def restart_peer(self, interface: str, peer: PublicKey, endpoint: Endpoint) -> None:
+        """Remove ``peer`` and add it back as it was (allowed IPs, keepalive,
+        preshared key), with ``endpoint``: WireGuard forgets its session with
+        the peer and, with keepalive on, handshakes again at once. Its transfer
+        counters start again from 0.
+
+        Port mode needs a fresh handshake through the relay's session port to
+        latch it, and WireGuard offers no other way to ask for one. A peer
+        that is not on the interface is not created (``BackendError``).
         """
         ...
 

@@ -77,6 +77,8 @@ class FakeBackend:
         self._calls: list[SetEndpointCall] = []
         self.kicks: list[tuple[str, PublicKey]] = []
         """Every (interface, peer) a handshake was kicked for, oldest first."""
+        self.restarts: list[tuple[str, PublicKey, Endpoint]] = []
+        """Every ``restart_peer`` call, oldest first."""
         self._failure: BackendError | None = None
         self.on_set_endpoint = on_set_endpoint
 
@@ -118,6 +120,16 @@ class FakeBackend:
             )
             if kick and seconds:
                 self.kicks.append((interface, peer))
+
+    def restart_peer(self, interface: str, peer: PublicKey, endpoint: Endpoint) -> None:
+        with self._lock:
+            self._check_failure()
+            info = self._get_peer(interface, peer)
+            self.restarts.append((interface, peer, endpoint))
+            stored = parse_endpoint(format_endpoint(endpoint))
+            self._interfaces[interface].peers[peer] = dataclasses.replace(
+                info, endpoint=stored, latest_handshake=None, rx_bytes=0, tx_bytes=0
+            )
 
     def exists(self, interface: str) -> bool:
         check_interface_name(interface)

@@ -27,8 +27,12 @@ host needs no WireGuard module to test this file.
 
 from __future__ import annotations
 
+import base64
+import contextlib
 import functools
+import os
 import subprocess
+import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -141,7 +145,7 @@ def _parse_interface_line(
 
 
 def _parse_peer_line(interface: str, fields: list[str]) -> PeerInfo:
-    key_text, _psk, ep_text, ips_text, hs_text, rx_text, tx_text, ka_text = fields
+    key_text, psk_text, ep_text, ips_text, hs_text, rx_text, tx_text, ka_text = fields
     key = _public_key(interface, "peer key", key_text)
     if key is None:
         raise _field_error(interface, "peer key", key_text)
@@ -167,7 +171,18 @@ def _parse_peer_line(interface: str, fields: list[str]) -> PeerInfo:
         rx_bytes=_uint(interface, "rx bytes", rx_text),
         tx_bytes=_uint(interface, "tx bytes", tx_text),
         persistent_keepalive=keepalive or None,
+        preshared_key=None if psk_text == _NONE else _preshared_key(interface, psk_text),
     )
+
+
+def _preshared_key(interface: str, text: str) -> bytes:
+    try:
+        raw = base64.b64decode(text, validate=True)
+    except ValueError:
+        raw = b""
+    if len(raw) != 32:
+        raise BackendError(f"wg show {interface} dump: bad preshared key")
+    return raw
 
 
 def parse_dump(text: str, interface: str) -> InterfaceInfo:
@@ -247,6 +262,27 @@ class KernelBackend:
             self._run("set", interface, "peer", key, "persistent-keepalive", "off")
         value = str(seconds) if seconds else "off"
         self._run("set", interface, "peer", key, "persistent-keepalive", value)
+
+    def restart_peer(self, interface: str, peer: PublicKey, endpoint: Endpoint) -> None:
+        check_interface_name(interface)
+        ep_text = format_endpoint(endpoint)
+        info = self.read(interface).peer(peer)
+        if info is None:
+            raise BackendError(f"peer {peer.short()} is not on interface {interface}")
+        key = str(peer)
+        add = ["set", interface, "peer", key, "endpoint", ep_text]
+        add += ["persistent-keepalive", str(info.persistent_keepalive or "off")]
+        add += ["allowed-ips", ",".join(info.allowed_ips)]
+        with contextlib.ExitStack() as stack:
+            if info.preshared_key is not None:
+                # wg reads a preshared key only from a file: a private one, gone after
+                fd, path = tempfile.mkstemp(prefix="wgrelay-psk-")
+                stack.callback(os.unlink, path)
+                with os.fdopen(fd, "w") as f:
+                    f.write(base64.b64encode(info.preshared_key).decode() + "\n")
+                add += ["preshared-key", path]
+            self._run("set", interface, "peer", key, "remove")
+            self._run(*add)
 
     def exists(self, interface: str) -> bool:
         """True if ``wg show IFACE`` succeeds; a missing ``wg`` still raises."""

@@ -92,6 +92,22 @@ def encode_set_endpoint(peer: PublicKey, endpoint: Endpoint) -> bytes:
     ).encode("ascii")
 
 
+def encode_remove_peer(peer: PublicKey) -> bytes:
+    return f"set=1\npublic_key={peer.raw.hex()}\nremove=true\n\n".encode("ascii")
+
+
+def encode_add_peer(info: PeerInfo, endpoint: Endpoint) -> bytes:
+    """Add ``info``'s peer as it was, at ``endpoint`` (after ``encode_remove_peer``)."""
+    lines = [f"set=1\npublic_key={info.public_key.raw.hex()}\n"]
+    if info.preshared_key is not None:
+        lines.append(f"preshared_key={info.preshared_key.hex()}\n")
+    lines.append(f"endpoint={format_endpoint(endpoint)}\n")
+    lines.append(f"persistent_keepalive_interval={info.persistent_keepalive or 0}\n")
+    lines += [f"allowed_ip={cidr}\n" for cidr in info.allowed_ips]
+    lines.append("\n")
+    return "".join(lines).encode("ascii")
+
+
 def encode_set_keepalive(peer: PublicKey, seconds: int, kick: bool) -> bytes:
     """One transaction: through 0 first when kicking (wireguard-go sends a
     keepalive when the interval goes from 0 to non-zero)."""
@@ -114,6 +130,7 @@ class _PeerBuilder:
     rx_bytes: int = 0
     tx_bytes: int = 0
     keepalive: int = 0
+    preshared_key: bytes | None = None
 
     def build(self) -> PeerInfo:
         handshake = None
@@ -127,6 +144,7 @@ class _PeerBuilder:
             rx_bytes=self.rx_bytes,
             tx_bytes=self.tx_bytes,
             persistent_keepalive=self.keepalive or None,
+            preshared_key=self.preshared_key,
         )
 
 
@@ -217,6 +235,9 @@ def parse_get_response(text: str, interface: str) -> InterfaceInfo:
             current.tx_bytes = uint(key, value, line)
         elif key == "persistent_keepalive_interval":
             current.keepalive = uint(key, value, line)
+        elif key == "preshared_key":
+            psk = hex_key(key, value, line)
+            current.preshared_key = psk if psk != _ZERO_KEY else None
     if current is not None:
         peers.append(current.build())
     if listen_port is not None and listen_port > 0xFFFF:
@@ -270,6 +291,16 @@ class UserspaceBackend:
         request = encode_set_keepalive(peer, seconds, kick)
         if self.read(interface).peer(peer) is None:
             raise BackendError(f"peer {peer.short()} is not on interface {interface}")
+        parse_set_response(self._exchange(interface, request), interface)
+
+    def restart_peer(self, interface: str, peer: PublicKey, endpoint: Endpoint) -> None:
+        # two transactions: wireguard-go finishes removing a peer only when
+        # the next peer section (or the request) ends
+        info = self.read(interface).peer(peer)
+        if info is None:
+            raise BackendError(f"peer {peer.short()} is not on interface {interface}")
+        request = encode_add_peer(info, endpoint)  # validates before anything changes
+        parse_set_response(self._exchange(interface, encode_remove_peer(peer)), interface)
         parse_set_response(self._exchange(interface, request), interface)
 
     def exists(self, interface: str) -> bool:
