@@ -469,10 +469,13 @@ def _forwarding_missing(key: str, root: Path) -> str | None:
     if value == "1":
         return None
     state = "missing" if value is None else f"is {value}"
+    # With forwarding on, Linux ignores router advertisements unless accept_ra=2.
+    ra = " (an uplink configured by router advertisements then needs accept_ra=2)"
     return (
         f"kernel offload needs {key}=1 ({state}): offloaded packets are routed and "
-        f"forwarded by the kernel; enable it with 'sysctl -w {key}=1' (and in "
-        f"/etc/sysctl.d/ to keep it), or run the relay without offload"
+        f"forwarded by the kernel; enable it with 'sysctl -w {key}=1'"
+        f"{ra if key == IPV6_FORWARD else ''} (and in /etc/sysctl.d/ to keep it), "
+        f"or run the relay without offload"
     )
 
 
@@ -510,12 +513,12 @@ class KernelOffload:
         Raises ``OffloadUnavailable`` when libnftables is missing, we lack
         CAP_NET_ADMIN, or IPv4 forwarding is off. Never changes a host setting.
         """
-        reason = nft.available()
-        if reason is not None:
-            raise OffloadUnavailable(f"kernel offload unavailable: {reason}")
         missing = _forwarding_missing(IPV4_FORWARD, sysctl_root)
         if missing is not None:
             raise OffloadUnavailable(missing)
+        reason = nft.available()
+        if reason is not None:
+            raise OffloadUnavailable(f"kernel offload unavailable: {reason}")
         ipv6 = _forwarding_missing(IPV6_FORWARD, sysctl_root) is None
         ctx = Nft()
         try:
