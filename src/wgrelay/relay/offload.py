@@ -332,10 +332,6 @@ def document(cmds: list[dict[str, Any]]) -> dict[str, Any]:
     return {"nftables": cmds}
 
 
-def list_table_command(table: str) -> dict[str, Any]:
-    return document([{"list": {"table": {"family": FAMILY, "name": table}}}])
-
-
 def parse_counters(listing: dict[str, Any]) -> dict[int, PathCounters]:
     """Per path, the counters of its chains in a JSON listing of the table."""
     # path id -> [ab_in, ab_out, ba_in, ba_out] as (packets, bytes); dropped
