@@ -247,12 +247,13 @@ def test_kernel_counters_keep_an_offloaded_session_from_idling_out() -> None:
     _port(net, pa, _init(a, b), (A_IP, 51820))
     _port(net, pb, _init(b, a), (B_IP, 61000))
     for t in range(1, 10):
-        net.relay.kernel_counts(pa, (t * 10, t * 1000, t * 5, t * 500))
+        net.relay.kernel_counts(pa, (t * 10, t * 1000, t * 5, t * 500, t))
         net.advance(1.0)
     assert sid in net.relay.sessions
     s = net.relay.sessions[sid]
     assert s.packets >= 9 * 15
     assert s.bytes >= 9 * 1500
+    assert net.relay.stats.drops[DropReason.BANDWIDTH] == 9  # the kernel's limit
     net.advance(7.0)  # the counters stop moving: idle
     assert sid not in net.relay.sessions
 

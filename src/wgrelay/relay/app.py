@@ -20,6 +20,7 @@ from wgrelay.relay.config import RelayConfig
 from wgrelay.relay.core import RelayCore
 from wgrelay.relay.localaddrs import local_announce_endpoints
 from wgrelay.relay.metrics import make_registry, serve_metrics
+from wgrelay.relay.offload import KernelOffload, OffloadUnavailable
 from wgrelay.relay.peers_store import SAVE_INTERVAL_S, load_known_relays, save_known_relays
 from wgrelay.relay.server import POLICY_REFRESH_S, BindAddress, RelayServer
 from wgrelay.state import ensure_state_dir
@@ -162,6 +163,24 @@ def bind_addresses(opts: RelayOptions) -> list[BindAddress]:
     return binds
 
 
+def open_offload(opts: RelayOptions) -> KernelOffload | None:
+    """The kernel offload as --kernel-offload asks: ``auto`` uses it when the
+    host allows and says why not otherwise, ``on`` refuses to start without."""
+    if opts.config.port_range is None or opts.kernel_offload == "off":
+        if opts.config.port_range is not None:
+            log.info("port mode in userspace (--kernel-offload off)")
+        return None
+    try:
+        offload = KernelOffload.open()
+    except OffloadUnavailable as e:
+        if opts.kernel_offload == "on":
+            raise ConfigError(f"--kernel-offload on: {e}") from None
+        log.info("port mode in userspace: %s", e)
+        return None
+    log.info("%s", offload.describe())
+    return offload
+
+
 def install_uvloop() -> str:
     try:
         import uvloop
@@ -197,6 +216,11 @@ async def _serve(opts: RelayOptions) -> None:
         policy_refresh_s=0.0 if isinstance(policy, OpenPolicy) else POLICY_REFRESH_S,
     )
     server.open()
+    try:
+        server.offload = open_offload(opts)  # once the sockets are ours
+    except BaseException:
+        server.close_transports()
+        raise
     if created:
         log.info("generated relay key %s in %s", identity.public, key_file)
     if not announce:
@@ -243,6 +267,8 @@ async def _serve(opts: RelayOptions) -> None:
             log.warning("could not save the relays this relay knows: %s", e)
         store.close()
         server.close_transports()
+        if server.offload is not None:
+            server.offload.close()  # idempotent: serve() closes it on a clean stop
         if metrics_server is not None:
             metrics_server.close()
             await metrics_server.wait_closed()

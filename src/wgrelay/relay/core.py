@@ -204,17 +204,18 @@ class RelayCore(SessionsCore):
         ports.out.clear()
         return out
 
-    def kernel_counts(self, path_id: int, counts: tuple[int, int, int, int]) -> None:
+    def kernel_counts(self, path_id: int, counts: tuple[int, int, int, int, int]) -> None:
         """The kernel offload's counters for a path: its traffic counts as the
         session's (metrics, and activity for the idle timeout)."""
         ports = self.ports
         entry = ports.by_port.get(path_id) if ports is not None else None
         if ports is None or entry is None:
             return
-        packets, nbytes = ports.kernel_counts(path_id, counts)
+        packets, nbytes, dropped = ports.kernel_counts(path_id, counts)
         s = entry[0].session
         s.packets += packets
         s.bytes += nbytes
+        self._drops[DropReason.BANDWIDTH] += dropped  # the kernel's limit dropped them
 
     def receive_control(self, data: bytes, addr: Addr, now: float) -> None:
         inb: Inbound | None = None

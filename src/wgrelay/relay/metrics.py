@@ -65,6 +65,7 @@ class RelayCollector(Collector):
         )
         ports.add_metric(["offered"], st.port_sessions)
         ports.add_metric(["both_latched"], st.port_sessions_offloaded)
+        ports.add_metric(["in_kernel"], st.offloaded_paths)
         yield ports
         yield GaugeMetricFamily(
             "wgrelay_ports_free", "Session ports left in --port-range", value=st.ports_free

@@ -140,8 +140,9 @@ class PortPair:
     b: PortSide
     established: bool = False
     offloaded: bool = False
-    kernel_seen: tuple[int, int, int, int] = (0, 0, 0, 0)
-    """The offload's counters at the last reading (ab packets/bytes, ba packets/bytes)."""
+    kernel_seen: tuple[int, int, int, int, int] = (0, 0, 0, 0, 0)
+    """The offload's counters at the last reading (ab packets/bytes, ba
+    packets/bytes, dropped over the bandwidth limit)."""
 
     @property
     def ready(self) -> bool:
@@ -333,18 +334,19 @@ class PortTable:
 
     # ------------------------------------------------------------ kernel counters
 
-    def kernel_counts(self, path_id: int, counts: tuple[int, int, int, int]) -> tuple[int, int]:
-        """The offload's cumulative (ab packets, ab bytes, ba packets, ba bytes)
-        for a path; returns the (packets, bytes) new since the last reading."""
+    def kernel_counts(
+        self, path_id: int, counts: tuple[int, int, int, int, int]
+    ) -> tuple[int, int, int]:
+        """The offload's cumulative (ab packets, ab bytes, ba packets, ba
+        bytes, dropped) for a path; returns the (packets, bytes, dropped) new
+        since the last reading."""
         entry = self.by_port.get(path_id)
         if entry is None:
-            return 0, 0
+            return 0, 0, 0
         pair = entry[0]
         last = pair.kernel_seen
         if any(c < s for c, s in zip(counts, last, strict=True)):
-            last = (0, 0, 0, 0)  # reinstalled: its counters started again
+            last = (0, 0, 0, 0, 0)  # reinstalled: its counters started again
         pair.kernel_seen = counts
-        return (
-            counts[0] - last[0] + counts[2] - last[2],
-            counts[1] - last[1] + counts[3] - last[3],
-        )
+        d = [c - s for c, s in zip(counts, last, strict=True)]
+        return d[0] + d[2], d[1] + d[3], d[4]

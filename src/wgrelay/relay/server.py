@@ -21,14 +21,16 @@ import asyncio
 import contextlib
 import logging
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Protocol
 
 from wgrelay.aio import stop_on_signals
 from wgrelay.errors import ConfigError
 from wgrelay.proto.constants import MsgType
 from wgrelay.relay.core import Addr, RelayCore
-from wgrelay.relay.ports import PathChange, PortPool
+from wgrelay.relay.offload import OffloadPath
+from wgrelay.relay.ports import PathChange, PortPair, PortPool
 from wgrelay.transport.base import DatagramTransport, DeferredSender, Runtime
 
 log = logging.getLogger(__name__)
@@ -38,6 +40,31 @@ POLICY_REFRESH_S = 5.0
 _DATA = int(MsgType.DATA)
 
 Send = Callable[[bytes, Addr], object]
+OFFLOAD_POLL_S = 1.0
+"""How often the kernel offload's counters are read (activity, metrics)."""
+
+
+class Offload(Protocol):
+    """What the server needs of a kernel offload (offload.KernelOffload)."""
+
+    def install(self, path: OffloadPath) -> None: ...
+    def remove(self, path_id: int) -> None: ...
+    def counters(self) -> Mapping[int, PathCountersLike]: ...
+    def paths(self) -> set[int]: ...
+    def close(self) -> None: ...
+
+
+class PathCountersLike(Protocol):
+    @property
+    def ab_packets(self) -> int: ...
+    @property
+    def ab_bytes(self) -> int: ...
+    @property
+    def ba_packets(self) -> int: ...
+    @property
+    def ba_bytes(self) -> int: ...
+    @property
+    def dropped_packets(self) -> int: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,8 +105,10 @@ class RelayServer:
         runtime: Runtime,
         binds: list[BindAddress],
         policy_refresh_s: float = POLICY_REFRESH_S,
+        offload: Offload | None = None,
     ) -> None:
-        """``policy_refresh_s`` 0: the policy never changes (no reload task)."""
+        """``policy_refresh_s`` 0: the policy never changes (no reload task).
+        ``offload``: the kernel takes fully latched port-mode sessions."""
         if not binds:
             raise ConfigError("no address to listen on")
         self.core = core
@@ -98,6 +127,9 @@ class RelayServer:
         self._control_pending = False
         self._port_transports: dict[int, dict[int, DatagramTransport]] = {}
         """Session port -> {address tuple length: transport} (port mode)."""
+        self.offload = offload
+        self._offload_poll_at = 0.0
+        self._offload_errors = 0
 
     # ------------------------------------------------------------ sockets
 
@@ -206,7 +238,61 @@ class RelayServer:
             self._apply_path_changes(changes)
 
     def _apply_path_changes(self, changes: list[PathChange]) -> None:
-        """Where a kernel offload would take a fully latched path over (none here)."""
+        """Fully latched sessions go to the kernel, and leave it when a side
+        re-latches, goes framed or the session ends. A path the kernel refuses
+        stays in userspace (the sockets still serve it), said once in a while."""
+        offload = self.offload
+        if offload is None:
+            return
+        for change in changes:
+            try:
+                if change.pair is None:
+                    offload.remove(change.path_id)
+                    continue
+                path = self._offload_path(change.path_id, change.pair)
+                if path is None:
+                    offload.remove(change.path_id)  # mixed families: userspace
+                else:
+                    offload.install(path)
+            except Exception as e:  # nftables said no: userspace carries it
+                self._offload_errors += 1
+                if self._offload_errors <= 3 or self._offload_errors % 100 == 0:
+                    log.warning("kernel offload of session port %d: %s", change.path_id, e)
+                with contextlib.suppress(Exception):
+                    offload.remove(change.path_id)
+        self.core.stats.offloaded_paths = len(offload.paths())
+
+    def _offload_path(self, path_id: int, pair: PortPair) -> OffloadPath | None:
+        a, b = pair.a.latched, pair.b.latched
+        if a is None or b is None or len(a) != len(b):
+            return None
+        kbps = self.core.config.max_bandwidth_kbps
+        return OffloadPath(
+            path_id=path_id,
+            family=4 if len(a) == 2 else 6,
+            a_port=pair.a.port,
+            a_addr=(str(a[0]), int(a[1])),
+            b_port=pair.b.port,
+            b_addr=(str(b[0]), int(b[1])),
+            max_bytes_per_s=kbps * 1000,
+        )
+
+    def _poll_offload(self, now: float) -> None:
+        """The kernel's counters into the core: offloaded sessions are active
+        (idle timeout) and counted (metrics) although no socket sees them."""
+        if self.offload is None or now < self._offload_poll_at:
+            return
+        self._offload_poll_at = now + OFFLOAD_POLL_S
+        try:
+            counters = self.offload.counters()
+        except Exception as e:
+            log.warning("cannot read the kernel offload's counters: %s", e)
+            return
+        for path_id, c in counters.items():
+            self.core.kernel_counts(
+                path_id,
+                (c.ab_packets, c.ab_bytes, c.ba_packets, c.ba_bytes, c.dropped_packets),
+            )
 
     # ------------------------------------------------------------ receiving (DatagramReceiver)
 
@@ -262,6 +348,7 @@ class RelayServer:
         now = self.runtime.now()
         try:
             self.core.sync_wall(now, self.runtime.wall())
+            self._poll_offload(now)
             self.core.handle_timer(now)
             self._flush()
         except Exception:  # the core counts its own bugs; this is the last net
@@ -319,7 +406,10 @@ class RelayServer:
             self.core.shutdown(self.runtime.now())
             for data, dst in self.core.datagrams_to_send():
                 self._send(data, dst)
+            self._flush_ports()  # the sessions' paths leave the kernel
             if self._timer is not None:
                 self._timer.cancel()
                 self._timer = None
             self.close_transports()
+            if self.offload is not None:
+                self.offload.close()  # and the table goes

@@ -72,6 +72,8 @@ class RelayStats:
     port_sessions_offloaded: int = 0
     """Of those, fully latched on both sides: forwarded by the kernel if offloaded."""
     ports_free: int = 0
+    offloaded_paths: int = 0
+    """Sessions the kernel forwards (nftables), set by the server."""
     cookies_sent: int = 0
     cookies_accepted: int = 0
     quota_hits: Counter[str] = field(default_factory=Counter)
