@@ -23,6 +23,7 @@ from wgrelay.proto.vectors import (
     COOKIE,
     INFO,
     NONCE,
+    OTHER_PEER,
     PEER_PRIVATE,
     RELAY,
     SESSION_ID,
@@ -30,6 +31,7 @@ from wgrelay.proto.vectors import (
     all_vectors,
     render,
 )
+from wgrelay.proto.wgmac import is_handshake, mac1_key, verify_mac1
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "PROTOCOL.md"
 
@@ -72,5 +74,10 @@ def test_other_vectors_decode() -> None:
     ann = decode_announcement(vec["announcement"])
     assert ann.info == INFO
     assert vec["announcement"] == ANNOUNCEMENT
+    latch = vec.pop("latch_initiation")  # WireGuard's, not ours: the relay checks it
+    assert is_handshake(latch)
+    assert verify_mac1(mac1_key(OTHER_PEER.raw), latch)
+    assert not verify_mac1(mac1_key(PEER_PRIVATE.public_key().raw), latch)
+    assert doc_vectors()["latch_mac1_key"] == mac1_key(OTHER_PEER.raw).hex()
     for raw in vec.values():
         parse_datagram(raw)

@@ -53,6 +53,7 @@ from wgrelay.proto.messages import (
     SessionClose,
     SessionOffer,
 )
+from wgrelay.proto.wgmac import MESSAGE_INITIATION, compute_mac1, mac1_key
 
 PEER_PRIVATE = PrivateKey(clamp(bytes(range(1, 33))))
 OTHER_PEER = PrivateKey(clamp(bytes(range(101, 133)))).public_key()
@@ -175,6 +176,20 @@ def sealed(body: Body, from_relay: bool) -> bytes:
     return seal_control(body, sender=sender, keys=keys, timestamp_us=TIMESTAMP_US, nonce=NONCE)
 
 
+def latch_initiation() -> bytes:
+    """A WireGuard handshake initiation from peer_public to other_peer_public
+    as a relay in port mode checks it: exact size, reserved bytes zero, mac1
+    keyed by the receiver's (other_peer's) public key. Its encrypted fields are
+    zeros here: the relay cannot and does not read them."""
+    body = (
+        bytes((MESSAGE_INITIATION, 0, 0, 0))
+        + (0x04030201).to_bytes(4, "little")  # sender index
+        + bytes(range(32))  # ephemeral
+        + bytes(48 + 28)  # encrypted static, encrypted timestamp
+    )
+    return body + compute_mac1(mac1_key(OTHER_PEER.raw), body) + bytes(16)  # mac2: none
+
+
 def all_vectors() -> dict[str, bytes]:
     out: dict[str, bytes] = {}
     out["data"] = encode_data(SESSION_ID, bytes.fromhex("04000000") + bytes(12))
@@ -189,6 +204,7 @@ def all_vectors() -> dict[str, bytes]:
         cookie=COOKIE,
     )
     out["cookie_reply"] = encode_cookie_reply(NONCE[:8], COOKIE)
+    out["latch_initiation"] = latch_initiation()
     out["announcement"] = ANNOUNCEMENT
     out["location"] = LOCATION
     out["location_standby"] = STANDBY_LOCATION
@@ -208,6 +224,7 @@ def render() -> str:
         f"cookie_secret: {COOKIE_SECRET.hex()}",
         f"cookie_for: peer_public at {COOKIE_FOR[0]}:{COOKIE_FOR[1]}",
         f"cookie: {COOKIE.hex()}",
+        f"latch_mac1_key: {mac1_key(OTHER_PEER.raw).hex()}",
     ]
     lines += [f"{name}: {raw.hex()}" for name, raw in all_vectors().items()]
     return "\n".join(lines)
