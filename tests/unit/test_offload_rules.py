@@ -12,10 +12,10 @@ from typing import Any
 import pytest
 
 from wgrelay.relay import nft
-from wgrelay.relay.offload import (
+from wgrelay.relay.offload import KernelOffload, read_sysctl
+from wgrelay.relay.offload_rules import (
     IP_FRAG_MASK,
     LIMIT_BURST_BYTES,
-    KernelOffload,
     OffloadPath,
     OffloadUnavailable,
     PathCounters,
@@ -23,7 +23,6 @@ from wgrelay.relay.offload import (
     dropping_forward_chains,
     parse_counters,
     path_commands,
-    read_sysctl,
     remove_commands,
     resolve,
     table_commands,

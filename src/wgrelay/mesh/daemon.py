@@ -15,7 +15,6 @@ import asyncio
 import contextlib
 import json
 import logging
-import os
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -55,6 +54,7 @@ from wgrelay.mesh.backend.detect import detect_backend
 from wgrelay.mesh.cache import ConnectionCache
 from wgrelay.mesh.nat import TryDirect
 from wgrelay.mesh.port_mode import PortModePaths
+from wgrelay.mesh.status_doc import status_document, status_steady
 from wgrelay.proto.constants import DATA_HEADER_LEN, CloseReason
 from wgrelay.settings import load_settings, settings_path
 from wgrelay.state import ensure_state_dir
@@ -358,31 +358,11 @@ class Agent:
         return info
 
     def _write_status(self, info: InterfaceInfo) -> None:
-        by_key = {p.public_key: p for p in info.peers}
         # Decide from what is cheap to read whether anything a reader cares
         # about changed; the document itself (RTTs from the connection cache,
         # histories) is only built when it is written. (Built on every poll it
         # cost a third of an agent's CPU in the 1,000-agent simulation.)
-        steady = (
-            tuple(
-                (
-                    key.raw,
-                    p.kind,
-                    p.reason,
-                    p.since,
-                    len(p.history),
-                    p.direct_endpoint,
-                    p.relay,
-                    p.relay_endpoint,
-                    wg.endpoint if (wg := by_key.get(key)) else None,
-                    self.port_mode.describe(key),
-                )
-                for key, p in self.core.peers.items()
-            ),
-            self.manager.home,
-            self.manager.standby,
-            self.core.relay_enabled,
-        )
+        steady = status_steady(self, info)
         now = self._clock()
         if (
             steady == self._last_status
@@ -391,49 +371,7 @@ class Agent:
             return
         self._last_status = steady
         self._status_written = now
-        peers = []
-        for key, p in sorted(self.core.peers.items(), key=lambda kv: str(kv[0])):
-            wg = by_key.get(key)
-            relay = self.registry.get(p.relay) if p.relay and p.kind == PathKind.RELAYED else None
-            rtt_ms, rtt_source = self._rtt(key, p.kind, relay.endpoint if relay else None)
-            mode, mode_reason = self.port_mode.describe(key) if relay else (None, None)
-            if relay and mode is None:
-                mode, mode_reason = "framed", "framed: the relay offered no session port"
-            peers.append(
-                {
-                    "public_key": str(key),
-                    "path": p.kind.value,
-                    "reason": p.reason,
-                    "since": round(self._wall() - (self._clock() - p.since)),
-                    "rtt_ms": rtt_ms,
-                    "rtt_source": rtt_source,
-                    "history": list(p.history),
-                    "endpoint": endpoint_str(wg.endpoint) if wg and wg.endpoint else None,
-                    "direct_endpoint": endpoint_str(p.direct_endpoint)
-                    if p.direct_endpoint
-                    else None,
-                    "relay": str(p.relay) if relay else None,
-                    "relay_endpoint": endpoint_str(relay.endpoint) if relay else None,
-                    "relay_mode": mode,
-                    "relay_mode_reason": mode_reason,
-                    "latest_handshake": wg.latest_handshake if wg else None,
-                    "rx_bytes": wg.rx_bytes if wg else None,
-                    "tx_bytes": wg.tx_bytes if wg else None,
-                }
-            )
-        home = self.registry.get(self.manager.home) if self.manager.home else None
-        standby = self.manager.standby
-        doc = {
-            "interface": self.iface,
-            "backend": self.backend.name,
-            "pid": os.getpid(),
-            "relay_enabled": self.core.relay_enabled,
-            "home_relay": str(home.key) if home else None,
-            "home_relay_endpoint": endpoint_str(home.endpoint) if home else None,
-            "standby_relay": str(standby) if standby else None,
-            "peers": peers,
-        }
-        doc["updated"] = round(self._wall(), 3)
+        doc = status_document(self, info, now, self._wall())
         text = json.dumps(doc, indent=2, sort_keys=True)
         path = status_path(self.opts.state_dir, self.iface)
         tmp = path.with_name(path.name + ".tmp")
@@ -451,19 +389,6 @@ class Agent:
             if e.relay_pubkey == relay:
                 return e.failure_count
         return 0
-
-    def _rtt(
-        self, key: PublicKey, kind: PathKind, relay_ep: Endpoint | None
-    ) -> tuple[float | None, str | None]:
-        """The RTT we measured for the path in use, and how (None: not measured)."""
-        for e in self.cache.entries(key):
-            if e.latency_ms is None:
-                continue
-            if kind == PathKind.RELAYED and relay_ep is not None and e.endpoint == relay_ep:
-                return round(e.latency_ms, 3), "relay echo (our leg to the relay)"
-            if kind == PathKind.DIRECT and e.endpoint == self.core.peers[key].direct_endpoint:
-                return round(e.latency_ms, 3), "handshake"
-        return None, None
 
     def _check_settings(self) -> None:
         path = settings_path(self.opts.state_dir)
