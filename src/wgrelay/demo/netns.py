@@ -70,8 +70,13 @@ def run_netns_demo() -> int:
         for me, other in ((a, b), (b, a)):
             st = sc.wg_peer(me, other)
             ep = f"{st.endpoint[0]}:{st.endpoint[1]}" if st.endpoint else "-"
+            what = (
+                "the local relay proxy: framed"
+                if st.endpoint and st.endpoint[0] == "127.0.0.1"
+                else "the relay's session port: WireGuard talks to the relay itself"
+            )
             say(
-                f"   wg show on {me.name}: endpoint {ep} (the local relay proxy), "
+                f"   wg show on {me.name}: endpoint {ep} ({what}), "
                 f"handshake {time.time() - st.latest_handshake:.0f} s ago"
             )
 
