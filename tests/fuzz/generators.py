@@ -100,6 +100,7 @@ from wgrelay.proto.federation import (
     PullReply,
 )
 from wgrelay.proto.messages import (
+    MAX_HOLD_S,
     Body,
     ConnectionRequest,
     ConnectionResponse,
@@ -115,6 +116,7 @@ from wgrelay.proto.messages import (
     Registered,
     SessionAnswer,
     SessionClose,
+    SessionHold,
     SessionOffer,
     decode_body,
     encode_body,
@@ -315,6 +317,8 @@ class _Common:
             return SessionAnswer(self.some_sid(), rng.random() < 0.7)
         if t == MsgType.SESSION_CLOSE:
             return SessionClose(self.some_sid(), rng.choice(list(CloseReason)))
+        if t == MsgType.SESSION_HOLD:
+            return SessionHold(self.some_sid(), rng.choice([0, 1, 4, MAX_HOLD_S]))
         if t == MsgType.ERROR:
             return Error(
                 rng.choice(list(ErrorCode)),
@@ -680,7 +684,10 @@ class RelayInputs(_Common):
         )
         body = self.body(t)
         table = self.world.relay.table
-        if t in (MsgType.SESSION_ANSWER, MsgType.SESSION_CLOSE) and rng.random() < 0.5:
+        if (
+            t in (MsgType.SESSION_ANSWER, MsgType.SESSION_CLOSE, MsgType.SESSION_HOLD)
+            and rng.random() < 0.5
+        ):
             # as an end of a live or pending session: the handlers' deep paths
             pool = table.pending if t == MsgType.SESSION_ANSWER else table.sessions
             s = rng.choice(list(pool.values())) if pool else None
@@ -689,6 +696,8 @@ class RelayInputs(_Common):
                 party = end
                 if t == MsgType.SESSION_ANSWER:
                     body = SessionAnswer(s.sid, rng.random() < 0.5)
+                elif t == MsgType.SESSION_HOLD:
+                    body = SessionHold(s.sid, rng.choice([0, 3]))
                 else:
                     body = SessionClose(s.sid, rng.choice(list(CloseReason)))
         self.src = self.source(party)

@@ -289,6 +289,9 @@ def body_fields(msg_type: int, body: bytes) -> list[Field]:
     elif t == MsgType.SESSION_CLOSE:
         w.take("sid", SESSION_ID_LEN)
         w.take("enum", 1, _ENUM_END["close"])
+    elif t == MsgType.SESSION_HOLD:
+        w.take("sid", SESSION_ID_LEN)
+        w.take("u8", 1)
     elif t == MsgType.ERROR:
         w.take("enum", 1, _ENUM_END["error"])
         w.take("type", 1)

@@ -98,6 +98,7 @@ from wgrelay.proto.messages import (
     Registered,
     SessionAnswer,
     SessionClose,
+    SessionHold,
     SessionOffer,
     encode_body,
 )
@@ -284,6 +285,7 @@ def _relay_bodies(p1: bytes) -> list[tuple[str, Body]]:
         ("connection_request", ConnectionRequest(42, target)),
         ("session_answer", SessionAnswer(SID_A, True)),
         ("session_close", SessionClose(SID_A, CloseReason.NORMAL)),
+        ("session_hold", SessionHold(SID_A, 4)),
         ("ping", Ping(0x1122334455667788)),
         ("discovery_query", DiscoveryQuery(9, QUERY_FLAG_WANT_RELAYS, 6, 0, "fuzz", target, 1)),
         # how the relay lists a registration, and the RTT it signs into the record

@@ -45,7 +45,7 @@ def test_the_story_is_told_with_virtual_times() -> None:
     ):
         assert step in story, step
     # the numbers the summary gives are virtual, so they are the same every run
-    assert "tunnel up after 5.4 s, relayed" in story
+    assert "tunnel up after 5.5 s, relayed" in story
     failover = re.search(r"relay failover: pings lost for ([0-9.]+) s", story)
     assert failover is not None
     assert float(failover.group(1)) < 20.0

@@ -27,8 +27,9 @@ def mesh(tmp_path: Path) -> Iterator[SimMesh]:
 
 
 def test_dead_carrying_relay_is_replaced_within_three_seconds(mesh: SimMesh) -> None:
-    first = mesh.add_relay("relay1", link=LinkSpec(delay_s=0.010))
-    second = mesh.add_relay("relay2", link=LinkSpec(delay_s=0.025))
+    framed = RelayConfig()  # no session ports: through the agents' proxies
+    first = mesh.add_relay("relay1", link=LinkSpec(delay_s=0.010), config=framed)
+    second = mesh.add_relay("relay2", link=LinkSpec(delay_s=0.025), config=framed)
     a = mesh.add_peer("a", behind=NatKind.SYMMETRIC, link=LinkSpec(delay_s=0.020))
     b = mesh.add_peer("b", behind=NatKind.SYMMETRIC, link=LinkSpec(delay_s=0.020))
     mesh.connect(a, b)

@@ -8,7 +8,7 @@ import os
 
 import pytest
 
-from wgrelay.client.events import SessionEstablished
+from wgrelay.client.events import PortNotLatched, SessionEstablished
 from wgrelay.proto.constants import DATA_HEADER_LEN, Capability
 from wgrelay.proto.data import data_header
 from wgrelay.proto.wgmac import mac1_key
@@ -271,3 +271,60 @@ def test_crossed_initiations_deliver_only_the_later_one() -> None:
     ports = net.relay.ports
     assert ports is not None
     assert ports.crossed == 1
+
+
+def _latched(net: CoreNet, a: Client, b: Client) -> tuple[bytes, int, int]:
+    sid, pa, pb = _session(net, a, b)
+    _port(net, pa, _init(a, b), (A_IP, 51820))
+    _port(net, pb, _init(b, a), (B_IP, 61000))
+    net.relay.port_output()
+    ports = net.relay.ports
+    assert ports is not None
+    ports.changes.clear()
+    return sid, pa, pb
+
+
+def test_a_side_trying_direct_holds_its_port_and_the_kernel_gives_the_path_back() -> None:
+    net, a, b, _ = _setup()
+    _sid, pa, pb = _latched(net, a, b)
+    ports = net.relay.ports
+    assert ports is not None
+    a.link.hold_session(b.pub, 4, net.clock.now)
+    net.run()
+    pkt = encode_transport(1, 1, b"h" * 32)
+    assert _port(net, pb, pkt, (B_IP, 61000)) is None  # not to A while it holds
+    assert net.relay.stats.drops[DropReason.PORT_HELD] == 1
+    assert _port(net, pa, pkt, (A_IP, 51820)) == (pb, (B_IP, 61000))  # A's still go on
+    assert ports.changes == [PathChange(pa, None)]
+    ports.changes.clear()
+    net.clock.now += 4.0  # the hold runs out by itself (a lost resume)
+    assert _port(net, pb, pkt, (B_IP, 61000)) == (pa, (A_IP, 51820))
+    assert [c.path_id for c in ports.changes] == [pa]  # back to the kernel
+    a.link.hold_session(b.pub, 4, net.clock.now)
+    net.run()
+    a.link.hold_session(b.pub, 0, net.clock.now)  # resumed early
+    net.run()
+    assert _port(net, pb, pkt, (B_IP, 61000)) == (pa, (A_IP, 51820))
+
+
+def test_a_nat_rebinding_is_noticed_and_told_to_its_side_at_once() -> None:
+    net, a, b, _ = _setup()
+    _latched(net, a, b)
+    ports = net.relay.ports
+    assert ports is not None
+    pa = a.link.session_port[b.pub]
+    pkt = encode_transport(1, 1, b"r" * 32)
+    # A's NAT gave WireGuard's socket a new port: its packets do not latch...
+    assert _port(net, pa, pkt, (A_IP, 40999)) is None
+    assert _port(net, pa, pkt, (A_IP, 40999)) is None
+    net.run()
+    # ...but A's agent is told (once per NOTICE_INTERVAL_S), so it can have
+    # WireGuard handshake at once instead of after 15 s of silence
+    assert [e for e in a.events if isinstance(e, PortNotLatched)] == [PortNotLatched(b.pub)]
+    assert not [e for e in b.events if isinstance(e, PortNotLatched)]
+    # from another IP: nothing to tell (no rebinding of A's)
+    _port(net, pa, pkt, ("192.0.2.9", 40999))
+    net.clock.now += 5.0
+    net.run()
+    assert len([e for e in a.events if isinstance(e, PortNotLatched)]) == 1
+    assert _port(net, pa, _init(a, b), (A_IP, 40999)) is not None  # the handshake re-latches

@@ -57,6 +57,14 @@ class SessionEnded:
 
 
 @dataclass(frozen=True, slots=True)
+class PortNotLatched:
+    """Port mode: the relay sees our WireGuard's packets for ``peer`` come from
+    a source its port is not latched to (our NAT rebound WireGuard's socket)."""
+
+    peer: PublicKey
+
+
+@dataclass(frozen=True, slots=True)
 class RttMeasured:
     rtt_s: float
     load_pct: int
@@ -106,6 +114,7 @@ LinkEvent = (
     | SessionEstablished
     | SessionFailed
     | SessionEnded
+    | PortNotLatched
     | RttMeasured
     | PingTimedOut
     | DiscoveryAnswered
@@ -166,8 +175,17 @@ class RelaysLearned:
     relays: tuple[PublicKey, ...]
 
 
+@dataclass(frozen=True, slots=True)
+class PeerPortNotLatched:
+    """``PortNotLatched`` from the relay carrying ``peer``."""
+
+    peer: PublicKey
+    relay: PublicKey
+
+
 PlanEvent = (
     PeerRelayed
+    | PeerPortNotLatched
     | PeerRelayLost
     | PeerRelayFailed
     | HomeChanged

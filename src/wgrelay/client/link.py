@@ -54,6 +54,7 @@ from wgrelay.client.events import (
     LinkRegistered,
     LinkRejected,
     Place,
+    PortNotLatched,
     RttMeasured,
     SessionEnded,
     SessionEstablished,
@@ -92,6 +93,7 @@ from wgrelay.proto.messages import (
     DiscoveryQuery,
     DiscoveryResponse,
     Error,
+    Heartbeat,
     HeartbeatAck,
     Ping,
     Pong,
@@ -213,6 +215,14 @@ class RelayLink(LinkCore):
         for req in self._requests.values():
             if req.body is sent[0]:
                 req.sent_at = now  # an RTT sample must not include the detour
+        if self.state == LinkState.REGISTERED and isinstance(sent[0], Heartbeat):
+            # registered, and the relay asks us to prove the address our
+            # heartbeat came from: our NAT gave us a new mapping. WireGuard's
+            # socket has most likely a new one too, which no session port is
+            # latched to: say so now rather than after WireGuard's silence
+            for peer, port in self.session_port.items():
+                if port and peer in self.session_of:
+                    self._events.append(PortNotLatched(peer))
         self._send(sent[0], now)
 
     def _on_registered(self, body: Registered, now: float) -> None:
@@ -375,6 +385,10 @@ class RelayLink(LinkCore):
             self._fix_clock(body, now)
         elif code == ErrorCode.REPLAYED:
             self._fix_floor(body, now)
+        elif code == ErrorCode.PORT_NOT_LATCHED:
+            for peer, port in self.session_port.items():
+                if port == body.value and peer in self.session_of:
+                    self._events.append(PortNotLatched(peer))
         elif code == ErrorCode.RESOURCE_LIMIT:
             log.warning("relay %s: resource limit (%s)", self.relay_key.short(), body.detail)
             # back off the request it refers to instead of hammering the relay

@@ -49,6 +49,7 @@ from wgrelay.proto.messages import (
     Ping,
     Register,
     SessionClose,
+    SessionHold,
 )
 
 log = logging.getLogger(__name__)
@@ -177,6 +178,14 @@ class LinkCore:
         if sid is not None:
             self.sessions.pop(sid, None)
             self._send(SessionClose(sid, reason), now)
+
+    def hold_session(self, peer: PublicKey, hold_s: int, now: float) -> None:
+        """Port mode: ask the relay to deliver nothing to our session port
+        for ``hold_s`` seconds (0: resume). Not retransmitted: a lost hold
+        costs one direct try, a lost resume ends with the hold's time."""
+        sid = self.session_of.get(peer)
+        if sid is not None:
+            self._send(SessionHold(sid, hold_s), now)
 
     def forget_wanted(self, peer: PublicKey) -> None:
         """Stop asking for ``peer`` here (it is carried elsewhere now)."""

@@ -166,6 +166,15 @@ class RelayManager:
         self.planner.drop_peer(peer, self.runtime.now(), reason)
         self._pump()
 
+    def hold_relay(self, peer: PublicKey, hold_s: int) -> None:
+        """Port mode: the relay carrying ``peer`` delivers nothing to our
+        session port for ``hold_s`` seconds (0: resume)."""
+        relay = self.planner.route_relay.get(peer)
+        lk = self.planner.link(relay) if relay is not None else None
+        if lk is not None:
+            lk.hold_session(peer, hold_s, self.runtime.now())
+            self._pump()
+
     def send_packet(self, peer: PublicKey, packet: bytes) -> bool:
         route = self.routes.get(peer)
         if route is None:

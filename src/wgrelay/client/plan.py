@@ -66,10 +66,12 @@ from wgrelay.client.events import (
     LinkLost,
     LinkRegistered,
     LinkRejected,
+    PeerPortNotLatched,
     PeerRelayed,
     PeerRelayLost,
     PingTimedOut,
     PlanEvent,
+    PortNotLatched,
     QueryFailed,
     RelayMeasured,
     RttMeasured,
@@ -223,6 +225,9 @@ class RelayPlanner(PeerPaths):
             if attempt is not None and attempt.current == key:
                 attempt.errors.append(f"{key.short()}: {ev.status.name}")
                 self._connect_next(attempt, now)
+        elif isinstance(ev, PortNotLatched):
+            if self.route_relay.get(ev.peer) == key:
+                self._events.append(PeerPortNotLatched(ev.peer, key))
         elif isinstance(ev, SessionEnded):
             if self.route_relay.get(ev.peer) == key:
                 del self.route_relay[ev.peer]

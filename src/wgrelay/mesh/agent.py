@@ -85,7 +85,7 @@ class AgentCore:
         self.own_key = own_key
         self.config = config
         self.cache = cache if cache is not None else ConnectionCache(None)
-        self.nat = NatTraverse(config.direct_probe_s)
+        self.nat = NatTraverse(config.direct_probe_s, lambda ep: ep in self.proxy_endpoints)
         self.peers: dict[PublicKey, PeerPath] = {}
         self.proxy_endpoints: set[Endpoint] = set()
         """Endpoints that are our proxies (never a direct candidate)."""
@@ -296,6 +296,8 @@ class AgentCore:
             # back onto the relay, and wait longer before the next try
             self.nat.mark_connected(p.key)
             p.probing_back = False
+            # what the try sent went to the candidate: the relay owes no answer
+            p.silent_since = p.owed_since = None
             p.probe_back_interval_s = min(p.probe_back_interval_s * 2, self.config.probe_back_max_s)
             p.next_probe_back = now + p.probe_back_interval_s + self._probe_offset(p)
             self._set(

@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -22,6 +23,7 @@ from pathlib import Path
 from wgrelay.aio import stop_on_signals
 from wgrelay.client.events import (
     HomeChanged,
+    PeerPortNotLatched,
     PeerRelayed,
     PeerRelayFailed,
     PeerRelayLost,
@@ -56,6 +58,7 @@ from wgrelay.mesh.nat import TryDirect
 from wgrelay.mesh.port_mode import PortModePaths
 from wgrelay.mesh.status_doc import status_document, status_steady
 from wgrelay.proto.constants import DATA_HEADER_LEN, CloseReason
+from wgrelay.proto.messages import MAX_HOLD_S
 from wgrelay.settings import load_settings, settings_path
 from wgrelay.state import ensure_state_dir
 from wgrelay.transport.base import Runtime
@@ -214,6 +217,8 @@ class Agent:
                     relay.endpoint if relay else None,
                 )
             )
+        elif isinstance(ev, PeerPortNotLatched):
+            self._relatch(ev.peer)
         elif isinstance(ev, PeerRelayLost):
             self._run(self.core.on_relay_lost(ev.peer, ev.reason, now, self._wall()))
         elif isinstance(ev, PeerRelayFailed):
@@ -262,8 +267,12 @@ class Agent:
             self.backend.set_endpoint(self.iface, a.peer, a.endpoint)
         elif isinstance(a, HoldProxy):
             # in port mode the proxy holds for good: a framed frame given to
-            # WireGuard would make it roam off the relay port
+            # WireGuard would make it roam off the relay port; the relay holds
+            # what it would send to the port (WireGuard roams back to it)
             self.proxies.hold(a.peer, a.hold or self.port_mode.holding(a.peer))
+            if self.port_mode.endpoint(a.peer) is not None:
+                hold_s = math.ceil(self.opts.config.direct_probe_s) + 1 if a.hold else 0
+                self.manager.hold_relay(a.peer, min(hold_s, MAX_HOLD_S))
         elif isinstance(a, LeaveRelay):
             self.manager.close_connection(a.peer)
             self._drop_relay_path(a.peer)
@@ -311,6 +320,20 @@ class Agent:
         elif keepalive:
             self.backend.set_keepalive(self.iface, peer, keepalive)
 
+    def _relatch(self, peer: PublicKey) -> None:
+        """The relay sees WireGuard reach our session port from a source the
+        port is not latched to: our NAT gave WireGuard's socket a new mapping.
+        Only a handshake re-latches, and WireGuard would send its next one
+        only after 15 s of unanswered data: restart the peer now."""
+        ep = self.port_mode.relatch(peer, self._clock())
+        if ep is None:
+            return
+        log.info("peer %s: our NAT rebound WireGuard's socket; handshaking again", peer.short())
+        try:
+            self.backend.restart_peer(self.iface, peer, ep)
+        except BackendError as e:
+            log.warning("cannot restart %s to re-latch the relay port: %s", peer.short(), e)
+
     def _drop_relay_path(self, peer: PublicKey) -> None:
         self.proxies.remove(peer)
         self.port_mode.forget(peer)
@@ -330,13 +353,17 @@ class Agent:
             if self.port_mode.observe(peer, now):
                 self._run([UseProxy(peer.public_key)])
                 continue
+            if self.port_mode.needs_refresh(peer, now):  # before traffic() notes tx
+                keepalive = self.opts.config.keepalive_s or 25
+                self._run([Kick(peer.public_key, keepalive)])
             # WireGuard's counters say what happened since the last look, not
-            # when: a reply is dated at the start of the interval, what we
-            # sent just after it, so a relay that stopped answering makes the
-            # link wait (and probe) from the first interval without replies
+            # when: what we sent is dated at the start of the interval, a
+            # reply at its end (so a reply in the same interval never looks
+            # owed), and a relay that stopped answering makes the link wait
+            # (and probe) from the start of the first interval without replies
             sent, heard = self.port_mode.traffic(peer)
             if heard:
-                self.manager.note_heard(peer.public_key, at=self._polled_at)
+                self.manager.note_heard(peer.public_key, at=now)
             if sent:
                 self.manager.note_sent(peer.public_key, at=min(now, self._polled_at + 1e-3))
 

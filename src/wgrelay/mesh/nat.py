@@ -72,9 +72,13 @@ class _Attempt:
 
 
 class NatTraverse:
-    def __init__(self, step_s: float) -> None:
+    def __init__(self, step_s: float, relay_path: Callable[[Endpoint], bool] | None = None) -> None:
+        """``relay_path``: whether an endpoint is one of our relay paths (a
+        proxy, or a relay's session port in port mode): WireGuard roaming
+        there is the relay answering, never a direct path."""
         self.step_s = step_s
         self.remaining: dict[PublicKey, _Attempt] = {}
+        self._relay_path = relay_path or (lambda _ep: False)
 
     def add(
         self,
@@ -135,8 +139,7 @@ class NatTraverse:
                     actions.append(TryDirect(peer, nxt))
         return actions, results
 
-    @staticmethod
-    def _proof(att: _Attempt, cand: Endpoint, obs: Observation) -> str | None:
+    def _proof(self, att: _Attempt, cand: Endpoint, obs: Observation) -> str | None:
         hs = obs.latest_handshake
         ep = obs.endpoint
         if hs is not None and hs >= att.started_wall and ep == cand:
@@ -148,7 +151,7 @@ class NatTraverse:
             return "traffic"
         # the peer got through to us from an address of its own while we tried,
         # and WireGuard followed it (roaming): that path works as well
-        if rx_grew and ep is not None and not is_loopback(ep):
+        if rx_grew and ep is not None and not is_loopback(ep) and not self._relay_path(ep):
             return "peer reached us directly"
         return None
 

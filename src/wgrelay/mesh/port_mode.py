@@ -39,11 +39,21 @@ from wgrelay.mesh.backend.base import PeerInfo
 
 log = logging.getLogger(__name__)
 
-LATCH_S = 6.0
-"""How long a port may take to show a handshake. WireGuard sends at most one
-initiation per REKEY_TIMEOUT (5 s, plus up to 1/3 s of jitter): when a direct
-attempt started one just before, the one through the port follows that long
-after."""
+LATCH_S = 11.0
+"""How long a port may take to show a handshake: two of WireGuard's tries.
+It sends at most one initiation per REKEY_TIMEOUT (5 s, plus up to 1/3 s of
+jitter), so when a direct attempt started one just before, the one through
+the port follows that long after, and on a lossy path that one may be lost
+too. (Only a NAT that never lets the port latch pays the whole wait.)"""
+MAPPING_REFRESH_S = 20.0
+"""Longest WireGuard may stay silent towards a relay port. Its NAT maps
+WireGuard's own socket now, and a NAT forgets an idle mapping (RFC 4787 asks
+for 2 min at least; many keep 30-60 s) unless packets go *out*: WireGuard's
+persistent keepalive restarts on any packet received, so on an idle tunnel
+one side only receives and would lose its mapping. In framed mode the agent's
+heartbeats kept it; here the agent makes WireGuard send a keepalive."""
+RELATCH_INTERVAL_S = 5.0
+"""At most one restart per peer this often on the relay's PORT_NOT_LATCHED."""
 SESSION_VALID_S = 180.0
 """WireGuard's REJECT_AFTER_TIME: a handshake younger than this may still
 carry traffic without a new one."""
@@ -67,6 +77,8 @@ class PortPath:
     rx_before: int = 0
     rx_seen: int = -1
     tx_seen: int = -1
+    tx_moved_at: float = 0.0
+    relatched_at: float = float("-inf")
 
 
 class PortModePaths:
@@ -149,6 +161,20 @@ class PortModePaths:
         log.info("peer %s: %s", peer.public_key.short(), pp.reason)
         return True
 
+    def needs_refresh(self, peer: PeerInfo, now: float) -> bool:
+        """Whether WireGuard has sent nothing to the port for
+        ``MAPPING_REFRESH_S`` (its NAT mapping must be refreshed: kick it)."""
+        pp = self.paths.get(peer.public_key)
+        if pp is None or pp.mode is not Mode.PORT or peer.endpoint != pp.endpoint:
+            return False
+        if pp.tx_moved_at == 0.0 or _moved(peer.tx_bytes, pp.tx_seen):
+            pp.tx_moved_at = now
+            return False
+        if now - pp.tx_moved_at < MAPPING_REFRESH_S:
+            return False
+        pp.tx_moved_at = now
+        return True
+
     def traffic(self, peer: PeerInfo) -> tuple[bool, bool]:
         """(sent, heard) through the relay port since the last snapshot. In
         port mode our traffic never passes the agent, so the relay link learns
@@ -161,6 +187,16 @@ class PortModePaths:
         heard = _moved(peer.rx_bytes, pp.rx_seen)
         pp.tx_seen, pp.rx_seen = peer.tx_bytes, peer.rx_bytes
         return sent, heard
+
+    def relatch(self, peer: PublicKey, now: float) -> Endpoint | None:
+        """The relay port to restart the peer at, when the relay says our
+        WireGuard's packets come from an unlatched source (None: not now, at
+        most once per ``RELATCH_INTERVAL_S``, and only in port mode)."""
+        pp = self.paths.get(peer)
+        if pp is None or pp.mode is not Mode.PORT or now - pp.relatched_at < RELATCH_INTERVAL_S:
+            return None
+        pp.relatched_at = now
+        return pp.endpoint
 
     def carrying(self) -> bool:
         """Whether some WireGuard peer talks to a relay port (not the proxy)."""

@@ -34,6 +34,7 @@ class MsgType(IntEnum):
     PONG = 0x2B  # echo_id u64 | load_pct u8
     DISCOVERY_QUERY = 0x2C  # query_id u32 | flags u8 | max u8 | caps u32 | region str8 | [key]
     DISCOVERY_RESPONSE = 0x2D  # query_id u32 | flags u8 | [location] | n u8 | n x (u16 len, ann)
+    SESSION_HOLD = 0x2E  # session 8B | hold_s u8: port mode, deliver nothing to me for hold_s
 
     # relay to relay, inside the same envelope (the contacting relay is the client)
     GOSSIP = 0x40  # n u8 | n x (u16 len, ANNOUNCEMENT) | m u8 | m x (key 32B, issued_ms u64)
@@ -150,6 +151,10 @@ class ErrorCode(IntEnum):
     """Our timestamp is too far from the relay's clock; ``value`` is that clock (us)."""
     REPLAYED = 9
     """Our timestamp is not newer than what the relay accepted; ``value`` is its newest."""
+    PORT_NOT_LATCHED = 10
+    """Port mode: WireGuard packets from our IP reach session port ``value``
+    from a source it is not latched to (our NAT rebound WireGuard's socket):
+    only a new handshake re-latches it."""
 
 
 class HeartbeatStatus(IntEnum):

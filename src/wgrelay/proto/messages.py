@@ -247,6 +247,36 @@ class SessionAnswer(Body):
         return cls(session_id=sid, accept=v == 1)
 
 
+MAX_HOLD_S = 10
+"""The longest a SESSION_HOLD may pause delivery (a direct try takes 3 s)."""
+
+
+@dataclass(frozen=True, slots=True)
+class SessionHold(Body):
+    """Port mode: deliver nothing to my session port for ``hold_s`` seconds
+    (0: resume now). While the agent tries a direct path, a packet from the
+    relay would make WireGuard roam straight back to the relay port."""
+
+    TYPE: ClassVar[MsgType] = MsgType.SESSION_HOLD
+    session_id: bytes
+    hold_s: int
+
+    def encode_body(self, w: Writer) -> None:
+        _check_session_id(self.session_id)
+        if not 0 <= self.hold_s <= MAX_HOLD_S:
+            raise LocalProtocolError(f"hold_s must be 0-{MAX_HOLD_S}, not {self.hold_s}")
+        w.push_bytes(self.session_id)
+        w.push_u8(self.hold_s)
+
+    @classmethod
+    def decode_body(cls, b: Buffer) -> Self:
+        sid = b.pull_bytes(SESSION_ID_LEN)
+        hold_s = b.pull_u8()
+        if hold_s > MAX_HOLD_S:
+            raise Malformed(f"hold_s {hold_s} exceeds {MAX_HOLD_S}")
+        return cls(session_id=sid, hold_s=hold_s)
+
+
 @dataclass(frozen=True, slots=True)
 class SessionClose(Body):
     TYPE: ClassVar[MsgType] = MsgType.SESSION_CLOSE
@@ -472,6 +502,7 @@ _PEER_BODIES: tuple[type[Body], ...] = (
     SessionOffer,
     SessionAnswer,
     SessionClose,
+    SessionHold,
     Error,
     Ping,
     Pong,
@@ -491,6 +522,7 @@ RelayMessage = (
     | SessionOffer
     | SessionAnswer
     | SessionClose
+    | SessionHold
     | Error
     | Ping
     | Pong
@@ -545,6 +577,7 @@ __all__ = [
     "RelayMessage",
     "SessionAnswer",
     "SessionClose",
+    "SessionHold",
     "SessionOffer",
     "decode_body",
     "encode_body",

@@ -51,6 +51,7 @@ from wgrelay.proto.messages import (
     Registered,
     SessionAnswer,
     SessionClose,
+    SessionHold,
     SessionOffer,
 )
 from wgrelay.proto.wgmac import MESSAGE_INITIATION, compute_mac1, mac1_key
@@ -117,6 +118,7 @@ CONTROL_VECTORS: list[tuple[str, Body, bool]] = [
     ("session_offer", SessionOffer(session_id=SESSION_ID, initiator=OTHER_PEER, port=52001), True),
     ("session_answer", SessionAnswer(session_id=SESSION_ID, accept=True), False),
     ("session_close", SessionClose(session_id=SESSION_ID, reason=CloseReason.IDLE), True),
+    ("session_hold", SessionHold(session_id=SESSION_ID, hold_s=5), False),
     ("error", Error(code=ErrorCode.NOT_REGISTERED, ref_type=0x24, detail="register first"), True),
     ("ping", Ping(echo_id=0x1122334455667788), False),
     ("pong", Pong(echo_id=0x1122334455667788, load_pct=12), True),

@@ -80,6 +80,7 @@ from wgrelay.proto.messages import (
 from wgrelay.relay.admission import Addr, Inbound
 from wgrelay.relay.core_sessions import SessionsCore
 from wgrelay.relay.locations import Found
+from wgrelay.relay.ports import PortTable
 from wgrelay.relay.stats import DropReason
 
 log = logging.getLogger(__name__)
@@ -98,6 +99,7 @@ class RelayCore(SessionsCore):
             MsgType.CONNECTION_REQUEST: self._handle_connection_request,
             MsgType.SESSION_ANSWER: self._handle_session_answer,
             MsgType.SESSION_CLOSE: self._handle_session_close,
+            MsgType.SESSION_HOLD: self._handle_session_hold,
             MsgType.PING: self._handle_ping,
             MsgType.DISCOVERY_QUERY: self._handle_discovery_query,
             **dict.fromkeys(RELAY_TO_RELAY, self._handle_relay_message),
@@ -193,7 +195,20 @@ class RelayCore(SessionsCore):
         ports = self.ports
         if ports is None:
             return None
-        return ports.forward(port, data, addr, now, self.config.packet_overhead_bytes)
+        res = ports.forward(port, data, addr, now, self.config.packet_overhead_bytes)
+        if ports.notices:
+            self._port_notices(ports, now)
+        return res
+
+    def _port_notices(self, ports: PortTable, now: float) -> None:
+        """Tell sides whose WireGuard reaches their port from an unlatched
+        source (sealed, to the registered address, rate-limited per side)."""
+        for sid, key, port in ports.notices:
+            reg = self.table.regs.get(key)
+            if reg is not None and sid in self.sessions:
+                notice = Error(ErrorCode.PORT_NOT_LATCHED, MsgType.DATA, "send a handshake", port)
+                self._send(notice, reg, now)
+        ports.notices.clear()
 
     def port_output(self) -> list[tuple[int, bytes | memoryview, Addr]]:
         """Datagrams port mode queued: (from port, data, to); port 0: the main socket."""

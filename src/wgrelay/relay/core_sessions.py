@@ -29,6 +29,7 @@ from wgrelay.proto.messages import (
     Registered,
     SessionAnswer,
     SessionClose,
+    SessionHold,
     SessionOffer,
 )
 from wgrelay.relay.admission import Addr, Inbound
@@ -291,6 +292,16 @@ class SessionsCore(RelayCoreState):
             log.info("session %s rejected by %s", s.sid.hex(), PublicKey(inb.key).short())
             self._answer_waiters(s, Status.REJECTED, inb.now)
             self._remove(s)
+
+    def _handle_session_hold(self, inb: Inbound, body: SessionHold) -> None:
+        s = self.sessions.get(body.session_id)
+        if s is None or inb.key not in (s.a_key, s.b_key):
+            self._drop(inb, DropReason.UNKNOWN_SESSION)
+            return
+        if self.ports is None or s.ports is None:
+            return  # no ports: nothing is delivered to one anyway
+        until = inb.now + body.hold_s if body.hold_s else 0.0
+        self.ports.hold(s.ports, inb.key == s.a_key, until)
 
     def _handle_session_close(self, inb: Inbound, body: SessionClose) -> None:
         s = self.table.find(body.session_id)

@@ -150,6 +150,9 @@ class RelayCoreState:
 
     # ------------------------------------------------------------ outputs
 
+    def has_output(self) -> bool:
+        return bool(self._out)
+
     def datagrams_to_send(self) -> list[tuple[bytes, Addr]]:
         out = self._out[:]
         self._out.clear()  # the list is shared with Admission: keep the object

@@ -70,6 +70,8 @@ HOLD_S = 5.0
 after which the sender retransmits anyway."""
 RECENT_MAC1S = 8
 MAX_PORT_PACKET = 65507
+NOTICE_INTERVAL_S = 2.0
+"""At most one PORT_NOT_LATCHED notice per side this often."""
 MAX_OPEN_TRIES = 16
 """Ports tried per allocation when the opener refuses (taken by another program)."""
 
@@ -131,6 +133,9 @@ class PortSide:
     """The latest handshake *for* this side that came while it was UNKNOWN."""
     held_at: float = 0.0
     latches: int = 0
+    hold_until: float = 0.0
+    """SESSION_HOLD: nothing is delivered to this side's port before then."""
+    noticed_at: float = float("-inf")
 
 
 @dataclass(slots=True)
@@ -146,8 +151,16 @@ class PortPair:
 
     @property
     def ready(self) -> bool:
-        """Both sides in port mode: the kernel can take the whole path."""
-        return self.established and self.a.mode is SideMode.PORT and self.b.mode is SideMode.PORT
+        """Both sides in port mode (and neither holding): the kernel can take
+        the whole path."""
+        a, b = self.a, self.b
+        return (
+            self.established
+            and a.mode is SideMode.PORT
+            and b.mode is SideMode.PORT
+            and not a.hold_until
+            and not b.hold_until
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -170,6 +183,8 @@ class PortTable:
         """(from port, datagram, to); port 0: the relay's main socket."""
         self.changes: list[PathChange] = []
         self.latches = 0
+        self.notices: list[tuple[bytes, bytes, int]] = []
+        """(session id, key, port) of sides to tell PORT_NOT_LATCHED (the core seals it)."""
         self.crossed = 0
         """Held initiations not delivered because the latching packet was one too."""
 
@@ -264,6 +279,11 @@ class PortTable:
         s.packets += 1
         s.bytes += n
         if dst.mode is SideMode.PORT and dst.latched is not None:
+            if dst.hold_until:
+                if now < dst.hold_until:
+                    drops[DropReason.PORT_HELD] += 1
+                    return None
+                self.hold(pair, dst is pair.a, 0.0)  # the hold ran out
             return dst.port, dst.latched
         if dst.mode is SideMode.UNKNOWN:
             # switching to port mode (or never will: then its agent falls
@@ -279,6 +299,16 @@ class PortTable:
         drops = self._drops
         if not is_handshake(data):
             drops[DropReason.PORT_NOT_LATCHED] += 1
+            if (
+                side.latched is not None
+                and addr[0] == side.reg_addr[0]
+                and now - side.noticed_at >= NOTICE_INTERVAL_S
+            ):
+                # WireGuard's packets from the side's own IP, another port: its
+                # NAT rebound the socket. Only a handshake may re-latch; the
+                # side's agent can have WireGuard send one at once
+                side.noticed_at = now
+                self.notices.append((pair.session.sid, side.key, side.port))
             return False
         if addr[0] != side.reg_addr[0]:
             drops[DropReason.PORT_FOREIGN_ADDRESS] += 1
@@ -317,6 +347,13 @@ class PortTable:
         self._check_ready(pair)
         return True
 
+    def hold(self, pair: PortPair, side_a: bool, until: float) -> None:
+        """Deliver nothing to a side's port before ``until`` (0: resume).
+        The kernel gives the path back meanwhile (it would deliver)."""
+        side = pair.a if side_a else pair.b
+        side.hold_until = until
+        self._check_ready(pair)
+
     # ------------------------------------------------------------ the framed data path
 
     def framed_from(self, pair: PortPair, from_a: bool, frame: bytes) -> bool:
@@ -328,7 +365,10 @@ class PortTable:
             src.mode = SideMode.FRAMED
             self._check_ready(pair)
         if dst.mode is SideMode.PORT and dst.latched is not None:
-            self.out.append((dst.port, memoryview(frame)[DATA_HEADER_LEN:], dst.latched))
+            if not dst.hold_until:
+                self.out.append((dst.port, memoryview(frame)[DATA_HEADER_LEN:], dst.latched))
+            else:
+                self._drops[DropReason.PORT_HELD] += 1
             return True
         return False
 

@@ -95,7 +95,7 @@ class _PortReceiver:
         self.server.port_datagram(self.port, data, addr)
 
     def batch_done(self) -> None:
-        pass
+        self.server.batch_done()
 
 
 class RelayServer:
@@ -222,6 +222,8 @@ class RelayServer:
         ports = core.ports
         if ports is not None and (ports.out or ports.changes):
             self._flush_ports()
+        if core.has_output():  # a PORT_NOT_LATCHED notice
+            self._control_pending = True
 
     def _flush_ports(self) -> None:
         for port, data, dst in self.core.port_output():

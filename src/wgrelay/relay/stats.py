@@ -46,6 +46,8 @@ class DropReason(StrEnum):
     """A handshake on a session port whose mac1 is not for the session's other peer."""
     PORT_PEER_NOT_LATCHED = "port_peer_not_latched"
     """For a side that has not latched its port yet (a handshake is held for it)."""
+    PORT_HELD = "port_held"
+    """For a side that asked to hold its port (SESSION_HOLD) while it tries direct."""
     INTERNAL_ERROR = "internal_error"
     """A bug: the message was dropped, the relay went on (logged)."""
     UNEXPECTED = "unexpected"

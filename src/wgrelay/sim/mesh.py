@@ -48,7 +48,7 @@ from wgrelay.mesh.agent import AgentConfig, PathKind
 from wgrelay.mesh.cache import ConnectionCache
 from wgrelay.mesh.daemon import Agent, AgentOptions, status_path
 from wgrelay.relay.access import OpenPolicy
-from wgrelay.relay.config import RelayConfig
+from wgrelay.relay.config import DEFAULT_PORT_RANGE, RelayConfig
 from wgrelay.relay.core import RelayCore
 from wgrelay.relay.server import BindAddress, RelayServer
 from wgrelay.relay.stats import RelayStats
@@ -345,7 +345,7 @@ class SimMesh:
         self.state_dir = state_dir
         self.agent_config = agent_config or AgentConfig()
         self.link_config = link_config or LinkConfig()
-        self.relay_config = relay_config or RelayConfig()
+        self.relay_config = relay_config or RelayConfig(port_range=DEFAULT_PORT_RANGE)
         self.relays: dict[str, SimRelay] = {}
         self.peers: dict[str, SimPeer] = {}
         self._bootstrap: dict[str, list[SimRelay] | None] = {}
