@@ -90,6 +90,10 @@ CASES = (
 )
 
 
+class IperfFailed(RuntimeError):
+    """One iperf3 run reported an error (e.g. the server still busy): retried."""
+
+
 class WrongMode(RuntimeError):
     """A case did not run in the mode it claims: its figure would be a lie."""
 
@@ -97,14 +101,19 @@ class WrongMode(RuntimeError):
 def iperf(a: Peer, b: Peer, seconds: int) -> tuple[float, int]:
     """Mbit/s received and TCP retransmits of one iperf3 run a -> b."""
     server = b.popen(["iperf3", "-s", "-1", "--forceflush", "-B", b.tunnel_address], name="iperf")
-    if not wait_until(lambda: "listening" in server.read_log().lower(), 5):
+    # the port, not the log: the log of an earlier run may already say "listening"
+    if not wait_until(lambda: ":5201 " in b.ns.run(["ss", "-ltnH"]).stdout, 5):
         raise RuntimeError("iperf3 server did not start")
     res = a.ns.run(
         ["iperf3", "-c", b.tunnel_address, "-t", str(seconds), "-J"], timeout=seconds + 30
     )
-    report = json.loads(res.stdout)
     server.stop()
-    end = report["end"]
+    try:
+        report = json.loads(res.stdout)
+        end = report["end"]
+        end["sum_received"]  # absent when iperf3 reports an error
+    except (ValueError, KeyError):
+        raise IperfFailed(f"iperf3 failed: {res.stdout[-300:]} {res.stderr[-300:]}") from None
     return end["sum_received"]["bits_per_second"] / 1e6, int(end["sum_sent"].get("retransmits", 0))
 
 
@@ -226,7 +235,12 @@ def run_case(case: Case, seconds: int, reps: int) -> Row:
         before = kernel_forwarded_packets(offload_table(relay))
         rates, retrans = [], []
         for _ in range(reps):
-            mbit, rt = iperf(a, b, seconds)
+            try:
+                mbit, rt = iperf(a, b, seconds)
+            except IperfFailed as e:
+                print(f"  {e}; once more", file=sys.stderr, flush=True)
+                time.sleep(1)
+                mbit, rt = iperf(a, b, seconds)
             rates.append(mbit)
             retrans.append(rt)
         problems = mode_problems(sc, case, relay, a, b)
