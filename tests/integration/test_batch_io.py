@@ -26,7 +26,7 @@ from wgrelay.relay.config import RelayConfig
 from wgrelay.relay.core import RelayCore
 from wgrelay.relay.server import BindAddress, RelayServer
 from wgrelay.relay.stats import DropReason
-from wgrelay.transport.base import Addr, DeferredSender
+from wgrelay.transport.base import Addr, DeferredSender, QueueingSender
 from wgrelay.transport.udp import (
     BATCH_IO_ENV,
     RECV_SIZE,
@@ -196,6 +196,35 @@ def test_deferred_sends_leave_in_order_after_the_wake_up(
             t.send_deferred(b"now", out.local_address)
             await until(lambda: len(sink.got) == 201)
             assert sink.got[-1] == (b"now", t.local_address)
+        finally:
+            t.close()
+            out.close()
+
+    run(scenario)
+
+
+@pytest.mark.parametrize("io", BOTH_PATHS)
+def test_queued_datagrams_wait_for_flush_then_leave_in_order(io: IoPath) -> None:
+    """Port mode: a burst received on one port leaves another port's socket
+    together (``queue``, then ``flush`` when the receiving batch ends)."""
+
+    async def scenario() -> None:
+        sink = Recorder()
+        runtime = AsyncioRuntime(io=io)
+        out = runtime.open_udp("127.0.0.1", 0, sink, buffer_bytes=1 << 22)
+        t = runtime.open_udp("127.0.0.1", 0, Recorder(), buffer_bytes=1 << 22)
+        try:
+            assert isinstance(t, QueueingSender)
+            want = [numbered(i, 32 + i % 200) for i in range(150)]  # > 2 sendmmsg
+            for data in want:
+                t.queue(data, out.local_address)
+            await asyncio.sleep(0)  # (any wake-up of the loop: nothing leaves)
+            assert sink.got == []
+            t.flush()
+            await until(lambda: len(sink.got) == len(want))
+            assert [d for d, _ in sink.got] == want
+            t.flush()  # nothing held: nothing sent
+            assert t.send_errors == 0
         finally:
             t.close()
             out.close()

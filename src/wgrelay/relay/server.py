@@ -31,7 +31,7 @@ from wgrelay.proto.constants import MsgType
 from wgrelay.relay.core import Addr, RelayCore
 from wgrelay.relay.offload import OffloadPath
 from wgrelay.relay.ports import PathChange, PortPair, PortPool
-from wgrelay.transport.base import DatagramTransport, DeferredSender, Runtime
+from wgrelay.transport.base import DatagramTransport, DeferredSender, QueueingSender, Runtime
 
 log = logging.getLogger(__name__)
 
@@ -127,6 +127,8 @@ class RelayServer:
         self._control_pending = False
         self._port_transports: dict[int, dict[int, DatagramTransport]] = {}
         """Session port -> {address tuple length: transport} (port mode)."""
+        self._queued: dict[int, QueueingSender] = {}
+        """Port transports holding datagrams until the receiving batch ends."""
         self.offload = offload
         self._offload_poll_at = 0.0
         self._offload_errors = 0
@@ -217,7 +219,12 @@ class RelayServer:
         if res is not None:
             out_port, dst = res
             t = self._port_transports.get(out_port, {}).get(len(dst))
-            if t is not None:
+            if isinstance(t, QueueingSender):
+                # leaves with the rest of this wake-up's datagrams for that
+                # port (one sendmmsg), when the receiving socket's batch ends
+                t.queue(data, dst)
+                self._queued[id(t)] = t
+            elif t is not None:
                 t.sendto(data, dst)
         ports = core.ports
         if ports is not None and (ports.out or ports.changes):
@@ -314,6 +321,11 @@ class RelayServer:
         self._control_pending = True
 
     def batch_done(self) -> None:
+        if self._queued:
+            queued = list(self._queued.values())
+            self._queued.clear()
+            for t in queued:
+                t.flush()
         if self._control_pending:
             self._control_pending = False
             self._flush()

@@ -73,6 +73,18 @@ class DeferredSender(Protocol):
         a datagram dropped locally is counted like a failed ``sendto``."""
 
 
+@runtime_checkable
+class QueueingSender(Protocol):
+    """A transport that holds datagrams until told to send them together
+    (optional; the relay's port mode queues a wake-up's output per port)."""
+
+    def queue(self, data: bytes | memoryview, addr: Addr) -> None:
+        """Hold one datagram until ``flush``. Never raises."""
+
+    def flush(self) -> None:
+        """Send every held datagram. Never raises."""
+
+
 class Runtime(Protocol):
     @property
     def loop(self) -> asyncio.AbstractEventLoop:

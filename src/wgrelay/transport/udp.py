@@ -230,6 +230,22 @@ class UdpTransport:
         else:
             self.sendto(data, addr)
 
+    def queue(self, data: bytes | memoryview, addr: Addr) -> None:
+        """Hold a datagram until ``flush``: what another socket's wake-up
+        produced for this one (port mode: in on one port, out of another)."""
+        self._pending.append((data, addr))
+
+    def flush(self) -> None:
+        """Send what ``queue`` held: one ``sendmmsg`` per 64 when batched."""
+        if not self._pending or self._draining:
+            return  # (a draining socket sends its queue when its wake-up ends)
+        if self._io.mmsg is not None:
+            self._flush_pending()
+            return
+        pending, self._pending = self._pending, []
+        for data, addr in pending:
+            self.sendto(data, addr)
+
     def fileno(self) -> int:
         """The socket's descriptor (for handing it to a load generator)."""
         return self._sock.fileno()
