@@ -23,6 +23,7 @@ import os
 import secrets
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -329,3 +330,44 @@ def test_keepalive_kick_starts_a_handshake_at_once(
     c = UserspaceBackend().read(mesh.a).peer(mesh.key_c)
     assert c is not None
     assert c.persistent_keepalive is None
+
+
+@pytest.mark.parametrize("backend", [UserspaceBackend(), KernelBackend()], ids=lambda b: b.name)
+def test_restart_peer_keeps_its_configuration_and_handshakes_at_once(
+    mesh: Mesh, backend: UserspaceBackend | KernelBackend, tmp_path: Path
+) -> None:
+    """Port mode restarts a peer to get a handshake through a relay port: the
+    peer comes back as it was (a preshared key too: the new handshake needs
+    it), at the new endpoint, with its counters from 0."""
+    psk = tmp_path / "psk"
+    write_key_file(psk, bytes(range(32)))
+    peer_b, peer_a = mesh.key_b.public_key(), mesh.key_a.public_key()
+    mesh.wg("set", mesh.a, "peer", str(peer_b), "preshared-key", str(psk))
+    mesh.wg("set", mesh.b, "peer", str(peer_a), "preshared-key", str(psk))
+
+    def b_seen_from_a() -> PeerInfo:
+        p = UserspaceBackend().read(mesh.a).peer(peer_b)
+        assert p is not None
+        return p
+
+    wait_until(
+        lambda: (b_seen_from_a().latest_handshake or 0) > 0, HANDSHAKE_TIMEOUT_S, "a handshake"
+    )
+    wait_until(lambda: b_seen_from_a().rx_bytes > 0, HANDSHAKE_TIMEOUT_S, "traffic from B")
+    before = b_seen_from_a()
+    assert before.preshared_key == bytes(range(32))
+    backend.restart_peer(mesh.a, before, ("127.0.0.1", PORT_B), 25)
+    after = b_seen_from_a()
+    assert stable(after) == stable(before)
+    assert after.preshared_key == before.preshared_key
+    assert after.rx_bytes < before.rx_bytes or after.latest_handshake is None
+    # a fresh handshake at once (not at WireGuard's next rekey, minutes away)
+    wait_until(
+        lambda: (b_seen_from_a().latest_handshake or 0) > (before.latest_handshake or 0),
+        HANDSHAKE_TIMEOUT_S,
+        "a handshake after the restart",
+    )
+    assert [p.public_key for p in UserspaceBackend().read(mesh.a).peers] == sorted(
+        [mesh.key_c, peer_b], key=lambda k: k.raw
+    )
+    assert not list(Path(tempfile.gettempdir()).glob("wgrelay-psk-*"))

@@ -5,7 +5,7 @@ from __future__ import annotations
 from wgrelay.endpoint import Endpoint
 from wgrelay.keys import PrivateKey
 from wgrelay.mesh.backend.base import PeerInfo
-from wgrelay.mesh.port_mode import LATCH_S, SESSION_VALID_S, Mode, PortModePaths
+from wgrelay.mesh.port_mode import FAILED_FOR_S, LATCH_S, SESSION_VALID_S, Mode, PortModePaths
 
 PEER = PrivateKey.generate().public_key()
 RELAY: Endpoint = ("203.0.113.10", 51821)
@@ -21,7 +21,7 @@ def _info(
 
 def test_a_fresh_peer_tries_the_port_and_latches_on_a_new_handshake() -> None:
     pm = PortModePaths()
-    pm.offered(PEER, RELAY, 52000, _info(), WALL)
+    pm.offered(PEER, RELAY, 52000, _info(), 0.0, WALL)
     assert pm.endpoint(PEER) == PORT_EP
     assert pm.holding(PEER)
     pm.switched(PEER, _info(PORT_EP), now=10.0)
@@ -34,7 +34,7 @@ def test_a_fresh_peer_tries_the_port_and_latches_on_a_new_handshake() -> None:
 
 def test_no_handshake_through_the_port_in_time_falls_back_to_framed() -> None:
     pm = PortModePaths()
-    pm.offered(PEER, RELAY, 52000, _info(), WALL)
+    pm.offered(PEER, RELAY, 52000, _info(), 0.0, WALL)
     pm.switched(PEER, _info(PORT_EP), now=10.0)
     assert not pm.observe(_info(PORT_EP, tx=148), now=10.0 + LATCH_S - 0.1)
     assert pm.observe(_info(PORT_EP, tx=296), now=10.0 + LATCH_S)  # the proxy now
@@ -49,29 +49,42 @@ def test_no_handshake_through_the_port_in_time_falls_back_to_framed() -> None:
 
 def test_a_current_wireguard_session_is_restarted_once_to_handshake_through_the_port() -> None:
     pm = PortModePaths()
-    pm.offered(PEER, RELAY, 52000, _info(hs=WALL - 30), WALL)
+    pm.offered(PEER, RELAY, 52000, _info(hs=WALL - 30), 0.0, WALL)
     assert pm.endpoint(PEER) == PORT_EP
     assert pm.needs_restart(PEER)
     assert not pm.needs_restart(PEER)  # once
     # an old session is no session: the next packet is a handshake anyway
-    pm.offered(PEER, RELAY, 52000, _info(hs=WALL - SESSION_VALID_S - 1), WALL)
+    pm.offered(PEER, RELAY, 52000, _info(hs=WALL - SESSION_VALID_S - 1), 0.0, WALL)
     assert not pm.needs_restart(PEER)
 
 
 def test_a_relay_address_where_port_mode_failed_is_framed_from_then_on() -> None:
     pm = PortModePaths()
-    pm.offered(PEER, RELAY, 52000, _info(), WALL)
+    pm.offered(PEER, RELAY, 52000, _info(), 0.0, WALL)
     pm.switched(PEER, _info(PORT_EP), now=10.0)
     assert pm.observe(_info(PORT_EP), now=10.0 + LATCH_S)
-    pm.offered(PEER, RELAY, 52002, _info(hs=WALL - 1), WALL)  # the next session there
+    pm.offered(PEER, RELAY, 52002, _info(hs=WALL - 1), 20.0, WALL)  # the next session there
     assert pm.endpoint(PEER) is None
     assert not pm.needs_restart(PEER)
     mode, why = pm.describe(PEER)
     assert mode == "framed"
     assert why is not None
     assert "did not latch" in why
-    pm.offered(PEER, ("198.51.100.77", 51821), 52000, _info(), WALL)  # another relay: try
+    pm.offered(PEER, ("198.51.100.77", 51821), 52000, _info(), 20.0, WALL)  # another relay: try
     assert pm.endpoint(PEER) == ("198.51.100.77", 52000)
+    pm.offered(PEER, RELAY, 52004, _info(), 10.0 + LATCH_S + FAILED_FOR_S, WALL)
+    assert pm.endpoint(PEER) == ("203.0.113.10", 52004)  # tried again, some time later
+
+
+def test_the_same_session_announced_again_changes_nothing() -> None:
+    pm = PortModePaths()
+    pm.offered(PEER, RELAY, 52000, _info(), 0.0, WALL, b"s1")
+    pm.switched(PEER, _info(PORT_EP), now=1.0)
+    assert not pm.observe(_info(PORT_EP, hs=WALL + 2), now=2.0)
+    assert pm.describe(PEER)[0] == "port"
+    pm.offered(PEER, RELAY, 52000, _info(hs=WALL + 2), 3.0, WALL + 3, b"s1")
+    assert pm.describe(PEER)[0] == "port"
+    assert not pm.needs_restart(PEER)
 
 
 def test_no_port_no_relay_endpoint_or_disabled_means_framed() -> None:
@@ -80,14 +93,14 @@ def test_no_port_no_relay_endpoint_or_disabled_means_framed() -> None:
         (PortModePaths(), 52000, None),
         (PortModePaths(enabled=False), 52000, RELAY),
     ):
-        pm.offered(PEER, relay, port, _info(), WALL)
+        pm.offered(PEER, relay, port, _info(), 0.0, WALL)
         assert pm.endpoint(PEER) is None
         assert pm.describe(PEER) == (None, None)
 
 
 def test_traffic_through_the_port_is_reported_for_the_carrier_check() -> None:
     pm = PortModePaths()
-    pm.offered(PEER, RELAY, 52000, _info(), WALL)
+    pm.offered(PEER, RELAY, 52000, _info(), 0.0, WALL)
     assert pm.traffic(_info(PORT_EP, rx=0, tx=0)) == (False, False)  # first look
     assert pm.traffic(_info(PORT_EP, rx=0, tx=100)) == (True, False)
     assert pm.traffic(_info(PORT_EP, rx=50, tx=100)) == (False, True)

@@ -328,3 +328,44 @@ def test_a_nat_rebinding_is_noticed_and_told_to_its_side_at_once() -> None:
     net.run()
     assert len([e for e in a.events if isinstance(e, PortNotLatched)]) == 1
     assert _port(net, pa, _init(a, b), (A_IP, 40999)) is not None  # the handshake re-latches
+
+
+def test_a_hold_runs_out_for_framed_frames_too() -> None:
+    """A in port mode holds, B is framed, A's resume is lost: B's frames reach
+    A again once the hold's time is up."""
+    net, a, b, _ = _setup()
+    sid, pa, _pb = _session(net, a, b)
+    _port(net, pa, _init(a, b), (A_IP, 51820))
+    frame = data_header(sid) + encode_transport(3, 1, b"f" * 32)
+    net.relay.forward_data(frame, b.addr, net.clock.now)  # B is framed
+    net.relay.port_output()
+    a.link.hold_session(b.pub, 4, net.clock.now)
+    net.run()
+    assert net.relay.forward_data(frame, b.addr, net.clock.now) is None
+    assert net.relay.port_output() == []
+    assert net.relay.stats.drops[DropReason.PORT_HELD] == 1
+    net.clock.now += 4.0
+    assert net.relay.forward_data(frame, b.addr, net.clock.now) is None
+    assert net.relay.port_output() == [(pa, frame[DATA_HEADER_LEN:], (A_IP, 51820))]
+
+
+def test_a_stray_framed_frame_does_not_leave_a_latched_side_framed() -> None:
+    net, a, b, _ = _setup()
+    sid, pa, pb = _latched(net, a, b)
+    # a frame from A's proxy still in flight when A switched to its port
+    net.relay.forward_data(data_header(sid) + encode_transport(1, 1, b""), a.addr, 0.0)
+    net.relay.port_output()
+    pkt = encode_transport(1, 2, b"s" * 32)
+    assert _port(net, pa, pkt, (A_IP, 51820)) == (pb, (B_IP, 61000))  # A sends from its port
+    # so traffic to A goes to its port again, not framed to its proxy
+    assert _port(net, pb, pkt, (B_IP, 61000)) == (pa, (A_IP, 51820))
+    ports = net.relay.ports
+    assert ports is not None
+    assert ports.by_sid[sid].ready
+
+
+def test_port_zero_never_latches() -> None:
+    net, a, b, _ = _setup()
+    _sid, pa, _pb = _session(net, a, b)
+    assert _port(net, pa, _init(a, b), (A_IP, 0)) is None
+    assert net.relay.stats.drops[DropReason.PORT_FOREIGN_ADDRESS] == 1

@@ -110,11 +110,12 @@ class LinkCore:
         self._out: list[bytes] = []
         self._events: list[LinkEvent] = []
         self.sessions: dict[bytes, PublicKey] = {}
-        self.session_port: dict[PublicKey, int] = {}
-        """The relay's session port for our side of each peer's session (port
-        mode; 0 or absent: framed only). Kept per peer: one session each."""
         """Established sessions by id (the data path looks frames up here)."""
         self.session_of: dict[PublicKey, bytes] = {}
+        self.session_port: dict[PublicKey, int] = {}
+        """The relay's session port for our side of each peer's session (port
+        mode; 0 or absent: framed only). Kept per peer (one session each): at
+        most one entry per peer of the interface."""
         self.wanted: set[PublicKey] = set()
         """Peers we asked sessions for; re-requested after the relay forgets us."""
         self.counters = LinkCounters()

@@ -15,7 +15,6 @@ import asyncio
 import contextlib
 import json
 import logging
-import math
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -202,10 +201,14 @@ class Agent:
             relay = self.registry.get(ev.relay)
             self.port_mode.offered(
                 ev.peer,
-                relay.endpoint if relay else None,
+                # where our link reaches the relay: the registry's first
+                # endpoint may be another (family) than the one that works
+                self.manager.planner.relay_addr(ev.relay),
                 ev.port,
                 self._info.peer(ev.peer),
+                now,
                 self._wall(),
+                ev.session_id,
             )
             self._run(
                 self.core.on_relayed(
@@ -271,8 +274,9 @@ class Agent:
             # what it would send to the port (WireGuard roams back to it)
             self.proxies.hold(a.peer, a.hold or self.port_mode.holding(a.peer))
             if self.port_mode.endpoint(a.peer) is not None:
-                hold_s = math.ceil(self.opts.config.direct_probe_s) + 1 if a.hold else 0
-                self.manager.hold_relay(a.peer, min(hold_s, MAX_HOLD_S))
+                # the longest hold: a try may go through several candidates,
+                # and it always ends with a resume (HoldProxy(False))
+                self.manager.hold_relay(a.peer, MAX_HOLD_S if a.hold else 0)
         elif isinstance(a, LeaveRelay):
             self.manager.close_connection(a.peer)
             self._drop_relay_path(a.peer)
@@ -304,17 +308,19 @@ class Agent:
         self.proxies.hold(peer, self.port_mode.holding(peer))
         self._sync_relay_endpoints()
         keepalive = self.opts.config.keepalive_s
-        if port is not None and self.port_mode.needs_restart(peer):
+        info = self._info.peer(peer)
+        if port is not None:
+            # the latch clock starts now, whatever the backend says: a call
+            # that failed ends framed after the latch time, not never
+            self.port_mode.switched(peer, info, self._clock())
+        if port is not None and info is not None and self.port_mode.needs_restart(peer):
             # WireGuard's session is current: it would not handshake through
             # the port for minutes; restarted, it does at once
-            if keepalive:
-                self.backend.set_keepalive(self.iface, peer, keepalive)
-            self.port_mode.switched(peer, self._info.peer(peer), self._clock())
-            self.backend.restart_peer(self.iface, peer, port)
+            ka = keepalive or info.persistent_keepalive or 0
+            self.backend.restart_peer(self.iface, info, port, ka)
             return
         self.backend.set_endpoint(self.iface, peer, port or proxy)
         if port is not None:
-            self.port_mode.switched(peer, self._info.peer(peer), self._clock())
             if keepalive:  # send now: the handshake that latches the port
                 self.backend.set_keepalive(self.iface, peer, keepalive, kick=True)
         elif keepalive:
@@ -328,9 +334,14 @@ class Agent:
         ep = self.port_mode.relatch(peer, self._clock())
         if ep is None:
             return
+        info = self._info.peer(peer)
+        p = self.core.peers.get(peer)
+        if info is None or p is None or p.probing_back:
+            return  # (a direct try owns the endpoint now)
         log.info("peer %s: our NAT rebound WireGuard's socket; handshaking again", peer.short())
         try:
-            self.backend.restart_peer(self.iface, peer, ep)
+            ka = self.opts.config.keepalive_s or info.persistent_keepalive or 0
+            self.backend.restart_peer(self.iface, info, ep, ka)
         except BackendError as e:
             log.warning("cannot restart %s to re-latch the relay port: %s", peer.short(), e)
 

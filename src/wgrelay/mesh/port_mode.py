@@ -54,13 +54,14 @@ one side only receives and would lose its mapping. In framed mode the agent's
 heartbeats kept it; here the agent makes WireGuard send a keepalive."""
 RELATCH_INTERVAL_S = 5.0
 """At most one restart per peer this often on the relay's PORT_NOT_LATCHED."""
+FAILED_FOR_S = 600.0
 SESSION_VALID_S = 180.0
 """WireGuard's REJECT_AFTER_TIME: a handshake younger than this may still
 carry traffic without a new one."""
 
 
 class Mode(StrEnum):
-    TRYING = "port (latching)"
+    TRYING = "latching"
     PORT = "port"
     FRAMED = "framed"
 
@@ -70,6 +71,7 @@ class PortPath:
     endpoint: Endpoint
     mode: Mode
     reason: str
+    session_id: bytes = b""
     restart: bool = False
     """WireGuard has a current session: restart the peer to get a handshake."""
     since: float = 0.0
@@ -86,28 +88,37 @@ class PortModePaths:
         self.enabled = enabled
         self.latch_s = latch_s
         self.paths: dict[PublicKey, PortPath] = {}
-        self.failed: set[tuple[PublicKey, str]] = set()
-        """(peer, relay host) where port mode did not latch: framed there from now on."""
+        self.failed: dict[tuple[PublicKey, str], float] = {}
+        """(peer, relay host) where port mode did not latch, and when: framed
+        there for ``FAILED_FOR_S`` (the network that broke it may change)."""
 
     def offered(
         self, peer: PublicKey, relay_endpoint: Endpoint | None, port: int, info: PeerInfo | None,
-        wall: float,
+        now: float, wall: float, session_id: bytes = b"",
     ) -> None:  # fmt: skip
-        """A new relayed session for ``peer``: its port (0: none) at the relay."""
+        """A relayed session for ``peer``: its port (0: none) at the relay,
+        whose address our link uses is ``relay_endpoint``."""
+        old = self.paths.get(peer)
+        if old is not None and session_id and old.session_id == session_id:
+            return  # the same session announced again: nothing changes
         self.paths.pop(peer, None)
         if not self.enabled or not port or relay_endpoint is None:
             return
-        ep: Endpoint = (relay_endpoint[0], port)
-        if (peer, relay_endpoint[0]) in self.failed:
+        host = str(relay_endpoint[0])
+        ep: Endpoint = (host, port)
+        failed_at = self.failed.get((peer, host))
+        if failed_at is not None and now - failed_at < FAILED_FOR_S:
             self.paths[peer] = PortPath(
-                ep, Mode.FRAMED, f"framed: port mode did not latch at {relay_endpoint[0]} before"
-            )
+                ep, Mode.FRAMED, f"framed: port mode did not latch at {host} lately",
+                session_id=session_id,
+            )  # fmt: skip
             return
         hs = info.latest_handshake if info is not None else None
         current = hs is not None and wall - hs < SESSION_VALID_S
         self.paths[peer] = PortPath(
-            ep, Mode.TRYING, "port mode: waiting for a handshake", restart=current
-        )
+            ep, Mode.TRYING, "port mode: waiting for a handshake", restart=current,
+            session_id=session_id,
+        )  # fmt: skip
 
     def needs_restart(self, peer: PublicKey) -> bool:
         """Whether the peer must be restarted to handshake through the port
@@ -157,7 +168,7 @@ class PortModePaths:
             f"framed: no handshake through relay port {endpoint_str(pp.endpoint)} "
             f"within {self.latch_s:.0f} s"
         )
-        self.failed.add((peer.public_key, str(pp.endpoint[0])))
+        self.failed[(peer.public_key, str(pp.endpoint[0]))] = now
         log.info("peer %s: %s", peer.public_key.short(), pp.reason)
         return True
 

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import ipaddress
 import logging
+import resource
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,7 +21,7 @@ from wgrelay.relay.config import RelayConfig
 from wgrelay.relay.core import RelayCore
 from wgrelay.relay.localaddrs import local_announce_endpoints
 from wgrelay.relay.metrics import make_registry, serve_metrics
-from wgrelay.relay.offload import KernelOffload, OffloadUnavailable
+from wgrelay.relay.offload import KernelOffload, OffloadUnavailable, delete_stale_table
 from wgrelay.relay.peers_store import SAVE_INTERVAL_S, load_known_relays, save_known_relays
 from wgrelay.relay.server import POLICY_REFRESH_S, BindAddress, RelayServer
 from wgrelay.state import ensure_state_dir
@@ -166,9 +167,12 @@ def bind_addresses(opts: RelayOptions) -> list[BindAddress]:
 def open_offload(opts: RelayOptions) -> KernelOffload | None:
     """The kernel offload as --kernel-offload asks: ``auto`` uses it when the
     host allows and says why not otherwise, ``on`` refuses to start without."""
+    if opts.config.port_range is None and opts.kernel_offload == "on":
+        raise ConfigError("--kernel-offload on needs port mode (not --port-range off)")
     if opts.config.port_range is None or opts.kernel_offload == "off":
         if opts.config.port_range is not None:
             log.info("port mode in userspace (--kernel-offload off)")
+        _delete_stale_table()
         return None
     try:
         offload = KernelOffload.open()
@@ -176,9 +180,46 @@ def open_offload(opts: RelayOptions) -> KernelOffload | None:
         if opts.kernel_offload == "on":
             raise ConfigError(f"--kernel-offload on: {e}") from None
         log.info("port mode in userspace: %s", e)
+        _delete_stale_table()
+        return None
+    if offload.forward_drops and opts.kernel_offload == "auto":
+        # the kernel would forward into a chain that drops by default (a
+        # Docker host, say): every offloaded packet would die there
+        chains = ", ".join(offload.forward_drops)
+        offload.close()
+        log.info(
+            "port mode in userspace: forward chain(s) %s drop by default; "
+            "--kernel-offload on offloads anyway (make them accept the relay's traffic)",
+            chains,
+        )
         return None
     log.info("%s", offload.describe())
     return offload
+
+
+def raise_fd_limit(port_range: tuple[int, int] | None) -> None:
+    """Session ports cost sockets (one per port and address family): take the
+    file descriptors the hard limit allows, and say when the range needs more
+    (the ports beyond the limit go framed)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 20)
+    if soft < target:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+    if port_range is not None:
+        need = 2 * (port_range[1] - port_range[0] + 1) + 256
+        if need > soft:
+            log.warning(
+                "--port-range %d-%d needs up to %d file descriptors (both address families) "
+                "and the limit is %d: sessions beyond it relay framed (raise LimitNOFILE)",
+                port_range[0], port_range[1], need, soft,
+            )  # fmt: skip
+
+
+def _delete_stale_table() -> None:
+    if delete_stale_table():
+        log.info("deleted nftables table inet wgrelay left by an earlier run")
 
 
 def install_uvloop() -> str:
@@ -215,6 +256,7 @@ async def _serve(opts: RelayOptions) -> None:
         binds,
         policy_refresh_s=0.0 if isinstance(policy, OpenPolicy) else POLICY_REFRESH_S,
     )
+    raise_fd_limit(opts.config.port_range)
     server.open()
     try:
         server.offload = open_offload(opts)  # once the sockets are ours

@@ -182,7 +182,11 @@ class RelayCore(SessionsCore):
         s.packets += 1
         s.bytes += n
         pp = s.ports
-        if pp is not None and self.ports is not None and self.ports.framed_from(pp, from_a, data):
+        if (
+            pp is not None
+            and self.ports is not None
+            and self.ports.framed_from(pp, from_a, data, now)
+        ):
             return None  # the other side is in port mode: it leaves that side's port
         return dst
 

@@ -87,6 +87,21 @@ SYSCTL_DIR = Path("/proc/sys")
 IPV4_FORWARD = "net.ipv4.ip_forward"
 IPV6_FORWARD = "net.ipv6.conf.all.forwarding"
 
+
+def delete_stale_table(table: str = "wgrelay") -> bool:
+    """Delete our table if a previous run left it (a ``kill -9``) although
+    this run will not offload: its rules would still rewrite the session
+    ports this run hands out again. True if one was deleted; never raises."""
+    if nft.available() is not None:
+        return False
+    try:
+        with Nft() as ctx:
+            ctx.run(document([{"delete": {"table": {"family": FAMILY, "name": table}}}]))
+    except (NftError, OSError):
+        return False  # (none there)
+    return True
+
+
 # ---------------------------------------------------------------- host settings
 
 

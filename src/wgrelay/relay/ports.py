@@ -231,8 +231,10 @@ class PortTable:
     def _check_ready(self, pair: PortPair) -> None:
         ready = pair.ready
         if ready:
-            # (re)install: a re-latch changes the addresses
+            # (re)install: a re-latch changes the addresses; the kernel's
+            # counters start again at 0
             pair.offloaded = True
+            pair.kernel_seen = (0, 0, 0, 0, 0)
             self.changes.append(PathChange(pair.a.port, pair))
         elif pair.offloaded:
             pair.offloaded = False
@@ -266,8 +268,14 @@ class PortTable:
         if n < KEEPALIVE_LEN or not 1 <= data[0] <= 4 or any(data[1:4]):
             drops[DropReason.NOT_WIREGUARD] += 1
             return None
-        if addr != src.latched and not self._latch(pair, src, data, addr, now):
-            return None
+        if addr != src.latched:
+            if not self._latch(pair, src, data, addr, now):
+                return None
+        elif src.mode is not SideMode.PORT:
+            # it sends from its latched address again (a framed frame in
+            # flight at its switch made it look framed): whatever it did last
+            src.mode = SideMode.PORT
+            self._check_ready(pair)
         if not pair.established:
             drops[DropReason.SESSION_NOT_READY] += 1
             return None
@@ -310,8 +318,8 @@ class PortTable:
                 side.noticed_at = now
                 self.notices.append((pair.session.sid, side.key, side.port))
             return False
-        if addr[0] != side.reg_addr[0]:
-            drops[DropReason.PORT_FOREIGN_ADDRESS] += 1
+        if addr[0] != side.reg_addr[0] or not addr[1]:
+            drops[DropReason.PORT_FOREIGN_ADDRESS] += 1  # (port 0: never an address)
             return False
         if not verify_mac1(side.mac1_key, data):
             drops[DropReason.PORT_BAD_MAC1] += 1
@@ -351,12 +359,14 @@ class PortTable:
         """Deliver nothing to a side's port before ``until`` (0: resume).
         The kernel gives the path back meanwhile (it would deliver)."""
         side = pair.a if side_a else pair.b
+        if not until and not side.hold_until:
+            return  # nothing held: the kernel path stays as it is
         side.hold_until = until
         self._check_ready(pair)
 
     # ------------------------------------------------------------ the framed data path
 
-    def framed_from(self, pair: PortPair, from_a: bool, frame: bytes) -> bool:
+    def framed_from(self, pair: PortPair, from_a: bool, frame: bytes, now: float) -> bool:
         """A framed data frame of this session from a side's registered
         address: that side is framed now. True if the frame was taken here
         (the other side is in port mode: it leaves that side's port)."""
@@ -365,6 +375,8 @@ class PortTable:
             src.mode = SideMode.FRAMED
             self._check_ready(pair)
         if dst.mode is SideMode.PORT and dst.latched is not None:
+            if dst.hold_until and now >= dst.hold_until:
+                self.hold(pair, not from_a, 0.0)  # the hold ran out (a lost resume)
             if not dst.hold_until:
                 self.out.append((dst.port, memoryview(frame)[DATA_HEADER_LEN:], dst.latched))
             else:

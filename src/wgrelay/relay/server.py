@@ -31,6 +31,7 @@ from wgrelay.proto.constants import MsgType
 from wgrelay.relay.core import Addr, RelayCore
 from wgrelay.relay.offload import OffloadPath
 from wgrelay.relay.ports import PathChange, PortPair, PortPool
+from wgrelay.relay.stats import DropReason
 from wgrelay.transport.base import DatagramTransport, DeferredSender, QueueingSender, Runtime
 
 log = logging.getLogger(__name__)
@@ -47,7 +48,9 @@ OFFLOAD_POLL_S = 1.0
 class Offload(Protocol):
     """What the server needs of a kernel offload (offload.KernelOffload)."""
 
-    def install(self, path: OffloadPath) -> None: ...
+    def install(
+        self, path: OffloadPath, *, a_local: str | None = None, b_local: str | None = None
+    ) -> None: ...
     def remove(self, path_id: int) -> None: ...
     def counters(self) -> Mapping[int, PathCountersLike]: ...
     def paths(self) -> set[int]: ...
@@ -65,6 +68,8 @@ class PathCountersLike(Protocol):
     def ba_bytes(self) -> int: ...
     @property
     def dropped_packets(self) -> int: ...
+    @property
+    def unrouted_packets(self) -> int: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,6 +137,8 @@ class RelayServer:
         self.offload = offload
         self._offload_poll_at = 0.0
         self._offload_errors = 0
+        self._unrouted_seen = 0
+        self._unrouted_warned = False
 
     # ------------------------------------------------------------ sockets
 
@@ -262,7 +269,10 @@ class RelayServer:
                 if path is None:
                     offload.remove(change.path_id)  # mixed families: userspace
                 else:
-                    offload.install(path)
+                    # replies leave from the address the session sockets are
+                    # bound to, as in userspace (by default: the route's)
+                    local = self._bound_host(path.family)
+                    offload.install(path, a_local=local, b_local=local)
             except Exception as e:  # nftables said no: userspace carries it
                 self._offload_errors += 1
                 if self._offload_errors <= 3 or self._offload_errors % 100 == 0:
@@ -270,6 +280,15 @@ class RelayServer:
                 with contextlib.suppress(Exception):
                     offload.remove(change.path_id)
         self.core.stats.offloaded_paths = len(offload.paths())
+
+    def _bound_host(self, family: int) -> str | None:
+        """The address we listen on for that family, None if a wildcard."""
+        af = socket.AF_INET if family == 4 else socket.AF_INET6
+        for t in self.transports:
+            if t.family == af:
+                host = str(t.local_address[0])
+                return None if host in ("0.0.0.0", "::") else host
+        return None
 
     def _offload_path(self, path_id: int, pair: PortPair) -> OffloadPath | None:
         a, b = pair.a.latched, pair.b.latched
@@ -297,11 +316,25 @@ class RelayServer:
         except Exception as e:
             log.warning("cannot read the kernel offload's counters: %s", e)
             return
+        unrouted = 0
         for path_id, c in counters.items():
             self.core.kernel_counts(
                 path_id,
                 (c.ab_packets, c.ab_bytes, c.ba_packets, c.ba_bytes, c.dropped_packets),
             )
+            unrouted += c.unrouted_packets
+        # cumulative over the paths installed now: count what is new
+        if unrouted > self._unrouted_seen:
+            new = unrouted - self._unrouted_seen
+            self.core.stats.drops[DropReason.OFFLOAD_UNROUTED] += new
+            if not self._unrouted_warned:
+                self._unrouted_warned = True
+                log.warning(
+                    "kernel offload: %d packets taken but never sent (no route, or a forward "
+                    'chain drops them); see wgrelay_drops_total{reason="offload_unrouted"}',
+                    new,
+                )
+        self._unrouted_seen = unrouted
 
     # ------------------------------------------------------------ receiving (DatagramReceiver)
 

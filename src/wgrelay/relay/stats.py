@@ -46,6 +46,9 @@ class DropReason(StrEnum):
     """A handshake on a session port whose mac1 is not for the session's other peer."""
     PORT_PEER_NOT_LATCHED = "port_peer_not_latched"
     """For a side that has not latched its port yet (a handshake is held for it)."""
+    OFFLOAD_UNROUTED = "offload_unrouted"
+    """Taken by the kernel offload but never sent: no route, or another
+    table's forward chain dropped it (a firewall that must accept the relay)."""
     PORT_HELD = "port_held"
     """For a side that asked to hold its port (SESSION_HOLD) while it tries direct."""
     INTERNAL_ERROR = "internal_error"

@@ -188,12 +188,16 @@ class SimWireGuard(WireGuardDevice):
         if was_off and seconds:
             self._send_keepalive(p)
 
-    def restart_peer(self, interface: str, peer: PublicKey, endpoint: Endpoint) -> None:
+    def restart_peer(
+        self, interface: str, peer: PeerInfo, endpoint: Endpoint, keepalive_s: int
+    ) -> None:
         self._check_interface(interface)
-        p = self._backend_peer(interface, peer)
-        allowed, keepalive = p.allowed_ips, p.keepalive_s or None
-        self.remove_peer(peer)
-        self.add_peer(peer, endpoint=endpoint, keepalive=keepalive, allowed_ips=allowed)
+        key = peer.public_key
+        self._backend_peer(interface, key)
+        self.remove_peer(key)
+        self.add_peer(
+            key, endpoint=endpoint, keepalive=keepalive_s or None, allowed_ips=peer.allowed_ips
+        )
 
     def exists(self, interface: str) -> bool:
         check_interface_name(interface)

@@ -117,15 +117,18 @@ class WireGuardBackend(Protocol):
         """
         ...
 
-    def restart_peer(self, interface: str, peer: PublicKey, endpoint: Endpoint) -> None:
-        """Remove ``peer`` and add it back as it was (allowed IPs, keepalive,
-        preshared key), with ``endpoint``: WireGuard forgets its session with
-        the peer and, with keepalive on, handshakes again at once. Its transfer
-        counters start again from 0.
+    def restart_peer(
+        self, interface: str, peer: PeerInfo, endpoint: Endpoint, keepalive_s: int
+    ) -> None:
+        """Remove ``peer`` and add it back as ``peer`` says it was (allowed
+        IPs, preshared key; a snapshot from ``read``), with ``endpoint`` and
+        ``keepalive_s``: WireGuard forgets its session with the peer and, with
+        keepalive on, handshakes again at once. Its transfer counters start
+        again from 0. Done in one transaction where the implementation allows,
+        so a failure leaves the peer as it was.
 
         Port mode needs a fresh handshake through the relay's session port to
-        latch it, and WireGuard offers no other way to ask for one. A peer
-        that is not on the interface is not created (``BackendError``).
+        latch it, and WireGuard offers no other way to ask for one.
         """
         ...
 

@@ -121,14 +121,22 @@ class FakeBackend:
             if kick and seconds:
                 self.kicks.append((interface, peer))
 
-    def restart_peer(self, interface: str, peer: PublicKey, endpoint: Endpoint) -> None:
+    def restart_peer(
+        self, interface: str, peer: PeerInfo, endpoint: Endpoint, keepalive_s: int
+    ) -> None:
         with self._lock:
             self._check_failure()
-            info = self._get_peer(interface, peer)
-            self.restarts.append((interface, peer, endpoint))
+            key = peer.public_key
+            self._get_peer(interface, key)
+            self.restarts.append((interface, key, endpoint))
             stored = parse_endpoint(format_endpoint(endpoint))
-            self._interfaces[interface].peers[peer] = dataclasses.replace(
-                info, endpoint=stored, latest_handshake=None, rx_bytes=0, tx_bytes=0
+            self._interfaces[interface].peers[key] = dataclasses.replace(
+                peer,
+                endpoint=stored,
+                latest_handshake=None,
+                rx_bytes=0,
+                tx_bytes=0,
+                persistent_keepalive=keepalive_s or None,
             )
 
     def exists(self, interface: str) -> bool:

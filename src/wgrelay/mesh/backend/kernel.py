@@ -263,26 +263,27 @@ class KernelBackend:
         value = str(seconds) if seconds else "off"
         self._run("set", interface, "peer", key, "persistent-keepalive", value)
 
-    def restart_peer(self, interface: str, peer: PublicKey, endpoint: Endpoint) -> None:
+    def restart_peer(
+        self, interface: str, peer: PeerInfo, endpoint: Endpoint, keepalive_s: int
+    ) -> None:
         check_interface_name(interface)
         ep_text = format_endpoint(endpoint)
-        info = self.read(interface).peer(peer)
-        if info is None:
-            raise BackendError(f"peer {peer.short()} is not on interface {interface}")
-        key = str(peer)
-        add = ["set", interface, "peer", key, "endpoint", ep_text]
-        add += ["persistent-keepalive", str(info.persistent_keepalive or "off")]
-        add += ["allowed-ips", ",".join(info.allowed_ips)]
+        if not 0 <= keepalive_s <= 0xFFFF:
+            raise BackendError(f"persistent keepalive {keepalive_s} out of range 0-65535")
+        key = str(peer.public_key)
+        # one wg invocation, one netlink transaction: remove, then add back
+        argv = ["set", interface, "peer", key, "remove", "peer", key, "endpoint", ep_text]
+        argv += ["persistent-keepalive", str(keepalive_s) if keepalive_s else "off"]
+        argv += ["allowed-ips", ",".join(peer.allowed_ips)]
         with contextlib.ExitStack() as stack:
-            if info.preshared_key is not None:
+            if peer.preshared_key is not None:
                 # wg reads a preshared key only from a file: a private one, gone after
                 fd, path = tempfile.mkstemp(prefix="wgrelay-psk-")
                 stack.callback(os.unlink, path)
                 with os.fdopen(fd, "w") as f:
-                    f.write(base64.b64encode(info.preshared_key).decode() + "\n")
-                add += ["preshared-key", path]
-            self._run("set", interface, "peer", key, "remove")
-            self._run(*add)
+                    f.write(base64.b64encode(peer.preshared_key).decode() + "\n")
+                argv += ["preshared-key", path]
+            self._run(*argv)
 
     def exists(self, interface: str) -> bool:
         """True if ``wg show IFACE`` succeeds; a missing ``wg`` still raises."""

@@ -92,17 +92,18 @@ def encode_set_endpoint(peer: PublicKey, endpoint: Endpoint) -> bytes:
     ).encode("ascii")
 
 
-def encode_remove_peer(peer: PublicKey) -> bytes:
-    return f"set=1\npublic_key={peer.raw.hex()}\nremove=true\n\n".encode("ascii")
-
-
-def encode_add_peer(info: PeerInfo, endpoint: Endpoint) -> bytes:
-    """Add ``info``'s peer as it was, at ``endpoint`` (after ``encode_remove_peer``)."""
-    lines = [f"set=1\npublic_key={info.public_key.raw.hex()}\n"]
+def encode_restart_peer(info: PeerInfo, endpoint: Endpoint, keepalive_s: int) -> bytes:
+    """One set transaction: remove ``info``'s peer, then add it back as it
+    was, at ``endpoint`` (wireguard-go applies a request's peer sections in
+    order, and none of it when a line is refused)."""
+    if not 0 <= keepalive_s <= 0xFFFF:
+        raise BackendError(f"persistent keepalive {keepalive_s} out of range 0-65535")
+    key = info.public_key.raw.hex()
+    lines = [f"set=1\npublic_key={key}\nremove=true\npublic_key={key}\n"]
     if info.preshared_key is not None:
         lines.append(f"preshared_key={info.preshared_key.hex()}\n")
     lines.append(f"endpoint={format_endpoint(endpoint)}\n")
-    lines.append(f"persistent_keepalive_interval={info.persistent_keepalive or 0}\n")
+    lines.append(f"persistent_keepalive_interval={keepalive_s}\n")
     lines += [f"allowed_ip={cidr}\n" for cidr in info.allowed_ips]
     lines.append("\n")
     return "".join(lines).encode("ascii")
@@ -293,14 +294,10 @@ class UserspaceBackend:
             raise BackendError(f"peer {peer.short()} is not on interface {interface}")
         parse_set_response(self._exchange(interface, request), interface)
 
-    def restart_peer(self, interface: str, peer: PublicKey, endpoint: Endpoint) -> None:
-        # two transactions: wireguard-go finishes removing a peer only when
-        # the next peer section (or the request) ends
-        info = self.read(interface).peer(peer)
-        if info is None:
-            raise BackendError(f"peer {peer.short()} is not on interface {interface}")
-        request = encode_add_peer(info, endpoint)  # validates before anything changes
-        parse_set_response(self._exchange(interface, encode_remove_peer(peer)), interface)
+    def restart_peer(
+        self, interface: str, peer: PeerInfo, endpoint: Endpoint, keepalive_s: int
+    ) -> None:
+        request = encode_restart_peer(peer, endpoint, keepalive_s)
         parse_set_response(self._exchange(interface, request), interface)
 
     def exists(self, interface: str) -> bool:
