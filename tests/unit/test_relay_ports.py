@@ -186,12 +186,9 @@ def test_port_mode_and_framed_mode_bridge_within_one_session() -> None:
 
 def test_a_side_that_goes_back_to_framed_takes_the_path_from_the_kernel() -> None:
     net, a, b, _ = _setup()
-    sid, pa, pb = _session(net, a, b)
-    _port(net, pa, _init(a, b), (A_IP, 51820))
-    _port(net, pb, _init(b, a), (B_IP, 61000))
+    sid, pa, _pb = _latched(net, a, b)
     ports = net.relay.ports
     assert ports is not None
-    ports.changes.clear()
     frame = data_header(sid) + encode_transport(3, 1, b"")
     assert net.relay.forward_data(frame, b.addr, 0.0) is None  # to A's port still
     assert ports.changes == [PathChange(pa, None)]
@@ -199,12 +196,9 @@ def test_a_side_that_goes_back_to_framed_takes_the_path_from_the_kernel() -> Non
 
 def test_closing_a_session_frees_its_ports_and_removes_its_path() -> None:
     net, a, b, bound = _setup()
-    sid, pa, pb = _session(net, a, b)
-    _port(net, pa, _init(a, b), (A_IP, 51820))
-    _port(net, pb, _init(b, a), (B_IP, 61000))
+    sid, pa, _pb = _latched(net, a, b)
     ports = net.relay.ports
     assert ports is not None
-    ports.changes.clear()
     a.link.close_session(b.pub, net.clock.now)
     net.run()
     assert bound.bound == set()
