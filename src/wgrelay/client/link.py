@@ -285,6 +285,7 @@ class RelayLink(LinkCore):
         if previous is not None and previous != peer:
             # a confused relay reused the id: the other peer lost its session
             del self.session_of[previous]
+            self.session_port.pop(previous, None)
             self._events.append(SessionEnded(previous, sid, CloseReason.REPLACED))
         self.sessions[sid] = peer
         self.session_of[peer] = sid
@@ -302,6 +303,7 @@ class RelayLink(LinkCore):
             return
         if self.session_of.get(peer) == body.session_id:
             del self.session_of[peer]
+            self.session_port.pop(peer, None)
         self._events.append(SessionEnded(peer, body.session_id, body.reason))
 
     def _on_pong(self, body: Pong, now: float) -> None:

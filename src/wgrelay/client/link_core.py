@@ -114,8 +114,7 @@ class LinkCore:
         self.session_of: dict[PublicKey, bytes] = {}
         self.session_port: dict[PublicKey, int] = {}
         """The relay's session port for our side of each peer's session (port
-        mode; 0 or absent: framed only). Kept per peer (one session each): at
-        most one entry per peer of the interface."""
+        mode; 0 or absent: framed only), as long as the session lasts."""
         self.wanted: set[PublicKey] = set()
         """Peers we asked sessions for; re-requested after the relay forgets us."""
         self.counters = LinkCounters()
@@ -176,6 +175,7 @@ class LinkCore:
         ]:  # fmt: skip
             del self._requests[key]
         sid = self.session_of.pop(peer, None)
+        self.session_port.pop(peer, None)
         if sid is not None:
             self.sessions.pop(sid, None)
             self._send(SessionClose(sid, reason), now)
@@ -299,6 +299,7 @@ class LinkCore:
             self._events.append(SessionEnded(peer, sid, reason))
         self.sessions.clear()
         self.session_of.clear()
+        self.session_port.clear()
 
     def _forgotten(self, now: float, why: str) -> None:
         """The relay lost our registration: its sessions are gone too."""
