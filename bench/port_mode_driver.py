@@ -37,55 +37,43 @@ non-zero, so the harness records the run as failed instead of a wrong figure.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import ctypes
-import importlib.util
 import json
 import os
-import re
-import select
 import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
-BENCH = Path(__file__).resolve().parent
-VENV_PYTHON = BENCH.parent / ".venv" / "bin" / "python"
-REEXEC_MARK = "WGRELAY_BENCH_DRIVER_REEXEC"
+from bench_common import (
+    ensure_wgrelay_importable,
+    forwarded_packets,
+    mapped_ports,
+    offload_table,
+    parse_driver_args,
+)
+
+if TYPE_CHECKING:
+    from relay_pair import ControlPeer
 
 DEFAULT_STATE_DIR = "/tmp/wgrelay-port-bench"  # noqa: S108  (a fixed path both sides know)
 NS_FILE = "ns.json"
-CONTROL_TIMEOUT_S = 10.0
 LATCH_TIMEOUT_S = 5.0
 OFFLOAD_WAIT_S = 5.0
 WG_TRANSPORT_HDR = "04000000"
 CLONE_NEWNET = 0x40000000
 KERNEL_SHARE = 0.9
 """The kernel's session counters must account for this share of what B received."""
-_OUT_CHAIN = re.compile(r"^p\d+_(ab|ba)_out$")
 
 Addr = tuple[str, int]
 
 
 def log(msg: str) -> None:
     print(f"port_mode_driver: {msg}", file=sys.stderr, flush=True)
-
-
-def ensure_wgrelay_importable() -> None:
-    """Re-exec this script under the project's venv if this interpreter has no wgrelay
-    (the harness runs drivers with its own ``python3``)."""
-    if importlib.util.find_spec("wgrelay") is not None:
-        return
-    if os.environ.get(REEXEC_MARK) or not VENV_PYTHON.exists():
-        sys.exit(f"port_mode_driver: no wgrelay in {sys.executable} and no usable {VENV_PYTHON}")
-    os.environ[REEXEC_MARK] = "1"  # a venv without wgrelay must not loop forever
-    argv = [str(VENV_PYTHON), str(Path(__file__).resolve()), *sys.argv[1:]]
-    os.execv(VENV_PYTHON, argv)  # noqa: S606  (our own venv interpreter, fixed argv)
 
 
 # ---------------------------------------------------------------- where the relay is
@@ -127,129 +115,6 @@ def enter_netns(name: str) -> None:
             raise OSError(err, f"setns({name}): {os.strerror(err)}")
     finally:
         os.close(fd)
-
-
-def offload_table(relay_ns: str) -> dict[str, Any] | None:
-    res = subprocess.run(
-        ["ip", "netns", "exec", relay_ns, "nft", "-j", "list", "table", "inet", "wgrelay"],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if res.returncode != 0:
-        return None
-    doc: dict[str, Any] = json.loads(res.stdout)
-    return doc
-
-
-def mapped_ports(table: dict[str, Any] | None) -> set[int]:
-    """Every port number in the keys of the table's verdict maps."""
-    found: set[int] = set()
-    for item in (table or {}).get("nftables", []):
-        for elem in (item.get("map") or {}).get("elem", []) or []:
-            key = elem[0] if isinstance(elem, list) else None
-            parts = key.get("concat", []) if isinstance(key, dict) else []
-            found.update(p for p in parts if isinstance(p, int))
-    return found
-
-
-def forwarded_packets(table: dict[str, Any] | None) -> int:
-    """Packets the offload's session chains sent on, both directions."""
-    total = 0
-    for item in (table or {}).get("nftables", []):
-        rule = item.get("rule")
-        if not rule or not _OUT_CHAIN.match(str(rule.get("chain", ""))):
-            continue
-        for expr in rule.get("expr", []):
-            if isinstance(expr, dict) and "counter" in expr:
-                total += int(expr["counter"].get("packets", 0))
-    return total
-
-
-# ---------------------------------------------------------------- control plane
-
-
-class ControlPeer:
-    """One RelayLink on one non-blocking socket (the agent's control socket)."""
-
-    def __init__(self, relay_key: Any, relay: Addr, host: str) -> None:
-        from wgrelay.client.link import LinkConfig, RelayLink
-        from wgrelay.keys import PrivateKey
-
-        self.relay = relay
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        self.sock.bind((host, 0))
-        self.sock.setblocking(False)
-        self.key = PrivateKey.generate()
-        self.public = self.key.public_key()
-        self.link = RelayLink(
-            self.key, relay_key, LinkConfig(), now=time.monotonic(), wall=time.time()
-        )
-
-    def flush(self) -> None:
-        for data in self.link.datagrams_to_send():
-            self.sock.sendto(data, self.relay)
-
-    def read(self, now: float) -> None:
-        while True:
-            try:
-                data, addr = self.sock.recvfrom(4096)
-            except BlockingIOError:
-                return
-            if addr == self.relay:
-                self.link.receive(data, now)
-
-    def pump(self, now: float) -> None:
-        from wgrelay.client.events import LinkRejected, SessionFailed
-
-        self.link.handle_timer(now)
-        self.flush()
-        while (ev := self.link.next_event()) is not None:
-            if isinstance(ev, LinkRejected | SessionFailed):
-                raise RuntimeError(f"relay refused the benchmark peer: {ev}")
-
-
-def run_until(peers: list[ControlPeer], done: Callable[[], bool], what: str) -> None:
-    deadline = time.monotonic() + CONTROL_TIMEOUT_S
-    by_fd = {p.sock.fileno(): p for p in peers}
-    while True:
-        now = time.monotonic()
-        for p in peers:
-            p.pump(now)
-        if done():
-            return
-        if now > deadline:
-            raise TimeoutError(f"relay control plane: no {what} within {CONTROL_TIMEOUT_S} s")
-        wait = min(p.link.next_timer() for p in peers) - now
-        ready, _, _ = select.select(list(by_fd), [], [], min(max(wait, 0.0), 0.05))
-        now = time.monotonic()
-        for fd in ready:
-            by_fd[fd].read(now)
-
-
-def open_session(relay: Addr, relay_key: Any, host: str) -> tuple[ControlPeer, ControlPeer]:
-    """Two registered peers with a session A -> B whose ports both know."""
-    from wgrelay.client.link import LinkState
-
-    a, b = ControlPeer(relay_key, relay, host), ControlPeer(relay_key, relay, host)
-    try:
-        now = time.monotonic()
-        a.link.connect(now)
-        b.link.connect(now)
-        run_until(
-            [a, b], lambda: a.link.state == b.link.state == LinkState.REGISTERED, "registration"
-        )
-        a.link.request_session(b.public, time.monotonic())
-        run_until(
-            [a, b],
-            lambda: b.public in a.link.session_port and a.public in b.link.session_port,
-            "session with ports (is the relay's --port-range off?)",
-        )
-    except BaseException:
-        a.sock.close()
-        b.sock.close()
-        raise
-    return a, b
 
 
 # ---------------------------------------------------------------- latching
@@ -319,32 +184,31 @@ def udpgen_received(out: str) -> int:
 
 
 def main() -> int:
-    ensure_wgrelay_importable()
-    from wgrelay.keys import PublicKey
-
-    ap = argparse.ArgumentParser(description="wgrelay port-mode driver for the shared harness")
-    ap.add_argument("--relay", required=True, help="127.0.0.1:PORT the relay listens on")
-    ap.add_argument(
-        "--state-dir",
-        type=Path,
-        default=Path(os.environ.get("WGRELAY_BENCH_STATE_DIR", DEFAULT_STATE_DIR)),
-        help="the relay's --state-dir (relay.key, and ns.json for the namespace pair)",
-    )
-    ap.add_argument("cmd", nargs=argparse.REMAINDER, help="-- udpgen MODE ARGS...")
-    args = ap.parse_args()
-    cmd = args.cmd[1:] if args.cmd[:1] == ["--"] else args.cmd
-    if not cmd:
-        ap.error("no udpgen command after --")
-    host, _, port = args.relay.rpartition(":")
-    topo = read_topology(args.state_dir, (host, int(port)))
+    ensure_wgrelay_importable(__file__, "port_mode_driver")
+    from relay_pair import open_session
     from shared_driver import read_relay_public_key
 
+    from wgrelay.keys import PublicKey
+
+    args, cmd = parse_driver_args(
+        "wgrelay port-mode driver for the shared harness",
+        DEFAULT_STATE_DIR,
+        "the relay's --state-dir (relay.key, and ns.json for the namespace pair)",
+    )
+    host, _, port = args.relay.rpartition(":")
+    topo = read_topology(args.state_dir, (host, int(port)))
     relay_key = PublicKey.from_base64(read_relay_public_key(args.state_dir))
     if topo.gen_ns is not None:
         enter_netns(topo.gen_ns)  # before any socket: they all live in the generator's ns
     relay = (topo.relay_host, int(port))
 
-    a, b = open_session(relay, relay_key, topo.local_host)
+    a, b = open_session(
+        relay,
+        relay_key,
+        lambda a, b: b.public in a.link.session_port and a.public in b.link.session_port,
+        "session with ports (is the relay's --port-range off?)",
+        topo.local_host,
+    )
     wg_a = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     wg_b = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     try:

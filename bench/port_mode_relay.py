@@ -40,7 +40,6 @@ import ctypes
 import json
 import os
 import re
-import select
 import signal
 import socket
 import subprocess
@@ -48,6 +47,8 @@ import sys
 import time
 from pathlib import Path
 from types import FrameType
+
+from bench_common import wait_for_line
 
 BENCH = Path(__file__).resolve().parent
 VENV_BIN = BENCH.parent / ".venv" / "bin"
@@ -135,21 +136,13 @@ def start_relay(
         preexec_fn=_die_with_parent,  # single-threaded here: safe
     )
     log_file.close()
-    assert p.stdout is not None
-    buf = b""
-    deadline = time.monotonic() + READY_TIMEOUT_S
-    while time.monotonic() < deadline and p.poll() is None:
-        ready, _, _ = select.select([p.stdout], [], [], 0.1)
-        if ready:
-            chunk = os.read(p.stdout.fileno(), 4096)
-            if not chunk:
-                break
-            buf += chunk
-            if READY.search(buf.decode(errors="replace")):
-                return p
-    stop(p)
-    tail = (state_dir / "relay.log").read_text(errors="replace")[-1500:]
-    raise RuntimeError(f"relay did not start: {buf[-300:]!r}\n{tail}")
+    try:
+        wait_for_line(p, READY, READY_TIMEOUT_S)
+    except RuntimeError as e:
+        stop(p)
+        tail = (state_dir / "relay.log").read_text(errors="replace")[-1500:]
+        raise RuntimeError(f"relay did not start: {e}\n{tail}") from None
+    return p
 
 
 def stop(p: subprocess.Popen[bytes]) -> None:

@@ -34,7 +34,6 @@ import json
 import os
 import platform
 import re
-import select
 import shutil
 import signal
 import statistics
@@ -49,6 +48,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+import bench_common
 from relay_pair import Addr, Pair, loopback_endpoint, open_forwarder_pair, open_wgrelay_pair
 
 from wgrelay.keys import PublicKey
@@ -111,20 +111,7 @@ PROCS = Processes()
 
 def wait_for_line(p: subprocess.Popen[bytes], pattern: re.Pattern[str]) -> re.Match[str]:
     """Read the child's stdout until ``pattern`` matches (its 'ready' line)."""
-    assert p.stdout is not None
-    buf = b""
-    deadline = time.monotonic() + READY_TIMEOUT_S
-    while time.monotonic() < deadline and p.poll() is None:
-        ready, _, _ = select.select([p.stdout], [], [], 0.1)
-        if ready:
-            chunk = os.read(p.stdout.fileno(), 4096)
-            if not chunk:
-                break
-            buf += chunk
-            m = pattern.search(buf.decode(errors="replace"))
-            if m is not None:
-                return m
-    raise RuntimeError(f"{p.args!r} did not become ready; stdout: {buf[-300:]!r}")
+    return bench_common.wait_for_line(p, pattern, READY_TIMEOUT_S)
 
 
 # ---------------------------------------------------------------- targets

@@ -88,21 +88,22 @@ class Pair:
             self.b.close()
 
 
-def _bound_socket() -> socket.socket:
+def _bound_socket(host: str = HOST) -> socket.socket:
     s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    s.bind((HOST, 0))
+    s.bind((host, 0))
     return s
 
 
 # ---------------------------------------------------------------- wgrelay
 
 
-class _Peer:
-    """One RelayLink on one blocking socket."""
+class ControlPeer:
+    """One RelayLink on one non-blocking socket bound to ``host`` (the agent's
+    control socket)."""
 
-    def __init__(self, relay_key: PublicKey, relay: Addr) -> None:
+    def __init__(self, relay_key: PublicKey, relay: Addr, host: str = HOST) -> None:
         self.relay = relay
-        self.sock = _bound_socket()
+        self.sock = _bound_socket(host)
         self.sock.setblocking(False)
         self.key = PrivateKey.generate()
         self.public = self.key.public_key()
@@ -134,7 +135,7 @@ class _Peer:
             self.events.append(ev)
 
 
-def _run_until(peers: list[_Peer], done: Callable[[], bool], what: str) -> None:
+def run_until(peers: list[ControlPeer], done: Callable[[], bool], what: str) -> None:
     deadline = time.monotonic() + CONTROL_TIMEOUT_S
     by_fd = {p.sock.fileno(): p for p in peers}
     while True:
@@ -152,28 +153,42 @@ def _run_until(peers: list[_Peer], done: Callable[[], bool], what: str) -> None:
             by_fd[fd].read(now)
 
 
-def open_wgrelay_pair(relay: Addr, relay_key: PublicKey) -> Pair:
-    """Register two fresh keys with the relay and open a session from A to B."""
-    a, b = _Peer(relay_key, relay), _Peer(relay_key, relay)
+def open_session(
+    relay: Addr,
+    relay_key: PublicKey,
+    opened: Callable[[ControlPeer, ControlPeer], bool],
+    what: str,
+    host: str = HOST,
+) -> tuple[ControlPeer, ControlPeer]:
+    """Register two fresh keys with the relay and request a session from A to B;
+    return once ``opened(a, b)`` (``what`` names that state in a timeout)."""
+    a, b = ControlPeer(relay_key, relay, host), ControlPeer(relay_key, relay, host)
     try:
         now = time.monotonic()
         a.link.connect(now)
         b.link.connect(now)
-        _run_until(
+        run_until(
             [a, b],
             lambda: a.link.state == b.link.state == LinkState.REGISTERED,
             "registration",
         )
         a.link.request_session(b.public, time.monotonic())
-        _run_until(
-            [a, b],
-            lambda: b.public in a.link.session_of and a.public in b.link.session_of,
-            "session",
-        )
+        run_until([a, b], lambda: opened(a, b), what)
     except BaseException:
         a.sock.close()
         b.sock.close()
         raise
+    return a, b
+
+
+def open_wgrelay_pair(relay: Addr, relay_key: PublicKey) -> Pair:
+    """Register two fresh keys with the relay and open a session from A to B."""
+    a, b = open_session(
+        relay,
+        relay_key,
+        lambda a, b: b.public in a.link.session_of and a.public in b.link.session_of,
+        "session",
+    )
     sid = a.link.session_of[b.public]
     # blocking again: udpgen sets the mode it wants on the shared file description
     a.sock.setblocking(True)

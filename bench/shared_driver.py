@@ -25,30 +25,15 @@ Two things the harness does not hand us:
 
 from __future__ import annotations
 
-import argparse
-import importlib.util
-import os
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-BENCH = Path(__file__).resolve().parent
-VENV_PYTHON = BENCH.parent / ".venv" / "bin" / "python"
-REEXEC_MARK = "WGRELAY_BENCH_DRIVER_REEXEC"
+from bench_common import ensure_wgrelay_importable, parse_driver_args
+
 DEFAULT_STATE_DIR = "/tmp/wgrelay-shared-bench"  # noqa: S108  (a fixed path both sides know)
 KEY_WAIT_S = 10.0
-
-
-def ensure_wgrelay_importable() -> None:
-    """Re-exec under the project's venv if this interpreter has no wgrelay."""
-    if importlib.util.find_spec("wgrelay") is not None:
-        return
-    if os.environ.get(REEXEC_MARK) or not VENV_PYTHON.exists():
-        sys.exit(f"shared_driver: no wgrelay in {sys.executable} and no usable {VENV_PYTHON}")
-    os.environ[REEXEC_MARK] = "1"  # a venv without wgrelay must not loop forever
-    argv = [str(VENV_PYTHON), str(Path(__file__).resolve()), *sys.argv[1:]]
-    os.execv(VENV_PYTHON, argv)  # noqa: S606  (our own venv interpreter, fixed argv)
 
 
 def read_relay_public_key(state_dir: Path) -> str:
@@ -69,24 +54,16 @@ def read_relay_public_key(state_dir: Path) -> str:
 
 
 def main() -> int:
-    ensure_wgrelay_importable()
+    ensure_wgrelay_importable(__file__, "shared_driver")
     from relay_pair import loopback_endpoint, open_wgrelay_pair
 
     from wgrelay.keys import PublicKey
 
-    ap = argparse.ArgumentParser(description="wgrelay driver for the shared relay harness")
-    ap.add_argument("--relay", required=True, help="127.0.0.1:PORT the relay listens on")
-    ap.add_argument(
-        "--state-dir",
-        type=Path,
-        default=Path(os.environ.get("WGRELAY_BENCH_STATE_DIR", DEFAULT_STATE_DIR)),
-        help="the relay's --state-dir (its key is read from relay.key there)",
+    args, cmd = parse_driver_args(
+        "wgrelay driver for the shared relay harness",
+        DEFAULT_STATE_DIR,
+        "the relay's --state-dir (its key is read from relay.key there)",
     )
-    ap.add_argument("cmd", nargs=argparse.REMAINDER, help="-- udpgen MODE ARGS...")
-    args = ap.parse_args()
-    cmd = args.cmd[1:] if args.cmd[:1] == ["--"] else args.cmd
-    if not cmd:
-        ap.error("no udpgen command after --")
     relay = loopback_endpoint(args.relay)
     relay_key = PublicKey.from_base64(read_relay_public_key(args.state_dir))
 

@@ -33,12 +33,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import statistics
 import sys
 import time
 from dataclasses import dataclass
 from typing import Any
+
+import bench_common
+from bench_common import forwarded_packets, mapped_ports
 
 from wgrelay.testbed import Testbed, wait_until
 from wgrelay.testbed.scenario import MeshScenario, two_peers
@@ -47,7 +49,6 @@ from wgrelay.testbed.topology import Peer, Relay
 SESSION_PORTS = (52000, 52999)
 """``start-relay``'s default ``--port-range``."""
 MODE_WAIT_S = 20.0
-_OUT_CHAIN = re.compile(r"^p\d+_(ab|ba)_out$")
 
 
 @dataclass(frozen=True)
@@ -121,37 +122,7 @@ def iperf(a: Peer, b: Peer, seconds: int) -> tuple[float, int]:
 
 
 def offload_table(relay: Relay) -> dict[str, Any] | None:
-    res = relay.ns.run(["nft", "-j", "list", "table", "inet", "wgrelay"], check=False)
-    if res.returncode != 0:
-        return None
-    doc: dict[str, Any] = json.loads(res.stdout)
-    return doc
-
-
-def offloaded_ports(table: dict[str, Any] | None) -> set[int]:
-    """Session ports that the table's verdict maps send to a session's chains."""
-    found: set[int] = set()
-    for item in (table or {}).get("nftables", []):
-        for elem in (item.get("map") or {}).get("elem", []) or []:
-            key = elem[0] if isinstance(elem, list) else None
-            parts = key.get("concat", []) if isinstance(key, dict) else []
-            found.update(
-                p for p in parts if isinstance(p, int) and SESSION_PORTS[0] <= p <= SESSION_PORTS[1]
-            )
-    return found
-
-
-def kernel_forwarded_packets(table: dict[str, Any] | None) -> int:
-    """Packets the offload's session chains sent on (both directions)."""
-    total = 0
-    for item in (table or {}).get("nftables", []):
-        rule = item.get("rule")
-        if not rule or not _OUT_CHAIN.match(str(rule.get("chain", ""))):
-            continue
-        for expr in rule.get("expr", []):
-            if isinstance(expr, dict) and "counter" in expr:
-                total += int(expr["counter"].get("packets", 0))
-    return total
+    return bench_common.offload_table(relay.ns.name)
 
 
 def relay_mode(sc: MeshScenario, me: Peer) -> tuple[str | None, str | None]:
@@ -186,8 +157,9 @@ def mode_problems(sc: MeshScenario, case: Case, relay: Relay, a: Peer, b: Peer) 
     if case.kernel:
         ports = {sc.wg_peer(a, b).endpoint, sc.wg_peer(b, a).endpoint}
         want = {ep[1] for ep in ports if ep is not None}
-        if not want or not want <= offloaded_ports(table):
-            bad.append(f"offload table maps {sorted(offloaded_ports(table))}, want {sorted(want)}")
+        mapped = mapped_ports(table, SESSION_PORTS)
+        if not want or not want <= mapped:
+            bad.append(f"offload table maps {sorted(mapped)}, want {sorted(want)}")
     elif table is not None:
         bad.append("an offload table exists though this case forwards in userspace")
     return bad
@@ -232,7 +204,7 @@ def run_case(case: Case, seconds: int, reps: int) -> Row:
             raise RuntimeError(f"{case.key}: tunnel did not come up:\n{sc.agent_log(a)[-2000:]}")
         wait_for_mode(sc, case, relay, a, b)
         time.sleep(1)  # let the agents settle on their path before measuring
-        before = kernel_forwarded_packets(offload_table(relay))
+        before = forwarded_packets(offload_table(relay))
         rates, retrans = [], []
         for _ in range(reps):
             try:
@@ -252,7 +224,7 @@ def run_case(case: Case, seconds: int, reps: int) -> Row:
             ep = sc.wg_peer(a, b).endpoint
             note = f"relay_mode {mode}, endpoint {ep[0]}:{ep[1]}" if ep else f"relay_mode {mode}"
         if case.kernel:
-            fwd = kernel_forwarded_packets(offload_table(relay)) - before
+            fwd = forwarded_packets(offload_table(relay)) - before
             if fwd < 1000 * reps:
                 raise WrongMode(f"{case.key}: the kernel forwarded only {fwd} packets")
             note += f", {fwd} packets forwarded by nftables"
