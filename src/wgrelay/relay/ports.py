@@ -176,8 +176,9 @@ class PortTable:
     def __init__(self, pool: PortPool, drops: dict[str, int]) -> None:
         self.pool = pool
         self._drops = drops
-        self.by_port: dict[int, tuple[PortPair, bool]] = {}
-        """port -> (pair, True if it is the A side's port)."""
+        self.by_port: dict[int, tuple[PortPair, PortSide, PortSide, bool]] = {}
+        """port -> (pair, its side, the other side, True if it is A's port):
+        the port data path's one lookup."""
         self.by_sid: dict[bytes, PortPair] = {}
         self.out: list[tuple[int, bytes | memoryview, Addr]] = []
         """(from port, datagram, to); port 0: the relay's main socket."""
@@ -204,8 +205,8 @@ class PortTable:
             PortSide(a_port, s.a_key, s.a_addr, mac1_key(s.b_key)),
             PortSide(b_port, s.b_key, s.b_addr, mac1_key(s.a_key)),
         )
-        self.by_port[a_port] = (pair, True)
-        self.by_port[b_port] = (pair, False)
+        self.by_port[a_port] = (pair, pair.a, pair.b, True)
+        self.by_port[b_port] = (pair, pair.b, pair.a, False)
         self.by_sid[s.sid] = pair
         s.ports = pair
         return pair
@@ -259,13 +260,12 @@ class PortTable:
         if entry is None:
             drops[DropReason.UNKNOWN_SESSION] += 1
             return None
-        pair, from_a = entry
-        src, dst = (pair.a, pair.b) if from_a else (pair.b, pair.a)
+        pair, src, dst, from_a = entry
         n = len(data)
         if n > MAX_PORT_PACKET:
             drops[DropReason.OVERSIZE] += 1
             return None
-        if n < KEEPALIVE_LEN or not 1 <= data[0] <= 4 or any(data[1:4]):
+        if n < KEEPALIVE_LEN or not 1 <= data[0] <= 4 or data[1] | data[2] | data[3]:
             drops[DropReason.NOT_WIREGUARD] += 1
             return None
         if addr != src.latched:

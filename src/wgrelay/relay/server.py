@@ -41,6 +41,8 @@ POLICY_REFRESH_S = 5.0
 _DATA = int(MsgType.DATA)
 
 Send = Callable[[bytes, Addr], object]
+_NO_QUEUES: dict[int, QueueingSender] = {}
+_NO_PORT: dict[int, DatagramTransport] = {}
 OFFLOAD_POLL_S = 1.0
 """How often the kernel offload's counters are read (activity, metrics)."""
 
@@ -97,7 +99,7 @@ class _PortReceiver:
         self.port = port
 
     def datagram_received(self, data: bytes, addr: Addr) -> None:
-        self.server.port_datagram(self.port, data, addr)
+        self.server.port_datagram(self.port, data, addr)  # (the port data path)
 
     def batch_done(self) -> None:
         self.server.batch_done()
@@ -132,6 +134,9 @@ class RelayServer:
         self._control_pending = False
         self._port_transports: dict[int, dict[int, DatagramTransport]] = {}
         """Session port -> {address tuple length: transport} (port mode)."""
+        self._port_queues: dict[int, dict[int, QueueingSender]] = {}
+        """The same, for the transports that queue (the real UDP ones)."""
+        self._now = runtime.now
         self._queued: dict[int, QueueingSender] = {}
         """Port transports holding datagrams until the receiving batch ends."""
         self.offload = offload
@@ -214,25 +219,31 @@ class RelayServer:
             log.debug("session port %d not available: %s", port, e.strerror)
             return False
         self._port_transports[port] = opened
+        # decided once per socket, not per datagram: an isinstance check
+        # against a runtime-checkable Protocol costs microseconds
+        self._port_queues[port] = {n: t for n, t in opened.items() if isinstance(t, QueueingSender)}
         return True
 
     def _close_port(self, port: int) -> None:
+        self._port_queues.pop(port, None)
         for pt in self._port_transports.pop(port, {}).values():
             pt.close()
 
     def port_datagram(self, port: int, data: bytes, addr: Addr) -> None:
         core = self.core
-        res = core.forward_port(port, data, addr, self.runtime.now())
+        res = core.forward_port(port, data, addr, self._now())
         if res is not None:
             out_port, dst = res
-            t = self._port_transports.get(out_port, {}).get(len(dst))
-            if isinstance(t, QueueingSender):
+            q = self._port_queues.get(out_port, _NO_QUEUES).get(len(dst))
+            if q is not None:
                 # leaves with the rest of this wake-up's datagrams for that
                 # port (one sendmmsg), when the receiving socket's batch ends
-                t.queue(data, dst)
-                self._queued[id(t)] = t
-            elif t is not None:
-                t.sendto(data, dst)
+                q.queue(data, dst)
+                self._queued[id(q)] = q
+            else:
+                t = self._port_transports.get(out_port, _NO_PORT).get(len(dst))
+                if t is not None:
+                    t.sendto(data, dst)
         ports = core.ports
         if ports is not None and (ports.out or ports.changes):
             self._flush_ports()
