@@ -138,12 +138,14 @@ class AgentCore:
                 out.append(Kick(t.peer, self.config.keepalive_s))
         return out
 
-    def _want_relay(self, p: PeerPath, now: float, reason: str) -> list[Action]:
+    def _want_relay(
+        self, p: PeerPath, now: float, reason: str, at_once: bool = False
+    ) -> list[Action]:
         self.nat.mark_connected(p.key)  # no more direct attempts for now
         self._set(p, PathKind.RELAY_PENDING, now, reason)
         p.relay_requested = False
         p.relay_backoff_s = self.config.relay_retry_initial_s
-        delay = 0.0 if self.own_key.raw < p.key.raw else self.config.initiate_delay_s
+        delay = 0.0 if at_once or self.own_key.raw < p.key.raw else self.config.initiate_delay_s
         p.relay_retry_at = now + delay
         return self._maybe_start_relay(p, now)
 
@@ -502,8 +504,12 @@ class AgentCore:
             p.relay = None
             p.returned_direct_at = now
             return actions + self._start_probing(p, now, wall, f"peer left relay {lost}")
+        # at once, whichever key is smaller: the side that noticed is usually
+        # the one sending (the other only receives and may not notice for
+        # seconds), and if both ask, the relay where the peer waits joins the
+        # two requests into one session
         return actions + self._want_relay(
-            p, now, f"relay {lost} path ended ({reason}); finding another"
+            p, now, f"relay {lost} path ended ({reason}); finding another", at_once=True
         )
 
     def on_relay_failed(self, peer: PublicKey, error: str, now: float) -> list[Action]:
