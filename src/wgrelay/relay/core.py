@@ -80,7 +80,6 @@ from wgrelay.proto.messages import (
 from wgrelay.relay.admission import Addr, Inbound
 from wgrelay.relay.core_sessions import SessionsCore
 from wgrelay.relay.locations import Found
-from wgrelay.relay.ports import PortTable
 from wgrelay.relay.stats import DropReason
 
 log = logging.getLogger(__name__)
@@ -201,12 +200,15 @@ class RelayCore(SessionsCore):
             return None
         res = ports.forward(port, data, addr, now, self.config.packet_overhead_bytes)
         if ports.notices:
-            self._port_notices(ports, now)
+            self.port_notices(now)
         return res
 
-    def _port_notices(self, ports: PortTable, now: float) -> None:
+    def port_notices(self, now: float) -> None:
         """Tell sides whose WireGuard reaches their port from an unlatched
         source (sealed, to the registered address, rate-limited per side)."""
+        ports = self.ports
+        if ports is None:
+            return
         for sid, key, port in ports.notices:
             reg = self.table.regs.get(key)
             if reg is not None and sid in self.sessions:

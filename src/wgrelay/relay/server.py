@@ -137,6 +137,7 @@ class RelayServer:
         self._port_queues: dict[int, dict[int, QueueingSender]] = {}
         """The same, for the transports that queue (the real UDP ones)."""
         self._now = runtime.now
+        self._charge = core.config.packet_overhead_bytes
         self._queued: dict[int, QueueingSender] = {}
         """Port transports holding datagrams until the receiving batch ends."""
         self.offload = offload
@@ -230,8 +231,12 @@ class RelayServer:
             pt.close()
 
     def port_datagram(self, port: int, data: bytes, addr: Addr) -> None:
-        core = self.core
-        res = core.forward_port(port, data, addr, self._now())
+        ports = self.core.ports
+        if ports is None:
+            return
+        # the port table directly (RelayCore.forward_port's work, without
+        # its call): this runs once per relayed datagram
+        res = ports.forward(port, data, addr, self._now(), self._charge)
         if res is not None:
             out_port, dst = res
             q = self._port_queues.get(out_port, _NO_QUEUES).get(len(dst))
@@ -244,11 +249,11 @@ class RelayServer:
                 t = self._port_transports.get(out_port, _NO_PORT).get(len(dst))
                 if t is not None:
                     t.sendto(data, dst)
-        ports = core.ports
-        if ports is not None and (ports.out or ports.changes):
+        if ports.out or ports.changes or ports.notices:
+            if ports.notices:  # PORT_NOT_LATCHED, sealed by the core
+                self.core.port_notices(self._now())
+                self._control_pending = True
             self._flush_ports()
-        if core.has_output():  # a PORT_NOT_LATCHED notice
-            self._control_pending = True
 
     def _flush_ports(self) -> None:
         for port, data, dst in self.core.port_output():
