@@ -9,7 +9,7 @@ import pytest
 from wgrelay.discovery.registry import RelayRegistry
 from wgrelay.keys import PrivateKey, RelayIdentity
 from wgrelay.mesh.backend.fake import FakeBackend
-from wgrelay.mesh.daemon import _mtu_warning, relayed_packet_size
+from wgrelay.mesh.mtu import mtu_warning, relayed_packet_size
 
 
 def test_default_mtu_fits_ipv4_not_ipv6() -> None:
@@ -31,5 +31,5 @@ def test_agent_warns_when_relayed_packets_would_not_fit(
     reg = RelayRegistry()
     reg.add_bootstrap(RelayIdentity.generate().public, (relay_ip, 51821))
     with caplog.at_level(logging.WARNING):
-        _mtu_warning(backend, "wg0", reg)
+        mtu_warning(backend, "wg0", reg)
     assert ("set the MTU to" in caplog.text) is warned

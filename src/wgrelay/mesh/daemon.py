@@ -53,10 +53,11 @@ from wgrelay.mesh.agent import AgentConfig, AgentCore, PathKind
 from wgrelay.mesh.backend.base import InterfaceInfo, WireGuardBackend
 from wgrelay.mesh.backend.detect import detect_backend
 from wgrelay.mesh.cache import ConnectionCache
+from wgrelay.mesh.mtu import mtu_warning
 from wgrelay.mesh.nat import TryDirect
 from wgrelay.mesh.port_mode import PortModePaths
 from wgrelay.mesh.status_doc import status_document, status_steady
-from wgrelay.proto.constants import DATA_HEADER_LEN, CloseReason
+from wgrelay.proto.constants import CloseReason
 from wgrelay.proto.messages import MAX_HOLD_S
 from wgrelay.settings import load_settings, settings_path
 from wgrelay.state import ensure_state_dir
@@ -92,12 +93,6 @@ class DaemonConfig:
     writing them every second would wear the disk for nothing)."""
 
 
-WIREGUARD_OVERHEAD = 32  # WireGuard's own framing on top of the inner packet
-IPV4_UDP_HEADERS = 28
-IPV6_UDP_HEADERS = 48
-PATH_MTU = 1500
-
-
 @dataclass(slots=True)
 class AgentOptions:
     interface: str
@@ -113,12 +108,6 @@ class AgentOptions:
     port_mode: bool = True
     """Point WireGuard straight at the relay's session port when it has one
     (mesh/port_mode.py); False: always through the local proxy (framed)."""
-
-
-def relayed_packet_size(mtu: int, ipv6: bool = False) -> int:
-    """IP packet size of a full-MTU WireGuard packet carried through a relay."""
-    headers = IPV6_UDP_HEADERS if ipv6 else IPV4_UDP_HEADERS
-    return mtu + WIREGUARD_OVERHEAD + DATA_HEADER_LEN + headers
 
 
 def status_path(state_dir: Path, interface: str) -> Path:
@@ -544,24 +533,6 @@ class Agent:
             status_path(self.opts.state_dir, self.iface).unlink()
 
 
-def _mtu_warning(backend: WireGuardBackend, iface: str, registry: RelayRegistry) -> None:
-    mtu = backend.mtu(iface)
-    if mtu is None:
-        return
-    ipv6 = any(":" in r.endpoint[0] for r in registry.all())
-    size = relayed_packet_size(mtu, ipv6)
-    if size > PATH_MTU:
-        log.warning(
-            "interface %s has MTU %d: relayed packets are %d bytes over %s, more than a"
-            " 1500-byte path carries unfragmented; set the MTU to %d or less",
-            iface,
-            mtu,
-            size,
-            "IPv6" if ipv6 else "IPv4",
-            PATH_MTU - (size - mtu),
-        )
-
-
 async def _run_agent(opts: AgentOptions) -> int:
     state = ensure_state_dir(opts.state_dir)
     try:
@@ -580,7 +551,7 @@ async def _run_agent(opts: AgentOptions) -> int:
             " or `wgrelay up --relay ENDPOINT=PUB_KEY`"
         )
     store.save(registry)
-    _mtu_warning(backend, opts.interface, registry)
+    mtu_warning(backend, opts.interface, registry)
     settings = load_settings(state)  # a broken settings file is an error at start
     opts.config = replace(opts.config, relay_enabled=settings.relay_enabled_for(opts.interface))
     cache = ConnectionCache(cache_path(state, opts.interface))
