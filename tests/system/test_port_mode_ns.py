@@ -82,6 +82,26 @@ def _up_in_port_mode(sc: MeshScenario, relay: Relay, a: Peer, b: Peer) -> tuple[
     return ports[0], ports[1]
 
 
+def _wait_offloaded(
+    sc: MeshScenario, relay: Relay, a: Peer, b: Peer, want: set[int] | int, timeout: float
+) -> None:
+    """Until the offload table carries ``want`` (the ports, or how many),
+    with a ping each round: the relay offloads a session once both sides
+    send from their latched addresses, and a side whose last packet came
+    framed (one in flight at its switch) shows that with its next packet,
+    which an idle tunnel may not send for a while."""
+
+    def carried() -> bool:
+        a.ping(b.tunnel_address, timeout=0.5)
+        ports = _session_ports_in(_offload_table(relay))
+        return want <= ports if isinstance(want, set) else len(ports) == want
+
+    assert wait_until(carried, timeout), (
+        _offload_table(relay),
+        sc.relays[relay.name].process.read_log()[-3000:],
+    )
+
+
 def _iperf_tcp(a: Peer, b: Peer, seconds: int = 4) -> float:
     server = b.popen(
         ["iperf3", "-s", "-1", "--forceflush", "-B", b.tunnel_address], name="iperf3-server"
@@ -122,9 +142,7 @@ def test_kernel_offload_carries_the_tunnel_and_a_kill_9_leaves_nothing_behind(
     sc.start_relay(relay, *args)
     assert "kernel offload: nftables table inet wgrelay" in sc.relays["r1"].process.read_log()
     pa, pb = _up_in_port_mode(sc, relay, a, b)
-    assert wait_until(lambda: {pa, pb} <= _session_ports_in(_offload_table(relay)), 10), (
-        _offload_table(relay)
-    )
+    _wait_offloaded(sc, relay, a, b, {pa, pb}, 10)
     mbps = _iperf_tcp(a, b) / 1e6
     print(f"relayed iperf3 through port mode, kernel offload: {mbps:.1f} Mbit/s")
     assert mbps > 0
@@ -138,10 +156,7 @@ def test_kernel_offload_carries_the_tunnel_and_a_kill_9_leaves_nothing_behind(
     assert sc.wait_ping(a, b, timeout=20.0) is not None, sc.agent_log(a)[-3000:]
     # (the agents notice the restart, re-register and latch the new ports with
     # WireGuard's next initiation: up to 5 s apart, more on a loaded machine)
-    assert wait_until(lambda: len(_session_ports_in(_offload_table(relay))) == 2, 30), (
-        _offload_table(relay),
-        sc.relays["r1"].process.read_log()[-3000:],
-    )
+    _wait_offloaded(sc, relay, a, b, 2, 30)
     # a clean stop takes the table with it
     sc.kill_relay("r1", signal.SIGTERM)
     assert _offload_table(relay) is None
@@ -185,7 +200,7 @@ def test_max_bandwidth_holds_within_ten_percent(
     sc.start_relay(relay, "--kernel-offload", offload, "--max-bandwidth", str(kbps))
     _up_in_port_mode(sc, relay, a, b)
     if mode == "kernel":
-        assert wait_until(lambda: len(_session_ports_in(_offload_table(relay))) == 2, 10)
+        _wait_offloaded(sc, relay, a, b, 2, 10)
     got = _iperf_udp_received(a, b, offered_bps=kbps * 1000 * 8 * 5)
     charge = KERNEL_CHARGE if mode == "kernel" else USERSPACE_CHARGE
     expected = kbps * 1000 * UDP_PAYLOAD / charge
