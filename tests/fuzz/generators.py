@@ -112,6 +112,7 @@ from wgrelay.proto.messages import (
     PeerLocation,
     Ping,
     Pong,
+    Punch,
     Register,
     Registered,
     SessionAnswer,
@@ -319,6 +320,9 @@ class _Common:
             return SessionClose(self.some_sid(), rng.choice(list(CloseReason)))
         if t == MsgType.SESSION_HOLD:
             return SessionHold(self.some_sid(), rng.choice([0, 1, 4, MAX_HOLD_S]))
+        if t == MsgType.PUNCH:
+            eps = rng.choice([(), (("198.51.100.7", 40001), ("203.0.113.9", 61820))])
+            return Punch(self.some_sid(), rng.randrange(2**32), rng.random() < 0.3, eps)
         if t == MsgType.ERROR:
             return Error(
                 rng.choice(list(ErrorCode)),
@@ -685,7 +689,8 @@ class RelayInputs(_Common):
         body = self.body(t)
         table = self.world.relay.table
         if (
-            t in (MsgType.SESSION_ANSWER, MsgType.SESSION_CLOSE, MsgType.SESSION_HOLD)
+            t
+            in (MsgType.SESSION_ANSWER, MsgType.SESSION_CLOSE, MsgType.SESSION_HOLD, MsgType.PUNCH)
             and rng.random() < 0.5
         ):
             # as an end of a live or pending session: the handlers' deep paths
@@ -698,6 +703,8 @@ class RelayInputs(_Common):
                     body = SessionAnswer(s.sid, rng.random() < 0.5)
                 elif t == MsgType.SESSION_HOLD:
                     body = SessionHold(s.sid, rng.choice([0, 3]))
+                elif t == MsgType.PUNCH:
+                    body = Punch(s.sid, rng.randrange(2**32))
                 else:
                     body = SessionClose(s.sid, rng.choice(list(CloseReason)))
         self.src = self.source(party)

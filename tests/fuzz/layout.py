@@ -292,6 +292,13 @@ def body_fields(msg_type: int, body: bytes) -> list[Field]:
     elif t == MsgType.SESSION_HOLD:
         w.take("sid", SESSION_ID_LEN)
         w.take("u8", 1)
+    elif t == MsgType.PUNCH:
+        w.take("sid", SESSION_ID_LEN)
+        w.take("u32", 4)
+        w.take("flags", 1)
+        n = w.take("count", 1)
+        for _ in range(min(n or 0, 2)):
+            w.endpoint()
     elif t == MsgType.ERROR:
         w.take("enum", 1, _ENUM_END["error"])
         w.take("type", 1)

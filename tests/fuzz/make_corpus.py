@@ -94,6 +94,7 @@ from wgrelay.proto.messages import (
     PeerLocation,
     Ping,
     Pong,
+    Punch,
     Register,
     Registered,
     SessionAnswer,
@@ -101,6 +102,7 @@ from wgrelay.proto.messages import (
     SessionHold,
     SessionOffer,
     encode_body,
+    mapping_probe,
 )
 from wgrelay.relay.admission import Addr
 
@@ -286,6 +288,7 @@ def _relay_bodies(p1: bytes) -> list[tuple[str, Body]]:
         ("session_answer", SessionAnswer(SID_A, True)),
         ("session_close", SessionClose(SID_A, CloseReason.NORMAL)),
         ("session_hold", SessionHold(SID_A, 4)),
+        ("punch", Punch(SID_A, 7)),
         ("ping", Ping(0x1122334455667788)),
         ("discovery_query", DiscoveryQuery(9, QUERY_FLAG_WANT_RELAYS, 6, 0, "fuzz", target, 1)),
         # how the relay lists a registration, and the RTT it signs into the record
@@ -315,6 +318,7 @@ def _client_bodies(
         ("heartbeat_ack_not_registered", HeartbeatAck(1, HeartbeatStatus.NOT_REGISTERED, EPOCH)),
         ("heartbeat_ack_new_epoch", HeartbeatAck(1, HeartbeatStatus.OK, EPOCH + 1)),
         ("session_offer", SessionOffer(SID_B, PublicKey(p2))),
+        ("punch_go", Punch(SID_B, 7, True, (("198.51.100.7", 40001), ("203.0.113.9", 61820)))),
         ("session_close", SessionClose(SID_A, CloseReason.IDLE)),
         ("pong", Pong(0x1122334455667788, 12)),
         (
@@ -488,6 +492,7 @@ def entries() -> list[Entry]:
     raw = {
         "announcement": ann,
         "cookie_reply": encode_cookie_reply(bytes(8), bytes(16)),
+        "mapping_probe": mapping_probe(SID_A),
         "wg_initiation": bytes((1, 0, 0, 0)) + bytes(144),
         "wg_cookie": bytes((3, 0, 0, 0)) + bytes(60),
         "empty": b"",
@@ -550,6 +555,7 @@ def entries() -> list[Entry]:
     out.append(("client", "location.hex", "raw/location", record, None))
     out.append(("client", "location-standby.hex", "raw/location/standby", standby, None))
     out.append(("client", "data-keepalive.hex", "raw/data", frames["keepalive"], None))
+    out.append(("client", "mapping_probe.hex", "raw/mapping_probe", mapping_probe(SID_A), None))
     return out
 
 

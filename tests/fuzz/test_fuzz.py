@@ -39,6 +39,7 @@ RELAY_HANDLERS = {
     "SESSION_ANSWER",
     "SESSION_CLOSE",
     "SESSION_HOLD",
+    "PUNCH",
     "PING",
     "DISCOVERY_QUERY",
 }

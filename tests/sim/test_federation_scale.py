@@ -37,8 +37,9 @@ CONVERGED_BOUND_S = 2 * SYNC_S + 2.0
 each relay's gossip has reached most others, and a relay takes page after
 page from the one it syncs with. Measured: 11.25 s."""
 CONNECTED_BOUND_S = 10.0
-"""3 s for the direct candidate, then the relay session and WireGuard's 5 s
-retry through it (as with a single relay). Measured: 6.0 s."""
+"""Relay first: 0.5 s of start grace (peers starting together register
+first), the lookup, the relay session, WireGuard's first handshake through
+it; the pairs that can go direct move there about 2 s later."""
 PAIR_RECOVERY_BOUND_S = 16.0
 """A relay carrying traffic is noticed lost in 2 s (an idle link in 9 s:
 nothing authenticated heard); then a lookup at the home (up to 2 s when the

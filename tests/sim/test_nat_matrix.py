@@ -6,6 +6,7 @@ command a user runs); regenerate the file with ``make nat-matrix``.
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -13,7 +14,14 @@ from pathlib import Path
 import pytest
 
 from wgrelay.sim.nat import NatKind
-from wgrelay.sim.natmatrix import DIRECT, LABELS, RELAYED, run_cell
+from wgrelay.sim.natmatrix import (
+    DIRECT,
+    LABELS,
+    RELAYED,
+    expected_connected,
+    expected_direct,
+    run_cell,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 MATRIX = ROOT / "docs" / "NAT_MATRIX.md"
@@ -59,19 +67,37 @@ def test_every_pair_connects_except_where_udp_is_blocked(printed: str) -> None:
         else:
             assert "none" not in cell, (a, b, cell)
             assert cell.startswith((DIRECT, RELAYED)), (a, b, cell)
-    none_nat = LABELS[NatKind.NONE]
-    assert all(
-        cell.startswith("direct")
-        for (a, _), cell in cells.items()
-        if a == none_nat and cell != "none"
-    )
     symmetric = LABELS[NatKind.SYMMETRIC]
-    assert cells[(symmetric, symmetric)].startswith("relayed")
+    assert re.fullmatch(r"relayed \d\.\d s", cells[(symmetric, symmetric)])
+
+
+def test_every_pair_is_relayed_within_a_second_and_ends_direct_where_it_can(
+    printed: str,
+) -> None:
+    cells = table(printed)
+    by_label = {label: kind for kind, label in LABELS.items()}
+    for (a, b), cell in cells.items():
+        ka, kb = by_label[a], by_label[b]
+        if not expected_connected(ka, kb):
+            continue
+        m = re.match(r"relayed (\d+\.\d) s", cell)  # relay first, within a second
+        assert m is not None, (a, b, cell)
+        assert float(m.group(1)) <= 1.0, (a, b, cell)
+        assert ("-> direct" in cell) == expected_direct(ka, kb), (a, b, cell)
+        assert "pings lost" not in cell, (a, b, cell)
 
 
 def test_relayed_cone_symmetric_pair_goes_direct_without_an_outage() -> None:
-    """The move to direct once the cone side's box is open loses nothing."""
+    """The move to direct (a coordinated try) loses nothing."""
     run = run_cell(NatKind.FULL_CONE, NatKind.SYMMETRIC, seed=2)
-    assert run.first == RELAYED  # the symmetric side's first handshake was filtered
+    assert run.first == RELAYED
     assert run.final == DIRECT
+    assert run.longest_outage_s <= 1.0
+
+
+def test_a_failed_try_costs_at_most_one_ping() -> None:
+    """Port-restricted against symmetric cannot go direct: its tries fail,
+    each holding the relayed traffic for 0.8 s, then back off."""
+    run = run_cell(NatKind.PORT_RESTRICTED_CONE, NatKind.SYMMETRIC, seed=1)
+    assert run.first == RELAYED == run.final
     assert run.longest_outage_s <= 1.0

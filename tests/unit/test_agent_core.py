@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import replace
+from typing import Any
 
 from wgrelay.endpoint import Endpoint
 from wgrelay.keys import PrivateKey, PublicKey
@@ -52,6 +53,22 @@ def peer(key: PublicKey, **kw: object) -> PeerInfo:
     return replace(base, **kw)  # type: ignore[arg-type]
 
 
+_DEFAULTS = AgentConfig()
+
+
+def direct_first_config(**kw: Any) -> AgentConfig:
+    """These rules as they were before relay-first (still the rules with
+    relays disabled, and of a probe-back when no relay told the mappings):
+    direct candidates first, the first try back after ``probe_back_s``,
+    each candidate given ``direct_probe_s`` (tests/unit/test_upgrade.py has
+    relay-first and the coordinated tries)."""
+    kw.setdefault("relay_first", False)
+    kw.setdefault("start_grace_s", 0.0)
+    kw.setdefault("first_upgrade_s", kw.get("probe_back_s", _DEFAULTS.probe_back_s))
+    kw.setdefault("upgrade_probe_s", kw.get("direct_probe_s", _DEFAULTS.direct_probe_s))
+    return AgentConfig(**kw)
+
+
 class Clock:
     def __init__(self) -> None:
         self.t = 0.0
@@ -64,7 +81,7 @@ class Clock:
 def relayed_core(cfg: AgentConfig | None = None) -> tuple[AgentCore, PublicKey]:
     """A core whose only peer is relayed through RELAY via PROXY at t=3.1."""
     me, other = keys_ordered()
-    core = AgentCore(me, cfg or AgentConfig())
+    core = AgentCore(me, cfg or direct_first_config())
     core.observe(iface(peer(other)), 0.0, WALL0)
     core.observe(iface(peer(other)), 3.0, WALL0 + 3)
     assert core.on_relayed(other, RELAY, False, 3.1, WALL0 + 3.1, RELAY_EP) == [UseProxy(other)]
@@ -75,7 +92,7 @@ def relayed_core(cfg: AgentConfig | None = None) -> tuple[AgentCore, PublicKey]:
 
 def test_fresh_handshake_means_direct_and_nothing_to_do() -> None:
     me, other = keys_ordered()
-    core = AgentCore(me, AgentConfig())
+    core = AgentCore(me, direct_first_config())
     acts = core.observe(iface(peer(other, latest_handshake=WALL0 - 30)), 0.0, WALL0)
     assert acts == []
     assert core.peers[other].kind == PathKind.DIRECT
@@ -83,7 +100,7 @@ def test_fresh_handshake_means_direct_and_nothing_to_do() -> None:
 
 def test_no_handshake_tries_direct_then_relays_after_the_probe_time() -> None:
     me, other = keys_ordered()
-    core = AgentCore(me, AgentConfig(direct_probe_s=3.0))
+    core = AgentCore(me, direct_first_config(direct_probe_s=3.0))
     p = peer(other)
     assert core.observe(iface(p), 0.0, WALL0) == [TryDirect(other, DIRECT), Kick(other, 25)]
     assert core.peers[other].kind == PathKind.PROBING
@@ -99,7 +116,7 @@ def test_every_candidate_is_tried_in_order() -> None:
     extra = [("198.51.100.20", 51820), ("198.51.100.21", 51820)]
     for ep in extra:  # known from earlier runs, each worked once
         cache.record_success(other, ep, WALL0 - 7200)
-    core = AgentCore(me, AgentConfig(direct_probe_s=3.0), cache)
+    core = AgentCore(me, direct_first_config(direct_probe_s=3.0), cache)
     tried: list[Endpoint] = []
     p = peer(other)
     for t in range(0, 13):
@@ -112,7 +129,7 @@ def test_every_candidate_is_tried_in_order() -> None:
 
 def test_larger_key_waits_for_the_other_side_before_asking() -> None:
     small, large = keys_ordered()
-    core = AgentCore(large, AgentConfig(direct_probe_s=3.0, initiate_delay_s=2.0))
+    core = AgentCore(large, direct_first_config(direct_probe_s=3.0, initiate_delay_s=2.0))
     p = peer(small)
     core.observe(iface(p), 0.0, WALL0)
     assert core.observe(iface(p), 3.0, WALL0 + 3) == []
@@ -122,7 +139,7 @@ def test_larger_key_waits_for_the_other_side_before_asking() -> None:
 
 def test_incoming_session_while_waiting_wins() -> None:
     small, large = keys_ordered()
-    core = AgentCore(large, AgentConfig(direct_probe_s=3.0, initiate_delay_s=2.0))
+    core = AgentCore(large, direct_first_config(direct_probe_s=3.0, initiate_delay_s=2.0))
     core.observe(iface(peer(small)), 0.0, WALL0)
     core.observe(iface(peer(small)), 3.0, WALL0 + 3)
     assert core.on_relayed(small, RELAY, True, 3.5, WALL0 + 3.5, RELAY_EP) == [UseProxy(small)]
@@ -132,7 +149,7 @@ def test_incoming_session_while_waiting_wins() -> None:
 
 def test_handshake_during_probe_means_direct() -> None:
     me, other = keys_ordered()
-    core = AgentCore(me, AgentConfig())
+    core = AgentCore(me, direct_first_config())
     core.observe(iface(peer(other)), 0.0, WALL0)
     acts = core.observe(iface(peer(other, latest_handshake=WALL0 + 0.8)), 1.0, WALL0 + 1)
     assert acts == []
@@ -145,7 +162,7 @@ def test_handshake_during_probe_means_direct() -> None:
 
 def test_peer_without_endpoint_is_relayed_at_once() -> None:
     me, other = keys_ordered()
-    core = AgentCore(me, AgentConfig())
+    core = AgentCore(me, direct_first_config())
     assert core.observe(iface(peer(other, endpoint=None)), 0.0, WALL0) == [StartRelay(other)]
 
 
@@ -154,7 +171,7 @@ def test_seed_rule_many_recent_failures_relays_before_trying_all() -> None:
     cache = ConnectionCache(None)
     for i in range(11):
         cache.record_failure(other, DIRECT, WALL0 - 60 + i)
-    core = AgentCore(me, AgentConfig(), cache)
+    core = AgentCore(me, direct_first_config(), cache)
     acts = core.observe(iface(peer(other)), 0.0, WALL0)
     assert StartRelay(other) in acts
     assert "seed rule" in core.peers[other].reason
@@ -165,7 +182,7 @@ def test_restart_goes_straight_to_the_relay_that_worked() -> None:
     cache = ConnectionCache(None)
     cache.record_failure(other, DIRECT, WALL0 - 100)
     cache.record_relay_success(other, RELAY, RELAY_EP, WALL0 - 50)
-    core = AgentCore(me, AgentConfig(), cache)
+    core = AgentCore(me, direct_first_config(), cache)
     acts = core.observe(iface(peer(other)), 0.0, WALL0)
     assert acts == [StartRelay(other)]  # no TryDirect first
     assert "cache: relayed last time" in core.peers[other].reason
@@ -173,7 +190,7 @@ def test_restart_goes_straight_to_the_relay_that_worked() -> None:
 
 def test_relay_disabled_never_relays() -> None:
     me, other = keys_ordered()
-    core = AgentCore(me, AgentConfig(relay_enabled=False))
+    core = AgentCore(me, direct_first_config(relay_enabled=False))
     for t in range(0, 120):
         acts = core.observe(iface(peer(other)), float(t), WALL0 + t)
         assert not any(isinstance(a, StartRelay) for a in acts)
@@ -190,7 +207,9 @@ def test_disabling_relays_at_runtime_drops_relay_paths() -> None:
 
 
 def test_lost_relay_path_asks_again_and_failures_back_off() -> None:
-    core, other = relayed_core(AgentConfig(relay_retry_initial_s=5.0, relay_retry_max_s=20.0))
+    core, other = relayed_core(
+        direct_first_config(relay_retry_initial_s=5.0, relay_retry_max_s=20.0)
+    )
     assert core.on_relay_lost(other, "peer_gone", 10.0, WALL0 + 10) == [StartRelay(other)]
     assert core.on_relay_failed(other, "no relay", 11.0) == []
     assert core.tick(15.9) == []
@@ -201,7 +220,7 @@ def test_lost_relay_path_asks_again_and_failures_back_off() -> None:
 
 
 def test_probe_back_success_returns_to_direct() -> None:
-    core, other = relayed_core(AgentConfig(probe_back_s=30.0))
+    core, other = relayed_core(direct_first_config(probe_back_s=30.0))
     relayed_at = 3.1
     assert core.observe(iface(peer(other, endpoint=PROXY)), 33.0, WALL0 + 33) == []
     acts = core.observe(iface(peer(other, endpoint=PROXY)), relayed_at + 30, WALL0 + 33.1)
@@ -215,7 +234,7 @@ def test_probe_back_success_returns_to_direct() -> None:
 
 
 def test_failed_probe_back_goes_back_to_the_relay_and_waits_longer() -> None:
-    core, other = relayed_core(AgentConfig(probe_back_s=30.0, direct_probe_s=3.0))
+    core, other = relayed_core(direct_first_config(probe_back_s=30.0, direct_probe_s=3.0))
     core.observe(iface(peer(other, endpoint=PROXY)), 33.1, WALL0 + 33.1)  # probe starts
     acts = core.observe(iface(peer(other, endpoint=DIRECT)), 36.1, WALL0 + 36.1)
     assert acts == [UseProxy(other), HoldProxy(other, False)]
@@ -229,7 +248,7 @@ def test_a_session_arriving_during_a_probe_back_releases_the_proxy() -> None:
     retry, the new session arrived while the proxy held the relay's frames,
     and the retry's end never released them: every frame from the relay was
     dropped for good while both agents said "relayed"."""
-    core, other = relayed_core(AgentConfig(probe_back_s=30.0, direct_probe_s=3.0))
+    core, other = relayed_core(direct_first_config(probe_back_s=30.0, direct_probe_s=3.0))
     acts = core.observe(iface(peer(other, endpoint=PROXY)), 33.1, WALL0 + 33.1)
     assert HoldProxy(other, True) in acts  # the retry holds the relay's frames
     other_relay = PrivateKey.generate().public_key()
@@ -254,7 +273,7 @@ def test_peer_reaching_us_directly_while_relayed_moves_us_to_direct() -> None:
 
 
 def test_flapping_path_waits_longer_each_time() -> None:
-    core, other = relayed_core(AgentConfig(probe_back_s=30.0, flap_window_s=300.0))
+    core, other = relayed_core(direct_first_config(probe_back_s=30.0, flap_window_s=300.0))
     core.observe(iface(peer(other, endpoint=PROXY)), 33.1, WALL0 + 33.1)
     core.observe(iface(peer(other, endpoint=DIRECT, rx_bytes=500)), 34.0, WALL0 + 34)
     assert core.peers[other].kind == PathKind.DIRECT
@@ -278,7 +297,7 @@ def test_flapping_path_waits_longer_each_time() -> None:
 
 def test_direct_path_gone_silent_is_probed_again() -> None:
     me, other = keys_ordered()
-    core = AgentCore(me, AgentConfig(broken_after_s=15.0))
+    core = AgentCore(me, direct_first_config(broken_after_s=15.0))
     hs = WALL0 - 170
     core.observe(iface(peer(other, latest_handshake=hs, tx_bytes=100)), 0.0, WALL0)
     assert core.peers[other].kind == PathKind.DIRECT
@@ -308,7 +327,7 @@ def test_peer_leaving_the_interface_closes_its_relay() -> None:
 
 def test_session_for_an_unknown_peer_is_closed() -> None:
     me, other = keys_ordered()
-    core = AgentCore(me, AgentConfig())
+    core = AgentCore(me, direct_first_config())
     assert core.on_relayed(other, RELAY, True, 0.0) == [CloseRelay(other)]
 
 
@@ -317,14 +336,28 @@ def test_peer_closing_the_session_on_purpose_is_checked_directly_first() -> None
     roamed: Endpoint = ("198.51.100.77", 40001)
     core.observe(iface(peer(other, endpoint=roamed)), 5.0, WALL0 + 5)  # WireGuard followed it
     acts = core.on_relay_lost(other, "normal", 5.1, WALL0 + 5.1)
-    assert acts[0] == LeaveRelay(other)
-    assert TryDirect(other, roamed) == acts[1]  # where WireGuard points now, first
+    assert acts == [LeaveRelay(other)]  # the endpoint stays: WireGuard followed the peer
+    assert core.peers[other].kind == PathKind.PROBING
+    # the next look: what the peer sent since came from there, so it is direct
+    core.observe(iface(peer(other, endpoint=roamed, rx_bytes=5000)), 5.3, WALL0 + 5.3)
+    assert core.peers[other].kind == PathKind.DIRECT
+    assert "peer reached us directly" in core.peers[other].reason
+
+
+def test_peer_leaving_the_relay_starts_the_tries_where_wireguard_points() -> None:
+    core, other = relayed_core()
+    roamed: Endpoint = ("198.51.100.77", 40001)
+    core.observe(iface(peer(other, endpoint=roamed)), 5.0, WALL0 + 5)
+    core.on_relay_lost(other, "normal", 5.1, WALL0 + 5.1)
+    # nothing heard since: the tries start, WireGuard's endpoint first
+    acts = core.observe(iface(peer(other, endpoint=roamed)), 5.3, WALL0 + 5.3)
+    assert TryDirect(other, roamed) in acts
     assert core.peers[other].kind == PathKind.PROBING
 
 
 def test_incoming_offer_while_direct_works_is_declined() -> None:
     me, other = keys_ordered()
-    core = AgentCore(me, AgentConfig())
+    core = AgentCore(me, direct_first_config())
     core.observe(iface(peer(other, latest_handshake=WALL0 - 100, rx_bytes=10)), 0.0, WALL0)
     core.observe(iface(peer(other, latest_handshake=WALL0 - 100, rx_bytes=20)), 1.0, WALL0 + 1)
     assert core.on_relayed(other, RELAY, True, 2.0, WALL0 + 2, RELAY_EP) == [CloseRelay(other)]
@@ -332,7 +365,7 @@ def test_incoming_offer_while_direct_works_is_declined() -> None:
 
 
 def test_peer_reaching_us_during_our_probe_back_counts_as_direct() -> None:
-    core, other = relayed_core(AgentConfig(probe_back_s=30.0))
+    core, other = relayed_core(direct_first_config(probe_back_s=30.0))
     start = 33.1 if core.own_key.raw < other.raw else 33.1 + 5.0
     core.observe(iface(peer(other, endpoint=PROXY)), start, WALL0 + start)
     assert core.peers[other].probing_back
@@ -346,8 +379,8 @@ def test_peer_reaching_us_during_our_probe_back_counts_as_direct() -> None:
 
 def test_only_one_side_probes_back_at_a_time() -> None:
     small, large = keys_ordered()
-    first = AgentCore(small, AgentConfig(probe_back_s=30.0, direct_probe_s=3.0))
-    second = AgentCore(large, AgentConfig(probe_back_s=30.0, direct_probe_s=3.0))
+    first = AgentCore(small, direct_first_config(probe_back_s=30.0, direct_probe_s=3.0))
+    second = AgentCore(large, direct_first_config(probe_back_s=30.0, direct_probe_s=3.0))
     for core, other in ((first, large), (second, small)):
         core.observe(iface(peer(other, endpoint=None)), 0.0, WALL0)
         core.on_relayed(other, RELAY, False, 1.0, WALL0 + 1, RELAY_EP)
@@ -360,7 +393,7 @@ def test_probe_back_gets_its_full_time_even_when_the_cache_doubts_direct() -> No
     cache = ConnectionCache(None)
     for i in range(11):  # the seed's rule (b) holds: > 10 recent failures
         cache.record_failure(other, DIRECT, WALL0 - 100 + i)
-    core = AgentCore(me, AgentConfig(probe_back_s=30.0, direct_probe_s=3.0), cache)
+    core = AgentCore(me, direct_first_config(probe_back_s=30.0, direct_probe_s=3.0), cache)
     core.observe(iface(peer(other)), 0.0, WALL0)
     assert core.peers[other].kind == PathKind.RELAY_PENDING
     core.on_relayed(other, RELAY, False, 1.0, WALL0 + 1, RELAY_EP)
@@ -380,7 +413,7 @@ def test_relay_disabled_retries_direct_slowly_through_every_candidate() -> None:
     others = [("198.51.100.20", 51820), ("198.51.100.21", 51820)]
     for ep in (DIRECT, *others):
         cache.record_failure(other, ep, WALL0 - 100)
-    core = AgentCore(me, AgentConfig(relay_enabled=False, probe_back_s=30.0), cache)
+    core = AgentCore(me, direct_first_config(relay_enabled=False, probe_back_s=30.0), cache)
     tries: list[tuple[float, Endpoint]] = []
     t = 0.0
     while t < 40.0:
@@ -396,7 +429,7 @@ def test_relayed_path_gone_silent_gets_a_new_session_behind_the_same_proxy() -> 
     """A relay that lost the session without telling us (a restart a replayed
     REGISTER hid, a lost SESSION_CLOSE): WireGuard keeps sending through the
     proxy and hears nothing. The agent replaces the session, not the proxy."""
-    cfg = AgentConfig(relay_silent_s=40.0, probe_back_s=900.0)
+    cfg = direct_first_config(relay_silent_s=40.0, probe_back_s=900.0)
     core, other = relayed_core(cfg)
     # an idle tunnel: keepalives both ways every 25 s is not silence
     for t in range(4, 100):
@@ -426,7 +459,7 @@ def test_relayed_path_gone_silent_gets_a_new_session_behind_the_same_proxy() -> 
 
 def test_next_timer_names_the_next_rule_due() -> None:
     me, other = keys_ordered()
-    core = AgentCore(me, AgentConfig(direct_probe_s=3.0, probe_back_s=30.0))
+    core = AgentCore(me, direct_first_config(direct_probe_s=3.0, probe_back_s=30.0))
     assert core.next_timer() == float("inf")  # no peer, nothing to do
     core.observe(iface(peer(other)), 0.0, WALL0)
     assert core.next_timer() == 3.0  # the direct candidate's time is up
@@ -435,7 +468,7 @@ def test_next_timer_names_the_next_rule_due() -> None:
     assert core.next_timer() == 3.1 + 30.0  # the probe-back
     core.on_relay_lost(other, "peer_gone", 10.0, WALL0 + 10)
     core.on_relay_failed(other, "no relay", 10.0)
-    assert core.next_timer() == 10.0 + AgentConfig().relay_retry_initial_s
+    assert core.next_timer() == 10.0 + direct_first_config().relay_retry_initial_s
 
 
 def test_an_idle_tunnel_with_one_sided_keepalives_is_never_silent() -> None:
@@ -443,7 +476,7 @@ def test_an_idle_tunnel_with_one_sided_keepalives_is_never_silent() -> None:
     with the same interval on both ends only one end sends keepalives, and
     hears nothing but the answers to its rekeys every two minutes."""
     me, other = keys_ordered()
-    core = AgentCore(me, AgentConfig(keepalive_s=25, broken_after_s=15.0))
+    core = AgentCore(me, direct_first_config(keepalive_s=25, broken_after_s=15.0))
     hs = WALL0 - 1
     core.observe(iface(peer(other, latest_handshake=hs)), 0.0, WALL0)
     assert core.peers[other].kind == PathKind.DIRECT
@@ -463,7 +496,7 @@ def test_an_idle_tunnel_with_one_sided_keepalives_is_never_silent() -> None:
 
 def test_data_sent_into_a_dead_direct_path_is_noticed_after_the_limit() -> None:
     me, other = keys_ordered()
-    core = AgentCore(me, AgentConfig(keepalive_s=25, broken_after_s=15.0))
+    core = AgentCore(me, direct_first_config(keepalive_s=25, broken_after_s=15.0))
     core.observe(iface(peer(other, latest_handshake=WALL0 - 1)), 0.0, WALL0)
     tx = 0
     for t in range(1, 40):

@@ -17,6 +17,7 @@ from wgrelay.proto.envelope import (
     open_control,
     parse_control_header,
 )
+from wgrelay.proto.messages import parse_mapping_probe
 from wgrelay.proto.vectors import (
     ANNOUNCEMENT,
     CONTROL_VECTORS,
@@ -74,6 +75,7 @@ def test_other_vectors_decode() -> None:
     ann = decode_announcement(vec["announcement"])
     assert ann.info == INFO
     assert vec["announcement"] == ANNOUNCEMENT
+    assert parse_mapping_probe(vec.pop("mapping_probe")) == SESSION_ID  # not a datagram of ours
     latch = vec.pop("latch_initiation")  # WireGuard's, not ours: the relay checks it
     assert is_handshake(latch)
     assert verify_mac1(mac1_key(OTHER_PEER.raw), latch)

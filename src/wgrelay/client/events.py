@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from wgrelay.endpoint import Endpoint
 from wgrelay.keys import PublicKey
 from wgrelay.proto.announce import Announcement
-from wgrelay.proto.constants import CloseReason, Status
+from wgrelay.proto.constants import CloseReason, MappingKind, Status
 from wgrelay.proto.messages import PeerLocation
 
 # ---------------------------------------------------------------- one relay
@@ -65,6 +65,22 @@ class PortNotLatched:
 
 
 @dataclass(frozen=True, slots=True)
+class PunchTold:
+    """Port mode: the relay's PUNCH for our session with ``peer``: WireGuard's
+    public mappings as its session ports see them (``mine``, ``theirs``);
+    ``go``: move to ``theirs`` now, the peer does the same (nonce: whose try)."""
+
+    peer: PublicKey
+    nonce: int
+    go: bool
+    mine: Endpoint
+    theirs: Endpoint
+    mine_kind: MappingKind = MappingKind.UNKNOWN
+    """How our NAT maps WireGuard's socket, as far as the relay could tell."""
+    theirs_kind: MappingKind = MappingKind.UNKNOWN
+
+
+@dataclass(frozen=True, slots=True)
 class RttMeasured:
     rtt_s: float
     load_pct: int
@@ -115,6 +131,7 @@ LinkEvent = (
     | SessionFailed
     | SessionEnded
     | PortNotLatched
+    | PunchTold
     | RttMeasured
     | PingTimedOut
     | DiscoveryAnswered
@@ -176,6 +193,14 @@ class RelaysLearned:
 
 
 @dataclass(frozen=True, slots=True)
+class PeerPunch:
+    """``PunchTold`` from the relay carrying ``peer``."""
+
+    told: PunchTold
+    relay: PublicKey
+
+
+@dataclass(frozen=True, slots=True)
 class PeerPortNotLatched:
     """``PortNotLatched`` from the relay carrying ``peer``."""
 
@@ -186,6 +211,7 @@ class PeerPortNotLatched:
 PlanEvent = (
     PeerRelayed
     | PeerPortNotLatched
+    | PeerPunch
     | PeerRelayLost
     | PeerRelayFailed
     | HomeChanged

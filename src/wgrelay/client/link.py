@@ -55,6 +55,7 @@ from wgrelay.client.events import (
     LinkRejected,
     Place,
     PortNotLatched,
+    PunchTold,
     RttMeasured,
     SessionEnded,
     SessionEstablished,
@@ -71,6 +72,7 @@ from wgrelay.errors import RemoteProtocolError, StaleTimestamp
 from wgrelay.keys import PublicKey
 from wgrelay.proto.announce import decode_announcement
 from wgrelay.proto.constants import (
+    PUNCH_ENDPOINTS,
     QUERY_FLAG_WANT_RELAYS,
     RTT_UNKNOWN,
     CloseReason,
@@ -97,6 +99,7 @@ from wgrelay.proto.messages import (
     HeartbeatAck,
     Ping,
     Pong,
+    Punch,
     Registered,
     SessionAnswer,
     SessionClose,
@@ -116,6 +119,7 @@ class RelayLink(LinkCore):
             ConnectionResponse: self._on_connection_response,
             SessionOffer: self._on_session_offer,
             SessionClose: self._on_session_close,
+            Punch: self._on_punch,
             Pong: self._on_pong,
             DiscoveryResponse: self._on_discovery_response,
             Error: self._on_error,
@@ -305,6 +309,15 @@ class RelayLink(LinkCore):
             del self.session_of[peer]
             self.session_port.pop(peer, None)
         self._events.append(SessionEnded(peer, body.session_id, body.reason))
+
+    def _on_punch(self, body: Punch, now: float) -> None:
+        peer = self.sessions.get(body.session_id)
+        if peer is None or len(body.endpoints) != PUNCH_ENDPOINTS:
+            self._drop("unexpected")
+            return
+        mine, theirs = body.endpoints
+        told = PunchTold(peer, body.nonce, body.go, mine, theirs, body.mine, body.peer)
+        self._events.append(told)
 
     def _on_pong(self, body: Pong, now: float) -> None:
         req = self._finish(MsgType.PING, body.echo_id)

@@ -47,6 +47,7 @@ from wgrelay.proto.messages import (
     ConnectionRequest,
     Heartbeat,
     Ping,
+    Punch,
     Register,
     SessionClose,
     SessionHold,
@@ -187,6 +188,16 @@ class LinkCore:
         sid = self.session_of.get(peer)
         if sid is not None:
             self._send(SessionHold(sid, hold_s), now)
+
+    def punch(self, peer: PublicKey, nonce: int, now: float) -> bool:
+        """Port mode: ask the relay to start a coordinated direct try with
+        ``peer`` (both sides hear PUNCH with GO). Not retransmitted: a lost
+        one is one try not made; the agent tries again after its backoff."""
+        sid = self.session_of.get(peer)
+        if sid is None:
+            return False
+        self._send(Punch(sid, nonce), now)
+        return True
 
     def forget_wanted(self, peer: PublicKey) -> None:
         """Stop asking for ``peer`` here (it is carried elsewhere now)."""

@@ -175,6 +175,16 @@ class RelayManager:
             lk.hold_session(peer, hold_s, self.runtime.now())
             self._pump()
 
+    def punch(self, peer: PublicKey, nonce: int) -> bool:
+        """Port mode: ask the relay carrying ``peer`` for a coordinated
+        direct try (False: no session there to ask about)."""
+        relay = self.planner.route_relay.get(peer)
+        lk = self.planner.link(relay) if relay is not None else None
+        if lk is None or not lk.punch(peer, nonce, self.runtime.now()):
+            return False
+        self._pump()
+        return True
+
     def send_packet(self, peer: PublicKey, packet: bytes) -> bool:
         route = self.routes.get(peer)
         if route is None:

@@ -67,11 +67,13 @@ from wgrelay.client.events import (
     LinkRegistered,
     LinkRejected,
     PeerPortNotLatched,
+    PeerPunch,
     PeerRelayed,
     PeerRelayLost,
     PingTimedOut,
     PlanEvent,
     PortNotLatched,
+    PunchTold,
     QueryFailed,
     RelayMeasured,
     RttMeasured,
@@ -87,6 +89,10 @@ from wgrelay.keys import PublicKey
 from wgrelay.proto.constants import CloseReason
 
 log = logging.getLogger(__name__)
+
+CROSSING_WINDOW_S = 3.0
+"""Two sessions for one peer this close together are a crossing (both sides
+asked at once at two relays), not a replacement."""
 
 __all__ = ["PlanConfig", "RelayPlanner"]
 
@@ -135,6 +141,7 @@ class RelayPlanner(PeerPaths):
         self._places.pop(peer, None)
         self._moved_at.pop(peer, None)
         relay = self.route_relay.pop(peer, None)
+        self._route_incoming.pop(peer, None)
         for key, lk in self._links.items():
             lk.link.wanted.discard(peer)
             if key == relay or peer in lk.link.session_of:
@@ -201,6 +208,27 @@ class RelayPlanner(PeerPaths):
             self._ask_announcements(now)
         self._retire_idle_links(now)
 
+    def _crossed_keeps_old(self, ev: SessionEstablished, old: PublicKey, now: float) -> bool:
+        """Both sides asked at once, at two relays: each holds the session it
+        opened and the one the peer opened. Both keep the one the smaller key
+        opened (else each would send into its own and hear from the other's).
+        Only a crossing: the old session came up moments ago and is still
+        held. A session opened by the same side as the one we hold, or after
+        a while (a failover, a move), replaces it."""
+        attempt = self._attempts.get(ev.peer)
+        if attempt is not None and attempt.moving:
+            return False  # our deliberate move to a better relay
+        route = self._route_incoming.get(ev.peer)
+        old_link = self.link(old)
+        if route is None or old_link is None or ev.peer not in old_link.session_of:
+            return False
+        old_incoming, since = route
+        if old_incoming == ev.incoming or now - since > CROSSING_WINDOW_S:
+            return False
+        we_are_smaller = self.private_key.public_key().raw < ev.peer.raw
+        # the old one was opened by the smaller key: by us if it is outgoing
+        return (not old_incoming) == we_are_smaller
+
     def _drain(self, key: PublicKey, link: RelayLink, now: float) -> None:
         while (ev := link.next_event()) is not None:
             self._on_link_event(key, link, ev, now)
@@ -208,7 +236,11 @@ class RelayPlanner(PeerPaths):
     def _on_link_event(self, key: PublicKey, link: RelayLink, ev: LinkEvent, now: float) -> None:
         if isinstance(ev, SessionEstablished):
             old = self.route_relay.get(ev.peer)
+            if old is not None and old != key and self._crossed_keeps_old(ev, old, now):
+                link.close_session(ev.peer, now, CloseReason.REPLACED)
+                return
             self.route_relay[ev.peer] = key
+            self._route_incoming[ev.peer] = (ev.incoming, now)
             self.registry.record_success(key)
             for other, lk in self._links.items():
                 if other != key and ev.peer not in lk.link.session_of:
@@ -225,12 +257,16 @@ class RelayPlanner(PeerPaths):
             if attempt is not None and attempt.current == key:
                 attempt.errors.append(f"{key.short()}: {ev.status.name}")
                 self._connect_next(attempt, now)
+        elif isinstance(ev, PunchTold):
+            if self.route_relay.get(ev.peer) == key:
+                self._events.append(PeerPunch(ev, key))
         elif isinstance(ev, PortNotLatched):
             if self.route_relay.get(ev.peer) == key:
                 self._events.append(PeerPortNotLatched(ev.peer, key))
         elif isinstance(ev, SessionEnded):
             if self.route_relay.get(ev.peer) == key:
                 del self.route_relay[ev.peer]
+                self._route_incoming.pop(ev.peer, None)
                 self._events.append(PeerRelayLost(ev.peer, key, ev.reason.name.lower()))
         elif isinstance(ev, LinkRegistered):
             self._on_registered(key, link, now)

@@ -6,12 +6,16 @@ production ones (``wgrelay up``'s ``Agent``), the relays are production
 ``RelayCore``/``RelayServer``; only WireGuard and the network are simulated.
 The story, as it happens:
 
-1. the agents try the direct path (WireGuard's handshake cannot cross two
-   symmetric NATs) and fall back to a relay;
+1. the agents bring the tunnel up through a relay at once (relay first; two
+   symmetric NATs let no direct path through, and the agents learn from the
+   relay that both map per destination, so they try only the configured
+   endpoints, now and then);
 2. a ping crosses the relayed tunnel;
 3. the relay carrying it is powered off, and the agents fail over to the other;
 4. bob's NAT box is reconfigured as a full cone (it keeps WireGuard's port and
-   lets anyone in once bob has sent out), and the agents go back to direct.
+   lets anyone in once bob has sent out): the relay sees bob's WireGuard from
+   a new mapping, learns that it maps the same way for every destination,
+   tells both agents, and their coordinated try goes direct.
 
 Every line carries the virtual time it happened at. Virtual time runs as fast
 as the machine allows (``speed`` 0) or ``speed`` times faster than real time,

@@ -70,6 +70,23 @@ class CloseRelay:
     peer: PublicKey
 
 
+@dataclass(frozen=True, slots=True)
+class AskPunch:
+    """Ask the relay carrying the peer for a coordinated direct try (PUNCH):
+    it tells both sides GO at the same moment."""
+
+    peer: PublicKey
+    nonce: int
+
+
+@dataclass(frozen=True, slots=True)
+class CheckMapping:
+    """Let the relay carrying the peer see how our NAT maps WireGuard's
+    socket again (a MAPPING_PROBE from WireGuard's port)."""
+
+    peer: PublicKey
+
+
 Action = (
     Kick
     | TryDirect
@@ -80,4 +97,6 @@ Action = (
     | StartRelay
     | ReplaceRelay
     | CloseRelay
+    | AskPunch
+    | CheckMapping
 )

@@ -70,15 +70,16 @@ from wgrelay.mesh.actions import (
 )
 from wgrelay.mesh.backend.base import InterfaceInfo, PeerInfo
 from wgrelay.mesh.cache import ConnectionCache
-from wgrelay.mesh.nat import DirectFailed, DirectSucceeded, NatTraverse, Observation, TryDirect
+from wgrelay.mesh.nat import DirectFailed, DirectSucceeded, NatTraverse, Observation
 from wgrelay.mesh.peer_path import AgentConfig, PathKind, PeerPath
+from wgrelay.mesh.upgrade import MAPPINGS_WAIT_S, UpgradeRules
 
 log = logging.getLogger(__name__)
 
 __all__ = ["AgentConfig", "AgentCore", "PathKind", "PeerPath"]
 
 
-class AgentCore:
+class AgentCore(UpgradeRules):
     def __init__(
         self, own_key: PublicKey, config: AgentConfig, cache: ConnectionCache | None = None
     ) -> None:
@@ -90,30 +91,11 @@ class AgentCore:
         self.proxy_endpoints: set[Endpoint] = set()
         """Endpoints that are our proxies (never a direct candidate)."""
         self.relay_enabled = config.relay_enabled
+        self._nonce = 0
+        self._started_at = float("-inf")
+        """The first look at the interface (start_grace_s counts from it)."""
 
     # ------------------------------------------------------------ helpers
-
-    def _set(self, p: PeerPath, kind: PathKind, now: float, reason: str) -> None:
-        if p.kind != kind or p.reason != reason:
-            log.info("peer %s: %s (%s)", p.key.short(), kind.value, reason)
-            p.history.append(f"{kind.value}: {reason}")
-            del p.history[:-10]
-        if kind == PathKind.DIRECT and p.kind != PathKind.DIRECT:
-            p.direct_since = now
-        p.kind = kind
-        p.since = now
-        p.reason = reason
-
-    def _candidates(self, p: PeerPath, wall: float) -> list[Endpoint]:
-        # where WireGuard points now comes first: it may have followed the peer
-        # to a direct address (roaming) just before we looked
-        known = [
-            e
-            for e in (p.wg_endpoint, p.direct_endpoint, p.original_endpoint)
-            if e and not is_loopback(e) and e not in self.proxy_endpoints
-        ]
-        cands = self.cache.ordered_candidates(p.key, known, wall)
-        return [e for e in cands if not is_loopback(e) and e not in self.proxy_endpoints]
 
     def _start_probing(self, p: PeerPath, now: float, wall: float, why: str) -> list[Action]:
         cands = self._candidates(p, wall)
@@ -125,18 +107,10 @@ class AgentCore:
             return self._want_relay(
                 p, now, f"{why}; connection cache: direct has failed too often (seed rule)"
             )
+        p.roamed_first = False
         shown = ", ".join(endpoint_str(c) for c in cands[:3]) + (", ..." if len(cands) > 3 else "")
         self._set(p, PathKind.PROBING, now, f"{why}; trying direct {shown}")
         return self._try(self.nat.add(p.key, cands, now, wall, p.rx_bytes), wall)
-
-    def _try(self, tries: list[TryDirect], wall: float) -> list[Action]:
-        out: list[Action] = []
-        for t in tries:
-            self.cache.record_attempt(t.peer, t.endpoint, wall)
-            out.append(t)
-            if self.config.keepalive_s:
-                out.append(Kick(t.peer, self.config.keepalive_s))
-        return out
 
     def _want_relay(
         self, p: PeerPath, now: float, reason: str, at_once: bool = False
@@ -145,8 +119,11 @@ class AgentCore:
         self._set(p, PathKind.RELAY_PENDING, now, reason)
         p.relay_requested = False
         p.relay_backoff_s = self.config.relay_retry_initial_s
+        # (at once: not again within a second of asking, whatever ended the
+        # last session: a relay and two agents must never ask in a loop)
+        at_once = at_once and now - p.relay_asked_at >= self.config.initiate_delay_s / 2
         delay = 0.0 if at_once or self.own_key.raw < p.key.raw else self.config.initiate_delay_s
-        p.relay_retry_at = now + delay
+        p.relay_retry_at = max(now + delay, self._started_at + self.config.start_grace_s)
         return self._maybe_start_relay(p, now)
 
     def _maybe_start_relay(self, p: PeerPath, now: float) -> list[Action]:
@@ -155,6 +132,7 @@ class AgentCore:
         if not self.relay_enabled:
             return []
         p.relay_requested = True
+        p.relay_asked_at = now
         return [StartRelay(p.key)]
 
     def _to_direct(self, p: PeerPath, ep: Endpoint, now: float, reason: str) -> list[Action]:
@@ -175,6 +153,8 @@ class AgentCore:
     # ------------------------------------------------------------ inputs
 
     def observe(self, info: InterfaceInfo, now: float, wall: float) -> list[Action]:
+        if self._started_at == float("-inf"):
+            self._started_at = now
         actions: list[Action] = []
         seen: dict[PublicKey, Observation] = {}
         fresh: dict[PublicKey, PeerInfo] = {}
@@ -203,6 +183,7 @@ class AgentCore:
         for r in results:
             actions += self._nat_result(r, now, wall)
             settled.add(r.peer)
+        actions += self._punch_kicks({t.peer for t in tries})
         for key in self.nat.step_with_relay(
             lambda k: self.relay_enabled and self.cache.should_try_relay(k, wall)
         ):
@@ -258,12 +239,21 @@ class AgentCore:
             self._set(p, PathKind.DIRECT, now, f"recent handshake via {endpoint_str(ep)}")
             return []
         last = self.cache.last_path(p.key)
-        if last == "relay" and self.relay_enabled:
-            # what worked last time first: do not sit through every direct attempt again
-            best = self.cache.best_relay(p.key)
-            via = f" via {best[0].short()}" if best else ""
-            p.next_probe_back = now + self.config.probe_back_s
-            return self._want_relay(p, now, f"cache: relayed last time{via}; relaying at once")
+        if self.relay_enabled and (last == "relay" or self.config.relay_first):
+            # a path within a second: the relay at once (both sides ask, the
+            # relay joins the two requests), direct tried in the background
+            # once the relay told both sides the mappings (on_relayed)
+            best = self.cache.best_relay(p.key) if last == "relay" else None
+            why = (
+                f"cache: relayed last time{f' via {best[0].short()}' if best else ''}"
+                if (last == "relay")
+                else "no recent handshake"
+            )
+            # (the smaller key asks now, the other accepts its offer: asking
+            # both at once could open two sessions at two relays)
+            return self._want_relay(
+                p, now, f"{why}; relaying at once, direct tried in the background"
+            )
         why = "cache: direct last time" if last == "direct" else "no recent handshake"
         return self._start_probing(p, now, wall, why)
 
@@ -280,6 +270,7 @@ class AgentCore:
         actions: list[Action] = []
         if p.probing_back:
             actions.append(HoldProxy(p.key, False))
+            p.last_upgrade = f"{p.last_upgrade or '?'}: direct ({r.proof})"
             reason = (
                 f"direct path works again via {endpoint_str(r.endpoint)} ({r.proof}); "
                 f"left relay {p.relay.short() if p.relay else '?'}"
@@ -295,21 +286,7 @@ class AgentCore:
 
     def _nat_gave_up(self, p: PeerPath, now: float, wall: float) -> list[Action]:
         if p.probing_back:
-            # back onto the relay, and wait longer before the next try
-            self.nat.mark_connected(p.key)
-            p.probing_back = False
-            # what the try sent went to the candidate: the relay owes no answer
-            p.silent_since = p.owed_since = None
-            p.probe_back_interval_s = min(p.probe_back_interval_s * 2, self.config.probe_back_max_s)
-            p.next_probe_back = now + p.probe_back_interval_s + self._probe_offset(p)
-            self._set(
-                p,
-                PathKind.RELAYED,
-                now,
-                f"via relay {p.relay.short() if p.relay else '?'}; direct still failing, "
-                f"next try in {p.probe_back_interval_s:.0f} s",
-            )
-            return [UseProxy(p.key), HoldProxy(p.key, False)]
+            return self._upgrade_failed(p, now, wall)
         if not self.relay_enabled:
             return self._pause_probing(p, now, "no direct candidate answered; relay disabled")
         return self._want_relay(p, now, self._give_up_reason(p, wall))
@@ -359,6 +336,12 @@ class AgentCore:
                 actions += self._start_probing(p, now, wall, "direct path went silent")
         elif p.kind == PathKind.RELAYED and not p.probing_back:
             p.track_silence(rx_grew or new_handshake, tx_grew, now)
+            if new_handshake and self.config.keepalive_s:
+                # a second confirmation of the new keys: WireGuard's initiator
+                # sends one packet after the handshake, and until one arrives
+                # the responder cannot send (a lossy relay path would leave it
+                # mute until the next keepalive); harmless on the responder
+                actions.append(Kick(p.key, self.config.keepalive_s))
             if (
                 p.silent(now, self.config.relay_silent_s, self.config.keepalive_s)
                 and ep in self.proxy_endpoints
@@ -395,28 +378,16 @@ class AgentCore:
         elif p.kind == PathKind.RELAY_PENDING:
             actions += self._maybe_start_relay(p, now)
         elif p.kind == PathKind.PROBING:
+            direct = ep is not None and ep not in self.proxy_endpoints and not is_loopback(ep)
+            if p.roamed_first and direct and ep is not None and (rx_grew or new_handshake):
+                # the peer left the relay for a direct path, and what it sent
+                # since came from there: WireGuard follows it already
+                p.roamed_first = False
+                self.cache.record_success(p.key, ep, wall)
+                return self._to_direct(p, ep, now, f"peer reached us directly from "
+                                       f"{endpoint_str(ep)}")  # fmt: skip
             actions += self._retry_paused(p, now, wall)
         return actions
-
-    def _probe_offset(self, p: PeerPath) -> float:
-        """Both ends would probe back at the same moment and spoil each other's
-        try (each holds its relay frames, each points elsewhere): the one with
-        the larger key waits until the other's try is over."""
-        return 0.0 if self.own_key.raw < p.key.raw else self.config.direct_probe_s + 2.0
-
-    def _probe_back(self, p: PeerPath, now: float, wall: float) -> list[Action]:
-        cands = self._candidates(p, wall)
-        if not cands:
-            p.next_probe_back = now + p.probe_back_interval_s
-            return []
-        p.probing_back = True
-        log.info(
-            "peer %s: trying direct again (%d candidate(s)) while relayed",
-            p.key.short(),
-            len(cands),
-        )
-        tries = self.nat.add(p.key, cands, now, wall, p.rx_bytes)
-        return [HoldProxy(p.key, True), *self._try(tries, wall)]
 
     def on_relayed(
         self,
@@ -426,7 +397,10 @@ class AgentCore:
         now: float,
         wall: float = 0.0,
         relay_endpoint: Endpoint | None = None,
+        port_mode: bool = False,
     ) -> list[Action]:
+        """A relayed session for ``peer`` came up (``port_mode``: with a
+        session port, whose latch will tell both sides the mappings)."""
         p = self.peers.get(peer)
         if p is None:
             return [CloseRelay(peer)]  # not (or no longer) ours
@@ -464,7 +438,12 @@ class AgentCore:
         p.probe_back_interval_s = min(
             self.config.probe_back_s * (2**p.flaps), self.config.probe_back_max_s
         )
-        p.next_probe_back = now + p.probe_back_interval_s + self._probe_offset(p)
+        # the first try soon (relayed first, direct may well work); later
+        # ones after the backoff
+        first = p.upgrades == 0 and not p.flaps
+        wait = self.config.first_upgrade_s if first else p.probe_back_interval_s
+        p.next_probe_back = now + wait + self._probe_offset(p)
+        p.mappings_due = now + MAPPINGS_WAIT_S if port_mode else 0.0
         if relay_endpoint is not None:
             self.cache.record_relay_success(peer, relay, relay_endpoint, wall)
         how = "accepted a session from the peer" if incoming else "session open"
@@ -503,7 +482,14 @@ class AgentCore:
             actions.append(LeaveRelay(peer))
             p.relay = None
             p.returned_direct_at = now
-            return actions + self._start_probing(p, now, wall, f"peer left relay {lost}")
+            # the next look starts the direct tries, from where WireGuard
+            # points then: it has most likely followed the peer's packets
+            # to its address already, which the last look may not show (a
+            # try moved now could point it back at a stale candidate)
+            p.next_probe_back = now
+            p.roamed_first = True
+            self._set(p, PathKind.PROBING, now, f"peer left relay {lost}; checking direct")
+            return actions
         # at once, whichever key is smaller: the side that noticed is usually
         # the one sending (the other only receives and may not notice for
         # seconds), and if both ask, the relay where the peer waits joins the

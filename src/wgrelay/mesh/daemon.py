@@ -23,6 +23,7 @@ from wgrelay.aio import stop_on_signals
 from wgrelay.client.events import (
     HomeChanged,
     PeerPortNotLatched,
+    PeerPunch,
     PeerRelayed,
     PeerRelayFailed,
     PeerRelayLost,
@@ -40,6 +41,8 @@ from wgrelay.errors import BackendError, ConfigError
 from wgrelay.keys import PublicKey
 from wgrelay.mesh.actions import (
     Action,
+    AskPunch,
+    CheckMapping,
     CloseRelay,
     HoldProxy,
     Kick,
@@ -49,15 +52,16 @@ from wgrelay.mesh.actions import (
     UseDirect,
     UseProxy,
 )
-from wgrelay.mesh.agent import AgentConfig, AgentCore, PathKind
+from wgrelay.mesh.agent import AgentConfig, AgentCore
 from wgrelay.mesh.backend.base import InterfaceInfo, WireGuardBackend
 from wgrelay.mesh.backend.detect import detect_backend
 from wgrelay.mesh.cache import ConnectionCache
 from wgrelay.mesh.mtu import mtu_warning
 from wgrelay.mesh.nat import TryDirect
 from wgrelay.mesh.port_mode import PortModePaths
+from wgrelay.mesh.relay_paths import RelayPaths
 from wgrelay.mesh.status_doc import status_document, status_steady
-from wgrelay.proto.constants import CloseReason
+from wgrelay.proto.constants import CloseReason, MappingKind
 from wgrelay.proto.messages import MAX_HOLD_S
 from wgrelay.settings import load_settings, settings_path
 from wgrelay.state import ensure_state_dir
@@ -118,7 +122,7 @@ def cache_path(state_dir: Path, interface: str) -> Path:
     return state_dir / f"cache-{interface}.db"
 
 
-class Agent:
+class Agent(RelayPaths):
     def __init__(
         self,
         opts: AgentOptions,
@@ -176,6 +180,8 @@ class Agent:
         self._started = False
         self._next_flush = 0.0
         self._registry_dirty = False
+        self._mapping_probed: dict[PublicKey, float] = {}
+        self._mapping_probe_failed = False
 
     # ------------------------------------------------------------ data
 
@@ -207,10 +213,18 @@ class Agent:
                     now,
                     self._wall(),
                     relay.endpoint if relay else None,
+                    port_mode=self.port_mode.endpoint(ev.peer) is not None,
                 )
             )
         elif isinstance(ev, PeerPortNotLatched):
             self._relatch(ev.peer)
+        elif isinstance(ev, PeerPunch):
+            t = ev.told
+            kinds = (t.mine_kind, t.theirs_kind)
+            wall = self._wall()
+            self._run(self.core.on_punch(t.peer, t.nonce, t.go, t.mine, t.theirs, now, wall, kinds))
+            if t.mine_kind is MappingKind.UNKNOWN:
+                self._probe_mapping(t.peer, ev.relay, now)
         elif isinstance(ev, PeerRelayLost):
             self._run(self.core.on_relay_lost(ev.peer, ev.reason, now, self._wall()))
         elif isinstance(ev, PeerRelayFailed):
@@ -287,85 +301,12 @@ class Agent:
         elif isinstance(a, CloseRelay):
             self.manager.close_connection(a.peer)
             self._drop_relay_path(a.peer)
-
-    def _use_relay_path(self, peer: PublicKey) -> None:
-        """Point the peer's WireGuard at its relay path: the session port
-        (port mode) or the local proxy (framed; created here either way, it
-        is the fallback)."""
-        proxy = self.proxies.ensure(peer)
-        port = self.port_mode.endpoint(peer)
-        self.proxies.hold(peer, self.port_mode.holding(peer))
-        self._sync_relay_endpoints()
-        keepalive = self.opts.config.keepalive_s
-        info = self._info.peer(peer)
-        if port is not None:
-            # the latch clock starts now, whatever the backend says: a call
-            # that failed ends framed after the latch time, not never
-            self.port_mode.switched(peer, info, self._clock())
-        if port is not None and info is not None and self.port_mode.needs_restart(peer):
-            # WireGuard's session is current: it would not handshake through
-            # the port for minutes; restarted, it does at once
-            ka = keepalive or info.persistent_keepalive or 0
-            self.backend.restart_peer(self.iface, info, port, ka)
-            return
-        self.backend.set_endpoint(self.iface, peer, port or proxy)
-        if port is not None:
-            if keepalive:  # send now: the handshake that latches the port
-                self.backend.set_keepalive(self.iface, peer, keepalive, kick=True)
-        elif keepalive:
-            self.backend.set_keepalive(self.iface, peer, keepalive)
-
-    def _relatch(self, peer: PublicKey) -> None:
-        """The relay sees WireGuard reach our session port from a source the
-        port is not latched to: our NAT gave WireGuard's socket a new mapping.
-        Only a handshake re-latches, and WireGuard would send its next one
-        only after 15 s of unanswered data: restart the peer now."""
-        ep = self.port_mode.relatch(peer, self._clock())
-        if ep is None:
-            return
-        info = self._info.peer(peer)
-        p = self.core.peers.get(peer)
-        if info is None or p is None or p.probing_back:
-            return  # (a direct try owns the endpoint now)
-        log.info("peer %s: our NAT rebound WireGuard's socket; handshaking again", peer.short())
-        try:
-            ka = self.opts.config.keepalive_s or info.persistent_keepalive or 0
-            self.backend.restart_peer(self.iface, info, ep, ka)
-        except BackendError as e:
-            log.warning("cannot restart %s to re-latch the relay port: %s", peer.short(), e)
-
-    def _drop_relay_path(self, peer: PublicKey) -> None:
-        self.proxies.remove(peer)
-        self.port_mode.forget(peer)
-        self._sync_relay_endpoints()
-
-    def _sync_relay_endpoints(self) -> None:
-        """The endpoints that are our relay paths: never a direct candidate."""
-        self.core.proxy_endpoints = self.proxies.endpoints() | self.port_mode.endpoints()
-
-    def _check_port_mode(self, info: InterfaceInfo) -> None:
-        """A session port that did not latch in time: back to the proxy (framed)."""
-        now = self._clock()
-        for peer in info.peers:
-            p = self.core.peers.get(peer.public_key)
-            if p is None or p.kind != PathKind.RELAYED or p.probing_back:
-                continue
-            if self.port_mode.observe(peer, now):
-                self._run([UseProxy(peer.public_key)])
-                continue
-            if self.port_mode.needs_refresh(peer, now):  # before traffic() notes tx
-                keepalive = self.opts.config.keepalive_s or 25
-                self._run([Kick(peer.public_key, keepalive)])
-            # WireGuard's counters say what happened since the last look, not
-            # when: what we sent is dated at the start of the interval, a
-            # reply at its end (so a reply in the same interval never looks
-            # owed), and a relay that stopped answering makes the link wait
-            # (and probe) from the start of the first interval without replies
-            sent, heard = self.port_mode.traffic(peer)
-            if heard:
-                self.manager.note_heard(peer.public_key, at=now)
-            if sent:
-                self.manager.note_sent(peer.public_key, at=min(now, self._polled_at + 1e-3))
+        elif isinstance(a, AskPunch):
+            self.manager.punch(a.peer, a.nonce)
+        elif isinstance(a, CheckMapping):
+            relay = self.manager.planner.route_relay.get(a.peer)
+            if relay is not None:
+                self._probe_mapping(a.peer, relay, self._clock())
 
     # ------------------------------------------------------------ loop
 

@@ -64,6 +64,7 @@ class _Attempt:
     started: float
     started_wall: float
     deadline: float
+    step_s: float
     rx_at_start: int | None = None
 
     @property
@@ -87,14 +88,17 @@ class NatTraverse:
         now: float,
         wall: float,
         rx_bytes: int | None = None,
+        step_s: float | None = None,
     ) -> list[TryDirect]:
         """Start (or restart) trying ``candidates`` in order for ``peer``.
 
         ``rx_bytes`` is the peer's receive counter now: growth beyond it while
-        the candidate is the endpoint proves the path.
+        the candidate is the endpoint proves the path. ``step_s``: each
+        candidate's time, if not the default (a try while relayed is short).
         """
         unique = list(dict.fromkeys(candidates))  # order kept, duplicates out
-        att = _Attempt(unique, 0, now, wall, now + self.step_s, rx_bytes)
+        step = self.step_s if step_s is None else step_s
+        att = _Attempt(unique, 0, now, wall, now + step, step, rx_bytes)
         self.remaining[peer] = att
         return [TryDirect(peer, unique[0])] if unique else []
 
@@ -133,7 +137,7 @@ class NatTraverse:
                 att.index += 1
                 nxt = att.current
                 att.started, att.started_wall = now, wall
-                att.deadline = now + self.step_s
+                att.deadline = now + att.step_s
                 att.rx_at_start = obs.rx_bytes
                 if nxt is not None:
                     actions.append(TryDirect(peer, nxt))

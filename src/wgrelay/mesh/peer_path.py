@@ -10,6 +10,7 @@ from enum import StrEnum
 
 from wgrelay.endpoint import Endpoint
 from wgrelay.keys import PublicKey
+from wgrelay.proto.constants import MappingKind
 
 ANSWER_WAIT_S = 11.0
 """How long WireGuard may take to answer data: it sends a keepalive 10 s after
@@ -43,6 +44,22 @@ class AgentConfig:
     """Persistent keepalive the agent sets on peers it manages (0: leave alone)."""
     relay_retry_initial_s: float = 5.0
     relay_retry_max_s: float = 60.0
+    relay_first: bool = True
+    """A peer without a recent handshake is relayed at once and direct is
+    tried in the background (False: direct candidates first, then a relay)."""
+    start_grace_s: float = 0.25
+    """No relay is asked for sooner than this after the agent's start: peers
+    starting with us (a mesh brought up at once) register at their homes
+    and their location records reach the relays that answer lookups, so a
+    lookup finds them at once instead of widening to more relays."""
+    first_upgrade_s: float = 2.0
+    """After a relayed path came up, the first direct try waits this long (the
+    relay's session ports latch and tell both sides the mappings first)."""
+    upgrade_probe_s: float = 0.8
+    """A direct try while relayed: each candidate's time. The relay's frames
+    are held meanwhile (WireGuard would roam back to the relay), so this is
+    what a failed try costs the tunnel; a working path answers in one round
+    trip, and both sides send every poll while it runs."""
     probe_back_s: float = 30.0
     probe_back_max_s: float = 900.0
     flap_window_s: float = 300.0
@@ -61,6 +78,7 @@ class PeerPath:
     relay: PublicKey | None = None
     relay_endpoint: Endpoint | None = None
     relay_requested: bool = False
+    relay_asked_at: float = float("-inf")
     relay_retry_at: float = 0.0
     relay_backoff_s: float = 0.0
     probing_back: bool = False
@@ -84,6 +102,25 @@ class PeerPath:
     last_heard: float | None = None
     """When we last saw the peer alive (rx grew or a new handshake)."""
     history: list[str] = field(default_factory=list)
+    mapping_mine: Endpoint | None = None
+    """Our WireGuard's public mapping as the relay's session port sees it."""
+    mapping_peer: Endpoint | None = None
+    """The peer's (its WireGuard's public mapping): a direct candidate."""
+    nat_mine: MappingKind = MappingKind.UNKNOWN
+    """How our NAT maps WireGuard's socket, as the relay told (MAPPING_PROBE)."""
+    nat_peer: MappingKind = MappingKind.UNKNOWN
+    mappings_due: float = 0.0
+    """Port mode: until then a direct try waits for the relay's mappings
+    (the latch of both session ports) rather than trying alone."""
+    roamed_first: bool = False
+    """The next direct tries start where WireGuard points (the peer left the
+    relay for a direct path, which WireGuard has most likely followed)."""
+    upgrades: int = 0
+    """Direct tries while relayed (probe-backs and coordinated ones)."""
+    last_upgrade: str | None = None
+    """The latest direct try while relayed: when, how, and what came of it."""
+    punch_nonce: int = 0
+    """Of the coordinated try under way (0: the try, if any, is not one)."""
 
     def track_silence(self, heard: bool, sent: bool, now: float) -> None:
         """Note whether the peer was heard, and since when we send into silence."""

@@ -5,20 +5,20 @@ Pointing WireGuard's endpoint straight at ``relay:port`` removes the proxy and
 the 10-byte header, but the relay forwards only once our side latched, and it
 latches only to a WireGuard *handshake* from WireGuard's own socket. So:
 
-* A session comes with a port, and WireGuard has no current session with the
-  peer (no handshake for ``SESSION_VALID_S``): WireGuard's next packet is a
-  handshake initiation anyway. Port mode is tried (TRYING): the endpoint moves
-  to the port and the proxy holds any framed frame (WireGuard would roam back
-  to the proxy on the first one).
+* A session comes with a port: port mode is tried (TRYING): the endpoint
+  moves to the port (the peer restarted, below) and the proxy holds any
+  framed frame (WireGuard would roam back to the proxy on the first one).
 * Proof within ``latch_s``: a handshake newer than the switch, or bytes
   received, with the endpoint on the port -> PORT. None -> FRAMED for this
   session (a NAT that sends WireGuard's packets from another public IP than
   the agent's, say): the endpoint goes back to the proxy, which relays framed.
-* WireGuard has a current session (a failover to a new relay, a relay
-  restart): it would send transport messages, which do not latch, until its
-  next handshake. The daemon then *restarts* the peer (removes it and adds it
-  back, ``restart``): WireGuard forgets the session and handshakes through
-  the port at once, at the price of one round trip. If port mode already
+* The daemon *restarts* the peer (removes it and adds it back, ``restart``):
+  WireGuard forgets any session and handshakes through the port at once, at
+  the price of one round trip. Without it, a current session (a failover, a
+  relay restart) would send transport messages, which do not latch, until
+  its next handshake; and without a session WireGuard sends one initiation
+  per 5 s at most, so one it sent towards the configured endpoint just
+  before would delay the one through the port that long. If port mode already
   failed once through that relay address (its NAT, say, sends WireGuard's
   packets from another IP), the session is framed (said why), no restart.
 
@@ -55,9 +55,8 @@ heartbeats kept it; here the agent makes WireGuard send a keepalive."""
 RELATCH_INTERVAL_S = 5.0
 """At most one restart per peer this often on the relay's PORT_NOT_LATCHED."""
 FAILED_FOR_S = 600.0
-SESSION_VALID_S = 180.0
-"""WireGuard's REJECT_AFTER_TIME: a handshake younger than this may still
-carry traffic without a new one."""
+RETIRED_FOR_S = 600.0
+"""How long a session port we left still counts as a relay path."""
 
 
 class Mode(StrEnum):
@@ -88,6 +87,8 @@ class PortModePaths:
         self.enabled = enabled
         self.latch_s = latch_s
         self.paths: dict[PublicKey, PortPath] = {}
+        self.retired: dict[Endpoint, float] = {}
+        """Session ports no longer ours, and since when (``_retire``)."""
         self.failed: dict[tuple[PublicKey, str], float] = {}
         """(peer, relay host) where port mode did not latch, and when: framed
         there for ``FAILED_FOR_S`` (the network that broke it may change)."""
@@ -101,7 +102,7 @@ class PortModePaths:
         old = self.paths.get(peer)
         if old is not None and session_id and old.session_id == session_id:
             return  # the same session announced again: nothing changes
-        self.paths.pop(peer, None)
+        self._retire(self.paths.pop(peer, None), now)
         if not self.enabled or not port or relay_endpoint is None:
             return
         host = str(relay_endpoint[0])
@@ -113,10 +114,13 @@ class PortModePaths:
                 session_id=session_id,
             )  # fmt: skip
             return
-        hs = info.latest_handshake if info is not None else None
-        current = hs is not None and wall - hs < SESSION_VALID_S
+        # restarted either way: with a current session WireGuard would send
+        # transport messages (they do not latch) until its next handshake;
+        # without one, its next initiation may still wait up to 5 s (it
+        # sends one per REKEY_TIMEOUT, and may have just sent one towards
+        # the configured endpoint). Restarted, it handshakes now.
         self.paths[peer] = PortPath(
-            ep, Mode.TRYING, "port mode: waiting for a handshake", restart=current,
+            ep, Mode.TRYING, "port mode: waiting for a handshake", restart=True,
             session_id=session_id,
         )  # fmt: skip
 
@@ -213,11 +217,27 @@ class PortModePaths:
         """Whether some WireGuard peer talks to a relay port (not the proxy)."""
         return any(pp.mode is not Mode.FRAMED for pp in self.paths.values())
 
-    def forget(self, peer: PublicKey) -> None:
-        self.paths.pop(peer, None)
+    def session_id(self, peer: PublicKey) -> bytes:
+        """The relay session the peer's port belongs to (b"": none)."""
+        pp = self.paths.get(peer)
+        return pp.session_id if pp is not None else b""
+
+    def forget(self, peer: PublicKey, now: float) -> None:
+        self._retire(self.paths.pop(peer, None), now)
+
+    def _retire(self, pp: PortPath | None, now: float) -> None:
+        """A session port we no longer use stays a relay path for a while:
+        its session may still forward a packet or two (the other side's
+        WireGuard sends there until it moves too), and WireGuard, roaming
+        to it, must not be taken for a peer reached directly."""
+        for ep in [e for e, t in self.retired.items() if now - t > RETIRED_FOR_S]:
+            del self.retired[ep]
+        if pp is not None:
+            self.retired[pp.endpoint] = now
 
     def endpoints(self) -> set[Endpoint]:
-        return {pp.endpoint for pp in self.paths.values()}
+        """Our relay paths: the ports in use and those retired lately."""
+        return {pp.endpoint for pp in self.paths.values()} | set(self.retired)
 
     def holding(self, peer: PublicKey) -> bool:
         """Whether the proxy must hold framed frames (WireGuard is on the port)."""

@@ -21,7 +21,13 @@ setting, and returns one document; ``render_status`` makes the table.
             "latest_handshake": float | null,         # Unix time
             "rtt_ms": float | null, "rtt_source": str | null,    # null: not measured
             "rx_bytes": int | null, "tx_bytes": int | null,
-            "reason": str, "since": float, "history": [str]      # why this path
+            "reason": str, "since": float, "history": [str],     # why this path
+            "nat": {"ours": str, "peer": str,         # "unknown" | "independent" |
+                    "ours_mapping": str | null,       #   "dependent" (NAT mapping, as
+                    "peer_mapping": str | null},      #   the relay saw WireGuard's)
+            "candidates": [str],                      # direct ones, best first
+            "upgrade_tries": int,                     # direct tries while relayed
+            "last_upgrade": str | null                # the latest: when, what came of it
         }]
     }]}
 """
@@ -145,4 +151,15 @@ def render_status(doc: dict[str, Any]) -> str:
                 f"  {p['public_key'][:8] + '..':10} {path:16} {via[:34]:34} "
                 f"{_ago(p.get('latest_handshake'), now):10} {rtt:>9} {rxtx:>17}  {p['reason']}"
             )
+            nat = p.get("nat") or {}
+            if nat.get("ours_mapping") or nat.get("peer_mapping"):
+                lines.append(
+                    f"  {'':10} NAT: ours {nat.get('ours')} ({nat.get('ours_mapping') or '-'}), "
+                    f"peer's {nat.get('peer')} ({nat.get('peer_mapping') or '-'}); "
+                    f"candidates {', '.join(p.get('candidates') or []) or '-'}"
+                )
+            if p.get("last_upgrade"):
+                lines.append(
+                    f"  {'':10} direct tries: {p.get('upgrade_tries', 0)}, last {p['last_upgrade']}"
+                )
     return "\n".join(lines) + "\n"

@@ -33,6 +33,7 @@ def status_steady(agent: Agent, info: InterfaceInfo) -> object:
                 p.relay_endpoint,
                 wg.endpoint if (wg := by_key.get(key)) else None,
                 agent.port_mode.describe(key),
+                (p.nat_mine, p.nat_peer, p.mapping_mine, p.mapping_peer, p.last_upgrade),
             )
             for key, p in agent.core.peers.items()
         ),
@@ -72,6 +73,15 @@ def status_document(
                 "latest_handshake": wg.latest_handshake if wg else None,
                 "rx_bytes": wg.rx_bytes if wg else None,
                 "tx_bytes": wg.tx_bytes if wg else None,
+                "nat": {
+                    "ours": p.nat_mine.name.lower(),
+                    "peer": p.nat_peer.name.lower(),
+                    "ours_mapping": endpoint_str(p.mapping_mine) if p.mapping_mine else None,
+                    "peer_mapping": endpoint_str(p.mapping_peer) if p.mapping_peer else None,
+                },
+                "candidates": [endpoint_str(c) for c in agent.core.candidates(p.key, wall)],
+                "upgrade_tries": p.upgrades,
+                "last_upgrade": p.last_upgrade,
             }
         )
     home = agent.registry.get(agent.manager.home) if agent.manager.home else None

@@ -35,6 +35,9 @@ class MsgType(IntEnum):
     DISCOVERY_QUERY = 0x2C  # query_id u32 | flags u8 | max u8 | caps u32 | region str8 | [key]
     DISCOVERY_RESPONSE = 0x2D  # query_id u32 | flags u8 | [location] | n u8 | n x (u16 len, ann)
     SESSION_HOLD = 0x2E  # session 8B | hold_s u8: port mode, deliver nothing to me for hold_s
+    # session 8B | nonce u32 | flags u8 | n u8 | n x endpoint: port mode, a
+    # coordinated direct try (agent asks; relay tells both sides, GO or info)
+    PUNCH = 0x2F
 
     # relay to relay, inside the same envelope (the contacting relay is the client)
     GOSSIP = 0x40  # n u8 | n x (u16 len, ANNOUNCEMENT) | m u8 | m x (key 32B, issued_ms u64)
@@ -56,6 +59,10 @@ class MsgType(IntEnum):
     # Proves the peer receives at its address (return routability) before the
     # relay binds it there or answers it with more bytes than it sent.
     COOKIE_REPLY = 0x31
+    # unauthenticated, never answered: type | version | session 8B. Sent by an
+    # agent from WireGuard's own port to the relay's main port: the relay
+    # compares its source with the session port's latch (NAT mapping kind).
+    MAPPING_PROBE = 0x33
 
 
 CONTROL_TYPES = frozenset(t for t in MsgType if 0x20 <= t <= 0x2F or 0x40 <= t <= 0x4F)
@@ -80,6 +87,9 @@ SERVER_TO_CLIENT = frozenset(
         MsgType.PROBE_ANSWER,
     }
 )
+BOTH_DIRECTIONS = frozenset({MsgType.SESSION_CLOSE, MsgType.PUNCH})
+"""Sent by either side of a channel (FROM_SERVER may be set or not): a
+session's close, and PUNCH (an agent asks, the relay tells both sides)."""
 
 # ------------------------------------------------------------------ sizes
 
@@ -108,6 +118,15 @@ MAX_CONTROL_SIZE = 1200
 MAX_REGION_LEN = 32
 MAX_DETAIL_LEN = 120
 MAX_ENDPOINTS = 8
+PUNCH_FLAG_GO = 0x01
+"""PUNCH from the relay: both sides move to the direct candidate now."""
+PUNCH_MAPPING_SHIFT_MINE = 1
+PUNCH_MAPPING_SHIFT_PEER = 3
+"""PUNCH from the relay: 2-bit ``MappingKind`` fields in the flags, for the
+receiver's NAT (bits 1-2) and the peer's (bits 3-4)."""
+MAPPING_PROBE_LEN = 10
+PUNCH_ENDPOINTS = 2
+"""PUNCH from the relay: the receiver's WireGuard mapping, then the peer's."""
 MAX_ANNOUNCEMENTS_PER_RESPONSE = 6
 LOCATION_RECORD_LEN = 145
 MAX_RECORDS_PER_MESSAGE = 7
@@ -160,6 +179,18 @@ class ErrorCode(IntEnum):
 class HeartbeatStatus(IntEnum):
     OK = 0
     NOT_REGISTERED = 1
+
+
+class MappingKind(IntEnum):
+    """How a side's NAT maps WireGuard's socket (RFC 4787 section 4.1), as the
+    relay tells from a MAPPING_PROBE sent from that socket to its main port."""
+
+    UNKNOWN = 0
+    INDEPENDENT = 1
+    """The same public port towards the relay's session port and main port."""
+    DEPENDENT = 2
+    """Another port per destination ("symmetric"): a direct try towards a
+    peer with the same kind cannot work."""
 
 
 class Capability(IntEnum):

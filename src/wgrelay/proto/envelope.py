@@ -52,6 +52,7 @@ from wgrelay.errors import (
 )
 from wgrelay.keys import PublicKey
 from wgrelay.proto.constants import (
+    BOTH_DIRECTIONS,
     CONTROL_TYPES,
     COOKIE_LEN,
     KEY_LEN,
@@ -139,7 +140,7 @@ def parse_control_header(data: bytes) -> ControlHeader:
         raise Malformed(f"unknown flags {flags:#04x}")
     msg_type = MsgType(t)
     if bool(flags & FLAG_FROM_SERVER) != (msg_type in SERVER_TO_CLIENT) and (
-        msg_type != MsgType.SESSION_CLOSE
+        msg_type not in BOTH_DIRECTIONS
     ):
         raise Malformed(f"{msg_type.name} sent in the wrong direction", "wrong_direction")
     off = HEADER_LEN

@@ -17,6 +17,7 @@ from wgrelay.proto.constants import (
     CloseReason,
     ErrorCode,
     HeartbeatStatus,
+    MappingKind,
     Status,
 )
 from wgrelay.proto.cookie import cookie_mac, encode_cookie_reply
@@ -47,12 +48,14 @@ from wgrelay.proto.messages import (
     PeerLocation,
     Ping,
     Pong,
+    Punch,
     Register,
     Registered,
     SessionAnswer,
     SessionClose,
     SessionHold,
     SessionOffer,
+    mapping_probe,
 )
 from wgrelay.proto.wgmac import MESSAGE_INITIATION, compute_mac1, mac1_key
 
@@ -119,6 +122,19 @@ CONTROL_VECTORS: list[tuple[str, Body, bool]] = [
     ("session_answer", SessionAnswer(session_id=SESSION_ID, accept=True), False),
     ("session_close", SessionClose(session_id=SESSION_ID, reason=CloseReason.IDLE), True),
     ("session_hold", SessionHold(session_id=SESSION_ID, hold_s=5), False),
+    ("punch", Punch(session_id=SESSION_ID, nonce=7), False),
+    (
+        "punch_go",
+        Punch(
+            session_id=SESSION_ID,
+            nonce=7,
+            go=True,
+            endpoints=(("198.51.100.7", 40001), ("203.0.113.9", 61820)),
+            mine=MappingKind.INDEPENDENT,
+            peer=MappingKind.DEPENDENT,
+        ),
+        True,
+    ),
     ("error", Error(code=ErrorCode.NOT_REGISTERED, ref_type=0x24, detail="register first"), True),
     ("ping", Ping(echo_id=0x1122334455667788), False),
     ("pong", Pong(echo_id=0x1122334455667788, load_pct=12), True),
@@ -206,6 +222,7 @@ def all_vectors() -> dict[str, bytes]:
         cookie=COOKIE,
     )
     out["cookie_reply"] = encode_cookie_reply(NONCE[:8], COOKIE)
+    out["mapping_probe"] = mapping_probe(SESSION_ID)
     out["latch_initiation"] = latch_initiation()
     out["announcement"] = ANNOUNCEMENT
     out["location"] = LOCATION

@@ -76,6 +76,7 @@ from wgrelay.proto.messages import (
     PeerLocation,
     Ping,
     Pong,
+    parse_mapping_probe,
 )
 from wgrelay.relay.admission import Addr, Inbound
 from wgrelay.relay.core_sessions import SessionsCore
@@ -85,6 +86,7 @@ from wgrelay.relay.stats import DropReason
 log = logging.getLogger(__name__)
 
 MIN_DATA_FRAME = DATA_HEADER_LEN + MIN_WIREGUARD_PACKET
+_MAPPING_PROBE = bytes((MsgType.MAPPING_PROBE,))
 
 log = logging.getLogger(__name__)
 __all__ = ["Addr", "RelayCore"]
@@ -99,6 +101,7 @@ class RelayCore(SessionsCore):
             MsgType.SESSION_ANSWER: self._handle_session_answer,
             MsgType.SESSION_CLOSE: self._handle_session_close,
             MsgType.SESSION_HOLD: self._handle_session_hold,
+            MsgType.PUNCH: self._handle_punch,
             MsgType.PING: self._handle_ping,
             MsgType.DISCOVERY_QUERY: self._handle_discovery_query,
             **dict.fromkeys(RELAY_TO_RELAY, self._handle_relay_message),
@@ -114,6 +117,19 @@ class RelayCore(SessionsCore):
                 self._out.append((data, dst))
             return
         self.receive_control(data, addr, now)
+
+    def _mapping_probe(self, data: bytes, addr: Addr, now: float) -> None:
+        """Never answered (nothing to reflect); what it shows goes to both
+        sides of the session in a PUNCH without GO."""
+        self.stats.control_received += 1
+        sid = parse_mapping_probe(data)
+        if sid is None:
+            self._drops[DropReason.MALFORMED] += 1
+            return
+        if self.ports is None or not self.ports.probed(sid, addr):
+            self._drops[DropReason.MAPPING_PROBE_UNMATCHED] += 1
+            return
+        self.port_notices(now)
 
     def _receive_as_client(self, data: bytes, now: float) -> bool:
         """Answers to what we asked other relays, and their cookie replies.
@@ -199,16 +215,19 @@ class RelayCore(SessionsCore):
         if ports is None:
             return None
         res = ports.forward(port, data, addr, now, self.config.packet_overhead_bytes)
-        if ports.notices:
+        if ports.notices or ports.mapped:
             self.port_notices(now)
         return res
 
     def port_notices(self, now: float) -> None:
         """Tell sides whose WireGuard reaches their port from an unlatched
-        source (sealed, to the registered address, rate-limited per side)."""
+        source (sealed, to the registered address, rate-limited per side),
+        and both sides of sessions whose WireGuard mappings became known."""
         ports = self.ports
         if ports is None:
             return
+        if ports.mapped:
+            self.tell_mappings(now)
         for sid, key, port in ports.notices:
             reg = self.table.regs.get(key)
             if reg is not None and sid in self.sessions:
@@ -241,6 +260,9 @@ class RelayCore(SessionsCore):
     def receive_control(self, data: bytes, addr: Addr, now: float) -> None:
         inb: Inbound | None = None
         try:
+            if data[:1] == _MAPPING_PROBE:
+                self._mapping_probe(data, addr, now)
+                return
             if self._receive_as_client(data, now):
                 return
             inb = self._admission.admit(data, addr, now, self._registered, self._relay_endpoints)

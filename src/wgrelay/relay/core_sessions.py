@@ -25,6 +25,7 @@ from wgrelay.proto.messages import (
     Error,
     Heartbeat,
     HeartbeatAck,
+    Punch,
     Register,
     Registered,
     SessionAnswer,
@@ -45,6 +46,13 @@ from wgrelay.relay.sessions import (
 from wgrelay.relay.stats import DropReason
 
 log = logging.getLogger(__name__)
+
+PUNCH_INTERVAL_S = 1.0
+"""At most one coordinated direct try per session this often: each makes
+the relay send two messages, and an agent tries far less often (backoff)."""
+
+PUNCH_HOLD_S = 1.0
+"""How long a PUNCH holds delivery to both ports (an agent's try takes 0.8 s)."""
 
 _REFUSAL_DETAIL = {
     Refusal.RELAY_FULL: "relay is full",
@@ -302,6 +310,56 @@ class SessionsCore(RelayCoreState):
             return  # no ports: nothing is delivered to one anyway
         until = inb.now + body.hold_s if body.hold_s else 0.0
         self.ports.hold(s.ports, inb.key == s.a_key, until)
+
+    def _handle_punch(self, inb: Inbound, body: Punch) -> None:
+        """A side asks for a coordinated direct try: both sides hear GO at
+        once, each with its own and the peer's WireGuard mapping (what the
+        session ports latched to), and point WireGuard at the peer's."""
+        s = self.sessions.get(body.session_id)
+        if s is None or inb.key not in (s.a_key, s.b_key):
+            self._drop(inb, DropReason.UNKNOWN_SESSION)
+            return
+        pair = s.ports
+        if pair is None or pair.a.latched is None or pair.b.latched is None:
+            self._drop(inb, DropReason.PUNCH_NOT_READY)
+            return
+        if inb.now - pair.punched_at < PUNCH_INTERVAL_S:
+            self._drop(inb, DropReason.PUNCH_TOO_SOON)
+            return
+        pair.punched_at = inb.now
+        self.stats.punches += 1
+        if self.ports is not None:
+            # both sides are about to point WireGuard elsewhere: deliver
+            # nothing to their ports meanwhile (a packet from us would make
+            # WireGuard roam back). Their own SESSION_HOLD would arrive a
+            # trip later; their resume ends this one early
+            for side_a in (True, False):
+                self.ports.hold(pair, side_a, inb.now + PUNCH_HOLD_S)
+        self._tell_pair(s, body.nonce, True, inb.now)
+
+    def tell_mappings(self, now: float) -> None:
+        """Sessions whose WireGuard mappings became known or changed: both
+        sides hear them (candidates for their next direct try)."""
+        ports = self.ports
+        if ports is None:
+            return
+        for pair in ports.mapped:
+            s = pair.session
+            if s.sid in self.sessions and pair.a.latched and pair.b.latched:
+                self._tell_pair(s, 0, False, now)
+        ports.mapped.clear()
+
+    def _tell_pair(self, s: Session, nonce: int, go: bool, now: float) -> None:
+        pair = s.ports
+        if pair is None:
+            return
+        a, b = pair.a, pair.b
+        for key, mine, theirs in ((s.a_key, a, b), (s.b_key, b, a)):
+            reg = self.table.regs.get(key)
+            if reg is not None and mine.latched is not None and theirs.latched is not None:
+                eps = (mine.latched[:2], theirs.latched[:2])
+                body = Punch(s.sid, nonce, go, eps, mine.mapping, theirs.mapping)
+                self._send(body, reg, now)
 
     def _handle_session_close(self, inb: Inbound, body: SessionClose) -> None:
         s = self.table.find(body.session_id)

@@ -60,6 +60,11 @@ class RelayCollector(Collector):
             "Session ports latched to a verified WireGuard handshake (port mode)",
             value=st.port_latches,
         )
+        yield CounterMetricFamily(
+            "wgrelay_punches",
+            "Coordinated direct tries (hole punching) told to both sides of a session",
+            value=st.punches,
+        )
         ports = GaugeMetricFamily(
             "wgrelay_port_sessions", "Established sessions with session ports", labels=["state"]
         )

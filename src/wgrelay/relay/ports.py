@@ -47,7 +47,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import TYPE_CHECKING
 
-from wgrelay.proto.constants import DATA_HEADER_LEN
+from wgrelay.proto.constants import DATA_HEADER_LEN, MappingKind
 from wgrelay.proto.data import data_header
 from wgrelay.proto.wgmac import (
     KEEPALIVE_LEN,
@@ -136,6 +136,8 @@ class PortSide:
     hold_until: float = 0.0
     """SESSION_HOLD: nothing is delivered to this side's port before then."""
     noticed_at: float = float("-inf")
+    mapping: MappingKind = MappingKind.UNKNOWN
+    """How the side's NAT maps WireGuard's socket (from a MAPPING_PROBE)."""
 
 
 @dataclass(slots=True)
@@ -145,6 +147,8 @@ class PortPair:
     b: PortSide
     established: bool = False
     offloaded: bool = False
+    punched_at: float = float("-inf")
+    """When a PUNCH last went to both sides (they are rate-limited)."""
     kernel_seen: tuple[int, int, int, int, int] = (0, 0, 0, 0, 0)
     """The offload's counters at the last reading (ab packets/bytes, ba
     packets/bytes, dropped over the bandwidth limit)."""
@@ -188,6 +192,10 @@ class PortTable:
         """(session id, key, port) of sides to tell PORT_NOT_LATCHED (the core seals it)."""
         self.crossed = 0
         """Held initiations not delivered because the latching packet was one too."""
+        self.mapped: list[PortPair] = []
+        """Pairs whose latched addresses (WireGuard's public mappings) became
+        known or changed with both sides latched: both sides are told (PUNCH
+        without GO), they are the candidates of a direct try."""
 
     # ------------------------------------------------------------ lifecycle
 
@@ -337,6 +345,14 @@ class PortTable:
                 side.latched,
                 addr,
             )
+        other = pair.b if side is pair.a else pair.a
+        if addr != side.latched:
+            if side.latched is not None:
+                # a new mapping (the NAT rebound, or was replaced): how it
+                # maps may have changed too; the side's next probe tells
+                side.mapping = MappingKind.UNKNOWN
+            if other.latched is not None:
+                self.mapped.append(pair)
         side.latched = addr
         side.mode = SideMode.PORT
         side.latches += 1
@@ -353,6 +369,25 @@ class PortTable:
             elif now - side.held_at < HOLD_S:
                 self.out.append((side.port, held, addr))
         self._check_ready(pair)
+        return True
+
+    def probed(self, sid: bytes, addr: Addr) -> bool:
+        """A MAPPING_PROBE for session ``sid`` from ``addr``: WireGuard's
+        socket of the side at that IP, sent to our main port. The same public
+        port as its latch (towards the session port) means its NAT maps
+        independently of the destination; another port, per destination.
+        False if it fits no latched side (counted by the caller)."""
+        pair = self.by_sid.get(sid)
+        if pair is None:
+            return False
+        sides = [(x, x.latched) for x in (pair.a, pair.b) if x.latched and x.latched[0] == addr[0]]
+        if len(sides) != 1:
+            return False  # none, or both sides behind one IP: cannot tell whose
+        side, latched = sides[0]
+        kind = MappingKind.INDEPENDENT if latched[1] == addr[1] else MappingKind.DEPENDENT
+        if kind != side.mapping:
+            side.mapping = kind
+            self.mapped.append(pair)
         return True
 
     def hold(self, pair: PortPair, side_a: bool, until: float) -> None:

@@ -249,8 +249,8 @@ class RelayServer:
                 t = self._port_transports.get(out_port, _NO_PORT).get(len(dst))
                 if t is not None:
                     t.sendto(data, dst)
-        if ports.out or ports.changes or ports.notices:
-            if ports.notices:  # PORT_NOT_LATCHED, sealed by the core
+        if ports.out or ports.changes or ports.notices or ports.mapped:
+            if ports.notices or ports.mapped:  # PORT_NOT_LATCHED, PUNCH: sealed by the core
                 self.core.port_notices(self._now())
                 self._control_pending = True
             self._flush_ports()

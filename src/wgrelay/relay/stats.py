@@ -51,6 +51,12 @@ class DropReason(StrEnum):
     table's forward chain dropped it (a firewall that must accept the relay)."""
     PORT_HELD = "port_held"
     """For a side that asked to hold its port (SESSION_HOLD) while it tries direct."""
+    PUNCH_NOT_READY = "punch_not_ready"
+    """A PUNCH for a session whose two sides are not both latched (no mappings)."""
+    PUNCH_TOO_SOON = "punch_too_soon"
+    """A PUNCH within PUNCH_INTERVAL_S of the session's last one."""
+    MAPPING_PROBE_UNMATCHED = "mapping_probe_unmatched"
+    """A MAPPING_PROBE for no session, or from an IP no latched side has."""
     INTERNAL_ERROR = "internal_error"
     """A bug: the message was dropped, the relay went on (logged)."""
     UNEXPECTED = "unexpected"
@@ -72,6 +78,8 @@ class RelayStats:
     handshakes: int = 0
     port_latches: int = 0
     """Session ports latched (or re-latched) to a verified WireGuard handshake."""
+    punches: int = 0
+    """Coordinated direct tries (PUNCH) told to both sides of a session."""
     port_sessions: int = 0
     """Established sessions with session ports (port mode offered)."""
     port_sessions_offloaded: int = 0

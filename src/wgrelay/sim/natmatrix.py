@@ -88,6 +88,10 @@ class Cell:
     def connected(self) -> bool:
         return all(r.final in (DIRECT, RELAYED) for r in self.runs)
 
+    def ends_direct(self) -> bool:
+        """Every seed's run ended on a direct path."""
+        return all(r.final == DIRECT for r in self.runs)
+
     @property
     def holds(self) -> bool:
         """No connected run lost more than one ping in a row."""
@@ -176,6 +180,21 @@ def expected_connected(a: NatKind, b: NatKind) -> bool:
     return NatKind.UDP_BLOCKED not in (a, b)
 
 
+_PER_DESTINATION_OR_PORT_FILTERED = {NatKind.PORT_RESTRICTED_CONE, NatKind.SYMMETRIC}
+
+
+def expected_direct(a: NatKind, b: NatKind) -> bool:
+    """Whether the pair must end direct: every connected pair, except a
+    symmetric NAT (a new port per destination, which nobody can learn)
+    facing one that lets in only the exact address and port it sent to
+    (port-restricted cone or symmetric). The namespace grid
+    (tests/system/test_nat_grid_ns.py) holds real NATs to the same rule."""
+    if not expected_connected(a, b):
+        return False
+    pair = {a, b}
+    return not (NatKind.SYMMETRIC in pair and pair <= _PER_DESTINATION_OR_PORT_FILTERED)
+
+
 _INTRO = """\
 # NAT pair matrix
 
@@ -215,32 +234,32 @@ NAT kinds are the simulator's RFC 4787 presets (`wgrelay/sim/nat.py`):
 | symmetric | address-and-port-dependent | address-and-port-dependent | no |
 | UDP blocked | - | every outbound UDP packet dropped | - |
 
-* **No NAT on one side**: direct. The NATed side's handshake reaches the
-  public peer, whose WireGuard answers to the packet's source (roaming).
-* **Full or restricted cone on both sides**: direct. These boxes keep the
-  WireGuard port, so the configured endpoints are right, and each side's first
-  packet opens its own box for the other.
-* **Full or restricted cone against port-restricted or symmetric**: direct
-  in the end. The cone side's box keeps its port, so the other side's
-  handshake gets in once the cone side has sent towards that address: at once
-  (0.4 s) when the cone side's first packet leaves first. When the other
-  side's handshake arrives first it is filtered; the agents give a direct
-  candidate 3 s, less than WireGuard's 5 s retry, so that retry goes through
-  the relay (relayed at 5.3 s), and the first direct retry while relayed
-  (about 30 s later) moves the pair to direct.
-* **Port-restricted or symmetric on both sides**: relayed. Neither box keeps
-  the port, so the configured endpoints are wrong and nothing tells the agents
-  the right ones; coordinated hole punching through the relay (candidates
-  exchanged, simultaneous open) is a later issue; it would make the
-  port-restricted pair direct (its mapping is endpoint-independent), not the
-  pairs with a symmetric NAT.
+* **Relayed at once.** A peer without a recent handshake is brought up
+  through the relay first (both agents ask at once, the relay joins the two
+  requests): every connected pair has a tunnel about 0.5 s after start.
+* **Then direct where a direct path exists**, about 2 s later: the relay's
+  session ports see each WireGuard's public mapping and tell both agents
+  (with how each NAT maps, from a probe sent from WireGuard's own port to
+  the relay's main port); one agent asks the relay for a coordinated try,
+  the relay tells both GO at the same moment, and both point WireGuard at
+  the other's mapping and send at every look for 0.8 s (simultaneous open).
+  Each side's packets open its own box for the other's, so every pair with
+  at most one symmetric NAT facing a box that filters by address only goes
+  direct, the port-restricted pair included (its boxes change WireGuard's
+  port, but the same port for every destination).
+* **Symmetric against port-restricted or symmetric**: relayed. A symmetric
+  box gives WireGuard's socket a new port per destination, which nobody can
+  learn, and the other box lets in only the address and port it sent to.
+  Against symmetric on both sides the agents try only the configured
+  endpoints (both mappings are per destination; a port forward could still
+  make one work). A failed try costs at most one ping (both sides hold the
+  relayed traffic in the same 0.8 s) and backs off (60 s, 120 s, ... 15 min).
 * **UDP blocked**: none. The relay protocol runs over UDP today, so a peer that
   cannot send UDP reaches neither its peer nor a relay. TCP fallback is a later
   issue; until then "none" is expected in this row and column, and only there.
 
 Times: the agents read WireGuard every second (five times a second while a
-direct attempt runs) and give each direct candidate 3 s before asking a relay,
-so a relayed path takes a little over 3 s plus the relay round trips.
+direct try runs).
 """
 
 
@@ -260,6 +279,14 @@ def render_markdown(cells: list[Cell], seeds: Iterable[int] = SEEDS) -> str:
         lines.append(f"**Not connected as they should be:** {names}.")
     else:
         lines.append("Every pair connects, except where UDP is blocked.")
+    off = [c for c in cells if c.ends_direct() != expected_direct(c.a, c.b)]
+    if off:
+        names = ", ".join(f"{LABELS[c.a]} / {LABELS[c.b]}" for c in off)
+        lines.append(f"**Not ending direct as they should (or the reverse):** {names}.")
+    else:
+        lines.append(
+            "Every pair ends direct, except symmetric against port-restricted or symmetric."
+        )
     lossy = [c for c in cells if not c.holds]
     if lossy:
         lines.append("")

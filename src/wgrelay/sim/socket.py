@@ -74,6 +74,16 @@ class SimUdpTransport:
         return f"<SimUdpTransport {self.host.name} {self.bound_ip}:{self.port}{state}>"
 
 
+class _Unbound:
+    """The receiver of a sender that is never bound (nothing reaches it)."""
+
+    def datagram_received(self, data: bytes, addr: Addr) -> None:
+        pass
+
+    def batch_done(self) -> None:
+        pass
+
+
 class SimRuntime:
     """``wgrelay.transport.base.Runtime`` for one simulated host."""
 
@@ -93,6 +103,15 @@ class SimRuntime:
         finishes at a wall-clock moment and would make runs differ; simulated
         backends (``SimWireGuard``) never block."""
         return fn()
+
+    def send_from_port(self, port: int, data: bytes, addr: Addr) -> None:
+        # what a raw socket does for real: the datagram leaves from that port
+        # of this host, whichever socket holds it (replies go to that one)
+        family = socket.AF_INET6 if ":" in str(addr[0]) else socket.AF_INET
+        wildcard = "::" if family == socket.AF_INET6 else "0.0.0.0"
+        sender = SimUdpTransport(self.host, family, wildcard, port, _Unbound())
+        if not self.host.network.send(sender, data, addr):
+            raise OSError(f"cannot send from port {port} to {addr}")
 
     def open_udp(
         self, host: str, port: int, receiver: DatagramReceiver, *, buffer_bytes: int = 0

@@ -24,6 +24,17 @@ chain names)::
   local port maps to the same public port for every destination. Filtering is
   still stateful (only replies and LAN-originated flows pass), i.e. a
   port-restricted cone.
+* ``FULL_CONE``: ``CONE``'s mapping, and a new flow from anyone to a WAN port is
+  DNATed to the LAN host's same port (endpoint-independent filtering).
+* ``RESTRICTED_CONE``: the same, but only from addresses the LAN host has sent
+  to (a dynamic set filled by its outbound packets, 120 s): address-dependent
+  filtering.
+* ``PORT_RESTRICTED_CONE``: WireGuard's port P leaves as WAN port P + 10000
+  for every destination (``masquerade to :port``: endpoint-independent
+  mapping onto another port), stateful filtering as ``CONE``. A peer
+  configured with the NAT's address and port P reaches nothing.
+* ``UDP_BLOCKED``: every forwarded UDP packet dropped, both ways (the block
+  chain filled from the start).
 
 The input filter matters for hole punching. Without it, a peer's packet that
 reaches our WAN address before our own peer has sent anything would be
@@ -59,6 +70,18 @@ class NatKind(Enum):
 
     SYMMETRIC = "symmetric"
     CONE = "cone"
+    """Port-preserving, port-restricted (Linux's plain masquerade)."""
+    FULL_CONE = "full-cone"
+    RESTRICTED_CONE = "restricted-cone"
+    PORT_RESTRICTED_CONE = "port-restricted-cone"
+    """Endpoint-independent mapping onto another port (WireGuard's port)."""
+    UDP_BLOCKED = "udp-blocked"
+
+
+REMAP_OFFSET = 10000
+"""A port-restricted cone maps the LAN host's WireGuard port P to WAN port
+P + REMAP_OFFSET for every destination (51820 -> 61820)."""
+CONTACTED_SET = "contacted"
 
 
 def _replace_table(family: str, table: str) -> str:
@@ -67,29 +90,71 @@ def _replace_table(family: str, table: str) -> str:
     return f"table {family} {table} {{}}\ndelete table {family} {table}\n"
 
 
-def router_ruleset(kind: NatKind, *, wan_if: str, lan_if: str) -> str:
-    """The NAT router's whole table (replacing any previous one)."""
+def router_ruleset(
+    kind: NatKind, *, wan_if: str, lan_if: str, lan_host: str = "", wg_port: int = 0
+) -> str:
+    """The NAT router's whole table (replacing any previous one).
+
+    ``lan_host`` (the one host behind the router) and ``wg_port`` (its
+    WireGuard port) are needed by the cone kinds that let flows in or remap.
+    """
+    if kind in (NatKind.FULL_CONE, NatKind.RESTRICTED_CONE) and not lan_host:
+        raise ValueError(f"a {kind.value} NAT needs its LAN host's address")
+    if kind is NatKind.PORT_RESTRICTED_CONE:
+        _check_port(wg_port)
+        _check_port(wg_port + REMAP_OFFSET)
     masquerade = "masquerade fully-random" if kind is NatKind.SYMMETRIC else "masquerade"
+    snat = f'        oifname "{wan_if}" {masquerade}\n'
+    if kind is NatKind.PORT_RESTRICTED_CONE:
+        # one WAN port for WireGuard's socket, whatever the destination
+        snat = (
+            f'        oifname "{wan_if}" udp sport {wg_port} '
+            f"masquerade to :{wg_port + REMAP_OFFSET}\n" + snat
+        )
+    dnat = contacted = remember = ""
+    if kind is NatKind.FULL_CONE:
+        # endpoint-independent filtering: a new flow from anyone to a port
+        # goes to the LAN host's same port (the mapping kept the port)
+        dnat = f'        iifname "{wan_if}" meta l4proto udp dnat to {lan_host}\n'
+    elif kind is NatKind.RESTRICTED_CONE:
+        # address-dependent: only from an address the LAN host sent to
+        contacted = (
+            f"    set {CONTACTED_SET} {{\n"
+            f"        type ipv4_addr; flags dynamic, timeout; timeout 120s;\n"
+            f"    }}\n"
+        )
+        dnat = (
+            f'        iifname "{wan_if}" ip saddr @{CONTACTED_SET} meta l4proto udp '
+            f"dnat to {lan_host}\n"
+        )
+        remember = f'        iifname "{lan_if}" update @{CONTACTED_SET} {{ ip daddr }}\n'
+    inbound = f'        iifname "{wan_if}" ct status dnat accept\n' if dnat else ""
+    block = "        meta l4proto udp drop\n" if kind is NatKind.UDP_BLOCKED else ""
     return _replace_table("ip", NAT_TABLE) + (
         f"table ip {NAT_TABLE} {{\n"
+        f"{contacted}"
         f"    chain {PREROUTING_CHAIN} {{\n"
         f"        type nat hook prerouting priority dstnat; policy accept;\n"
+        f"{dnat}"
         f"    }}\n"
         f"    chain {POSTROUTING_CHAIN} {{\n"
         f"        type nat hook postrouting priority srcnat; policy accept;\n"
-        f'        oifname "{wan_if}" {masquerade}\n'
+        f"{snat}"
         f"    }}\n"
         f"    chain {INPUT_CHAIN} {{\n"
         f"        type filter hook input priority filter; policy accept;\n"
         f'        iifname "{wan_if}" ct state new meta l4proto != icmp drop\n'
         f"    }}\n"
         f"    chain {BLOCK_CHAIN} {{\n"
+        f"{block}"
         f"    }}\n"
         f"    chain {FORWARD_CHAIN} {{\n"
         f"        type filter hook forward priority filter; policy drop;\n"
         f"        jump {BLOCK_CHAIN}\n"
+        f"{remember}"
         f"        ct state established,related accept\n"
         f'        iifname "{lan_if}" accept\n'
+        f"{inbound}"
         f"    }}\n"
         f"}}\n"
     )

@@ -442,7 +442,7 @@ class Testbed:
         if name in self.peers:
             raise TestbedError(f"there is already a peer named {name}")
         kind = NatKind(nat)
-        router = self._add_router(name, kind)
+        router = self._add_router(name, kind, listen_port)
         ns = self._new_namespace(f"peer-{name}")
         router.ns.ip(
             "link", "add", Router.LAN_IF, "type", "veth", "peer", "name", "eth0", "netns", ns.name
@@ -471,7 +471,7 @@ class Testbed:
         )  # fmt: skip
         return peer
 
-    def _add_router(self, name: str, kind: NatKind) -> Router:
+    def _add_router(self, name: str, kind: NatKind, wg_port: int = DEFAULT_LISTEN_PORT) -> Router:
         index = len(self.routers)
         if index >= min(len(_ROUTER_HOSTS), _MAX_LANS):
             raise TestbedError(f"at most {min(len(_ROUTER_HOSTS), _MAX_LANS)} NAT routers")
@@ -480,8 +480,16 @@ class Testbed:
         ns = self._new_namespace(f"nat-{name}")
         self._attach_to_internet(ns, port=f"n-{name}", inside=Router.WAN_IF, address=wan_address)
         ns.sysctl("net.ipv4.ip_forward", "1")
-        ns.nft(router_ruleset(kind, wan_if=Router.WAN_IF, lan_if=Router.LAN_IF))
         router = Router(name, ns, kind, wan_address, lan)
+        ns.nft(
+            router_ruleset(
+                kind,
+                wan_if=Router.WAN_IF,
+                lan_if=Router.LAN_IF,
+                lan_host=router.peer_address,
+                wg_port=wg_port,
+            )
+        )
         self.routers[name] = router
         return router
 

@@ -101,6 +101,12 @@ class Runtime(Protocol):
         worker thread for real, inline in the simulator (no threads there:
         they would break determinism)."""
 
+    def send_from_port(self, port: int, data: bytes, addr: Addr) -> None:
+        """Send one datagram from local UDP ``port`` although another socket
+        (WireGuard's) holds it, so a NAT maps it as that socket's traffic.
+        Raises ``OSError`` when it cannot (for real: a raw socket, which
+        needs CAP_NET_RAW)."""
+
     def open_udp(
         self, host: str, port: int, receiver: DatagramReceiver, *, buffer_bytes: int = 0
     ) -> DatagramTransport:

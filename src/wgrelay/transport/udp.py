@@ -40,6 +40,7 @@ from typing import TypeVar
 
 from wgrelay.net import datagram_socket
 from wgrelay.transport.base import Addr, DatagramReceiver
+from wgrelay.transport.rawudp import send_from_port
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -280,6 +281,9 @@ class AsyncioRuntime:
 
     async def run_blocking(self, fn: Callable[[], T]) -> T:
         return await asyncio.to_thread(fn)
+
+    def send_from_port(self, port: int, data: bytes, addr: Addr) -> None:
+        send_from_port(port, data, addr)
 
     def open_udp(
         self, host: str, port: int, receiver: DatagramReceiver, *, buffer_bytes: int = 0
