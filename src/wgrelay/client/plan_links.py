@@ -61,10 +61,10 @@ class LinkPool:
         self._rehome_failures = 0
         self._attempts: dict[PublicKey, Attempt] = {}
         self.route_relay: dict[PublicKey, PublicKey] = {}
+        """peer -> the relay whose session carries it."""
         self._route_incoming: dict[PublicKey, tuple[bool, float]] = {}
         """Whether the peer opened the session ``route_relay`` names, and when
         it came up."""
-        """peer -> the relay whose session carries it."""
         self._next_measure = float("inf")
         self._next_announcements = float("inf")
         self._events: list[PlanEvent] = []

@@ -14,35 +14,37 @@ trying direct, and remembers across restarts which path worked last.
 
 Per-peer states::
 
+    (start, no recent handshake) --relay first--> RELAY_PENDING at once
+    (start, relay disabled) --> PROBING
     PROBING --NatTraverse: handshake/traffic on a candidate--> DIRECT
     PROBING --candidates exhausted, or cache.should_try_relay--> RELAY_PENDING
-    RELAY_PENDING --on_relayed--> RELAYED (endpoint: our 127.0.0.1 proxy)
+    RELAY_PENDING --on_relayed--> RELAYED (endpoint: the relay's session port,
+            or our 127.0.0.1 proxy when framed)
     RELAYED --on_relay_lost--> RELAY_PENDING (the manager tries the next relay)
+    RELAYED --peer closed the session (it went direct)--> PROBING, checked at
+            the next look where WireGuard points (it followed the peer)
     RELAYED --sending for relay_silent_s without hearing anything--> RELAY_PENDING
             (the session is replaced: the relay may have lost it without telling)
-    RELAYED --probe-back succeeds--> DIRECT (relay session closed)
+    RELAYED --a direct try succeeds--> DIRECT (relay session closed)
     RELAYED --peer reached us directly (WireGuard roamed, data flowing)--> DIRECT
     DIRECT --sending for broken_after_s without hearing anything--> PROBING
-    (start) --cache: relayed last time--> RELAY_PENDING at once
 
 Direct attempts (``NatTraverse``) make a candidate the peer's endpoint and
 *kick* a handshake: WireGuard only starts one when it has something to send,
 and switching persistent keepalive on makes it send now. Each candidate gets
-``direct_probe_s`` (3 s), shorter than WireGuard's 5 s handshake retry, so when
-direct fails the retry already goes through the relay.
+``direct_probe_s`` (3 s) when no relay carries the peer (relays disabled, or
+a direct path that broke).
 
-Going back to direct (timers, all per peer):
+Going back to direct while relayed (mesh/upgrade.py has the rules): the first
+try soon after relaying, coordinated through the relay in port mode (both
+sides move to the other's public mapping at once: hole punching), each try
+``upgrade_probe_s`` (0.8 s) with the relay's frames held; a failed try
+doubles the interval, up to ``probe_back_max_s`` (15 min).
 
-* ``probe_back_s`` (30 s) after a peer became relayed, the agent tries its direct
-  candidates again ("probe-back"): the endpoint moves to the candidate for at
-  most ``direct_probe_s`` and frames arriving from the relay are held back
-  meanwhile (WireGuard would otherwise roam straight back to the proxy). Proof
-  of a working path is a handshake or data from the peer on that endpoint.
-* A failed probe-back doubles the interval, up to ``probe_back_max_s`` (15 min).
 * Hysteresis: a peer that went back to direct and fell back to the relay within
-  ``flap_window_s`` (5 min) counts a flap; its next probe-back waits
+  ``flap_window_s`` (5 min) counts a flap; its next try waits
   ``probe_back_s * 2**flaps`` (capped). Flaps are forgotten after a whole flap
-  window on a direct path. So a flapping path costs a probe now and then, not a
+  window on a direct path. So a flapping path costs a try now and then, not a
   bounce every minute.
 
 Who asks for the relay session: the peer with the smaller public key asks at
@@ -73,6 +75,7 @@ from wgrelay.mesh.cache import ConnectionCache
 from wgrelay.mesh.nat import DirectFailed, DirectSucceeded, NatTraverse, Observation
 from wgrelay.mesh.peer_path import AgentConfig, PathKind, PeerPath
 from wgrelay.mesh.upgrade import MAPPINGS_WAIT_S, UpgradeRules
+from wgrelay.proto.constants import MappingKind
 
 log = logging.getLogger(__name__)
 
@@ -86,9 +89,11 @@ class AgentCore(UpgradeRules):
         self.own_key = own_key
         self.config = config
         self.cache = cache if cache is not None else ConnectionCache(None)
-        self.nat = NatTraverse(config.direct_probe_s, lambda ep: ep in self.proxy_endpoints)
+        self.nat = NatTraverse(config.direct_probe_s, self.relay_path)
         self.peers: dict[PublicKey, PeerPath] = {}
         self.proxy_endpoints: set[Endpoint] = set()
+        self.retired_endpoints: set[Endpoint] = set()
+        """Relay ports we left lately (never a direct candidate, not ours now)."""
         """Endpoints that are our proxies (never a direct candidate)."""
         self.relay_enabled = config.relay_enabled
         self._nonce = 0
@@ -121,9 +126,12 @@ class AgentCore(UpgradeRules):
         p.relay_backoff_s = self.config.relay_retry_initial_s
         # (at once: not again within a second of asking, whatever ended the
         # last session: a relay and two agents must never ask in a loop)
-        at_once = at_once and now - p.relay_asked_at >= self.config.initiate_delay_s / 2
         delay = 0.0 if at_once or self.own_key.raw < p.key.raw else self.config.initiate_delay_s
-        p.relay_retry_at = max(now + delay, self._started_at + self.config.start_grace_s)
+        p.relay_retry_at = max(
+            now + delay,
+            self._started_at + self.config.start_grace_s,
+            p.relay_asked_at + self.config.initiate_delay_s / 2,
+        )
         return self._maybe_start_relay(p, now)
 
     def _maybe_start_relay(self, p: PeerPath, now: float) -> list[Action]:
@@ -213,7 +221,7 @@ class AgentCore(UpgradeRules):
 
     def _new_peer(self, peer: PeerInfo, now: float, wall: float) -> list[Action]:
         ep = peer.endpoint
-        ours = ep in self.proxy_endpoints or is_loopback(ep)
+        ours = self.relay_path(ep) or is_loopback(ep)
         p = PeerPath(
             key=peer.public_key,
             kind=PathKind.PROBING,
@@ -228,9 +236,14 @@ class AgentCore(UpgradeRules):
             probe_back_interval_s=self.config.probe_back_s,
         )
         self.peers[peer.public_key] = p
+        last = self.cache.last_path(p.key)
         hs = peer.latest_handshake
+        # a recent handshake proves the endpoint, unless we relayed last time:
+        # then it came through the relay, and the endpoint is the one our
+        # last run put back at its stop
         if (
-            not ours
+            last != "relay"
+            and not ours
             and ep is not None
             and hs is not None
             and wall - hs < self.config.handshake_fresh_s
@@ -238,11 +251,9 @@ class AgentCore(UpgradeRules):
             self.cache.record_success(p.key, ep, wall)
             self._set(p, PathKind.DIRECT, now, f"recent handshake via {endpoint_str(ep)}")
             return []
-        last = self.cache.last_path(p.key)
         if self.relay_enabled and (last == "relay" or self.config.relay_first):
-            # a path within a second: the relay at once (both sides ask, the
-            # relay joins the two requests), direct tried in the background
-            # once the relay told both sides the mappings (on_relayed)
+            # a path within a second: the relay at once, direct tried in the
+            # background once the relay told both sides the mappings
             best = self.cache.best_relay(p.key) if last == "relay" else None
             why = (
                 f"cache: relayed last time{f' via {best[0].short()}' if best else ''}"
@@ -322,7 +333,7 @@ class AgentCore(UpgradeRules):
         ep = peer.endpoint
         actions: list[Action] = []
         if p.kind == PathKind.DIRECT:
-            if ep is not None and not is_loopback(ep) and ep not in self.proxy_endpoints:
+            if ep is not None and not is_loopback(ep) and not self.relay_path(ep):
                 p.direct_endpoint = ep  # WireGuard roamed, or the operator set it
             if new_handshake and ep is not None:
                 self.cache.record_success(p.key, ep, wall)
@@ -360,7 +371,7 @@ class AgentCore(UpgradeRules):
                 )  # fmt: skip
             if (
                 ep is not None
-                and ep not in self.proxy_endpoints
+                and not self.relay_path(ep)
                 and not is_loopback(ep)
                 and (rx_grew or new_handshake)
             ):
@@ -378,7 +389,7 @@ class AgentCore(UpgradeRules):
         elif p.kind == PathKind.RELAY_PENDING:
             actions += self._maybe_start_relay(p, now)
         elif p.kind == PathKind.PROBING:
-            direct = ep is not None and ep not in self.proxy_endpoints and not is_loopback(ep)
+            direct = ep is not None and not self.relay_path(ep) and not is_loopback(ep)
             if p.roamed_first and direct and ep is not None and (rx_grew or new_handshake):
                 # the peer left the relay for a direct path, and what it sent
                 # since came from there: WireGuard follows it already
@@ -443,7 +454,13 @@ class AgentCore(UpgradeRules):
         first = p.upgrades == 0 and not p.flaps
         wait = self.config.first_upgrade_s if first else p.probe_back_interval_s
         p.next_probe_back = now + wait + self._probe_offset(p)
+        # what the last relay told is not this one's: its session ports
+        # latch anew (and tell both sides), and asks start over
         p.mappings_due = now + MAPPINGS_WAIT_S if port_mode else 0.0
+        p.mapping_mine = p.mapping_peer = None
+        p.nat_mine = p.nat_peer = MappingKind.UNKNOWN
+        p.unanswered_asks = 0
+        p.hopeless_until = 0.0
         if relay_endpoint is not None:
             self.cache.record_relay_success(peer, relay, relay_endpoint, wall)
         how = "accepted a session from the peer" if incoming else "session open"
@@ -452,8 +469,7 @@ class AgentCore(UpgradeRules):
             p,
             PathKind.RELAYED,
             now,
-            f"via relay {relay.short()} ({how}); direct retried in "
-            f"{p.probe_back_interval_s:.0f} s{damp}",
+            f"via relay {relay.short()} ({how}); direct tried in {wait:.0f} s{damp}",
         )
         actions.append(UseProxy(peer))
         return actions
@@ -472,10 +488,24 @@ class AgentCore(UpgradeRules):
         ):
             self.cache.record_relay_failure(peer, p.relay, p.relay_endpoint, wall)
         actions: list[Action] = []
+        trying = self.nat.current(peer) if p.probing_back else None
         if p.probing_back:
             self.nat.mark_connected(peer)
             p.probing_back = False
             actions.append(HoldProxy(peer, False))
+        if reason == "normal" and trying is not None and p.punch_nonce:
+            # the peer ends the session during our coordinated try: it got
+            # our packets on this very path (its proof), and its answer may
+            # be the keepalive we already counted. WireGuard stays where it
+            # points; a path that does not answer is found silent as any
+            p.last_upgrade = f"{p.last_upgrade or '?'}: direct (the peer's proof)"
+            p.punch_nonce = 0
+            self.cache.record_success(peer, trying, wall)
+            actions += self._to_direct(p, trying, now, f"peer went direct on our try "
+                                       f"towards {endpoint_str(trying)}")  # fmt: skip
+            if self.config.keepalive_s:
+                actions.append(Kick(peer, self.config.keepalive_s))
+            return actions
         if reason == "normal":
             # the peer closed the session on purpose: it found a direct path
             # (usually WireGuard already followed it here); check before relaying

@@ -180,7 +180,7 @@ class Agent(RelayPaths):
         self._started = False
         self._next_flush = 0.0
         self._registry_dirty = False
-        self._mapping_probed: dict[PublicKey, float] = {}
+        self._mapping_probed: dict[tuple[PublicKey, bytes], float] = {}
         self._mapping_probe_failed = False
 
     # ------------------------------------------------------------ data

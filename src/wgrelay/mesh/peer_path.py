@@ -112,6 +112,11 @@ class PeerPath:
     mappings_due: float = 0.0
     """Port mode: until then a direct try waits for the relay's mappings
     (the latch of both session ports) rather than trying alone."""
+    unanswered_asks: int = 0
+    """AskPunch sent since the last GO."""
+    hopeless_until: float = 0.0
+    """Both NATs map per destination: the configured endpoints' next
+    coordinated try is not before then."""
     roamed_first: bool = False
     """The next direct tries start where WireGuard points (the peer left the
     relay for a direct path, which WireGuard has most likely followed)."""

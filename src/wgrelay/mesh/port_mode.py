@@ -230,14 +230,18 @@ class PortModePaths:
         its session may still forward a packet or two (the other side's
         WireGuard sends there until it moves too), and WireGuard, roaming
         to it, must not be taken for a peer reached directly."""
-        for ep in [e for e, t in self.retired.items() if now - t > RETIRED_FOR_S]:
-            del self.retired[ep]
         if pp is not None:
             self.retired[pp.endpoint] = now
 
     def endpoints(self) -> set[Endpoint]:
-        """Our relay paths: the ports in use and those retired lately."""
-        return {pp.endpoint for pp in self.paths.values()} | set(self.retired)
+        """The session ports in use."""
+        return {pp.endpoint for pp in self.paths.values()}
+
+    def retired_endpoints(self, now: float) -> set[Endpoint]:
+        """The session ports left in the last ``RETIRED_FOR_S``."""
+        for ep in [e for e, t in self.retired.items() if now - t > RETIRED_FOR_S]:
+            del self.retired[ep]
+        return set(self.retired) - self.endpoints()
 
     def holding(self, peer: PublicKey) -> bool:
         """Whether the proxy must hold framed frames (WireGuard is on the port)."""

@@ -38,7 +38,7 @@ class RelayPaths:
     _info: InterfaceInfo
     _clock: Callable[[], float]
     _polled_at: float
-    _mapping_probed: dict[PublicKey, float]
+    _mapping_probed: dict[tuple[PublicKey, bytes], float]
     _mapping_probe_failed: bool
 
     def _run(self, actions: list[Action]) -> None:
@@ -75,15 +75,16 @@ class RelayPaths:
         """Let the relay see WireGuard's socket towards its main port too: it
         compares that mapping with its session port's latch and tells both
         sides whether our NAT maps per destination (then a direct try
-        between two such NATs is skipped). Two copies, at most every 5 s."""
+        between two such NATs is skipped). Two copies, at most every 5 s
+        per session."""
         sid = self.port_mode.session_id(peer)
         relay_addr = self.manager.planner.relay_addr(relay)
         port = self._info.listen_port
         if not sid or relay_addr is None or not port:
             return
-        if now - self._mapping_probed.get(peer, float("-inf")) < MAPPING_PROBE_INTERVAL_S:
+        if now - self._mapping_probed.get((peer, sid), float("-inf")) < MAPPING_PROBE_INTERVAL_S:
             return
-        self._mapping_probed[peer] = now
+        self._mapping_probed[(peer, sid)] = now
         probe = mapping_probe(sid)
         try:
             for _ in range(2):
@@ -113,6 +114,8 @@ class RelayPaths:
             log.warning("cannot restart %s to re-latch the relay port: %s", peer.short(), e)
 
     def _drop_relay_path(self, peer: PublicKey) -> None:
+        for key in [k for k in self._mapping_probed if k[0] == peer]:
+            del self._mapping_probed[key]
         self.proxies.remove(peer)
         self.port_mode.forget(peer, self._clock())
         self._sync_relay_endpoints()
@@ -120,6 +123,7 @@ class RelayPaths:
     def _sync_relay_endpoints(self) -> None:
         """The endpoints that are our relay paths: never a direct candidate."""
         self.core.proxy_endpoints = self.proxies.endpoints() | self.port_mode.endpoints()
+        self.core.retired_endpoints = self.port_mode.retired_endpoints(self._clock())
 
     def _check_port_mode(self, info: InterfaceInfo) -> None:
         """A session port that did not latch in time: back to the proxy (framed)."""

@@ -47,6 +47,9 @@ before trying direct alone (port mode latches within LATCH_S, 11 s, or
 falls back to framed)."""
 HANDSHAKE_SETTLE_S = 2.0
 """A try waits until WireGuard's latest handshake is this old (``_session_settled``)."""
+MAX_UNANSWERED_ASKS = 2
+"""Asks for a coordinated try without a GO before trying alone (framed, or
+the relay's session ports never both latched)."""
 MAPPINGS_SETTLE_S = 0.5
 """The first coordinated try, this long after the mappings came."""
 
@@ -79,6 +82,7 @@ class UpgradeRules:
     nat: NatTraverse
     peers: dict[PublicKey, PeerPath]
     proxy_endpoints: set[Endpoint]
+    retired_endpoints: set[Endpoint]
     relay_enabled: bool
     _nonce: int
 
@@ -106,12 +110,17 @@ class UpgradeRules:
         known = [
             e
             for e in (p.wg_endpoint, p.direct_endpoint, p.original_endpoint, mapped)
-            if e and not is_loopback(e) and e not in self.proxy_endpoints
+            if e and not is_loopback(e) and not self.relay_path(e)
         ]
         cands = self.cache.ordered_candidates(p.key, known, wall)
         if p.roamed_first and known and known[0] == p.wg_endpoint:
             cands = [known[0], *(c for c in cands if c != known[0])]
-        return [e for e in cands if not is_loopback(e) and e not in self.proxy_endpoints]
+        return [e for e in cands if not is_loopback(e) and not self.relay_path(e)]
+
+    def relay_path(self, ep: Endpoint | None) -> bool:
+        """Whether WireGuard pointing at ``ep`` is a relay path (our proxy, a
+        session port, or one we left lately): never a direct one."""
+        return ep in self.proxy_endpoints or ep in self.retired_endpoints
 
     def candidates(self, peer: PublicKey, wall: float) -> list[Endpoint]:
         """The peer's direct candidates, best first (for ``status``)."""
@@ -143,18 +152,30 @@ class UpgradeRules:
         if not _session_settled(p, wall, HANDSHAKE_SETTLE_S):
             p.next_probe_back = now + 1.0  # the relayed session first
             return []
-        hopeless = _hopeless(p)
-        # our NAT's behaviour is looked at again (the relay tells both sides
-        # when a kind changes)
-        check: list[Action] = [CheckMapping(p.key)] if hopeless else []
-        if p.mapping_peer is not None:
+        if p.mappings_due and p.unanswered_asks < MAX_UNANSWERED_ASKS:
             # port mode: ask the relay to start a try on both sides at once;
-            # its GO starts ours (on_punch). Without a GO (lost), the next
-            # ask waits the same interval
+            # its GO (which carries the mappings too) starts ours, on_punch
+            if _hopeless(p) and now < p.hopeless_until:
+                # both NATs map per destination: a try towards the mappings
+                # cannot work. Only our NAT's behaviour is looked at again
+                # (the relay tells both sides when a kind changes); the
+                # configured endpoints get a try now and then (hopeless_until)
+                p.probe_back_interval_s = min(
+                    p.probe_back_interval_s * 2, self.config.probe_back_max_s
+                )
+                p.next_probe_back = now + p.probe_back_interval_s
+                p.last_upgrade = (
+                    f"{_clock(wall)}: skipped (both NATs map per destination); "
+                    f"next check in {p.probe_back_interval_s:.0f} s"
+                )
+                return [CheckMapping(p.key)]
+            if _hopeless(p):
+                p.hopeless_until = now + self.config.probe_back_max_s
             self._nonce = self._nonce % 0xFFFFFFFF + 1
+            p.unanswered_asks += 1  # (a GO answers; two lost asks: alone)
             p.next_probe_back = now + p.probe_back_interval_s
-            return [*check, AskPunch(p.key, self._nonce)]
-        # alone (framed: no relay to coordinate through): the peer's known
+            return [AskPunch(p.key, self._nonce)]
+        # alone (framed, or the relay did not answer): the peer's known
         # direct endpoints
         cands = self._candidates(p, wall)
         if not cands:
@@ -194,6 +215,7 @@ class UpgradeRules:
             peer_kind = peer_kind if peer_kind is not MappingKind.UNKNOWN else p.nat_peer
         if (mine_kind, peer_kind) != (p.nat_mine, p.nat_peer):
             was_hopeless = _hopeless(p)
+            was_open = MappingKind.INDEPENDENT in (p.nat_mine, p.nat_peer)
             p.nat_mine, p.nat_peer = mine_kind, peer_kind
             log.info(
                 "peer %s: NAT mapping: ours %s, the peer's %s",
@@ -201,10 +223,13 @@ class UpgradeRules:
                 mine_kind.name.lower(),
                 peer_kind.name.lower(),
             )
-            opened = MappingKind.INDEPENDENT in (mine_kind, peer_kind)
-            if was_hopeless and opened and p.kind == PathKind.RELAYED:
+            opened = MappingKind.INDEPENDENT in (mine_kind, peer_kind) and not was_open
+            if opened and p.kind == PathKind.RELAYED:
                 # a NAT changed its ways: try soon, not after the backoff
                 p.next_probe_back = min(p.next_probe_back, now + self.config.first_upgrade_s)
+            if _hopeless(p) and not was_hopeless:
+                # the configured endpoints only, and not before long
+                p.hopeless_until = now + self.config.probe_back_max_s
         if (p.mapping_mine, p.mapping_peer) != (mine, theirs):
             log.info(
                 "peer %s: WireGuard mappings seen by the relay: ours %s, the peer's %s",
@@ -218,7 +243,10 @@ class UpgradeRules:
             # the first try, now that it can be a coordinated one
             soon = now + MAPPINGS_SETTLE_S + self._probe_offset(p)
             p.next_probe_back = min(p.next_probe_back, soon)
-        if not go or p.kind != PathKind.RELAYED or p.probing_back or not self.relay_enabled:
+        if not go:
+            return []
+        p.unanswered_asks = 0
+        if p.kind != PathKind.RELAYED or p.probing_back or not self.relay_enabled:
             return []
         if not _session_settled(p, wall, HANDSHAKE_SETTLE_S / 2):
             return []  # our relayed session first (the peer's try is then alone)

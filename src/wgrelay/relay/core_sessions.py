@@ -343,7 +343,7 @@ class SessionsCore(RelayCoreState):
         ports = self.ports
         if ports is None:
             return
-        for pair in ports.mapped:
+        for pair in ports.mapped.values():
             s = pair.session
             if s.sid in self.sessions and pair.a.latched and pair.b.latched:
                 self._tell_pair(s, 0, False, now)

@@ -192,7 +192,7 @@ class PortTable:
         """(session id, key, port) of sides to tell PORT_NOT_LATCHED (the core seals it)."""
         self.crossed = 0
         """Held initiations not delivered because the latching packet was one too."""
-        self.mapped: list[PortPair] = []
+        self.mapped: dict[bytes, PortPair] = {}
         """Pairs whose latched addresses (WireGuard's public mappings) became
         known or changed with both sides latched: both sides are told (PUNCH
         without GO), they are the candidates of a direct try."""
@@ -352,7 +352,7 @@ class PortTable:
                 # maps may have changed too; the side's next probe tells
                 side.mapping = MappingKind.UNKNOWN
             if other.latched is not None:
-                self.mapped.append(pair)
+                self.mapped[pair.session.sid] = pair
         side.latched = addr
         side.mode = SideMode.PORT
         side.latches += 1
@@ -384,10 +384,12 @@ class PortTable:
         if len(sides) != 1:
             return False  # none, or both sides behind one IP: cannot tell whose
         side, latched = sides[0]
-        kind = MappingKind.INDEPENDENT if latched[1] == addr[1] else MappingKind.DEPENDENT
-        if kind != side.mapping:
-            side.mapping = kind
-            self.mapped.append(pair)
+        if side.mapping is not MappingKind.UNKNOWN:
+            # one kind per latch (a new latch forgets it): probes that
+            # disagree later (spoofed, say) change nothing and send nothing
+            return True
+        side.mapping = MappingKind.INDEPENDENT if latched[1] == addr[1] else MappingKind.DEPENDENT
+        self.mapped[sid] = pair
         return True
 
     def hold(self, pair: PortPair, side_a: bool, until: float) -> None:

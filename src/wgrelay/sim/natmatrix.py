@@ -188,7 +188,7 @@ def expected_direct(a: NatKind, b: NatKind) -> bool:
     symmetric NAT (a new port per destination, which nobody can learn)
     facing one that lets in only the exact address and port it sent to
     (port-restricted cone or symmetric). The namespace grid
-    (tests/system/test_nat_grid_ns.py) holds real NATs to the same rule."""
+    (tests/system/test_paths_ns.py) holds real NATs to the same rule."""
     if not expected_connected(a, b):
         return False
     pair = {a, b}

@@ -166,6 +166,24 @@ class Router(Node):
         self.flush_conntrack()
         logger.info("%s: %s port %d forwarded to %s", self.name, proto, port, self.peer_address)
 
+    def reconfigure(self, kind: NatKind, wg_port: int) -> None:
+        """Give the router another NAT kind (its whole table replaced) and
+        flush conntrack, as a reboot with new settings would: every mapping
+        is new afterwards. Port forwards are not kept."""
+        self.ns.nft(
+            router_ruleset(
+                kind,
+                wan_if=self.WAN_IF,
+                lan_if=self.LAN_IF,
+                lan_host=self.peer_address,
+                wg_port=wg_port,
+            )
+        )
+        self.kind = kind
+        self.port_forwards.clear()
+        self.flush_conntrack()
+        logger.info("%s: now a %s NAT", self.name, kind.value)
+
     def block_udp(self, blocked: bool = True) -> None:
         """Drop (or stop dropping) every forwarded UDP packet: a TCP-only network."""
         self.ns.nft(block_udp_rules() if blocked else unblock_rules())
