@@ -509,7 +509,7 @@ def build_parser() -> argparse.ArgumentParser:
         type=argtype.direct_timeout,
         default=3.0,
         metavar="SECONDS",
-        help="how long a direct handshake may take before relaying (default 3)",
+        help="how long each direct candidate may take when no relay carries the peer (default 3)",
     )
     sp.add_argument(
         "--geoip-db",
