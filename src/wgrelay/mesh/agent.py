@@ -560,32 +560,6 @@ class AgentCore(UpgradeRules):
                 actions += self._start_probing(p, now, wall, "relay fallback disabled")
         return actions
 
-    def probing(self) -> bool:
-        """Whether a direct attempt is running (the daemon then polls faster)."""
-        return not self.nat.is_finished()
-
-    def next_timer(self) -> float:
-        """The earliest moment a rule may act (the daemon observes then).
-
-        Every rule acts on a fresh observation of the interface, so this is
-        when to look again at the latest: a direct candidate's time is up, a
-        relay retry or a probe-back is due. (Silence is not a timer: it needs
-        new counters to count, and the daemon's regular reads bring them.)
-        Only deadlines a rule will act on when they pass are named, so a
-        passed deadline never asks for a look again and again.
-        """
-        t = self.nat.next_timer()
-        for p in self.peers.values():
-            if p.kind == PathKind.RELAY_PENDING:
-                due = not p.relay_requested and self.relay_enabled
-                t = min(t, p.relay_retry_at) if due else t
-            elif p.kind == PathKind.RELAYED:
-                due = not p.probing_back and self.relay_enabled
-                t = min(t, p.next_probe_back) if due else t
-            elif p.kind == PathKind.PROBING and p.key not in self.nat.remaining:
-                t = min(t, p.next_probe_back)
-        return t
-
     def tick(self, now: float) -> list[Action]:
         """Timers that do not need a fresh snapshot (relay retries)."""
         actions: list[Action] = []

@@ -166,10 +166,8 @@ class Router(Node):
         self.flush_conntrack()
         logger.info("%s: %s port %d forwarded to %s", self.name, proto, port, self.peer_address)
 
-    def reconfigure(self, kind: NatKind, wg_port: int) -> None:
-        """Give the router another NAT kind (its whole table replaced) and
-        flush conntrack, as a reboot with new settings would: every mapping
-        is new afterwards. Port forwards are not kept."""
+    def apply_nat(self, kind: NatKind, wg_port: int) -> None:
+        """Load the router's whole table for ``kind`` (replacing any)."""
         self.ns.nft(
             router_ruleset(
                 kind,
@@ -180,6 +178,12 @@ class Router(Node):
             )
         )
         self.kind = kind
+
+    def reconfigure(self, kind: NatKind, wg_port: int) -> None:
+        """Give the router another NAT kind and flush conntrack, as a reboot
+        with new settings would: every mapping is new afterwards. Port
+        forwards are not kept."""
+        self.apply_nat(kind, wg_port)
         self.port_forwards.clear()
         self.flush_conntrack()
         logger.info("%s: now a %s NAT", self.name, kind.value)
@@ -499,15 +503,7 @@ class Testbed:
         self._attach_to_internet(ns, port=f"n-{name}", inside=Router.WAN_IF, address=wan_address)
         ns.sysctl("net.ipv4.ip_forward", "1")
         router = Router(name, ns, kind, wan_address, lan)
-        ns.nft(
-            router_ruleset(
-                kind,
-                wan_if=Router.WAN_IF,
-                lan_if=Router.LAN_IF,
-                lan_host=router.peer_address,
-                wg_port=wg_port,
-            )
-        )
+        router.apply_nat(kind, wg_port)
         self.routers[name] = router
         return router
 
