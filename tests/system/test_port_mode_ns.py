@@ -96,10 +96,14 @@ def _wait_offloaded(
         ports = _session_ports_in(_offload_table(relay))
         return want <= ports if isinstance(want, set) else len(ports) == want
 
-    assert wait_until(carried, timeout), (
-        _offload_table(relay),
-        sc.relays[relay.name].process.read_log()[-3000:],
-    )
+    if wait_until(carried, timeout):
+        return
+    # what the relay and both WireGuards say, for whoever reads the failure
+    for p in (a, b):
+        print(p.name, p.ns.run(["wg", "show", "all", "dump"], check=False).stdout)
+    for p in (a, b):
+        print(f"--- agent {p.name} ---\n{sc.agent_log(p)[-2500:]}")
+    raise AssertionError((_offload_table(relay), sc.relays[relay.name].process.read_log()[-3000:]))
 
 
 def _iperf_tcp(a: Peer, b: Peer, seconds: int = 4) -> float:

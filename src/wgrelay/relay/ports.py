@@ -284,6 +284,11 @@ class PortTable:
             # flight at its switch made it look framed): whatever it did last
             src.mode = SideMode.PORT
             self._check_ready(pair)
+        if src.hold_until and now >= src.hold_until:
+            # its hold ran out and no resume came (a hold is cleared when
+            # something is delivered to the side; a side that only sends
+            # would keep the kernel path waiting)
+            self.hold(pair, from_a, 0.0)
         if not pair.established:
             drops[DropReason.SESSION_NOT_READY] += 1
             return None
