@@ -143,7 +143,11 @@ def test_remapping_cone_nats_end_direct_on_the_learned_mappings(
 
 @pytest.mark.parametrize("mesh_of", ["symmetric"], indirect=True)
 @pytest.mark.parametrize(
-    "seconds", [pytest.param(60, id="60s"), pytest.param(600, id="600s", marks=pytest.mark.slow)]
+    "seconds",
+    [
+        pytest.param(60, id="60s"),
+        pytest.param(600, id="600s", marks=[pytest.mark.slow, pytest.mark.timeout(800)]),
+    ],
 )
 def test_symmetric_pair_loses_at_most_one_percent_over_time(
     mesh_of: tuple[MeshScenario, Peer, Peer], seconds: int
