@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from wgrelay.client.manager import RelayManager
 from wgrelay.client.proxy import ProxyTable
@@ -41,8 +42,10 @@ class RelayPaths:
     _mapping_probed: dict[tuple[PublicKey, bytes], float]
     _mapping_probe_failed: bool
 
-    def _run(self, actions: list[Action]) -> None:
-        raise NotImplementedError
+    if TYPE_CHECKING:
+        # Agent's (daemon.py): carries out the core's actions in order
+
+        def _run(self, actions: list[Action]) -> None: ...
 
     def _use_relay_path(self, peer: PublicKey) -> None:
         """Point the peer's WireGuard at its relay path: the session port
