@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from wgrelay import __version__
+from wgrelay import cli_parser
 from wgrelay import cli_types as argtype
 from wgrelay.errors import ConfigError, WgRelayError
 from wgrelay.keys import (
@@ -27,7 +27,6 @@ from wgrelay.keys import (
     relay_seed,
     write_key_file,
 )
-from wgrelay.relay.config import DEFAULT_PORT_RANGE
 from wgrelay.state import default_state_dir
 
 if TYPE_CHECKING:
@@ -40,13 +39,6 @@ EXIT_USAGE = 2
 EXIT_BUG = 70
 
 Handler = Callable[[argparse.Namespace], int]
-
-
-class _Parser(argparse.ArgumentParser):
-    """argparse that keeps its one-line error but uses our exit code."""
-
-    def error(self, message: str) -> None:  # type: ignore[override]
-        self.exit(EXIT_USAGE, f"wgrelay: error: {message}\n")
 
 
 # ---------------------------------------------------------------- keys
@@ -119,6 +111,11 @@ def cmd_start_relay(args: argparse.Namespace) -> int:
         bootstrap=args.bootstrap or [],
         config=config,
         kernel_offload=args.kernel_offload,
+        tcp_port=args.tcp_port,
+        tls_port=args.tls_port,
+        tls_cert=args.tls_cert,
+        tls_key=args.tls_key,
+        tls_self_signed=args.tls_self_signed,
     )
     return run_relay(opts)
 
@@ -330,221 +327,20 @@ def _netns_demo_missing() -> str | None:
     return missing
 
 
-# ---------------------------------------------------------------- parser
-
-
-def _common_options(suppress: bool) -> _Parser:
-    """Options every command takes, before or after the command name.
-
-    The copy given to subcommands has SUPPRESS defaults, so ``wgrelay -q demo``
-    and ``wgrelay demo -q`` both work (a plain default would overwrite the value
-    parsed before the command name).
-    """
-    d = argparse.SUPPRESS if suppress else None
-    common = _Parser(add_help=False)
-    common.add_argument(
-        "--state-dir",
-        type=argtype.state_dir,
-        default=d,
-        help="directory for all state (default: $WGRELAY_STATE_DIR, /var/lib/wgrelay as root)",
-    )
-    common.add_argument(
-        "-v", "--verbose", action="count", default=d if suppress else 0, help="more output"
-    )
-    common.add_argument(
-        "-q", "--quiet", action="count", default=d if suppress else 0, help="less output"
-    )
-    return common
-
-
 def build_parser() -> argparse.ArgumentParser:
-    common = _common_options(suppress=False)
-    sub_common = _common_options(suppress=True)
-
-    p = _Parser(
-        prog="wgrelay",
-        description="Decentralized TURN-style relays for WireGuard meshes.",
-        parents=[common],
+    return cli_parser.build_parser(
+        {
+            "keygen": cmd_keygen,
+            "pubkey": cmd_pubkey,
+            "list-relays": cmd_list_relays,
+            "start-relay": cmd_start_relay,
+            "add-bootstrap-relay": cmd_add_bootstrap_relay,
+            "configure-relay": cmd_configure_relay,
+            "up": cmd_up,
+            "status": cmd_status,
+            "demo": cmd_demo,
+        }
     )
-    p.add_argument("--version", action="version", version=f"wgrelay {__version__}")
-    sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
-
-    def add(name: str, help_: str, handler: Handler) -> argparse.ArgumentParser:
-        sp = sub.add_parser(name, help=help_, description=help_, parents=[sub_common])
-        sp.set_defaults(handler=handler)
-        return sp
-
-    sp = add("keygen", "generate a private key (like wg genkey)", cmd_keygen)
-    sp.add_argument(
-        "--relay", action="store_true", help="a relay identity key (Ed25519, with a header line)"
-    )
-    sp.add_argument("--out", help="write to FILE (mode 0600) and print the public key")
-    sp.add_argument("--force", action="store_true", help="replace an existing --out file")
-
-    sp = add("pubkey", "print the public key of a private key (like wg pubkey)", cmd_pubkey)
-    sp.add_argument(
-        "--relay",
-        action="store_true",
-        help="a key without header is a relay key (wgrelay 0.1); with one, it is anyway",
-    )
-    sp.add_argument("--key-file", help="read the private key from FILE instead of stdin")
-
-    sp = add("list-relays", "list known relay nodes", cmd_list_relays)
-    sp.add_argument("--json", action="store_true", help="machine-readable output")
-    sp.add_argument(
-        "--refresh",
-        action="store_true",
-        help="ask the known relays for the current set first (and remember it)",
-    )
-    sp.add_argument(
-        "--region",
-        type=argtype.region,
-        default="",
-        help="only relays announcing this region (with --refresh, only those are asked for)",
-    )
-    sp = add("start-relay", "run a relay node", cmd_start_relay)
-    sp.add_argument(
-        "--max-connections",
-        type=argtype.positive,
-        default=100,
-        metavar="N",
-        help="relayed sessions at once (default 100)",
-    )
-    sp.add_argument(
-        "--max-bandwidth",
-        type=argtype.non_negative,
-        default=1000,
-        metavar="KBPS",
-        help="per connection and direction, KB/s; 0 = unlimited (default 1000)",
-    )
-    sp.add_argument("--port", type=argtype.port, default=51821, help="UDP port (default 51821)")
-    sp.add_argument(
-        "--bind",
-        action="append",
-        metavar="ADDR",
-        help="address to listen on (repeatable; default 0.0.0.0 and ::)",
-    )
-    sp.add_argument(
-        "--key-file",
-        metavar="FILE",
-        help="relay key (default STATE_DIR/relay.key, generated on first start)",
-    )
-    pol = sp.add_mutually_exclusive_group()
-    pol.add_argument("--open", action="store_true", help="serve any peer key")
-    pol.add_argument("--allow-file", metavar="FILE", help="serve the keys listed in FILE")
-    pol.add_argument(
-        "--allow-peers-of", metavar="IFACE", help="serve the peers of this WireGuard interface"
-    )
-    sp.add_argument("--metrics", metavar="ADDR:PORT", help="serve Prometheus metrics here")
-    sp.add_argument("--region", default="", help="region label for announcements")
-    sp.add_argument(
-        "--bootstrap",
-        action="append",
-        metavar="ENDPOINT=PUB_KEY",
-        help="another relay to join the federation through (repeatable; remembered)",
-    )
-    sp.add_argument(
-        "--announce",
-        action="append",
-        metavar="ADDR:PORT",
-        help="public endpoint to announce (repeatable)",
-    )
-    sp.add_argument(
-        "--port-range",
-        type=argtype.port_range,
-        default=DEFAULT_PORT_RANGE,
-        metavar="LOW-HIGH",
-        help="session ports for port mode, two per session, or off "
-        f"(default {DEFAULT_PORT_RANGE[0]}-{DEFAULT_PORT_RANGE[1]})",
-    )
-    sp.add_argument(
-        "--kernel-offload",
-        choices=("auto", "on", "off"),
-        default="auto",
-        help="forward port-mode sessions in the kernel (nftables): auto uses it when "
-        "the relay may (CAP_NET_ADMIN, forwarding on), on refuses to start without it "
-        "(default auto)",
-    )
-    sp.add_argument("--max-sessions-per-peer", type=argtype.positive, default=32, metavar="N")
-    sp.add_argument(
-        "--idle-timeout",
-        type=argtype.positive,
-        default=180,
-        metavar="SECONDS",
-        help="close sessions idle this long (default 180)",
-    )
-    sp = add("add-bootstrap-relay", "add a bootstrap relay", cmd_add_bootstrap_relay)
-    sp.add_argument("endpoint", metavar="ENDPOINT", help="relay address, IP:PORT or [IPv6]:PORT")
-    sp.add_argument("pub_key", metavar="PUB_KEY", help="the relay's public key (base64)")
-    sp = add("configure-relay", "enable or disable relay fallback", cmd_configure_relay)
-    onoff = sp.add_mutually_exclusive_group(required=True)
-    onoff.add_argument("--enable", action="store_true", help="allow relay fallback")
-    onoff.add_argument("--disable", action="store_true", help="never use relays")
-    sp.add_argument(
-        "interface",
-        nargs="?",
-        metavar="INTERFACE",
-        help="only this interface (default: every interface without its own setting)",
-    )
-    sp = add("up", "run the agent beside a WireGuard interface", cmd_up)
-    sp.add_argument("interface", metavar="INTERFACE", help="the WireGuard interface")
-    sp.add_argument(
-        "--relay",
-        action="append",
-        metavar="ENDPOINT=PUB_KEY",
-        help="a bootstrap relay for this run (repeatable; also remembered)",
-    )
-    sp.add_argument(
-        "--backend", choices=["kernel", "userspace"], help="WireGuard backend (default: detected)"
-    )
-    sp.add_argument(
-        "--keepalive",
-        type=argtype.keepalive,
-        default=25,
-        metavar="SECONDS",
-        help="persistent keepalive on managed peers; 0 leaves it alone (default 25)",
-    )
-    sp.add_argument(
-        "--direct-timeout",
-        type=argtype.direct_timeout,
-        default=3.0,
-        metavar="SECONDS",
-        help="how long each direct candidate may take when no relay carries the peer (default 3)",
-    )
-    sp.add_argument(
-        "--geoip-db",
-        type=Path,
-        metavar="FILE",
-        help="MaxMind-format City database: estimates the RTT to relays not yet measured",
-    )
-    sp.add_argument(
-        "--framed-only",
-        action="store_true",
-        help="never point WireGuard straight at a relay's session port (port mode); "
-        "relay every packet through the agent's local proxy",
-    )
-    sp = add("status", "show per-peer paths of running agents", cmd_status)
-    sp.add_argument("interface", nargs="?", metavar="INTERFACE", help="only this interface")
-    sp.add_argument("--json", action="store_true", help="stable machine-readable output")
-    sp = add("demo", "a relayed WireGuard tunnel coming up (namespaces, or simulated)", cmd_demo)
-    sp.add_argument(
-        "--simulated",
-        action="store_true",
-        help="tell the story in the network simulator (no root needed; the default without root)",
-    )
-    sp.add_argument(
-        "--matrix",
-        action="store_true",
-        help="with --simulated: print the NAT-pair matrix (docs/NAT_MATRIX.md) instead",
-    )
-    sp.add_argument(
-        "--speed",
-        type=argtype.speed,
-        metavar="FACTOR",
-        help="simulated seconds per real second; 0 runs flat out"
-        " (default: 10 on a terminal, else 0)",
-    )
-    return p
 
 
 def _setup_logging(verbose: int, quiet: int) -> None:

@@ -59,6 +59,11 @@ def port_range(text: str) -> tuple[int, int] | None:
     return lo, hi
 
 
+def port_or_off(text: str) -> int:
+    """A port number, or ``off``: 0."""
+    return 0 if text == "off" else port(text)
+
+
 def positive(text: str) -> int:
     n = ascii_int(text)
     if n is None or n < 1:

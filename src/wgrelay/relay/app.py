@@ -50,6 +50,14 @@ class RelayOptions:
     kernel_offload: str = "off"
     """auto: forward fully latched port-mode sessions in the kernel when the
     relay may; on: refuse to start without it; off: userspace only."""
+    tcp_port: int | None = None
+    """Agents over TCP (networks that block UDP): None = the UDP port's number, 0 = off."""
+    tls_port: int | None = None
+    """TLS (typically 443, where such networks let traffic out): None = 443 when a
+    certificate is configured, 0 = off."""
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    tls_self_signed: bool = False
 
 
 def parse_relay_spec(text: str, what: str) -> tuple[Endpoint, PublicKey]:
