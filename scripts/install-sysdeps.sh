@@ -4,7 +4,7 @@
 set -euo pipefail
 
 packages=(wireguard-go wireguard-tools nftables iproute2 iperf3 conntrack iputils-ping
-          gcc libc6-dev python3-dev util-linux procps libnftables1)
+          gcc libc6-dev python3-dev util-linux procps libnftables1 openssl systemd)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
