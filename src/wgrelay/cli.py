@@ -126,6 +126,7 @@ def cmd_start_relay(args: argparse.Namespace) -> int:
 def cmd_up(args: argparse.Namespace) -> int:
     from wgrelay.mesh.agent import AgentConfig
     from wgrelay.mesh.daemon import AgentOptions, run_agent
+    from wgrelay.relay.app import parse_endpoint
 
     relays = [argtype.relay_arg(r) for r in args.relay or []]
     config = AgentConfig(
@@ -140,6 +141,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         config=config,
         geoip_db=args.geoip_db,
         port_mode=not args.framed_only,
+        metrics=parse_endpoint(args.metrics, "--metrics") if args.metrics else None,
     )
     return run_agent(opts)
 
@@ -284,6 +286,12 @@ def cmd_configure_relay(args: argparse.Namespace) -> int:
 def cmd_status(args: argparse.Namespace) -> int:
     from wgrelay.mesh.status import collect_status, render_status
 
+    if args.watch:
+        from wgrelay.mesh.status_watch import watch
+
+        return watch(args.state_dir, args.interface, args.interval or 1.0)
+    if args.interval is not None:
+        raise ConfigError("--interval goes with --watch")
     doc = collect_status(args.state_dir, args.interface)
     if args.json:
         import json

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from wgrelay import __version__
 from wgrelay import cli_types as argtype
+from wgrelay.mesh.status_watch import watch_interval
 from wgrelay.relay.config import DEFAULT_PORT_RANGE
 
 EXIT_USAGE = 2
@@ -238,9 +239,27 @@ def build_parser(handlers: Mapping[str, Handler]) -> argparse.ArgumentParser:
         help="never point WireGuard straight at a relay's session port (port mode); "
         "relay every packet through the agent's local proxy",
     )
+    sp.add_argument(
+        "--metrics",
+        metavar="ADDR:PORT",
+        help="serve Prometheus metrics here (docs/METRICS.md)",
+    )
     sp = add("status", "show per-peer paths of running agents")
     sp.add_argument("interface", nargs="?", metavar="INTERFACE", help="only this interface")
-    sp.add_argument("--json", action="store_true", help="stable machine-readable output")
+    view = sp.add_mutually_exclusive_group()
+    view.add_argument("--json", action="store_true", help="stable machine-readable output")
+    view.add_argument(
+        "--watch",
+        action="store_true",
+        help="a live view, redrawn every --interval until Ctrl-C "
+        "(not a terminal: plain frames one after another)",
+    )
+    sp.add_argument(
+        "--interval",
+        type=watch_interval,
+        metavar="SECONDS",
+        help="with --watch: seconds between frames (default 1)",
+    )
     sp = add("demo", "a relayed WireGuard tunnel coming up (namespaces, or simulated)")
     sp.add_argument(
         "--simulated",

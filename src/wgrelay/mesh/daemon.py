@@ -56,6 +56,7 @@ from wgrelay.mesh.agent import AgentConfig, AgentCore
 from wgrelay.mesh.backend.base import InterfaceInfo, WireGuardBackend
 from wgrelay.mesh.backend.detect import detect_backend
 from wgrelay.mesh.cache import ConnectionCache
+from wgrelay.mesh.metrics import serve_agent_metrics
 from wgrelay.mesh.mtu import mtu_warning
 from wgrelay.mesh.nat import TryDirect
 from wgrelay.mesh.port_mode import PortModePaths
@@ -112,6 +113,8 @@ class AgentOptions:
     port_mode: bool = True
     """Point WireGuard straight at the relay's session port when it has one
     (mesh/port_mode.py); False: always through the local proxy (framed)."""
+    metrics: Endpoint | None = None
+    """Serve Prometheus metrics (mesh/metrics.py) at http://ADDR:PORT/metrics."""
 
 
 def status_path(state_dir: Path, interface: str) -> Path:
@@ -182,6 +185,12 @@ class Agent(RelayPaths):
         self._registry_dirty = False
         self._mapping_probed: dict[tuple[PublicKey, bytes], float] = {}
         self._mapping_probe_failed = False
+        self._metrics: asyncio.Server | None = None
+
+    @property
+    def info(self) -> InterfaceInfo:
+        """The latest snapshot of the interface (the metrics read it at scrape time)."""
+        return self._info
 
     # ------------------------------------------------------------ data
 
@@ -382,6 +391,8 @@ class Agent(RelayPaths):
 
     async def _run_loop(self, on_ready: Callable[[], None] | None) -> None:
         try:
+            if self.opts.metrics is not None:
+                self._metrics = await serve_agent_metrics(self, self.opts.metrics)
             self._check_settings()
             if self.core.relay_enabled:
                 await self.manager.start()
@@ -472,6 +483,9 @@ class Agent(RelayPaths):
             self.store.close()
         with contextlib.suppress(OSError):
             status_path(self.opts.state_dir, self.iface).unlink()
+        if self._metrics is not None:
+            self._metrics.close()
+            await self._metrics.wait_closed()
 
 
 async def _run_agent(opts: AgentOptions) -> int:
