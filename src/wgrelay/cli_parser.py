@@ -12,6 +12,7 @@ from pathlib import Path
 
 from wgrelay import __version__
 from wgrelay import cli_types as argtype
+from wgrelay.mesh.backend.detect import BACKEND_NAMES
 from wgrelay.mesh.status_watch import watch_interval
 from wgrelay.relay.config import DEFAULT_PORT_RANGE
 
@@ -211,7 +212,7 @@ def build_parser(handlers: Mapping[str, Handler]) -> argparse.ArgumentParser:
         help="a bootstrap relay for this run (repeatable; also remembered)",
     )
     sp.add_argument(
-        "--backend", choices=["kernel", "userspace"], help="WireGuard backend (default: detected)"
+        "--backend", choices=BACKEND_NAMES, help="WireGuard backend (default: detected)"
     )
     sp.add_argument(
         "--keepalive",

@@ -123,8 +123,10 @@ def test_preferred_userspace(dirs: tuple[Path, Path]) -> None:
 
 
 def test_unknown_preference_is_a_config_error(dirs: tuple[Path, Path]) -> None:
-    with pytest.raises(ConfigError, match="unknown WireGuard backend 'netlink'"):
-        detect_backend("wg0", "netlink", socket_dir=dirs[0], sys_class_net=dirs[1])
+    with pytest.raises(
+        ConfigError, match=r"unknown WireGuard backend 'wgnt' \(choose kernel, netlink, userspace\)"
+    ):
+        detect_backend("wg0", "wgnt", socket_dir=dirs[0], sys_class_net=dirs[1])
 
 
 def test_invalid_interface_name() -> None:
