@@ -5,14 +5,22 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+RELOAD_SIGNAL = signal.SIGHUP
 
 
 @contextlib.contextmanager
 def stop_on_signals(callback: Callable[[], None]) -> Iterator[None]:
-    """SIGINT and SIGTERM call ``callback`` while the block runs.
+    """SIGINT and SIGTERM call ``callback`` while the block runs."""
+    with on_signals(STOP_SIGNALS, callback):
+        yield
+
+
+@contextlib.contextmanager
+def on_signals(signals: Iterable[signal.Signals], callback: Callable[[], None]) -> Iterator[None]:
+    """``signals`` call ``callback`` (on the loop) while the block runs.
 
     Signal handlers can only be installed from the main thread; elsewhere (a
     daemon embedded in a test's worker thread) the block runs without them and
@@ -20,7 +28,7 @@ def stop_on_signals(callback: Callable[[], None]) -> Iterator[None]:
     """
     loop = asyncio.get_running_loop()
     installed = []
-    for sig in STOP_SIGNALS:
+    for sig in signals:
         try:
             loop.add_signal_handler(sig, callback)
         except (RuntimeError, ValueError):

@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from wgrelay import cli_parser
+from wgrelay import cli_parser, config_file
 from wgrelay import cli_types as argtype
 from wgrelay.errors import ConfigError, WgRelayError
 from wgrelay.keys import (
@@ -31,6 +32,8 @@ from wgrelay.state import default_state_dir
 
 if TYPE_CHECKING:
     from wgrelay.discovery.registry import RelayRegistry
+    from wgrelay.mesh.daemon import AgentOptions
+    from wgrelay.relay.app import RelayOptions
 
 log = logging.getLogger("wgrelay")
 
@@ -86,8 +89,23 @@ def cmd_pubkey(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------- relay
 
 
+def _hold_reloads() -> None:
+    # SIGHUP's default ends the process: a reload asked for (systemctl
+    # reload) before the daemon listens for it must not stop the service
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+
+
 def cmd_start_relay(args: argparse.Namespace) -> int:
-    from wgrelay.relay.app import RelayOptions, run_relay
+    from wgrelay.relay.app import run_relay
+
+    _hold_reloads()
+    opts = relay_options(args)
+    opts.reload = config_file.Reloadable(args, relay_options, log_level)
+    return run_relay(opts)
+
+
+def relay_options(args: argparse.Namespace) -> RelayOptions:
+    from wgrelay.relay.app import RelayOptions
     from wgrelay.relay.config import RelayConfig
 
     config = RelayConfig(
@@ -97,7 +115,7 @@ def cmd_start_relay(args: argparse.Namespace) -> int:
         session_idle_timeout_s=args.idle_timeout,
         port_range=args.port_range,
     )
-    opts = RelayOptions(
+    return RelayOptions(
         state_dir=args.state_dir,
         port=args.port,
         binds=args.bind or [],
@@ -117,15 +135,23 @@ def cmd_start_relay(args: argparse.Namespace) -> int:
         tls_key=args.tls_key,
         tls_self_signed=args.tls_self_signed,
     )
-    return run_relay(opts)
 
 
 # ---------------------------------------------------------------- agent and relays
 
 
 def cmd_up(args: argparse.Namespace) -> int:
+    from wgrelay.mesh.daemon import run_agent
+
+    _hold_reloads()
+    opts = agent_options(args)
+    opts.reload = config_file.Reloadable(args, agent_options, log_level)
+    return run_agent(opts)
+
+
+def agent_options(args: argparse.Namespace) -> AgentOptions:
     from wgrelay.mesh.agent import AgentConfig
-    from wgrelay.mesh.daemon import AgentOptions, run_agent
+    from wgrelay.mesh.daemon import AgentOptions
     from wgrelay.relay.app import parse_endpoint
 
     relays = [argtype.relay_arg(r) for r in args.relay or []]
@@ -133,7 +159,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         keepalive_s=args.keepalive,
         direct_probe_s=args.direct_timeout,
     )
-    opts = AgentOptions(
+    return AgentOptions(
         interface=args.interface,
         state_dir=args.state_dir,
         backend=args.backend,
@@ -143,7 +169,6 @@ def cmd_up(args: argparse.Namespace) -> int:
         port_mode=not args.framed_only,
         metrics=parse_endpoint(args.metrics, "--metrics") if args.metrics else None,
     )
-    return run_agent(opts)
 
 
 def cmd_add_bootstrap_relay(args: argparse.Namespace) -> int:
@@ -351,24 +376,35 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
 
-def _setup_logging(verbose: int, quiet: int) -> None:
-    level = logging.INFO + 10 * (quiet - verbose)
+def log_level(args: argparse.Namespace) -> int:
+    level: int = logging.INFO + 10 * (args.quiet - args.verbose)
+    return max(logging.DEBUG, min(level, logging.CRITICAL))
+
+
+def _setup_logging(args: argparse.Namespace) -> None:
     logging.basicConfig(
-        level=max(logging.DEBUG, min(level, logging.CRITICAL)),
+        level=log_level(args),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
 
 
+def _finish(args: argparse.Namespace) -> None:
+    if args.state_dir is None:
+        args.state_dir = default_state_dir()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:  # the command line, with a --config file's settings under it
+        args = config_file.parse_args(parser, sys.argv[1:] if argv is None else argv, _finish)
+    except WgRelayError as e:
+        print(f"wgrelay: error: {e}", file=sys.stderr)
+        return EXIT_ERROR
     if args.command is None:
         parser.print_help(sys.stderr)
         return EXIT_USAGE
-    _setup_logging(args.verbose, args.quiet)
-    if args.state_dir is None:
-        args.state_dir = default_state_dir()
+    _setup_logging(args)
     try:
         return int(args.handler(args))
     except WgRelayError as e:

@@ -52,6 +52,16 @@ def _common_options(suppress: bool) -> _Parser:
     return common
 
 
+def _config_option(sp: argparse.ArgumentParser, example: str) -> None:
+    sp.add_argument(
+        "--config",
+        type=Path,
+        metavar="FILE",
+        help=f"TOML file setting any of these options by its long name (e.g. {example}; "
+        "the command line wins; SIGHUP reads it again: docs/OPERATIONS.md)",
+    )
+
+
 def build_parser(handlers: Mapping[str, Handler]) -> argparse.ArgumentParser:
     """The whole parser; ``handlers`` maps each command name to its function."""
     common = _common_options(suppress=False)
@@ -99,6 +109,7 @@ def build_parser(handlers: Mapping[str, Handler]) -> argparse.ArgumentParser:
         help="only relays announcing this region (with --refresh, only those are asked for)",
     )
     sp = add("start-relay", "run a relay node")
+    _config_option(sp, "/etc/wgrelay/relay.toml")
     sp.add_argument(
         "--max-connections",
         type=argtype.positive,
@@ -205,6 +216,7 @@ def build_parser(handlers: Mapping[str, Handler]) -> argparse.ArgumentParser:
     )
     sp = add("up", "run the agent beside a WireGuard interface")
     sp.add_argument("interface", metavar="INTERFACE", help="the WireGuard interface")
+    _config_option(sp, "/etc/wgrelay/INTERFACE.toml")
     sp.add_argument(
         "--relay",
         action="append",

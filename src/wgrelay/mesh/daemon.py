@@ -18,6 +18,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from wgrelay.aio import stop_on_signals
 from wgrelay.client.events import (
@@ -61,6 +62,7 @@ from wgrelay.mesh.mtu import mtu_warning
 from wgrelay.mesh.nat import TryDirect
 from wgrelay.mesh.port_mode import PortModePaths
 from wgrelay.mesh.relay_paths import RelayPaths
+from wgrelay.mesh.reload import reloads_on_sighup
 from wgrelay.mesh.status_doc import status_document, status_steady
 from wgrelay.proto.constants import CloseReason, MappingKind
 from wgrelay.proto.messages import MAX_HOLD_S
@@ -68,6 +70,9 @@ from wgrelay.settings import load_settings, settings_path
 from wgrelay.state import ensure_state_dir
 from wgrelay.transport.base import Runtime
 from wgrelay.transport.udp import AsyncioRuntime
+
+if TYPE_CHECKING:
+    from wgrelay.config_file import Reloadable
 
 log = logging.getLogger(__name__)
 
@@ -115,6 +120,8 @@ class AgentOptions:
     (mesh/port_mode.py); False: always through the local proxy (framed)."""
     metrics: Endpoint | None = None
     """Serve Prometheus metrics (mesh/metrics.py) at http://ADDR:PORT/metrics."""
+    reload: Reloadable[AgentOptions] | None = None
+    """How to make these options again on SIGHUP (mesh/reload.py); None: no reloads."""
 
 
 def status_path(state_dir: Path, interface: str) -> Path:
@@ -387,7 +394,8 @@ class Agent(RelayPaths):
 
     async def run(self, on_ready: Callable[[], None] | None = None) -> None:
         with stop_on_signals(self._stop.set):
-            await self._run_loop(on_ready)
+            async with reloads_on_sighup(self.opts.reload, self):
+                await self._run_loop(on_ready)
 
     async def _run_loop(self, on_ready: Callable[[], None] | None) -> None:
         try:

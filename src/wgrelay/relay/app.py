@@ -10,6 +10,7 @@ import resource
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from wgrelay.discovery.registry import RegistryStore, RelayRegistry
 from wgrelay.endpoint import Endpoint, endpoint_str
@@ -23,9 +24,13 @@ from wgrelay.relay.localaddrs import local_announce_endpoints
 from wgrelay.relay.metrics import make_registry, serve_metrics
 from wgrelay.relay.offload import KernelOffload, OffloadUnavailable, delete_stale_table
 from wgrelay.relay.peers_store import SAVE_INTERVAL_S, load_known_relays, save_known_relays
+from wgrelay.relay.reload import reloads_on_sighup
 from wgrelay.relay.server import POLICY_REFRESH_S, BindAddress, RelayServer
 from wgrelay.state import ensure_state_dir
 from wgrelay.transport.udp import AsyncioRuntime
+
+if TYPE_CHECKING:
+    from wgrelay.config_file import Reloadable
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +63,8 @@ class RelayOptions:
     tls_cert: Path | None = None
     tls_key: Path | None = None
     tls_self_signed: bool = False
+    reload: Reloadable[RelayOptions] | None = None
+    """How to make these options again on SIGHUP (relay/reload.py); None: no reloads."""
 
 
 def parse_relay_spec(text: str, what: str) -> tuple[Endpoint, PublicKey]:
@@ -262,7 +269,10 @@ async def _serve(opts: RelayOptions) -> None:
         core,
         runtime,
         binds,
-        policy_refresh_s=0.0 if isinstance(policy, OpenPolicy) else POLICY_REFRESH_S,
+        # (a reload may swap an open policy for one that must be refreshed)
+        policy_refresh_s=0.0
+        if isinstance(policy, OpenPolicy) and opts.reload is None
+        else POLICY_REFRESH_S,
     )
     raise_fd_limit(opts.config.port_range)
     server.open()
@@ -306,7 +316,8 @@ async def _serve(opts: RelayOptions) -> None:
                 opts.config.max_bandwidth_kbps,
             )
 
-        await server.serve(ready)
+        async with reloads_on_sighup(opts.reload, core, server):
+            await server.serve(ready)
     finally:
         saver.cancel()
         with contextlib.suppress(asyncio.CancelledError):

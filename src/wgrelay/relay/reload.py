@@ -1,0 +1,177 @@
+"""SIGHUP for ``wgrelay start-relay``: read the config file again and apply
+what a running relay can change.
+
+Applied at once:
+
+* the access policy (``--open`` / ``--allow-file`` / ``--allow-peers-of``):
+  a changed choice builds the new policy, an unchanged one re-reads its allow
+  file or interface now (as the periodic refresh would within seconds). Peers
+  the new policy refuses lose their registration and sessions at once; peers
+  it allows newly may register from then on.
+* ``--max-connections`` and ``--max-sessions-per-peer``: checked when a
+  session is asked for, so they apply to new sessions; sessions above a
+  lowered limit are not closed.
+* ``--max-bandwidth``: new sessions get the new rate. Established sessions
+  keep the rate they started with (their agents were told it), except that
+  a port-mode session handed to the kernel after the reload is limited there
+  at the new rate.
+* ``--idle-timeout``: every session, at the next housekeeping (each second).
+* ``-v``/``-q`` (``verbose``/``quiet``): the log level.
+
+Everything else (ports, binds, the key, metrics, announcements, stream
+transports, new options) is logged as "needs a restart" and keeps running
+with its value from the start. A file with an error is not applied at all:
+the relay says why and keeps every running setting.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from dataclasses import replace
+from typing import TYPE_CHECKING
+
+from wgrelay.aio import RELOAD_SIGNAL, on_signals
+from wgrelay.errors import ConfigError
+from wgrelay.relay.access import AccessPolicy
+from wgrelay.relay.config import RelayConfig
+from wgrelay.relay.core import RelayCore
+
+if TYPE_CHECKING:
+    from wgrelay.config_file import Reloadable, Reread
+    from wgrelay.relay.app import RelayOptions
+    from wgrelay.relay.server import RelayServer
+
+log = logging.getLogger(__name__)
+
+POLICY_DESTS = frozenset({"open", "allow_file", "allow_peers_of"})
+CONFIG_FIELDS = {
+    "max_connections": "max_connections",
+    "max_bandwidth": "max_bandwidth_kbps",
+    "max_sessions_per_peer": "max_sessions_per_peer",
+    "idle_timeout": "session_idle_timeout_s",
+}
+"""Reloadable option dest -> the RelayConfig field it sets."""
+RELOADABLE = POLICY_DESTS | set(CONFIG_FIELDS) | {"verbose", "quiet"}
+
+
+def use_config(core: RelayCore, config: RelayConfig) -> None:
+    """Swap the relay's limits: every part of the core that holds the
+    (frozen) config reads it at the moment it decides."""
+    core.config = config
+    core.table.config = config
+    core._admission.config = config
+
+
+def use_policy(core: RelayCore, policy: AccessPolicy) -> None:
+    core.policy = policy
+    core._admission.policy = policy
+
+
+def reloaded_config(running: RelayConfig, new: RelayConfig) -> RelayConfig:
+    """The running config with the reloadable limits of ``new``."""
+    return replace(running, **{f: getattr(new, f) for f in CONFIG_FIELDS.values()})
+
+
+class RelayReloader:
+    """Runs one reload per SIGHUP (one at a time; a SIGHUP during a reload
+    runs another after it, so the last edit is always applied)."""
+
+    def __init__(
+        self, source: Reloadable[RelayOptions], core: RelayCore, server: RelayServer
+    ) -> None:
+        self.source = source
+        self.core = core
+        self.server = server
+        self._task: asyncio.Task[None] | None = None
+        self._again = False
+
+    def request(self) -> None:
+        """The signal handler (on the loop)."""
+        if self._task is not None and not self._task.done():
+            self._again = True
+            return
+        self._task = asyncio.create_task(self._run())
+
+    async def _run(self) -> None:
+        while True:
+            self._again = False
+            try:
+                await self.reload()
+            except Exception:  # a bug in a reload must not stop the relay
+                log.exception("reload failed; the running settings stay")
+            if not self._again:
+                return
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+
+    async def reload(self) -> None:
+        from wgrelay.relay.app import build_policy
+
+        try:
+            # the file, an allow file or an interface: reads that block
+            new = await asyncio.to_thread(self.source.reread)
+            policy = None
+            if POLICY_DESTS & set(new.changed):
+                policy = await asyncio.to_thread(build_policy, new.options)
+            else:
+                await asyncio.to_thread(self.core.policy.refresh)
+        except ConfigError as e:
+            log.error("SIGHUP: config not reloaded, the running settings stay: %s", e)
+            return
+        self._apply(new, policy)
+
+    def _apply(self, new: Reread[RelayOptions], policy: AccessPolicy | None) -> None:
+        core = self.core
+        old_config = core.config
+        config = reloaded_config(old_config, new.options.config)
+        use_config(core, config)
+        applied = [
+            f"{new.flag(dest)} {getattr(old_config, field)} -> {getattr(config, field)}"
+            for dest, field in CONFIG_FIELDS.items()
+            if getattr(old_config, field) != getattr(config, field)
+        ]
+        if policy is not None and policy.description != core.policy.description:
+            applied.append(f"access {core.policy.description} -> {policy.description}")
+        if policy is not None:
+            use_policy(core, policy)
+        # peers the policy no longer allows go now, and are told
+        core.policy_changed(self.server.runtime.now())
+        self.server._flush()
+        level = logging.getLevelName(new.log_level)
+        if logging.getLogger().level != new.log_level:
+            logging.getLogger().setLevel(new.log_level)
+            applied.append(f"log level {level}")
+        restart = [flag for dest, flag in new.changed.items() if dest not in RELOADABLE]
+        for flag in restart:
+            log.warning(
+                "SIGHUP: %s changed in %s: needs a restart (the running value stays)",
+                flag,
+                new.config_file,
+            )
+        log.info(
+            "SIGHUP: config %s reloaded: %s",
+            new.config_file,
+            "; ".join(applied) if applied else "nothing to change",
+        )
+
+
+@contextlib.asynccontextmanager
+async def reloads_on_sighup(
+    source: Reloadable[RelayOptions] | None, core: RelayCore, server: RelayServer
+) -> AsyncIterator[None]:
+    """SIGHUP reloads while the block runs (nothing without a source)."""
+    if source is None:
+        yield
+        return
+    reloader = RelayReloader(source, core, server)
+    try:
+        with on_signals((RELOAD_SIGNAL,), reloader.request):
+            yield
+    finally:
+        await reloader.close()
