@@ -330,6 +330,12 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_doctor(args: argparse.Namespace) -> int:
+    from wgrelay.doctor import run_doctor
+
+    return run_doctor(args.state_dir, args.interface, as_json=args.json)
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from wgrelay.demo.simulated import print_nat_matrix, run_simulated_demo
 
@@ -371,6 +377,7 @@ def build_parser() -> argparse.ArgumentParser:
             "configure-relay": cmd_configure_relay,
             "up": cmd_up,
             "status": cmd_status,
+            "doctor": cmd_doctor,
             "demo": cmd_demo,
         }
     )

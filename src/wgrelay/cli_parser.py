@@ -273,6 +273,16 @@ def build_parser(handlers: Mapping[str, Handler]) -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="with --watch: seconds between frames (default 1)",
     )
+    sp = add("doctor", "diagnose relays, NAT, MTU, clock and why each peer is direct or relayed")
+    sp.add_argument(
+        "interface",
+        nargs="?",
+        metavar="INTERFACE",
+        help="also diagnose this WireGuard interface, its agent and its peers",
+    )
+    sp.add_argument(
+        "--json", action="store_true", help="stable machine-readable output (docs/DOCTOR.md)"
+    )
     sp = add("demo", "a relayed WireGuard tunnel coming up (namespaces, or simulated)")
     sp.add_argument(
         "--simulated",
