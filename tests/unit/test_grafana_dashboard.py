@@ -84,7 +84,7 @@ def _panels(panels: list[dict[str, Any]]) -> Iterator[dict[str, Any]]:
         yield from _panels(p.get("panels") or [])  # collapsed rows hold theirs
 
 
-def _queries(dash: dict[str, Any]) -> Iterator[tuple[str, str]]:
+def queries(dash: dict[str, Any]) -> Iterator[tuple[str, str]]:
     """(where, PromQL) for every panel target and every query variable."""
     for p in _panels(dash["panels"]):
         for t in p.get("targets") or []:
@@ -134,7 +134,7 @@ def test_every_dashboard_query_names_an_exported_metric(exposition: tuple[str, s
     agent_names = exported_names(exposition[1])
     assert not relay_names & agent_names  # the agent's are all wgrelay_agent_*
     used: set[str] = set()
-    for where, expr in _queries(dash):
+    for where, expr in queries(dash):
         names = metric_names(expr)
         assert names, f"{where}: no metric in {expr!r}"
         missing = names - relay_names - agent_names
