@@ -144,8 +144,8 @@ class HomePlanner(LinkPool):
             home = self.link(key)
             if home is not None:
                 home.set_role(Role.HOME, now)  # the relay signs our record as home
-            relay = self.registry.get(key)
-            where = endpoint_str(relay.endpoint) if relay else "?"
+            addr = self.relay_addr(key)  # where we reach it, not its first endpoint
+            where = endpoint_str(addr) if addr else "?"
             log.info("home relay %s at %s", key.short(), where)
             self._touch(key, now)
             self._ask_announcements(now)

@@ -36,8 +36,13 @@ class LinkPool:
         rng: Callable[[int], bytes] = os.urandom,
         prior: RttPrior | None = None,
         history: RelayHistory | None = None,
+        reachable: Callable[[Endpoint], bool] = lambda _ep: True,
     ) -> None:
         self.private_key = private_key
+        self._reachable = reachable
+        """Whether this host can send to an endpoint at all (discovery/reach.py
+        for real): an announced endpoint of a family we have no route for is
+        skipped instead of costing a connect timeout."""
         self.registry = registry
         self.config = config or PlanConfig()
         self.link_config = link_config or LinkConfig()
@@ -123,19 +128,29 @@ class LinkPool:
         # only the home places a location record for us: other relays (the
         # standby, a peer's home we reach it through) must not draw lookups
         link.role = Role.HOME if key == self.home else Role.UNLISTED
-        addr = (relay.endpoint[0], relay.endpoint[1])
+        addr = self._first_endpoint(relay)
         self._links[key] = LinkSlot(link, addr, now)
         self._by_addr[addr] = key
         return link
 
+    def _routed_endpoints(self, relay: KnownRelay) -> list[Endpoint]:
+        """The relay's endpoints in its order, those we have a route for; all of
+        them if none (a route may appear: better knock than give up)."""
+        eps = [(e[0], e[1]) for e in relay.endpoints]
+        return [e for e in eps if self._reachable(e)] or eps
+
+    def _first_endpoint(self, relay: KnownRelay) -> Endpoint:
+        return self._routed_endpoints(relay)[0]
+
     def _next_endpoint(self, key: PublicKey) -> None:
         """A relay that does not answer at one of its announced endpoints is
-        tried at the next one (IPv6 and IPv4, several addresses) from then on."""
+        tried at the next one (IPv6 and IPv4, several addresses) from then on,
+        round the list; endpoints we have no route for are passed over."""
         lk = self._links.get(key)
         relay = self.registry.get(key)
         if lk is None or relay is None or len(relay.endpoints) < 2:
             return
-        eps = [(e[0], e[1]) for e in relay.endpoints]
+        eps = self._routed_endpoints(relay)
         nxt = eps[(eps.index(lk.addr) + 1) % len(eps)] if lk.addr in eps else eps[0]
         if nxt != lk.addr and nxt not in self._by_addr:
             log.info("relay %s: trying %s", key.short(), endpoint_str(nxt))
