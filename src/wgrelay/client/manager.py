@@ -36,6 +36,7 @@ from wgrelay.client.events import (
 )
 from wgrelay.client.link import LinkConfig
 from wgrelay.client.plan import PlanConfig, RelayPlanner
+from wgrelay.discovery.reach import has_route
 from wgrelay.discovery.registry import RelayRegistry
 from wgrelay.discovery.selection import RelayHistory, RttPrior, relay_score
 from wgrelay.endpoint import Endpoint
@@ -101,6 +102,9 @@ class RelayManager:
             link_config=link_config,
             prior=prior,
             history=history,
+            # a route lookup asks this host's kernel: right for real sockets,
+            # meaningless for the simulator's addresses
+            reachable=has_route if isinstance(self.runtime, AsyncioRuntime) else lambda _ep: True,
         )
         self._on_event = on_event
         self._on_data = on_data
