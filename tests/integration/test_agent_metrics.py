@@ -27,6 +27,7 @@ import pytest
 from tests.integration.relays import inproc_relay
 from tests.metrics_text import http_get, samples
 from wgrelay.discovery.registry import RelayRegistry
+from wgrelay.errors import ConfigError
 from wgrelay.keys import PrivateKey
 from wgrelay.mesh.agent import AgentConfig
 from wgrelay.mesh.backend.fake import FakeBackend, SetEndpointCall
@@ -223,3 +224,25 @@ async def _watch(state_dir: Path, backend: FakeBackend, kb: PrivateKey, peer: st
         err = await proc.stderr.read()
     assert rc == 0, err
     assert err == b""
+
+
+def test_a_metrics_port_in_use_is_a_one_line_error_and_the_agent_cleans_up(
+    tmp_path: Path,
+) -> None:
+    async def scenario() -> None:
+        with socket.socket() as taken:
+            taken.bind(("127.0.0.1", 0))
+            taken.listen()
+            port = taken.getsockname()[1]
+            backend = FakeBackend()
+            backend.add_interface("wgm", private_key=PrivateKey.generate())
+            backend.add_peer("wgm", PrivateKey.generate().public_key())
+            reg = RelayRegistry()
+            reg.add_bootstrap(PrivateKey.generate().public_key(), ("127.0.0.1", 9))
+            opts = AgentOptions(interface="wgm", state_dir=tmp_path, metrics=("127.0.0.1", port))
+            agent = Agent(opts, backend, backend.read("wgm"), reg, None, ConnectionCache(None))
+            with pytest.raises(ConfigError, match=rf"cannot serve metrics on 127.0.0.1:{port}: "):
+                await agent.run()
+        assert not (tmp_path / "status-wgm.json").exists()
+
+    asyncio.run(scenario())
