@@ -29,7 +29,10 @@ from inside endpoint ``(ip, port)`` to remote ``R`` is given an external port:
   ``hairpinning`` is on; the topology code does the routing, this table only
   translates.
 * ``udp_blocked``: the box drops every outbound UDP packet (a restrictive
-  firewall), so nothing ever gets a mapping.
+  firewall), so nothing ever gets a mapping. TCP still passes (the simulated
+  streams of ``wgrelay.sim.stream`` take their own route through the box)
+  unless ``tcp_blocked``, or ``tcp_443_only`` and the destination port is
+  not 443 (a network that lets only HTTPS out).
 
 Expired mappings are removed when touched, and swept every few thousand new
 mappings so a long run does not grow without bound.
@@ -74,6 +77,10 @@ class NatBehavior:
     inbound_refresh: bool = False
     hairpinning: bool = True
     udp_blocked: bool = False
+    tcp_blocked: bool = False
+    """Outbound TCP connections are dropped (they time out)."""
+    tcp_443_only: bool = False
+    """Outbound TCP connections pass only to port 443."""
     port_range: tuple[int, int] = (1024, 65535)
 
     def __post_init__(self) -> None:
@@ -101,6 +108,8 @@ class NatKind(enum.Enum):
     PORT_RESTRICTED_CONE = "port-restricted-cone"
     SYMMETRIC = "symmetric"
     UDP_BLOCKED = "udp-blocked"
+    TCP_443_ONLY = "tcp-443-only"
+    """UDP blocked and TCP only to port 443: a network that lets only HTTPS out."""
 
     @property
     def behavior(self) -> NatBehavior | None:
@@ -118,6 +127,7 @@ NAT_PRESETS: dict[NatKind, NatBehavior] = {
     ),
     NatKind.SYMMETRIC: NatBehavior(mapping=_APDM, filtering=_APDM, port_preservation=False),
     NatKind.UDP_BLOCKED: NatBehavior(udp_blocked=True),
+    NatKind.TCP_443_ONLY: NatBehavior(udp_blocked=True, tcp_443_only=True),
 }
 
 NatEventHook = Callable[[str, Endpoint, Endpoint], None]

@@ -24,6 +24,7 @@ from wgrelay.sim.engine import Network, Partition
 from wgrelay.sim.link import LinkSpec
 from wgrelay.sim.loop import SimulationDeadlock, SimulationError, VirtualTimeLoop
 from wgrelay.sim.nat import Endpoint, NatBehavior, NatKind
+from wgrelay.sim.stream import StreamNet
 from wgrelay.sim.topology import Host, Nat, Realm
 from wgrelay.sim.trace import TraceRecord
 
@@ -49,6 +50,8 @@ class Simulation:
         self.loop = VirtualTimeLoop(inline_executor=inline_executor)
         self.loop.set_exception_handler(self._on_loop_error)
         self.network = Network(self.loop, seed, trace)
+        self.streams = StreamNet(self.network)
+        """Simulated TCP/TLS connections (``wgrelay.sim.stream``)."""
         self.rng = self.network.derive_rng("scenario")
         """A seeded stream for the scenario's own choices."""
         self.loop_errors: list[dict[str, Any]] = []
@@ -102,7 +105,7 @@ class Simulation:
         realm = self.network.internet if not isinstance(behind, Nat) else behind.inner
         ipv4 = self._address_in(realm, address)
         v6 = [self._allocate_ipv6()] if ipv6 else []
-        host = Host(self.network, name, realm, [ipv4], v6, link)
+        host = Host(self.network, name, realm, [ipv4], v6, link, self.streams)
         realm.attach(ipv4, host)
         for ip in v6:
             self._route_ipv6(ip, host)
@@ -191,8 +194,11 @@ class Simulation:
 
     def partition(self, a: Iterable[Host], b: Iterable[Host]) -> Partition:
         """Drop every packet between a host of ``a`` and a host of ``b`` (both
-        ways, in flight too) until ``heal()``; returns a handle to heal just this."""
-        return self.network.partition(frozenset(a), frozenset(b))
+        ways, in flight too) until ``heal()``; returns a handle to heal just this.
+        Streams across it break after ``STREAM_BREAK_TIMEOUT_S`` unless healed."""
+        p = self.network.partition(frozenset(a), frozenset(b))
+        self.streams.partitioned()
+        return p
 
     def heal(self) -> None:
         """Heal every partition."""

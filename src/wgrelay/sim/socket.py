@@ -10,15 +10,28 @@ datagrams that arrive at the same virtual instant), then ``batch_done`` once.
 from __future__ import annotations
 
 import socket
+import ssl
 from collections.abc import Callable
 from typing import TYPE_CHECKING, TypeVar
 
-from wgrelay.transport.base import Addr, DatagramReceiver, DatagramTransport, Runtime
+from wgrelay.transport.base import (
+    Accept,
+    Addr,
+    DatagramReceiver,
+    DatagramTransport,
+    Runtime,
+    StreamListener,
+    StreamOptions,
+    StreamReceiver,
+    StreamTransport,
+)
 
 _T = TypeVar("_T")
 
 if TYPE_CHECKING:
     from wgrelay.sim.loop import VirtualTimeLoop
+    from wgrelay.sim.stream import SimStreamListener
+    from wgrelay.sim.streamconn import SimStream
     from wgrelay.sim.topology import Host
 
 
@@ -120,8 +133,31 @@ class SimRuntime:
         # datagram as it arrives and never overflows.
         return self.host.bind(host, port, receiver)
 
+    def connect_stream(
+        self, host: str, port: int, receiver: StreamReceiver, options: StreamOptions
+    ) -> SimStream:
+        """A simulated TCP (or TLS) connection (``wgrelay.sim.stream``)."""
+        return self.host.streams.connect(self.host, host, port, receiver, options)
+
+    async def listen_stream(
+        self,
+        host: str,
+        port: int,
+        accept: Accept,
+        *,
+        tls: ssl.SSLContext | None = None,
+        send_buffer_bytes: int = 256 * 1024,
+    ) -> SimStreamListener:
+        """Accept simulated connections; ``tls`` only marks the listener as
+        TLS (no crypto in a simulation: see ``wgrelay.sim.stream``)."""
+        return self.host.streams.listen(self.host, host, port, accept, tls, send_buffer_bytes)
+
 
 if TYPE_CHECKING:
     # mypy proves these implement the transport seam exactly.
     _TRANSPORT: type[DatagramTransport] = SimUdpTransport
     _RUNTIME: type[Runtime] = SimRuntime
+
+    def _stream_types(s: SimStream, listener: SimStreamListener) -> None:
+        _s: StreamTransport = s
+        _l: StreamListener = listener

@@ -28,6 +28,7 @@ from wgrelay.transport.base import DatagramReceiver
 
 if TYPE_CHECKING:
     from wgrelay.sim.engine import Network
+    from wgrelay.sim.stream import SimStreamListener, StreamNet
 
 EPHEMERAL_PORTS = (32768, 60999)
 """Linux's default ``ip_local_port_range``."""
@@ -78,8 +79,11 @@ class Host:
         ipv4: list[str],
         ipv6: list[str],
         link: LinkSpec,
+        streams: StreamNet,
     ) -> None:
         self.network = network
+        self.streams = streams
+        """The simulation's TCP/TLS connections (``wgrelay.sim.stream``)."""
         self.name = name
         self.realm = realm
         self.addresses: tuple[str, ...] = tuple(ipv4)
@@ -96,6 +100,10 @@ class Host:
         self._next_ephemeral: dict[int, int] = dict.fromkeys(
             (int(socket.AF_INET), int(socket.AF_INET6)), EPHEMERAL_PORTS[0]
         )
+        # TCP has its own port space: (v6, port) -> the addresses bound to it
+        self._tcp_ports: dict[tuple[bool, int], list[str]] = {}
+        self._next_tcp_ephemeral = dict.fromkeys((False, True), EPHEMERAL_PORTS[0])
+        self.stream_listeners: dict[tuple[bool, str, int], SimStreamListener] = {}
         self._runtime: SimRuntime | None = None
         self._power_hooks: list[tuple[Callable[[], None], Callable[[], None]]] = []
 
@@ -134,6 +142,7 @@ class Host:
         self.is_up = False
         for sock in list(self.sockets.values()):
             sock.close()
+        self.streams.host_crashed(self)
         for on_crash, _ in self._power_hooks:
             on_crash()
         self.network.trace.event(self.network.loop.time(), HOST_DOWN, self.name)
@@ -188,6 +197,56 @@ class Host:
             if not bound:
                 del ports[sock.port]
 
+    # ------------------------------------------------------------ TCP ports
+
+    def claim_tcp_port(self, v6: bool, ip: str, port: int) -> bool:
+        """Take ``port`` for ``ip`` (a wildcard takes it for every address);
+        False if it is in use, as ``bind`` would say."""
+        bound = self._tcp_ports.get((v6, port), [])
+        if bound and (
+            ip in ("0.0.0.0", "::") or ip in bound or "0.0.0.0" in bound or "::" in bound
+        ):
+            return False
+        self._tcp_ports.setdefault((v6, port), []).append(ip)
+        return True
+
+    def allocate_tcp_port(self, v6: bool, ip: str) -> int:
+        """A free ephemeral TCP port, taken for ``ip``."""
+        lo, hi = EPHEMERAL_PORTS
+        port = self._next_tcp_ephemeral[v6]
+        for _ in range(hi - lo + 1):
+            candidate = port
+            port = lo if port >= hi else port + 1
+            if (v6, candidate) not in self._tcp_ports:
+                self._next_tcp_ephemeral[v6] = port
+                self._tcp_ports[(v6, candidate)] = [ip]
+                return candidate
+        raise OSError(errno.EADDRINUSE, f"no free ephemeral TCP port on {self.name}")
+
+    def release_tcp_port(self, v6: bool, ip: str, port: int) -> None:
+        bound = self._tcp_ports.get((v6, port))
+        if bound is not None and ip in bound:
+            bound.remove(ip)
+            if not bound:
+                del self._tcp_ports[(v6, port)]
+
+    def add_stream_listener(self, listener: SimStreamListener) -> None:
+        self.stream_listeners[(listener.v6, listener.ip, listener.port)] = listener
+
+    def remove_stream_listener(self, listener: SimStreamListener) -> None:
+        key = (listener.v6, listener.ip, listener.port)
+        if self.stream_listeners.get(key) is listener:
+            del self.stream_listeners[key]
+            self.release_tcp_port(listener.v6, listener.ip, listener.port)
+
+    def find_stream_listener(self, v6: bool, dst: Endpoint) -> SimStreamListener | None:
+        """Who accepts a connection to ``dst`` here: a listener on that
+        address, else one on the wildcard."""
+        found = self.stream_listeners.get((v6, dst[0], dst[1]))
+        if found is None:
+            found = self.stream_listeners.get((v6, "::" if v6 else "0.0.0.0", dst[1]))
+        return found
+
     def _ephemeral(self, family: int, ports: dict[int, list[str]]) -> int:
         lo, hi = EPHEMERAL_PORTS
         port = self._next_ephemeral[family]
@@ -225,6 +284,11 @@ class Nat:
         self.table = NatTable(
             behavior, public_ip, network.derive_rng(f"nat/{name}"), self._on_table_event
         )
+        # TCP mappings: one port per connection, held while it is open
+        # (RFC 5382 REQ-5: an established mapping lasts hours, longer than any
+        # simulated connection idles), from their own table and RNG.
+        self._tcp_ports: set[int] = set()
+        self._tcp_rng = network.derive_rng(f"nat/{name}/tcp")
 
     def __repr__(self) -> str:
         return f"<Nat {self.name} {self.public_ip}>"
@@ -252,6 +316,29 @@ class Nat:
             self.network.derive_rng(f"nat/{self.name}/{behavior}"),
             self._on_table_event,
         )
+
+    def allocate_tcp_port(self, inside_port: int) -> int | None:
+        """The public port of a new TCP connection from ``inside_port`` (the
+        same one with port preservation, when free); None when all are taken."""
+        lo, hi = self.behavior.port_range
+        used = self._tcp_ports
+        port: int | None = None
+        if self.behavior.port_preservation and lo <= inside_port <= hi and inside_port not in used:
+            port = inside_port
+        else:
+            for _ in range(64):
+                candidate = self._tcp_rng.randint(lo, hi)
+                if candidate not in used:
+                    port = candidate
+                    break
+            else:
+                port = next((p for p in range(lo, hi + 1) if p not in used), None)
+        if port is not None:
+            used.add(port)
+        return port
+
+    def release_tcp_port(self, port: int) -> None:
+        self._tcp_ports.discard(port)
 
     def mapping_of(self, inside: Endpoint, remote: Endpoint) -> Endpoint | None:
         """The external endpoint ``inside`` currently uses towards ``remote``."""
