@@ -110,8 +110,8 @@ class AgentReloader:
             applied.append(f"{len(added)} relay(s) added")
             if agent.manager.home is None and agent.core.relay_enabled:
                 agent.manager.begin()
-        if logging.getLogger().level != new.log_level:
-            logging.getLogger().setLevel(new.log_level)
+        level_changed = logging.getLogger().level != new.log_level
+        if level_changed:
             applied.append(f"log level {logging.getLevelName(new.log_level)}")
         for dest, flag in new.changed.items():
             if dest not in RELOADABLE:
@@ -125,6 +125,8 @@ class AgentReloader:
             new.config_file,
             "; ".join(applied) if applied else "nothing to change",
         )
+        if level_changed:  # after saying so: a quieter level would hide it
+            logging.getLogger().setLevel(new.log_level)
 
 
 @contextlib.asynccontextmanager

@@ -87,6 +87,9 @@ class RelayReloader:
         self.server = server
         self._task: asyncio.Task[None] | None = None
         self._again = False
+        self._applied = source.args
+        """The options the running policy was made from (``new.changed``
+        compares with the start: what needs a restart)."""
 
     def request(self) -> None:
         """The signal handler (on the loop)."""
@@ -117,7 +120,7 @@ class RelayReloader:
             # the file, an allow file or an interface: reads that block
             new = await asyncio.to_thread(self.source.reread)
             policy = None
-            if POLICY_DESTS & set(new.changed):
+            if any(getattr(new.args, d) != getattr(self._applied, d) for d in POLICY_DESTS):
                 policy = await asyncio.to_thread(build_policy, new.options)
             else:
                 await asyncio.to_thread(self.core.policy.refresh)
@@ -143,10 +146,9 @@ class RelayReloader:
         # peers the policy no longer allows go now, and are told
         core.policy_changed(self.server.runtime.now())
         self.server._flush()
-        level = logging.getLevelName(new.log_level)
-        if logging.getLogger().level != new.log_level:
-            logging.getLogger().setLevel(new.log_level)
-            applied.append(f"log level {level}")
+        level_changed = logging.getLogger().level != new.log_level
+        if level_changed:
+            applied.append(f"log level {logging.getLevelName(new.log_level)}")
         restart = [flag for dest, flag in new.changed.items() if dest not in RELOADABLE]
         for flag in restart:
             log.warning(
@@ -159,6 +161,9 @@ class RelayReloader:
             new.config_file,
             "; ".join(applied) if applied else "nothing to change",
         )
+        self._applied = new.args
+        if level_changed:  # after saying so: a quieter level would hide it
+            logging.getLogger().setLevel(new.log_level)
 
 
 @contextlib.asynccontextmanager
