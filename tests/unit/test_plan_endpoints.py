@@ -20,6 +20,7 @@ from wgrelay.client.plan import PlanConfig, RelayPlanner
 from wgrelay.discovery.reach import has_route
 from wgrelay.discovery.registry import RelayRegistry
 from wgrelay.keys import PrivateKey
+from wgrelay.proto.announce import RelayNodeInfo, decode_announcement, encode_announcement
 from wgrelay.proto.constants import Capability
 
 UNROUTED_V6 = ("2001:db8::10", 51821)
@@ -143,3 +144,22 @@ def test_has_route_in_a_namespace_with_only_loopback() -> None:
 @pytest.mark.parametrize("host", ["::ffff:0:0:1", "fe80::1", "255.255.255.255"])
 def test_has_route_never_raises(host: str) -> None:
     assert has_route((host, 9)) in (True, False)
+
+
+def test_the_address_that_answered_comes_first_in_the_registry() -> None:
+    w = RecordingWorld()
+    r1 = w.relay(1, 0.010)
+    reg = announced(w, r1, (UNROUTED_V6, r1[1]), int(Capability.UDP_RELAY))
+    p = planner(w, reg, ipv4_only)
+    p.start(w.now)
+    w.run_until(lambda: p.home == r1[0], limit_s=60)
+    relay = reg.get(r1[0])
+    assert relay is not None
+    assert relay.endpoint == r1[1]  # what status and metrics show: the address in use
+    assert relay.endpoints == (r1[1], UNROUTED_V6)
+    # a newer announcement (still IPv6 first) keeps it first
+    core = w.relays[r1[1]]
+    info = RelayNodeInfo(r1[0], (UNROUTED_V6, r1[1]), capabilities=int(Capability.UDP_RELAY))
+    raw = encode_announcement(info, int((WALL0 + w.now) * 1000) + 1000, 600, core.identity)
+    assert reg.register_relay(decode_announcement(raw))
+    assert reg.get(r1[0]).endpoints == (r1[1], UNROUTED_V6)  # type: ignore[union-attr]

@@ -287,6 +287,9 @@ class RelayPlanner(PeerPaths):
 
     def _on_registered(self, key: PublicKey, link: RelayLink, now: float) -> None:
         self._touch(key, now)
+        addr = self.relay_addr(key)
+        if addr is not None:
+            self.registry.reached_at(key, addr)
         homing = self._homing
         if homing is not None and homing.trying == key:
             self._homing = None

@@ -91,6 +91,8 @@ class RelayRegistry:
         self._relays: dict[PublicKey, KnownRelay] = {}
         self._changed: dict[PublicKey, set[str]] = {}
         self._removed: dict[PublicKey, int | None] = {}
+        self._reached: dict[PublicKey, Endpoint] = {}
+        """Where each relay last answered us (``reached_at``)."""
 
     def _touch(self, key: PublicKey, what: str) -> None:
         self._changed.setdefault(key, set()).add(what)
@@ -158,6 +160,7 @@ class RelayRegistry:
         if old is not None and old.bootstrap:
             # keep the operator's endpoint first: it is known to be reachable
             endpoints = old.endpoints[:1] + tuple(e for e in info.endpoints if e != old.endpoint)
+        endpoints = _first(endpoints, self._reached.get(info.key))
         self._relays[info.key] = replace(
             base,
             endpoints=endpoints,
@@ -211,6 +214,18 @@ class RelayRegistry:
             self._relays[key] = replace(r, load_pct=load_pct)
             self._touch(key, RTT)
 
+    def reached_at(self, key: PublicKey, endpoint: Endpoint) -> None:
+        """The relay answered at ``endpoint``: put it first, here and in later
+        announcements, so what names a relay's address (status, metrics, MTU
+        advice, the next start) names the one that works, not the first one
+        announced. Saved with the next change of the relay's endpoints."""
+        r = self._relays.get(key)
+        if r is None or endpoint not in r.endpoints:
+            return
+        self._reached[key] = endpoint
+        if r.endpoints[0] != endpoint:
+            self._relays[key] = replace(r, endpoints=_first(r.endpoints, endpoint))
+
     def record_failure(self, key: PublicKey) -> None:
         r = self._relays.get(key)
         if r is not None:
@@ -228,6 +243,12 @@ class RelayRegistry:
 
     def __len__(self) -> int:
         return len(self._relays)
+
+
+def _first(endpoints: tuple[Endpoint, ...], first: Endpoint | None) -> tuple[Endpoint, ...]:
+    if first is None or first not in endpoints:
+        return endpoints
+    return (first, *(e for e in endpoints if e != first))
 
 
 # ---------------------------------------------------------------- persistence
