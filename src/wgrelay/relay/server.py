@@ -283,7 +283,15 @@ class RelayServer:
                     continue
                 path = self._offload_path(change.path_id, change.pair)
                 if path is None:
-                    offload.remove(change.path_id)  # mixed families: userspace
+                    # one side IPv4, the other IPv6: nftables rewrites addresses
+                    # within a family only (no NAT46), so userspace carries it
+                    offload.remove(change.path_id)
+                    log.info(
+                        "session port %d not offloaded: its sides are of two address "
+                        "families (IPv4 and IPv6), which nftables cannot translate; "
+                        "userspace forwards it",
+                        change.path_id,
+                    )
                 else:
                     # replies leave from the address the session sockets are
                     # bound to, as in userspace (by default: the route's)
