@@ -198,7 +198,13 @@ class SimStream:
                 self.serializing.append((t, n))
                 self.serializing_bytes += n
             self.outstanding += n
-            t += conn.loss_delay(self.pipes_out, segments)
+            extra = conn.loss_delay(self.pipes_out, segments)
+            if extra >= STREAM_BREAK_TIMEOUT_S:
+                # retransmitted in vain for the whole user timeout: the
+                # connection dies (a link that loses everything)
+                self.net.at(now + STREAM_BREAK_TIMEOUT_S, conn.give_up)
+                return
+            t += extra
         t += conn.one_way(self.pipes_out, jitter=True)
         t = max(t, self.last_arrival)
         self.last_arrival = t
@@ -283,8 +289,8 @@ class SimStream:
     # ------------------------------------------------------------ lifecycle
 
     def established(self, _: object = None) -> None:
-        if self.state != CONNECTING:
-            return
+        if self.state != CONNECTING or self.peer is None:
+            return  # closed meanwhile, or its SYN-ACK was lost in a break
         self.state = OPEN
         self.net.trace(
             STREAM_CONNECTED,
@@ -413,14 +419,13 @@ class Connection:
         return worst
 
     def path_ok(self) -> bool:
-        a, b = self.client.host, self.route.dst_host
-        if b is None or not (a.is_up and b.is_up) or self.client.dead:
+        """Both hosts up, both ends alive, no partition between them."""
+        b = self.route.dst_host
+        if b is None or not (self.client.host.is_up and b.is_up) or self.client.dead:
             return False
         if self.server is not None and self.server.dead:
             return False
-        return not any(
-            (a in p.a and b in p.b) or (a in p.b and b in p.a) for p in self.net.network.partitions
-        )
+        return self._hosts_connected()
 
     # ------------------------------------------------------------ the handshake
 
@@ -483,7 +488,9 @@ class Connection:
         if client.state == CLOSED:
             return
         if not self.path_ok():
-            return  # the SYN-ACK was lost in the break: the client times out
+            # the SYN-ACK was lost in a break: the client times out
+            self.net.at(max(self.net.loop.time(), self.deadline), client.fail, ERR_TIMED_OUT)
+            return
         client.peer = self.server
 
     # ------------------------------------------------------------ breaks
@@ -503,16 +510,13 @@ class Connection:
         now = net.loop.time()
         ends = [e for e in (self.client, self.server) if e is not None]
         if self.path_ok():
+            # the retransmissions get through: what was held arrives now, in
+            # order and before anything sent after it
             self.stalled_at = None
             for end in ends:
-                sender = end.peer
                 held, end.held = end.held, deque()
                 for item in held:
-                    if sender is None:
-                        continue
-                    t = max(now + self.one_way(sender.pipes_out, jitter=True), sender.last_arrival)
-                    sender.last_arrival = t
-                    net.at(t, end.arrive, item)
+                    end.arrive(item)
             return
         live = [e for e in ends if not e.dead and e.state != CLOSED]
         dead = [e for e in ends if e.dead]
@@ -528,6 +532,11 @@ class Connection:
             return
         self.retry_s *= 2.0
         net.at(min(now + self.retry_s, stalled_at + STREAM_BREAK_TIMEOUT_S), self.retry)
+
+    def give_up(self, _: object) -> None:
+        for end in (self.client, self.server):
+            if end is not None and not end.dead:
+                end.fail(ERR_TIMED_OUT)
 
     def _hosts_connected(self) -> bool:
         a, b = self.client.host, self.route.dst_host
