@@ -44,6 +44,7 @@ from wgrelay.client.events import (
 )
 from wgrelay.client.link import LinkConfig, RelayLink, Role
 from wgrelay.client.udp import resolve_endpoint
+from wgrelay.discovery.reach import has_route
 from wgrelay.discovery.registry import KnownRelay, RegistryStore
 from wgrelay.discovery.selection import relay_score
 from wgrelay.doctor.facts import Facts, ProbeOutcome, RelayProbe
@@ -79,10 +80,11 @@ class _Probe:
     """One relay's link on a shared socket, and what its replies showed."""
 
     def __init__(
-        self, relay: KnownRelay, addr: Addr, key: PrivateKey, loop: asyncio.AbstractEventLoop,
-        now: float, wall: float,
+        self, relay: KnownRelay, endpoint: Endpoint, addr: Addr, key: PrivateKey,
+        loop: asyncio.AbstractEventLoop, now: float, wall: float,
     ) -> None:  # fmt: skip
         self.relay = relay
+        self.endpoint = endpoint
         self.addr = addr
         self.link = RelayLink(key, relay.key, LinkConfig(accept_incoming=False), now=now, wall=wall)
         self.link.set_role(Role.UNLISTED, now)  # no location record for a probe
@@ -141,9 +143,9 @@ class ProbeSocket:
     def port(self) -> int:
         return int(self.transport.local_address[1])
 
-    def add(self, relay: KnownRelay, addr: Addr, key: PrivateKey) -> _Probe:
+    def add(self, relay: KnownRelay, endpoint: Endpoint, addr: Addr, key: PrivateKey) -> _Probe:
         now = self.runtime.now()
-        probe = _Probe(relay, addr, key, self.runtime.loop, now, self._wall())
+        probe = _Probe(relay, endpoint, addr, key, self.runtime.loop, now, self._wall())
         self.probes[(str(addr[0]), int(addr[1]))] = probe
         return probe
 
@@ -202,7 +204,7 @@ async def probe_relay(sock: ProbeSocket, probe: _Probe, cfg: GatherConfig) -> Re
     """REGISTER, then round trips; or, if nothing authenticated comes, why not."""
     relay, loop = probe.relay, sock.runtime.loop
     local = _source_address(probe.addr, sock.transport.family, sock.port)
-    base = RelayProbe(str(relay.key), relay.endpoint, relay.bootstrap, ProbeOutcome.TIMEOUT)
+    base = RelayProbe(str(relay.key), probe.endpoint, relay.bootstrap, ProbeOutcome.TIMEOUT)
     probe.link.connect(sock.runtime.now())
     sock.pump(probe)
     try:
@@ -335,6 +337,16 @@ def _read_interface(interface: str, agent_running: bool) -> _Local:
     return out
 
 
+def probe_endpoint(
+    relay: KnownRelay, reachable: Callable[[Endpoint], bool] = has_route
+) -> Endpoint:
+    """Where the agent would reach the relay, so where to probe it: its first
+    endpoint this host has a route for, else its first (the planner's rule,
+    client/plan_links.py, and the MTU advice's, mesh/mtu.py)."""
+    routed = [e for e in relay.endpoints if reachable(e)]
+    return (routed or list(relay.endpoints))[0]
+
+
 def _relays_to_probe(state_dir: Path, wall: float, limit: int) -> tuple[int, list[KnownRelay]]:
     db = state_dir / "relays.db"
     if not db.exists():
@@ -377,15 +389,16 @@ async def gather_facts(
     notes = list(local.notes)
     try:
         for relay in relays:
+            endpoint = probe_endpoint(relay)
             try:
-                family, addr = resolve_endpoint(relay.endpoint)
+                family, addr = resolve_endpoint(endpoint)
                 if family not in sockets:
                     host = "::" if family == socket.AF_INET6 else "0.0.0.0"
                     sockets[family] = ProbeSocket(rt, host, wall)
             except OSError as e:
                 notes.append(f"relay {relay.key.short()}: cannot probe: {e.strerror or e}")
                 continue
-            probes.append(sockets[family].add(relay, addr, key))
+            probes.append(sockets[family].add(relay, endpoint, addr, key))
         async with asyncio.TaskGroup() as tg:
             tasks = [
                 tg.create_task(probe_relay(sockets[_family_of(p.addr)], p, cfg)) for p in probes
