@@ -220,6 +220,7 @@ class _Common:
                 capabilities=0x1F,
                 load_pct=3,
                 max_sessions=100,
+                tcp_port=51820,
             ),
             int(WALL0 * 1000),
             600,
@@ -436,7 +437,9 @@ class _Common:
             )
             if rng.random() < 0.3:
                 endpoints = (endpoint(rng), addr)  # another address first
-        info = RelayNodeInfo(ident.public, endpoints, "fuzz", 0x1F, rng.choice([0, 3, 100]), 100)
+        info = RelayNodeInfo(
+            ident.public, endpoints, "fuzz", 0x1F, rng.choice([0, 3, 100]), 100, tcp_port=443
+        )
         return encode_announcement(info, max(0, issued), ttl, ident)
 
     def some_announcement(self) -> bytes:

@@ -166,6 +166,7 @@ def _announcement(
         capabilities=0x09 if ttl_s == 600 else 0x1F,
         load_pct=3,
         max_sessions=100,
+        tcp_port=0 if ttl_s == 600 else 51820,
     )
     return encode_announcement(info, issued_ms, ttl_s, ident)
 

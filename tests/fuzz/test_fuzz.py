@@ -101,6 +101,7 @@ LINK_HANDLERS = {
     "ConnectionResponse",
     "SessionOffer",
     "SessionClose",
+    "Punch",
     "Pong",
     "DiscoveryResponse",
     "Error",

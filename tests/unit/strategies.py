@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+from dataclasses import replace
 
 from hypothesis import strategies as st
 
@@ -14,6 +15,7 @@ from wgrelay.proto.constants import (
     MAX_ENDPOINTS,
     MAX_REGION_LEN,
     QUERY_FLAG_LOCATE_PEER,
+    Capability,
     CloseReason,
     ErrorCode,
     HeartbeatStatus,
@@ -111,4 +113,13 @@ node_infos = st.builds(
     load_pct=st.integers(0, 100),
     max_sessions=u32,
     protocol_version=u8,
+    tcp_port=st.integers(1, 0xFFFF),
+    tls_port=st.integers(1, 0xFFFF),
+).map(
+    # a stream port goes with its capability bit (and only then)
+    lambda i: replace(
+        i,
+        tcp_port=i.tcp_port if i.capabilities & Capability.TCP_FALLBACK else 0,
+        tls_port=i.tls_port if i.capabilities & Capability.TLS_FALLBACK else 0,
+    )
 )

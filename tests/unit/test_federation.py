@@ -456,9 +456,12 @@ class Prober:
 
 
 def _big_announcement(ident: RelayIdentity, now: float, ttl_s: int = 600) -> bytes:
-    """The largest a relay may announce: eight IPv6 endpoints, a 32-byte region."""
+    """The largest a relay may announce: eight IPv6 endpoints, a 32-byte
+    region, and both stream ports (TCP and TLS)."""
     eps = tuple((f"2001:db8::{i + 1}", 51821) for i in range(8))
-    info = RelayNodeInfo(ident.public, eps, "r" * 32, 0b11111, 0, 100)
+    info = RelayNodeInfo(
+        ident.public, eps, "r" * 32, 0b1111111, 0, 100, tcp_port=51821, tls_port=443
+    )
     return encode_announcement(info, int((WALL0 + now) * 1000), ttl_s, ident)
 
 

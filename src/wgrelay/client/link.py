@@ -137,6 +137,23 @@ class RelayLink(LinkCore):
         self._start(Ping(echo), echo, now)
         return echo
 
+    def ping_datagram(self, now: float) -> bytes:
+        """A PING to send by another way than this link's own datagrams (the
+        fallback's UDP probe while the link runs over a stream). Its PONG is
+        matched like any; a retransmission goes the link's own way."""
+        self.ping(now)
+        return self._out.pop()
+
+    def carrier_changed(self, now: float) -> None:
+        """What carries this link changed (UDP <-> a stream): everything
+        outstanding goes again now, and a registered link re-announces itself
+        from its new address with a heartbeat."""
+        for req in self._requests.values():
+            req.next_send = min(req.next_send, now)
+        if self.state == LinkState.REGISTERED:
+            self._next_heartbeat = now
+        self.handle_timer(now)
+
     def query(
         self,
         now: float,
@@ -313,7 +330,8 @@ class RelayLink(LinkCore):
     def _on_punch(self, body: Punch, now: float) -> None:
         peer = self.sessions.get(body.session_id)
         if peer is None or len(body.endpoints) != PUNCH_ENDPOINTS:
-            self._drop("unexpected")
+            # handled, and nothing to do (a session just closed, like a late
+            # PONG): a message is either dropped by reason or handled, not both
             return
         mine, theirs = body.endpoints
         told = PunchTold(peer, body.nonce, body.go, mine, theirs, body.mine, body.peer)

@@ -23,6 +23,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Callable
+from dataclasses import replace
 
 from wgrelay.client.events import (
     HomeChanged,
@@ -34,15 +35,27 @@ from wgrelay.client.events import (
     RelayMeasured,
     RelaysLearned,
 )
+from wgrelay.client.fallback import (
+    Carrier,
+    Connect,
+    Disconnect,
+    FallbackAction,
+    FallbackConfig,
+    Moved,
+    ProbeUdp,
+    StreamFallback,
+)
 from wgrelay.client.link import LinkConfig
 from wgrelay.client.plan import PlanConfig, RelayPlanner
+from wgrelay.client.streams import RelayStreams, default_stream_ports
 from wgrelay.discovery.reach import has_route
 from wgrelay.discovery.registry import RelayRegistry
 from wgrelay.discovery.selection import RelayHistory, RttPrior, relay_score
-from wgrelay.endpoint import Endpoint
-from wgrelay.errors import RelayUnavailable
+from wgrelay.endpoint import Endpoint, endpoint_str
+from wgrelay.errors import RelayUnavailable, WgRelayError
 from wgrelay.keys import PrivateKey, PublicKey
-from wgrelay.proto.constants import DATA_HEADER_LEN, CloseReason, MsgType
+from wgrelay.proto.announce import decode_announcement
+from wgrelay.proto.constants import DATA_HEADER_LEN, Capability, CloseReason, MsgType
 from wgrelay.proto.data import data_header
 from wgrelay.transport.base import Addr, DatagramTransport, Runtime
 from wgrelay.transport.udp import AsyncioRuntime
@@ -88,6 +101,8 @@ class RelayManager:
         runtime: Runtime | None = None,
         prior: RttPrior | None = None,
         history: RelayHistory | None = None,
+        fallback: FallbackConfig | None = None,
+        proxy: tuple[str, int] | None = None,
     ) -> None:
         self.runtime = runtime if runtime is not None else AsyncioRuntime()
         self.registry = registry
@@ -121,6 +136,18 @@ class RelayManager:
         self._pumping = False
         self._closed = False
         self.frames_dropped = 0
+        self.fallback = StreamFallback(fallback)
+        """UDP blocked: relays over TCP or TLS (fallback.py)."""
+        self.streams = RelayStreams(
+            self.runtime,
+            on_connected=self._stream_connected,
+            on_frame=self._receive,
+            on_frames_done=self.batch_done,
+            on_closed=self._stream_closed,
+            ports=self._stream_ports,
+            proxy=proxy,
+        )
+        self._udp_heard = False
 
     def _open_transports(self) -> None:
         self._transports[4] = self.runtime.open_udp(
@@ -149,6 +176,11 @@ class RelayManager:
     @property
     def route_relay(self) -> dict[PublicKey, PublicKey]:
         return self.planner.route_relay
+
+    def carrier(self, relay: PublicKey) -> Carrier:
+        """What carries our link to ``relay``: UDP, or a TCP/TLS stream."""
+        addr = self.planner.relay_addr(relay)
+        return self.fallback.carrier(addr) if addr is not None else Carrier.UDP
 
     def local_port(self, family: int = 4) -> int:
         return int(self._transports[family].local_address[1])
@@ -257,12 +289,17 @@ class RelayManager:
                 fut.set_exception(RelayUnavailable("relay manager closed"))
         for t in self._transports.values():
             t.close()
+        self.streams.close_all()
         self.routes.clear()
 
     # ------------------------------------------------------------ receiving
 
     def datagram_received(self, data: bytes, addr: Addr) -> None:
-        src = (addr[0], addr[1])
+        self._udp_heard = True  # (the fallback hears of it once per batch)
+        self._receive((addr[0], addr[1]), data)
+
+    def _receive(self, src: Endpoint, data: bytes) -> None:
+        """A datagram, or a frame from a stream, from the relay at ``src``."""
         if data and data[0] == _DATA:
             link = self.planner.link_at(src)
             peer = link.sessions.get(data[2:DATA_HEADER_LEN]) if link is not None else None
@@ -278,6 +315,11 @@ class RelayManager:
             self.frames_dropped += 1  # not from a relay of ours
 
     def batch_done(self) -> None:
+        if self._udp_heard:
+            self._udp_heard = False
+            if self.fallback.listening:
+                self.fallback.heard_udp(self.runtime.now())
+                self._control_pending = True
         if self._control_pending:
             self._control_pending = False
             self._pump()
@@ -285,10 +327,87 @@ class RelayManager:
     # ------------------------------------------------------------ pump
 
     def _flush(self) -> None:
-        for addr, data in self.planner.datagrams_to_send():
-            t = self._transport_for(addr)
-            if t is not None:
-                t.sendto(data, addr)
+        fallback = self.fallback
+        now = self.runtime.now()
+        while True:
+            for addr, data in self.planner.datagrams_to_send():
+                if fallback.carrier(addr) != Carrier.UDP:
+                    self.streams.send(addr, data)
+                    continue
+                t = self._transport_for(addr)
+                if t is not None:
+                    t.sendto(data, addr)
+                    fallback.sent_udp(addr, now)
+            actions = fallback.actions()
+            if not actions:
+                return
+            # (a move makes the link resend: round again for its datagrams)
+            self._fallback_actions(actions, now)
+
+    def _fallback_actions(self, actions: list[FallbackAction], now: float) -> None:
+        for action in actions:
+            if isinstance(action, Connect):
+                self.streams.connect(action.addr, action.carrier)
+            elif isinstance(action, Disconnect):
+                self.streams.close(action.addr)
+            elif isinstance(action, ProbeUdp):
+                self._probe_udp(action.addr, now)
+            elif isinstance(action, Moved):
+                self._moved(action.addr, action.carrier, now)
+
+    def _probe_udp(self, addr: Endpoint, now: float) -> None:
+        """One PING to a stream-carried relay over UDP: an answer over UDP
+        (``batch_done``) means UDP works again."""
+        link = self.planner.link_at(addr)
+        t = self._transport_for(addr)
+        if link is not None and t is not None:
+            t.sendto(link.ping_datagram(now), addr)
+
+    def _moved(self, addr: Endpoint, carrier: Carrier, now: float) -> None:
+        """The link to ``addr`` changed carrier: its sessions' data follow,
+        and it resends what is outstanding (and re-announces its address)."""
+        log.info("relay at %s: now over %s", endpoint_str(addr), carrier.upper())
+        send = self._sender(addr)
+        if send is not None:
+            for peer, route in list(self.routes.items()):
+                if route[1] == addr:
+                    self.routes[peer] = (send, addr, route[2])
+        link = self.planner.link_at(addr)
+        if link is not None:
+            link.carrier_changed(now)
+
+    def _stream_ports(self, addr: Endpoint) -> tuple[int, int]:
+        """Where the relay at ``addr`` takes streams: as it announces, else the
+        defaults (TCP on its UDP port's number, TLS on 443)."""
+        for key in self.planner.links():
+            if self.planner.relay_addr(key) != addr:
+                continue
+            known = self.registry.get(key)
+            if known is None or known.announcement is None:
+                break
+            try:
+                info = decode_announcement(known.announcement).info
+            except WgRelayError:
+                break
+            if info.capabilities & Capability.UDP_RELAY:  # it says, so believe it
+                return info.tcp_port, info.tls_port
+        return default_stream_ports(addr)
+
+    def _sender(self, addr: Endpoint) -> SendTo | None:
+        if self.fallback.carrier(addr) != Carrier.UDP:
+            return self.streams.sender(addr)
+        t = self._transport_for(addr)
+        return t.sendto if t is not None else None
+
+    def _stream_connected(self, addr: Endpoint, carrier: Carrier) -> None:
+        self.fallback.connected(addr, carrier, self.runtime.now())
+        self._pump()
+
+    def _stream_closed(self, addr: Endpoint, carrier: Carrier, error: str | None) -> None:
+        if error is not None:
+            log.info("%s to relay at %s: %s", carrier.upper(), endpoint_str(addr), error)
+        self.fallback.closed(addr, carrier, self.runtime.now(), error)
+        self._pump()
 
     def _pump(self) -> None:
         if self._closed:
@@ -301,6 +420,10 @@ class RelayManager:
         try:
             self._flush()
             while (ev := self.planner.next_event()) is not None:
+                if isinstance(ev, PeerRelayed) and ev.port and self.carrier(ev.relay) != "udp":
+                    # WireGuard's UDP cannot reach the relay's session port:
+                    # its packets go through our proxy and the stream (framed)
+                    ev = replace(ev, port=0)
                 self._apply(ev)
                 for pred, fut in list(self._waiters):
                     if not fut.done() and pred(ev):
@@ -319,14 +442,14 @@ class RelayManager:
         """Keep the data path's routes in step with the planner."""
         if isinstance(ev, PeerRelayed):
             addr = self.planner.relay_addr(ev.relay)
-            t = self._transport_for(addr) if addr is not None else None
-            if addr is not None and t is not None:
-                self.routes[ev.peer] = (t.sendto, addr, data_header(ev.session_id))
+            send = self._sender(addr) if addr is not None else None
+            if addr is not None and send is not None:
+                self.routes[ev.peer] = (send, addr, data_header(ev.session_id))
         elif isinstance(ev, PeerRelayLost):
             self.routes.pop(ev.peer, None)
 
     def _arm_timer(self) -> None:
-        when = self.planner.next_timer()
+        when = min(self.planner.next_timer(), self.fallback.next_timer())
         if self._timer is not None:
             if self._timer_when <= when:
                 return
@@ -344,6 +467,7 @@ class RelayManager:
         now = self.runtime.now()
         self.planner.sync_wall(now, self.runtime.wall())
         self.planner.handle_timer(now)
+        self.fallback.handle_timer(now)
         self._pump()
 
     def _expect(self, pred: Callable[[ManagerEvent], bool]) -> asyncio.Future[ManagerEvent]:

@@ -35,6 +35,7 @@ from wgrelay.client.link import LinkConfig
 from wgrelay.client.manager import ManagerEvent, RelayManager
 from wgrelay.client.plan import PlanConfig
 from wgrelay.client.proxy import ProxyTable
+from wgrelay.client.streams import environ_proxy
 from wgrelay.discovery.geoip import GeoPrior
 from wgrelay.discovery.registry import RegistryStore, RelayRegistry
 from wgrelay.endpoint import Endpoint, endpoint_str
@@ -170,6 +171,7 @@ class Agent(RelayPaths):
             runtime=self.runtime,
             prior=self.geo,
             history=self._relay_failures,
+            proxy=environ_proxy(),  # https_proxy: how streams leave when UDP is blocked
         )
         self.proxies = ProxyTable(
             info.listen_port,

@@ -55,6 +55,13 @@ def status_document(
         mode, mode_reason = agent.port_mode.describe(key) if relay else (None, None)
         if relay and mode is None:
             mode, mode_reason = "framed", "framed: the relay offered no session port"
+        carrier = agent.manager.carrier(relay.key) if relay else "udp"
+        if carrier != "udp":
+            mode = str(carrier)
+            mode_reason = (
+                f"{carrier}: UDP to relays gets no answer from this network; WireGuard's "
+                f"packets go through the agent's proxy over {str(carrier).upper()}"
+            )
         peers.append(
             {
                 "public_key": str(key),
@@ -94,6 +101,8 @@ def status_document(
         "home_relay": str(home.key) if home else None,
         "home_relay_endpoint": endpoint_str(home.endpoint) if home else None,
         "standby_relay": str(standby) if standby else None,
+        "home_relay_carrier": str(agent.manager.carrier(home.key)) if home else None,
+        "udp_blocked": agent.manager.fallback.udp_blocked,
         "peers": peers,
         "updated": round(wall, 3),
     }

@@ -19,6 +19,9 @@ RelayNodeInfo layout::
     region         str8  <= 32 bytes UTF-8 ("" when unknown)
     n_endpoints    u8    1..8
     endpoints            n x (family u8 (4|6) | address 4/16B | port u16)
+    tcp_port       u16   only with capability TCP_FALLBACK: agents may connect over TCP
+    tls_port       u16   only with capability TLS_FALLBACK: ... over TLS
+                         (on every announced endpoint's address; see "Stream transport")
 
 The announcement is self-certifying: the key that verifies it is inside it, so
 anyone can check that the holder of that key said this, and nobody can change a
@@ -49,6 +52,7 @@ from wgrelay.proto.constants import (
     MAX_REGION_LEN,
     PROTOCOL_VERSION,
     SIGNATURE_LEN,
+    Capability,
     MsgType,
 )
 
@@ -62,6 +66,10 @@ class RelayNodeInfo:
     load_pct: int = 0
     max_sessions: int = 0
     protocol_version: int = PROTOCOL_VERSION
+    tcp_port: int = 0
+    """Where agents may connect over TCP (with Capability.TCP_FALLBACK), else 0."""
+    tls_port: int = 0
+    """Where agents may connect over TLS (with Capability.TLS_FALLBACK), else 0."""
 
     def encode(self, w: Writer) -> None:
         if not 1 <= len(self.endpoints) <= MAX_ENDPOINTS:
@@ -77,6 +85,16 @@ class RelayNodeInfo:
         w.push_u8(len(self.endpoints))
         for ep in self.endpoints:
             w.push_endpoint(ep)
+        for bit, port in (
+            (Capability.TCP_FALLBACK, self.tcp_port),
+            (Capability.TLS_FALLBACK, self.tls_port),
+        ):
+            if self.capabilities & bit:
+                if not 1 <= port <= 0xFFFF:
+                    raise LocalProtocolError(f"{bit.name} needs its port (1..65535)")
+                w.push_u16(port)
+            elif port:
+                raise LocalProtocolError(f"a port without {bit.name}")
 
     @classmethod
     def decode(cls, b: Buffer) -> RelayNodeInfo:
@@ -92,6 +110,12 @@ class RelayNodeInfo:
         if not 1 <= n <= MAX_ENDPOINTS:
             raise Malformed(f"{n} endpoints (1..{MAX_ENDPOINTS} allowed)")
         endpoints = tuple(b.pull_endpoint() for _ in range(n))
+        ports = []
+        for bit in (Capability.TCP_FALLBACK, Capability.TLS_FALLBACK):
+            port = b.pull_u16() if caps & bit else 0
+            if caps & bit and not port:
+                raise Malformed(f"{bit.name} with port 0")
+            ports.append(port)
         return cls(
             key=key,
             endpoints=endpoints,
@@ -100,6 +124,8 @@ class RelayNodeInfo:
             load_pct=load,
             max_sessions=max_sessions,
             protocol_version=proto_version,
+            tcp_port=ports[0],
+            tls_port=ports[1],
         )
 
 

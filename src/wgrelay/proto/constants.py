@@ -203,6 +203,8 @@ class Capability(IntEnum):
     GOSSIP = 1 << 4
     PORT_MODE = 1 << 5
     """Session ports: WireGuard talks to the relay without the agent's proxy."""
+    TLS_FALLBACK = 1 << 6
+    """Agents may connect over TLS (RelayNodeInfo.tls_port); TCP_FALLBACK: over TCP."""
 
 
 REGISTER_FLAG_ACCEPT_INCOMING = 0x01

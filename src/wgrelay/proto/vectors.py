@@ -74,9 +74,15 @@ INFO = RelayNodeInfo(
     key=RELAY.public,
     endpoints=(("203.0.113.10", 51821), ("2001:db8::10", 51821)),
     region="eu-west",
-    capabilities=Capability.UDP_RELAY | Capability.DISCOVERY | Capability.IPV6,
+    capabilities=Capability.UDP_RELAY
+    | Capability.DISCOVERY
+    | Capability.IPV6
+    | Capability.TCP_FALLBACK
+    | Capability.TLS_FALLBACK,
     load_pct=12,
     max_sessions=100,
+    tcp_port=51821,
+    tls_port=443,
 )
 ANNOUNCEMENT = encode_announcement(INFO, ISSUED_MS, 600, RELAY)
 LOCATION = encode_location(OTHER_PEER, ISSUED_MS, 120, RELAY, rtt_ms=23)

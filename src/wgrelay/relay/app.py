@@ -26,6 +26,7 @@ from wgrelay.relay.offload import KernelOffload, OffloadUnavailable, delete_stal
 from wgrelay.relay.peers_store import SAVE_INTERVAL_S, load_known_relays, save_known_relays
 from wgrelay.relay.reload import reloads_on_sighup
 from wgrelay.relay.server import POLICY_REFRESH_S, BindAddress, RelayServer
+from wgrelay.relay.tls import stream_ports, tls_context
 from wgrelay.state import ensure_state_dir
 from wgrelay.transport.udp import AsyncioRuntime
 
@@ -252,7 +253,10 @@ async def _serve(opts: RelayOptions) -> None:
     bootstrap = [parse_relay_spec(b, "--bootstrap") for b in opts.bootstrap]
     policy = build_policy(opts)
     binds = bind_addresses(opts)
+    tls_wanted = opts.tls_self_signed or opts.tls_cert is not None or opts.tls_key is not None
+    tcp_port, tls_port = stream_ports(opts.port, opts.tcp_port, opts.tls_port, tls_wanted)
     state = ensure_state_dir(opts.state_dir)
+    tls = tls_context(opts.tls_cert, opts.tls_key, opts.tls_self_signed, state)
     key_file = opts.key_file or state / "relay.key"
     identity, created = load_or_create_relay_identity(key_file)
     runtime = AsyncioRuntime()
@@ -278,6 +282,14 @@ async def _serve(opts: RelayOptions) -> None:
     server.open()
     try:
         server.offload = open_offload(opts)  # once the sockets are ours
+        tcp = server.port if tcp_port is None else tcp_port
+        stream_binds = [
+            (kind, BindAddress(b.host, port, b.optional))
+            for kind, port in (("tcp", tcp), ("tls", tls_port))
+            if port
+            for b in binds
+        ]
+        await server.open_streams(stream_binds, tls)
     except BaseException:
         server.close_transports()
         raise

@@ -90,6 +90,8 @@ class RelayCoreState:
         self._error_logged = -1e9
         self._handlers = self._handler_table()
         self.ports: PortTable | None = None
+        self.stream_ports: tuple[int, int] = (0, 0)
+        """(TCP, TLS) ports agents may connect to, 0 for none (announced)."""
         """Port mode's session ports (``enable_port_mode``); None: framed only."""
 
     def _handler_table(self) -> dict[MsgType, Callable[[Inbound, Any], None]]:
@@ -166,7 +168,13 @@ class RelayCoreState:
 
     def capabilities(self) -> int:
         caps = Capability.UDP_RELAY | Capability.DISCOVERY | Capability.GOSSIP
-        return int(caps | Capability.PORT_MODE) if self.ports is not None else int(caps)
+        if self.ports is not None:
+            caps |= Capability.PORT_MODE
+        if self.stream_ports[0]:
+            caps |= Capability.TCP_FALLBACK
+        if self.stream_ports[1]:
+            caps |= Capability.TLS_FALLBACK
+        return int(caps)
 
     def node_info(self) -> RelayNodeInfo | None:
         if not self.announce_endpoints:
@@ -178,6 +186,8 @@ class RelayCoreState:
             capabilities=self.capabilities(),
             load_pct=self.load_pct(),
             max_sessions=self.config.max_connections,
+            tcp_port=self.stream_ports[0],
+            tls_port=self.stream_ports[1],
         )
 
     def announcement(self, now: float, fresh: bool = False) -> bytes | None:

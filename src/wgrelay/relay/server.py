@@ -21,6 +21,7 @@ import asyncio
 import contextlib
 import logging
 import socket
+import ssl
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Protocol
@@ -32,7 +33,14 @@ from wgrelay.relay.core import Addr, RelayCore
 from wgrelay.relay.offload import OffloadPath
 from wgrelay.relay.ports import PathChange, PortPair, PortPool
 from wgrelay.relay.stats import DropReason
-from wgrelay.transport.base import DatagramTransport, DeferredSender, QueueingSender, Runtime
+from wgrelay.relay.streams import RelayStreams, StreamLimits
+from wgrelay.transport.base import (
+    DatagramTransport,
+    DeferredSender,
+    QueueingSender,
+    Runtime,
+    StreamListener,
+)
 
 log = logging.getLogger(__name__)
 
@@ -145,6 +153,8 @@ class RelayServer:
         self._offload_errors = 0
         self._unrouted_seen = 0
         self._unrouted_warned = False
+        self.streams: RelayStreams | None = None
+        self._listeners: list[tuple[str, StreamListener]] = []
 
     # ------------------------------------------------------------ sockets
 
@@ -183,11 +193,53 @@ class RelayServer:
         if io_paths:
             log.info("UDP I/O: %s", "; ".join(sorted(io_paths)))
 
+    async def open_streams(
+        self,
+        binds: list[tuple[str, BindAddress]],
+        tls: ssl.SSLContext | None,
+        limits: StreamLimits | None = None,
+    ) -> None:
+        """Listen for agents over streams: ``binds`` are ("tcp"|"tls", address)."""
+        streams = RelayStreams(
+            self.datagram_received, self.batch_done, self.core.stats, self._now, limits
+        )
+        for kind, bind in binds:
+            try:
+                listener = await self.runtime.listen_stream(
+                    bind.host,
+                    bind.port,
+                    streams.acceptor(kind),
+                    tls=tls if kind == "tls" else None,
+                )
+            except OSError as e:
+                if bind.optional:
+                    log.info("not listening on %s %s: %s", kind.upper(), bind, e.strerror)
+                    continue
+                self.close_streams()
+                raise ConfigError(f"cannot listen on {kind.upper()} {bind}: {e.strerror}") from None
+            self._listeners.append((kind, listener))
+        self.streams = streams
+        self._send_by_addr_len[3] = streams.send
+        ports = {kind: int(listener.local_address[1]) for kind, listener in self._listeners}
+        self.core.stream_ports = (ports.get("tcp", 0), ports.get("tls", 0))
+
+    def close_streams(self) -> None:
+        for _, listener in self._listeners:
+            listener.close()
+        self._listeners.clear()
+        if self.streams is not None:
+            self.streams.close()
+        self._send_by_addr_len.pop(3, None)
+
     def local_addresses(self) -> list[str]:
         out = []
         for t in self.transports:
             host, port = t.local_address[:2]
             out.append(f"[{host}]:{port}" if t.family == socket.AF_INET6 else f"{host}:{port}")
+        for kind, listener in self._listeners:
+            host, port = listener.local_address[:2]
+            where = f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
+            out.append(f"{kind} {where}")
         return out
 
     @property
@@ -195,6 +247,7 @@ class RelayServer:
         return int(self.transports[0].local_address[1])
 
     def close_transports(self) -> None:
+        self.close_streams()
         for t in self.transports:
             t.close()
         self.transports.clear()
@@ -420,6 +473,8 @@ class RelayServer:
         try:
             self.core.sync_wall(now, self.runtime.wall())
             self._poll_offload(now)
+            if self.streams is not None:
+                self.streams.sweep(now)
             self.core.handle_timer(now)
             self._flush()
         except Exception:  # the core counts its own bugs; this is the last net

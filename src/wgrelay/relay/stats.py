@@ -57,6 +57,15 @@ class DropReason(StrEnum):
     """A PUNCH within PUNCH_INTERVAL_S of the session's last one."""
     MAPPING_PROBE_UNMATCHED = "mapping_probe_unmatched"
     """A MAPPING_PROBE for no session, or from an IP no latched side has."""
+    STREAM_BACKPRESSURE = "stream_backpressure"
+    """For a TCP/TLS client whose connection still holds its limit of unsent
+    bytes (it stopped reading, or its path is slower than its traffic)."""
+    STREAM_CLOSED = "stream_closed"
+    """For a TCP/TLS client whose connection has gone (it re-registers)."""
+    STREAM_LIMIT = "stream_limit"
+    """A TCP/TLS connection over the relay's limits (closed unread)."""
+    STREAM_BAD_FRAMING = "stream_bad_framing"
+    """A TCP/TLS connection that broke the framing (closed)."""
     INTERNAL_ERROR = "internal_error"
     """A bug: the message was dropped, the relay went on (logged)."""
     UNEXPECTED = "unexpected"
@@ -87,6 +96,8 @@ class RelayStats:
     ports_free: int = 0
     offloaded_paths: int = 0
     """Sessions the kernel forwards (nftables), set by the server."""
+    streams_open: int = 0
+    """TCP/TLS client connections, set by the server."""
     cookies_sent: int = 0
     cookies_accepted: int = 0
     quota_hits: Counter[str] = field(default_factory=Counter)

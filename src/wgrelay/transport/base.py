@@ -16,7 +16,9 @@ datagram.
 from __future__ import annotations
 
 import asyncio
+import ssl
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar, runtime_checkable
 
 T = TypeVar("T")
@@ -117,3 +119,94 @@ class Runtime(Protocol):
         for kernel buffers of that size (0: the system default). Raises
         ``OSError`` when the address cannot be bound.
         """
+
+    def connect_stream(
+        self, host: str, port: int, receiver: StreamReceiver, options: StreamOptions
+    ) -> StreamTransport:
+        """Start connecting a stream to ``host:port`` (a literal address);
+        returns at once, ``receiver.stream_connected`` or ``stream_closed``
+        follows. Never raises for network errors (they arrive as
+        ``stream_closed``)."""
+
+    async def listen_stream(
+        self,
+        host: str,
+        port: int,
+        accept: Accept,
+        *,
+        tls: ssl.SSLContext | None = None,
+        send_buffer_bytes: int = 256 * 1024,
+    ) -> StreamListener:
+        """Accept streams on ``host:port``. Raises ``OSError`` when the
+        address cannot be bound."""
+
+
+# ---------------------------------------------------------------- streams (TCP, TLS)
+
+
+class StreamReceiver(Protocol):
+    """What a stream transport reports to (issue 13: networks that block UDP).
+
+    A stream carries the same messages as UDP datagrams, one per frame
+    (docs/PROTOCOL.md, "Stream transport"); the transport delivers whole
+    frames, then ``frames_done`` once per wake-up, like a datagram batch."""
+
+    def stream_connected(self) -> None:
+        """The connection (and its TLS handshake, and proxy tunnel) is up."""
+
+    def frame_received(self, data: bytes) -> None:
+        """One message. Must not raise: count and drop what is wrong."""
+
+    def frames_done(self) -> None:
+        """After the frames of one wake-up."""
+
+    def stream_closed(self, error: str | None) -> None:
+        """Connecting failed or the connection ended (``error`` None: closed
+        cleanly by the other end or by us). Called once; nothing after it."""
+
+
+class StreamTransport(Protocol):
+    """One connected (or connecting) stream, real or simulated."""
+
+    @property
+    def peer_address(self) -> Addr:
+        """The other end: for an accepted connection, its source address."""
+
+    @property
+    def frames_dropped(self) -> int:
+        """Frames refused by ``send_frame`` (its send buffer full, or closed)."""
+
+    def send_frame(self, data: bytes | memoryview) -> bool:
+        """Queue one message. False (and counted) when the connection is not
+        up, or when more than its buffer limit is still unsent: a reader that
+        stopped reading loses its own frames and holds up nobody else."""
+
+    def close(self) -> None:
+        """Close (idempotent); ``stream_closed`` follows unless already reported."""
+
+
+@dataclass(frozen=True, slots=True)
+class StreamOptions:
+    """How a stream to a relay is made."""
+
+    tls: bool = False
+    """TLS over the TCP connection: there to pass middleboxes that let only
+    HTTPS out; the relay is authenticated by its key inside, not by its
+    certificate (docs/SECURITY.md)."""
+    proxy: tuple[str, int] | None = None
+    """An HTTP CONNECT proxy to go through (``https_proxy``)."""
+    connect_timeout_s: float = 5.0
+    send_buffer_bytes: int = 256 * 1024
+    """Unsent bytes a stream may hold before ``send_frame`` drops."""
+
+
+class StreamListener(Protocol):
+    @property
+    def local_address(self) -> Addr: ...
+
+    def close(self) -> None: ...
+
+
+Accept = Callable[[Addr, StreamTransport], StreamReceiver]
+"""Called for each accepted connection with its source address; returns the
+receiver for its frames."""

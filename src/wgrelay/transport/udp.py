@@ -32,6 +32,7 @@ import importlib
 import logging
 import os
 import socket
+import ssl
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -39,8 +40,10 @@ from types import ModuleType
 from typing import TypeVar
 
 from wgrelay.net import datagram_socket
-from wgrelay.transport.base import Addr, DatagramReceiver
+from wgrelay.transport import stream
+from wgrelay.transport.base import Accept, Addr, DatagramReceiver, StreamOptions, StreamReceiver
 from wgrelay.transport.rawudp import send_from_port
+from wgrelay.transport.stream import TcpListener, TcpStream
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -290,3 +293,21 @@ class AsyncioRuntime:
     ) -> UdpTransport:
         sock = datagram_socket(host, port, buffer_bytes)
         return UdpTransport(self.loop, sock, receiver, self.io)
+
+    def connect_stream(
+        self, host: str, port: int, receiver: StreamReceiver, options: StreamOptions
+    ) -> TcpStream:
+        return stream.connect_stream(host, port, receiver, options)
+
+    async def listen_stream(
+        self,
+        host: str,
+        port: int,
+        accept: Accept,
+        *,
+        tls: ssl.SSLContext | None = None,
+        send_buffer_bytes: int = 256 * 1024,
+    ) -> TcpListener:
+        return await stream.listen_stream(
+            host, port, accept, tls=tls, send_buffer_bytes=send_buffer_bytes
+        )

@@ -1,0 +1,317 @@
+"""Streams for networks that drop UDP: TCP, TLS, through an HTTP CONNECT proxy.
+
+A stream carries exactly the messages a UDP socket would, each behind a u16
+big-endian length (docs/PROTOCOL.md, "Stream transport"): the relay and the
+agent keep one code path for every message, and only the socket under it
+changes. ``FrameReader`` is the (pure) framing; ``TcpStream`` the asyncio
+protocol for one connection, either side; ``connect_stream`` and
+``listen_stream`` the ``Runtime`` methods of ``AsyncioRuntime``.
+
+Back-pressure: asyncio never blocks on a write, it buffers. A reader that
+stops reading would make that buffer grow without bound, so ``send_frame``
+refuses (and counts) frames while more than ``send_buffer_bytes`` are unsent.
+The relay thus drops a slow client's own traffic and keeps serving everyone
+else at full speed. Every connection sets TCP_NODELAY: the frames are
+WireGuard packets and control messages that must not wait for Nagle.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+import ssl
+import struct
+
+from wgrelay.transport.base import (
+    Accept,
+    Addr,
+    StreamOptions,
+    StreamReceiver,
+)
+
+log = logging.getLogger(__name__)
+
+_LEN = struct.Struct("!H")
+MAX_FRAME = 0xFFFF
+PROXY_REPLY_MAX = 8192
+"""Bytes of an HTTP CONNECT reply's head we read before giving up on it."""
+
+
+class FramingError(ValueError):
+    pass
+
+
+class FrameReader:
+    """Splits a byte stream into frames: ``u16 length || message``, length >= 1."""
+
+    __slots__ = ("_buf",)
+
+    def __init__(self) -> None:
+        self._buf = bytearray()
+
+    def feed(self, data: bytes) -> list[bytes]:
+        """The whole frames completed by ``data``. Raises ``FramingError`` on
+        a zero length (no message is empty: the sender is not ours)."""
+        buf = self._buf
+        buf += data
+        out: list[bytes] = []
+        pos = 0
+        end = len(buf)
+        while end - pos >= 2:
+            (n,) = _LEN.unpack_from(buf, pos)
+            if n == 0:
+                raise FramingError("empty frame")
+            if end - pos - 2 < n:
+                break
+            out.append(bytes(buf[pos + 2 : pos + 2 + n]))
+            pos += 2 + n
+        if pos:
+            del buf[:pos]
+        return out
+
+    @property
+    def pending(self) -> int:
+        return len(self._buf)
+
+
+def encode_frame(data: bytes | memoryview) -> bytes:
+    n = len(data)
+    if not 0 < n <= MAX_FRAME:
+        raise FramingError(f"a frame carries 1 to {MAX_FRAME} bytes, not {n}")
+    return _LEN.pack(n) + bytes(data)
+
+
+def _set_nodelay(sock: socket.socket | None) -> None:
+    if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
+class TcpStream(asyncio.Protocol):
+    """One stream connection (``StreamTransport``), connecting or accepted."""
+
+    def __init__(self, peer: Addr, send_buffer_bytes: int) -> None:
+        self._peer = peer
+        self._limit = send_buffer_bytes
+        self._transport: asyncio.Transport | None = None
+        self.receiver: StreamReceiver | None = None
+        self._reader = FrameReader()
+        self._dropped = 0
+        self._closed = False
+        self._reported = False
+        self._task: asyncio.Task[None] | None = None
+
+    # ---------------------------------------------------------- StreamTransport
+
+    @property
+    def peer_address(self) -> Addr:
+        return self._peer
+
+    @property
+    def frames_dropped(self) -> int:
+        return self._dropped
+
+    def send_frame(self, data: bytes | memoryview) -> bool:
+        t = self._transport
+        n = len(data)
+        if t is None or self._closed or not 0 < n <= MAX_FRAME:
+            self._dropped += 1
+            return False
+        if t.get_write_buffer_size() > self._limit:
+            self._dropped += 1
+            return False
+        t.write(_LEN.pack(n) + bytes(data))
+        return True
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        if self._task is not None and not self._task.done():
+            self._task.cancel()  # still connecting: its handler reports
+        if self._transport is not None:
+            self._transport.abort()  # connection_lost reports
+        elif self._task is None:
+            self._report(None)
+
+    # ---------------------------------------------------------- asyncio.Protocol
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        if not isinstance(transport, asyncio.Transport):
+            raise TypeError("a stream needs a stream transport")
+        self._transport = transport
+        _set_nodelay(transport.get_extra_info("socket"))
+        if self.receiver is not None:
+            self.receiver.stream_connected()
+
+    def data_received(self, data: bytes) -> None:
+        receiver = self.receiver
+        if receiver is None or self._closed:
+            return
+        try:
+            frames = self._reader.feed(data)
+        except FramingError as e:
+            log.debug("stream from %s: %s; closing it", self._peer, e)
+            self._report(f"bad framing: {e}")
+            self.close()
+            return
+        for frame in frames:
+            receiver.frame_received(frame)
+        if frames:
+            receiver.frames_done()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._closed = True
+        self._transport = None
+        self._report(None if exc is None else _why(exc))
+
+    def _report(self, error: str | None) -> None:
+        if self._reported:
+            return
+        self._reported = True
+        if self.receiver is not None:
+            try:
+                self.receiver.stream_closed(error)
+            except Exception:  # a receiver's bug must not escape into asyncio
+                log.exception("stream close handler failed")
+
+
+def _why(exc: BaseException) -> str:
+    if isinstance(exc, TimeoutError):
+        return "timed out"
+    if isinstance(exc, ssl.SSLError):
+        return f"TLS: {exc.reason or exc}"
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror.lower()
+    return str(exc) or type(exc).__name__
+
+
+def client_tls_context() -> ssl.SSLContext:
+    """TLS only to look like HTTPS to a middlebox: the relay proves itself by
+    its key in the control channel (every control message is sealed to and
+    from it), so its certificate is not checked (docs/SECURITY.md)."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE  # see the docstring
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    return ctx
+
+
+def server_tls_context(cert: str, key: str) -> ssl.SSLContext:
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.load_cert_chain(cert, key)
+    return ctx
+
+
+async def _open_socket(host: str, port: int, options: StreamOptions) -> socket.socket:
+    """A connected TCP socket to ``host:port``, through the proxy if any."""
+    loop = asyncio.get_running_loop()
+    target = options.proxy or (host, port)
+    family = socket.AF_INET6 if ":" in target[0] else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setblocking(False)
+        await loop.sock_connect(sock, target)
+        if options.proxy is not None:
+            authority = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+            request = f"CONNECT {authority} HTTP/1.1\r\nHost: {authority}\r\n\r\n"
+            await loop.sock_sendall(sock, request.encode())
+            head = b""
+            while b"\r\n\r\n" not in head:
+                chunk = await loop.sock_recv(sock, 1)  # byte by byte: nothing past the head
+                if not chunk or len(head) > PROXY_REPLY_MAX:
+                    raise ConnectionError("the proxy closed the connection")
+                head += chunk
+            status = head.split(b"\r\n", 1)[0].decode("latin-1")
+            parts = status.split(" ", 2)
+            if len(parts) < 2 or parts[1] != "200":
+                raise ConnectionError(f"the proxy refused: {status}")
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+def connect_stream(
+    host: str, port: int, receiver: StreamReceiver, options: StreamOptions
+) -> TcpStream:
+    loop = asyncio.get_running_loop()
+    stream = TcpStream((host, port), options.send_buffer_bytes)
+    stream.receiver = receiver
+
+    async def run() -> None:
+        try:
+            async with asyncio.timeout(options.connect_timeout_s):
+                sock = await _open_socket(host, port, options)
+                try:
+                    await loop.create_connection(
+                        lambda: stream,
+                        sock=sock,
+                        ssl=client_tls_context() if options.tls else None,
+                        server_hostname=host if options.tls else None,
+                    )
+                except BaseException:
+                    sock.close()
+                    raise
+        except asyncio.CancelledError:
+            stream._report(None)  # closed by us while connecting
+        except Exception as e:
+            stream._closed = True
+            stream._report(_why(e))
+
+    stream._task = loop.create_task(run())
+    return stream
+
+
+class TcpListener:
+    def __init__(self, server: asyncio.Server) -> None:
+        self._server = server
+
+    @property
+    def local_address(self) -> Addr:
+        return tuple(self._server.sockets[0].getsockname())
+
+    def close(self) -> None:
+        self._server.close()
+
+
+async def listen_stream(
+    host: str,
+    port: int,
+    accept: Accept,
+    *,
+    tls: ssl.SSLContext | None = None,
+    send_buffer_bytes: int = 256 * 1024,
+) -> TcpListener:
+    loop = asyncio.get_running_loop()
+
+    def factory() -> asyncio.Protocol:
+        return _Accepted(accept, send_buffer_bytes)
+
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    server = await loop.create_server(
+        factory, host, port, family=family, ssl=tls, reuse_address=True, backlog=256
+    )
+    return TcpListener(server)
+
+
+class _Accepted(TcpStream):
+    """An accepted connection: learns its peer (and receiver) when it is made."""
+
+    def __init__(self, accept: Accept, send_buffer_bytes: int) -> None:
+        super().__init__(("", 0), send_buffer_bytes)
+        self._accept = accept
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        peer = transport.get_extra_info("peername")
+        self._peer = (str(peer[0]), int(peer[1])) if peer else ("", 0)
+        try:
+            self.receiver = self._accept(self._peer, self)
+        except Exception:
+            log.exception("accepting a stream from %s failed", self._peer)
+            transport.close()
+            return
+        super().connection_made(transport)
