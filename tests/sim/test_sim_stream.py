@@ -431,3 +431,17 @@ def test_same_seed_same_trace() -> None:
     assert a == b
     assert a[1] == c[1] == [b"%d" % i for i in range(50)]
     assert a[0] != c[0]  # other draws: other times in the trace
+
+
+def test_no_connect_proxy_runs_in_a_simulation(sim: Simulation) -> None:
+    server_host, client_host = world(sim)
+    listen(sim, server_host, 443, Server(sim))
+    listen(sim, server_host, 3128, Server(sim))  # not a proxy: never answers CONNECT
+    via_listener, via_nobody = Ends(sim), Ends(sim)
+    proxied = StreamOptions(proxy=(server_host.address, 3128), connect_timeout_s=2.0)
+    connect(client_host, server_host, 443, via_listener, proxied)
+    nowhere = StreamOptions(proxy=(server_host.address, 8080), connect_timeout_s=2.0)
+    connect(client_host, server_host, 443, via_nobody, nowhere)
+    sim.run_for(3)
+    assert_closed(via_listener, 2.0, "timed out")
+    assert_closed(via_nobody, RTT_S, "connection refused")

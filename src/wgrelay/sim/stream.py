@@ -7,7 +7,7 @@ production shells see exactly the seam of ``wgrelay.transport.base`` (frames,
 ``frames_done`` per wake-up, ``stream_closed`` once). Segments do not go
 through the datagram engine (that one is UDP: a ``udp_blocked`` box must not
 drop TCP); instead the route is walked once, at ``connect``, through the same
-realms, NAT boxes and link pipes (``wgrelay.sim.topology.route_stream``):
+realms, NAT boxes and link pipes (``route_stream``):
 
 * every outbound connection crosses every NAT kind unless the box has
   ``tcp_blocked`` (or ``tcp_443_only`` and another port): that is what
@@ -49,7 +49,19 @@ realms, NAT boxes and link pipes (``wgrelay.sim.topology.route_stream``):
   ``stream_closed("timed out")``; if it heals first the held frames arrive.
   A partition or crash starts that clock at once, so idle connections break
   too. A host that crashed and came back has forgotten the connection: the
-  other end gets ``connection reset by peer`` at the next retry.
+  other end gets ``connection reset by peer`` at the next retry. A link that
+  loses a frame for the whole timeout breaks the connection the same way.
+* ``StreamOptions.proxy``: no HTTP CONNECT proxy runs in a simulation; the
+  client connects to the proxy's address, and whatever listens there never
+  answers the CONNECT, so the client times out (refused if nothing listens).
+* TLS has no crypto here: a TLS listener and a TLS client only decide which
+  handshake (and which mismatch) happens, and add a record's bytes per frame.
+
+Trace records (``kind`` ``stream_connect``/``stream_connected``/
+``stream_accept``/``stream_deliver``/``stream_drop``/``stream_close``) go
+into the simulation's trace beside the datagram ones, so ``trace_digest``
+covers streams too. ``SimStream.pause_reading``/``resume_reading`` let a test
+stall a reader.
 
 All events go through one heap ordered by (time, sequence), served by a single
 asyncio timer, so runs are deterministic, frames keep their order, and every

@@ -56,7 +56,7 @@ DROP_BAD_SIZE = "bad_size"
 
 CONNECTING, OPEN, CLOSED = range(3)
 """States of an end."""
-# What a handshake runs into (``_Connection.mismatch``).
+# What a handshake runs into (``Connection.mismatch``).
 _MATCHED = ""
 _TLS_TO_PLAIN = "tls_to_plain"
 _PLAIN_TO_TLS = "plain_to_tls"
