@@ -193,7 +193,6 @@ class ProbeSocket:
             probe.link.shutdown(now)
             for data in probe.link.datagrams_to_send():
                 self.transport.sendto(data, probe.addr)
-            probe.dispatch(LinkRejected("closed"))  # nobody waits past this
         self.transport.close()
 
 
