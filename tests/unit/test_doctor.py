@@ -643,3 +643,16 @@ def test_cli_doctor_bad_interface_name_is_one_line(
     assert cli.main(["doctor", "bad/name", "--state-dir", str(tmp_path)]) == 1
     err = capsys.readouterr().err
     assert err == "wgrelay: error: invalid interface name 'bad/name'\n"
+
+
+def test_an_agent_that_found_udp_blocked_is_told_about() -> None:
+    facts = recorded(RECORDED_A_AGENT)
+    assert facts.agent is not None
+    assert only(diagnose(facts)[0], "peer")  # recorded: UDP worked, no such line
+    assert not [f for f in diagnose(facts)[0] if "UDP to relays blocked" in f.summary]
+    blocked = replace(
+        facts, agent={**facts.agent, "udp_blocked": True, "home_relay_carrier": "tcp"}
+    )
+    [line] = [f for f in diagnose(blocked)[0] if "found UDP to relays blocked" in f.summary]
+    assert line.level is Level.WARN
+    assert "over TCP" in line.summary

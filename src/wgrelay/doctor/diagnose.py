@@ -111,7 +111,8 @@ def check_relays(facts: Facts) -> list[Finding]:
                 "and no ICMP came back either",
                 "allow outbound UDP to the relays' port"
                 f"{'s' if len(ports) > 1 else ''} {', '.join(map(str, ports))} "
-                "(and its answers) in this network's firewall",
+                "(and its answers) in this network's firewall; meanwhile the agent falls "
+                "back to TCP, then TLS, at relays that offer them",
                 data={"answered": 0, "probed": len(facts.relays)},
             )
         )

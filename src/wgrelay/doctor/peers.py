@@ -69,6 +69,23 @@ def check_agent(facts: Facts) -> list[Finding]:
                 subject=iface,
             )
         )
+    if agent.get("udp_blocked") is True:
+        # the agent's own verdict (client/fallback.py): every relay silent over
+        # UDP, so it reached them over a stream; the doctor's probes may
+        # still have got through (the block may be intermittent, or lifted)
+        carrier = str(agent.get("home_relay_carrier") or "TCP/TLS").upper()
+        out.append(
+            Finding(
+                "agent",
+                Level.WARN,
+                f"the agent for {iface} found UDP to relays blocked and reaches its home "
+                f"relay over {carrier}: relayed packets wait behind each other (TCP) and "
+                "cost more bandwidth",
+                "allow outbound UDP to the relays' ports in this network's firewall "
+                "(the agent goes back to UDP by itself)",
+                subject=iface,
+            )
+        )
     out += [_peer_finding(facts, p) for p in status_peers(facts)]
     return out
 
