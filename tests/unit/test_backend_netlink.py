@@ -224,6 +224,25 @@ def test_arbitrary_bytes_raise_only_backend_error(data: bytes) -> None:
         parse_device([msg(data)], "wg0")
 
 
+def _nests(t: int, items: st.SearchStrategy[bytes], n: int) -> st.SearchStrategy[bytes]:
+    return st.lists(items, max_size=n).map(lambda xs: nest(t, *xs))
+
+
+# attribute trees shaped like a dump (device > peers > peer > allowed-ips),
+# with random types and payloads at every level: deeper than random bytes reach
+_LEAF = st.builds(nla, st.integers(0, 12), st.binary(max_size=40))
+_PEER = _nests(0, st.one_of(_LEAF, _nests(9, _nests(0, _LEAF, 4), 3)), 8)
+_DEVICE = st.lists(st.one_of(_LEAF, _nests(8, _PEER, 3)), max_size=6).map(
+    lambda xs: genl(0, b"".join(xs))
+)
+
+
+@given(st.lists(_DEVICE, min_size=1, max_size=3))
+def test_malformed_attribute_trees_raise_only_backend_error(parts: list[bytes]) -> None:
+    with contextlib.suppress(BackendError):
+        parse_device([msg(p) for p in parts], "wg0")
+
+
 # ------------------------------------------------------------ in-memory kernel
 
 
