@@ -48,12 +48,19 @@ class FallbackConfig:
     """A relay refused both TCP and TLS: try its streams again this much later."""
     switch_grace_s: float = 3.0
     """Back on UDP: the stream stays open this long for what is still on it."""
+    tcp_connect_timeout_s: float = 2.0
+    """Short: a network that drops TCP to that port gives no other sign, and
+    TLS on 443 is tried only after it (a whole TCP wait would delay every
+    HTTPS-only agent's tunnel by it)."""
+    tls_connect_timeout_s: float = 6.0
+    """A TCP connect, the TLS handshake, and an HTTP proxy's CONNECT."""
 
 
 @dataclass(frozen=True, slots=True)
 class Connect:
     addr: Endpoint
     carrier: Carrier
+    timeout_s: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,7 +132,9 @@ class StreamFallback:
     # ------------------------------------------------------------ what happened
 
     def sent_udp(self, addr: Endpoint, now: float) -> None:
-        """A control message for the relay at ``addr`` left over UDP."""
+        """A request the relay at ``addr`` answers (REGISTER, HEARTBEAT, PING,
+        ...) left over UDP. Messages nobody answers must not be told: a
+        SESSION_CLOSE's silence says nothing about UDP."""
         if not self.config.enabled:
             return
         path = self._paths.get(addr)
@@ -228,7 +237,9 @@ class StreamFallback:
 
     def _connect(self, addr: Endpoint, path: _Path, carrier: Carrier) -> None:
         path.connecting = carrier
-        self._actions.append(Connect(addr, carrier))
+        cfg = self.config
+        timeout = cfg.tls_connect_timeout_s if carrier == Carrier.TLS else cfg.tcp_connect_timeout_s
+        self._actions.append(Connect(addr, carrier, timeout))
 
     def _udp_back(self, now: float) -> None:
         self.udp_blocked = False

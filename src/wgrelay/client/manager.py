@@ -64,6 +64,17 @@ log = logging.getLogger(__name__)
 
 SOCKET_BUFFER_BYTES = 2 * 1024 * 1024
 _DATA = int(MsgType.DATA)
+_ANSWERED = frozenset(
+    int(t)
+    for t in (
+        MsgType.REGISTER,
+        MsgType.HEARTBEAT,
+        MsgType.CONNECTION_REQUEST,
+        MsgType.PING,
+        MsgType.DISCOVERY_QUERY,
+    )
+)
+"""Requests a relay answers: only their silence says UDP does not get through."""
 
 DataHandler = Callable[[PublicKey, bytes], None]
 """Called with the peer and the whole data frame (payload starts at byte 10)."""
@@ -337,7 +348,8 @@ class RelayManager:
                 t = self._transport_for(addr)
                 if t is not None:
                     t.sendto(data, addr)
-                    fallback.sent_udp(addr, now)
+                    if data[0] in _ANSWERED:
+                        fallback.sent_udp(addr, now)
             actions = fallback.actions()
             if not actions:
                 return
@@ -347,7 +359,7 @@ class RelayManager:
     def _fallback_actions(self, actions: list[FallbackAction], now: float) -> None:
         for action in actions:
             if isinstance(action, Connect):
-                self.streams.connect(action.addr, action.carrier)
+                self.streams.connect(action.addr, action.carrier, action.timeout_s)
             elif isinstance(action, Disconnect):
                 self.streams.close(action.addr)
             elif isinstance(action, ProbeUdp):

@@ -105,7 +105,7 @@ class RelayStreams:
         self.streams: dict[Endpoint, StreamTransport] = {}
         self.frames_dropped = 0
 
-    def connect(self, addr: Endpoint, carrier: Carrier) -> None:
+    def connect(self, addr: Endpoint, carrier: Carrier, timeout_s: float = 5.0) -> None:
         self.close(addr)
         tcp_port, tls_port = self.ports(addr)
         port = tls_port if carrier == Carrier.TLS else tcp_port
@@ -122,7 +122,9 @@ class RelayStreams:
             port,
             f" through proxy {endpoint_str(self.proxy)}" if self.proxy else "",
         )
-        options = StreamOptions(tls=carrier == Carrier.TLS, proxy=self.proxy)
+        options = StreamOptions(
+            tls=carrier == Carrier.TLS, proxy=self.proxy, connect_timeout_s=timeout_s
+        )
         stream = self.runtime.connect_stream(addr[0], port, receiver, options)
         receiver.stream = stream
         self.streams[addr] = stream

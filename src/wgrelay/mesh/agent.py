@@ -96,6 +96,8 @@ class AgentCore(UpgradeRules):
         """Relay ports we left lately (never a direct candidate, not ours now)."""
         """Endpoints that are our proxies (never a direct candidate)."""
         self.relay_enabled = config.relay_enabled
+        self.udp_blocked = False
+        """Our network drops UDP (relays reached over TCP/TLS): no direct try can work."""
         self._nonce = 0
         self._started_at = float("-inf")
         """The first look at the interface (start_grace_s counts from it)."""

@@ -420,6 +420,7 @@ class Agent(RelayPaths):
                     if info.listen_port:
                         self.proxies.set_wg_port(info.listen_port)
                     self._info = info
+                    self.core.udp_blocked = self.manager.fallback.udp_blocked
                     self._run(self.core.observe(info, now, self._wall()))
                     self._run(self.core.tick(now))
                     self._check_port_mode(info)

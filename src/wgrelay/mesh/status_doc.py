@@ -40,6 +40,7 @@ def status_steady(agent: Agent, info: InterfaceInfo) -> object:
         agent.manager.home,
         agent.manager.standby,
         agent.core.relay_enabled,
+        agent.manager.fallback.udp_blocked,
     )
 
 

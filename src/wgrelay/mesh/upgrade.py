@@ -84,6 +84,7 @@ class UpgradeRules:
     proxy_endpoints: set[Endpoint]
     retired_endpoints: set[Endpoint]
     relay_enabled: bool
+    udp_blocked: bool
     _nonce: int
 
     # ------------------------------------------------------------ helpers
@@ -174,6 +175,13 @@ class UpgradeRules:
         return 0.0 if self.own_key.raw < p.key.raw else self.config.direct_probe_s + 2.0
 
     def _probe_back(self, p: PeerPath, now: float, wall: float) -> list[Action]:
+        if self.udp_blocked:
+            # our network drops UDP (relays over TCP/TLS): a try only costs an
+            # outage; looked at again with backoff, when UDP may be back
+            p.probe_back_interval_s = min(p.probe_back_interval_s * 2, self.config.probe_back_max_s)
+            p.next_probe_back = now + p.probe_back_interval_s
+            p.last_upgrade = f"{_clock(wall)}: skipped (UDP is blocked here; relayed over a stream)"
+            return []
         if p.mapping_peer is None and now < p.mappings_due:
             p.next_probe_back = p.mappings_due  # (or soon after they come)
             return []

@@ -35,6 +35,7 @@ from wgrelay.proto.messages import (
 )
 from wgrelay.relay.admission import Addr, Inbound
 from wgrelay.relay.core_state import RelayCoreState
+from wgrelay.relay.ports import is_stream_addr
 from wgrelay.relay.sessions import (
     Listing,
     Refusal,
@@ -241,7 +242,8 @@ class SessionsCore(RelayCoreState):
         pair = self.ports.by_sid.get(sid) if self.ports is not None else None
         if pair is None:
             return 0
-        return pair.a.port if key == pair.a.key else pair.b.port
+        side = pair.a if key == pair.a.key else pair.b
+        return 0 if is_stream_addr(side.reg_addr) else side.port  # TCP/TLS: framed
 
     def _response(self, rid: int, status: Status, sid: bytes, port: int = 0) -> ConnectionResponse:
         return ConnectionResponse(

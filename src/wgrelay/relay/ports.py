@@ -117,6 +117,17 @@ class PortPool:
             self._free.append(port)
 
 
+def is_stream_addr(addr: Addr) -> bool:
+    """A TCP/TLS client's address (relay/streams.py): never a UDP source."""
+    return len(addr) == 3
+
+
+def _initial_mode(reg_addr: Addr) -> SideMode:
+    # a side over a stream is framed from the start (its agent declines the
+    # port): a handshake for it is delivered at once, not held for a latch
+    return SideMode.FRAMED if is_stream_addr(reg_addr) else SideMode.UNKNOWN
+
+
 @dataclass(slots=True)
 class PortSide:
     port: int
@@ -210,8 +221,8 @@ class PortTable:
             return None
         pair = PortPair(
             s,
-            PortSide(a_port, s.a_key, s.a_addr, mac1_key(s.b_key)),
-            PortSide(b_port, s.b_key, s.b_addr, mac1_key(s.a_key)),
+            PortSide(a_port, s.a_key, s.a_addr, mac1_key(s.b_key), _initial_mode(s.a_addr)),
+            PortSide(b_port, s.b_key, s.b_addr, mac1_key(s.a_key), _initial_mode(s.b_addr)),
         )
         self.by_port[a_port] = (pair, pair.a, pair.b, True)
         self.by_port[b_port] = (pair, pair.b, pair.a, False)
@@ -256,6 +267,12 @@ class PortTable:
         pair = s.ports
         if pair is not None:
             pair.a.reg_addr, pair.b.reg_addr = s.a_addr, s.b_addr
+            for side in (pair.a, pair.b):
+                if is_stream_addr(side.reg_addr) and side.mode is not SideMode.FRAMED:
+                    # its agent went to TCP/TLS: its WireGuard's UDP does not
+                    # reach the port any more; frames go on its stream
+                    side.mode, side.latched = SideMode.FRAMED, None
+                    self._check_ready(pair)
 
     def forward(
         self, port: int, data: bytes, addr: Addr, now: float, charge: int

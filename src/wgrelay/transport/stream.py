@@ -23,6 +23,7 @@ import logging
 import socket
 import ssl
 import struct
+from typing import cast
 
 from wgrelay.transport.base import (
     Accept,
@@ -139,9 +140,8 @@ class TcpStream(asyncio.Protocol):
     # ---------------------------------------------------------- asyncio.Protocol
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        if not isinstance(transport, asyncio.Transport):
-            raise TypeError("a stream needs a stream transport")
-        self._transport = transport
+        # (uvloop's transports quack like asyncio.Transport without subclassing it)
+        self._transport = cast(asyncio.Transport, transport)
         _set_nodelay(transport.get_extra_info("socket"))
         if self.receiver is not None:
             self.receiver.stream_connected()
