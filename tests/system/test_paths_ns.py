@@ -190,7 +190,7 @@ GRID_PAIRS = [(x, y) for i, x in enumerate(GRID) for y in GRID[i:]] + [
 def test_real_nat_grid_matches_the_simulated_one() -> None:
     """Every pair of real NAT kinds, side by side in one testbed with one
     relay: the pairs the simulator's matrix (docs/NAT_MATRIX.md) says end
-    direct end direct, the others stay relayed, UDP blocked gets nothing."""
+    direct end direct, the others stay relayed, UDP blocked is relayed over TCP."""
     with Testbed() as tb:
         relay = tb.add_relay("r1")
         pairs: list[tuple[NatKind, NatKind, Peer, Peer]] = []

@@ -1,25 +1,27 @@
 """When UDP is blocked, reach relays over TCP, then TLS; come back when it is not (sans-I/O).
 
 Hotel, corporate and some mobile networks drop UDP entirely. The signal is
-simple and cheap: the agent keeps sending control messages to relays over UDP
-(registration, measurement, heartbeats, carrier probes) and hears nothing back
-over UDP from any relay for ``udp_silence_s``. Then every relay the agent
-talks to is also tried over a stream: TCP to the relay's TCP port, and where
-that fails, TLS (443 by default, what such networks let out). A relay whose
-stream comes up carries that link from then on: the shell sends its datagrams
-as frames on the stream (``carrier(addr)``), and the link resends what is
-outstanding at once (``Moved``).
+per relay and cheap: the agent keeps sending requests to relays over UDP
+(registration, measurement, heartbeats, carrier probes), each of which the
+relay answers; a relay that has had ``min_unanswered`` of them and sent
+nothing back over UDP for ``udp_silence_s`` is tried over a stream: TCP to
+its TCP port, and where that fails, TLS (443 by default, what such networks
+let out). A stream that comes up carries that relay's link from then on: the
+shell sends its datagrams as frames on the stream (``carrier(addr)``), and the
+link resends what is outstanding at once (``Moved``).
 
-A single dead relay looks the same from here as blocked UDP, but it does not
-accept a stream either, so nothing moves; and a relay that answers over UDP
-while its stream is still connecting wins (the connect is abandoned).
+A dead relay looks the same from here as blocked UDP, but it does not accept
+a stream either, so nothing moves (and the relay the agent fails over to
+answers over UDP, so it is never tried over a stream). A relay that answers
+over UDP while its stream is still connecting wins: the connect is abandoned.
 
-While on streams, UDP is tried again with backoff (``udp_retry_s`` doubling to
-``udp_retry_max_s``): one PING per stream relay over UDP (``ProbeUdp``). Any
-answer over UDP means the network lets UDP through again: every link moves
-back (``Moved`` to UDP: the shell re-announces the link from its UDP address),
-and each stream is closed ``switch_grace_s`` later, once the relay has
-learnt the new address, so nothing in flight on it is lost.
+While any link runs over a stream (``udp_blocked``), UDP is tried again with
+backoff (``udp_retry_s`` doubling to ``udp_retry_max_s``): one PING per
+stream relay over UDP (``ProbeUdp``). Any answer over UDP means the network
+lets UDP through again: every link moves back (``Moved`` to UDP: the shell
+re-announces the link from its UDP address), and each stream is closed
+``switch_grace_s`` later, once the relay has learnt the new address, so
+nothing in flight on it is lost.
 """
 
 from __future__ import annotations
@@ -40,7 +42,10 @@ class Carrier(StrEnum):
 class FallbackConfig:
     enabled: bool = True
     udp_silence_s: float = 2.0
-    """Sending to relays over UDP and hearing none of them this long: UDP is blocked."""
+    """Requests to a relay over UDP and nothing back this long: try it over a stream."""
+    min_unanswered: int = 3
+    """...and at least this many requests in that time (a retransmitted one
+    counts again): one or two lost datagrams on a lossy path are not a block."""
     udp_retry_s: float = 5.0
     """First wait before trying UDP again from streams; doubles each miss."""
     udp_retry_max_s: float = 60.0
@@ -93,6 +98,9 @@ class _Path:
     """The stream that is connected (it may not carry the link yet, or any more)."""
     retry_at: float = 0.0
     last_sent: float = float("-inf")
+    silent_since: float | None = None
+    """The first request since the last datagram from this relay over UDP."""
+    unanswered: int = 0
     close_at: float = float("inf")
     errors: list[str] = field(default_factory=list)
 
@@ -100,21 +108,19 @@ class _Path:
 class StreamFallback:
     def __init__(self, config: FallbackConfig | None = None) -> None:
         self.config = config or FallbackConfig()
-        self.udp_blocked = False
-        self._silent_since: float | None = None
         self._paths: dict[Endpoint, _Path] = {}
         self._probe_at = float("inf")
         self._probe_interval = self.config.udp_retry_s
         self._actions: list[FallbackAction] = []
         self.fallbacks = 0
-        """Times UDP was found blocked (status, metrics)."""
+        """Links moved to a stream (status, metrics)."""
 
     # ------------------------------------------------------------ views
 
     @property
-    def listening(self) -> bool:
-        """Whether hearing over UDP matters now (the shell tells only then)."""
-        return self.udp_blocked or self._silent_since is not None
+    def udp_blocked(self) -> bool:
+        """Whether a link runs over a stream: UDP to its relay got no answer."""
+        return any(p.carrier != Carrier.UDP for p in self._paths.values())
 
     def carrier(self, addr: Endpoint) -> Carrier:
         path = self._paths.get(addr)
@@ -141,17 +147,27 @@ class StreamFallback:
         if path is None:
             path = self._paths[addr] = _Path()
         path.last_sent = now
-        if not self.udp_blocked:
-            if self._silent_since is None:
-                self._silent_since = now
-        elif path.connecting is None and path.up is None and now >= path.retry_at:
-            self._connect(addr, path, Carrier.TCP)
+        path.unanswered += 1
+        if path.silent_since is None:
+            path.silent_since = now
 
-    def heard_udp(self, now: float) -> None:
-        """Anything from a relay arrived over UDP: UDP works (called per datagram)."""
-        self._silent_since = None
-        if self.udp_blocked:
-            self._udp_back(now)
+    def heard_udp(self, addrs: set[Endpoint], now: float) -> bool:
+        """Datagrams came in over UDP from the relays at ``addrs`` (once per
+        batch: this runs on the data path). True if there are actions now."""
+        for addr in addrs:
+            path = self._paths.get(addr)
+            if path is None:
+                continue
+            path.silent_since, path.unanswered = None, 0
+            if path.connecting is not None:  # UDP answered first: no stream
+                path.connecting = None
+                self._actions.append(Disconnect(addr))
+            if path.carrier != Carrier.UDP:  # a probe answered: back to UDP
+                self._back_to_udp(addr, path, now)
+        if self._actions and not self.udp_blocked:
+            self._probe_at = float("inf")
+            self._probe_interval = self.config.udp_retry_s
+        return bool(self._actions)
 
     def connected(self, addr: Endpoint, carrier: Carrier, now: float) -> None:
         path = self._paths.get(addr)
@@ -161,14 +177,13 @@ class StreamFallback:
         path.connecting = None
         path.up = carrier
         path.errors.clear()
-        if self.udp_blocked:
-            path.carrier = carrier
-            self._actions.append(Moved(addr, carrier))
-            if self._probe_at == float("inf"):
-                self._probe_at = now + self._probe_interval
-        else:
-            path.close_at = now  # UDP came back while connecting
-            self._actions.append(Disconnect(addr))
+        if not self.udp_blocked:
+            self.fallbacks += 1
+            self._probe_interval = self.config.udp_retry_s
+        path.carrier = carrier
+        self._actions.append(Moved(addr, carrier))
+        if self._probe_at == float("inf"):
+            self._probe_at = now + self._probe_interval
 
     def closed(self, addr: Endpoint, carrier: Carrier, now: float, error: str | None) -> None:
         """A stream failed to connect, or ended."""
@@ -180,7 +195,7 @@ class StreamFallback:
             del path.errors[:-4]
         if path.connecting == carrier:
             path.connecting = None
-            if carrier == Carrier.TCP and self.udp_blocked:
+            if carrier == Carrier.TCP and path.silent_since is not None:
                 self._connect(addr, path, Carrier.TLS)  # networks that let only 443 out
             else:
                 path.retry_at = now + self.config.stream_retry_s
@@ -191,40 +206,45 @@ class StreamFallback:
             if path.carrier == carrier:
                 path.carrier = Carrier.UDP
                 self._actions.append(Moved(addr, Carrier.UDP))
-                if self.udp_blocked:
+                if path.silent_since is not None:
                     self._connect(addr, path, carrier)  # the same way again at once
 
     # ------------------------------------------------------------ timers
 
     def next_timer(self) -> float:
         when = self._probe_at if self.udp_blocked else float("inf")
-        if self._silent_since is not None and not self.udp_blocked:
-            when = min(when, self._silent_since + self.config.udp_silence_s)
         for path in self._paths.values():
-            when = min(when, path.close_at)
+            when = min(when, path.close_at, self._stream_due(path))
         return when
+
+    def _stream_due(self, path: _Path) -> float:
+        """When the relay's silence calls for a stream (inf: it does not, or
+        not until something else happens, such as another request sent)."""
+        cfg = self.config
+        if (
+            path.silent_since is None
+            or path.unanswered < cfg.min_unanswered
+            or path.connecting is not None
+            or path.up is not None
+        ):
+            return float("inf")
+        due = max(path.silent_since + cfg.udp_silence_s, path.retry_at)
+        # a relay we stopped writing to (dead, or not needed) is left alone
+        return due if due <= path.last_sent + 2 * cfg.udp_silence_s else float("inf")
 
     def handle_timer(self, now: float) -> None:
         cfg = self.config
-        if (
-            not self.udp_blocked
-            and self._silent_since is not None
-            and now >= self._silent_since + cfg.udp_silence_s
-        ):
-            self.udp_blocked = True
-            self.fallbacks += 1
-            self._probe_interval = cfg.udp_retry_s
-            self._probe_at = float("inf")
-            recent = now - 2 * cfg.udp_silence_s
-            for addr, path in self._paths.items():
-                if path.last_sent >= recent and path.connecting is None and path.up is None:
-                    self._connect(addr, path, Carrier.TCP)
+        for addr, path in self._paths.items():
+            if now >= self._stream_due(path):
+                self._connect(addr, path, Carrier.TCP)
         if self.udp_blocked and now >= self._probe_at:
             for addr, path in self._paths.items():
                 if path.carrier != Carrier.UDP:
                     self._actions.append(ProbeUdp(addr))
             self._probe_interval = min(self._probe_interval * 2, cfg.udp_retry_max_s)
             self._probe_at = now + self._probe_interval
+        elif not self.udp_blocked:
+            self._probe_at = float("inf")
         for addr, path in self._paths.items():
             if now >= path.close_at:
                 path.close_at = float("inf")
@@ -241,18 +261,10 @@ class StreamFallback:
         timeout = cfg.tls_connect_timeout_s if carrier == Carrier.TLS else cfg.tcp_connect_timeout_s
         self._actions.append(Connect(addr, carrier, timeout))
 
-    def _udp_back(self, now: float) -> None:
-        self.udp_blocked = False
-        self._probe_at = float("inf")
-        self._probe_interval = self.config.udp_retry_s
-        for addr, path in self._paths.items():
-            if path.connecting is not None:
-                path.connecting = None
-                self._actions.append(Disconnect(addr))
-            if path.carrier != Carrier.UDP:
-                path.carrier = Carrier.UDP
-                self._actions.append(Moved(addr, Carrier.UDP))
-                path.close_at = now + self.config.switch_grace_s
+    def _back_to_udp(self, addr: Endpoint, path: _Path, now: float) -> None:
+        path.carrier = Carrier.UDP
+        self._actions.append(Moved(addr, Carrier.UDP))
+        path.close_at = now + self.config.switch_grace_s
 
     def _forget_idle(self, now: float) -> None:
         """Relays not written to for a long time and without a stream."""

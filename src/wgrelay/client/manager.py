@@ -158,7 +158,7 @@ class RelayManager:
             ports=self._stream_ports,
             proxy=proxy,
         )
-        self._udp_heard = False
+        self._udp_heard: set[Endpoint] = set()
 
     def _open_transports(self) -> None:
         self._transports[4] = self.runtime.open_udp(
@@ -306,8 +306,9 @@ class RelayManager:
     # ------------------------------------------------------------ receiving
 
     def datagram_received(self, data: bytes, addr: Addr) -> None:
-        self._udp_heard = True  # (the fallback hears of it once per batch)
-        self._receive((addr[0], addr[1]), data)
+        src = (addr[0], addr[1])
+        self._udp_heard.add(src)  # (the fallback hears of them once per batch)
+        self._receive(src, data)
 
     def _receive(self, src: Endpoint, data: bytes) -> None:
         """A datagram, or a frame from a stream, from the relay at ``src``."""
@@ -327,10 +328,9 @@ class RelayManager:
 
     def batch_done(self) -> None:
         if self._udp_heard:
-            self._udp_heard = False
-            if self.fallback.listening:
-                self.fallback.heard_udp(self.runtime.now())
+            if self.fallback.heard_udp(self._udp_heard, self.runtime.now()):
                 self._control_pending = True
+            self._udp_heard.clear()
         if self._control_pending:
             self._control_pending = False
             self._pump()

@@ -37,6 +37,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import ssl
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -161,6 +162,14 @@ class SimRelay:
             self.core, rt, [BindAddress("0.0.0.0", self.port)], policy_refresh_s=0
         )
         self.server.open()
+        # TCP on the UDP port's number and TLS on 443, as start-relay with a
+        # certificate does (the simulator's TLS needs none: the context only
+        # marks the listener as TLS)
+        streams = [("tcp", BindAddress("0.0.0.0", self.port)), ("tls", BindAddress("0.0.0.0", 443))]
+        self.sim.spawn(
+            self.server.open_streams(streams, ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)),
+            name=f"relay {self.name} streams",
+        )
         self._task = self.sim.spawn(self.server.serve(), name=f"relay {self.name}")
 
     def _stop(self) -> None:

@@ -32,6 +32,7 @@ KINDS = (
     NatKind.PORT_RESTRICTED_CONE,
     NatKind.SYMMETRIC,
     NatKind.UDP_BLOCKED,
+    NatKind.TCP_443_ONLY,
 )
 SEEDS = (1, 2, 3, 4)
 CONNECT_TIMEOUT_S = 60.0
@@ -51,6 +52,7 @@ LABELS = {
     NatKind.PORT_RESTRICTED_CONE: "port-restricted cone",
     NatKind.SYMMETRIC: "symmetric",
     NatKind.UDP_BLOCKED: "UDP blocked",
+    NatKind.TCP_443_ONLY: "HTTPS only",
 }
 NONE = "none"
 DIRECT = PathKind.DIRECT.value
@@ -175,9 +177,12 @@ def compute(
     return cells
 
 
+_NO_UDP = {NatKind.UDP_BLOCKED, NatKind.TCP_443_ONLY}
+
+
 def expected_connected(a: NatKind, b: NatKind) -> bool:
-    """Every pair must connect, except where UDP is blocked (no TCP fallback yet)."""
-    return NatKind.UDP_BLOCKED not in (a, b)
+    """Every pair must connect: where UDP is blocked, over TCP or TLS to the relay."""
+    return True
 
 
 _PER_DESTINATION_OR_PORT_FILTERED = {NatKind.PORT_RESTRICTED_CONE, NatKind.SYMMETRIC}
@@ -189,8 +194,8 @@ def expected_direct(a: NatKind, b: NatKind) -> bool:
     facing one that lets in only the exact address and port it sent to
     (port-restricted cone or symmetric). The namespace grid
     (tests/system/test_paths_ns.py) holds real NATs to the same rule."""
-    if not expected_connected(a, b):
-        return False
+    if not expected_connected(a, b) or _NO_UDP & {a, b}:
+        return False  # (no UDP, no direct path)
     pair = {a, b}
     return not (NatKind.SYMMETRIC in pair and pair <= _PER_DESTINATION_OR_PORT_FILTERED)
 
@@ -232,7 +237,8 @@ NAT kinds are the simulator's RFC 4787 presets (`wgrelay/sim/nat.py`):
 | restricted cone | endpoint-independent | address-dependent | yes |
 | port-restricted cone | endpoint-independent | address-and-port-dependent | no |
 | symmetric | address-and-port-dependent | address-and-port-dependent | no |
-| UDP blocked | - | every outbound UDP packet dropped | - |
+| UDP blocked | - | every outbound UDP packet dropped (TCP passes) | - |
+| HTTPS only | - | UDP dropped, TCP only to port 443 | - |
 
 * **Relayed at once.** A peer without a recent handshake is brought up
   through the relay first (both agents ask at once, the relay joins the two
@@ -254,9 +260,12 @@ NAT kinds are the simulator's RFC 4787 presets (`wgrelay/sim/nat.py`):
   endpoints (both mappings are per destination; a port forward could still
   make one work). A failed try costs at most one ping (both sides hold the
   relayed traffic in the same 0.8 s) and backs off (60 s, 120 s, ... 15 min).
-* **UDP blocked**: none. The relay protocol runs over UDP today, so a peer that
-  cannot send UDP reaches neither its peer nor a relay. TCP fallback is a later
-  issue; until then "none" is expected in this row and column, and only there.
+* **UDP blocked**: relayed over TCP. The agent hears no relay answer over
+  UDP for 2 s and connects to the relay over TCP (on the UDP port's number);
+  WireGuard's packets go through its proxy and that stream, framed. Never
+  direct (no UDP), and the agent does not try.
+* **HTTPS only**: relayed over TLS. TCP to the relay's port gets no answer
+  (2 s), TLS on 443 does.
 
 Times: the agents read WireGuard every second (five times a second while a
 direct try runs).
@@ -278,14 +287,15 @@ def render_markdown(cells: list[Cell], seeds: Iterable[int] = SEEDS) -> str:
         names = ", ".join(f"{LABELS[c.a]} / {LABELS[c.b]}" for c in wrong)
         lines.append(f"**Not connected as they should be:** {names}.")
     else:
-        lines.append("Every pair connects, except where UDP is blocked.")
+        lines.append("Every pair connects (where UDP is blocked, over TCP or TLS).")
     off = [c for c in cells if c.ends_direct() != expected_direct(c.a, c.b)]
     if off:
         names = ", ".join(f"{LABELS[c.a]} / {LABELS[c.b]}" for c in off)
         lines.append(f"**Not ending direct as they should (or the reverse):** {names}.")
     else:
         lines.append(
-            "Every pair ends direct, except symmetric against port-restricted or symmetric."
+            "Every pair ends direct, except symmetric against port-restricted or symmetric,"
+            " and where UDP is blocked."
         )
     lossy = [c for c in cells if not c.holds]
     if lossy:
