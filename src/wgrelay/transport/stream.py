@@ -84,10 +84,25 @@ def encode_frame(data: bytes | memoryview) -> bytes:
     return _LEN.pack(n) + bytes(data)
 
 
-def _set_nodelay(sock: socket.socket | None) -> None:
-    if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
-        with contextlib.suppress(OSError):
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+USER_TIMEOUT_MS = 20_000
+"""Unacknowledged data this long ends the connection (TCP_USER_TIMEOUT);
+without it a path that died under a full send queue takes the kernel's
+retransmission schedule, about 15 minutes, to notice."""
+KEEPALIVE = ((socket.TCP_KEEPIDLE, 10), (socket.TCP_KEEPINTVL, 5), (socket.TCP_KEEPCNT, 3))
+"""An idle connection whose other end vanished is found within 25 s (the
+agent's heartbeats make a live one busy long before)."""
+
+
+def _tune(sock: socket.socket | None) -> None:
+    """TCP_NODELAY, keepalive and a user timeout on a stream's socket."""
+    if sock is None or sock.family not in (socket.AF_INET, socket.AF_INET6):
+        return
+    with contextlib.suppress(OSError):
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        for opt, value in KEEPALIVE:
+            sock.setsockopt(socket.IPPROTO_TCP, opt, value)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, USER_TIMEOUT_MS)
 
 
 class TcpStream(asyncio.Protocol):
@@ -142,7 +157,7 @@ class TcpStream(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # (uvloop's transports quack like asyncio.Transport without subclassing it)
         self._transport = cast(asyncio.Transport, transport)
-        _set_nodelay(transport.get_extra_info("socket"))
+        _tune(transport.get_extra_info("socket"))
         if self.receiver is not None:
             self.receiver.stream_connected()
 
