@@ -11,6 +11,8 @@ setting, and returns one document; ``render_status`` makes the table.
         "interface": str, "backend": str, "agent_running": bool, "pid": int | null,
         "relay_enabled": bool, "home_relay": str | null, "home_relay_endpoint": str | null,
         "standby_relay": str | null,                  # registered too, for failover
+        "home_relay_carrier": "udp" | "tcp" | "tls" | null,  # what reaches the home
+        "udp_blocked": bool,                          # a relay is reached over TCP/TLS
         "updated": float | null,                      # Unix time of the agent's last write
         "peers": [{
             "public_key": str,
@@ -18,6 +20,8 @@ setting, and returns one document; ``render_status`` makes the table.
             "endpoint": str | null,                   # WireGuard's endpoint now
             "direct_endpoint": str | null,            # in use, or where it goes back to
             "relay": str | null, "relay_endpoint": str | null,   # when relayed
+            "relay_mode": "port" | "latching" | "framed" | "tcp" | "tls" | null,
+            "relay_mode_reason": str | null,          # (tcp, tls: framed over a stream)
             "latest_handshake": float | null,         # Unix time
             "rtt_ms": float | null, "rtt_source": str | null,    # null: not measured
             "rx_bytes": int | null, "tx_bytes": int | null,
