@@ -160,6 +160,20 @@ class RelayCoreState:
         self._out.clear()  # the list is shared with Admission: keep the object
         return out
 
+    def reconfigure(
+        self, config: RelayConfig | None = None, policy: AccessPolicy | None = None
+    ) -> None:
+        """New limits and/or access policy (SIGHUP): every part of the core
+        that holds them reads them at the moment it decides. Call
+        ``policy_changed`` after a new policy, so peers it no longer allows go."""
+        if config is not None:
+            self.config = config
+            self.table.config = config
+            self._admission.config = config
+        if policy is not None:
+            self.policy = policy
+            self._admission.policy = policy
+
     # ------------------------------------------------------------ introspection
 
     def load_pct(self) -> int:

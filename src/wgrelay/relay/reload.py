@@ -58,16 +58,12 @@ RELOADABLE = POLICY_DESTS | set(CONFIG_FIELDS) | {"verbose", "quiet"}
 
 
 def use_config(core: RelayCore, config: RelayConfig) -> None:
-    """Swap the relay's limits: every part of the core that holds the
-    (frozen) config reads it at the moment it decides."""
-    core.config = config
-    core.table.config = config
-    core._admission.config = config
+    """Swap the relay's limits (the config is frozen: replaced, not changed)."""
+    core.reconfigure(config=config)
 
 
 def use_policy(core: RelayCore, policy: AccessPolicy) -> None:
-    core.policy = policy
-    core._admission.policy = policy
+    core.reconfigure(policy=policy)
 
 
 def reloaded_config(running: RelayConfig, new: RelayConfig) -> RelayConfig:
@@ -145,7 +141,7 @@ class RelayReloader:
             use_policy(core, policy)
         # peers the policy no longer allows go now, and are told
         core.policy_changed(self.server.runtime.now())
-        self.server._flush()
+        self.server.flush()
         level_changed = logging.getLogger().level != new.log_level
         if level_changed:
             applied.append(f"log level {logging.getLevelName(new.log_level)}")

@@ -451,6 +451,10 @@ class RelayServer:
         if send is not None:
             send(data, dst)
 
+    def flush(self) -> None:
+        """Send what the core has to send now (after an API call into it)."""
+        self._flush()
+
     def _flush(self) -> None:
         for data, dst in self.core.datagrams_to_send():
             self._send(data, dst)
