@@ -234,6 +234,15 @@ class StreamFallback:
 
     def handle_timer(self, now: float) -> None:
         cfg = self.config
+        # grace ends first: a relay silent again while its old stream was
+        # still up is due a stream now, and must get it in this same call
+        # (else next_timer() stays in the past: a shell waking for nothing)
+        for addr, path in self._paths.items():
+            if now >= path.close_at:
+                path.close_at = float("inf")
+                if path.up is not None and path.carrier == Carrier.UDP:
+                    path.up = None
+                    self._actions.append(Disconnect(addr))
         for addr, path in self._paths.items():
             if now >= self._stream_due(path):
                 self._connect(addr, path, Carrier.TCP)
@@ -245,12 +254,6 @@ class StreamFallback:
             self._probe_at = now + self._probe_interval
         elif not self.udp_blocked:
             self._probe_at = float("inf")
-        for addr, path in self._paths.items():
-            if now >= path.close_at:
-                path.close_at = float("inf")
-                if path.up is not None and path.carrier == Carrier.UDP:
-                    path.up = None
-                    self._actions.append(Disconnect(addr))
         self._forget_idle(now)
 
     # ------------------------------------------------------------ internals
