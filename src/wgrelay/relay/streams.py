@@ -72,15 +72,18 @@ class RelayStreams:
 
     def _accept(self, key: Addr, stream: StreamTransport) -> StreamReceiver:
         group = source_group(key)
-        if (
+        # the same source port again: the old connection is dead (one 4-tuple
+        # is one connection), so the new one takes its place within the
+        # limits, which a dead one must not hold until it is swept
+        old = self.conns.pop(key, None)
+        if old is not None:
+            old.close()  # (its close report no longer matches: ignored)
+        elif (
             len(self.conns) >= self.limits.max_streams
             or self._per_source[group] >= self.limits.max_streams_per_source
         ):
             self._stats.drops[DropReason.STREAM_LIMIT] += 1
             return _Refused(stream)
-        old = self.conns.pop(key, None)
-        if old is not None:  # the same source port again: the old one is dead
-            old.close()  # (its close report no longer matches: ignored)
         else:
             self._per_source[group] += 1
         self.conns[key] = stream
