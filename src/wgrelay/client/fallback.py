@@ -96,6 +96,7 @@ class _Path:
     connecting: Carrier | None = None
     up: Carrier | None = None
     """The stream that is connected (it may not carry the link yet, or any more)."""
+    up_since: float = 0.0
     retry_at: float = 0.0
     last_sent: float = float("-inf")
     silent_since: float | None = None
@@ -176,6 +177,7 @@ class StreamFallback:
             return
         path.connecting = None
         path.up = carrier
+        path.up_since = now
         path.errors.clear()
         if not self.udp_blocked:
             self.fallbacks += 1
@@ -206,8 +208,17 @@ class StreamFallback:
             if path.carrier == carrier:
                 path.carrier = Carrier.UDP
                 self._actions.append(Moved(addr, Carrier.UDP))
-                if path.silent_since is not None:
-                    self._connect(addr, path, carrier)  # the same way again at once
+                if path.silent_since is None:
+                    return
+                if now - path.up_since >= self.config.stream_retry_s:
+                    self._connect(addr, path, carrier)  # it worked: the same way again at once
+                elif carrier == Carrier.TCP:
+                    # cut off as soon as it was up (a relay at its stream
+                    # limit, a middlebox): a failed connect, not a dropped
+                    # stream, or the agent reconnects in a tight loop
+                    self._connect(addr, path, Carrier.TLS)
+                else:
+                    path.retry_at = now + self.config.stream_retry_s
 
     # ------------------------------------------------------------ timers
 
