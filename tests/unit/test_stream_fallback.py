@@ -253,13 +253,31 @@ def test_probe_backoff_restarts_after_a_return() -> None:
 def test_a_carrying_stream_that_drops_goes_back_to_udp_and_reconnects() -> None:
     fb = StreamFallback()
     _on_tcp(fb, at=2.5)
-    fb.closed(R1, Carrier.TCP, 4.0, "connection reset by peer")
+    fb.closed(R1, Carrier.TCP, 2.5 + CFG.stream_retry_s, "connection reset by peer")
     assert fb.actions() == [Moved(R1, Carrier.UDP), TCP_CONNECT]
     assert fb.carrier(R1) == Carrier.UDP
     assert not fb.udp_blocked
-    fb.connected(R1, Carrier.TCP, 4.1)
+    fb.connected(R1, Carrier.TCP, 12.6)
     assert fb.actions() == [Moved(R1, Carrier.TCP)]
     assert fb.carrier(R1) == Carrier.TCP
+
+
+def test_a_stream_cut_off_as_soon_as_it_is_up_is_a_failed_connect() -> None:
+    """A relay at its stream limit accepts and closes at once (so do some
+    middleboxes): TCP cut off -> TLS; TLS cut off -> stream_retry_s later.
+    Reconnecting the same way at once made thousands of connections a second."""
+    fb = StreamFallback()
+    _on_tcp(fb, at=2.5)
+    fb.closed(R1, Carrier.TCP, 2.6, "connection reset by peer")
+    assert fb.actions() == [Moved(R1, Carrier.UDP), TLS_CONNECT]
+    fb.connected(R1, Carrier.TLS, 2.7)
+    assert fb.actions() == [Moved(R1, Carrier.TLS)]
+    fb.closed(R1, Carrier.TLS, 2.8, None)
+    assert fb.actions() == [Moved(R1, Carrier.UDP)]
+    for t in (3.0, 3.5, 4.0, 6.0, 8.0, 10.0, 12.0):  # the agent writes over UDP again
+        fb.sent_udp(R1, t)
+    assert fb.next_timer() == 2.8 + CFG.stream_retry_s
+    assert _timer(fb, 2.8 + CFG.stream_retry_s) == [TCP_CONNECT]
 
 
 def test_a_dropped_tls_stream_reconnects_over_tls() -> None:
@@ -270,7 +288,7 @@ def test_a_dropped_tls_stream_reconnects_over_tls() -> None:
     fb.actions()
     fb.connected(R1, Carrier.TLS, 2.2)
     fb.actions()
-    fb.closed(R1, Carrier.TLS, 9.0, None)
+    fb.closed(R1, Carrier.TLS, 30.0, None)
     assert fb.actions() == [Moved(R1, Carrier.UDP), TLS_CONNECT]
 
 
