@@ -208,9 +208,20 @@ class PeerPortNotLatched:
     relay: PublicKey
 
 
+@dataclass(frozen=True, slots=True)
+class RelayCarrierChanged:
+    """The link to ``relay`` now goes over ``carrier`` ("udp", "tcp", "tls"):
+    its peers' WireGuard cannot use session ports over a stream (the shell's
+    fallback, client/fallback.py, not the planner, says this)."""
+
+    relay: PublicKey
+    carrier: str
+
+
 PlanEvent = (
     PeerRelayed
     | PeerPortNotLatched
+    | RelayCarrierChanged
     | PeerPunch
     | PeerRelayLost
     | PeerRelayFailed

@@ -32,6 +32,7 @@ from wgrelay.client.events import (
     PeerRelayFailed,
     PeerRelayLost,
     PlanEvent,
+    RelayCarrierChanged,
     RelayMeasured,
     RelaysLearned,
 )
@@ -387,20 +388,29 @@ class RelayManager:
         link = self.planner.link_at(addr)
         if link is not None:
             link.carrier_changed(now)
+        relay = self._relay_at(addr)
+        if relay is not None:
+            try:  # (the agent moves its peers off session ports, or may again)
+                self._on_event(RelayCarrierChanged(relay, str(carrier)))
+            except Exception:  # a listener's bug must not stop the relays
+                log.exception("relay event handler failed on RelayCarrierChanged")
+
+    def _relay_at(self, addr: Endpoint) -> PublicKey | None:
+        for key in self.planner.links():
+            if self.planner.relay_addr(key) == addr:
+                return key
+        return None
 
     def _stream_ports(self, addr: Endpoint) -> tuple[int, int]:
         """Where the relay at ``addr`` takes streams: as it announces, else the
         defaults (TCP on its UDP port's number, TLS on 443)."""
-        for key in self.planner.links():
-            if self.planner.relay_addr(key) != addr:
-                continue
-            known = self.registry.get(key)
-            if known is None or known.announcement is None:
-                break
+        key = self._relay_at(addr)
+        known = self.registry.get(key) if key is not None else None
+        if known is not None and known.announcement is not None:
             try:
                 info = decode_announcement(known.announcement).info
             except WgRelayError:
-                break
+                return default_stream_ports(addr)
             if info.capabilities & Capability.UDP_RELAY:  # it says, so believe it
                 return info.tcp_port, info.tls_port
         return default_stream_ports(addr)

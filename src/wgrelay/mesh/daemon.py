@@ -28,6 +28,7 @@ from wgrelay.client.events import (
     PeerRelayed,
     PeerRelayFailed,
     PeerRelayLost,
+    RelayCarrierChanged,
     RelayMeasured,
     RelaysLearned,
 )
@@ -236,6 +237,8 @@ class Agent(RelayPaths):
             )
         elif isinstance(ev, PeerPortNotLatched):
             self._relatch(ev.peer)
+        elif isinstance(ev, RelayCarrierChanged):
+            self._carrier_changed(ev.relay, ev.carrier)
         elif isinstance(ev, PeerPunch):
             t = ev.told
             kinds = (t.mine_kind, t.theirs_kind)

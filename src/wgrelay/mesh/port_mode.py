@@ -101,7 +101,12 @@ class PortModePaths:
         whose address our link uses is ``relay_endpoint``."""
         old = self.paths.get(peer)
         if old is not None and session_id and old.session_id == session_id:
-            return  # the same session announced again: nothing changes
+            # the same session announced again: nothing changes, unless it
+            # comes without its port now (our link to the relay went to a
+            # stream, where WireGuard's UDP cannot follow)
+            if not port:
+                self.to_framed(peer, "framed: the relay link runs over a stream now")
+            return
         self._retire(self.paths.pop(peer, None), now)
         if not self.enabled or not port or relay_endpoint is None:
             return
@@ -212,6 +217,20 @@ class PortModePaths:
             return None
         pp.relatched_at = now
         return pp.endpoint
+
+    def to_framed(self, peer: PublicKey, reason: str) -> bool:
+        """This session goes framed from now on (its relay link moved to a
+        stream: WireGuard's UDP cannot reach the port). True if it changed."""
+        pp = self.paths.get(peer)
+        if pp is None or pp.mode is Mode.FRAMED:
+            return False
+        pp.mode, pp.reason = Mode.FRAMED, reason
+        log.info("peer %s: %s", peer.short(), reason)
+        return True
+
+    def at_host(self, host: str) -> list[PublicKey]:
+        """Peers whose session port is at relay address ``host``."""
+        return [k for k, pp in self.paths.items() if str(pp.endpoint[0]) == host]
 
     def carrying(self) -> bool:
         """Whether some WireGuard peer talks to a relay port (not the proxy)."""

@@ -116,6 +116,19 @@ class RelayPaths:
         except BackendError as e:
             log.warning("cannot restart %s to re-latch the relay port: %s", peer.short(), e)
 
+    def _carrier_changed(self, relay: PublicKey, carrier: str) -> None:
+        """Our link to ``relay`` moved to a stream (UDP to it is blocked): the
+        peers it carries in port mode go through the proxy, framed, over that
+        stream. (Back on UDP they stay framed until their next session.)"""
+        addr = self.manager.planner.relay_addr(relay)
+        if carrier == "udp" or addr is None:
+            return
+        why = f"{carrier}: UDP to the relay gets no answer; framed over the stream"
+        for peer in self.port_mode.at_host(str(addr[0])):
+            p = self.core.peers.get(peer)
+            if self.port_mode.to_framed(peer, why) and p is not None and p.kind == PathKind.RELAYED:
+                self._use_relay_path(peer)  # (else when it is relayed again)
+
     def _drop_relay_path(self, peer: PublicKey) -> None:
         for key in [k for k in self._mapping_probed if k[0] == peer]:
             del self._mapping_probed[key]
