@@ -21,7 +21,11 @@ import pytest
 
 from tests.helpers import until
 from tests.integration.relays import InProcRelay, inproc_relay, relay_process
+from tests.integration.test_streams_loopback import Agent, gated_relay
+from wgrelay.client.fallback import Carrier
 from wgrelay.relay.server import BindAddress
+from wgrelay.relay.stats import DropReason
+from wgrelay.relay.streams import StreamLimits
 from wgrelay.relay.tls import tls_context
 from wgrelay.transport.base import StreamOptions
 from wgrelay.transport.stream import connect_stream
@@ -136,6 +140,32 @@ def test_tls_both_ends_carry_frames(tmp_path: Path) -> None:
             await until(lambda: relay.core.get_stats().streams_open == 0)
 
     _run_leaving_nothing_open(scenario)
+
+
+def test_an_agent_at_a_relay_at_its_stream_limit_does_not_hammer_it() -> None:
+    """The relay accepts and closes at once (over its limit): the agent takes
+    that as a failed connect and moves on to TLS, then waits, instead of
+    reconnecting in a tight loop (thousands of connections a second)."""
+
+    async def scenario() -> None:
+        async with gated_relay() as (relay, _gate, port):
+            relay.server.close_streams()
+            await relay.server.open_streams(
+                [("tcp", BindAddress("127.0.0.1", port))], None, StreamLimits(max_streams=0)
+            )
+            addr = ("127.0.0.1", port)
+            a = Agent(relay.key, addr)  # its UDP goes to the shut gate
+            try:
+                a.manager.begin()
+                await until(lambda: relay.core.stats.drops[DropReason.STREAM_LIMIT] >= 1, 10)
+                # then TLS (nothing on 443 here) fails, and the next try is stream_retry_s away
+                await until(lambda: "tls" in (a.manager.fallback.last_error(addr) or ""), 10)
+                assert relay.core.stats.drops[DropReason.STREAM_LIMIT] == 1
+                assert a.manager.fallback.carrier(addr) == Carrier.UDP
+            finally:
+                await a.manager.close()
+
+    asyncio.run(scenario())
 
 
 # ------------------------------------------------------------ start-relay's TLS options
