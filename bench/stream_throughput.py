@@ -11,11 +11,13 @@ number, TLS with a self-signed certificate), one run, these paths side by side:
 
 Every peer is a ``bench/stream_peer.py`` process on CPU 0 (sender and
 receiver; the same generator for every path, so the ratios compare the relay,
-not the generators), the relay on CPU 1. Open loop: the sender offers as much
-as it can (a stream sender is paced by TCP itself), the receiver counts what
-arrives over ``--seconds`` after ``--warmup``. The relay's CPU time over the
-same window (``/proc/PID/stat``) gives its cost per forwarded frame, which
-other load on this shared machine disturbs less than the rate.
+not the generators), the relay on CPU 1. Closed loop: at most ``--window``
+frames sent and not yet received (the receiver's count is shared with the
+sender through a file in /dev/shm), so no buffer overflows and the rate is a
+zero-loss rate; the receiver counts what arrives over ``--seconds`` after
+``--warmup``. The relay's CPU time and its forwarded-frame counter (its
+/metrics) over the same window give its cost per forwarded frame, which other
+load on this shared machine disturbs less than the rate.
 
     .venv/bin/python bench/stream_throughput.py [--reps 3] [--sizes 64,1400] [--only udp-tcp,...]
 
@@ -277,7 +279,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seconds", type=float, default=3.0)
     ap.add_argument("--warmup", type=float, default=0.5)
     ap.add_argument("--sizes", default="64,1400")
-    ap.add_argument("--window", type=int, default=256, help="frames in flight (closed loop)")
+    ap.add_argument("--window", type=int, default=1024, help="frames in flight (closed loop)")
     ap.add_argument("--only", default="", help="comma list of: " + ",".join(PATHS))
     ap.add_argument("--quiet-wait", type=float, default=5.0)
     ap.add_argument("--relay-src", type=Path, help="run the relay from this src/ directory")
@@ -316,7 +318,8 @@ def main(argv: list[str] | None = None) -> int:
     info = machine()
     print(f"\nrelay forwarding over streams, {info}")
     print(
-        f"open loop, {o.warmup} s warm-up + {o.seconds} s per run, {o.reps} rounds;"
+        f"closed loop, window {o.window}, {o.warmup} s warm-up + {o.seconds} s per run,"
+        f" {o.reps} rounds;"
         f" peers (stream_peer.py) CPU {GEN_CPU}, relay CPU {RELAY_CPU}; median (min-max)\n"
     )
     print(render(runs, o))
