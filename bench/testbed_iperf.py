@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Relayed vs direct WireGuard throughput on the namespace testbed (root only).
 
-Four testbeds, same machine, same run, iperf3 TCP through wireguard-go:
+Six testbeds, same machine, same run, iperf3 TCP through wireguard-go:
 
 * **direct**: both peers behind port-preserving NAT with a port forward to each
   WireGuard port; the agents find the direct path (no relay session is used);
@@ -12,7 +12,11 @@ Four testbeds, same machine, same run, iperf3 TCP through wireguard-go:
 * **port, userspace**: the same with ``--kernel-offload off`` (the relay's
   sockets forward);
 * **framed**: agents ``up --framed-only`` (10-byte header through the agent's
-  127.0.0.1 proxy), relay ``--kernel-offload off``.
+  127.0.0.1 proxy), relay ``--kernel-offload off``;
+* **tcp**: a's router drops all UDP, so a's agent reaches the relay over TCP
+  (WireGuard's packets through its proxy and the stream); b on UDP;
+* **tls**: a's router lets only TCP to port 443 out (relay
+  ``--tls-self-signed``, TLS on 443).
 
 Every relay runs with ``--max-bandwidth 0`` (uncapped, to measure the path, not
 the quota). Each relayed case is checked to run in the mode it claims, before
@@ -43,6 +47,7 @@ import bench_common
 from bench_common import forwarded_packets, mapped_ports
 
 from wgrelay.testbed import Testbed, wait_until
+from wgrelay.testbed.nat import BLOCK_CHAIN, NAT_TABLE
 from wgrelay.testbed.scenario import MeshScenario, two_peers
 from wgrelay.testbed.topology import Peer, Relay
 
@@ -61,6 +66,24 @@ class Case:
     mode: str | None = None
     """The agents' ``relay_mode`` this case must show (None: direct path)."""
     kernel: bool = False
+    block: str = ""
+    """At a's router: "udp" drops all UDP (a reaches the relay over TCP),
+    "https" also every TCP connection but to port 443 (TLS)."""
+    a_mode: str | None = None
+    """a's ``relay_mode`` when it differs from ``mode`` (a over a stream; b is
+    then on UDP, in ``mode`` or framed)."""
+
+
+STREAM_RELAY_ARGS = ("--kernel-offload", "off", "--max-bandwidth", "0")
+
+
+def only_https_rules(lan_if: str) -> str:
+    """A network that lets nothing out but TCP to port 443 (as tests/system/test_streams_ns.py)."""
+    return (
+        f"flush chain ip {NAT_TABLE} {BLOCK_CHAIN}\n"
+        f"add rule ip {NAT_TABLE} {BLOCK_CHAIN} meta l4proto udp drop\n"
+        f'add rule ip {NAT_TABLE} {BLOCK_CHAIN} iifname "{lan_if}" tcp dport != 443 drop\n'
+    )
 
 
 CASES = (
@@ -87,6 +110,24 @@ CASES = (
         ("--kernel-offload", "off", "--max-bandwidth", "0"),
         agent_args=("--framed-only",),
         mode="framed",
+    ),
+    Case(
+        "tcp",
+        "relayed, a over TCP (UDP blocked at a's router)",
+        "symmetric",
+        STREAM_RELAY_ARGS,
+        mode="port",
+        block="udp",
+        a_mode="tcp",
+    ),
+    Case(
+        "tls",
+        "relayed, a over TLS (only TCP 443 out of a's network)",
+        "symmetric",
+        (*STREAM_RELAY_ARGS, "--tls-self-signed"),
+        mode="port",
+        block="https",
+        a_mode="tls",
     ),
 )
 
@@ -142,9 +183,12 @@ def mode_problems(sc: MeshScenario, case: Case, relay: Relay, a: Peer, b: Peer) 
             if path != "direct":
                 bad.append(f"{me.name}: path {path!r}, not direct")
             continue
-        if path != "relayed" or mode != case.mode:
-            bad.append(f"{me.name}: path {path!r}, relay_mode {mode!r}; want relayed/{case.mode}")
-        if case.mode == "port":
+        modes = {case.a_mode} if me is a and case.a_mode else {case.mode}
+        if case.a_mode and me is b:
+            modes.add("framed")  # the relay may or may not offer b a port here
+        if path != "relayed" or mode not in modes:
+            bad.append(f"{me.name}: path {path!r}, relay_mode {mode!r}; want relayed/{modes}")
+        if mode == "port":
             if (
                 ep is None
                 or ep[0] != relay.address
@@ -196,6 +240,10 @@ def run_case(case: Case, seconds: int, reps: int) -> Row:
             b.router.open_port_forward(b.listen_port)
         if case.kernel:
             relay.ns.sysctl("net.ipv4.ip_forward", "1")  # the bench's own namespace
+        if case.block == "udp":
+            a.block_udp()
+        elif case.block == "https":
+            a.router.ns.nft(only_https_rules(a.router.LAN_IF))
         sc = MeshScenario(tb)
         sc.start_relay(relay, *case.relay_args)
         sc.start_agent(a, *case.agent_args)
@@ -223,6 +271,9 @@ def run_case(case: Case, seconds: int, reps: int) -> Row:
             _, mode = relay_mode(sc, a)
             ep = sc.wg_peer(a, b).endpoint
             note = f"relay_mode {mode}, endpoint {ep[0]}:{ep[1]}" if ep else f"relay_mode {mode}"
+            if case.a_mode:
+                _, b_mode = relay_mode(sc, b)
+                note = f"a: {note}; b: relay_mode {b_mode}"
         if case.kernel:
             fwd = forwarded_packets(offload_table(relay)) - before
             if fwd < 1000 * reps:
