@@ -118,6 +118,10 @@ class TcpStream(asyncio.Protocol):
         self._closed = False
         self._reported = False
         self._task: asyncio.Task[None] | None = None
+        self._pending: list[bytes] = []
+        """Frames queued in this loop round: written in one call (``_write``)."""
+        self._pending_bytes = 0
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     # ---------------------------------------------------------- StreamTransport
 
@@ -135,11 +139,23 @@ class TcpStream(asyncio.Protocol):
         if t is None or self._closed or not 0 < n <= MAX_FRAME:
             self._dropped += 1
             return False
-        if t.get_write_buffer_size() > self._limit:
+        if t.get_write_buffer_size() + self._pending_bytes > self._limit:
             self._dropped += 1
             return False
-        t.write(_LEN.pack(n) + bytes(data))
+        # one write() per loop round, not per frame: a relay forwarding a
+        # recvmmsg batch into a stream made a system call for each of them
+        if not self._pending and self._loop is not None:
+            self._loop.call_soon(self._write)
+        self._pending.append(_LEN.pack(n))
+        self._pending.append(bytes(data))
+        self._pending_bytes += n + 2
         return True
+
+    def _write(self) -> None:
+        pending, self._pending, self._pending_bytes = self._pending, [], 0
+        t = self._transport
+        if t is not None and not self._closed and pending:
+            t.write(b"".join(pending))
 
     def close(self) -> None:
         if self._closed:
@@ -157,6 +173,7 @@ class TcpStream(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # (uvloop's transports quack like asyncio.Transport without subclassing it)
         self._transport = cast(asyncio.Transport, transport)
+        self._loop = asyncio.get_running_loop()
         _tune(transport.get_extra_info("socket"))
         if self.receiver is not None:
             self.receiver.stream_connected()
