@@ -114,6 +114,7 @@ def relay_options(args: argparse.Namespace) -> RelayOptions:
         max_sessions_per_peer=args.max_sessions_per_peer,
         session_idle_timeout_s=args.idle_timeout,
         port_range=args.port_range,
+        budget=args.budget,
     )
     return RelayOptions(
         state_dir=args.state_dir,

@@ -195,6 +195,14 @@ def build_parser(handlers: Mapping[str, Handler]) -> argparse.ArgumentParser:
     )
     sp.add_argument("--max-sessions-per-peer", type=argtype.positive, default=32, metavar="N")
     sp.add_argument(
+        "--budget",
+        type=argtype.budget,
+        metavar="SIZE/PERIOD",
+        help="bytes to relay per UTC day, week or month, e.g. 500GB/month (SI units); "
+        "once spent, the relay carries no session until the next period and says so "
+        "in its announcement (default: none)",
+    )
+    sp.add_argument(
         "--idle-timeout",
         type=argtype.positive,
         default=180,

@@ -7,8 +7,12 @@ from __future__ import annotations
 import argparse
 import re
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from wgrelay.keys import PublicKey
+
+if TYPE_CHECKING:
+    from wgrelay.relay.budget import Budget
 
 
 def relay_arg(text: str) -> tuple[tuple[str, int], PublicKey]:
@@ -107,6 +111,16 @@ def state_dir(text: str) -> Path:
     if not text.strip():
         raise argparse.ArgumentTypeError("must not be empty")
     return Path(text)
+
+
+def budget(text: str) -> Budget:
+    """``SIZE/PERIOD``, a relay's byte budget (relay/budget.py)."""
+    from wgrelay.relay.budget import parse_budget
+
+    try:
+        return parse_budget(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def region(text: str) -> str:

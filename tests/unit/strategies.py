@@ -115,11 +115,13 @@ node_infos = st.builds(
     protocol_version=u8,
     tcp_port=st.integers(1, 0xFFFF),
     tls_port=st.integers(1, 0xFFFF),
+    budget_left_pct=st.integers(0, 100),
 ).map(
-    # a stream port goes with its capability bit (and only then)
+    # a stream port or the budget left goes with its capability bit (and only then)
     lambda i: replace(
         i,
         tcp_port=i.tcp_port if i.capabilities & Capability.TCP_FALLBACK else 0,
         tls_port=i.tls_port if i.capabilities & Capability.TLS_FALLBACK else 0,
+        budget_left_pct=i.budget_left_pct if i.capabilities & Capability.BUDGET else None,
     )
 )

@@ -48,6 +48,9 @@ class KnownRelay:
     capabilities: int = 0
     load_pct: int | None = None
     max_sessions: int | None = None
+    budget_left_pct: int | None = None
+    """Percent of its operator's byte budget left, as last announced (None: no
+    budget, or not announced since we started: not stored, it changes)."""
     announcement: bytes | None = None
     issued_ms: int | None = None
     expires_ms: int | None = None
@@ -168,6 +171,7 @@ class RelayRegistry:
             capabilities=info.capabilities,
             load_pct=info.load_pct,
             max_sessions=info.max_sessions,
+            budget_left_pct=info.budget_left_pct,
             announcement=ann.raw,
             issued_ms=ann.issued_ms,
             expires_ms=ann.expires_ms(),

@@ -4,6 +4,14 @@ Documented in docs/ARCHITECTURE.md ("Choosing the path")::
 
     rtt(R)     = our measured RTT to R, else the GeoIP prior, else 1000 ms
     score(R)   = rtt(R) + 250 * failures(R) + 2 * load_pct(R)
+                 + 1 * budget_used_pct(R)   (100 - budget_left_pct, when announced)
+                 + 10^9 if R is full (load 100 %) or its budget is spent
+
+A full or spent relay refuses new sessions: it comes after every relay that
+does not (whatever their RTTs and failures), and is tried only when no
+other is known (its announcement may be stale: a full relay frees up, a
+spent one's period ends). A budget partly used steers gently (at most
+100 ms), so a mesh spreads over its volunteers' relays before any is spent.
     cost(A-R-B) = score(R) + rtt_B(R)      (B's RTT to R from its signed
                                             record; 1000 ms if not reported)
                   + 250 * min(lost_B(R), 4)  (relayed sessions to B through R
@@ -30,6 +38,11 @@ from wgrelay.keys import PublicKey
 NEVER_MEASURED_RTT_MS = 1000.0
 FAILURE_PENALTY_MS = 250.0
 LOAD_WEIGHT_MS = 2.0
+BUDGET_WEIGHT_MS = 1.0
+"""Per percent of a relay's byte budget used this period."""
+UNAVAILABLE_PENALTY_MS = 1e9
+"""A relay that refuses new sessions (full, or its budget spent): after any
+other, however slow or failing (four million failures would add as much)."""
 SWITCH_FRACTION = 0.25
 SWITCH_MIN_MS = 20.0
 SWITCH_HOLD_S = 120.0
@@ -47,7 +60,14 @@ def relay_score(relay: KnownRelay, prior: float | None = None) -> float:
         rtt = relay.rtt_ms
     else:
         rtt = prior if prior is not None else NEVER_MEASURED_RTT_MS
-    return rtt + FAILURE_PENALTY_MS * relay.failures + LOAD_WEIGHT_MS * (relay.load_pct or 0)
+    load = relay.load_pct or 0
+    score = rtt + FAILURE_PENALTY_MS * relay.failures + LOAD_WEIGHT_MS * load
+    left = relay.budget_left_pct
+    if left is not None:
+        score += BUDGET_WEIGHT_MS * (100 - left)
+    if load >= 100 or left == 0:
+        score += UNAVAILABLE_PENALTY_MS
+    return score
 
 
 class Selector:

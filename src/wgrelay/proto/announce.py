@@ -22,6 +22,8 @@ RelayNodeInfo layout::
     tcp_port       u16   only with capability TCP_FALLBACK: agents may connect over TCP
     tls_port       u16   only with capability TLS_FALLBACK: ... over TLS
                          (on every announced endpoint's address; see "Stream transport")
+    budget_left    u8    only with capability BUDGET: percent of the operator's byte
+                         budget left this period, 0..100 (rounded up: 0 = spent)
 
 The announcement is self-certifying: the key that verifies it is inside it, so
 anyone can check that the holder of that key said this, and nobody can change a
@@ -70,6 +72,8 @@ class RelayNodeInfo:
     """Where agents may connect over TCP (with Capability.TCP_FALLBACK), else 0."""
     tls_port: int = 0
     """Where agents may connect over TLS (with Capability.TLS_FALLBACK), else 0."""
+    budget_left_pct: int | None = None
+    """Percent of the byte budget left (with Capability.BUDGET), else None."""
 
     def encode(self, w: Writer) -> None:
         if not 1 <= len(self.endpoints) <= MAX_ENDPOINTS:
@@ -95,6 +99,12 @@ class RelayNodeInfo:
                 w.push_u16(port)
             elif port:
                 raise LocalProtocolError(f"a port without {bit.name}")
+        if self.capabilities & Capability.BUDGET:
+            if self.budget_left_pct is None or not 0 <= self.budget_left_pct <= 100:
+                raise LocalProtocolError("BUDGET needs budget_left_pct (0..100)")
+            w.push_u8(self.budget_left_pct)
+        elif self.budget_left_pct is not None:
+            raise LocalProtocolError("budget_left_pct without BUDGET")
 
     @classmethod
     def decode(cls, b: Buffer) -> RelayNodeInfo:
@@ -116,6 +126,9 @@ class RelayNodeInfo:
             if caps & bit and not port:
                 raise Malformed(f"{bit.name} with port 0")
             ports.append(port)
+        budget_left = b.pull_u8() if caps & Capability.BUDGET else None
+        if budget_left is not None and budget_left > 100:
+            raise Malformed(f"budget left {budget_left}% > 100")
         return cls(
             key=key,
             endpoints=endpoints,
@@ -126,6 +139,7 @@ class RelayNodeInfo:
             protocol_version=proto_version,
             tcp_port=ports[0],
             tls_port=ports[1],
+            budget_left_pct=budget_left,
         )
 
 

@@ -205,6 +205,8 @@ class Capability(IntEnum):
     """Session ports: WireGuard talks to the relay without the agent's proxy."""
     TLS_FALLBACK = 1 << 6
     """Agents may connect over TLS (RelayNodeInfo.tls_port); TCP_FALLBACK: over TCP."""
+    BUDGET = 1 << 7
+    """The operator set a byte budget; RelayNodeInfo.budget_left_pct says what is left."""
 
 
 REGISTER_FLAG_ACCEPT_INCOMING = 0x01

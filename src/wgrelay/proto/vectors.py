@@ -7,6 +7,8 @@ byte, and that every vector decodes back to the value it was built from.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from wgrelay.keys import PrivateKey, PublicKey, RelayIdentity, clamp
 from wgrelay.proto.announce import RelayNodeInfo, encode_announcement
 from wgrelay.proto.constants import (
@@ -85,6 +87,12 @@ INFO = RelayNodeInfo(
     tls_port=443,
 )
 ANNOUNCEMENT = encode_announcement(INFO, ISSUED_MS, 600, RELAY)
+ANNOUNCEMENT_BUDGET = encode_announcement(
+    replace(INFO, capabilities=INFO.capabilities | Capability.BUDGET, budget_left_pct=37),
+    ISSUED_MS,
+    600,
+    RELAY,
+)
 LOCATION = encode_location(OTHER_PEER, ISSUED_MS, 120, RELAY, rtt_ms=23)
 STANDBY_RELAY = RelayIdentity.from_seed(bytes(range(97, 129)))
 STANDBY_LOCATION = encode_location(OTHER_PEER, ISSUED_MS, 120, STANDBY_RELAY, True, 41)
@@ -231,6 +239,7 @@ def all_vectors() -> dict[str, bytes]:
     out["mapping_probe"] = mapping_probe(SESSION_ID)
     out["latch_initiation"] = latch_initiation()
     out["announcement"] = ANNOUNCEMENT
+    out["announcement_budget"] = ANNOUNCEMENT_BUDGET
     out["location"] = LOCATION
     out["location_standby"] = STANDBY_LOCATION
     return out

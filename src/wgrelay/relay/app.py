@@ -18,6 +18,8 @@ from wgrelay.errors import ConfigError
 from wgrelay.keys import PublicKey, load_or_create_relay_identity, relay_x25519_public
 from wgrelay.proto.constants import MAX_ENDPOINTS, MAX_REGION_LEN
 from wgrelay.relay.access import AccessPolicy, AllowFilePolicy, OpenPolicy, PeersOfInterfacePolicy
+from wgrelay.relay.budget import SAVE_INTERVAL_S as BUDGET_SAVE_INTERVAL_S
+from wgrelay.relay.budget import BudgetMeter, BudgetStore
 from wgrelay.relay.config import RelayConfig
 from wgrelay.relay.core import RelayCore
 from wgrelay.relay.localaddrs import local_announce_endpoints
@@ -307,9 +309,13 @@ async def _serve(opts: RelayOptions) -> None:
                 "no address to announce: other relays cannot learn this one and agents can "
                 "use it only as a bootstrap relay (give --announce ADDR:PORT)"
             )
+    budget = open_budget(state, core.table.budget)
     store = RegistryStore(state / "relays.db")
     known = load_known_relays(store, core, bootstrap, runtime.now())
     saver = asyncio.create_task(_save_known_relays_every(store, known, core))
+    budget_saver = None
+    if budget is not None:
+        budget_saver = asyncio.create_task(_save_budget_every(*budget))
     metrics_server = None
     try:
         if metrics_ep is not None:
@@ -334,6 +340,13 @@ async def _serve(opts: RelayOptions) -> None:
         saver.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await saver
+        if budget is not None and budget_saver is not None:
+            budget_saver.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await budget_saver
+            core.count_budget(runtime.now())  # the last second's traffic too
+            _save_budget(*budget)
+            budget[0].close()
         try:
             save_known_relays(store, known, core)
         except Exception as e:  # a full disk must not turn a clean exit into a crash
@@ -359,6 +372,35 @@ async def _save_known_relays_every(
             save_known_relays(store, registry, core)
         except Exception as e:  # keep relaying; try again next time
             log.warning("could not save the relays this relay knows: %s", e)
+
+
+def open_budget(state: Path, meter: BudgetMeter | None) -> tuple[BudgetStore, BudgetMeter] | None:
+    """The budget's store, with this period's count taken from it."""
+    if meter is None:
+        return None
+    store = BudgetStore(state / "budget.db")
+    restored = store.restore(meter)
+    log.info(
+        "budget %s: %d bytes used this period%s, %d%% left",
+        meter.budget,
+        meter.used,
+        " (carried over)" if restored else "",
+        meter.left_pct,
+    )
+    return store, meter
+
+
+def _save_budget(store: BudgetStore, meter: BudgetMeter) -> None:
+    try:
+        store.save(meter)
+    except ConfigError as e:  # keep relaying: the count is still enforced in memory
+        log.warning("%s", e)
+
+
+async def _save_budget_every(store: BudgetStore, meter: BudgetMeter) -> None:
+    while True:
+        await asyncio.sleep(BUDGET_SAVE_INTERVAL_S)
+        _save_budget(store, meter)  # one small row, on the loop (as the registry's)
 
 
 def run_relay(opts: RelayOptions) -> int:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from wgrelay.errors import ConfigError
+from wgrelay.relay.budget import Budget
 
 _U16_MAX = 0xFFFF
 """Registered.ttl_s, Registered.heartbeat_s, ConnectionResponse.idle_timeout_s."""
@@ -50,6 +51,9 @@ class RelayConfig:
     key_cache_size: int = 20_000
     handshakes_before_cookies: int = 100
     """Public-key operations per second above which unknown senders must show a cookie."""
+    budget: Budget | None = None
+    """Bytes the relay may forward per calendar period (``--budget``; budget.py);
+    None: no budget."""
 
     # ---- timers (seconds)
     registration_ttl_s: int = 30

@@ -224,6 +224,10 @@ class SessionsCore(RelayCoreState):
         refusal = self.table.admit_session(reg, treg)
         if refusal is not None:
             self.stats.quota_hits[refusal.value] += 1
+            if refusal is Refusal.BUDGET and self.table.budget is not None:
+                # the status alone cannot say why, nor until when
+                detail = self.table.budget.spent_detail()
+                self._admission.notice(inb, Error(ErrorCode.RESOURCE_LIMIT, body.TYPE, detail))
             respond(Status.RESOURCE_LIMIT)
             return
         s = self.table.open(self._new_session_id(), reg, treg, now)
@@ -404,6 +408,8 @@ class SessionsCore(RelayCoreState):
                 treg = table.regs.get(s.b_key)
                 if treg is not None:
                     self._send_offer(s, treg, now)
+        if self.count_budget(now):
+            self._budget_changed(now)
         idle = self.config.session_idle_timeout_s
         for s in list(self.sessions.values()):
             if s.packets != s.last_packets:
@@ -411,6 +417,22 @@ class SessionsCore(RelayCoreState):
                 s.last_active = now
             elif now - s.last_active >= idle:
                 self._close(s, CloseReason.IDLE, {s.a_key, s.b_key}, now)
+
+    def _budget_changed(self, now: float) -> None:
+        """What is left of the budget moved by a point: tell the federation
+        now (agents steer by it). Spent: no session goes on (budget.py says
+        why sessions are closed rather than left to finish)."""
+        meter = self.table.budget
+        if meter is not None and meter.spent:
+            n = len(self.sessions) + len(self.table.pending)
+            log.warning("%s: closing its %d sessions", meter.spent_detail(), n)
+            for s in list(self.table.pending.values()):
+                self._answer_waiters(s, Status.RESOURCE_LIMIT, now)
+            for s in list(self.sessions.values()) + list(self.table.pending.values()):
+                self._close(s, CloseReason.SHUTDOWN, {s.a_key, s.b_key}, now)
+        raw = self.announcement(now)
+        if raw is not None:
+            self.federation.set_own(raw)
 
     def _drop_registration(self, reg: Registration, pending_answer: Status, now: float) -> None:
         """Forget a peer: its sessions end (the other end is told, a requester

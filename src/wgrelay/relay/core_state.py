@@ -23,6 +23,7 @@ from wgrelay.relay.access import AccessPolicy
 from wgrelay.relay.addresses import OwnAddresses
 from wgrelay.relay.admission import Addr, Admission, Inbound, KeyState
 from wgrelay.relay.announcer import Announcer
+from wgrelay.relay.budget import BudgetMeter
 from wgrelay.relay.config import RelayConfig
 from wgrelay.relay.federation import Federation, FederationConfig
 from wgrelay.relay.ports import PortPool, PortTable
@@ -76,6 +77,10 @@ class RelayCoreState:
             rng,
         )
         self.table = SessionTable(config)
+        if config.budget is not None:
+            self.table.budget = BudgetMeter(config.budget, wall)
+        self._budget_seen = 0
+        """Bytes forwarded by this core already counted against the budget."""
         self.federation = Federation(
             identity, federation or FederationConfig(), self._out, now, self._wall_at, rng
         )
@@ -174,6 +179,19 @@ class RelayCoreState:
             self.policy = policy
             self._admission.policy = policy
 
+    def count_budget(self, now: float) -> bool:
+        """Add what was forwarded since the last call to the budget (each
+        housekeeping tick); True when what the announcement says of it
+        changed (a step of one point, spent, a new period)."""
+        meter = self.table.budget
+        if meter is None:
+            return False
+        total = self._closed_bytes + sum(s.bytes for s in self.sessions.values())
+        before = meter.left_pct
+        meter.add(total - self._budget_seen, self._wall_at(now))
+        self._budget_seen = total
+        return meter.left_pct != before
+
     # ------------------------------------------------------------ introspection
 
     def load_pct(self) -> int:
@@ -188,6 +206,8 @@ class RelayCoreState:
             caps |= Capability.TCP_FALLBACK
         if self.stream_ports[1]:
             caps |= Capability.TLS_FALLBACK
+        if self.table.budget is not None:
+            caps |= Capability.BUDGET
         return int(caps)
 
     def node_info(self) -> RelayNodeInfo | None:
@@ -202,6 +222,7 @@ class RelayCoreState:
             max_sessions=self.config.max_connections,
             tcp_port=self.stream_ports[0],
             tls_port=self.stream_ports[1],
+            budget_left_pct=None if self.table.budget is None else self.table.budget.left_pct,
         )
 
     def announcement(self, now: float, fresh: bool = False) -> bytes | None:
@@ -229,6 +250,12 @@ class RelayCoreState:
         st.sessions_pending = len(self.table.pending)
         st.packets_forwarded = self._closed_packets + sum(s.packets for s in self.sessions.values())
         st.bytes_forwarded = self._closed_bytes + sum(s.bytes for s in self.sessions.values())
+        meter = self.table.budget
+        if meter is not None:
+            st.budget_bytes = meter.budget.bytes
+            st.budget_used = meter.used
+            st.budget_left = meter.left
+            st.budget_period_end = meter.period_end
         fed = self.federation
         st.relays_known = len(fed.directory)
         st.relays_live = len(fed.directory.live())

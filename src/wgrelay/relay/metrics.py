@@ -87,6 +87,19 @@ class RelayCollector(Collector):
         for limit, n in sorted(st.quota_hits.items()):
             quota.add_metric([limit], n)
         yield quota
+        if st.budget_bytes:
+            budget = GaugeMetricFamily(
+                "wgrelay_budget_bytes", "The byte budget this period (--budget)", labels=["state"]
+            )
+            budget.add_metric(["total"], st.budget_bytes)
+            budget.add_metric(["used"], st.budget_used)
+            budget.add_metric(["left"], st.budget_left)
+            yield budget
+            yield GaugeMetricFamily(
+                "wgrelay_budget_period_end_seconds",
+                "When the budget's period ends and its count starts again (Unix time)",
+                value=st.budget_period_end,
+            )
         relays = GaugeMetricFamily("wgrelay_federation_relays", "Relays known", labels=["state"])
         relays.add_metric(["known"], st.relays_known)
         relays.add_metric(["live"], st.relays_live)

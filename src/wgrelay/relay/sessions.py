@@ -10,6 +10,7 @@ is one readable check:
   if that source holds more than the newcomer's: a host that filled the table
   loses its idle entries first, and no one is refused while idle entries of a
   bigger source remain.
+* the operator's byte budget (budget.py): once spent, no new session.
 * ``max_connections`` sessions in all (pending or established), and
   ``max_sessions_per_source`` with an end in one source.
 * ``max_sessions_per_peer`` per peer, counting the sessions it holds and the
@@ -35,6 +36,7 @@ from wgrelay.proto.constants import (
     RTT_UNKNOWN,
 )
 from wgrelay.relay.admission import Addr, KeyState, source_group
+from wgrelay.relay.budget import BudgetMeter
 from wgrelay.relay.config import RelayConfig
 from wgrelay.relay.limits import TokenBucket
 
@@ -136,6 +138,7 @@ class Refusal(Enum):
     SOURCE_SESSIONS = "sessions_per_source"
     PEER_SESSIONS = "sessions_per_peer"
     PEER_PENDING = "pending_per_peer"
+    BUDGET = "budget"
 
 
 def pair_of(a: bytes, b: bytes) -> tuple[bytes, bytes]:
@@ -152,6 +155,8 @@ class SessionTable:
         self.by_pair: dict[tuple[bytes, bytes], Session] = {}
         self._regs_per_source: Counter[str] = Counter()
         self._sessions_per_source: Counter[str] = Counter()
+        self.budget: BudgetMeter | None = None
+        """The byte budget's count (``RelayConfig.budget``), None without one."""
 
     # ------------------------------------------------------------ registrations
 
@@ -226,6 +231,8 @@ class SessionTable:
     def admit_session(self, a: Registration, b: Registration) -> Refusal | None:
         """May ``a`` ask for a session to ``b``?"""
         c = self.config
+        if self.budget is not None and self.budget.spent:
+            return Refusal.BUDGET
         if len(self.sessions) + len(self.pending) >= c.max_connections:
             return Refusal.MAX_CONNECTIONS
         for source in {a.source, b.source}:

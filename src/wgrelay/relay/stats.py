@@ -106,6 +106,12 @@ class RelayStats:
     """max(reply bytes / request bytes) over replies to unauthenticated packets."""
     relays_known: int = 0
     relays_live: int = 0
+    budget_bytes: int = 0
+    """The byte budget per period (``--budget``), 0 without one."""
+    budget_used: int = 0
+    budget_left: int = 0
+    budget_period_end: int = 0
+    """When the count starts again (Unix seconds)."""
     location_records: int = 0
     """Held for other relays' peers (home and standby records)."""
     federation: dict[str, int] = field(default_factory=dict)
