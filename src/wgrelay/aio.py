@@ -39,3 +39,8 @@ def on_signals(signals: Iterable[signal.Signals], callback: Callable[[], None]) 
     finally:
         for sig in installed:
             loop.remove_signal_handler(sig)
+            if sig == signal.SIGHUP:
+                # asyncio puts the default action back, which for SIGHUP is
+                # to terminate: a reload asked for while the daemon saves its
+                # state on the way out must not kill it half-way
+                signal.signal(signal.SIGHUP, signal.SIG_IGN)

@@ -222,6 +222,9 @@ def test_a_replaced_connection_does_not_take_the_new_one_with_it() -> None:
     assert not r.connect("198.51.100.7", 5001).closed  # the source's count went to 0
 
 
+ALL_REGISTERED = (("198.51.100.1", 1, "tcp"), ("198.51.100.2", 1, "tcp"))
+
+
 def test_idle_sweep_closes_silent_connections_only() -> None:
     r = Relay(StreamLimits(idle_close_s=60.0))
     quiet = r.connect("198.51.100.1", 1)
@@ -229,18 +232,54 @@ def test_idle_sweep_closes_silent_connections_only() -> None:
     r.now = 50.0
     assert talker.receiver is not None
     talker.receiver.frame_received(b"\x01alive")
-    r.streams.sweep(60.0)  # exactly idle_close_s: not yet
+    r.streams.sweep(60.0, ALL_REGISTERED)  # exactly idle_close_s: not yet
     assert not quiet.closed
     r.now = 61.0
-    r.streams.sweep(61.0)
+    r.streams.sweep(61.0, ALL_REGISTERED)
     assert quiet.closed
     assert not talker.closed
     assert r.stats.streams_open == 1
     r.streams.send(b"\x02gone", ("198.51.100.1", 1, "tcp"))
     assert r.drops(DropReason.STREAM_CLOSED) == 1
-    r.streams.sweep(111.0)
+    r.streams.sweep(111.0, ALL_REGISTERED)
     assert talker.closed
     assert r.stats.streams_open == 0
+
+
+def test_a_connection_without_a_registration_is_closed_after_register_within_s() -> None:
+    """Junk that never registers keeps nobody's slot: sending something
+    every few seconds (the idle sweep alone) held all 4,096 for good."""
+    r = Relay(StreamLimits(register_within_s=10.0, idle_close_s=60.0))
+    junk = r.connect("198.51.100.1", 1)
+    agent = r.connect("198.51.100.2", 1)
+    for t in (3.0, 6.0, 9.0, 10.5):
+        r.now = t
+        assert junk.receiver is not None
+        junk.receiver.frame_received(b"\x01junk")  # heard, never registered
+        r.streams.sweep(t, {("198.51.100.2", 1, "tcp")})
+    assert junk.closed
+    assert not agent.closed
+    assert r.stats.streams_open == 1
+
+
+def test_admission_before_the_handshake_holds_the_limits_and_gives_slots_back() -> None:
+    """Limits count connections from their arrival (a TLS handshake that
+    never finishes holds a slot, and only until it fails)."""
+    r = Relay(StreamLimits(max_streams=10, max_streams_per_source=2))
+    admit, release = r.streams.admitter("tls")
+    assert admit(("198.51.100.1", 1))
+    assert admit(("198.51.100.1", 2))
+    assert not admit(("198.51.100.1", 3))  # the source's two are in handshakes
+    assert r.drops(DropReason.STREAM_LIMIT) == 1
+    assert admit(("198.51.100.1", 1))  # the same 4-tuple again: a replacement
+    release(("198.51.100.1", 2))  # that handshake failed
+    assert admit(("198.51.100.1", 3))
+    # an admitted one accepted takes no second slot
+    stream = FakeStream(("198.51.100.1", 3))
+    stream.receiver = r.streams.acceptor("tls")(("198.51.100.1", 3), stream)
+    assert not stream.closed
+    assert not admit(("198.51.100.1", 4))
+    assert r.stats.streams_open == 1
 
 
 def test_send_to_a_gone_address_counts_stream_closed() -> None:

@@ -15,7 +15,7 @@ a stream either, so nothing moves (and the relay the agent fails over to
 answers over UDP, so it is never tried over a stream). A relay that answers
 over UDP while its stream is still connecting wins: the connect is abandoned.
 
-While any link runs over a stream (``udp_blocked``), UDP is tried again with
+While any link runs over a stream (``on_streams``), UDP is tried again with
 backoff (``udp_retry_s`` doubling to ``udp_retry_max_s``): one PING per
 stream relay over UDP (``ProbeUdp``). Any answer over UDP means the network
 lets UDP through again: every link moves back (``Moved`` to UDP: the shell
@@ -113,6 +113,8 @@ class StreamFallback:
         self._probe_at = float("inf")
         self._probe_interval = self.config.udp_retry_s
         self._actions: list[FallbackAction] = []
+        self._udp_heard_at = float("-inf")
+        """When something authentic last came over UDP from any relay."""
         self.fallbacks = 0
         """Links moved to a stream (status, metrics)."""
 
@@ -120,7 +122,16 @@ class StreamFallback:
 
     @property
     def udp_blocked(self) -> bool:
-        """Whether a link runs over a stream: UDP to its relay got no answer."""
+        """Whether this network drops UDP, as far as we can tell: a link runs
+        over a stream, and no relay has answered over UDP since it came up (a
+        relay whose own UDP is filtered while others answer is not a reason
+        to stop direct tries, nor to tell the user the network blocks UDP)."""
+        ups = [p.up_since for p in self._paths.values() if p.carrier != Carrier.UDP]
+        return bool(ups) and self._udp_heard_at < min(ups)
+
+    @property
+    def on_streams(self) -> bool:
+        """Whether any link runs over a stream (UDP probes are due)."""
         return any(p.carrier != Carrier.UDP for p in self._paths.values())
 
     def carrier(self, addr: Endpoint) -> Carrier:
@@ -155,6 +166,8 @@ class StreamFallback:
     def heard_udp(self, addrs: set[Endpoint], now: float) -> bool:
         """Datagrams came in over UDP from the relays at ``addrs`` (once per
         batch: this runs on the data path). True if there are actions now."""
+        if addrs:
+            self._udp_heard_at = now
         for addr in addrs:
             path = self._paths.get(addr)
             if path is None:
@@ -165,7 +178,7 @@ class StreamFallback:
                 self._actions.append(Disconnect(addr))
             if path.carrier != Carrier.UDP:  # a probe answered: back to UDP
                 self._back_to_udp(addr, path, now)
-        if self._actions and not self.udp_blocked:
+        if self._actions and not self.on_streams:
             self._probe_at = float("inf")
             self._probe_interval = self.config.udp_retry_s
         return bool(self._actions)
@@ -179,7 +192,7 @@ class StreamFallback:
         path.up = carrier
         path.up_since = now
         path.errors.clear()
-        if not self.udp_blocked:
+        if not self.on_streams:
             self.fallbacks += 1
             self._probe_interval = self.config.udp_retry_s
         path.carrier = carrier
@@ -223,7 +236,7 @@ class StreamFallback:
     # ------------------------------------------------------------ timers
 
     def next_timer(self) -> float:
-        when = self._probe_at if self.udp_blocked else float("inf")
+        when = self._probe_at if self.on_streams else float("inf")
         for path in self._paths.values():
             when = min(when, path.close_at, self._stream_due(path))
         return when
@@ -257,13 +270,13 @@ class StreamFallback:
         for addr, path in self._paths.items():
             if now >= self._stream_due(path):
                 self._connect(addr, path, Carrier.TCP)
-        if self.udp_blocked and now >= self._probe_at:
+        if self.on_streams and now >= self._probe_at:
             for addr, path in self._paths.items():
                 if path.carrier != Carrier.UDP:
                     self._actions.append(ProbeUdp(addr))
             self._probe_interval = min(self._probe_interval * 2, cfg.udp_retry_max_s)
             self._probe_at = now + self._probe_interval
-        elif not self.udp_blocked:
+        elif not self.on_streams:
             self._probe_at = float("inf")
         self._forget_idle(now)
 

@@ -139,9 +139,11 @@ class RelayLink(LinkCore):
 
     def ping_datagram(self, now: float) -> bytes:
         """A PING to send by another way than this link's own datagrams (the
-        fallback's UDP probe while the link runs over a stream). Its PONG is
-        matched like any; a retransmission goes the link's own way."""
-        self.ping(now)
+        fallback's UDP probe while the link runs over a stream). Not a
+        tracked request: its answer arriving over UDP is all the fallback
+        needs, and as a request it was retransmitted over the stream and its
+        PONG timed from the UDP send (RTT samples of 0.5 s and more)."""
+        self._send(Ping(int.from_bytes(self._rng(8), "big")), now)
         return self._out.pop()
 
     def carrier_changed(self, now: float) -> None:

@@ -308,24 +308,35 @@ class RelayManager:
 
     def datagram_received(self, data: bytes, addr: Addr) -> None:
         src = (addr[0], addr[1])
-        self._udp_heard.add(src)  # (the fallback hears of them once per batch)
-        self._receive(src, data)
+        if self._receive(src, data):
+            # UDP reaches us from that relay (told to the fallback once per
+            # batch): only a message that authenticated, or a frame of one of
+            # our sessions, counts; a spoofed datagram must not move a link
+            # off its stream
+            self._udp_heard.add(src)
 
-    def _receive(self, src: Endpoint, data: bytes) -> None:
-        """A datagram, or a frame from a stream, from the relay at ``src``."""
+    def _receive(self, src: Endpoint, data: bytes) -> bool:
+        """A datagram, or a frame from a stream, from the relay at ``src``;
+        True if it was the relay's (authenticated, or of a session of ours)."""
         if data and data[0] == _DATA:
             link = self.planner.link_at(src)
             peer = link.sessions.get(data[2:DATA_HEADER_LEN]) if link is not None else None
             if peer is None or link is None:
                 self.frames_dropped += 1
-                return
+                return False
             link.data_heard = self.runtime.now()  # the relay is alive
             self._on_data(peer, data)
-            return
-        if self.planner.receive(src, data, self.runtime.now()):
+            return True
+        now = self.runtime.now()
+        link = self.planner.link_at(src)
+        heard = link.last_heard if link is not None else None
+        if self.planner.receive(src, data, now):
             self._control_pending = True
-        else:
-            self.frames_dropped += 1  # not from a relay of ours
+            # the link sets last_heard for what opened under the relay's key
+            # (unchanged within one tick: counted by the next one)
+            return link is not None and link.last_heard != heard
+        self.frames_dropped += 1  # not from a relay of ours
+        return False
 
     def batch_done(self) -> None:
         if self._udp_heard:

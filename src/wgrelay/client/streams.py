@@ -89,7 +89,7 @@ class RelayStreams:
         self,
         runtime: Runtime,
         on_connected: Callable[[Endpoint, Carrier], None],
-        on_frame: Callable[[Endpoint, bytes], None],
+        on_frame: Callable[[Endpoint, bytes], object],
         on_frames_done: Callable[[], None],
         on_closed: Callable[[Endpoint, Carrier, str | None], None],
         ports: StreamPorts = default_stream_ports,

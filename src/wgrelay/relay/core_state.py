@@ -95,9 +95,9 @@ class RelayCoreState:
         self._error_logged = -1e9
         self._handlers = self._handler_table()
         self.ports: PortTable | None = None
+        """Port mode's session ports (``enable_port_mode``); None: framed only."""
         self.stream_ports: tuple[int, int] = (0, 0)
         """(TCP, TLS) ports agents may connect to, 0 for none (announced)."""
-        """Port mode's session ports (``enable_port_mode``); None: framed only."""
 
     def _handler_table(self) -> dict[MsgType, Callable[[Inbound, Any], None]]:
         """The handler of each message type a relay takes (RelayCore's)."""

@@ -75,6 +75,11 @@ class RelayCollector(Collector):
         yield GaugeMetricFamily(
             "wgrelay_ports_free", "Session ports left in --port-range", value=st.ports_free
         )
+        yield GaugeMetricFamily(
+            "wgrelay_streams_open",
+            "Agents connected over TCP or TLS (networks that drop UDP)",
+            value=st.streams_open,
+        )
         cookies = CounterMetricFamily("wgrelay_cookies", "Stateless cookies", labels=["event"])
         cookies.add_metric(["sent"], st.cookies_sent)
         cookies.add_metric(["accepted"], st.cookies_accepted)
@@ -128,17 +133,19 @@ async def serve_metrics(registry: CollectorRegistry, host: str, port: int) -> as
 
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
+            # the whole exchange: a scraper that stops reading must not hold
+            # its connection (and task) open for good
             async with asyncio.timeout(5):
                 request = await reader.readuntil(b"\r\n\r\n")
-            line = request.split(b"\r\n", 1)[0].split()
-            if len(line) >= 2 and line[0] == b"GET" and line[1].split(b"?")[0] == b"/metrics":
-                body = generate_latest(registry)
-                head = b"HTTP/1.0 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\n"
-            else:
-                body = b"not found\n"
-                head = b"HTTP/1.0 404 Not Found\r\nContent-Type: text/plain\r\n"
-            writer.write(head + f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
-            await writer.drain()
+                line = request.split(b"\r\n", 1)[0].split()
+                if len(line) >= 2 and line[0] == b"GET" and line[1].split(b"?")[0] == b"/metrics":
+                    body = generate_latest(registry)
+                    head = b"HTTP/1.0 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\n"
+                else:
+                    body = b"not found\n"
+                    head = b"HTTP/1.0 404 Not Found\r\nContent-Type: text/plain\r\n"
+                writer.write(head + f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
+                await writer.drain()
         except (TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, OSError):
             pass
         finally:

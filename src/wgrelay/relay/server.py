@@ -204,12 +204,15 @@ class RelayServer:
             self.datagram_received, self.batch_done, self.core.stats, self._now, limits
         )
         for kind, bind in binds:
+            admit, release = streams.admitter(kind)
             try:
                 listener = await self.runtime.listen_stream(
                     bind.host,
                     bind.port,
                     streams.acceptor(kind),
                     tls=tls if kind == "tls" else None,
+                    admit=admit,
+                    release=release,
                 )
             except OSError as e:
                 if bind.optional:
@@ -477,8 +480,9 @@ class RelayServer:
         try:
             self.core.sync_wall(now, self.runtime.wall())
             self._poll_offload(now)
-            if self.streams is not None:
-                self.streams.sweep(now)
+            if self.streams is not None and self.streams.conns:
+                regs = self.core.table.regs.values()
+                self.streams.sweep(now, {r.addr for r in regs if len(r.addr) == 3})
             self.core.handle_timer(now)
             self._flush()
         except Exception:  # the core counts its own bugs; this is the last net

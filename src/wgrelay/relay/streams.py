@@ -10,10 +10,14 @@ it exactly as to a UDP peer, and the server sends to 3-tuples through
 two UDP sides, since each side's frames go to its own registered address.
 
 Limits, all counted in /metrics: connections at once (``max_streams``) and per
-source host (``max_streams_per_source``), a connection silent for
-``idle_close_s`` is closed (one that never registers costs a socket and
-nothing else for that long), a stream whose reader stops lets its unsent bytes
-reach the transport's limit and then loses its own frames
+source host (``max_streams_per_source``), counted from the moment a
+connection arrives, before its TLS handshake (``admitter``): handshakes that
+never finish are held to the same limits (and the transport gives a
+handshake 5 s). A connection must carry a registration within
+``register_within_s`` (an agent registers in its first round trip), else it
+is closed: junk keeps nobody's slot. A registered one silent for
+``idle_close_s`` is closed too. A stream whose reader stops lets its unsent
+bytes reach the transport's limit and then loses its own frames
 (``stream_backpressure``) while everyone else's flow on.
 """
 
@@ -21,7 +25,7 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 
 from wgrelay.relay.admission import source_group
@@ -39,6 +43,8 @@ class StreamLimits:
     idle_close_s: float = 60.0
     """Close a connection that sent nothing this long (an agent heartbeats
     every few seconds; registrations expire after 30 s)."""
+    register_within_s: float = 10.0
+    """Close a connection that has no registration this long after it came."""
 
 
 class RelayStreams:
@@ -59,6 +65,9 @@ class RelayStreams:
         self.limits = limits or StreamLimits()
         self.conns: dict[Addr, StreamTransport] = {}
         self._heard: dict[Addr, float] = {}
+        self._since: dict[Addr, float] = {}
+        self._pending: set[Addr] = set()
+        """Admitted, not accepted yet (a TLS handshake under way): they count."""
         self._per_source: Counter[str] = Counter()
         self.accepted = 0
 
@@ -66,28 +75,52 @@ class RelayStreams:
         """The ``accept`` callback for a listener of ``kind`` ("tcp" or "tls")."""
 
         def accept(addr: Addr, stream: StreamTransport) -> StreamReceiver:
-            return self._accept((str(addr[0]), int(addr[1]), kind), stream)
+            return self._accept(_key(addr, kind), stream)
 
         return accept
 
-    def _accept(self, key: Addr, stream: StreamTransport) -> StreamReceiver:
-        group = source_group(key)
-        # the same source port again: the old connection is dead (one 4-tuple
-        # is one connection), so the new one takes its place within the
-        # limits, which a dead one must not hold until it is swept
-        old = self.conns.pop(key, None)
-        if old is not None:
-            old.close()  # (its close report no longer matches: ignored)
-        elif (
-            len(self.conns) >= self.limits.max_streams
-            or self._per_source[group] >= self.limits.max_streams_per_source
+    def admitter(self, kind: str) -> tuple[Callable[[Addr], bool], Callable[[Addr], None]]:
+        """The ``admit`` and ``release`` callbacks for a listener of ``kind``."""
+
+        def admit(addr: Addr) -> bool:
+            return self._admit(_key(addr, kind))
+
+        def release(addr: Addr) -> None:
+            key = _key(addr, kind)
+            if key in self._pending:
+                self._pending.discard(key)
+                if key not in self.conns:
+                    self._unsource(key)
+
+        return admit, release
+
+    def _admit(self, key: Addr) -> bool:
+        if key in self.conns or key in self._pending:
+            # the same source port again: one 4-tuple is one connection, so
+            # the old one is dead; the new one takes its place within the
+            # limits, which a dead one must not hold until it is swept
+            self._pending.add(key)
+            return True
+        if (
+            len(self.conns) + len(self._pending) >= self.limits.max_streams
+            or self._per_source[source_group(key)] >= self.limits.max_streams_per_source
         ):
             self._stats.drops[DropReason.STREAM_LIMIT] += 1
+            return False
+        self._pending.add(key)
+        self._per_source[source_group(key)] += 1
+        return True
+
+    def _accept(self, key: Addr, stream: StreamTransport) -> StreamReceiver:
+        if key not in self._pending and not self._admit(key):  # (no admission step)
             return _Refused(stream)
-        else:
-            self._per_source[group] += 1
+        self._pending.discard(key)
+        old = self.conns.pop(key, None)
+        if old is not None:
+            old.close()  # the dead one (its close report no longer matches: ignored)
+        now = self._now()
         self.conns[key] = stream
-        self._heard[key] = self._now()
+        self._heard[key] = self._since[key] = now
         self.accepted += 1
         self._stats.streams_open = len(self.conns)
         return _Client(self, key, stream)
@@ -100,14 +133,22 @@ class RelayStreams:
         elif not stream.send_frame(data):
             self._stats.drops[DropReason.STREAM_BACKPRESSURE] += 1
 
-    def sweep(self, now: float) -> None:
-        """Close connections silent for ``idle_close_s``."""
-        limit = now - self.limits.idle_close_s
-        for key in [k for k, t in self._heard.items() if t < limit]:
+    def sweep(self, now: float, registered: Collection[Addr]) -> None:
+        """Close connections silent for ``idle_close_s``, and those without a
+        registration (``registered``: the addresses registered now) for
+        ``register_within_s`` since they came."""
+        lim = self.limits
+        silent = now - lim.idle_close_s
+        unregistered = now - lim.register_within_s
+        for key in [
+            k
+            for k, t in self._heard.items()
+            if t < silent or (self._since.get(k, now) < unregistered and k not in registered)
+        ]:
             stream = self.conns.get(key)
             self._forget(key)
             if stream is not None:
-                log.debug("closing stream %s: silent for %.0f s", key, self.limits.idle_close_s)
+                log.debug("closing stream %s: silent, or no registration on it", key)
                 stream.close()
 
     def close(self) -> None:
@@ -115,17 +156,23 @@ class RelayStreams:
             stream.close()
         self.conns.clear()
         self._heard.clear()
+        self._since.clear()
+        self._pending.clear()
         self._per_source.clear()
         self._stats.streams_open = 0
 
     def _forget(self, key: Addr) -> None:
         if self.conns.pop(key, None) is not None:
-            group = source_group(key)
-            self._per_source[group] -= 1
-            if self._per_source[group] <= 0:
-                del self._per_source[group]
+            self._unsource(key)
         self._heard.pop(key, None)
+        self._since.pop(key, None)
         self._stats.streams_open = len(self.conns)
+
+    def _unsource(self, key: Addr) -> None:
+        group = source_group(key)
+        self._per_source[group] -= 1
+        if self._per_source[group] <= 0:
+            del self._per_source[group]
 
     # the receiver callbacks, per connection (``_Client``)
 
@@ -142,6 +189,10 @@ class RelayStreams:
             self._stats.drops[DropReason.STREAM_BAD_FRAMING] += 1
         if self.conns.get(key) is stream:
             self._forget(key)
+
+
+def _key(addr: Addr, kind: str) -> Addr:
+    return (str(addr[0]), int(addr[1]), kind)
 
 
 class _Client:

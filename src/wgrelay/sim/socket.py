@@ -147,10 +147,42 @@ class SimRuntime:
         *,
         tls: ssl.SSLContext | None = None,
         send_buffer_bytes: int = 256 * 1024,
+        admit: Callable[[Addr], bool] | None = None,
+        release: Callable[[Addr], None] | None = None,
     ) -> SimStreamListener:
         """Accept simulated connections; ``tls`` only marks the listener as
-        TLS (no crypto in a simulation: see ``wgrelay.sim.stream``)."""
+        TLS (no crypto in a simulation: see ``wgrelay.sim.stream``). A
+        simulated handshake cannot hang, so ``admit`` is asked right before
+        ``accept`` (``release`` is then never needed)."""
+        if admit is not None:
+            gate = admit
+
+            def admitted(addr: Addr, s: StreamTransport) -> StreamReceiver:
+                if not gate(addr):
+                    return _Closed(s)
+                return accept(addr, s)
+
+            return self.host.streams.listen(self.host, host, port, admitted, tls, send_buffer_bytes)
         return self.host.streams.listen(self.host, host, port, accept, tls, send_buffer_bytes)
+
+
+class _Closed:
+    """The receiver of a connection refused at admission: closed at once."""
+
+    def __init__(self, stream: StreamTransport) -> None:
+        self.stream = stream
+
+    def stream_connected(self) -> None:
+        self.stream.close()
+
+    def frame_received(self, data: bytes) -> None:
+        pass
+
+    def frames_done(self) -> None:
+        pass
+
+    def stream_closed(self, error: str | None) -> None:
+        pass
 
 
 if TYPE_CHECKING:

@@ -136,9 +136,14 @@ class Runtime(Protocol):
         *,
         tls: ssl.SSLContext | None = None,
         send_buffer_bytes: int = 256 * 1024,
+        admit: Callable[[Addr], bool] | None = None,
+        release: Callable[[Addr], None] | None = None,
     ) -> StreamListener:
         """Accept streams on ``host:port``. Raises ``OSError`` when the
-        address cannot be bound."""
+        address cannot be bound. ``admit`` is asked as a connection arrives,
+        before any TLS handshake (False: closed unread; True holds a slot,
+        which ``accept`` takes or ``release`` gives back if the connection
+        ends first): limits then hold for handshakes that never finish."""
 
 
 # ---------------------------------------------------------------- streams (TCP, TLS)

@@ -23,6 +23,7 @@ import logging
 import socket
 import ssl
 import struct
+from collections.abc import Callable
 from typing import cast
 
 from wgrelay.transport.base import (
@@ -154,7 +155,7 @@ class TcpStream(asyncio.Protocol):
     def _write(self) -> None:
         pending, self._pending, self._pending_bytes = self._pending, [], 0
         t = self._transport
-        if t is not None and not self._closed and pending:
+        if t is not None and pending and not t.is_closing():
             t.write(b"".join(pending))
 
     def close(self) -> None:
@@ -164,7 +165,11 @@ class TcpStream(asyncio.Protocol):
         if self._task is not None and not self._task.done():
             self._task.cancel()  # still connecting: its handler reports
         if self._transport is not None:
-            self._transport.abort()  # connection_lost reports
+            # gracefully: what is queued (a relay's shutdown notices) still
+            # leaves; a peer that never reads holds it at most until
+            # TCP_USER_TIMEOUT. connection_lost reports.
+            self._write()
+            self._transport.close()
         elif self._task is None:
             self._report(None)
 
@@ -299,15 +304,37 @@ def connect_stream(
 
 
 class TcpListener:
-    def __init__(self, server: asyncio.Server) -> None:
+    """A listening TCP socket: served by asyncio's server (plain TCP) or by
+    our accept loop (TLS), whose tasks it ends on ``close``."""
+
+    def __init__(self, server: asyncio.Server | None, sock: socket.socket | None = None) -> None:
         self._server = server
+        self._sock = sock
+        self.tasks: set[asyncio.Task[None]] = set()
 
     @property
     def local_address(self) -> Addr:
-        return tuple(self._server.sockets[0].getsockname())
+        if self._server is not None:
+            return tuple(self._server.sockets[0].getsockname())
+        assert self._sock is not None  # noqa: S101 -- one of the two, by construction
+        return tuple(self._sock.getsockname())
 
     def close(self) -> None:
-        self._server.close()
+        if self._server is not None:
+            self._server.close()
+        for task in list(self.tasks):
+            task.cancel()
+        if self._sock is not None:
+            self._sock.close()
+
+
+HANDSHAKE_TIMEOUT_S = 5.0
+"""A TLS handshake not done by then is dropped (asyncio's default is 60 s)."""
+ACCEPT_RETRY_S = 0.1
+"""After accept() failed (out of file descriptors): try again this much later."""
+
+Admit = Callable[[Addr], bool]
+Release = Callable[[Addr], None]
 
 
 async def listen_stream(
@@ -317,33 +344,136 @@ async def listen_stream(
     *,
     tls: ssl.SSLContext | None = None,
     send_buffer_bytes: int = 256 * 1024,
+    admit: Admit | None = None,
+    release: Release | None = None,
 ) -> TcpListener:
+    """``admit`` is asked when a connection arrives, before any TLS
+    handshake (False closes it unread); ``release`` gives its slot back when
+    it ends before it is accepted (a handshake that failed)."""
     loop = asyncio.get_running_loop()
-
-    def factory() -> asyncio.Protocol:
-        return _Accepted(accept, send_buffer_bytes)
-
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    server = await loop.create_server(
-        factory, host, port, family=family, ssl=tls, reuse_address=True, backlog=256
+    if tls is None:
+
+        def factory() -> asyncio.Protocol:
+            return _Accepted(accept, send_buffer_bytes, admit, release)
+
+        server = await loop.create_server(
+            factory, host, port, family=family, reuse_address=True, backlog=256
+        )
+        return TcpListener(server)
+    # TLS: our own accept loop, so a connection is admitted (counted, or
+    # refused) before its handshake; asyncio's server runs the handshake
+    # first, and handshakes that never finish were held unlimited for 60 s
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        sock.bind((host, port))
+        sock.listen(256)
+        sock.setblocking(False)
+    except BaseException:
+        sock.close()
+        raise
+    listener = TcpListener(None, sock)
+    task = loop.create_task(
+        _accept_tls(listener, sock, accept, tls, send_buffer_bytes, admit, release)
     )
-    return TcpListener(server)
+    listener.tasks.add(task)
+    return listener
+
+
+async def _accept_tls(
+    listener: TcpListener,
+    sock: socket.socket,
+    accept: Accept,
+    tls: ssl.SSLContext,
+    send_buffer_bytes: int,
+    admit: Admit | None,
+    release: Release | None,
+) -> None:
+    loop = asyncio.get_running_loop()
+    while True:
+        try:
+            conn, peer = await loop.sock_accept(sock)
+        except OSError as e:  # EMFILE and the like: the listener goes on
+            log.warning("accepting a TLS connection failed: %s", e)
+            await asyncio.sleep(ACCEPT_RETRY_S)
+            continue
+        addr: Addr = (str(peer[0]), int(peer[1]))
+        if admit is not None and not admit(addr):
+            conn.close()  # over a limit: closed unread
+            continue
+        proto = _Accepted(accept, send_buffer_bytes, None, release)
+        proto.hold(addr)
+        task = loop.create_task(_handshake(conn, proto, tls))
+        listener.tasks.add(task)
+        task.add_done_callback(listener.tasks.discard)
+
+
+async def _handshake(conn: socket.socket, proto: _Accepted, tls: ssl.SSLContext) -> None:
+    loop = asyncio.get_running_loop()
+    try:
+        await loop.connect_accepted_socket(
+            lambda: proto, conn, ssl=tls, ssl_handshake_timeout=HANDSHAKE_TIMEOUT_S
+        )
+    except BaseException as e:
+        conn.close()
+        proto.give_back()
+        if isinstance(e, asyncio.CancelledError):
+            raise
+        log.debug("TLS handshake from %s failed: %s", proto.peer_address, _why(e))
 
 
 class _Accepted(TcpStream):
-    """An accepted connection: learns its peer (and receiver) when it is made."""
+    """An accepted connection (admitted, and handshaken for TLS), handed to
+    ``accept`` when it is made, which gives its receiver."""
 
-    def __init__(self, accept: Accept, send_buffer_bytes: int) -> None:
+    def __init__(
+        self,
+        accept: Accept,
+        send_buffer_bytes: int,
+        admit: Admit | None,
+        release: Release | None,
+    ) -> None:
         super().__init__(("", 0), send_buffer_bytes)
         self._accept = accept
+        self._admit = admit
+        self._release = release
+        self._held = False
+        """Admitted and not yet accepted: a slot to give back if it ends."""
+
+    def hold(self, peer: Addr) -> None:
+        """Admitted already (by the TLS accept loop)."""
+        self._peer = peer
+        self._held = True
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        peer = transport.get_extra_info("peername")
-        self._peer = (str(peer[0]), int(peer[1])) if peer else ("", 0)
+        if not self._held:
+            peer = transport.get_extra_info("peername")
+            self._peer = (str(peer[0]), int(peer[1])) if peer else ("", 0)
+            if self._admit is not None:
+                if not self._admit(self._peer):
+                    self._closed = True
+                    cast(asyncio.Transport, transport).abort()  # over a limit: closed unread
+                    return
+                self._held = True
         try:
             self.receiver = self._accept(self._peer, self)
         except Exception:
             log.exception("accepting a stream from %s failed", self._peer)
             transport.close()
+            self.give_back()
             return
+        self._held = False  # the receiver's now
         super().connection_made(transport)
+
+    def give_back(self) -> None:
+        if self._held:
+            self._held = False
+            if self._release is not None:
+                self._release(self._peer)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.give_back()
+        super().connection_lost(exc)

@@ -307,7 +307,15 @@ class AsyncioRuntime:
         *,
         tls: ssl.SSLContext | None = None,
         send_buffer_bytes: int = 256 * 1024,
+        admit: Callable[[Addr], bool] | None = None,
+        release: Callable[[Addr], None] | None = None,
     ) -> TcpListener:
         return await stream.listen_stream(
-            host, port, accept, tls=tls, send_buffer_bytes=send_buffer_bytes
+            host,
+            port,
+            accept,
+            tls=tls,
+            send_buffer_bytes=send_buffer_bytes,
+            admit=admit,
+            release=release,
         )
