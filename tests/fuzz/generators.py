@@ -92,6 +92,9 @@ from wgrelay.proto.federation import (
     DigestReply,
     Gossip,
     GossipAck,
+    LegAnswer,
+    LegClose,
+    LegOpen,
     LocationAck,
     LocationStore,
     ProbeAnswer,
@@ -304,7 +307,9 @@ class _Common:
             epoch = w.relay.epoch if rng.random() < 0.7 else rng.randrange(2**64)
             return HeartbeatAck(rng.randrange(2**32), rng.choice(list(HeartbeatStatus)), epoch)
         if t == MsgType.CONNECTION_REQUEST:
-            return ConnectionRequest(rng.randrange(2**32), PublicKey(self.some_key()))
+            # now and then through another relay (multi-hop), known or not
+            via = PublicKey(rng.choice(self.relay_keys)) if rng.random() < 0.2 else None
+            return ConnectionRequest(rng.randrange(2**32), PublicKey(self.some_key()), via)
         if t == MsgType.CONNECTION_RESPONSE:
             return ConnectionResponse(
                 rng.randrange(2**32),
@@ -536,6 +541,13 @@ class _Common:
             return LocationAck(rng.choice([0, 1, 7, 255]))
         if t == MsgType.PROBE_REQUEST:
             return ProbeRequest(PublicKey(rng.choice(self.relay_keys)), rng.randrange(2**64))
+        if t == MsgType.LEG_OPEN:
+            ends = (PublicKey(self.some_key()), PublicKey(self.some_key()))
+            return LegOpen(self.some_sid(), *ends, rng.choice([2, 2, 3]))
+        if t == MsgType.LEG_ANSWER:
+            return LegAnswer(self.some_sid(), rng.choice(list(Status)))
+        if t == MsgType.LEG_CLOSE:
+            return LegClose(self.some_sid(), rng.choice(list(CloseReason)))
         # PROBE_ANSWER
         return ProbeAnswer(
             PublicKey(rng.choice(self.relay_keys)), rng.randrange(2**64), rng.random() < 0.5

@@ -274,6 +274,9 @@ def body_fields(msg_type: int, body: bytes) -> list[Field]:
     elif t == MsgType.CONNECTION_REQUEST:
         w.take("u32", 4)
         w.take("key", KEY_LEN)
+        if w.pos < w.end:  # (optional: the via flag and its relay)
+            w.take("u8", 1)
+            w.take("key", KEY_LEN)
     elif t == MsgType.CONNECTION_RESPONSE:
         w.take("u32", 4)
         w.take("enum", 1, _ENUM_END["status"])
@@ -353,6 +356,17 @@ def body_fields(msg_type: int, body: bytes) -> list[Field]:
         n = w.take("count", 1)
         for _ in range(n or 0):
             w.take("loc", LOCATION_RECORD_LEN)
+    elif t == MsgType.LEG_OPEN:
+        w.take("sid", SESSION_ID_LEN)
+        w.take("key", KEY_LEN)
+        w.take("key", KEY_LEN)
+        w.take("u8", 1)
+    elif t == MsgType.LEG_ANSWER:
+        w.take("sid", SESSION_ID_LEN)
+        w.take("enum", 1, _ENUM_END["status"])
+    elif t == MsgType.LEG_CLOSE:
+        w.take("sid", SESSION_ID_LEN)
+        w.take("enum", 1, _ENUM_END["close"])
     elif t in (MsgType.PROBE_REQUEST, MsgType.PROBE_ANSWER):
         w.take("key", KEY_LEN)
         w.take("u64", 8)

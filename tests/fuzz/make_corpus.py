@@ -75,6 +75,9 @@ from wgrelay.proto.federation import (
     DigestReply,
     Gossip,
     GossipAck,
+    LegAnswer,
+    LegClose,
+    LegOpen,
     LocationAck,
     LocationStore,
     ProbeAnswer,
@@ -241,6 +244,11 @@ def _federation_requests(
         ("location_store", LocationStore(tuple(rec for _, rec in _records(peer, r1)))),
         ("probe_request", ProbeRequest(r2.public, 0x0102030405060708)),
         ("probe_request_self", ProbeRequest(r1.public, 9)),
+        # multi-hop: a leg for a peer registered at the fuzzed relay, its
+        # answer for a session of the corpus, a close
+        ("leg_open", LegOpen(SID_B, PublicKey(bytes(range(32))), PublicKey(peer), 2)),
+        ("leg_answer", LegAnswer(SID_A, Status.SUCCESS)),
+        ("leg_close", LegClose(SID_A, CloseReason.PEER_GONE)),
         ("ping", Ping(0x5EED)),
         ("discovery_query_locate", DiscoveryQuery(11, 0, 0, locate=PublicKey(peer), page=0)),
         ("location_store_roles", LocationStore(tuple(r for _, r in _role_records(peer, r1, r2)))),
@@ -286,6 +294,8 @@ def _relay_bodies(p1: bytes) -> list[tuple[str, Body]]:
         ("register", Register(accept, 25)),
         ("heartbeat", Heartbeat(7)),
         ("connection_request", ConnectionRequest(42, target)),
+        # multi-hop: through relay r2 (which the fuzzed relay knows)
+        ("connection_request_via", ConnectionRequest(43, target, relay_identity("r2").public)),
         ("session_answer", SessionAnswer(SID_A, True)),
         ("session_close", SessionClose(SID_A, CloseReason.NORMAL)),
         ("session_hold", SessionHold(SID_A, 4)),
@@ -546,7 +556,17 @@ def entries() -> list[Entry]:
         *(
             (n, b)
             for n, b in _federation_requests(ident, r1, r2, rb, p1.public)
-            if n in ("gossip", "digest", "pull", "location_store", "probe_request")
+            if n
+            in (
+                "gossip",
+                "digest",
+                "pull",
+                "location_store",
+                "probe_request",
+                "leg_open",
+                "leg_answer",
+                "leg_close",
+            )
         ),
         *_federation_answers(r1, r2, p1.public, s0.public),
     ]:

@@ -497,7 +497,11 @@ class RelayOracle:
                 self.cookies[(sender, to)] = bytes(d[10:26])
                 continue
             if d[:1] == bytes((_DATA,)):
-                if not is_data or d != data or dst not in regs0.values() or dst == src:
+                # to a registered peer, or to the relay at a leg's other end
+                # (a known relay whose address was proven: multi-hop)
+                legs = {leg.addr for leg in self.relay.legs.values()}
+                to_ok = dst in regs0.values() or dst in legs
+                if not is_data or d != data or not to_ok or dst == src:
                     self._find("data_byte_for_byte", f"frame to {dst}", data, src, now)
                 continue
             try:

@@ -43,7 +43,16 @@ RELAY_HANDLERS = {
     "PING",
     "DISCOVERY_QUERY",
 }
-FEDERATION_HANDLERS = {"GOSSIP", "DIGEST", "PULL", "LOCATION_STORE", "PROBE_REQUEST"}
+FEDERATION_HANDLERS = {
+    "GOSSIP",
+    "DIGEST",
+    "PULL",
+    "LOCATION_STORE",
+    "PROBE_REQUEST",
+    "LEG_OPEN",
+    "LEG_ANSWER",
+    "LEG_CLOSE",
+}
 """Relay-to-relay requests: their handler runs for any sender (and drops
 what a relay it does not know sends)."""
 FEDERATION_ANSWERS = {

@@ -265,7 +265,7 @@ class RelayLink(LinkCore):
         if was_lost:
             for peer in sorted(self.wanted, key=lambda k: k.raw):  # hash-free order
                 if peer not in self.session_of:
-                    self.request_session(peer, now)
+                    self.request_session(peer, now, self.via.get(peer))
 
     def _on_heartbeat_ack(self, body: HeartbeatAck, now: float) -> None:
         req = self._finish(MsgType.HEARTBEAT, body.seq)

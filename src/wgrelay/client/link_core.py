@@ -118,6 +118,8 @@ class LinkCore:
         mode; 0 or absent: framed only), as long as the session lasts."""
         self.wanted: set[PublicKey] = set()
         """Peers we asked sessions for; re-requested after the relay forgets us."""
+        self.via: dict[PublicKey, PublicKey] = {}
+        """Wanted peers asked for through another relay (multi-hop), and which."""
         self.counters = LinkCounters()
         self._handlers = self._handler_table()
 
@@ -153,14 +155,22 @@ class LinkCore:
         # the path choice much
         self.rtt_s = sample if self.rtt_s is None else 0.875 * self.rtt_s + 0.125 * sample
 
-    def request_session(self, peer: PublicKey, now: float) -> int:
-        """Ask the relay for a session to ``peer``; answered by an event."""
+    def request_session(self, peer: PublicKey, now: float, via: PublicKey | None = None) -> int:
+        """Ask the relay for a session to ``peer``; answered by an event.
+        ``via``: through that relay too (multi-hop: ``peer`` is registered
+        there, and we cannot reach it)."""
         self.wanted.add(peer)
-        for (t, _), req in self._requests.items():
-            if t == MsgType.CONNECTION_REQUEST and req.peer == peer:
-                return req.body.request_id  # type: ignore[attr-defined, no-any-return]
+        if via is None:
+            self.via.pop(peer, None)
+        else:
+            self.via[peer] = via
+        for key, req in list(self._requests.items()):
+            if isinstance(req.body, ConnectionRequest) and req.peer == peer:
+                if req.body.via == via:
+                    return req.body.request_id
+                del self._requests[key]  # asked another way now
         rid = self._new_id()
-        self._start(ConnectionRequest(rid, peer), rid, now, peer=peer)
+        self._start(ConnectionRequest(rid, peer, via), rid, now, peer=peer)
         return rid
 
     def close_session(
@@ -169,6 +179,7 @@ class LinkCore:
         """Close our session to ``peer``. NORMAL tells the other end we are done
         with the relay (we went direct); REPLACED that we want a new session."""
         self.wanted.discard(peer)
+        self.via.pop(peer, None)
         self._retry_at.pop(peer, None)
         for key in [
             k for k, r in self._requests.items()
@@ -202,6 +213,7 @@ class LinkCore:
     def forget_wanted(self, peer: PublicKey) -> None:
         """Stop asking for ``peer`` here (it is carried elsewhere now)."""
         self.wanted.discard(peer)
+        self.via.pop(peer, None)
         self._retry_at.pop(peer, None)
 
     def datagrams_to_send(self) -> list[bytes]:
@@ -345,7 +357,7 @@ class LinkCore:
             if now >= at:
                 del self._retry_at[peer]
                 if self.state == LinkState.REGISTERED and peer in self.wanted:
-                    self.request_session(peer, now)
+                    self.request_session(peer, now, self.via.get(peer))
         if now >= self._next_heartbeat and self.state == LinkState.REGISTERED:
             self._hb_seq = (self._hb_seq + 1) & 0xFFFFFFFF
             self._start(Heartbeat(self._hb_seq, self.rtt_ms()), self._hb_seq, now)

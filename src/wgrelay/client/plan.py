@@ -297,7 +297,7 @@ class RelayPlanner(PeerPaths):
             self._set_home(key, now)
         for attempt in list(self._attempts.values()):
             if attempt.current == key and attempt.phase is Phase.CONNECTING:
-                link.request_session(attempt.peer, now)
+                link.request_session(attempt.peer, now, attempt.via)
                 attempt.deadline = now + self.config.session_timeout_s
 
     def _on_link_down(self, key: PublicKey, ev: LinkLost | LinkRejected, now: float) -> None:
@@ -320,6 +320,8 @@ class RelayPlanner(PeerPaths):
         for attempt in list(self._attempts.values()):
             if attempt.current == key:
                 attempt.errors.append(f"{key.short()}: {why}")
+                if attempt.via is None:
+                    self._unreachable(attempt, key)
                 self._connect_next(attempt, now)
         if isinstance(ev, LinkRejected):
             self._drop_link(key)

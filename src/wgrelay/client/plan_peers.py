@@ -20,7 +20,7 @@ from wgrelay.client.plan_state import MAX_PAGES, Attempt, Phase
 from wgrelay.discovery.rendezvous import DEFAULT_REPLICAS, holders
 from wgrelay.discovery.selection import SWITCH_HOLD_S, worth_switching
 from wgrelay.keys import PublicKey
-from wgrelay.proto.constants import CloseReason
+from wgrelay.proto.constants import Capability, CloseReason
 
 log = logging.getLogger(__name__)
 
@@ -152,7 +152,17 @@ class PeerPaths(HomePlanner):
             attempt.phase = Phase.CONNECTING
             attempt.queries.clear()
             attempt.candidates = self._candidates(attempt, now)
-        while attempt.candidates:
+            for place in reversed(attempt.places):
+                lk = self._links.get(place.location.relay)
+                if lk is not None and lk.link.state == LinkState.LOST:
+                    # out of our reach already (it never answered, or died):
+                    # through our home first, the direct try after
+                    self._unreachable(attempt, place.location.relay)
+        while attempt.candidates or attempt.bridges:
+            if attempt.bridges:
+                if self._bridge(attempt, attempt.bridges.pop(0), now):
+                    return
+                continue
             key = attempt.candidates.pop(0)
             if key in attempt.tried:
                 continue
@@ -161,6 +171,7 @@ class PeerPaths(HomePlanner):
                 continue
             attempt.tried.add(key)
             attempt.current = key
+            attempt.via = None
             self._touch(key, now)
             if link.state == LinkState.REGISTERED:
                 link.request_session(attempt.peer, now)
@@ -178,6 +189,49 @@ class PeerPaths(HomePlanner):
             PeerRelayFailed(attempt.peer, f"no relay could reach {attempt.peer.short()} ({errors})")
         )
 
+    def _unreachable(self, attempt: Attempt, key: PublicKey) -> None:
+        """If ``key`` is where the peer accepts sessions but our link there
+        never came up (our network lets nothing through to it), ask our home
+        to go through it next (multi-hop: docs/PROTOCOL.md, section 6). Not
+        for a relay we were registered at before: that one died (failover
+        goes elsewhere), it is not out of our reach."""
+        lk = self._links.get(key)
+        here = {p.location.relay for p in attempt.places} | {attempt.located}
+        if (
+            key in here
+            and key != self.home
+            and key not in attempt.bridged
+            and key not in attempt.bridges
+            and lk is not None
+            and lk.link.state != LinkState.REGISTERED
+            and lk.link.epoch is None  # never registered there
+        ):
+            attempt.bridges.insert(0, key)
+
+    def _bridge(self, attempt: Attempt, exit_relay: PublicKey, now: float) -> bool:
+        """Ask our home for a session to the peer through ``exit_relay``."""
+        attempt.bridged.add(exit_relay)
+        home = self.home
+        link = self.link(home) if home is not None else None
+        if home is None or link is None or link.state != LinkState.REGISTERED:
+            return False
+        for key in (home, exit_relay):
+            r = self.registry.get(key)
+            if r is not None and r.capabilities and not r.capabilities & Capability.MULTI_HOP:
+                return False  # it announced what it does, and this is not among it
+        log.info(
+            "peer %s: relay %s is out of our reach; asking %s to go through it",
+            attempt.peer.short(),
+            exit_relay.short(),
+            home.short(),
+        )
+        attempt.current = home
+        attempt.via = exit_relay
+        self._touch(home, now)
+        link.request_session(attempt.peer, now, exit_relay)
+        attempt.deadline = now + self.config.session_timeout_s
+        return True
+
     def _attempt_timed_out(self, attempt: Attempt, now: float) -> None:
         if attempt.phase is Phase.LOCATING:
             attempt.queries.clear()
@@ -186,6 +240,8 @@ class PeerPaths(HomePlanner):
         key = attempt.current
         if key is not None:
             attempt.errors.append(f"{key.short()}: no answer")
+            if attempt.via is None:
+                self._unreachable(attempt, key)
             link = self.link(key)
             if link is not None and self.route_relay.get(attempt.peer) != key:
                 link.close_session(attempt.peer, now)  # stop asking there

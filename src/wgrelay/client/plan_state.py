@@ -70,6 +70,11 @@ class Attempt:
     places: tuple[Place, ...] = ()
     moving: bool = False
     """A relayed peer moving to a cheaper path: a failure keeps the old one."""
+    via: PublicKey | None = None
+    """The relay the current request goes through (multi-hop), if any."""
+    bridges: list[PublicKey] = field(default_factory=list)
+    """Places of the peer we could not reach, to ask our home to go through next."""
+    bridged: set[PublicKey] = field(default_factory=set)
 
 
 @dataclass(slots=True)

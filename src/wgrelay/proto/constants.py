@@ -50,6 +50,11 @@ class MsgType(IntEnum):
     LOCATION_ACK = 0x47  # stored u8
     PROBE_REQUEST = 0x48  # target key 32B | nonce u64: "ping it for me"
     PROBE_ANSWER = 0x49  # target key 32B | nonce u64 | alive u8
+    # multi-hop (relay/legs.py): one-way notices, each on the sender's own
+    # channel to the other relay (so an answer is a request too)
+    LEG_OPEN = 0x4A  # session 8B | initiator key 32B | target key 32B | hops u8
+    LEG_ANSWER = 0x4B  # session 8B | status u8 (Status)
+    LEG_CLOSE = 0x4C  # session 8B | reason u8 (CloseReason)
 
     # signed, readable by anyone: type | version | RelayNodeInfo | issued_ms u64 | ttl_s u32 | sig
     ANNOUNCEMENT = 0x30
@@ -207,7 +212,16 @@ class Capability(IntEnum):
     """Agents may connect over TLS (RelayNodeInfo.tls_port); TCP_FALLBACK: over TCP."""
     BUDGET = 1 << 7
     """The operator set a byte budget; RelayNodeInfo.budget_left_pct says what is left."""
+    MULTI_HOP = 1 << 8
+    """Takes CONNECTION_REQUEST with a relay to go through, and LEG_* from relays."""
 
+
+REQUEST_FLAG_VIA = 0x01
+"""CONNECTION_REQUEST: a relay key follows; the relay opens a leg to it and
+the session goes through both (multi-hop, relay/legs.py)."""
+MAX_PATH_RELAYS = 3
+"""LEG_OPEN's ``hops`` (relays on the path, the receiver included) is at most
+this; a relay extends a path only while ``hops`` is below it."""
 
 REGISTER_FLAG_ACCEPT_INCOMING = 0x01
 REGISTER_FLAG_STANDBY = 0x02

@@ -22,6 +22,15 @@ Layouts (all integers big endian)::
     LOCATION_ACK   stored u8
     PROBE_REQUEST  target relay key 32B | nonce u64
     PROBE_ANSWER   target relay key 32B | nonce u64 | alive u8
+    LEG_OPEN       session 8B | initiator key 32B | target key 32B | hops u8
+    LEG_ANSWER     session 8B | status u8 (ConnectionResponse's Status)
+    LEG_CLOSE      session 8B | reason u8 (SessionClose's CloseReason)
+
+The LEG_* messages join one session across two relays (relay/legs.py). Each
+is a one-way notice sent on the sender's own channel to the other relay, so
+LEG_ANSWER and LEG_CLOSE from the exit relay arrive as requests too. ``hops``
+counts the relays on the path, the receiver included (2 for A-R1-R2-B), at
+most ``MAX_PATH_RELAYS``.
 
 A bucket is the top four bits of a relay key's first byte; its hash is the
 first 8 bytes of BLAKE2b over the sorted ``key || issued_ms`` of the live
@@ -42,9 +51,13 @@ from wgrelay.proto.constants import (
     KEY_LEN,
     LOCATION_RECORD_LEN,
     MAX_DIGEST_ENTRIES,
+    MAX_PATH_RELAYS,
     MAX_PULL_KEYS,
     MAX_RECORDS_PER_MESSAGE,
+    SESSION_ID_LEN,
+    CloseReason,
     MsgType,
+    Status,
 )
 
 DIGEST_HASH_LEN = 8
@@ -267,6 +280,89 @@ class ProbeAnswer(Body):
         return cls(target, nonce, alive == 1)
 
 
+def _check_sid(sid: bytes) -> None:
+    if len(sid) != SESSION_ID_LEN:
+        raise LocalProtocolError("session ids are 8 bytes")
+
+
+@dataclass(frozen=True, slots=True)
+class LegOpen(Body):
+    """The entry relay asks the exit relay to carry session ``session_id``
+    from ``initiator`` (registered at the entry) to ``target`` (registered
+    at the exit); the same id on both relays, so data frames pass unchanged."""
+
+    TYPE: ClassVar[MsgType] = MsgType.LEG_OPEN
+    session_id: bytes
+    initiator: PublicKey
+    target: PublicKey
+    hops: int = 2
+
+    def encode_body(self, w: Writer) -> None:
+        _check_sid(self.session_id)
+        if not 2 <= self.hops <= MAX_PATH_RELAYS:
+            raise LocalProtocolError(f"a leg's path has 2 to {MAX_PATH_RELAYS} relays")
+        w.push_bytes(self.session_id)
+        w.push_bytes(self.initiator.raw, KEY_LEN)
+        w.push_bytes(self.target.raw, KEY_LEN)
+        w.push_u8(self.hops)
+
+    @classmethod
+    def decode_body(cls, b: Buffer) -> Self:
+        sid = b.pull_bytes(SESSION_ID_LEN)
+        initiator = PublicKey(b.pull_bytes(KEY_LEN))
+        target = PublicKey(b.pull_bytes(KEY_LEN))
+        hops = b.pull_u8()
+        if not 2 <= hops <= MAX_PATH_RELAYS:
+            raise Malformed(f"hops must be 2 to {MAX_PATH_RELAYS}, got {hops}")
+        return cls(sid, initiator, target, hops)
+
+
+@dataclass(frozen=True, slots=True)
+class LegAnswer(Body):
+    """The exit relay's answer to LEG_OPEN: SUCCESS once the target accepted."""
+
+    TYPE: ClassVar[MsgType] = MsgType.LEG_ANSWER
+    session_id: bytes
+    status: Status
+
+    def encode_body(self, w: Writer) -> None:
+        _check_sid(self.session_id)
+        w.push_bytes(self.session_id)
+        w.push_u8(self.status)
+
+    @classmethod
+    def decode_body(cls, b: Buffer) -> Self:
+        sid = b.pull_bytes(SESSION_ID_LEN)
+        v = b.pull_u8()
+        try:
+            return cls(sid, Status(v))
+        except ValueError:
+            raise Malformed(f"unknown Status {v}") from None
+
+
+@dataclass(frozen=True, slots=True)
+class LegClose(Body):
+    """Either relay ends a leg (its side of the session ended)."""
+
+    TYPE: ClassVar[MsgType] = MsgType.LEG_CLOSE
+    session_id: bytes
+    reason: CloseReason = CloseReason.NORMAL
+
+    def encode_body(self, w: Writer) -> None:
+        _check_sid(self.session_id)
+        w.push_bytes(self.session_id)
+        w.push_u8(self.reason)
+
+    @classmethod
+    def decode_body(cls, b: Buffer) -> Self:
+        sid = b.pull_bytes(SESSION_ID_LEN)
+        v = b.pull_u8()
+        try:
+            return cls(sid, CloseReason(v))
+        except ValueError:
+            raise Malformed(f"unknown CloseReason {v}") from None
+
+
 FEDERATION_BODIES: tuple[type[Body], ...] = (
     Gossip,
     GossipAck,
@@ -278,4 +374,7 @@ FEDERATION_BODIES: tuple[type[Body], ...] = (
     LocationAck,
     ProbeRequest,
     ProbeAnswer,
+    LegOpen,
+    LegAnswer,
+    LegClose,
 )

@@ -23,6 +23,7 @@ from wgrelay.proto.constants import (
     MAX_ENDPOINTS,
     MAX_REGION_LEN,
     QUERY_FLAG_LOCATE_PEER,
+    REQUEST_FLAG_VIA,
     RESPONSE_FLAG_ALTERNATE,
     RESPONSE_FLAG_LOCATED,
     RESPONSE_FLAG_MORE,
@@ -41,6 +42,9 @@ from wgrelay.proto.federation import (
     DigestReply,
     Gossip,
     GossipAck,
+    LegAnswer,
+    LegClose,
+    LegOpen,
     LocationAck,
     LocationStore,
     ProbeAnswer,
@@ -157,19 +161,33 @@ class HeartbeatAck(Body):
 
 @dataclass(frozen=True, slots=True)
 class ConnectionRequest(Body):
-    """Peer A asks its relay for a session to peer ``target``."""
+    """Peer A asks its relay for a session to peer ``target``; with ``via``,
+    through that relay too (the target is registered there: multi-hop).
+
+    ``request_id u32 | target 32B | [flags u8 | via 32B if flags bit 0]``:
+    without ``via`` the flags byte is left out (the original layout)."""
 
     TYPE: ClassVar[MsgType] = MsgType.CONNECTION_REQUEST
     request_id: int
     target: PublicKey
+    via: PublicKey | None = None
 
     def encode_body(self, w: Writer) -> None:
         w.push_u32(self.request_id)
         w.push_bytes(self.target.raw, KEY_LEN)
+        if self.via is not None:
+            w.push_u8(REQUEST_FLAG_VIA)
+            w.push_bytes(self.via.raw, KEY_LEN)
 
     @classmethod
     def decode_body(cls, b: Buffer) -> Self:
-        return cls(request_id=b.pull_u32(), target=_pull_key(b))
+        rid, target = b.pull_u32(), _pull_key(b)
+        if b.eof():
+            return cls(request_id=rid, target=target)
+        flags = b.pull_u8()
+        if flags != REQUEST_FLAG_VIA:  # (the flags byte is there only for a flag)
+            raise Malformed(f"unknown request flags {flags:#x}")
+        return cls(request_id=rid, target=target, via=_pull_key(b))
 
 
 @dataclass(frozen=True, slots=True)
@@ -541,6 +559,9 @@ RelayMessage = (
     | LocationAck
     | ProbeRequest
     | ProbeAnswer
+    | LegOpen
+    | LegAnswer
+    | LegClose
 )
 """The seed's RelayMessage: every control message body, one union to match on."""
 

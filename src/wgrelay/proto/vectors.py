@@ -30,6 +30,9 @@ from wgrelay.proto.federation import (
     DigestReply,
     Gossip,
     GossipAck,
+    LegAnswer,
+    LegClose,
+    LegOpen,
     LocationAck,
     LocationStore,
     ProbeAnswer,
@@ -121,6 +124,11 @@ CONTROL_VECTORS: list[tuple[str, Body, bool]] = [
     ),
     ("connection_request", ConnectionRequest(request_id=42, target=OTHER_PEER), False),
     (
+        "connection_request_via",
+        ConnectionRequest(request_id=43, target=OTHER_PEER, via=STANDBY_RELAY.public),
+        False,
+    ),
+    (
         "connection_response",
         ConnectionResponse(
             request_id=42,
@@ -189,6 +197,10 @@ CONTROL_VECTORS: list[tuple[str, Body, bool]] = [
     ("location_ack", LocationAck(1), True),
     ("probe_request", ProbeRequest(RELAY.public, ECHO), False),
     ("probe_answer", ProbeAnswer(RELAY.public, ECHO, True), True),
+    # multi-hop: one-way notices, each on its sender's own channel (as a client)
+    ("leg_open", LegOpen(SESSION_ID, PEER_PRIVATE.public_key(), OTHER_PEER, 2), False),
+    ("leg_answer", LegAnswer(SESSION_ID, Status.SUCCESS), False),
+    ("leg_close", LegClose(SESSION_ID, CloseReason.PEER_GONE), False),
 ]
 
 

@@ -79,7 +79,7 @@ from wgrelay.proto.messages import (
     parse_mapping_probe,
 )
 from wgrelay.relay.admission import Addr, Inbound
-from wgrelay.relay.core_sessions import SessionsCore
+from wgrelay.relay.legs import LegsCore
 from wgrelay.relay.locations import Found
 from wgrelay.relay.stats import DropReason
 
@@ -92,7 +92,7 @@ log = logging.getLogger(__name__)
 __all__ = ["Addr", "RelayCore"]
 
 
-class RelayCore(SessionsCore):
+class RelayCore(LegsCore):
     def _handler_table(self) -> dict[MsgType, Callable[[Inbound, Any], None]]:
         return {
             MsgType.REGISTER: self._handle_register,
@@ -105,6 +105,10 @@ class RelayCore(SessionsCore):
             MsgType.PING: self._handle_ping,
             MsgType.DISCOVERY_QUERY: self._handle_discovery_query,
             **dict.fromkeys(RELAY_TO_RELAY, self._handle_relay_message),
+            # multi-hop (legs.py): relay-to-relay, but about sessions
+            MsgType.LEG_OPEN: self._handle_leg_open,
+            MsgType.LEG_ANSWER: self._handle_leg_answer,
+            MsgType.LEG_CLOSE: self._handle_leg_close,
         }
 
     # ------------------------------------------------------------ inputs

@@ -120,6 +120,33 @@ class RelayCollector(Collector):
         for event, n in sorted(st.federation.items()):
             fed.add_metric([event], n)
         yield fed
+        yield from _leg_families(st.legs)
+
+
+def _leg_families(legs: dict[str, int]) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
+    """Multi-hop legs by role: entry (we opened it for our peer), exit (for
+    a peer registered here, at another relay's request)."""
+    roles = ("entry", "exit")
+    open_ = GaugeMetricFamily("wgrelay_legs", "Established multi-hop legs", labels=["role"])
+    opened = CounterMetricFamily("wgrelay_legs_opened", "Legs established", labels=["role"])
+    packets = CounterMetricFamily(
+        "wgrelay_leg_packets", "Data frames forwarded on legs (both ways)", labels=["role"]
+    )
+    nbytes = CounterMetricFamily(
+        "wgrelay_leg_bytes", "Data frame bytes forwarded on legs (both ways)", labels=["role"]
+    )
+    for role in roles:
+        open_.add_metric([role], legs.get(f"open_{role}", 0))
+        opened.add_metric([role], legs.get(f"opened_{role}", 0))
+        packets.add_metric([role], legs.get(f"packets_{role}", 0))
+        nbytes.add_metric([role], legs.get(f"bytes_{role}", 0))
+    refused = CounterMetricFamily(
+        "wgrelay_legs_refused", "Leg requests refused, by why", labels=["reason"]
+    )
+    for what, n in sorted(legs.items()):
+        if what.startswith("refused_"):
+            refused.add_metric([what.removeprefix("refused_")], n)
+    yield from (open_, opened, packets, nbytes, refused)
 
 
 def make_registry(stats: Callable[[], RelayStats]) -> CollectorRegistry:

@@ -117,3 +117,6 @@ class RelayStats:
     federation: dict[str, int] = field(default_factory=dict)
     """Relay-to-relay events by name: ``sent_<Message>`` and what was made
     of what arrived (``announcement_new``, ``location_expired``, ...)."""
+    legs: dict[str, int] = field(default_factory=dict)
+    """Multi-hop legs (relay/legs.py): open_/opened_/closed_/packets_/bytes_
+    by role (entry: we opened it; exit: another relay asked us), refusals."""

@@ -32,7 +32,8 @@ from inside endpoint ``(ip, port)`` to remote ``R`` is given an external port:
   firewall), so nothing ever gets a mapping. TCP still passes (the simulated
   streams of ``wgrelay.sim.stream`` take their own route through the box)
   unless ``tcp_blocked``, or ``tcp_443_only`` and the destination port is
-  not 443 (a network that lets only HTTPS out).
+  not 443 (a network that lets only HTTPS out). ``udp_only_to`` lets UDP
+  out to the listed addresses only (a network that reaches one relay).
 
 Expired mappings are removed when touched, and swept every few thousand new
 mappings so a long run does not grow without bound.
@@ -54,6 +55,7 @@ _RANDOM_PORT_TRIES = 64
 
 # Drop reasons (counted and traced by the network).
 DROP_UDP_BLOCKED = "nat_udp_blocked"
+DROP_UDP_DESTINATION = "nat_udp_destination"
 DROP_PORTS_EXHAUSTED = "nat_ports_exhausted"
 DROP_NO_MAPPING = "nat_no_mapping"
 DROP_FILTERED = "nat_filtered"
@@ -81,6 +83,9 @@ class NatBehavior:
     """Outbound TCP connections are dropped (they time out)."""
     tcp_443_only: bool = False
     """Outbound TCP connections pass only to port 443."""
+    udp_only_to: frozenset[str] | None = None
+    """Outbound UDP passes only to these addresses (a firewall that lets
+    UDP out to one relay only); None: to anyone."""
     port_range: tuple[int, int] = (1024, 65535)
 
     def __post_init__(self) -> None:
@@ -175,6 +180,8 @@ class NatTable:
         b = self.behavior
         if b.udp_blocked:
             return DROP_UDP_BLOCKED
+        if b.udp_only_to is not None and remote[0] not in b.udp_only_to:
+            return DROP_UDP_DESTINATION
         key = self._mapping_key(inside, remote)
         m = self._by_key.get(key)
         if m is not None and m.last_active + self._timeout_s <= now:
