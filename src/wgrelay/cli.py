@@ -115,6 +115,7 @@ def relay_options(args: argparse.Namespace) -> RelayOptions:
         session_idle_timeout_s=args.idle_timeout,
         port_range=args.port_range,
         budget=args.budget,
+        leg_relays=frozenset(k.raw for k in args.leg_relay or ()),
     )
     return RelayOptions(
         state_dir=args.state_dir,

@@ -195,6 +195,15 @@ def build_parser(handlers: Mapping[str, Handler]) -> argparse.ArgumentParser:
     )
     sp.add_argument("--max-sessions-per-peer", type=argtype.positive, default=32, metavar="N")
     sp.add_argument(
+        "--leg-relay",
+        action="append",
+        type=argtype.relay_key,
+        metavar="PUB_KEY",
+        help="run multi-hop legs with this relay (repeatable; both relays must list "
+        "each other): agents that reach only one of them reach peers at the other "
+        "(default: none, no multi-hop)",
+    )
+    sp.add_argument(
         "--budget",
         type=argtype.budget,
         metavar="SIZE/PERIOD",

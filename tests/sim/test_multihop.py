@@ -10,10 +10,12 @@ tunnel comes up over both relays, deterministically.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
+from wgrelay.keys import PublicKey, RelayIdentity
 from wgrelay.sim import LinkSpec, Simulation
 from wgrelay.sim.mesh import SimMesh, SimRelay
 from wgrelay.sim.nat import Dependence, NatBehavior
@@ -39,9 +41,24 @@ def mesh(tmp_path: Path) -> Iterator[SimMesh]:
         assert not sim.loop_errors
 
 
-def _run(mesh: SimMesh) -> tuple[float, list[tuple[float, float | None]]]:
+def _trust(relay: SimRelay, *others: PublicKey) -> None:
+    """``start-relay --leg-relay``: the relays this one runs legs with."""
+    relay.config = replace(relay.config, leg_relays=frozenset(k.raw for k in others))
+    if relay.core is not None:
+        relay.core.reconfigure(config=relay.config)
+
+
+def _relays(mesh: SimMesh, *, trusted: bool = True) -> tuple[SimRelay, SimRelay]:
     r1 = mesh.add_relay("relay1", link=LinkSpec(delay_s=0.010))
     r2 = mesh.add_relay("relay2", link=LinkSpec(delay_s=0.015), bootstrap=[r1])
+    _trust(r1, r2.key)
+    # not trusted: relay 2 runs legs (it says so), but with another relay only
+    _trust(r2, r1.key if trusted else RelayIdentity.generate().public)
+    return r1, r2
+
+
+def _run(mesh: SimMesh) -> tuple[float, list[tuple[float, float | None]]]:
+    r1, r2 = _relays(mesh)
     a = mesh.add_peer("a", behind=_only_to(r1), link=LinkSpec(delay_s=0.020), relays=[r1])
     b = mesh.add_peer("b", behind=_only_to(r2), link=LinkSpec(delay_s=0.020), relays=[r2])
     mesh.connect(a, b)
@@ -87,6 +104,26 @@ def test_leg_failure_closes_the_entry_side(mesh: SimMesh) -> None:
     assert st is not None
     assert st.legs["open_entry"] == st.legs["open_exit"] == 0, st.legs
     assert st.legs.get("closed_entry", 0) + st.legs.get("closed_exit", 0) == 1, st.legs
+
+
+def test_no_leg_with_a_relay_the_operator_did_not_list(mesh: SimMesh) -> None:
+    """Relay 2 does not list relay 1 (``--leg-relay``): it opens no leg for
+    it, whatever initiator relay 1 names, and the pair stays unconnected
+    (each reaches only its own relay). A relay that introduced itself by
+    gossip could otherwise claim any initiator and take over a pair."""
+    r1, r2 = _relays(mesh, trusted=False)
+    a = mesh.add_peer("a", behind=_only_to(r1), link=LinkSpec(delay_s=0.020), relays=[r1])
+    b = mesh.add_peer("b", behind=_only_to(r2), link=LinkSpec(delay_s=0.020), relays=[r2])
+    mesh.connect(a, b)
+    mesh.start()
+    mesh.sim.run_for(40.0)
+    assert not mesh.connected(a, b)
+    st1, st2 = r1.stats(), r2.stats()
+    assert st1 is not None
+    assert st2 is not None
+    # relay 1 asked (it trusts relay 2); relay 2 refused the unlisted relay
+    assert st2.legs.get("refused_not_trusted", 0) > 0, (st1.legs, st2.legs)
+    assert st1.legs.get("open_entry", 0) == st2.legs.get("open_exit", 0) == 0
 
 
 def test_same_seed_same_run(tmp_path: Path) -> None:

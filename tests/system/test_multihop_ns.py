@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import re
 import shutil
+import subprocess
 
 import pytest
 
@@ -44,6 +45,20 @@ def _metric(relay: Relay, name: str, role: str) -> float:
     return float(m.group(1)) if m else -1.0
 
 
+def _relay_key(sc: MeshScenario, relay: Relay) -> str:
+    """Make the relay's key where start_relay will find it; its public key."""
+    state = sc.tb.work_dir / f"relay-{relay.name}"
+    state.mkdir(mode=0o700, parents=True, exist_ok=True)
+    out = subprocess.run(
+        [sc.python, "-m", "wgrelay", "keygen", "--relay", "--out", str(state / "relay.key")],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=30,
+    )
+    return out.stdout.strip()
+
+
 def test_tunnel_comes_up_over_two_relays_each_reachable_from_one_side() -> None:
     if shutil.which("iperf3") is None:
         pytest.skip("iperf3 not installed")
@@ -53,8 +68,17 @@ def test_tunnel_comes_up_over_two_relays_each_reachable_from_one_side() -> None:
         _only_to(b, r2)
         sc = MeshScenario(tb)
         metrics = ("--metrics", METRICS)
-        first = sc.start_relay(r1, *metrics)
-        sc.start_relay(r2, "--bootstrap", f"{first.endpoint}={first.key}", *metrics)
+        # the operators list each other's relay for legs (--leg-relay): keys first
+        keys = {r.name: _relay_key(sc, r) for r in (r1, r2)}
+        first = sc.start_relay(r1, "--leg-relay", keys["r2"], *metrics)
+        sc.start_relay(
+            r2,
+            "--bootstrap",
+            f"{first.endpoint}={first.key}",
+            "--leg-relay",
+            keys["r1"],
+            *metrics,
+        )
         second = sc.relays["r2"]
         _add_bootstrap(sc, a, "r1")
         _add_bootstrap(sc, b, "r2")

@@ -51,6 +51,11 @@ class RelayConfig:
     key_cache_size: int = 20_000
     handshakes_before_cookies: int = 100
     """Public-key operations per second above which unknown senders must show a cookie."""
+    leg_relays: frozenset[bytes] = frozenset()
+    """Relays (Ed25519 keys) this relay runs multi-hop legs with, either way
+    (``--leg-relay``); empty: no multi-hop. A leg's far side is vouched for
+    by the other relay alone, so only relays the operator trusts may open
+    one here or be sent one (docs/SECURITY.md)."""
     budget: Budget | None = None
     """Bytes the relay may forward per calendar period (``--budget``; budget.py);
     None: no budget."""

@@ -115,7 +115,8 @@ class LegsCore(SessionsCore):
         )
 
     def capabilities(self) -> int:
-        return super().capabilities() | Capability.MULTI_HOP
+        caps = super().capabilities()
+        return caps | Capability.MULTI_HOP if self.config.leg_relays else caps
 
     # ------------------------------------------------------------ entry relay
 
@@ -152,6 +153,13 @@ class LegsCore(SessionsCore):
         if not self.policy.allows(target):
             respond(Status.AUTH_FAILED)
             return
+        if via.raw not in self.config.leg_relays:
+            # not a relay the operator runs legs with: the exit relay would
+            # act on our word for A's identity, and a stranger's announced
+            # address could be anyone's
+            self._count_leg("refused_not_trusted")
+            respond(Status.TARGET_UNREACHABLE)
+            return
         addr = self._relay_addr(via)
         if addr is None:
             self._count_leg("refused_unknown_relay")
@@ -186,7 +194,15 @@ class LegsCore(SessionsCore):
     def _handle_leg_answer(self, inb: Inbound, body: LegAnswer) -> None:
         relay = self._relay_of(inb)
         leg = self.legs.get(body.session_id)
-        if relay is None or leg is None or not leg.entry or leg.relay != relay:
+        if (
+            relay is None
+            or leg is None
+            or not leg.entry
+            or leg.relay != relay
+            or (inb.addr[0], inb.addr[1]) != (leg.addr[0], leg.addr[1])
+        ):
+            # (only from the address the leg's data will go to: an answer
+            # from elsewhere must not establish a session towards it)
             self._drop(inb, DropReason.UNKNOWN_SESSION)
             return
         s = self.table.pending.get(body.session_id)
@@ -206,6 +222,12 @@ class LegsCore(SessionsCore):
         relay = self._relay_of(inb)
         if relay is None:
             self._drop(inb, DropReason.UNEXPECTED)  # only relays we know
+            return
+        if relay.raw not in self.config.leg_relays:
+            # it vouches for the initiator's identity: only relays the
+            # operator trusts may (any relay can introduce itself by gossip)
+            self._count_leg("refused_not_trusted")
+            self._drop(inb, DropReason.NOT_ALLOWED)
             return
         if not inb.proven:
             # our answer leaves later (once B answers), so no cookie could
@@ -304,6 +326,16 @@ class LegsCore(SessionsCore):
             self._count_leg(f"packets_{role}", s.packets)
             self._count_leg(f"bytes_{role}", s.bytes)
         super()._remove(s)
+
+    def policy_changed(self, now: float) -> None:
+        """Also end multi-hop sessions of a key no longer allowed: its far
+        side is never registered here, so dropping registrations misses it."""
+        super().policy_changed(now)
+        for sid in list(self.legs):
+            s = self.table.find(sid)
+            if s is not None and not (self.policy.allows(s.a_key) and self.policy.allows(s.b_key)):
+                log.info("session %s: a key is no longer allowed; ending its leg", sid.hex())
+                self._close(s, CloseReason.PEER_GONE, {s.a_key, s.b_key}, now)
 
     def _housekeeping(self, now: float) -> None:
         super()._housekeeping(now)
