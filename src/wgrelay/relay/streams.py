@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from wgrelay.relay.admission import source_group
 from wgrelay.relay.stats import DropReason, RelayStats
 from wgrelay.transport.base import Addr, StreamReceiver, StreamTransport
+from wgrelay.transport.stream import Refused
 
 log = logging.getLogger(__name__)
 
@@ -113,7 +114,7 @@ class RelayStreams:
 
     def _accept(self, key: Addr, stream: StreamTransport) -> StreamReceiver:
         if key not in self._pending and not self._admit(key):  # (no admission step)
-            return _Refused(stream)
+            return Refused(stream)
         self._pending.discard(key)
         old = self.conns.pop(key, None)
         if old is not None:
@@ -216,24 +217,3 @@ class _Client:
 
     def stream_closed(self, error: str | None) -> None:
         self.streams.closed(self.key, self.stream, error)
-
-
-class _Refused:
-    """Over a limit: closed as soon as it is up, nothing read."""
-
-    __slots__ = ("stream",)
-
-    def __init__(self, stream: StreamTransport) -> None:
-        self.stream = stream
-
-    def stream_connected(self) -> None:
-        self.stream.close()
-
-    def frame_received(self, data: bytes) -> None:
-        pass
-
-    def frames_done(self) -> None:
-        pass
-
-    def stream_closed(self, error: str | None) -> None:
-        pass

@@ -25,6 +25,7 @@ from wgrelay.transport.base import (
     StreamReceiver,
     StreamTransport,
 )
+from wgrelay.transport.stream import Refused
 
 _T = TypeVar("_T")
 
@@ -159,30 +160,11 @@ class SimRuntime:
 
             def admitted(addr: Addr, s: StreamTransport) -> StreamReceiver:
                 if not gate(addr):
-                    return _Closed(s)
+                    return Refused(s)
                 return accept(addr, s)
 
             return self.host.streams.listen(self.host, host, port, admitted, tls, send_buffer_bytes)
         return self.host.streams.listen(self.host, host, port, accept, tls, send_buffer_bytes)
-
-
-class _Closed:
-    """The receiver of a connection refused at admission: closed at once."""
-
-    def __init__(self, stream: StreamTransport) -> None:
-        self.stream = stream
-
-    def stream_connected(self) -> None:
-        self.stream.close()
-
-    def frame_received(self, data: bytes) -> None:
-        pass
-
-    def frames_done(self) -> None:
-        pass
-
-    def stream_closed(self, error: str | None) -> None:
-        pass
 
 
 if TYPE_CHECKING:

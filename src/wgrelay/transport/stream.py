@@ -31,6 +31,7 @@ from wgrelay.transport.base import (
     Addr,
     StreamOptions,
     StreamReceiver,
+    StreamTransport,
 )
 
 log = logging.getLogger(__name__)
@@ -39,6 +40,28 @@ _LEN = struct.Struct("!H")
 MAX_FRAME = 0xFFFF
 PROXY_REPLY_MAX = 8192
 """Bytes of an HTTP CONNECT reply's head we read before giving up on it."""
+
+
+class Refused:
+    """The receiver of a connection refused over a limit: closed as soon as
+    it is up, nothing read (the relay's stream table, the simulator)."""
+
+    __slots__ = ("stream",)
+
+    def __init__(self, stream: StreamTransport) -> None:
+        self.stream = stream
+
+    def stream_connected(self) -> None:
+        self.stream.close()
+
+    def frame_received(self, data: bytes) -> None:
+        pass
+
+    def frames_done(self) -> None:
+        pass
+
+    def stream_closed(self, error: str | None) -> None:
+        pass
 
 
 class FramingError(ValueError):
