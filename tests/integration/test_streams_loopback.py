@@ -23,7 +23,7 @@ from wgrelay.client import streams as client_streams
 from wgrelay.client.events import PeerRelayed
 from wgrelay.client.fallback import Carrier, FallbackConfig
 from wgrelay.client.link import LinkConfig
-from wgrelay.client.manager import ManagerEvent, RelayManager
+from wgrelay.client.manager import STREAM_COST_MS, ManagerEvent, RelayManager
 from wgrelay.discovery.registry import RelayRegistry
 from wgrelay.keys import PrivateKey, PublicKey, RelayIdentity
 from wgrelay.relay.server import BindAddress
@@ -190,6 +190,10 @@ def test_udp_blocked_falls_back_to_tcp_and_returns_to_udp_when_it_opens() -> Non
                 assert a.manager.carrier(relay.key) == Carrier.TCP
                 assert b.manager.carrier(relay.key) == Carrier.UDP
                 assert a.manager.fallback.udp_blocked
+                # selection prefers UDP paths: this relay costs more while over TCP
+                known = a.manager.registry.get(relay.key)
+                assert known is not None
+                over_tcp = a.manager.planner.selector.score(known)
                 assert relay.core.get_stats().streams_open == 1
                 assert gate.dropped > 0
                 # the session offered a port to a: it must not use it (framed)
@@ -206,6 +210,8 @@ def test_udp_blocked_falls_back_to_tcp_and_returns_to_udp_when_it_opens() -> Non
                 assert b.manager.send_packet(a.pub, pong)
                 await until(lambda: pong in a.frames, a)
                 assert not a.manager.fallback.udp_blocked
+                back = a.manager.planner.selector.score(known)
+                assert over_tcp - back == pytest.approx(STREAM_COST_MS, abs=50.0)
             finally:
                 await a.manager.close()
                 await b.manager.close()

@@ -76,6 +76,11 @@ _ANSWERED = frozenset(
     )
 )
 """Requests a relay answers: only their silence says UDP does not get through."""
+STREAM_COST_MS = 100.0
+"""Added to a relay's score while our link to it runs over TCP/TLS: a path
+over UDP is preferred (no head-of-line blocking, no TCP-in-TCP), and with
+the planner's hysteresis (20 ms and 25 %) a session moves to a relay reached
+over UDP when one serves the peer too."""
 
 DataHandler = Callable[[PublicKey, bytes], None]
 """Called with the peer and the whole data frame (payload starts at byte 10)."""
@@ -160,6 +165,9 @@ class RelayManager:
             proxy=proxy,
         )
         self._udp_heard: set[Endpoint] = set()
+        # selection prefers relays reached over UDP (issue 13): one reached
+        # only over a stream costs more in home choice and whole-path costs
+        self.planner.selector.extra_cost = self._stream_cost
 
     def _open_transports(self) -> None:
         self._transports[4] = self.runtime.open_udp(
@@ -411,6 +419,9 @@ class RelayManager:
             if self.planner.relay_addr(key) == addr:
                 return key
         return None
+
+    def _stream_cost(self, relay: PublicKey) -> float:
+        return STREAM_COST_MS if self.carrier(relay) != Carrier.UDP else 0.0
 
     def _stream_ports(self, addr: Endpoint) -> tuple[int, int]:
         """Where the relay at ``addr`` takes streams: as it announces, else the

@@ -79,10 +79,14 @@ class Selector:
         self.own = own
         self.prior = prior
         self.history = history
+        self.extra_cost: Callable[[PublicKey], float] | None = None
+        """What reaching a relay costs beyond its score, in ms (the agent's
+        relay manager: a relay reached only over a TCP/TLS stream)."""
 
     def score(self, relay: KnownRelay) -> float:
         prior = self.prior(relay) if self.prior is not None and relay.rtt_ms is None else None
-        return relay_score(relay, prior)
+        extra = self.extra_cost(relay.key) if self.extra_cost is not None else 0.0
+        return relay_score(relay, prior) + extra
 
     def order(self, relays: Iterable[KnownRelay]) -> list[KnownRelay]:
         """Best first; equal scores in an order of our own (rendezvous hash)."""
