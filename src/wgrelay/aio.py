@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import signal
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 RELOAD_SIGNAL = signal.SIGHUP
@@ -44,3 +45,49 @@ def on_signals(signals: Iterable[signal.Signals], callback: Callable[[], None]) 
                 # to terminate: a reload asked for while the daemon saves its
                 # state on the way out must not kill it half-way
                 signal.signal(signal.SIGHUP, signal.SIG_IGN)
+
+
+class SerialRunner:
+    """Runs ``work`` once per ``request``, one run at a time: a request that
+    comes during a run makes another run after it, so the last request always
+    sees the latest state (a SIGHUP reload after the last edit). A failing run
+    is logged on ``log``; the next request runs again."""
+
+    def __init__(self, work: Callable[[], Awaitable[None]], log: logging.Logger) -> None:
+        self._work = work
+        self._log = log
+        self._task: asyncio.Task[None] | None = None
+        self._again = False
+
+    def request(self) -> None:
+        """A signal handler (on the loop)."""
+        if self._task is not None and not self._task.done():
+            self._again = True
+            return
+        self._task = asyncio.create_task(self._run())
+
+    async def _run(self) -> None:
+        while True:
+            self._again = False
+            try:
+                await self._work()
+            except Exception:  # a bug in a reload must not stop the daemon
+                self._log.exception("reload failed; the running settings stay")
+            if not self._again:
+                return
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+
+
+@contextlib.asynccontextmanager
+async def serially_on_signal(sig: signal.Signals, runner: SerialRunner) -> AsyncIterator[None]:
+    """``sig`` requests a run of ``runner`` while the block runs; a run under
+    way at the end is cancelled."""
+    try:
+        with on_signals((sig,), runner.request):
+            yield
+    finally:
+        await runner.close()

@@ -28,7 +28,7 @@ from collections.abc import AsyncIterator
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
-from wgrelay.aio import RELOAD_SIGNAL, on_signals
+from wgrelay.aio import RELOAD_SIGNAL, SerialRunner, serially_on_signal
 from wgrelay.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -47,30 +47,7 @@ class AgentReloader:
     def __init__(self, source: Reloadable[AgentOptions], agent: Agent) -> None:
         self.source = source
         self.agent = agent
-        self._task: asyncio.Task[None] | None = None
-        self._again = False
-
-    def request(self) -> None:
-        """The signal handler (on the loop)."""
-        if self._task is not None and not self._task.done():
-            self._again = True
-            return
-        self._task = asyncio.create_task(self._run())
-
-    async def _run(self) -> None:
-        while True:
-            self._again = False
-            try:
-                await self.reload()
-            except Exception:  # a bug in a reload must not stop the agent
-                log.exception("reload failed; the running settings stay")
-            if not self._again:
-                return
-
-    async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+        self.runner = SerialRunner(self.reload, log)
 
     async def reload(self) -> None:
         try:
@@ -138,8 +115,5 @@ async def reloads_on_sighup(
         yield
         return
     reloader = AgentReloader(source, agent)
-    try:
-        with on_signals((RELOAD_SIGNAL,), reloader.request):
-            yield
-    finally:
-        await reloader.close()
+    async with serially_on_signal(RELOAD_SIGNAL, reloader.runner):
+        yield

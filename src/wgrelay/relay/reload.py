@@ -33,7 +33,7 @@ from collections.abc import AsyncIterator
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
-from wgrelay.aio import RELOAD_SIGNAL, on_signals
+from wgrelay.aio import RELOAD_SIGNAL, SerialRunner, serially_on_signal
 from wgrelay.errors import ConfigError
 from wgrelay.relay.access import AccessPolicy
 from wgrelay.relay.config import RelayConfig
@@ -81,33 +81,10 @@ class RelayReloader:
         self.source = source
         self.core = core
         self.server = server
-        self._task: asyncio.Task[None] | None = None
-        self._again = False
+        self.runner = SerialRunner(self.reload, log)
         self._applied = source.args
         """The options the running policy was made from (``new.changed``
         compares with the start: what needs a restart)."""
-
-    def request(self) -> None:
-        """The signal handler (on the loop)."""
-        if self._task is not None and not self._task.done():
-            self._again = True
-            return
-        self._task = asyncio.create_task(self._run())
-
-    async def _run(self) -> None:
-        while True:
-            self._again = False
-            try:
-                await self.reload()
-            except Exception:  # a bug in a reload must not stop the relay
-                log.exception("reload failed; the running settings stay")
-            if not self._again:
-                return
-
-    async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
 
     async def reload(self) -> None:
         from wgrelay.relay.app import build_policy
@@ -171,8 +148,5 @@ async def reloads_on_sighup(
         yield
         return
     reloader = RelayReloader(source, core, server)
-    try:
-        with on_signals((RELOAD_SIGNAL,), reloader.request):
-            yield
-    finally:
-        await reloader.close()
+    async with serially_on_signal(RELOAD_SIGNAL, reloader.runner):
+        yield
