@@ -232,6 +232,7 @@ def test_idle_sweep_closes_silent_connections_only() -> None:
     r.now = 50.0
     assert talker.receiver is not None
     talker.receiver.frame_received(b"\x01alive")
+    talker.receiver.frames_done()  # (a transport reports the read's end)
     r.streams.sweep(60.0, ALL_REGISTERED)  # exactly idle_close_s: not yet
     assert not quiet.closed
     r.now = 61.0
@@ -256,6 +257,7 @@ def test_a_connection_without_a_registration_is_closed_after_register_within_s()
         r.now = t
         assert junk.receiver is not None
         junk.receiver.frame_received(b"\x01junk")  # heard, never registered
+        junk.receiver.frames_done()
         r.streams.sweep(t, {("198.51.100.2", 1, "tcp")})
     assert junk.closed
     assert not agent.closed

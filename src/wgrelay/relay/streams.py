@@ -179,10 +179,12 @@ class RelayStreams:
 
     def frame(self, key: Addr, stream: StreamTransport, data: bytes) -> None:
         if self.conns.get(key) is stream:  # not a connection replaced or swept
-            self._heard[key] = self._now()
             self._deliver(data, key)
 
-    def done(self) -> None:
+    def done(self, key: Addr, stream: StreamTransport) -> None:
+        """After a read's frames: heard from now (once per read, not per frame)."""
+        if self.conns.get(key) is stream:
+            self._heard[key] = self._now()
         self._batch_done()
 
     def closed(self, key: Addr, stream: StreamTransport, error: str | None) -> None:
@@ -213,7 +215,7 @@ class _Client:
         self.streams.frame(self.key, self.stream, data)
 
     def frames_done(self) -> None:
-        self.streams.done()
+        self.streams.done(self.key, self.stream)
 
     def stream_closed(self, error: str | None) -> None:
         self.streams.closed(self.key, self.stream, error)
