@@ -10,11 +10,15 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from wgrelay.keys import PublicKey, RelayIdentity
+from wgrelay.client.fallback import FallbackConfig
+from wgrelay.client.link import LinkConfig
+from wgrelay.client.manager import ManagerEvent, RelayManager
+from wgrelay.discovery.registry import RelayRegistry
+from wgrelay.keys import PrivateKey, PublicKey, RelayIdentity
 from wgrelay.relay.access import AccessPolicy, OpenPolicy
 from wgrelay.relay.config import RelayConfig
 from wgrelay.relay.core import RelayCore
@@ -136,3 +140,54 @@ def relay_process(state_dir: Path, *args: str, port: int = 0) -> Iterator[RelayP
         yield rp
     finally:
         rp.stop()
+
+
+class Peer:
+    """An agent's relay manager on this loop, with what it hears recorded
+    (events, frames' payloads) and an event set on each."""
+
+    def __init__(
+        self,
+        relays: list[tuple[PublicKey, tuple[str, int]]],
+        link_config: LinkConfig | None = None,
+        fallback: FallbackConfig | None = None,
+    ) -> None:
+        self.key = PrivateKey.generate()
+        reg = RelayRegistry()
+        for key, ep in relays:
+            reg.add_bootstrap(key, ep)
+        self.events: list[ManagerEvent] = []
+        self.frames: list[bytes] = []
+        self.changed = asyncio.Event()
+        self.manager = RelayManager(
+            self.key,
+            reg,
+            accept_peer=lambda _k: True,
+            on_event=self._event,
+            on_data=self._frame,
+            link_config=link_config,
+            fallback=fallback,
+        )
+
+    def _frame(self, _peer: PublicKey, frame: bytes) -> None:
+        self.frames.append(frame[10:])
+        self.changed.set()
+
+    def _event(self, ev: ManagerEvent) -> None:
+        self.events.append(ev)
+        self.changed.set()
+
+    @property
+    def pub(self) -> PublicKey:
+        return self.key.public_key()
+
+    async def wait(
+        self, pred: Callable[[ManagerEvent], bool], timeout: float = 10.0
+    ) -> ManagerEvent:
+        async with asyncio.timeout(timeout):
+            while True:
+                for ev in self.events:
+                    if pred(ev):
+                        return ev
+                self.changed.clear()
+                await self.changed.wait()

@@ -9,59 +9,22 @@ from collections.abc import Callable
 import pytest
 
 from tests.helpers import wg_packet
+from tests.integration.relays import Peer as SharedPeer
 from tests.integration.relays import inproc_relay
 from wgrelay.client.events import HomeChanged, PeerRelayed, PeerRelayLost, RelaysLearned
 from wgrelay.client.link import LinkConfig
-from wgrelay.client.manager import ManagerEvent, RelayManager
-from wgrelay.discovery.registry import RelayRegistry
-from wgrelay.keys import PrivateKey, PublicKey
+from wgrelay.keys import PublicKey
 
 pytestmark = pytest.mark.timeout(60)
 
 FAST = LinkConfig(lost_after_s=2.0, request_timeout_s=2.0)
 
 
-class Peer:
-    def __init__(self, relays: list[tuple[PublicKey, tuple[str, int]]]) -> None:
-        self.key = PrivateKey.generate()
-        reg = RelayRegistry()
-        for key, ep in relays:
-            reg.add_bootstrap(key, ep)
-        self.events: list[ManagerEvent] = []
-        self.frames: list[bytes] = []
-        self.changed = asyncio.Event()
-        self.manager = RelayManager(
-            self.key,
-            reg,
-            accept_peer=lambda _k: True,
-            on_event=self._event,
-            on_data=self._frame,
-            link_config=FAST,
-        )
-
-    def _frame(self, _peer: PublicKey, frame: bytes) -> None:
-        self.frames.append(frame[10:])
-        self.changed.set()
-
-    def _event(self, ev: ManagerEvent) -> None:
-        self.events.append(ev)
-        self.changed.set()
-
-    @property
-    def pub(self) -> PublicKey:
-        return self.key.public_key()
-
-    async def wait(self, pred: object, timeout: float = 10.0) -> ManagerEvent:
-        async with asyncio.timeout(timeout):
-            while True:
-                for ev in self.events:
-                    if pred(ev):  # type: ignore[operator]
-                        return ev
-                self.changed.clear()
-                await self.changed.wait()
+def Peer(relays: list[tuple[PublicKey, tuple[str, int]]]) -> SharedPeer:
+    return SharedPeer(relays, link_config=FAST)
 
 
-async def _until(cond: Callable[[], bool], *peers: Peer, timeout: float = 5.0) -> None:
+async def _until(cond: Callable[[], bool], *peers: SharedPeer, timeout: float = 5.0) -> None:
     """Wait, without polling, until ``cond()`` holds after some peer saw something."""
     async with asyncio.timeout(timeout):
         while not cond():

@@ -18,14 +18,13 @@ from typing import cast
 import pytest
 
 from tests.helpers import wg_packet
-from tests.integration.relays import InProcRelay, inproc_relay
+from tests.integration.relays import InProcRelay, Peer, inproc_relay
 from wgrelay.client import streams as client_streams
 from wgrelay.client.events import PeerRelayed
 from wgrelay.client.fallback import Carrier, FallbackConfig
 from wgrelay.client.link import LinkConfig
-from wgrelay.client.manager import STREAM_COST_MS, ManagerEvent, RelayManager
-from wgrelay.discovery.registry import RelayRegistry
-from wgrelay.keys import PrivateKey, PublicKey, RelayIdentity
+from wgrelay.client.manager import STREAM_COST_MS
+from wgrelay.keys import PublicKey, RelayIdentity
 from wgrelay.relay.server import BindAddress
 from wgrelay.relay.tls import tls_context
 
@@ -118,38 +117,12 @@ async def gated_relay(
             gate.close()
 
 
-class Agent:
-    def __init__(self, relay: PublicKey, endpoint: tuple[str, int]) -> None:
-        self.key = PrivateKey.generate()
-        reg = RelayRegistry()
-        reg.add_bootstrap(relay, endpoint)
-        self.events: list[ManagerEvent] = []
-        self.frames: list[bytes] = []
-        self.changed = asyncio.Event()
-        self.manager = RelayManager(
-            self.key,
-            reg,
-            accept_peer=lambda _k: True,
-            on_event=self._event,
-            on_data=self._frame,
-            link_config=FAST,
-            fallback=QUICK_RETRY,
-        )
-
-    def _frame(self, _peer: PublicKey, frame: bytes) -> None:
-        self.frames.append(frame[10:])
-        self.changed.set()
-
-    def _event(self, ev: ManagerEvent) -> None:
-        self.events.append(ev)
-        self.changed.set()
-
-    @property
-    def pub(self) -> PublicKey:
-        return self.key.public_key()
+def Agent(relay: PublicKey, endpoint: tuple[str, int]) -> Peer:
+    """An agent that knows one relay, at ``endpoint``."""
+    return Peer([(relay, endpoint)], link_config=FAST, fallback=QUICK_RETRY)
 
 
-async def until(cond: Callable[[], bool], *agents: Agent, timeout: float = 15.0) -> None:
+async def until(cond: Callable[[], bool], *agents: Peer, timeout: float = 15.0) -> None:
     """Wait until ``cond()`` holds, re-checking whenever an agent saw something
     (and at least every 0.2 s: some conditions change without an event)."""
     async with asyncio.timeout(timeout):
@@ -164,7 +137,7 @@ async def until(cond: Callable[[], bool], *agents: Agent, timeout: float = 15.0)
                     w.cancel()
 
 
-async def _relayed_pair(relay: InProcRelay, a: Agent, b: Agent) -> None:
+async def _relayed_pair(relay: InProcRelay, a: Peer, b: Peer) -> None:
     """a and b home on the relay; a asks for b; a packet each way arrives."""
     await a.manager.start(timeout=15)
     await b.manager.start(timeout=15)
