@@ -70,7 +70,8 @@ class MsgType(IntEnum):
     MAPPING_PROBE = 0x33
 
 
-CONTROL_TYPES = frozenset(t for t in MsgType if 0x20 <= t <= 0x2F or 0x40 <= t <= 0x4F)
+# 0x20-0x2F filled up: later agent<->relay messages take 0x50-0x5F.
+CONTROL_TYPES = frozenset(t for t in MsgType if 0x20 <= t <= 0x2F or 0x40 <= t <= 0x5F)
 RELAY_TO_RELAY = frozenset(t for t in MsgType if 0x40 <= t <= 0x4F)
 """Messages only relays send each other (the sender must be a known relay)."""
 
