@@ -246,8 +246,8 @@ def _federation_requests(
         ("probe_request_self", ProbeRequest(r1.public, 9)),
         # multi-hop: a leg for a peer registered at the fuzzed relay, its
         # answer for a session of the corpus, a close
-        ("leg_open", LegOpen(SID_B, PublicKey(bytes(range(32))), PublicKey(peer), 2)),
-        ("leg_answer", LegAnswer(SID_A, Status.SUCCESS)),
+        ("leg_open", LegOpen(SID_B, PublicKey(bytes(range(32))), PublicKey(peer), 2, 52001)),
+        ("leg_answer", LegAnswer(SID_A, Status.SUCCESS, 52002)),
         ("leg_close", LegClose(SID_A, CloseReason.PEER_GONE)),
         ("ping", Ping(0x5EED)),
         ("discovery_query_locate", DiscoveryQuery(11, 0, 0, locate=PublicKey(peer), page=0)),

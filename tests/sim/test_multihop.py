@@ -79,6 +79,16 @@ def _run(mesh: SimMesh) -> tuple[float, list[tuple[float, float | None]]]:
     for st, role in ((entry, "entry"), (exit_, "exit")):
         assert st.legs[f"open_{role}"] == 1, (s1.legs, s2.legs)
         assert st.legs[f"packets_{role}"] > 40, st.legs
+    for relay in (r1, r2):
+        # every side in port mode, the leg's pinned to the other relay's
+        # port: the relay forwards port to port, and its kernel offload
+        # would take the whole path
+        assert relay.core is not None
+        (sid,) = relay.core.legs
+        pair = relay.core.sessions[sid].ports
+        assert pair is not None
+        assert pair.ready, (pair.a, pair.b)
+        assert pair.leg
     return took, [(s, rtt) for s, rtt in traffic.results]
 
 

@@ -9,10 +9,13 @@ import os
 from dataclasses import replace
 
 from tests.unit.test_federation import WALL0, Prober, _announcement
+from tests.unit.test_relay_ports import HI, LO, Ports
 from wgrelay.client.events import SessionEstablished
 from wgrelay.keys import PrivateKey
-from wgrelay.proto.constants import MsgType
+from wgrelay.proto.constants import DATA_HEADER_LEN, MsgType
 from wgrelay.proto.federation import Gossip, LegOpen
+from wgrelay.relay.config import RelayConfig
+from wgrelay.relay.ports import PortPool, SideMode
 from wgrelay.relay.stats import DropReason
 from wgrelay.testkit import CoreNet, registered
 
@@ -76,3 +79,60 @@ def test_a_listed_relay_opens_a_leg_and_a_revoked_key_loses_it() -> None:
     net.relay.policy_changed(0.2)
     assert sid not in net.relay.sessions
     assert net.relay.forward_data(frame, r1.at, 0.3) is None
+
+
+def test_a_leg_runs_port_to_port_pinned_to_the_other_relays_port() -> None:
+    """LEG_OPEN names the entry relay's session port for the leg: the exit
+    relay pins its leg side there (port mode without a handshake), nothing
+    from another address moves it, and a framed frame from B leaves the leg
+    side's port for the entry relay's, raw."""
+    net = CoreNet(RelayConfig(max_bandwidth_kbps=0))
+    bound = Ports()
+    net.relay.enable_port_mode(PortPool(LO, HI, bound.open, bound.close))
+    b = net.client()
+    registered(net, b)
+    r1 = _introduced(net, listed=True)
+    a_key = PrivateKey.generate().public_key()
+    sid = os.urandom(8)
+    r1.send(LegOpen(sid, a_key, b.pub, 2, port=51000), 0.0)
+    _deliver_offers(net, r1)
+    pair = net.relay.sessions[sid].ports
+    assert pair is not None
+    assert pair.a.pinned
+    assert pair.a.mode is SideMode.PORT
+    assert pair.a.latched == (r1.at[0], 51000)
+    assert pair.leg
+
+    packet = b"\x04\x00\x00\x00" + FRAME
+    foreign = net.relay.stats.drops[DropReason.PORT_FOREIGN_ADDRESS]
+    assert net.relay.forward_port(pair.a.port, packet, ("198.51.100.9", 51000), 0.1) is None
+    assert net.relay.forward_port(pair.a.port, packet, (r1.at[0], 51001), 0.1) is None
+    assert net.relay.stats.drops[DropReason.PORT_FOREIGN_ADDRESS] == foreign + 2
+    assert pair.a.latched == (r1.at[0], 51000)
+
+    frame = bytes((MsgType.DATA, 0)) + sid + packet
+    assert net.relay.forward_data(frame, b.addr, 0.2) is None  # taken by the port path
+    ((from_port, data, to),) = net.relay.port_output()
+    assert (from_port, bytes(data), to) == (pair.a.port, packet, (r1.at[0], 51000))
+    # and the leg's packets from the entry relay's port go on towards B
+    assert net.relay.forward_port(pair.a.port, packet, (r1.at[0], 51000), 0.3) is None
+    ((from_port, data, to),) = net.relay.port_output()
+    assert (from_port, bytes(data)[DATA_HEADER_LEN:], to) == (0, packet, b.addr)  # B is framed
+
+
+def test_a_leg_without_a_port_stays_framed() -> None:
+    net = CoreNet(RelayConfig(max_bandwidth_kbps=0))
+    bound = Ports()
+    net.relay.enable_port_mode(PortPool(LO, HI, bound.open, bound.close))
+    b = net.client()
+    registered(net, b)
+    r1 = _introduced(net, listed=True)
+    sid = os.urandom(8)
+    r1.send(LegOpen(sid, PrivateKey.generate().public_key(), b.pub, 2), 0.0)
+    _deliver_offers(net, r1)
+    pair = net.relay.sessions[sid].ports
+    assert pair is not None
+    assert not pair.a.pinned
+    assert pair.a.mode is SideMode.FRAMED
+    frame = bytes((MsgType.DATA, 1)) + sid + b"\x04\x00\x00\x00" + FRAME
+    assert net.relay.forward_data(frame, r1.at, 0.1) == b.addr

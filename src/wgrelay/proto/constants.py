@@ -52,8 +52,8 @@ class MsgType(IntEnum):
     PROBE_ANSWER = 0x49  # target key 32B | nonce u64 | alive u8
     # multi-hop (relay/legs.py): one-way notices, each on the sender's own
     # channel to the other relay (so an answer is a request too)
-    LEG_OPEN = 0x4A  # session 8B | initiator key 32B | target key 32B | hops u8
-    LEG_ANSWER = 0x4B  # session 8B | status u8 (Status)
+    LEG_OPEN = 0x4A  # session 8B | initiator key 32B | target key 32B | hops u8 | port u16
+    LEG_ANSWER = 0x4B  # session 8B | status u8 (Status) | port u16
     LEG_CLOSE = 0x4C  # session 8B | reason u8 (CloseReason)
 
     # signed, readable by anyone: type | version | RelayNodeInfo | issued_ms u64 | ttl_s u32 | sig

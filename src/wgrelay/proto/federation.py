@@ -289,13 +289,17 @@ def _check_sid(sid: bytes) -> None:
 class LegOpen(Body):
     """The entry relay asks the exit relay to carry session ``session_id``
     from ``initiator`` (registered at the entry) to ``target`` (registered
-    at the exit); the same id on both relays, so data frames pass unchanged."""
+    at the exit); the same id on both relays, so data frames pass unchanged.
+    ``port``: the entry relay's session port for the leg (0: framed only);
+    the exit relay sends the leg's packets there, raw, so both relays can
+    forward the whole path in port mode (and in the kernel)."""
 
     TYPE: ClassVar[MsgType] = MsgType.LEG_OPEN
     session_id: bytes
     initiator: PublicKey
     target: PublicKey
     hops: int = 2
+    port: int = 0
 
     def encode_body(self, w: Writer) -> None:
         _check_sid(self.session_id)
@@ -305,6 +309,7 @@ class LegOpen(Body):
         w.push_bytes(self.initiator.raw, KEY_LEN)
         w.push_bytes(self.target.raw, KEY_LEN)
         w.push_u8(self.hops)
+        w.push_u16(self.port)
 
     @classmethod
     def decode_body(cls, b: Buffer) -> Self:
@@ -314,30 +319,34 @@ class LegOpen(Body):
         hops = b.pull_u8()
         if not 2 <= hops <= MAX_PATH_RELAYS:
             raise Malformed(f"hops must be 2 to {MAX_PATH_RELAYS}, got {hops}")
-        return cls(sid, initiator, target, hops)
+        return cls(sid, initiator, target, hops, b.pull_u16())
 
 
 @dataclass(frozen=True, slots=True)
 class LegAnswer(Body):
-    """The exit relay's answer to LEG_OPEN: SUCCESS once the target accepted."""
+    """The exit relay's answer to LEG_OPEN: SUCCESS once the target accepted.
+    ``port``: the exit relay's session port for the leg (0: framed only)."""
 
     TYPE: ClassVar[MsgType] = MsgType.LEG_ANSWER
     session_id: bytes
     status: Status
+    port: int = 0
 
     def encode_body(self, w: Writer) -> None:
         _check_sid(self.session_id)
         w.push_bytes(self.session_id)
         w.push_u8(self.status)
+        w.push_u16(self.port)
 
     @classmethod
     def decode_body(cls, b: Buffer) -> Self:
         sid = b.pull_bytes(SESSION_ID_LEN)
         v = b.pull_u8()
         try:
-            return cls(sid, Status(v))
+            status = Status(v)
         except ValueError:
             raise Malformed(f"unknown Status {v}") from None
+        return cls(sid, status, b.pull_u16())
 
 
 @dataclass(frozen=True, slots=True)

@@ -198,8 +198,8 @@ CONTROL_VECTORS: list[tuple[str, Body, bool]] = [
     ("probe_request", ProbeRequest(RELAY.public, ECHO), False),
     ("probe_answer", ProbeAnswer(RELAY.public, ECHO, True), True),
     # multi-hop: one-way notices, each on its sender's own channel (as a client)
-    ("leg_open", LegOpen(SESSION_ID, PEER_PRIVATE.public_key(), OTHER_PEER, 2), False),
-    ("leg_answer", LegAnswer(SESSION_ID, Status.SUCCESS), False),
+    ("leg_open", LegOpen(SESSION_ID, PEER_PRIVATE.public_key(), OTHER_PEER, 2, 52001), False),
+    ("leg_answer", LegAnswer(SESSION_ID, Status.SUCCESS, 52002), False),
     ("leg_close", LegClose(SESSION_ID, CloseReason.PEER_GONE), False),
 ]
 

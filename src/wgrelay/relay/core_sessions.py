@@ -326,7 +326,7 @@ class SessionsCore(RelayCoreState):
             self._drop(inb, DropReason.UNKNOWN_SESSION)
             return
         pair = s.ports
-        if pair is None or pair.a.latched is None or pair.b.latched is None:
+        if pair is None or pair.a.latched is None or pair.b.latched is None or pair.leg:
             self._drop(inb, DropReason.PUNCH_NOT_READY)
             return
         if inb.now - pair.punched_at < PUNCH_INTERVAL_S:
@@ -351,7 +351,7 @@ class SessionsCore(RelayCoreState):
             return
         for pair in ports.mapped.values():
             s = pair.session
-            if s.sid in self.sessions and pair.a.latched and pair.b.latched:
+            if s.sid in self.sessions and pair.a.latched and pair.b.latched and not pair.leg:
                 self._tell_pair(s, 0, False, now)
         ports.mapped.clear()
 

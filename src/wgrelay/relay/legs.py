@@ -31,10 +31,14 @@ unchanged: A -> R1 -> R2 -> B and back. Each relay's data path is the one
 for any session: one lookup, one source comparison; R2 takes this session's
 frames from R1's address as the initiator's side only, R1 from R2's as the
 target's side only. A leg is framed (the relays' main sockets); the outer
-sides may still use port mode, whose ports bridge to a framed side (ports.py):
-the leg's own side is marked FRAMED at once, as a stream side is. A path
-with a leg is never offloaded to the kernel (it needs both sides in port
-mode). A leg is a session at both relays: it counts against
+sides may use port mode, and so may the leg: LEG_OPEN carries the entry
+relay's session port for it and LEG_ANSWER the exit relay's, and each relay
+pins its leg side to the other's port (ports.py ``PortTable.pin``: no
+handshake latches it, no packet moves it). With all four sides in port mode
+each relay forwards port to port and its kernel offload can take the whole
+path; a relay without a port for the leg (port 0, its range exhausted)
+frames it, and the other relay's leg side then bridges as any framed side
+does. A leg is a session at both relays: it counts against
 ``max_connections``, the peers' and sources' limits (the other relay is one
 source), and each direction has the session's bandwidth cap.
 
@@ -189,7 +193,9 @@ class LegsCore(SessionsCore):
 
     def _send_leg_open(self, s: Session, leg: Leg, now: float) -> None:
         leg.next_send = now + self.config.offer_retransmit_s
-        self._to_relay(leg.relay, LegOpen(s.sid, PublicKey(s.a_key), PublicKey(s.b_key), 2), now)
+        port = s.ports.b.port if s.ports is not None else 0
+        body = LegOpen(s.sid, PublicKey(s.a_key), PublicKey(s.b_key), 2, port)
+        self._to_relay(leg.relay, body, now)
 
     def _handle_leg_answer(self, inb: Inbound, body: LegAnswer) -> None:
         relay = self._relay_of(inb)
@@ -209,6 +215,8 @@ class LegsCore(SessionsCore):
         if s is None:
             return  # a repeated answer: done already
         if body.status == Status.SUCCESS:
+            if body.port and s.ports is not None:
+                self.ports_pin(s, far_is_a=False, addr=(leg.addr[0], body.port))
             self._establish(s, inb.now)
             self._count_leg("opened_entry")
             return
@@ -239,7 +247,9 @@ class LegsCore(SessionsCore):
         leg = self.legs.get(sid)
         if leg is not None and leg.relay == relay and not leg.entry:
             if leg.answered is not None:  # our answer was lost: again
-                self._to_relay(relay, LegAnswer(sid, leg.answered), now)
+                s = self.table.find(sid)
+                again = self._leg_answer(s, leg.answered) if s else LegAnswer(sid, leg.answered)
+                self._to_relay(relay, again, now)
             return
 
         def refuse(status: Status, why: str) -> None:
@@ -279,6 +289,8 @@ class LegsCore(SessionsCore):
             return
         s = self.table.open(sid, near, treg, now)
         self._leg_ports(s, far_is_a=True)
+        if body.port and s.ports is not None:
+            self.ports_pin(s, far_is_a=True, addr=(inb.addr[0], body.port))
         self.legs[sid] = Leg(relay, inb.addr, entry=False)
         self._send_offer(s, treg, now)
 
@@ -286,7 +298,7 @@ class LegsCore(SessionsCore):
         leg = self.legs.get(s.sid)
         if leg is not None and not leg.entry and leg.answered is None:
             leg.answered = status
-            self._to_relay(leg.relay, LegAnswer(s.sid, status), now)
+            self._to_relay(leg.relay, self._leg_answer(s, status), now)
             if status == Status.SUCCESS:
                 self._count_leg("opened_exit")
         super()._answer_waiters(s, status, now)
@@ -392,12 +404,23 @@ class LegsCore(SessionsCore):
         )
 
     def _leg_ports(self, s: Session, far_is_a: bool) -> None:
-        """Session ports for the peer's side; the leg's side is framed."""
+        """Session ports for both sides; the leg's side is framed until the
+        other relay tells its port (``ports_pin``)."""
         if self.ports is None:
             return
         pair = self.ports.open(s)
         if pair is not None:
             (pair.a if far_is_a else pair.b).mode = SideMode.FRAMED
+
+    def ports_pin(self, s: Session, far_is_a: bool, addr: Addr) -> None:
+        """The other relay's session port for the leg: our leg side sends there."""
+        pair = s.ports
+        if self.ports is not None and pair is not None:
+            self.ports.pin(pair, pair.a if far_is_a else pair.b, addr)
+
+    def _leg_answer(self, s: Session, status: Status) -> LegAnswer:
+        port = s.ports.a.port if s.ports is not None and status == Status.SUCCESS else 0
+        return LegAnswer(s.sid, status, port)
 
     def _count_leg(self, what: str, n: int = 1) -> None:
         self._leg_counts[what] = self._leg_counts.get(what, 0) + n

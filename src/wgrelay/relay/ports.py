@@ -149,6 +149,9 @@ class PortSide:
     noticed_at: float = float("-inf")
     mapping: MappingKind = MappingKind.UNKNOWN
     """How the side's NAT maps WireGuard's socket (from a MAPPING_PROBE)."""
+    pinned: bool = False
+    """A multi-hop leg's side: latched to the other relay's session port, as
+    that relay told us on our authenticated channel, never by a packet."""
 
 
 @dataclass(slots=True)
@@ -163,6 +166,12 @@ class PortPair:
     kernel_seen: tuple[int, int, int, int, int] = (0, 0, 0, 0, 0)
     """The offload's counters at the last reading (ab packets/bytes, ba
     packets/bytes, dropped over the bandwidth limit)."""
+
+    @property
+    def leg(self) -> bool:
+        """One side is another relay (multi-hop): its latched address is that
+        relay's port, not a peer's mapping, so it is never a direct candidate."""
+        return self.a.pinned or self.b.pinned
 
     @property
     def ready(self) -> bool:
@@ -260,6 +269,15 @@ class PortTable:
             pair.offloaded = False
             self.changes.append(PathChange(pair.a.port, None))
 
+    def pin(self, pair: PortPair, side: PortSide, addr: Addr) -> None:
+        """Latch a leg's side to the other relay's session port (relay/legs.py).
+        The relays exchanged their ports on the authenticated relay channel,
+        so no handshake is needed (nor could one be checked: a private
+        session's keys are hidden from one of the relays), and no packet can
+        move it later."""
+        side.latched, side.mode, side.pinned = addr, SideMode.PORT, True
+        self._check_ready(pair)
+
     # ------------------------------------------------------------ the port data path
 
     def moved(self, s: Session) -> None:
@@ -294,6 +312,9 @@ class PortTable:
             drops[DropReason.NOT_WIREGUARD] += 1
             return None
         if addr != src.latched:
+            if src.pinned:
+                drops[DropReason.PORT_FOREIGN_ADDRESS] += 1  # a leg's port serves its relay only
+                return None
             if not self._latch(pair, src, data, addr, now):
                 return None
         elif src.mode is not SideMode.PORT:
