@@ -40,8 +40,9 @@ def _only_to(peer: Peer, relay: Relay) -> None:
     peer.router.flush_conntrack()
 
 
-def _metric(relay: Relay, name: str, role: str) -> float:
-    m = re.search(rf'^{name}{{role="{role}"}} (\S+)$', scrape(relay, METRICS), re.MULTILINE)
+def _metric(relay: Relay, name: str, role: str, label: str = "role") -> float:
+    text = scrape(relay, METRICS)
+    m = re.search(rf'^{name}{{{label}="{role}"}} (\S+)$', text, re.MULTILINE)
     return float(m.group(1)) if m else -1.0
 
 
@@ -67,7 +68,11 @@ def test_tunnel_comes_up_over_two_relays_each_reachable_from_one_side() -> None:
         _only_to(a, r1)
         _only_to(b, r2)
         sc = MeshScenario(tb)
-        metrics = ("--metrics", METRICS)
+        # both relays forward in the kernel: the leg runs port to port, so
+        # the whole multi-hop session can leave userspace at each relay
+        for r in (r1, r2):
+            r.ns.sysctl("net.ipv4.ip_forward", "1")
+        metrics = ("--metrics", METRICS, "--kernel-offload", "on")
         # the operators list each other's relay for legs (--leg-relay): keys first
         keys = {r.name: _relay_key(sc, r) for r in (r1, r2)}
         first = sc.start_relay(r1, "--leg-relay", keys["r2"], *metrics)
@@ -119,6 +124,8 @@ def test_tunnel_comes_up_over_two_relays_each_reachable_from_one_side() -> None:
             for r in (r1, r2):
                 moved = max(_metric(r, "wgrelay_leg_bytes_total", x) for x in ("entry", "exit"))
                 assert moved > 1_000_000, (r.name, moved)
+                # the session's path is in the kernel at both relays
+                assert _metric(r, "wgrelay_port_sessions", "in_kernel", "state") == 1.0, r.name
         finally:
             for name, proc in sc.agents.items():
                 if proc.running():
