@@ -13,31 +13,18 @@ from __future__ import annotations
 import json
 import re
 import shutil
-import subprocess
 
 import pytest
 
-from tests.system.test_failover_ns import _add_bootstrap
 from tests.system.test_metrics_ns import scrape
 from wgrelay.testbed import Testbed, wait_until
-from wgrelay.testbed.nat import BLOCK_CHAIN, NAT_TABLE
-from wgrelay.testbed.scenario import MeshScenario, RunningRelay, two_peers
+from wgrelay.testbed.multihop import start_two_relays
+from wgrelay.testbed.scenario import RunningRelay
 from wgrelay.testbed.topology import Peer, Relay
 
 pytestmark = [pytest.mark.system, pytest.mark.timeout(120)]
 
 METRICS = "127.0.0.1:9821"
-
-
-def _only_to(peer: Peer, relay: Relay) -> None:
-    """The router forwards nothing but to and from ``relay`` (both ways:
-    the block chain runs before the router's "established" accept)."""
-    peer.router.ns.nft(
-        f"flush chain ip {NAT_TABLE} {BLOCK_CHAIN}\n"
-        f"add rule ip {NAT_TABLE} {BLOCK_CHAIN} ip daddr != {relay.address} "
-        f"ip saddr != {relay.address} drop\n"
-    )
-    peer.router.flush_conntrack()
 
 
 def _metric(relay: Relay, name: str, role: str, label: str = "role") -> float:
@@ -46,47 +33,15 @@ def _metric(relay: Relay, name: str, role: str, label: str = "role") -> float:
     return float(m.group(1)) if m else -1.0
 
 
-def _relay_key(sc: MeshScenario, relay: Relay) -> str:
-    """Make the relay's key where start_relay will find it; its public key."""
-    state = sc.tb.work_dir / f"relay-{relay.name}"
-    state.mkdir(mode=0o700, parents=True, exist_ok=True)
-    out = subprocess.run(
-        [sc.python, "-m", "wgrelay", "keygen", "--relay", "--out", str(state / "relay.key")],
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=30,
-    )
-    return out.stdout.strip()
-
-
 def test_tunnel_comes_up_over_two_relays_each_reachable_from_one_side() -> None:
     if shutil.which("iperf3") is None:
         pytest.skip("iperf3 not installed")
     with Testbed() as tb:
-        [r1, r2], a, b = two_peers(tb, "symmetric", relays=("r1", "r2"))
-        _only_to(a, r1)
-        _only_to(b, r2)
-        sc = MeshScenario(tb)
         # both relays forward in the kernel: the leg runs port to port, so
         # the whole multi-hop session can leave userspace at each relay
-        for r in (r1, r2):
-            r.ns.sysctl("net.ipv4.ip_forward", "1")
-        metrics = ("--metrics", METRICS, "--kernel-offload", "on")
-        # the operators list each other's relay for legs (--leg-relay): keys first
-        keys = {r.name: _relay_key(sc, r) for r in (r1, r2)}
-        first = sc.start_relay(r1, "--leg-relay", keys["r2"], *metrics)
-        sc.start_relay(
-            r2,
-            "--bootstrap",
-            f"{first.endpoint}={first.key}",
-            "--leg-relay",
-            keys["r1"],
-            *metrics,
-        )
-        second = sc.relays["r2"]
-        _add_bootstrap(sc, a, "r1")
-        _add_bootstrap(sc, b, "r2")
+        net = start_two_relays(tb, "--metrics", METRICS, "--kernel-offload", "on", kernel=True)
+        sc, r1, r2, a, b = net.sc, net.r1, net.r2, net.a, net.b
+        first, second = net.first, net.second
         for p in (a, b):
             sc.start_agent(p, relays=[])  # nothing on the command line
         try:
