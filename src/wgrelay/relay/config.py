@@ -59,6 +59,13 @@ class RelayConfig:
     budget: Budget | None = None
     """Bytes the relay may forward per calendar period (``--budget``; budget.py);
     None: no budget."""
+    capacity_bytes_per_s: int = 0
+    """What all sessions together may forward, both directions, in bytes
+    per second (``--capacity``); 0: no relay-wide limit. Above it sessions
+    share it by credit (contention.py)."""
+    min_share: float = 0.25
+    """Of the slots and of the capacity, what is kept for the lowest-credit
+    members under contention (``--min-share``; contention.py)."""
 
     # ---- timers (seconds)
     registration_ttl_s: int = 30
@@ -91,6 +98,10 @@ class RelayConfig:
             lo, hi = self.port_range
             if not 1 <= lo < hi <= _U16_MAX:
                 raise ConfigError("--port-range must be LOW-HIGH, two ports or more within 1-65535")
+        if not 0 <= self.capacity_bytes_per_s <= 10**11:
+            raise ConfigError("--capacity must be off or up to 100 GB/s")
+        if not 0.0 < self.min_share <= 0.5:
+            raise ConfigError("--min-share must be above 0 and at most 50%")
         if not 1 <= self.session_idle_timeout_s <= _U16_MAX:
             raise ConfigError(f"--idle-timeout must be 1 to {_U16_MAX} s (a u16 on the wire)")
 

@@ -13,16 +13,19 @@ class TokenBucket:
     """``rate`` tokens per second, at most ``burst`` saved up.
 
     Used per packet on the relay's data path, so it is a handful of float
-    operations with no allocation.
+    operations with no allocation. ``taken`` counts what passed: a session's
+    buckets are how the relay measures each direction's demand under
+    contention (relay/contention.py).
     """
 
-    __slots__ = ("burst", "rate", "stamp", "tokens")
+    __slots__ = ("burst", "rate", "stamp", "taken", "tokens")
 
     def __init__(self, rate: float, burst: float, now: float) -> None:
         self.rate = rate
         self.burst = burst
         self.tokens = burst
         self.stamp = now
+        self.taken = 0.0
 
     def take(self, amount: float, now: float) -> bool:
         tokens = self.tokens + (now - self.stamp) * self.rate
@@ -33,6 +36,7 @@ class TokenBucket:
             self.tokens = tokens
             return False
         self.tokens = tokens - amount
+        self.taken += amount
         return True
 
 

@@ -1,0 +1,515 @@
+"""Under contention, contributors come first (issue 14, item 5), sans-I/O.
+
+Theory of operation
+-------------------
+A relay has two things to share: its session slots (``--max-connections``)
+and, when the operator states one, its bandwidth (``--capacity``). While
+there is enough of both nothing here changes anything: every request that
+passes the quotas gets a slot, every session its per-session cap
+(``--max-bandwidth``), as before. Only when a relay is at capacity does
+credit decide, and then never all of it:
+
+**Credit.** A ``CreditSource`` says what a member (a WireGuard public key)
+has earned for the mesh, in bytes, possibly negative (relay/ledger.py keeps
+the signed receipts). A balance becomes a *weight*: ``1 + log2(1 + b / 1 GB)``
+for a positive balance, capped at ``MAX_WEIGHT``, and exactly 1 for zero or
+less. The floor of 1 is what keeps a newcomer served; the logarithm keeps a
+member who relayed a petabyte from outweighing a thousand who relayed a
+gigabyte each.
+
+**A session's credit** is the larger of its two ends' weights. A session
+serves both ends alike, and which end asked first is a race between their
+agents, so the initiator's credit alone would rank one tunnel differently by
+chance; the smaller would make a contributor pay for talking to a newcomer.
+The larger cannot be borrowed by a stranger: the other end must accept the
+session, and an agent accepts only its own WireGuard peers (a contributor may
+lend priority to the peers it chose; that is its credit to spend).
+
+**Slots.** At ``max_connections`` a request may take the slot of a session
+whose credit is lower by at least one weight step (twice the balance, so
+near-equals do not churn each other out), the lowest first, the youngest
+among equals. But ``reserve = ceil(min_share * max_connections)`` slots stay
+with the lowest-credit sessions: a displacement never leaves fewer than
+``reserve`` sessions at or below the displaced one's weight, and a request
+from a member whose class holds fewer than ``reserve`` slots takes one back
+from the lowest-credit session above it. So free riders always keep (or get
+back) their minimum share of slots and are never cut off, and a full relay
+of free riders still makes room for contributors. The displaced ends hear
+SESSION_CLOSE with reason PREEMPTED and fail over as for any lost session.
+
+**Bandwidth.** Each direction of each established session is a *flow*. Every
+housekeeping tick (1 s) measures what each flow used (its token bucket's
+``taken`` count, plus the kernel offload's counters for an offloaded path)
+and estimates what it wants: a flow that used 90 % or more of its rate wants
+its cap (it was held back), any other wants what it used plus 25 % (room to
+grow) and at least ``MIN_WANT_BYTES_PER_S``. When the wants fit in the
+capacity every flow gets its cap. Otherwise the capacity is divided:
+
+1. a floor: ``min_share * capacity`` split equally among the flows, each
+   floor no more than what the flow wants (so the lowest-credit members keep
+   at least their share of the ``min_share`` part, whatever the others' credit);
+2. the rest by weighted max-min fairness (water-filling): every flow that
+   wants more than ``level * weight`` gets that, the others get what they
+   want, and the level rises until the capacity is used, so share that one
+   flow leaves unused goes to the others in proportion to their credit.
+
+The shares are set as the flows' token bucket rates (userspace paths,
+framed and port mode alike); an offloaded path is re-installed in the kernel
+at the larger of its two directions' shares when that moved by more than
+``KERNEL_STEP``. Sum of shares <= capacity; each flow >= its floor.
+
+Cost: one float add per relayed packet (the bucket's count), and per tick
+O(n log n) in the established sessions plus one credit lookup per member.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Protocol
+
+from wgrelay.relay.limits import TokenBucket
+
+if TYPE_CHECKING:
+    from wgrelay.relay.config import RelayConfig
+    from wgrelay.relay.sessions import Session
+
+CREDIT_UNIT_BYTES = 1_000_000_000
+"""A balance of this much (1 GB relayed for the mesh) adds one weight step."""
+MAX_WEIGHT = 16.0
+"""A balance of about 32 TB and more: no one outweighs a newcomer 16 times over."""
+WEIGHT_STEP = 1.0
+"""A displacing request's weight must be this much above its victim's."""
+BUSY_FRACTION = 0.9
+"""A flow that used this much of its rate in a tick was held back by it."""
+HEADROOM = 1.25
+"""A flow that was not held back wants this much more than it used."""
+MIN_WANT_BYTES_PER_S = 2_000.0
+"""What an idle flow is still given room for (keepalives, a handshake)."""
+MIN_BURST_BYTES = 2 * 9226.0
+"""Two maximum-size frames: a bucket must ever pass a jumbo packet."""
+KERNEL_STEP = 0.1
+"""An offloaded path is re-installed when its share moved by more than this."""
+DEFAULT_MIN_SHARE = 0.25
+MAX_MIN_SHARE = 0.5
+"""Above half, the reserve would let free riders displace contributors."""
+
+
+class CreditSource(Protocol):
+    """What a member has earned for the mesh (relay/ledger.py's Ledger)."""
+
+    def balance(self, member: bytes) -> int:
+        """``member``'s balance in bytes (a WireGuard public key; may be negative)."""
+        ...
+
+
+class NoCredits:
+    """Every balance 0: every session weighs the same (the relay without a ledger)."""
+
+    def balance(self, member: bytes) -> int:
+        return 0
+
+
+class StaticCredits:
+    """Balances held in memory (tests, the simulator, the bench)."""
+
+    def __init__(self, balances: Mapping[bytes, int] | None = None) -> None:
+        self.balances: dict[bytes, int] = dict(balances or {})
+
+    def balance(self, member: bytes) -> int:
+        return self.balances.get(member, 0)
+
+
+def weight(balance: int) -> float:
+    """1 for zero or less, one step more per doubling above 1 GB, at most 16."""
+    if balance <= 0:
+        return 1.0
+    return min(MAX_WEIGHT, 1.0 + math.log2(1.0 + balance / CREDIT_UNIT_BYTES))
+
+
+def reserve_slots(max_connections: int, min_share: float) -> int:
+    """Slots kept for the lowest-credit sessions."""
+    return min(max_connections, math.ceil(min_share * max_connections - 1e-9))
+
+
+# ---------------------------------------------------------------- parsing
+
+
+_RATE_UNITS = {
+    "": 1000.0,  # a bare number: KB/s, as --max-bandwidth
+    "b": 1.0,
+    "kb": 1e3,
+    "mb": 1e6,
+    "gb": 1e9,
+    "bit": 1 / 8,
+    "kbit": 1e3 / 8,
+    "mbit": 1e6 / 8,
+    "gbit": 1e9 / 8,
+}
+_RATE = re.compile(r"([0-9]{1,12})(?:\.([0-9]{1,6}))?\s*([a-z]*)(?:/s)?")
+MAX_CAPACITY_BYTES_PER_S = 10**11
+"""100 GB/s (800 Gbit/s): far beyond one relay."""
+
+
+def parse_capacity(text: str) -> int:
+    """``--capacity``: bytes per second; 0 for ``off``/``none``/``0``.
+
+    A bare number is KB/s like ``--max-bandwidth``; units are SI bytes
+    (``B``, ``kB``, ``MB``, ``GB``) or bits (``bit``, ``kbit``, ``Mbit``,
+    ``Gbit``), with or without ``/s``. ``ValueError`` with one line."""
+    low = text.strip().lower()
+    if low in ("off", "none"):
+        return 0
+    m = _RATE.fullmatch(low) if low.isascii() else None
+    if m is None:
+        raise ValueError(f"{text!r} is not a rate (for example 100Mbit/s, 12MB/s, or KB/s alone)")
+    whole, frac, unit = m.groups()
+    if unit not in _RATE_UNITS:
+        raise ValueError(
+            f"{text!r}: unit {unit!r} is not one of B, kB, MB, GB (bytes) or bit, kbit, "
+            "Mbit, Gbit (bits), per second"
+        )
+    n = int(float(f"{whole}.{frac or '0'}") * _RATE_UNITS[unit])
+    if n > MAX_CAPACITY_BYTES_PER_S:
+        raise ValueError(f"{text!r} is more than 100 GB/s")
+    if n == 0 and (whole != "0" or (frac and int(frac))):
+        raise ValueError(f"{text!r} is less than a byte per second")
+    return n
+
+
+def parse_min_share(text: str) -> float:
+    """``--min-share``: a fraction (0.25) or a percentage (25%) in (0, 0.5]."""
+    t = text.strip()
+    pct = t.endswith("%")
+    num = t[:-1] if pct else t
+    if not re.fullmatch(r"[0-9]{1,3}(\.[0-9]{1,6})?", num):
+        raise ValueError(f"{text!r} is not a fraction (0.25) or a percentage (25%)")
+    value = float(num) / (100.0 if pct else 1.0)
+    if not 0.0 < value <= MAX_MIN_SHARE:
+        raise ValueError(f"{text!r}: the minimum share is above 0 and at most 50%")
+    return value
+
+
+# ---------------------------------------------------------------- the shares
+
+
+@dataclass(frozen=True, slots=True)
+class Flow:
+    """One direction of one session, as the share computation sees it."""
+
+    want: float
+    """Bytes/s it would use (already no more than its cap)."""
+    weight: float
+
+
+def floors(flows: Sequence[Flow], capacity: float, min_share: float) -> list[float]:
+    """The guaranteed part: ``min_share * capacity`` split equally among the
+    flows that want anything, none above what it wants."""
+    active = sum(1 for f in flows if f.want > 0)
+    if not active:
+        return [0.0] * len(flows)
+    each = min_share * capacity / active
+    return [min(f.want, each) for f in flows]
+
+
+def fair_shares(flows: Sequence[Flow], capacity: float, min_share: float) -> list[float]:
+    """Each flow's rate: its floor, then the rest of ``capacity`` by weighted
+    max-min fairness. Never more than a flow wants, in all at most ``capacity``."""
+    base = floors(flows, capacity, min_share)
+    left = max(0.0, capacity - sum(base))
+    residual = [f.want - b for f, b in zip(flows, base, strict=True)]
+    # water-filling: visit flows by how soon they are satisfied (residual per
+    # unit of weight); each takes the current level or all it still wants
+    order = sorted(
+        (i for i, r in enumerate(residual) if r > 0), key=lambda i: residual[i] / flows[i].weight
+    )
+    total_w = sum(flows[i].weight for i in order)
+    extra = [0.0] * len(flows)
+    for n, i in enumerate(order):
+        level = left / total_w
+        if residual[i] <= level * flows[i].weight:
+            extra[i] = residual[i]
+            left -= residual[i]
+            total_w -= flows[i].weight
+            continue
+        for j in order[n:]:
+            extra[j] = level * flows[j].weight
+        break
+    shares = [b + e for b, e in zip(base, extra, strict=True)]
+    total = sum(shares)
+    if total > capacity > 0:  # float rounding only; never exceed what was stated
+        shares = [s * (capacity / total) for s in shares]
+    return shares
+
+
+# ---------------------------------------------------------------- admission
+
+
+@dataclass(frozen=True, slots=True)
+class Slot:
+    """A session holding a slot, as the displacement rule sees it."""
+
+    weight: float
+    created: float
+    """Youngest goes first among equal weights."""
+    sid: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Displacement:
+    victim: bytes
+    """Its session id."""
+    reason: str
+    """``higher_credit``: the request outranks it; ``reserve``: the request's
+    class holds fewer than its reserved slots."""
+
+
+def choose_victim(slots: Sequence[Slot], want: float, reserve: int) -> Displacement | None:
+    """Whose slot a request of weight ``want`` takes at a full relay, if anyone's."""
+    if sum(1 for s in slots if s.weight <= want) < reserve:
+        # the request's class holds fewer than its reserved slots: it takes
+        # one back from the lowest-credit session above it
+        above = [s for s in slots if s.weight > want]
+        if not above:
+            return None
+        v = min(above, key=lambda s: (s.weight, -s.created))
+        return Displacement(v.sid, "reserve")
+    candidates = [s for s in slots if s.weight + WEIGHT_STEP <= want]
+    for level in sorted({s.weight for s in candidates}):
+        # the reserve: a displacement leaves at least ``reserve`` sessions at
+        # or below the displaced one's weight (the lowest ones keep theirs)
+        if sum(1 for s in slots if s.weight <= level) > reserve:
+            v = max((s for s in candidates if s.weight == level), key=lambda s: s.created)
+            return Displacement(v.sid, "higher_credit")
+    return None
+
+
+# ---------------------------------------------------------------- the relay's state
+
+
+@dataclass(slots=True)
+class _FlowState:
+    cap: float
+    """The session's cap in this direction (its bucket's rate at its start;
+    infinite without a per-session cap: then the capacity is its cap)."""
+    taken: float = 0.0
+    """The bucket's ``taken`` at the last tick."""
+    kernel: tuple[int, int] = (0, 0)
+    """The kernel's (packets, charged bytes) for this direction at the last tick."""
+
+
+@dataclass(slots=True)
+class _SessionState:
+    ab: _FlowState
+    ba: _FlowState
+    weight: float = 1.0
+    kernel_rate: int | None = None
+    """The per-direction limit its kernel path was last installed with (0:
+    none; None: not installed through ``kernel_rate``)."""
+
+
+@dataclass(slots=True)
+class ContentionReport:
+    """The last tick's figures (``/metrics``)."""
+
+    contended: bool = False
+    demand: float = 0.0
+    """Bytes/s the flows wanted (what they used, or their caps when held back)."""
+    used: float = 0.0
+    """Bytes/s they used (charged: each packet's size plus the per-packet charge)."""
+    counts: Counter[str] = field(default_factory=Counter)
+
+
+class Contention:
+    """Credit-weighted admission and bandwidth shares of one relay core."""
+
+    def __init__(self, credits: CreditSource | None = None) -> None:
+        self.credits: CreditSource = credits or NoCredits()
+        self._state: dict[bytes, _SessionState] = {}
+        self._last_tick: float | None = None
+        self._shaped = False
+        """Some bucket runs at another rate than its cap (a share)."""
+        self.report = ContentionReport()
+
+    # ------------------------------------------------------------ weights
+
+    def member_weight(self, member: bytes) -> float:
+        return weight(self.credits.balance(member))
+
+    def session_weight(self, a_key: bytes, b_key: bytes) -> float:
+        """The larger of its ends' weights (the module's docstring says why)."""
+        return max(self.member_weight(a_key), self.member_weight(b_key))
+
+    # ------------------------------------------------------------ admission
+
+    def victim(
+        self, sessions: Iterable[Session], a_key: bytes, b_key: bytes, config: RelayConfig
+    ) -> Displacement | None:
+        """At a full relay: whose slot a request for ``a_key``-``b_key`` takes."""
+        want = self.session_weight(a_key, b_key)
+        slots = []
+        for s in sessions:
+            st = self._state.get(s.sid)
+            w = st.weight if st is not None else self.session_weight(s.a_key, s.b_key)
+            slots.append(Slot(w, s.created, s.sid))
+        reserve = reserve_slots(config.max_connections, config.min_share)
+        return choose_victim(slots, want, reserve)
+
+    def count(self, what: str) -> None:
+        self.report.counts[what] += 1
+
+    # ------------------------------------------------------------ bandwidth
+
+    def established(self, s: Session, config: RelayConfig, now: float) -> None:
+        """A session is established: remember its caps; with a capacity and no
+        per-session cap, give it buckets (the capacity is its cap)."""
+        capacity = float(config.capacity_bytes_per_s)
+        if capacity and (s.ab is None or s.ba is None):
+            burst = max(capacity * config.bandwidth_burst_s, MIN_BURST_BYTES)
+            s.ab = TokenBucket(capacity, burst, now)
+            s.ba = TokenBucket(capacity, burst, now)
+            self._state[s.sid] = _SessionState(
+                _FlowState(math.inf), _FlowState(math.inf), self.session_weight(s.a_key, s.b_key)
+            )
+            return
+        if s.ab is None or s.ba is None:
+            return
+        self._state[s.sid] = _SessionState(
+            _FlowState(s.ab.rate, s.ab.taken),
+            _FlowState(s.ba.rate, s.ba.taken),
+            self.session_weight(s.a_key, s.b_key),
+        )
+
+    def forget(self, sid: bytes) -> None:
+        self._state.pop(sid, None)
+
+    def kernel_rate(self, s: Session, default: int) -> int:
+        """The per-direction limit (bytes/s, 0: none) to install ``s``'s
+        kernel path with: ``default`` (the configured cap) unless shares
+        are in force, then the larger of its two directions' shares."""
+        st = self._state.get(s.sid)
+        rate = self._kernel_target(s, default)
+        if st is not None:
+            st.kernel_rate = rate
+        return rate
+
+    def _kernel_target(self, s: Session, default: int) -> int:
+        if not self._shaped or s.ab is None or s.ba is None or s.sid not in self._state:
+            return default
+        return max(1, int(max(s.ab.rate, s.ba.rate)))
+
+    def rebalance(
+        self, sessions: Mapping[bytes, Session], config: RelayConfig, now: float
+    ) -> list[Session]:
+        """Measure every flow's last tick and set its rate for the next.
+
+        Returns the offloaded sessions whose kernel limit should change
+        (the caller re-installs their paths)."""
+        last, self._last_tick = self._last_tick, now
+        dt = now - last if last is not None else 0.0
+        capacity = float(config.capacity_bytes_per_s)
+        if not capacity and not self._shaped:
+            self.report.contended = False
+            self._last_tick = None  # (a capacity set later starts measuring afresh)
+            return []  # nothing to share: nothing to do (today's relay)
+        entries: list[tuple[Session, _SessionState]] = []
+        for sid, s in sessions.items():
+            if sid not in self._state and capacity:
+                self.established(s, config, now)  # (a capacity set by a reload)
+            st = self._state.get(sid)
+            if st is None or s.ab is None or s.ba is None:
+                continue
+            st.weight = self.session_weight(s.a_key, s.b_key)
+            entries.append((s, st))
+        if not capacity:
+            self._restore(entries, config.bandwidth_burst_s)
+            return self._kernel_moved(entries, config)
+        flows: list[Flow] = []
+        buckets: list[tuple[TokenBucket, _FlowState]] = []
+        used_total = 0.0
+        for s, st in entries:
+            kernel = _kernel_counts(s, config.packet_overhead_bytes)
+            for bucket, fs, k in ((s.ab, st.ab, kernel[0]), (s.ba, st.ba, kernel[1])):
+                if bucket is None:  # (never: entries have both buckets)
+                    continue
+                used = bucket.taken - fs.taken
+                fs.taken = bucket.taken
+                if k is not None:
+                    if k[0] >= fs.kernel[0] and k[1] >= fs.kernel[1]:
+                        used += k[1] - fs.kernel[1]
+                    else:  # re-installed: its counters started again
+                        used += k[1]
+                    fs.kernel = k
+                rate = used / dt if dt > 0 else 0.0
+                used_total += rate
+                cap = min(fs.cap, capacity)
+                if dt > 0 and rate >= BUSY_FRACTION * bucket.rate:
+                    want = cap  # held back by its rate: it wants more
+                else:
+                    want = min(cap, max(rate * HEADROOM, MIN_WANT_BYTES_PER_S))
+                flows.append(Flow(want, st.weight))
+                buckets.append((bucket, fs))
+        demand = sum(f.want for f in flows)
+        rep = self.report
+        rep.demand, rep.used = demand, used_total
+        rep.contended = dt > 0 and demand > capacity
+        if rep.contended:
+            rep.counts["ticks_contended"] += 1
+            shares = fair_shares(flows, capacity, config.min_share)
+        else:
+            shares = [min(fs.cap, capacity) for _, fs in buckets]
+        self._shaped = True  # (even the caps: an unlimited session runs at the capacity)
+        for (bucket, _), rate in zip(buckets, shares, strict=True):
+            _set_rate(bucket, rate, config.bandwidth_burst_s)
+        return self._kernel_moved(entries, config)
+
+    def _restore(self, entries: list[tuple[Session, _SessionState]], burst_s: float) -> None:
+        """The capacity was taken away (SIGHUP): every session its cap again."""
+        self._shaped = False
+        self.report.contended = False
+        for s, st in entries:
+            if math.isinf(st.ab.cap):  # no per-session cap: no bucket, as before
+                s.ab = s.ba = None
+                self._state.pop(s.sid, None)
+                continue
+            for bucket, fs in ((s.ab, st.ab), (s.ba, st.ba)):
+                if bucket is not None:
+                    _set_rate(bucket, fs.cap, burst_s)
+
+    def _kernel_moved(
+        self, entries: list[tuple[Session, _SessionState]], config: RelayConfig
+    ) -> list[Session]:
+        default = config.max_bandwidth_kbps * 1000
+        moved = []
+        for s, st in entries:
+            pair = s.ports
+            if pair is None or not pair.offloaded or st.kernel_rate is None:
+                continue
+            target = self._kernel_target(s, default)
+            old = st.kernel_rate
+            if (target == 0) != (old == 0) or abs(target - old) > KERNEL_STEP * old:
+                moved.append(s)
+        return moved
+
+
+def _set_rate(bucket: TokenBucket, rate: float, burst_s: float) -> None:
+    rate = max(rate, 1.0)  # a zero rate would never pass a packet again
+    bucket.rate = rate
+    bucket.burst = max(rate * burst_s, MIN_BURST_BYTES)
+    if bucket.tokens > bucket.burst:
+        bucket.tokens = bucket.burst
+
+
+def _kernel_counts(
+    s: Session, overhead: int
+) -> tuple[tuple[int, int] | None, tuple[int, int] | None]:
+    """The kernel's cumulative (packets, charged bytes) per direction of an
+    offloaded session (None: not offloaded)."""
+    pair = s.ports
+    if pair is None or not pair.offloaded:
+        return None, None
+    k = pair.kernel_seen
+    return (k[0], k[1] + k[0] * overhead), (k[2], k[3] + k[2] * overhead)
