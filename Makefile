@@ -45,13 +45,15 @@ lint: venv
 
 ## make bench: relay throughput/latency vs direct and a plain forwarder (loopback),
 ## 1,000 agents and 200 relays in the simulator (unfederated, then federated),
-## then relayed vs direct WireGuard iperf3 on the namespace testbed (as root)
+## then relayed vs direct WireGuard iperf3 on the namespace testbed, and
+## multi-hop (two relays) vs one relay (as root)
 bench: sysdeps venv
 	$(MAKE) -C bench
 	$(BIN)/python bench/relay_bench.py
 	$(BIN)/python bench/sim_scale.py
 	$(BIN)/python bench/federation_scale.py
 	$(BIN)/python bench/testbed_iperf.py
+	$(BIN)/python bench/multihop_iperf.py
 
 clean:
 	rm -rf $(VENV) bench/build .pytest_cache .mypy_cache .ruff_cache
