@@ -116,6 +116,8 @@ def relay_options(args: argparse.Namespace) -> RelayOptions:
         port_range=args.port_range,
         budget=args.budget,
         leg_relays=frozenset(k.raw for k in args.leg_relay or ()),
+        capacity_bytes_per_s=args.capacity,
+        min_share=args.min_share,
     )
     return RelayOptions(
         state_dir=args.state_dir,

@@ -62,6 +62,25 @@ def _config_option(sp: argparse.ArgumentParser, example: str) -> None:
     )
 
 
+def _capacity(text: str) -> int:
+    """``--capacity``: a rate (relay/contention.py), one clear line if not."""
+    from wgrelay.relay.contention import parse_capacity
+
+    try:
+        return parse_capacity(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def _min_share(text: str) -> float:
+    from wgrelay.relay.contention import parse_min_share
+
+    try:
+        return parse_min_share(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
 def build_parser(handlers: Mapping[str, Handler]) -> argparse.ArgumentParser:
     """The whole parser; ``handlers`` maps each command name to its function."""
     common = _common_options(suppress=False)
@@ -210,6 +229,23 @@ def build_parser(handlers: Mapping[str, Handler]) -> argparse.ArgumentParser:
         help="bytes to relay per UTC day, week or month, e.g. 500GB/month (SI units); "
         "once spent, the relay carries no session until the next period and says so "
         "in its announcement (default: none)",
+    )
+    sp.add_argument(
+        "--capacity",
+        type=_capacity,
+        default=0,
+        metavar="RATE",
+        help="what all sessions together may relay, e.g. 100Mbit/s or 12MB/s (a bare "
+        "number is KB/s); above it sessions share it by their members' credit, none "
+        "below a minimum share (default: off)",
+    )
+    sp.add_argument(
+        "--min-share",
+        type=_min_share,
+        default=0.25,
+        metavar="FRACTION",
+        help="of the session slots and of --capacity, what the lowest-credit members keep "
+        "when the relay is full (0.25 or 25%%, at most 50%%; default 25%%)",
     )
     sp.add_argument(
         "--idle-timeout",

@@ -213,7 +213,7 @@ def test_parse_capacity(text: str, rate: int) -> None:
         ("10Mbps", "unit 'mbps'"),
         ("0.1bit/s", "less than a byte"),
         ("999999999999GB/s", "more than 100 GB/s"),
-        ("１０MB", "is not a rate"),
+        ("\uff11\uff10MB", "is not a rate"),  # fullwidth digits
     ],
 )
 def test_parse_capacity_refuses_with_one_line(text: str, error: str) -> None:
@@ -227,5 +227,5 @@ def test_parse_min_share() -> None:
     assert parse_min_share("10%") == pytest.approx(0.1)
     assert math.isclose(parse_min_share("50%"), 0.5)
     for bad in ("0", "0%", "60%", "0.75", "a lot", "-0.1", "nan"):
-        with pytest.raises(ValueError, match="min|fraction"):
+        with pytest.raises(ValueError, match=r"min|fraction"):
             parse_min_share(bad)

@@ -162,6 +162,10 @@ class CloseReason(IntEnum):
     PEER_GONE = 3
     REPLACED = 4
     """The end that closed wants a new session (its path through this one went silent)."""
+    # 5: retired (QUOTA, never sent)
+    PREEMPTED = 6
+    """The relay is at capacity and gave the slot to a session with more
+    credit, or back to its lowest-credit members' reserve (relay/contention.py)."""
 
 
 class ErrorCode(IntEnum):

@@ -6,6 +6,8 @@ the tables and their quotas in sessions.py."""
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
+from typing import Any
 
 from wgrelay.endpoint import endpoint_str
 from wgrelay.keys import PublicKey
@@ -34,8 +36,9 @@ from wgrelay.proto.messages import (
     SessionOffer,
 )
 from wgrelay.relay.admission import Addr, Inbound
+from wgrelay.relay.contention import Contention
 from wgrelay.relay.core_state import RelayCoreState
-from wgrelay.relay.ports import is_stream_addr
+from wgrelay.relay.ports import PathChange, PortPair, is_stream_addr
 from wgrelay.relay.sessions import (
     Listing,
     Refusal,
@@ -44,7 +47,7 @@ from wgrelay.relay.sessions import (
     listing_of,
     pair_of,
 )
-from wgrelay.relay.stats import DropReason
+from wgrelay.relay.stats import DropReason, RelayStats
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +67,12 @@ log = logging.getLogger(__name__)
 
 
 class SessionsCore(RelayCoreState):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.contention = Contention()
+        """Who comes first at a full relay (contention.py); its ``credits``
+        are every balance 0 until the shell gives it a ledger."""
+
     # ------------------------------------------------------------ registration
 
     def _bind_check(self, inb: Inbound, reg: Registration | None) -> bool:
@@ -221,7 +230,7 @@ class SessionsCore(RelayCoreState):
             self._drop(inb, DropReason.BAD_ADDRESS)
             respond(Status.ERROR)
             return
-        refusal = self.table.admit_session(reg, treg)
+        refusal = self._admit_session(reg, treg, now)
         if refusal is not None:
             self.stats.quota_hits[refusal.value] += 1
             if refusal is Refusal.BUDGET and self.table.budget is not None:
@@ -235,6 +244,52 @@ class SessionsCore(RelayCoreState):
             self.ports.open(s)
         s.waiters[key] = rid
         self._send_offer(s, treg, now)
+
+    def _admit_session(self, a: Registration, b: Registration, now: float) -> Refusal | None:
+        """The table's quotas; at ``max_connections``, a request with more
+        credit takes a slot from one with less (contention.py's rule)."""
+        refusal = self.table.admit_session(a, b)
+        if refusal is not Refusal.MAX_CONNECTIONS:
+            if refusal is None:
+                self.contention.count("admitted_free_slot")
+            return refusal
+        # the other quotas first: a slot freed for a request they refuse
+        # would end a session for nothing
+        table, config = self.table, self.config
+        table.config = replace(config, max_connections=config.max_connections + 1)
+        try:
+            other = table.admit_session(a, b)
+        finally:
+            table.config = config
+        if other is not None:
+            return other
+        busy = list(self.sessions.values()) + list(self.table.pending.values())
+        taken = self.contention.victim(busy, a.key, b.key, self.config)
+        victim = self.table.find(taken.victim) if taken is not None else None
+        if taken is None or victim is None:
+            self.contention.count("refused_full")
+            return refusal
+        log.info(
+            "relay full: session %s gives its slot to %s -> %s (%s)",
+            victim.sid.hex(),
+            PublicKey(a.key).short(),
+            PublicKey(b.key).short(),
+            taken.reason,
+        )
+        if victim.sid in self.table.pending:
+            self._answer_waiters(victim, Status.RESOURCE_LIMIT, now)
+        self._close(victim, CloseReason.PREEMPTED, {victim.a_key, victim.b_key}, now)
+        self.contention.count(f"displaced_{taken.reason}")
+        refusal = self.table.admit_session(a, b)
+        if refusal is None:
+            self.contention.count(f"admitted_{taken.reason}")
+        return refusal
+
+    def offload_rate(self, pair: PortPair) -> int:
+        """The kernel path's per-direction limit (bytes/s, 0: none): the
+        configured cap, or the session's share under contention."""
+        default = self.config.max_bandwidth_kbps * 1000
+        return self.contention.kernel_rate(pair.session, default)
 
     def _send_offer(self, s: Session, treg: Registration, now: float) -> None:
         s.offer_next = now + self.config.offer_retransmit_s
@@ -267,6 +322,7 @@ class SessionsCore(RelayCoreState):
 
     def _establish(self, s: Session, now: float) -> None:
         self.table.establish(s, now)
+        self.contention.established(s, self.config, now)
         if self.ports is not None:
             self.ports.establish(s.sid)
         self.stats.sessions_opened += 1
@@ -377,6 +433,7 @@ class SessionsCore(RelayCoreState):
         self._close(s, body.reason, {s.other(inb.key)}, inb.now)
 
     def _remove(self, s: Session) -> None:
+        self.contention.forget(s.sid)
         if self.ports is not None:
             self.ports.close(s.sid)
         if self.table.remove(s):
@@ -417,6 +474,23 @@ class SessionsCore(RelayCoreState):
                 s.last_active = now
             elif now - s.last_active >= idle:
                 self._close(s, CloseReason.IDLE, {s.a_key, s.b_key}, now)
+        moved = self.contention.rebalance(self.sessions, self.config, now)
+        if self.ports is not None:
+            for s in moved:  # re-installed in the kernel at the new share
+                pair = s.ports
+                if pair is not None and pair.offloaded:
+                    pair.kernel_seen = (0, 0, 0, 0, 0)  # (its counters start again)
+                    self.ports.changes.append(PathChange(pair.a.port, pair))
+
+    def get_stats(self) -> RelayStats:
+        st = super().get_stats()
+        rep = self.contention.report
+        st.contention = dict(rep.counts)
+        st.contention["contended"] = int(rep.contended)
+        st.contention["demand_bytes_per_s"] = int(rep.demand)
+        st.contention["used_bytes_per_s"] = int(rep.used)
+        st.capacity_bytes_per_s = self.config.capacity_bytes_per_s
+        return st
 
     def _budget_changed(self, now: float) -> None:
         """What is left of the budget moved by a point: tell the federation

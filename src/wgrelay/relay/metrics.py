@@ -121,6 +121,7 @@ class RelayCollector(Collector):
             fed.add_metric([event], n)
         yield fed
         yield from _leg_families(st.legs)
+        yield from _contention_families(st)
 
 
 def _leg_families(legs: dict[str, int]) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
@@ -147,6 +148,57 @@ def _leg_families(legs: dict[str, int]) -> Iterator[GaugeMetricFamily | CounterM
         if what.startswith("refused_"):
             refused.add_metric([what.removeprefix("refused_")], n)
     yield from (open_, opened, packets, nbytes, refused)
+
+
+def _contention_families(st: RelayStats) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
+    """Who came first at a full relay, and the bandwidth shares (contention.py)."""
+    c = st.contention
+    admitted = CounterMetricFamily(
+        "wgrelay_contention_admitted",
+        "Sessions admitted, by why: a free slot, or one taken from a session "
+        "with less credit (higher_credit) or back for the lowest-credit reserve",
+        labels=["reason"],
+    )
+    displaced = CounterMetricFamily(
+        "wgrelay_contention_displaced",
+        "Sessions that gave their slot to another at a full relay (SESSION_CLOSE PREEMPTED)",
+        labels=["reason"],
+    )
+    for reason in ("free_slot", "higher_credit", "reserve"):
+        admitted.add_metric([reason], c.get(f"admitted_{reason}", 0))
+    for reason in ("higher_credit", "reserve"):
+        displaced.add_metric([reason], c.get(f"displaced_{reason}", 0))
+    yield admitted
+    yield displaced
+    yield CounterMetricFamily(
+        "wgrelay_contention_refused",
+        "Requests at a full relay with no session of less credit to take a slot from",
+        value=c.get("refused_full", 0),
+    )
+    if st.capacity_bytes_per_s:
+        yield GaugeMetricFamily(
+            "wgrelay_capacity_bytes_per_second",
+            "What all sessions may relay together (--capacity)",
+            value=st.capacity_bytes_per_s,
+        )
+        rates = GaugeMetricFamily(
+            "wgrelay_contention_bytes_per_second",
+            "Last second: what the sessions wanted and used (charged bytes, both directions)",
+            labels=["what"],
+        )
+        rates.add_metric(["demand"], c.get("demand_bytes_per_s", 0))
+        rates.add_metric(["used"], c.get("used_bytes_per_s", 0))
+        yield rates
+        yield GaugeMetricFamily(
+            "wgrelay_contended",
+            "1 while demand exceeds --capacity and sessions share it by credit",
+            value=c.get("contended", 0),
+        )
+        yield CounterMetricFamily(
+            "wgrelay_contention_seconds",
+            "Housekeeping ticks (seconds) spent sharing the capacity by credit",
+            value=c.get("ticks_contended", 0),
+        )
 
 
 def make_registry(stats: Callable[[], RelayStats]) -> CollectorRegistry:

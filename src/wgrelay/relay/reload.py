@@ -16,6 +16,9 @@ Applied at once:
   a port-mode session handed to the kernel after the reload is limited there
   at the new rate.
 * ``--idle-timeout``: every session, at the next housekeeping (each second).
+* ``--capacity`` and ``--min-share``: every session, at the next
+  housekeeping (the shares are recomputed each second; relay/contention.py),
+  and the next full relay's choice of whose slot a request takes.
 * ``-v``/``-q`` (``verbose``/``quiet``): the log level.
 
 Everything else (ports, binds, the key, metrics, announcements, stream
@@ -52,6 +55,8 @@ CONFIG_FIELDS = {
     "max_bandwidth": "max_bandwidth_kbps",
     "max_sessions_per_peer": "max_sessions_per_peer",
     "idle_timeout": "session_idle_timeout_s",
+    "capacity": "capacity_bytes_per_s",
+    "min_share": "min_share",
 }
 """Reloadable option dest -> the RelayConfig field it sets."""
 RELOADABLE = POLICY_DESTS | set(CONFIG_FIELDS) | {"verbose", "quiet"}

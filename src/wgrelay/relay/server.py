@@ -374,7 +374,6 @@ class RelayServer:
         a, b = pair.a.latched, pair.b.latched
         if a is None or b is None or len(a) != len(b):
             return None
-        kbps = self.core.config.max_bandwidth_kbps
         return OffloadPath(
             path_id=path_id,
             family=4 if len(a) == 2 else 6,
@@ -382,7 +381,7 @@ class RelayServer:
             a_addr=(str(a[0]), int(a[1])),
             b_port=pair.b.port,
             b_addr=(str(b[0]), int(b[1])),
-            max_bytes_per_s=kbps * 1000,
+            max_bytes_per_s=self.core.offload_rate(pair),  # the cap, or its share
         )
 
     def _poll_offload(self, now: float) -> None:

@@ -120,3 +120,9 @@ class RelayStats:
     legs: dict[str, int] = field(default_factory=dict)
     """Multi-hop legs (relay/legs.py): open_/opened_/closed_/packets_/bytes_
     by role (entry: we opened it; exit: another relay asked us), refusals."""
+    capacity_bytes_per_s: int = 0
+    """``--capacity``, 0 without one."""
+    contention: dict[str, int] = field(default_factory=dict)
+    """Admission and bandwidth under contention (relay/contention.py):
+    admitted_<why>, displaced_<why>, refused_full, ticks_contended, and the
+    last tick's contended (0/1), demand_ and used_bytes_per_s."""
