@@ -49,6 +49,7 @@ class Scenario:
     settle_s: float = 3.0
     measure_s: float = 10.0
     seed: int = 5
+    contributor_balance: int = CONTRIBUTOR_BALANCE
 
 
 @dataclass(slots=True)
@@ -129,7 +130,7 @@ def run_scenario(sc: Scenario) -> Figures:
             return pair
 
         riders = [make_pair(f"r{i}", 0) for i in range(sc.riders)]
-        contributors = [make_pair(f"c{i}", CONTRIBUTOR_BALANCE) for i in range(sc.contributors)]
+        contributors = [make_pair(f"c{i}", sc.contributor_balance) for i in range(sc.contributors)]
 
         async def ask(pair: _Pair, cls: ClassFigures) -> None:
             cls.asked += 1
