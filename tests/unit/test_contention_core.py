@@ -4,11 +4,21 @@ hear PREEMPTED, and the capacity is shared by credit on the data path."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from wgrelay import cli
 from wgrelay.client.events import SessionEnded, SessionEstablished, SessionFailed
+from wgrelay.config_file import parse_args
 from wgrelay.proto.constants import CloseReason, Status
 from wgrelay.proto.data import data_header
 from wgrelay.relay.config import RelayConfig
 from wgrelay.relay.contention import StaticCredits
+from wgrelay.relay.ports import PathChange, PortPool, SideMode
+from wgrelay.relay.reload import reloaded_config
 from wgrelay.testkit import Client, CoreNet, registered
 
 GB = 1_000_000_000
@@ -156,3 +166,120 @@ def test_free_capacity_leaves_every_session_its_cap() -> None:
         s = net.relay.sessions[_sid(*pair)]
         assert s.ab is not None
         assert s.ab.rate == 100_000
+
+
+# ---------------------------------------------------------------- reloads and the kernel path
+
+
+def test_a_capacity_set_then_taken_away_by_reload() -> None:
+    net = CoreNet(RelayConfig(max_bandwidth_kbps=0))  # unlimited sessions, no capacity
+    credits = StaticCredits()
+    net.relay.contention.credits = credits
+    rich, poor = _pair(net, credits, 100 * GB), _pair(net, credits, 0)
+    assert _connect(net, *rich)
+    assert _connect(net, *poor)
+    _offer(net, [rich, poor], 2.0)
+    s_rich, s_poor = (net.relay.sessions[_sid(*p)] for p in (rich, poor))
+    assert s_rich.ab is None  # today's relay: no bucket, nothing measured
+    config = reloaded_config(net.relay.config, RelayConfig(capacity_bytes_per_s=300_000))
+    net.relay.reconfigure(config=config)
+    _offer(net, [rich, poor], 3.0)
+    passed = _offer(net, [rich, poor], 4.0)
+    assert net.relay.get_stats().contention["contended"] == 1
+    assert sum(passed) / 4.0 <= 300_000
+    assert passed[0] > 3 * passed[1]
+    net.relay.reconfigure(config=reloaded_config(config, RelayConfig()))
+    _offer(net, [rich, poor], 1.5)
+    assert s_rich.ab is None  # unlimited again
+    assert s_poor.ab is None
+    assert net.relay.get_stats().contention["contended"] == 0
+    passed = _offer(net, [rich, poor], 1.0)
+    frame = len(data_header(_sid(*rich)) + FRAME)
+    assert passed[0] == passed[1] == 100 * 10 * frame  # every frame offered
+
+
+def test_reload_carries_capacity_and_min_share() -> None:
+    new = RelayConfig(capacity_bytes_per_s=5_000_000, min_share=0.5, max_connections=7)
+    got = reloaded_config(RelayConfig(port_range=(50000, 50100)), new)
+    assert (got.capacity_bytes_per_s, got.min_share, got.max_connections) == (5_000_000, 0.5, 7)
+    assert got.port_range == (50000, 50100)  # (what needs a restart stays)
+
+
+def test_an_offloaded_path_is_counted_and_reinstalled_at_its_share() -> None:
+    net = CoreNet(RelayConfig(max_bandwidth_kbps=1000, capacity_bytes_per_s=400_000))
+    net.relay.enable_port_mode(PortPool(52000, 52099, lambda _p: True, lambda _p: None))
+    ports = net.relay.ports
+    assert ports is not None
+    credits = StaticCredits()
+    net.relay.contention.credits = credits
+    rich, poor = _pair(net, credits, 100 * GB), _pair(net, credits, 0)
+    assert _connect(net, *rich)
+    assert _connect(net, *poor)
+    pair = net.relay.sessions[_sid(*poor)].ports
+    assert pair is not None
+    # as ports.py marks a path the kernel took (both sides latched)
+    pair.a.mode = pair.b.mode = SideMode.PORT
+    pair.a.latched, pair.b.latched = poor[0].addr, poor[1].addr
+    pair.offloaded = True
+    assert net.relay.offload_rate(pair) == 1_000_000  # free capacity: the configured cap
+    ports.changes.clear()
+    # the kernel carries 600 kB/s for the poor session (its counters, read
+    # each second), the rich one's framed frames ask for 1 MB/s: over capacity
+    kernel_bytes = reinstalls = 0
+    for _ in range(4):
+        start = net.clock.now
+        frame = data_header(_sid(*rich)) + FRAME
+        for i in range(100):
+            for _ in range(10):
+                net.relay.forward_data(frame, rich[0].addr, start + i * 0.01)
+        net.clock.now = net.relay.next_timer()
+        kernel_bytes += 600_000
+        pair.kernel_seen = (kernel_bytes // 1000, kernel_bytes, 0, 0, 0)
+        net.relay.handle_timer(net.clock.now)
+        if ports.changes:
+            assert ports.changes == [PathChange(pair.a.port, pair)]
+            ports.changes.clear()
+            net.relay.offload_rate(pair)  # the server re-installs it
+            reinstalls += 1
+    assert reinstalls >= 1
+    st = net.relay.get_stats()
+    assert st.contention["contended"] == 1
+    assert st.contention["used_bytes_per_s"] >= 600_000  # the kernel's part counted
+    s = pair.session
+    assert s.ab is not None
+    assert s.ba is not None
+    rate = net.relay.offload_rate(pair)
+    assert rate == int(max(s.ab.rate, s.ba.rate))  # the share of its larger direction
+    assert 400_000 * 0.25 / 4 <= rate < 400_000 / 2  # at least its floor, less than half
+
+
+def test_start_relay_bad_capacity_exits_with_one_line(tmp_path: Path) -> None:
+    for flag, value, says in (
+        ("--capacity", "10Mbps", "unit 'mbps'"),
+        ("--min-share", "80%", "at most 50%"),
+    ):
+        argv = [sys.executable, "-m", "wgrelay", "--state-dir", str(tmp_path)]
+        run = subprocess.run(
+            [*argv, "start-relay", "--open", flag, value],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert run.returncode != 0
+        lines = run.stderr.strip().splitlines()
+        assert len(lines) == 1, run.stderr
+        assert lines[0].startswith("wgrelay: error: argument " + flag), run.stderr
+        assert says in lines[0]
+
+
+def test_capacity_and_min_share_options_and_config_keys(tmp_path: Path) -> None:
+    args = parse_args(cli.build_parser(), ["start-relay", "--open", "--capacity", "100Mbit/s"])
+    assert args.capacity == 12_500_000
+    assert args.min_share == 0.25
+    conf = tmp_path / "relay.toml"
+    conf.write_text('open = true\ncapacity = "2MB/s"\nmin-share = "10%"\n')
+    args = parse_args(cli.build_parser(), ["start-relay", "--config", str(conf)])
+    config = cli.relay_options(args).config
+    assert config.capacity_bytes_per_s == 2_000_000
+    assert config.min_share == pytest.approx(0.1)
