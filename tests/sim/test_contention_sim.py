@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from wgrelay.client.udp import RelayClient
 from wgrelay.errors import RelayUnavailable
@@ -25,7 +26,8 @@ from wgrelay.relay.contention import StaticCredits, reserve_slots
 from wgrelay.relay.core import RelayCore
 from wgrelay.relay.server import BindAddress, RelayServer
 from wgrelay.relay.stats import RelayStats
-from wgrelay.sim import LinkSpec, Simulation
+from wgrelay.sim import LinkSpec, NatKind, Simulation
+from wgrelay.sim.mesh import SimMesh, SimPeer
 
 PORT = 51821
 CONTRIBUTOR_BALANCE = 100 * 1_000_000_000
@@ -228,3 +230,52 @@ def test_with_capacity_to_spare_everyone_gets_the_cap() -> None:
     assert figs.stats.contention["contended"] == 0
     for rate in c.rates + r.rates:  # the per-session cap, for everyone
         assert abs(rate - _payload_rate(sc.cap_kbps * 1000)) < 0.03 * rate
+
+
+# ---------------------------------------------------------------- agents fail over
+
+
+def test_displaced_free_riders_fail_over_to_another_relay(tmp_path: Path) -> None:
+    """Production agents (simulated WireGuard, symmetric NATs): a near relay
+    with two slots carries two free-rider pairs; a contributor pair takes the
+    younger one's slot, whose agents hear PREEMPTED and move to the far relay;
+    every tunnel keeps working."""
+    with Simulation(seed=13) as sim:
+        mesh = SimMesh(sim, tmp_path)
+        near = mesh.add_relay(
+            "near",
+            link=LinkSpec(delay_s=0.005),
+            config=RelayConfig(max_connections=2, min_share=0.5),  # reserve: 1 slot
+        )
+        far = mesh.add_relay("far", link=LinkSpec(delay_s=0.040), bootstrap=[near])
+
+        def pair(name: str) -> tuple[SimPeer, SimPeer]:
+            a = mesh.add_peer(f"{name}a", behind=NatKind.SYMMETRIC, link=LinkSpec(delay_s=0.010))
+            b = mesh.add_peer(f"{name}b", behind=NatKind.SYMMETRIC, link=LinkSpec(delay_s=0.010))
+            mesh.connect(a, b)
+            return a, b
+
+        f1, f2, c = pair("f1"), pair("f2"), pair("c")
+        assert near.core is not None
+        near.core.contention.credits = StaticCredits(
+            {c[0].public.raw: CONTRIBUTOR_BALANCE, c[1].public.raw: CONTRIBUTOR_BALANCE}
+        )
+        for p in (f1, f2):
+            mesh.start(p)
+            mesh.wait_connected(*p, timeout_s=30)
+            assert p[0].relay_for(p[1]) == near.key
+            sim.run_for(1.0)  # (f2's session is the younger)
+        mesh.start(c)
+        mesh.wait_connected(*c, timeout_s=30)
+        assert c[0].relay_for(c[1]) == near.key
+        sim.run_until(lambda: f2[0].relay_for(f2[1]) == far.key, timeout_s=60)
+        sim.run_for(5.0)
+        assert f1[0].relay_for(f1[1]) == near.key  # the reserve: never displaced
+        assert f2[0].relay_for(f2[1]) == f2[1].relay_for(f2[0]) == far.key
+        st = near.stats()
+        assert st is not None
+        assert st.contention["displaced_higher_credit"] == 1
+        for a, b in (f1, f2, c):
+            rtt = sim.run(a.ping(b))
+            assert rtt is not None, f"{a.name} cannot reach {b.name}"
+        print(f"f2 moved to the far relay at {sim.now():.1f} s virtual")
