@@ -138,6 +138,7 @@ def relay_options(args: argparse.Namespace) -> RelayOptions:
         tls_cert=args.tls_cert,
         tls_key=args.tls_key,
         tls_self_signed=args.tls_self_signed,
+        operator_claim=args.operator_claim,
     )
 
 
@@ -340,6 +341,12 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     return run_doctor(args.state_dir, args.interface, as_json=args.json)
 
 
+def cmd_credits(args: argparse.Namespace) -> int:
+    from wgrelay.credits_cli import cmd_credits as run
+
+    return run(args)
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from wgrelay.demo.simulated import print_nat_matrix, run_simulated_demo
 
@@ -382,6 +389,7 @@ def build_parser() -> argparse.ArgumentParser:
             "up": cmd_up,
             "status": cmd_status,
             "doctor": cmd_doctor,
+            "credits": cmd_credits,
             "demo": cmd_demo,
         }
     )

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from wgrelay import __version__
 from wgrelay import cli_types as argtype
+from wgrelay.credits_cli import add_credits_parser
 from wgrelay.mesh.backend.detect import BACKEND_NAMES
 from wgrelay.mesh.status_watch import watch_interval
 from wgrelay.relay.config import DEFAULT_PORT_RANGE
@@ -231,6 +232,13 @@ def build_parser(handlers: Mapping[str, Handler]) -> argparse.ArgumentParser:
         "in its announcement (default: none)",
     )
     sp.add_argument(
+        "--operator-claim",
+        type=Path,
+        metavar="FILE",
+        help="the claim of the mesh member who runs this relay (wgrelay credits claim): "
+        "what it relays earns that member credit (default: none)",
+    )
+    sp.add_argument(
         "--capacity",
         type=_capacity,
         default=0,
@@ -336,6 +344,7 @@ def build_parser(handlers: Mapping[str, Handler]) -> argparse.ArgumentParser:
     sp.add_argument(
         "--json", action="store_true", help="stable machine-readable output (docs/DOCTOR.md)"
     )
+    add_credits_parser(add)
     sp = add("demo", "a relayed WireGuard tunnel coming up (namespaces, or simulated)")
     sp.add_argument(
         "--simulated",

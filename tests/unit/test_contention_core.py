@@ -16,7 +16,7 @@ from wgrelay.config_file import parse_args
 from wgrelay.proto.constants import CloseReason, Status
 from wgrelay.proto.data import data_header
 from wgrelay.relay.config import RelayConfig
-from wgrelay.relay.contention import StaticCredits
+from wgrelay.relay.contention import WEIGHT_REFRESH_S, StaticCredits
 from wgrelay.relay.ports import PathChange, PortPool, SideMode
 from wgrelay.relay.reload import reloaded_config
 from wgrelay.testkit import Client, CoreNet, registered
@@ -283,3 +283,19 @@ def test_capacity_and_min_share_options_and_config_keys(tmp_path: Path) -> None:
     config = cli.relay_options(args).config
     assert config.capacity_bytes_per_s == 2_000_000
     assert config.min_share == pytest.approx(0.1)
+
+
+def test_shares_follow_balances_as_they_change() -> None:
+    net = CoreNet(RelayConfig(max_bandwidth_kbps=1000, capacity_bytes_per_s=400_000))
+    credits = StaticCredits()
+    net.relay.contention.credits = credits
+    one, two = _pair(net, credits, 0), _pair(net, credits, 0)
+    assert _connect(net, *one)
+    assert _connect(net, *two)
+    _offer(net, [one, two], 3.0)
+    even = _offer(net, [one, two], 3.0)
+    assert abs(even[0] - even[1]) <= 0.05 * even[0]  # equal credit, equal shares
+    credits.balances[one[0].pub.raw] = 100 * GB  # its receipts arrived
+    _offer(net, [one, two], WEIGHT_REFRESH_S + 2.0)
+    after = _offer(net, [one, two], 3.0)
+    assert after[0] > 3 * after[1]

@@ -13,6 +13,7 @@ from wgrelay.keys import PublicKey
 from wgrelay.proto.announce import Announcement
 from wgrelay.proto.constants import CloseReason, MappingKind, Status
 from wgrelay.proto.messages import PeerLocation
+from wgrelay.proto.receipts import CreditReport
 
 # ---------------------------------------------------------------- one relay
 
@@ -123,6 +124,13 @@ class QueryFailed:
     asked_for: PublicKey | None
 
 
+@dataclass(frozen=True, slots=True)
+class CreditReported:
+    """The relay's answer to ``RelayLink.credit_query`` (wgrelay credits)."""
+
+    report: CreditReport
+
+
 LinkEvent = (
     LinkRegistered
     | LinkLost
@@ -136,6 +144,7 @@ LinkEvent = (
     | PingTimedOut
     | DiscoveryAnswered
     | QueryFailed
+    | CreditReported
 )
 
 

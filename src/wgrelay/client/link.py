@@ -50,6 +50,7 @@ from collections.abc import Callable
 from typing import Any
 
 from wgrelay.client.events import (
+    CreditReported,
     DiscoveryAnswered,
     LinkRegistered,
     LinkRejected,
@@ -68,6 +69,7 @@ from wgrelay.client.link_config import (
     Role,
 )
 from wgrelay.client.link_core import LinkCore
+from wgrelay.client.receipts import ReceiptSigner
 from wgrelay.errors import RemoteProtocolError, StaleTimestamp
 from wgrelay.keys import PublicKey
 from wgrelay.proto.announce import decode_announcement
@@ -105,6 +107,7 @@ from wgrelay.proto.messages import (
     SessionClose,
     SessionOffer,
 )
+from wgrelay.proto.receipts import CreditQuery, CreditReport, ReceiptBody, ReceiptRequest
 
 log = logging.getLogger(__name__)
 
@@ -112,6 +115,10 @@ __all__ = ["LinkConfig", "LinkState", "RelayLink", "Role"]
 
 
 class RelayLink(LinkCore):
+    receipts: ReceiptSigner | None = None
+    """Signs what relays ask us to acknowledge (client/receipts.py); None:
+    requests go unanswered (a probe, a tool)."""
+
     def _handler_table(self) -> dict[type[Body], Callable[[Any, float], None]]:
         return {
             Registered: self._on_registered,
@@ -123,6 +130,8 @@ class RelayLink(LinkCore):
             Pong: self._on_pong,
             DiscoveryResponse: self._on_discovery_response,
             Error: self._on_error,
+            ReceiptRequest: self._on_receipt_request,
+            CreditReport: self._on_credit_report,
         }
 
     def connect(self, now: float) -> None:
@@ -174,6 +183,12 @@ class RelayLink(LinkCore):
             page=page,
         )
         self._start(body, qid, now, peer=locate)
+        return qid
+
+    def credit_query(self, member: PublicKey, now: float) -> int:
+        """Ask the relay for ``member``'s credit balance (CreditReported)."""
+        qid = self._new_id()
+        self._start(CreditQuery(qid, member), qid, now)
         return qid
 
     def heartbeat_now(self, now: float) -> None:
@@ -338,6 +353,18 @@ class RelayLink(LinkCore):
         mine, theirs = body.endpoints
         told = PunchTold(peer, body.nonce, body.go, mine, theirs, body.mine, body.peer)
         self._events.append(told)
+
+    def _on_receipt_request(self, body: ReceiptRequest, now: float) -> None:
+        signer = self.receipts
+        r = signer.answer(self.relay_key, body, int(self._wall(now) * 1000)) if signer else None
+        if r is None:
+            self._drop("receipt_not_signed")
+            return
+        self._send(ReceiptBody(r), now)
+
+    def _on_credit_report(self, body: CreditReport, now: float) -> None:
+        if self._finish(MsgType.CREDIT_QUERY, body.query_id) is not None:
+            self._events.append(CreditReported(body))
 
     def _on_pong(self, body: Pong, now: float) -> None:
         req = self._finish(MsgType.PING, body.echo_id)

@@ -48,6 +48,7 @@ from wgrelay.client.fallback import (
 )
 from wgrelay.client.link import LinkConfig
 from wgrelay.client.plan import PlanConfig, RelayPlanner
+from wgrelay.client.receipts import ReceiptSigner
 from wgrelay.client.streams import RelayStreams, default_stream_ports
 from wgrelay.discovery.reach import has_route
 from wgrelay.discovery.registry import RelayRegistry
@@ -120,6 +121,7 @@ class RelayManager:
         history: RelayHistory | None = None,
         fallback: FallbackConfig | None = None,
         proxy: tuple[str, int] | None = None,
+        receipts: ReceiptSigner | None = None,
     ) -> None:
         self.runtime = runtime if runtime is not None else AsyncioRuntime()
         self.registry = registry
@@ -139,6 +141,7 @@ class RelayManager:
             reachable=has_route if isinstance(self.runtime, AsyncioRuntime) else lambda _ep: True,
         )
         self._on_event = on_event
+        self.planner.receipts = receipts  # signs what relays carried (credits)
         self._on_data = on_data
         self.routes: dict[PublicKey, Route] = {}
         """peer -> (send, relay address, data header): the data path's only lookup."""

@@ -13,6 +13,7 @@ from wgrelay.client.events import (
 )
 from wgrelay.client.link import LinkConfig, RelayLink, Role
 from wgrelay.client.plan_state import Attempt, Homing, LinkSlot, PlanConfig
+from wgrelay.client.receipts import ReceiptSigner
 from wgrelay.discovery.registry import KnownRelay, RelayRegistry
 from wgrelay.discovery.selection import RelayHistory, RttPrior, Selector
 from wgrelay.endpoint import Endpoint, endpoint_str
@@ -57,6 +58,8 @@ class LinkPool:
         self._by_addr: dict[Endpoint, PublicKey] = {}
         self._bad_keys: set[PublicKey] = set()
         self._good_keys: set[PublicKey] = set()
+        self.receipts: ReceiptSigner | None = None
+        """Answers the relays' receipt requests on every link (client/receipts.py)."""
         self.home: PublicKey | None = None
         self.standby: PublicKey | None = None
         """The next-best relay, registered too (REGISTER_FLAG_STANDBY) so
@@ -128,6 +131,7 @@ class LinkPool:
         # only the home places a location record for us: other relays (the
         # standby, a peer's home we reach it through) must not draw lookups
         link.role = Role.HOME if key == self.home else Role.UNLISTED
+        link.receipts = self.receipts
         addr = self._first_endpoint(relay)
         self._links[key] = LinkSlot(link, addr, now)
         self._by_addr[addr] = key

@@ -36,6 +36,7 @@ from wgrelay.client.link import LinkConfig
 from wgrelay.client.manager import ManagerEvent, RelayManager
 from wgrelay.client.plan import PlanConfig
 from wgrelay.client.proxy import ProxyTable
+from wgrelay.client.receipts import Observed, ReceiptSigner
 from wgrelay.client.streams import environ_proxy
 from wgrelay.discovery.geoip import GeoPrior
 from wgrelay.discovery.registry import RegistryStore, RelayRegistry
@@ -160,6 +161,8 @@ class Agent(RelayPaths):
         self.core = AgentCore(own, opts.config, cache)
         self._peer_keys = {p.public_key for p in info.peers}
         self.geo = GeoPrior(opts.geoip_db) if opts.geoip_db is not None else None
+        self.receipts = ReceiptSigner(info.private_key, self._observed)
+        """Signs what relays carried for us, no more than we saw (credits)."""
         self.manager = RelayManager(
             info.private_key,
             registry,
@@ -173,6 +176,7 @@ class Agent(RelayPaths):
             prior=self.geo,
             history=self._relay_failures,
             proxy=environ_proxy(),  # https_proxy: how streams leave when UDP is blocked
+            receipts=self.receipts,
         )
         self.proxies = ProxyTable(
             info.listen_port,
@@ -207,11 +211,23 @@ class Agent(RelayPaths):
     def _on_frame(self, peer: PublicKey, frame: bytes) -> None:
         self.proxies.deliver(peer, frame)
 
+    def _observed(self, peer: PublicKey) -> Observed:
+        """What we saw of a peer's relayed traffic, for its receipts: the
+        proxy's counters (framed) and WireGuard's (port mode), cumulative."""
+        c = self.proxies.counters(peer)
+        p = self._info.peer(peer)
+        return Observed(
+            proxy_bytes=c.to_relay_bytes + c.to_wg_bytes if c is not None else 0,
+            proxy_packets=c.to_relay_packets + c.to_wg_packets if c is not None else 0,
+            wireguard_bytes=p.rx_bytes + p.tx_bytes if p is not None else 0,
+        )
+
     # ------------------------------------------------------------ events
 
     def _on_manager_event(self, ev: ManagerEvent) -> None:
         now = self._clock()
         if isinstance(ev, PeerRelayed):
+            self.receipts.session_started(ev.relay, ev.peer, ev.session_id, now)
             relay = self.registry.get(ev.relay)
             self.port_mode.offered(
                 ev.peer,
@@ -247,6 +263,7 @@ class Agent(RelayPaths):
             if t.mine_kind is MappingKind.UNKNOWN:
                 self._probe_mapping(t.peer, ev.relay, now)
         elif isinstance(ev, PeerRelayLost):
+            self.receipts.session_ended(ev.relay, ev.peer, now)
             self._run(self.core.on_relay_lost(ev.peer, ev.reason, now, self._wall()))
         elif isinstance(ev, PeerRelayFailed):
             self._run(self.core.on_relay_failed(ev.peer, ev.error, now))

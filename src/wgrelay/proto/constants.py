@@ -55,6 +55,10 @@ class MsgType(IntEnum):
     LEG_OPEN = 0x4A  # session 8B | initiator key 32B | target key 32B | hops u8 | port u16
     LEG_ANSWER = 0x4B  # session 8B | status u8 (Status) | port u16
     LEG_CLOSE = 0x4C  # session 8B | reason u8 (CloseReason)
+    # credits (proto/receipts.py): signed usage receipts and operator
+    # claims, spread between relays
+    RECEIPTS = 0x4E  # n u8 | n x RECEIPT record | m u8 | m x CLAIM record
+    RECEIPTS_ACK = 0x4F  # stored u8 | refused u8
 
     # signed, readable by anyone: type | version | RelayNodeInfo | issued_ms u64 | ttl_s u32 | sig
     ANNOUNCEMENT = 0x30
@@ -68,6 +72,12 @@ class MsgType(IntEnum):
     # agent from WireGuard's own port to the relay's main port: the relay
     # compares its source with the session port's latch (NAT mapping kind).
     MAPPING_PROBE = 0x33
+
+    # credits, agent <-> relay (proto/receipts.py)
+    RECEIPT_REQUEST = 0x54  # session 8B | seq u32 | claimed bytes u64
+    RECEIPT = 0x55  # RECEIPT record (156 B, signed by the peer)
+    CREDIT_QUERY = 0x56  # query_id u32 | member key 32B
+    CREDIT_REPORT = 0x57  # query_id u32 | member 32B | ... (proto/receipts.py)
 
 
 # 0x20-0x2F filled up: later agent<->relay messages take 0x50-0x5F.
@@ -91,6 +101,9 @@ SERVER_TO_CLIENT = frozenset(
         MsgType.PULL_REPLY,
         MsgType.LOCATION_ACK,
         MsgType.PROBE_ANSWER,
+        MsgType.RECEIPT_REQUEST,
+        MsgType.CREDIT_REPORT,
+        MsgType.RECEIPTS_ACK,
     }
 )
 BOTH_DIRECTIONS = frozenset({MsgType.SESSION_CLOSE, MsgType.PUNCH})
@@ -219,6 +232,8 @@ class Capability(IntEnum):
     """The operator set a byte budget; RelayNodeInfo.budget_left_pct says what is left."""
     MULTI_HOP = 1 << 8
     """Takes CONNECTION_REQUEST with a relay to go through, and LEG_* from relays."""
+    CREDITS = 1 << 10
+    """Asks its peers for usage receipts and spreads them (RECEIPTS): credits."""
 
 
 REQUEST_FLAG_VIA = 0x01

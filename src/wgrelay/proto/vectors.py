@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+from wgrelay import xeddsa
 from wgrelay.keys import PrivateKey, PublicKey, RelayIdentity, clamp
 from wgrelay.proto.announce import RelayNodeInfo, encode_announcement
 from wgrelay.proto.constants import (
@@ -61,6 +62,19 @@ from wgrelay.proto.messages import (
     SessionHold,
     SessionOffer,
     mapping_probe,
+)
+from wgrelay.proto.receipts import (
+    CLAIM_DOMAIN,
+    RECEIPT_DOMAIN,
+    Claim,
+    CreditQuery,
+    CreditReport,
+    Receipt,
+    ReceiptBody,
+    ReceiptRequest,
+    Receipts,
+    ReceiptsAck,
+    RelayEarning,
 )
 from wgrelay.proto.wgmac import MESSAGE_INITIATION, compute_mac1, mac1_key
 
@@ -203,6 +217,42 @@ CONTROL_VECTORS: list[tuple[str, Body, bool]] = [
     ("leg_close", LegClose(SESSION_ID, CloseReason.PEER_GONE), False),
 ]
 
+# credits (proto/receipts.py): XEdDSA with fixed randomness, so the bytes repeat
+_UNSIGNED = Receipt(RELAY.public, PEER_PRIVATE.public_key(), SESSION_ID, 3, 1_234_567, ISSUED_MS)
+RECEIPT = replace(
+    _UNSIGNED,
+    signature=xeddsa.sign(
+        PEER_PRIVATE.raw, RECEIPT_DOMAIN + _UNSIGNED.signed_part(), bytes([0x60]) * 64
+    ),
+)
+_CLAIM = Claim(PEER_PRIVATE.public_key(), RELAY.public, ISSUED_MS, bytes(64))
+CLAIM = replace(
+    _CLAIM,
+    member_signature=xeddsa.sign(
+        PEER_PRIVATE.raw, CLAIM_DOMAIN + _CLAIM.member_part(), bytes([0x61]) * 64
+    ),
+).endorsed_by(RELAY)
+CONTROL_VECTORS += [
+    ("receipt_request", ReceiptRequest(SESSION_ID, 3, 1_300_000), True),
+    ("receipt", ReceiptBody(RECEIPT), False),
+    ("credit_query", CreditQuery(0x01020304, PEER_PRIVATE.public_key()), False),
+    (
+        "credit_report",
+        CreditReport(
+            0x01020304,
+            PEER_PRIVATE.public_key(),
+            30,
+            2_469_134,
+            1_234_567,
+            1,
+            (RelayEarning(RELAY.public, 2_469_134, 2),),
+        ),
+        True,
+    ),
+    ("receipts", Receipts((RECEIPT,), (CLAIM,)), False),
+    ("receipts_ack", ReceiptsAck(2, 0), True),
+]
+
 
 def peer_public() -> PublicKey:
     return PEER_PRIVATE.public_key()
@@ -271,6 +321,8 @@ def render() -> str:
         f"cookie_for: peer_public at {COOKIE_FOR[0]}:{COOKIE_FOR[1]}",
         f"cookie: {COOKIE.hex()}",
         f"latch_mac1_key: {mac1_key(OTHER_PEER.raw).hex()}",
+        f"receipt_record: {RECEIPT.encode().hex()}",  # (records: inside sealed bodies)
+        f"claim_record: {CLAIM.encode().hex()}",
     ]
     lines += [f"{name}: {raw.hex()}" for name, raw in all_vectors().items()]
     return "\n".join(lines)

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from wgrelay.credits_cli import load_claim_file
 from wgrelay.discovery.registry import RegistryStore, RelayRegistry
 from wgrelay.endpoint import Endpoint, endpoint_str
 from wgrelay.errors import ConfigError
@@ -22,6 +23,7 @@ from wgrelay.relay.budget import SAVE_INTERVAL_S as BUDGET_SAVE_INTERVAL_S
 from wgrelay.relay.budget import BudgetMeter, BudgetStore
 from wgrelay.relay.config import RelayConfig
 from wgrelay.relay.core import RelayCore
+from wgrelay.relay.ledger import Ledger
 from wgrelay.relay.localaddrs import local_announce_endpoints
 from wgrelay.relay.metrics import make_registry, serve_metrics
 from wgrelay.relay.offload import KernelOffload, OffloadUnavailable, delete_stale_table
@@ -66,6 +68,8 @@ class RelayOptions:
     tls_cert: Path | None = None
     tls_key: Path | None = None
     tls_self_signed: bool = False
+    operator_claim: Path | None = None
+    """The member who runs this relay (``wgrelay credits claim``): it earns the credit."""
     reload: Reloadable[RelayOptions] | None = None
     """How to make these options again on SIGHUP (relay/reload.py); None: no reloads."""
 
@@ -261,6 +265,7 @@ async def _serve(opts: RelayOptions) -> None:
     tls = tls_context(opts.tls_cert, opts.tls_key, opts.tls_self_signed, state)
     key_file = opts.key_file or state / "relay.key"
     identity, created = load_or_create_relay_identity(key_file)
+    claim = load_claim_file(opts.operator_claim, identity.public) if opts.operator_claim else None
     runtime = AsyncioRuntime()
     core = RelayCore(
         identity,
@@ -271,6 +276,8 @@ async def _serve(opts: RelayOptions) -> None:
         region=opts.region,
         announce_endpoints=announce,
     )
+    ledger = Ledger(state / "credits.db", allows=lambda key: core.policy.allows(key))
+    core.enable_credits(ledger, claim, runtime.now())
     server = RelayServer(
         core,
         runtime,
@@ -353,6 +360,7 @@ async def _serve(opts: RelayOptions) -> None:
             log.warning("could not save the relays this relay knows: %s", e)
         store.close()
         server.close_transports()
+        ledger.close()
         if server.offload is not None:
             server.offload.close()  # idempotent: serve() closes it on a clean stop
         if metrics_server is not None:

@@ -91,6 +91,8 @@ MIN_WANT_BYTES_PER_S = 2_000.0
 """What an idle flow is still given room for (keepalives, a handshake)."""
 MIN_BURST_BYTES = 2 * 9226.0
 """Two maximum-size frames: a bucket must ever pass a jumbo packet."""
+WEIGHT_REFRESH_S = 10.0
+"""How often the sessions' weights follow their members' balances."""
 KERNEL_STEP = 0.1
 """An offloaded path is re-installed when its share moved by more than this."""
 DEFAULT_MIN_SHARE = 0.25
@@ -332,6 +334,7 @@ class Contention:
         self._last_tick: float | None = None
         self._shaped = False
         """Some bucket runs at another rate than its cap (a share)."""
+        self._weights_at = -math.inf
         self.report = ContentionReport()
 
     # ------------------------------------------------------------ weights
@@ -416,13 +419,19 @@ class Contention:
             self._last_tick = None  # (a capacity set later starts measuring afresh)
             return []  # nothing to share: nothing to do (today's relay)
         entries: list[tuple[Session, _SessionState]] = []
+        # balances move slowly (receipts): weights are looked up again every
+        # WEIGHT_REFRESH_S (a new session's at its start), not every tick
+        refresh = now - self._weights_at >= WEIGHT_REFRESH_S
+        if refresh:
+            self._weights_at = now
         for sid, s in sessions.items():
             if sid not in self._state and capacity:
                 self.established(s, config, now)  # (a capacity set by a reload)
             st = self._state.get(sid)
             if st is None or s.ab is None or s.ba is None:
                 continue
-            st.weight = self.session_weight(s.a_key, s.b_key)
+            if refresh:
+                st.weight = self.session_weight(s.a_key, s.b_key)
             entries.append((s, st))
         if not capacity:
             self._restore(entries, config.bandwidth_burst_s)
@@ -430,8 +439,9 @@ class Contention:
         flows: list[Flow] = []
         buckets: list[tuple[TokenBucket, _FlowState]] = []
         used_total = 0.0
+        overhead = config.packet_overhead_bytes
         for s, st in entries:
-            kernel = _kernel_counts(s, config.packet_overhead_bytes)
+            kernel = _kernel_counts(s, overhead) if s.ports is not None else _NOT_OFFLOADED
             for bucket, fs, k in ((s.ab, st.ab, kernel[0]), (s.ba, st.ba, kernel[1])):
                 if bucket is None:  # (never: entries have both buckets)
                     continue
@@ -501,6 +511,9 @@ def _set_rate(bucket: TokenBucket, rate: float, burst_s: float) -> None:
     bucket.burst = max(rate * burst_s, MIN_BURST_BYTES)
     if bucket.tokens > bucket.burst:
         bucket.tokens = bucket.burst
+
+
+_NOT_OFFLOADED: tuple[None, None] = (None, None)
 
 
 def _kernel_counts(

@@ -80,6 +80,7 @@ from wgrelay.proto.messages import (
 )
 from wgrelay.relay.admission import Addr, Inbound
 from wgrelay.relay.legs import LegsCore
+from wgrelay.relay.credits import CreditsCore
 from wgrelay.relay.locations import Found
 from wgrelay.relay.stats import DropReason
 
@@ -92,7 +93,7 @@ log = logging.getLogger(__name__)
 __all__ = ["Addr", "RelayCore"]
 
 
-class RelayCore(LegsCore):
+class RelayCore(CreditsCore, LegsCore):
     def _handler_table(self) -> dict[MsgType, Callable[[Inbound, Any], None]]:
         return {
             MsgType.REGISTER: self._handle_register,

@@ -65,6 +65,7 @@ from wgrelay.proto.federation import (
     PullReply,
 )
 from wgrelay.proto.messages import Body, DiscoveryResponse, Error, Pong
+from wgrelay.proto.receipts import ReceiptsAck
 from wgrelay.relay.federation_base import (
     PULL_REPLY_ROOM,
     RESPONSE_ROOM,
@@ -160,7 +161,7 @@ class Federation(FederationSpread):
             self._count(f"refused_{getattr(code, 'name', str(int(code))).lower()}")
         elif isinstance(body, LocationAck):
             self.locations.acked(key)
-        elif not isinstance(body, GossipAck):
+        elif not isinstance(body, GossipAck | ReceiptsAck):  # (credits.py: RECEIPTS)
             return False  # (an ack needs nothing: it was the sign of life)
         return True
 

@@ -1,0 +1,321 @@
+"""The credit ledger: verified receipts and operator claims, and balances.
+
+Theory of operation
+-------------------
+Relaying earns credit for the mesh member who runs the relay; being relayed
+spends it. Nothing is taken on a relay's word:
+
+* A **receipt** (proto/receipts.py) is signed by the peer a relay served,
+  with its WireGuard key (XEdDSA): "relay R carried N bytes of session S for
+  me, counting both directions, as of request number seq". N is cumulative
+  for the session, so only the newest receipt per (relay, peer, session)
+  counts, and a receipt is stored only if it moves that record forward (a
+  higher seq, and never fewer bytes): a replayed or older receipt adds
+  nothing and is refused (counted by reason).
+* An **operator claim** is signed by a member ("I run relay R") and endorsed
+  by R's own key (the relay was started with it: ``start-relay
+  --operator-claim``). The newest claim per relay wins (a relay changing
+  hands).
+
+**Balance** of a member, over the last ``window_days`` (30) of receipts by
+their signing time (older ones are forgotten, which also bounds the file)::
+
+    earned = sum over relays the member runs, over each signer S:
+                 min(cap, bytes S acknowledged to that relay)
+    used   = bytes in the receipts the member signed
+    balance = earned - used
+
+Each side of a session signs for the whole session (what it sent plus what
+it received), so a relay that carries a session between two members who
+both sign earns the session's bytes once for each member it served, and
+each of them pays for it: credit moves between members, the sum of all
+balances is zero but for the caps.
+
+**Cheap anti-abuse.** A receipt counts only if its signer is allowed by this
+relay's access policy (a key outside the mesh cannot mint credit), and
+``cap`` limits what one signer can give one relay per window, so two
+colluding keys (an operator and a sock puppet signing made-up receipts) can
+move at most ``cap`` a window. docs/ARCHITECTURE.md lists what this does
+not stop.
+
+The ledger is sans-I/O except for its SQLite file (``STATE_DIR/credits.db``,
+or in memory for the simulator): time is given, never read.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+from enum import StrEnum
+from pathlib import Path
+
+from wgrelay.errors import ConfigError
+from wgrelay.keys import PublicKey
+from wgrelay.proto.receipts import Claim, Receipt
+from wgrelay.storage import open_store
+
+CREDITS_APPLICATION_ID = 0x77677243 + 0x10  # "wgrS": the credit ledger
+SCHEMA_VERSION = 1
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS receipts (
+    relay BLOB NOT NULL,
+    peer BLOB NOT NULL,
+    session BLOB NOT NULL,
+    seq INTEGER NOT NULL,
+    bytes INTEGER NOT NULL,
+    time_ms INTEGER NOT NULL,
+    signature BLOB NOT NULL,
+    PRIMARY KEY (relay, peer, session)
+);
+CREATE INDEX IF NOT EXISTS receipts_by_peer ON receipts (peer);
+CREATE TABLE IF NOT EXISTS claims (
+    relay BLOB PRIMARY KEY,
+    member BLOB NOT NULL,
+    issued_ms INTEGER NOT NULL,
+    member_signature BLOB NOT NULL,
+    relay_signature BLOB NOT NULL
+);
+CREATE INDEX IF NOT EXISTS claims_by_member ON claims (member);
+"""
+WINDOW_DAYS = 30
+DAY_MS = 86_400_000
+MAX_CREDIT_PER_SIGNER = 100 * 10**9
+"""What one signer can credit one relay in a window (100 GB): a generous
+month of one member's relayed traffic, and the most two colluding keys can
+mint per window."""
+MAX_FUTURE_MS = 600_000
+"""A receipt signed more than 10 minutes ahead of our clock is refused (it
+would outlive the window)."""
+
+
+class Refusal(StrEnum):
+    """Why a receipt or claim was not stored (metrics: credits_refused_total)."""
+
+    BAD_SIGNATURE = "bad_signature"
+    WRONG_RELAY = "wrong_relay"
+    """Not about the relay that handed it to us (or an unknown relay)."""
+    NOT_ALLOWED = "not_allowed"
+    """Signed by a key this relay's access policy does not allow."""
+    REPLAYED = "replayed"
+    """Not newer than the receipt held for its session (seq)."""
+    LOWER_COUNT = "lower_count"
+    """Newer, but acknowledging fewer bytes than before."""
+    OVER_CLAIM = "over_claim"
+    """More bytes, or another request, than we asked the peer to sign."""
+    EXPIRED = "expired"
+    FUTURE = "future"
+    STALE_CLAIM = "stale_claim"
+    """A claim older than the one held for its relay."""
+    DUPLICATE = "duplicate"
+    """Exactly what we hold (gossip brings records more than once): not
+    stored, and not counted as a refusal (``duplicates``)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Earning:
+    relay: PublicKey
+    nbytes: int
+    receipts: int
+
+
+@dataclass(frozen=True, slots=True)
+class Statement:
+    """A member's balance and how it came about (``wgrelay credits``)."""
+
+    member: PublicKey
+    earned: int
+    used: int
+    used_receipts: int
+    relays: tuple[Earning, ...]
+
+    @property
+    def balance(self) -> int:
+        return self.earned - self.used
+
+
+class Ledger:
+    """Verified receipts and claims, in ``credits.db`` (``path``) or in memory."""
+
+    def __init__(
+        self,
+        path: Path | None,
+        allows: Callable[[bytes], bool] = lambda _key: True,
+        window_days: int = WINDOW_DAYS,
+        cap: int = MAX_CREDIT_PER_SIGNER,
+    ) -> None:
+        self.path = path
+        self.allows = allows
+        """The relay's access policy: only receipts its members sign count."""
+        self.window_days = window_days
+        self.cap = cap
+        self.refused: Counter[str] = Counter()
+        self.stored = 0
+        self.duplicates = 0
+        """Receipts we already held exactly (gossip brings them more than once)."""
+        self._now_ms = 0
+        self._balances: dict[bytes, int] = {}
+        if path is None:
+            self._conn = sqlite3.connect(":memory:", isolation_level=None)
+            self._conn.executescript(SCHEMA)
+        else:
+            self._conn = open_store(path, SCHEMA, SCHEMA_VERSION, CREDITS_APPLICATION_ID)
+
+    # ------------------------------------------------------------ time
+
+    def tick(self, now_ms: int) -> int:
+        """Follow the wall clock; forget receipts that left the window.
+        Returns how many were forgotten."""
+        self._now_ms = now_ms
+        cut = now_ms - self.window_days * DAY_MS
+        try:
+            with self._conn:
+                n = self._conn.execute("DELETE FROM receipts WHERE time_ms < ?", (cut,)).rowcount
+        except sqlite3.Error as e:
+            raise ConfigError(f"cannot update the credit ledger {self.path}: {e}") from None
+        if n:
+            self._balances.clear()
+        return max(n, 0)
+
+    # ------------------------------------------------------------ receipts
+
+    def check_receipt(self, r: Receipt) -> Refusal | None:
+        """Everything but the record's place in its session's history."""
+        if self._now_ms and r.time_ms > self._now_ms + MAX_FUTURE_MS:
+            return Refusal.FUTURE
+        if self._now_ms and r.time_ms < self._now_ms - self.window_days * DAY_MS:
+            return Refusal.EXPIRED
+        if not self.allows(r.peer.raw):
+            return Refusal.NOT_ALLOWED
+        if not r.verify():
+            return Refusal.BAD_SIGNATURE
+        return None
+
+    def held(self, r: Receipt) -> tuple[int, int] | None:
+        """(seq, bytes) of the receipt held for ``r``'s session, if any."""
+        row = self._conn.execute(
+            "SELECT seq, bytes FROM receipts WHERE relay = ? AND peer = ? AND session = ?",
+            (r.relay.raw, r.peer.raw, r.session_id),
+        ).fetchone()
+        return (int(row[0]), int(row[1])) if row is not None else None
+
+    def add_receipt(self, r: Receipt) -> Refusal | None:
+        """Verify and store; None when stored (news), else why not (counted;
+        an exact copy of what we hold is DUPLICATE, counted apart)."""
+        held = self.held(r)
+        if held is not None and held == (r.seq, r.nbytes):
+            self.duplicates += 1
+            return Refusal.DUPLICATE
+        refusal = self.check_receipt(r)
+        if refusal is None and held is not None:
+            if r.seq <= held[0]:
+                refusal = Refusal.REPLAYED
+            elif r.nbytes < held[1]:
+                refusal = Refusal.LOWER_COUNT
+        if refusal is not None:
+            self.refused[refusal] += 1
+            return refusal
+        try:
+            with self._conn:
+                self._conn.execute(
+                    "INSERT OR REPLACE INTO receipts VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    (
+                        r.relay.raw,
+                        r.peer.raw,
+                        r.session_id,
+                        r.seq,
+                        r.nbytes,
+                        r.time_ms,
+                        r.signature,
+                    ),
+                )
+        except sqlite3.Error as e:
+            raise ConfigError(f"cannot update the credit ledger {self.path}: {e}") from None
+        self.stored += 1
+        self._balances.clear()
+        return None
+
+    def refuse(self, refusal: Refusal) -> None:
+        """Count a refusal decided before the ledger saw the receipt."""
+        self.refused[refusal] += 1
+
+    def receipts_count(self) -> int:
+        return int(self._conn.execute("SELECT count(*) FROM receipts").fetchone()[0])
+
+    # ------------------------------------------------------------ claims
+
+    def add_claim(self, c: Claim) -> Refusal | None:
+        row = self._conn.execute(
+            "SELECT issued_ms FROM claims WHERE relay = ?", (c.relay.raw,)
+        ).fetchone()
+        if row is not None and int(row[0]) >= c.issued_ms:
+            if int(row[0]) > c.issued_ms:
+                self.refused[Refusal.STALE_CLAIM] += 1
+                return Refusal.STALE_CLAIM
+            return Refusal.DUPLICATE
+        if not c.verify():
+            self.refused[Refusal.BAD_SIGNATURE] += 1
+            return Refusal.BAD_SIGNATURE
+        try:
+            with self._conn:
+                self._conn.execute(
+                    "INSERT OR REPLACE INTO claims VALUES (?, ?, ?, ?, ?)",
+                    (
+                        c.relay.raw,
+                        c.member.raw,
+                        c.issued_ms,
+                        c.member_signature,
+                        c.relay_signature,
+                    ),
+                )
+        except sqlite3.Error as e:
+            raise ConfigError(f"cannot update the credit ledger {self.path}: {e}") from None
+        self._balances.clear()
+        return None
+
+    def operator_of(self, relay: PublicKey) -> PublicKey | None:
+        row = self._conn.execute("SELECT member FROM claims WHERE relay = ?", (relay.raw,))
+        found = row.fetchone()
+        return PublicKey(bytes(found[0])) if found is not None else None
+
+    def claims(self) -> list[Claim]:
+        rows = self._conn.execute("SELECT member, relay, issued_ms, member_signature,"
+                                  " relay_signature FROM claims ORDER BY relay")  # fmt: skip
+        return [
+            Claim(PublicKey(bytes(m)), PublicKey(bytes(r)), int(t), bytes(ms), bytes(rs))
+            for m, r, t, ms, rs in rows
+        ]
+
+    # ------------------------------------------------------------ balances
+
+    def statement(self, member: bytes) -> Statement:
+        relays: list[Earning] = []
+        for (relay,) in self._conn.execute(
+            "SELECT relay FROM claims WHERE member = ? ORDER BY relay", (member,)
+        ).fetchall():
+            rows = self._conn.execute(
+                "SELECT sum(bytes), count(*) FROM receipts WHERE relay = ? GROUP BY peer",
+                (relay,),
+            ).fetchall()
+            earned = sum(min(int(total), self.cap) for total, _ in rows)
+            relays.append(Earning(PublicKey(bytes(relay)), earned, sum(int(n) for _, n in rows)))
+        used, n = self._conn.execute(
+            "SELECT coalesce(sum(bytes), 0), count(*) FROM receipts WHERE peer = ?", (member,)
+        ).fetchone()
+        relays.sort(key=lambda e: (-e.nbytes, e.relay.raw))
+        return Statement(
+            PublicKey(member), sum(e.nbytes for e in relays), int(used), int(n), tuple(relays)
+        )
+
+    def balance(self, member: bytes) -> int:
+        """Bytes earned by the relays ``member`` runs minus bytes it used,
+        over the window (cached until the ledger changes): the contention
+        code's CreditSource."""
+        b = self._balances.get(member)
+        if b is None:
+            b = self._balances[member] = self.statement(member).balance
+        return b
+
+    def close(self) -> None:
+        self._conn.close()

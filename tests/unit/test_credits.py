@@ -1,0 +1,268 @@
+"""Credits: XEdDSA, the receipt and claim codecs, the ledger's rules."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import nacl.bindings as sodium
+import nacl.signing
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from wgrelay import xeddsa
+from wgrelay.errors import RemoteProtocolError
+from wgrelay.keys import PrivateKey, PublicKey, RelayIdentity
+from wgrelay.proto.constants import MAX_CONTROL_SIZE, MsgType
+from wgrelay.proto.envelope import MIN_CONTROL_SIZE
+from wgrelay.proto.messages import decode_body, encode_body
+from wgrelay.proto.receipts import (
+    CLAIM_LEN,
+    RECEIPT_LEN,
+    Claim,
+    CreditQuery,
+    CreditReport,
+    Receipt,
+    ReceiptBody,
+    ReceiptRequest,
+    Receipts,
+    ReceiptsAck,
+    RelayEarning,
+    decode_receipt,
+    make_claim,
+    pack_records,
+)
+from wgrelay.relay.ledger import DAY_MS, Ledger, Refusal
+
+NOW_MS = 1_700_000_000_000
+
+# ---------------------------------------------------------------- XEdDSA
+
+VECTOR_KEY = bytes(range(1, 33))
+VECTOR_RANDOM = bytes(range(64))
+VECTOR_MESSAGE = b"wgrelay xeddsa test vector"
+VECTOR_PUBLIC = "07a37cbc142093c8b755dc1b10e86cb426374ad16aa853ed0bdfc0b2b86d1c7c"
+VECTOR_EDWARDS = "cfe058a4a189ee7230e43a1347ea1a7eef01f3557991a7fd3cec8915fd290a6c"
+VECTOR_SIGNATURE = (
+    "1c5aee7635729a65418cd79091842ff8601d99696b2c98db34360de4f6491c15"
+    "36fffd98002bb00ecfa9d199b20338885302962a815c092c3a65fa6bc079a904"
+)
+
+
+def test_recorded_vector() -> None:
+    """A fixed key, nonce randomness and message give the recorded signature
+    (any change to the construction shows here)."""
+    key = PrivateKey(VECTOR_KEY)
+    assert key.public_key().raw.hex() == VECTOR_PUBLIC
+    assert xeddsa.edwards_public(key.public_key().raw).hex() == VECTOR_EDWARDS
+    sig = xeddsa.sign(key.raw, VECTOR_MESSAGE, VECTOR_RANDOM)
+    assert sig.hex() == VECTOR_SIGNATURE
+    assert xeddsa.verify(key.public_key().raw, VECTOR_MESSAGE, sig)
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_libsodium_verifies_the_signature_under_the_converted_key(seed: int) -> None:
+    key = PrivateKey.generate()
+    u = key.public_key().raw
+    message = os.urandom(seed * 7)
+    sig = xeddsa.sign(key.raw, message)
+    a = xeddsa.edwards_public(u)
+    assert a[31] & 0x80 == 0  # sign bit 0, as the spec says
+    # libsodium's own Edwards -> Montgomery conversion takes A back to u
+    assert sodium.crypto_sign_ed25519_pk_to_curve25519(a) == u
+    nacl.signing.VerifyKey(a).verify(message, sig)  # plain Ed25519 (raises if bad)
+    assert xeddsa.verify(u, message, sig)
+
+
+def test_tampered_message_signature_or_key_fails() -> None:
+    key = PrivateKey.generate()
+    u = key.public_key().raw
+    sig = xeddsa.sign(key.raw, b"receipt")
+    assert not xeddsa.verify(u, b"receipT", sig)
+    assert not xeddsa.verify(PrivateKey.generate().public_key().raw, b"receipt", sig)
+    flipped = bytearray(sig)
+    flipped[40] ^= 1
+    assert not xeddsa.verify(u, b"receipt", bytes(flipped))
+    assert not xeddsa.verify(u, b"receipt", sig[:63])
+    # u = -1 (no Edwards point) and u >= p are refused, never raised
+    assert not xeddsa.verify((xeddsa.P - 1).to_bytes(32, "little"), b"receipt", sig)
+    assert not xeddsa.verify((xeddsa.P + 3).to_bytes(32, "little"), b"receipt", sig)
+
+
+def test_signatures_are_randomized_but_all_verify() -> None:
+    key = PrivateKey.generate()
+    a, b = xeddsa.sign(key.raw, b"m"), xeddsa.sign(key.raw, b"m")
+    assert a != b
+    assert xeddsa.verify(key.public_key().raw, b"m", a)
+    assert xeddsa.verify(key.public_key().raw, b"m", b)
+
+
+# ---------------------------------------------------------------- codecs
+
+RELAY = RelayIdentity.generate()
+
+
+def receipt(
+    key: PrivateKey,
+    nbytes: int,
+    seq: int = 1,
+    sid: bytes = b"S" * 8,
+    relay: PublicKey | None = None,
+    time_ms: int = NOW_MS,
+) -> Receipt:
+    r = Receipt(relay or RELAY.public, key.public_key(), sid, seq, nbytes, time_ms)
+    return r.signed_by(key)
+
+
+def test_receipt_record_round_trip_and_signature() -> None:
+    key = PrivateKey.generate()
+    r = receipt(key, 12345)
+    raw = r.encode()
+    assert len(raw) == RECEIPT_LEN
+    back = decode_receipt(raw)
+    assert back == r
+    assert back.verify()
+    assert not Receipt(r.relay, r.peer, r.session_id, r.seq, 12346, r.time_ms, r.signature).verify()
+
+
+def test_claim_needs_both_signatures() -> None:
+    member = PrivateKey.generate()
+    claim = make_claim(member, RELAY.public, NOW_MS)
+    assert claim.member_signed()
+    assert not claim.verify()  # not endorsed yet
+    endorsed = claim.endorsed_by(RELAY)
+    assert endorsed.verify()
+    assert len(endorsed.encode()) == CLAIM_LEN
+    other = make_claim(member, RelayIdentity.generate().public, NOW_MS)
+    stolen = Claim(other.member, other.relay, NOW_MS, claim.member_signature)
+    assert not stolen.member_signed()  # a signature for one relay names no other
+
+
+BODIES = [
+    ReceiptRequest(b"\x01" * 8, 7, 10**9),
+    ReceiptBody(receipt(PrivateKey.generate(), 99)),
+    CreditQuery(5, PrivateKey.generate().public_key()),
+    CreditReport(
+        6, PrivateKey.generate().public_key(), 30, 1000, 400, 3,
+        (RelayEarning(RELAY.public, 1000, 2),),
+    ),  # fmt: skip
+    Receipts(
+        tuple(receipt(PrivateKey.generate(), n) for n in range(5)),
+        (make_claim(PrivateKey.generate(), RELAY.public, NOW_MS).endorsed_by(RELAY),),
+    ),
+    ReceiptsAck(3, 1),
+]
+
+
+@pytest.mark.parametrize("body", BODIES, ids=lambda b: type(b).__name__)
+def test_bodies_round_trip_and_truncation_is_remote_error(body: object) -> None:
+    raw = encode_body(body)  # type: ignore[arg-type]
+    assert decode_body(body.TYPE, raw) == body  # type: ignore[attr-defined]
+    for cut in (0, 1, len(raw) // 2, len(raw) - 1):
+        if cut < len(raw):
+            with pytest.raises(RemoteProtocolError):
+                decode_body(body.TYPE, raw[:cut])  # type: ignore[attr-defined]
+    with pytest.raises(RemoteProtocolError):
+        decode_body(body.TYPE, raw + b"\x00")  # type: ignore[attr-defined]
+
+
+@given(st.binary(max_size=1200), st.sampled_from([b.TYPE for b in BODIES]))
+def test_arbitrary_bytes_raise_only_remote_errors(data: bytes, t: MsgType) -> None:
+    try:
+        decode_body(t, data)
+    except RemoteProtocolError:
+        pass
+
+
+def test_packed_batches_fit_one_datagram() -> None:
+    key = PrivateKey.generate()
+    rs = [receipt(key, n, sid=n.to_bytes(8, "big")) for n in range(20)]
+    cs = [make_claim(key, RelayIdentity.generate().public, NOW_MS) for _ in range(3)]
+    batches = pack_records(rs, cs)
+    assert sum(len(b.receipts) for b in batches) == 20
+    assert sum(len(b.claims) for b in batches) == 3
+    for b in batches:
+        assert len(encode_body(b)) <= MAX_CONTROL_SIZE - MIN_CONTROL_SIZE - 16
+
+
+# ---------------------------------------------------------------- ledger
+
+
+def ledger(tmp: Path | None = None, **kw: object) -> Ledger:
+    led = Ledger(tmp / "credits.db" if tmp else None, **kw)  # type: ignore[arg-type]
+    led.tick(NOW_MS)
+    return led
+
+
+def test_forged_replayed_and_lower_receipts_are_refused_and_counted() -> None:
+    led = ledger()
+    peer = PrivateKey.generate()
+    good = receipt(peer, 1000, seq=1)
+    assert led.add_receipt(good) is None
+    # forged: signed by someone else's key, or the count changed after signing
+    forged = receipt(PrivateKey.generate(), 5000, seq=2)
+    forged = Receipt(forged.relay, peer.public_key(), forged.session_id, 2, 5000, NOW_MS,
+                     forged.signature)  # fmt: skip
+    assert led.add_receipt(forged) is Refusal.BAD_SIGNATURE
+    inflated = Receipt(good.relay, good.peer, good.session_id, 2, 10**9, NOW_MS, good.signature)
+    assert led.add_receipt(inflated) is Refusal.BAD_SIGNATURE
+    # an exact copy (gossip) is a duplicate, not news and not a refusal
+    assert led.add_receipt(good) is Refusal.DUPLICATE
+    assert led.add_receipt(receipt(peer, 2000, seq=2)) is None
+    assert led.add_receipt(receipt(peer, 3000, seq=2)) is Refusal.REPLAYED  # an old request
+    assert led.add_receipt(receipt(peer, 1500, seq=3)) is Refusal.LOWER_COUNT
+    assert led.add_receipt(receipt(peer, 9, seq=1, time_ms=NOW_MS + DAY_MS)) is Refusal.FUTURE
+    old = receipt(peer, 9, seq=1, sid=b"O" * 8, time_ms=NOW_MS - 31 * DAY_MS)
+    assert led.add_receipt(old) is Refusal.EXPIRED
+    assert led.refused == {
+        "bad_signature": 2,
+        "replayed": 1,
+        "lower_count": 1,
+        "future": 1,
+        "expired": 1,
+    }
+    assert led.duplicates == 1
+    assert led.statement(peer.public_key().raw).used == 2000
+
+
+def test_only_keys_the_policy_allows_count() -> None:
+    outsider = PrivateKey.generate()
+    led = ledger(allows=lambda k: k != outsider.public_key().raw)
+    assert led.add_receipt(receipt(outsider, 100)) is Refusal.NOT_ALLOWED
+    assert led.refused["not_allowed"] == 1
+
+
+def test_balance_earned_by_operated_relays_minus_used_with_a_cap(tmp_path: Path) -> None:
+    led = ledger(tmp_path, cap=5000)
+    operator, a, b = PrivateKey.generate(), PrivateKey.generate(), PrivateKey.generate()
+    other_relay = RelayIdentity.generate()
+    assert led.add_claim(make_claim(operator, RELAY.public, NOW_MS).endorsed_by(RELAY)) is None
+    led.add_receipt(receipt(a, 3000, sid=b"1" * 8))
+    led.add_receipt(receipt(a, 4000, sid=b"2" * 8))  # a gives 7000: capped at 5000
+    led.add_receipt(receipt(b, 1000, sid=b"1" * 8))
+    led.add_receipt(receipt(operator, 600, sid=b"3" * 8, relay=other_relay.public))
+    st_op = led.statement(operator.public_key().raw)
+    assert (st_op.earned, st_op.used, st_op.balance) == (6000, 600, 5400)
+    assert st_op.relays[0].receipts == 3
+    assert led.balance(operator.public_key().raw) == 5400
+    assert led.balance(a.public_key().raw) == -7000
+    # a newer claim hands the relay over; an older one is refused
+    newer = make_claim(a, RELAY.public, NOW_MS + 1).endorsed_by(RELAY)
+    assert led.add_claim(newer) is None
+    assert led.balance(operator.public_key().raw) == -600
+    assert led.add_claim(make_claim(operator, RELAY.public, NOW_MS).endorsed_by(RELAY)) is (
+        Refusal.STALE_CLAIM
+    )
+    unendorsed = make_claim(b, other_relay.public, NOW_MS)
+    assert led.add_claim(unendorsed) is Refusal.BAD_SIGNATURE
+    led.close()
+    # a restart keeps every balance
+    again = ledger(tmp_path, cap=5000)
+    assert again.balance(a.public_key().raw) == 5000 + 1000 - 7000
+    assert again.balance(operator.public_key().raw) == -600
+    assert again.receipts_count() == 4
+    # the window moves on: a month later nothing is left
+    assert again.tick(NOW_MS + 31 * DAY_MS) == 4
+    assert again.balance(a.public_key().raw) == 0
+    again.close()

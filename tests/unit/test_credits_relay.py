@@ -1,0 +1,152 @@
+"""Credits between a relay core and its peers' links (fake clock, no sockets):
+requests, receipts signed for no more than observed, refusals counted."""
+
+from __future__ import annotations
+
+from wgrelay.client.events import SessionEstablished
+from wgrelay.client.receipts import Observed, ReceiptSigner, tolerance
+from wgrelay.keys import PrivateKey, PublicKey
+from wgrelay.proto.constants import Capability, CloseReason
+from wgrelay.proto.data import data_header
+from wgrelay.proto.receipts import Receipt, ReceiptBody, make_claim
+from wgrelay.relay.credits import ASK_INTERVAL_S
+from wgrelay.relay.ledger import Ledger
+from wgrelay.testkit import Client, CoreNet, registered
+
+PACKET = bytes((4,)) + bytes(99)  # a 100-byte WireGuard transport message
+
+
+class Counts:
+    """What a peer's agent observed (its proxy's counters), set by the test."""
+
+    def __init__(self) -> None:
+        self.seen: dict[PublicKey, Observed] = {}
+
+    def __call__(self, peer: PublicKey) -> Observed:
+        return self.seen.get(peer, Observed())
+
+
+def setup() -> tuple[CoreNet, Ledger, Client, Client, Counts, Counts, bytes, PrivateKey]:
+    net = CoreNet()
+    led = Ledger(None, allows=net.policy.allows)
+    operator = PrivateKey.generate()
+    net.relay.enable_credits(led, make_claim(operator, net.ident.public, 1), 0.0)
+    a, b = net.client(), net.client()
+    counts_a, counts_b = Counts(), Counts()
+    a.link.receipts = ReceiptSigner(a.key, counts_a)
+    b.link.receipts = ReceiptSigner(b.key, counts_b)
+    registered(net, a, b)
+    a.link.request_session(b.pub, net.clock.now)
+    net.run()
+    sid = next(e.session_id for e in a.events if isinstance(e, SessionEstablished))
+    for c, other in ((a, b), (b, a)):
+        assert c.link.receipts is not None
+        c.link.receipts.session_started(net.ident.public, other.pub, sid, net.clock.now)
+    return net, led, a, b, counts_a, counts_b, sid, operator
+
+
+def wait(net: CoreNet, seconds: float) -> None:
+    """Time passes a second at a time (heartbeats keep the peers registered)."""
+    for _ in range(int(seconds)):
+        net.advance(1.0)
+
+
+def relay_frames(net: CoreNet, c: Client, sid: bytes, n: int) -> None:
+    for _ in range(n):
+        net.relay.receive(data_header(sid) + PACKET, c.addr, net.clock.now)
+    net.relay.datagrams_to_send()  # (the frames went to the other side)
+
+
+def test_relay_asks_both_sides_and_stores_what_they_signed() -> None:
+    net, led, a, b, counts_a, counts_b, sid, operator = setup()
+    assert net.relay.capabilities() & Capability.CREDITS
+    relay_frames(net, a, sid, 50)  # 50 frames of 110 bytes, a -> b
+    carried = net.relay.sessions[sid].bytes
+    assert carried == 50 * 110
+    # each side saw the WireGuard packets (100 bytes) go out / come in
+    counts_a.seen[b.pub] = Observed(proxy_bytes=5000, proxy_packets=50)
+    counts_b.seen[a.pub] = Observed(proxy_bytes=5000, proxy_packets=50)
+    wait(net, ASK_INTERVAL_S + 1)
+    # the 10-byte framing is within the tolerance: both sign the relay's count
+    assert led.statement(a.pub.raw).used == carried
+    assert led.statement(b.pub.raw).used == carried
+    st = led.statement(operator.public_key().raw)
+    assert (st.earned, st.relays[0].receipts) == (2 * carried, 2)
+    assert net.relay.credit_counters()["receipts_taken"] == 2
+
+
+def test_an_inflated_claim_is_signed_only_for_what_the_peer_saw() -> None:
+    net, led, a, _b, counts_a, _cb, sid, _op = setup()
+    relay_frames(net, a, sid, 10)
+    net.relay.sessions[sid].bytes += 50_000_000  # the relay claims 50 MB it never carried
+    counts_a.seen[next(iter(a.link.session_of))] = Observed(proxy_bytes=1000, proxy_packets=10)
+    wait(net, ASK_INTERVAL_S + 1)
+    used = led.statement(a.pub.raw).used
+    assert used == 1000 + tolerance(1000, 10)
+    assert a.link.receipts is not None and a.link.receipts.trimmed == 1
+
+
+def test_forged_and_replayed_receipts_from_a_peer_are_refused() -> None:
+    net, led, a, b, counts_a, counts_b, sid, _op = setup()
+    relay_frames(net, a, sid, 20)
+    counts_a.seen[b.pub] = Observed(proxy_bytes=2000, proxy_packets=20)
+    counts_b.seen[a.pub] = Observed(proxy_bytes=2000, proxy_packets=20)
+    wait(net, ASK_INTERVAL_S + 1)
+    good = led.statement(a.pub.raw).used
+    now, ms = net.clock.now, int(net.clock.wall() * 1000)
+    # forged: b sends a receipt in a's name; a's own, changed after signing
+    fake = Receipt(net.ident.public, a.pub, sid, 1, 2200, ms).signed_by(a.key)
+    b.link._send(ReceiptBody(fake), now)
+    tampered = Receipt(net.ident.public, a.pub, sid, 1, 2100, ms, fake.signature)
+    a.link._send(ReceiptBody(tampered), now)
+    # replayed: a (freshly sealed) receipt for the request already answered;
+    # one for a request never made; an exact copy (a duplicate, not news)
+    older = Receipt(net.ident.public, a.pub, sid, 1, 2100, ms).signed_by(a.key)
+    a.link._send(ReceiptBody(older), now)
+    unasked = Receipt(net.ident.public, a.pub, sid, 9, 2100, ms).signed_by(a.key)
+    a.link._send(ReceiptBody(unasked), now)
+    net.run()
+    counters = net.relay.credit_counters()
+    assert counters["refused_wrong_relay"] == 1
+    assert counters["refused_bad_signature"] == 1
+    assert counters["refused_replayed"] == 2
+    assert led.statement(a.pub.raw).used == good
+    # a request it answered is never answered again, nor for less
+    relay_frames(net, a, sid, 10)
+    counts_a.seen[b.pub] = Observed(proxy_bytes=3000, proxy_packets=30)
+    wait(net, ASK_INTERVAL_S + 1)
+    assert led.statement(a.pub.raw).used > good
+
+
+def test_the_close_asks_once_more_and_the_signer_froze_the_count() -> None:
+    net, led, a, b, counts_a, counts_b, sid, _op = setup()
+    relay_frames(net, b, sid, 30)
+    counts_a.seen[b.pub] = Observed(proxy_bytes=3000, proxy_packets=30)
+    counts_b.seen[a.pub] = Observed(proxy_bytes=3000, proxy_packets=30)
+    a.link.close_session(b.pub, net.clock.now, CloseReason.NORMAL)
+    net.run()
+    assert sid not in net.relay.sessions
+    # both sides answered the last request (a closed it, b heard of the close after)
+    assert led.statement(a.pub.raw).used == 30 * 110
+    assert led.statement(b.pub.raw).used == 30 * 110
+    assert b.link.receipts is not None
+    b.link.receipts.session_ended(net.ident.public, a.pub, net.clock.now)
+    counts_b.seen[a.pub] = Observed(proxy_bytes=10**9, proxy_packets=30)  # later traffic
+    assert b.link.receipts.observed(net.ident.public, sid) == (3000, 30)
+
+
+def test_a_credit_query_reports_the_statement() -> None:
+    from wgrelay.client.events import CreditReported
+
+    net, _led, a, b, counts_a, counts_b, sid, operator = setup()
+    relay_frames(net, a, sid, 10)
+    counts_a.seen[b.pub] = Observed(proxy_bytes=1000, proxy_packets=10)
+    counts_b.seen[a.pub] = Observed(proxy_bytes=1000, proxy_packets=10)
+    wait(net, ASK_INTERVAL_S + 1)
+    qid = a.link.credit_query(operator.public_key(), net.clock.now)
+    net.run()
+    rep = next(e.report for e in a.events if isinstance(e, CreditReported))
+    assert rep.query_id == qid
+    assert (rep.earned, rep.used, rep.balance) == (2200, 0, 2200)
+    assert rep.relays[0].relay == net.ident.public
+    assert rep.relays[0].receipts == 2
