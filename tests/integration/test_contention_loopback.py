@@ -8,7 +8,10 @@ credit displaces no one), and /metrics says so."""
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 import socket
+import time
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
@@ -134,3 +137,23 @@ def test_capacity_is_enforced_and_each_session_keeps_its_share(tmp_path: Path) -
         labels["reason"]: v for labels, v in samples(text, "wgrelay_contention_admitted_total")
     }
     assert admitted == {"free_slot": 2, "higher_credit": 0, "reserve": 0}
+
+
+def test_sighup_changes_capacity_and_min_share(tmp_path: Path) -> None:
+    port = free_tcp_port()
+    conf = tmp_path / "relay.toml"
+    conf.write_text(f'open = true\ncapacity = "200kB/s"\nmetrics = "127.0.0.1:{port}"\n')
+    with relay_process(tmp_path / "relay", "--config", str(conf)) as relay:
+        assert value(metrics(port), "wgrelay_capacity_bytes_per_second") == CAPACITY
+        conf.write_text(
+            f'open = true\ncapacity = "8Mbit/s"\nmin-share = "40%"\nmetrics = "127.0.0.1:{port}"\n'
+        )
+        os.kill(relay.pid, signal.SIGHUP)
+        deadline = time.monotonic() + 15
+        while "reloaded:" not in (log := relay.log.read_text()):
+            assert relay.proc.poll() is None, log
+            assert time.monotonic() < deadline, log
+            time.sleep(0.02)
+        assert "--capacity 200000 -> 1000000" in log
+        assert "--min-share 0.25 -> 0.4" in log
+        assert value(metrics(port), "wgrelay_capacity_bytes_per_second") == 1_000_000

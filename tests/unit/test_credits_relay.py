@@ -83,7 +83,8 @@ def test_an_inflated_claim_is_signed_only_for_what_the_peer_saw() -> None:
     wait(net, ASK_INTERVAL_S + 1)
     used = led.statement(a.pub.raw).used
     assert used == 1000 + tolerance(1000, 10)
-    assert a.link.receipts is not None and a.link.receipts.trimmed == 1
+    assert a.link.receipts is not None
+    assert a.link.receipts.trimmed == 1
 
 
 def test_forged_and_replayed_receipts_from_a_peer_are_refused() -> None:

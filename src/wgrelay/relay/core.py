@@ -79,6 +79,7 @@ from wgrelay.proto.messages import (
     parse_mapping_probe,
 )
 from wgrelay.relay.admission import Addr, Inbound
+from wgrelay.relay.credits import CreditsCore
 from wgrelay.relay.legs import LegsCore
 from wgrelay.relay.credits import CreditsCore
 from wgrelay.relay.locations import Found
