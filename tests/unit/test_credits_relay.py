@@ -151,3 +151,22 @@ def test_a_credit_query_reports_the_statement() -> None:
     assert (rep.earned, rep.used, rep.balance) == (2200, 0, 2200)
     assert rep.relays[0].relay == net.ident.public
     assert rep.relays[0].receipts == 2
+
+
+def test_metrics_show_credit_events_and_refusals() -> None:
+    from prometheus_client import generate_latest
+
+    from wgrelay.relay.metrics import make_registry
+
+    net, _led, a, b, counts_a, _counts_b, sid, _op = setup()
+    relay_frames(net, a, sid, 10)
+    counts_a.seen[b.pub] = Observed(proxy_bytes=1000, proxy_packets=10)
+    wait(net, ASK_INTERVAL_S + 1)
+    ms = int(net.clock.wall() * 1000)
+    stale = Receipt(net.ident.public, a.pub, sid, 9, 1, ms).signed_by(a.key)
+    a.link._send(ReceiptBody(stale), net.clock.now)
+    net.run()
+    text = generate_latest(make_registry(net.relay.get_stats)).decode()
+    assert 'wgrelay_credits_events_total{event="receipts_taken"} 2.0' in text
+    assert 'wgrelay_credits_refused_total{reason="replayed"} 1.0' in text
+    assert "wgrelay_credits_receipts 2.0" in text

@@ -54,7 +54,7 @@ from wgrelay.relay.admission import Inbound
 from wgrelay.relay.ledger import Ledger, Refusal
 from wgrelay.relay.legs import LegsCore
 from wgrelay.relay.sessions import Session
-from wgrelay.relay.stats import DropReason
+from wgrelay.relay.stats import DropReason, RelayStats
 
 log = logging.getLogger(__name__)
 
@@ -107,6 +107,7 @@ class CreditsCore(LegsCore):
         """Keep receipts in ``ledger``; ``claim`` (member-signed) names our
         operator: we endorse it and spread it."""
         self.ledger = ledger
+        self.contention.credits = ledger  # who comes first at a full relay
         ledger.tick(int(self._wall_at(now) * 1000))
         if claim is not None:
             self.claim = claim.endorsed_by(self.identity)
@@ -279,12 +280,18 @@ class CreditsCore(LegsCore):
             ),
         )
 
+    def get_stats(self) -> RelayStats:
+        st = super().get_stats()
+        st.credits = self.credit_counters()
+        return st
+
     def credit_counters(self) -> dict[str, int]:
         """What /metrics shows of credits: counts and refusals by reason."""
         out = dict(self.credit_counts)
         if self.ledger is not None:
             out["receipts_stored"] = self.ledger.stored
             out["receipts_duplicate"] = self.ledger.duplicates
+            out["held"] = self.ledger.receipts_count()
             for reason, n in self.ledger.refused.items():
                 out[f"refused_{reason}"] = n
         return out

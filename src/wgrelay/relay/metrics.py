@@ -121,6 +121,7 @@ class RelayCollector(Collector):
             fed.add_metric([event], n)
         yield fed
         yield from _leg_families(st.legs)
+        yield from _credit_families(st.credits)
         yield from _contention_families(st)
 
 
@@ -148,6 +149,30 @@ def _leg_families(legs: dict[str, int]) -> Iterator[GaugeMetricFamily | CounterM
         if what.startswith("refused_"):
             refused.add_metric([what.removeprefix("refused_")], n)
     yield from (open_, opened, packets, nbytes, refused)
+
+
+def _credit_families(c: dict[str, int]) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
+    """Usage receipts (relay/credits.py): what was asked, stored and refused."""
+    if not c:
+        return  # no ledger
+    events = CounterMetricFamily(
+        "wgrelay_credits_events",
+        "Receipt requests sent, receipts taken from peers, receipts stored (news, from "
+        "peers and relays), duplicates, RECEIPTS batches spread",
+        labels=["event"],
+    )
+    for event in ("requests_sent", "receipts_taken", "receipts_stored", "receipts_duplicate",
+                  "batches_sent"):  # fmt: skip
+        events.add_metric([event], c.get(event, 0))
+    refused = CounterMetricFamily(
+        "wgrelay_credits_refused", "Receipts and claims refused, by why", labels=["reason"]
+    )
+    for what, n in sorted(c.items()):
+        if what.startswith("refused_"):
+            refused.add_metric([what.removeprefix("refused_")], n)
+    yield events
+    yield refused
+    yield GaugeMetricFamily("wgrelay_credits_receipts", "Receipts held", value=c.get("held", 0))
 
 
 def _contention_families(st: RelayStats) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:

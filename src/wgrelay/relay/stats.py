@@ -120,6 +120,9 @@ class RelayStats:
     legs: dict[str, int] = field(default_factory=dict)
     """Multi-hop legs (relay/legs.py): open_/opened_/closed_/packets_/bytes_
     by role (entry: we opened it; exit: another relay asked us), refusals."""
+    credits: dict[str, int] = field(default_factory=dict)
+    """Credits (relay/credits.py): requests sent, receipts taken and stored,
+    batches spread, ``refused_<reason>``; empty without a ledger."""
     capacity_bytes_per_s: int = 0
     """``--capacity``, 0 without one."""
     contention: dict[str, int] = field(default_factory=dict)
