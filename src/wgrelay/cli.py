@@ -155,6 +155,8 @@ def cmd_up(args: argparse.Namespace) -> int:
 
 
 def agent_options(args: argparse.Namespace) -> AgentOptions:
+    from wgrelay.client.plan import PlanConfig
+    from wgrelay.client.privacy import PrivacyConfig
     from wgrelay.mesh.agent import AgentConfig
     from wgrelay.mesh.daemon import AgentOptions
     from wgrelay.relay.app import parse_endpoint
@@ -173,6 +175,9 @@ def agent_options(args: argparse.Namespace) -> AgentOptions:
         geoip_db=args.geoip_db,
         port_mode=not args.framed_only,
         metrics=parse_endpoint(args.metrics, "--metrics") if args.metrics else None,
+        plan_config=PlanConfig(
+            private=PrivacyConfig(args.private, frozenset(args.private_peer or ()))
+        ),
     )
 
 

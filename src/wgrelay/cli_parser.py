@@ -13,6 +13,7 @@ from pathlib import Path
 from wgrelay import __version__
 from wgrelay import cli_types as argtype
 from wgrelay.credits_cli import add_credits_parser
+from wgrelay.keys import PublicKey
 from wgrelay.mesh.backend.detect import BACKEND_NAMES
 from wgrelay.mesh.status_watch import watch_interval
 from wgrelay.relay.config import DEFAULT_PORT_RANGE
@@ -51,6 +52,10 @@ def _common_options(suppress: bool) -> _Parser:
         "-q", "--quiet", action="count", default=d if suppress else 0, help="less output"
     )
     return common
+
+
+def _peer_key(text: str) -> PublicKey:
+    return PublicKey.from_base64(text, "--private-peer")
 
 
 def _config_option(sp: argparse.ArgumentParser, example: str) -> None:
@@ -312,6 +317,19 @@ def build_parser(handlers: Mapping[str, Handler]) -> argparse.ArgumentParser:
         action="store_true",
         help="never point WireGuard straight at a relay's session port (port mode); "
         "relay every packet through the agent's local proxy",
+    )
+    sp.add_argument(
+        "--private",
+        action="store_true",
+        help="a relayed path to any peer uses two relays, neither learning both peers' "
+        "keys (docs/SECURITY.md); no such path: no relayed path (direct still works)",
+    )
+    sp.add_argument(
+        "--private-peer",
+        action="append",
+        type=_peer_key,
+        metavar="PUB_KEY",
+        help="the same as --private for this peer only (repeatable)",
     )
     sp.add_argument(
         "--metrics",

@@ -107,6 +107,13 @@ from wgrelay.proto.messages import (
     encode_body,
     mapping_probe,
 )
+from wgrelay.proto.sealed import (
+    ConnectionRequestSealed,
+    LegOpenSealed,
+    SessionOfferSealed,
+    seal_for_exit,
+    seal_for_peer,
+)
 from wgrelay.relay.admission import Addr
 
 CORPUS_COOKIE_SECRET = derive("corpus cookie secret")
@@ -520,6 +527,7 @@ def entries() -> list[Entry]:
         out.append(
             ("client", f"{name}.hex", f"control/{name}", s.seal(body, relay_pub, to_p0), None)
         )
+    out += _private_offers(s, ident, parties)
     for name, body in relay_bodies:
         data = s.seal(body, relay_pub, to_p0, flags=FLAG_FROM_SERVER)
         out.append(("client", f"c2s-{name}.hex", f"control/{name}/from-relay", data, None))
@@ -577,6 +585,75 @@ def entries() -> list[Entry]:
     out.append(("client", "location-standby.hex", "raw/location/standby", standby, None))
     out.append(("client", "data-keepalive.hex", "raw/data", frames["keepalive"], None))
     out.append(("client", "mapping_probe.hex", "raw/mapping_probe", mapping_probe(SID_A), None))
+    out += _private_paths(s, ident, parties)
+    return out
+
+
+def _private_offers(s: _Sealer, ident: RelayIdentity, parties: dict[str, Party]) -> list[Entry]:
+    """A private offer to p0 from p2: a box p0 opens, and one it cannot
+    (fixed ephemeral keys: the corpus regenerates byte for byte)."""
+    p0, p2 = parties["p0"], parties["p2"]
+    theirs = seal_for_peer(PublicKey(p2.public), PublicKey(p2.public), ident.public, MS0, bytes(32))
+    ours = seal_for_peer(PublicKey(p0.public), PublicKey(p2.public), ident.public, MS0, bytes(32))
+    out: list[Entry] = []
+    for name, body in (
+        ("session_offer_sealed-opens", SessionOfferSealed(SID_A, ours)),
+        ("session_offer_sealed-not-ours", SessionOfferSealed(SID_B, theirs)),
+    ):
+        data = s.seal(body, ident.x25519_public, p0.from_relay)
+        out.append(("client", f"private-{name}.hex", f"control/{name}", data, None))
+    return out
+
+
+def _private_paths(s: _Sealer, ident: RelayIdentity, parties: dict[str, Party]) -> list[Entry]:
+    """Private paths (proto/sealed.py), sealed last so that no earlier seed
+    changes: p0 asks the fuzzed relay (its entry) for p1 through r2; r1 asks
+    it (the exit) to carry a session to p1, whose box it opens; the fuzzed
+    relay offers p0 a session from p2 (a box p0 opens, and one it cannot).
+    Boxes from fixed ephemeral keys: the corpus regenerates byte for byte."""
+    p0, p1, p2, pr1 = (parties[n] for n in ("p0", "p1", "p2", "r1"))
+    r2 = relay_identity("r2")
+
+    def box(exit_relay: RelayIdentity, target: bytes, initiator: bytes) -> bytes:
+        inner = seal_for_peer(
+            PublicKey(target), PublicKey(initiator), exit_relay.public, MS0, bytes(32)
+        )
+        return seal_for_exit(exit_relay.public, PublicKey(target), inner, MS0, bytes([1]) * 32)
+
+    request = ConnectionRequestSealed(44, r2.public, box(r2, p1.public, p0.public))
+    leg_open = LegOpenSealed(SID_B, box(ident, p1.public, p2.public))
+    theirs = seal_for_peer(PublicKey(p2.public), PublicKey(p2.public), ident.public, MS0, bytes(32))
+    relay_pub = ident.x25519_public
+    to_p0 = p0.from_relay
+    out: list[Entry] = [
+        (
+            "relay",
+            "private-connection_request_sealed-p0-home.hex",
+            "control/connection_request_sealed/registered",
+            s.seal(request, p0.public, p0.to_relay),
+            p0.home,
+        ),
+        (
+            "relay",
+            "private-leg_open_sealed-r1.hex",
+            "relay/leg_open_sealed/known",
+            s.seal(leg_open, pr1.public, pr1.to_relay),
+            pr1.home,
+        ),
+        (
+            "relay",
+            "private-session_offer_sealed-to-relay.hex",
+            "control/session_offer_sealed/to-relay",
+            s.seal(SessionOfferSealed(SID_B, theirs), p0.public, p0.to_relay),
+            p0.home,
+        ),
+    ]
+    for name, body, flags in (
+        ("connection_request_sealed-from-relay", request, FLAG_FROM_SERVER),
+        ("leg_open_sealed-from-relay", leg_open, FLAG_FROM_SERVER),
+    ):
+        data = s.seal(body, relay_pub, to_p0, flags=flags)
+        out.append(("client", f"private-{name}.hex", f"control/{name}", data, None))
     return out
 
 

@@ -42,6 +42,7 @@ RELAY_HANDLERS = {
     "PUNCH",
     "PING",
     "DISCOVERY_QUERY",
+    "CONNECTION_REQUEST_SEALED",
 }
 FEDERATION_HANDLERS = {
     "GOSSIP",
@@ -52,6 +53,7 @@ FEDERATION_HANDLERS = {
     "LEG_OPEN",
     "LEG_ANSWER",
     "LEG_CLOSE",
+    "LEG_OPEN_SEALED",
 }
 """Relay-to-relay requests: their handler runs for any sender (and drops
 what a relay it does not know sends)."""
@@ -109,6 +111,7 @@ LINK_HANDLERS = {
     "HeartbeatAck",
     "ConnectionResponse",
     "SessionOffer",
+    "SessionOfferSealed",
     "SessionClose",
     "Punch",
     "Pong",

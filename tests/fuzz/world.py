@@ -34,6 +34,7 @@ import nacl.bindings as sodium
 
 from tests.fuzz.oracle import Finding, LinkOracle, RelayOracle, host_port
 from wgrelay.client.link import LinkConfig, LinkState, RelayLink
+from wgrelay.client.link_private import PrivateLink
 from wgrelay.errors import RemoteProtocolError
 from wgrelay.keys import PrivateKey, PublicKey, RelayIdentity, clamp
 from wgrelay.proto.constants import MsgType
@@ -311,7 +312,7 @@ class World:
         assert party.server is not None
         self._links_made += 1
         config = LinkConfig(accept_incoming=party.name != REFUSES_INCOMING)
-        link = RelayLink(
+        link = PrivateLink(  # the agent's link (private offers too)
             PrivateKey(party.private),
             self.identity.public,
             config,

@@ -39,6 +39,13 @@ from wgrelay.proto.messages import (
     SessionClose,
     SessionOffer,
 )
+from wgrelay.proto.sealed import (
+    EXIT_SEALED_LEN,
+    PEER_SEALED_LEN,
+    ConnectionRequestSealed,
+    LegOpenSealed,
+    SessionOfferSealed,
+)
 
 u8 = st.integers(0, 0xFF)
 u16 = st.integers(0, 0xFFFF)
@@ -60,6 +67,9 @@ ipv6 = (
     .map(str)
 )
 endpoints: st.SearchStrategy[Endpoint] = st.tuples(st.one_of(ipv4, ipv6), u16)
+
+_exit_boxes = st.binary(min_size=EXIT_SEALED_LEN, max_size=EXIT_SEALED_LEN)
+_peer_boxes = st.binary(min_size=PEER_SEALED_LEN, max_size=PEER_SEALED_LEN)
 
 bodies: st.SearchStrategy[Body] = st.one_of(
     st.builds(Register, flags=u8, keepalive_s=u16),
@@ -102,6 +112,10 @@ bodies: st.SearchStrategy[Body] = st.one_of(
         announcements=st.lists(st.binary(max_size=150), max_size=4).map(tuple),
         location=st.none() | st.builds(PeerLocation, relay=keys, endpoint=endpoints),
     ),
+    # private paths (proto/sealed.py): the boxes are opaque to the codec
+    st.builds(ConnectionRequestSealed, request_id=u32, exit_relay=keys, sealed=_exit_boxes),
+    st.builds(LegOpenSealed, session_id=session_ids, sealed=_exit_boxes, hops=st.integers(2, 3)),
+    st.builds(SessionOfferSealed, session_id=session_ids, sealed=_peer_boxes, port=u16),
 )
 
 node_infos = st.builds(

@@ -12,6 +12,7 @@ from wgrelay.client.events import (
     PlanEvent,
 )
 from wgrelay.client.link import LinkConfig, RelayLink, Role
+from wgrelay.client.link_private import PrivateLink
 from wgrelay.client.plan_state import Attempt, Homing, LinkSlot, PlanConfig
 from wgrelay.client.receipts import ReceiptSigner
 from wgrelay.discovery.registry import KnownRelay, RelayRegistry
@@ -119,7 +120,7 @@ class LinkPool:
         relay = self.registry.get(key)
         if relay is None or not self._usable(key):
             return None
-        link = RelayLink(
+        link = PrivateLink(
             self.private_key,
             key,
             self.link_config,

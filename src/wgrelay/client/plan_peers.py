@@ -15,7 +15,7 @@ from wgrelay.client.events import (
     RelaysLearned,
 )
 from wgrelay.client.link import LinkState
-from wgrelay.client.plan_home import HomePlanner
+from wgrelay.client.plan_private import PrivatePaths
 from wgrelay.client.plan_state import MAX_PAGES, Attempt, Phase
 from wgrelay.discovery.rendezvous import DEFAULT_REPLICAS, holders
 from wgrelay.discovery.selection import SWITCH_HOLD_S, worth_switching
@@ -25,14 +25,16 @@ from wgrelay.proto.constants import Capability, CloseReason
 log = logging.getLogger(__name__)
 
 
-class PeerPaths(HomePlanner):
+class PeerPaths(PrivatePaths):
     def _locating(self, peer: PublicKey, now: float) -> Attempt:
         """Ask our home where ``peer`` is (it asks the peer's holders for us:
         one request however many relays there are); without a home, the best
         ``locate_fanout`` relays."""
         attempt = Attempt(peer, Phase.LOCATING, now + self.config.locate_timeout_s)
         home = self.link(self.home) if self.home is not None else None
-        if home is not None and home.state == LinkState.REGISTERED:
+        if self._private(peer):  # never our home, the entry relay it would be
+            targets = self._private_lookup_targets(peer, now)
+        elif home is not None and home.state == LinkState.REGISTERED:
             targets = [home.relay_key]
         else:
             targets = [r.key for r in self.available(now)[: self.config.locate_fanout]]
@@ -52,8 +54,8 @@ class PeerPaths(HomePlanner):
         over the relays we know: the same set while our list is current):
         k requests, what our home would have sent for us (it may be dead and
         not yet noticed). Only if we know none of them, the best others."""
-        if attempt.widened:
-            return False
+        if attempt.widened or self._private(attempt.peer):
+            return False  # (a private lookup tells one relay, not k more)
         attempt.widened = True
         known = [r.key for r in self.available(now)]
         targets = [
@@ -148,6 +150,9 @@ class PeerPaths(HomePlanner):
         return [k for k in out if k not in lost] + lost
 
     def _connect_next(self, attempt: Attempt, now: float) -> None:
+        if self._private(attempt.peer):
+            self._connect_private(attempt, now)
+            return
         if attempt.phase is Phase.LOCATING:
             attempt.phase = Phase.CONNECTING
             attempt.queries.clear()
@@ -253,6 +258,8 @@ class PeerPaths(HomePlanner):
         places = self._places.get(peer, ())
         if peer in self._attempts or now - self._moved_at.get(peer, -1e18) < SWITCH_HOLD_S:
             return
+        if self._private(peer):
+            return  # (its path is chosen by plan_private.py's rules, not by cost)
         costs = self._path_costs(peer, places)
         current = next((c for c, key in costs if key == relay), None)
         if not costs or current is None or costs[0][1] == relay:

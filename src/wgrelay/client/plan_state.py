@@ -9,6 +9,7 @@ from wgrelay.client.events import (
     Place,
 )
 from wgrelay.client.link import RelayLink
+from wgrelay.client.privacy import PrivacyConfig
 from wgrelay.endpoint import Endpoint
 from wgrelay.keys import PublicKey
 
@@ -41,6 +42,8 @@ class PlanConfig:
     link_idle_s: float = 60.0
     standby: bool = True
     """Keep a second relay registered, so losing the home costs one REGISTER."""
+    private: PrivacyConfig = field(default_factory=PrivacyConfig)
+    """Peers whose relayed paths use two relays, neither knowing both (plan_private.py)."""
 
 
 class Phase(Enum):

@@ -90,6 +90,9 @@ def status_document(
                 "candidates": [endpoint_str(c) for c in agent.core.candidates(p.key, wall)],
                 "upgrade_tries": p.upgrades,
                 "last_upgrade": p.last_upgrade,
+                # --private: relayed only over two relays; why there is no such path now
+                "private": agent.manager.planner.config.private.covers(key),
+                "private_blocked": agent.manager.planner.private_blocked.get(key),
             }
         )
     home = agent.registry.get(agent.manager.home) if agent.manager.home else None

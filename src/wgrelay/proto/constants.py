@@ -55,6 +55,9 @@ class MsgType(IntEnum):
     LEG_OPEN = 0x4A  # session 8B | initiator key 32B | target key 32B | hops u8 | port u16
     LEG_ANSWER = 0x4B  # session 8B | status u8 (Status) | port u16
     LEG_CLOSE = 0x4C  # session 8B | reason u8 (CloseReason)
+    # private paths (proto/sealed.py, relay/private_legs.py): the target is
+    # sealed to the exit relay, the initiator to the target
+    LEG_OPEN_SEALED = 0x4D  # session 8B | hops u8 | sealed to the exit relay 210B
     # credits (proto/receipts.py): signed usage receipts and operator
     # claims, spread between relays
     RECEIPTS = 0x4E  # n u8 | n x RECEIPT record | m u8 | m x CLAIM record
@@ -72,6 +75,11 @@ class MsgType(IntEnum):
     # agent from WireGuard's own port to the relay's main port: the relay
     # compares its source with the session port's latch (NAT mapping kind).
     MAPPING_PROBE = 0x33
+
+    # agent <-> relay, continued (0x20-0x2F is full)
+    # request_id u32 | exit relay key 32B | sealed to the exit relay 210B
+    CONNECTION_REQUEST_SEALED = 0x50
+    SESSION_OFFER_SEALED = 0x51  # session 8B | port u16 | sealed to the target 121B
 
     # credits, agent <-> relay (proto/receipts.py)
     RECEIPT_REQUEST = 0x54  # session 8B | seq u32 | claimed bytes u64
@@ -104,6 +112,7 @@ SERVER_TO_CLIENT = frozenset(
         MsgType.RECEIPT_REQUEST,
         MsgType.CREDIT_REPORT,
         MsgType.RECEIPTS_ACK,
+        MsgType.SESSION_OFFER_SEALED,
     }
 )
 BOTH_DIRECTIONS = frozenset({MsgType.SESSION_CLOSE, MsgType.PUNCH})
@@ -232,6 +241,8 @@ class Capability(IntEnum):
     """The operator set a byte budget; RelayNodeInfo.budget_left_pct says what is left."""
     MULTI_HOP = 1 << 8
     """Takes CONNECTION_REQUEST with a relay to go through, and LEG_* from relays."""
+    PRIVATE_PATHS = 1 << 9
+    """Takes CONNECTION_REQUEST_SEALED and LEG_OPEN_SEALED (``wgrelay up --private``)."""
     CREDITS = 1 << 10
     """Asks its peers for usage receipts and spreads them (RECEIPTS): credits."""
 

@@ -48,6 +48,7 @@ from wgrelay.proto.federation import (
 )
 from wgrelay.proto.punch import Punch, mapping_probe, parse_mapping_probe
 from wgrelay.proto.receipts import RECEIPT_BODIES
+from wgrelay.proto.sealed import SEALED_BODIES
 
 
 def _pull_key(b: Buffer) -> PublicKey:
@@ -387,7 +388,9 @@ _PEER_BODIES: tuple[type[Body], ...] = (
     DiscoveryQuery,
     DiscoveryResponse,
 )
-BODY_TYPES: dict[MsgType, type[Body]] = {cls.TYPE: cls for cls in _PEER_BODIES + FEDERATION_BODIES}
+BODY_TYPES: dict[MsgType, type[Body]] = {
+    cls.TYPE: cls for cls in _PEER_BODIES + FEDERATION_BODIES + SEALED_BODIES
+}
 BODY_TYPES.update({cls.TYPE: cls for cls in RECEIPT_BODIES})  # credits: proto/receipts.py
 
 

@@ -76,6 +76,13 @@ from wgrelay.proto.receipts import (
     ReceiptsAck,
     RelayEarning,
 )
+from wgrelay.proto.sealed import (
+    ConnectionRequestSealed,
+    LegOpenSealed,
+    SessionOfferSealed,
+    seal_for_exit,
+    seal_for_peer,
+)
 from wgrelay.proto.wgmac import MESSAGE_INITIATION, compute_mac1, mac1_key
 
 PEER_PRIVATE = PrivateKey(clamp(bytes(range(1, 33))))
@@ -113,6 +120,20 @@ ANNOUNCEMENT_BUDGET = encode_announcement(
 LOCATION = encode_location(OTHER_PEER, ISSUED_MS, 120, RELAY, rtt_ms=23)
 STANDBY_RELAY = RelayIdentity.from_seed(bytes(range(97, 129)))
 STANDBY_LOCATION = encode_location(OTHER_PEER, ISSUED_MS, 120, STANDBY_RELAY, True, 41)
+# private paths: peer asks for other_peer through the standby relay as exit;
+# the offer is to peer from other_peer (boxes from fixed ephemeral keys)
+SEALED_TO_EXIT = seal_for_exit(
+    STANDBY_RELAY.public,
+    OTHER_PEER,
+    seal_for_peer(
+        OTHER_PEER, PEER_PRIVATE.public_key(), STANDBY_RELAY.public, ISSUED_MS, bytes([0x51]) * 32
+    ),
+    ISSUED_MS,
+    bytes([0x50]) * 32,
+)
+SEALED_TO_PEER = seal_for_peer(
+    PEER_PRIVATE.public_key(), OTHER_PEER, RELAY.public, ISSUED_MS, bytes([0x52]) * 32
+)
 ECHO = 0x0102030405060708
 
 # (name, body, sent by the relay?)
@@ -215,6 +236,14 @@ CONTROL_VECTORS: list[tuple[str, Body, bool]] = [
     ("leg_open", LegOpen(SESSION_ID, PEER_PRIVATE.public_key(), OTHER_PEER, 2, 52001), False),
     ("leg_answer", LegAnswer(SESSION_ID, Status.SUCCESS, 52002), False),
     ("leg_close", LegClose(SESSION_ID, CloseReason.PEER_GONE), False),
+    # private paths (proto/sealed.py)
+    (
+        "connection_request_sealed",
+        ConnectionRequestSealed(0x01020304, STANDBY_RELAY.public, SEALED_TO_EXIT),
+        False,
+    ),
+    ("session_offer_sealed", SessionOfferSealed(SESSION_ID, SEALED_TO_PEER, 52003), True),
+    ("leg_open_sealed", LegOpenSealed(SESSION_ID, SEALED_TO_EXIT, 2), False),
 ]
 
 # credits (proto/receipts.py): XEdDSA with fixed randomness, so the bytes repeat

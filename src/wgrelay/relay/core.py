@@ -80,9 +80,8 @@ from wgrelay.proto.messages import (
 )
 from wgrelay.relay.admission import Addr, Inbound
 from wgrelay.relay.credits import CreditsCore
-from wgrelay.relay.legs import LegsCore
-from wgrelay.relay.credits import CreditsCore
 from wgrelay.relay.locations import Found
+from wgrelay.relay.private_legs import PrivateLegsCore
 from wgrelay.relay.stats import DropReason
 
 log = logging.getLogger(__name__)
@@ -94,7 +93,7 @@ log = logging.getLogger(__name__)
 __all__ = ["Addr", "RelayCore"]
 
 
-class RelayCore(CreditsCore, LegsCore):
+class RelayCore(CreditsCore, PrivateLegsCore):
     def _handler_table(self) -> dict[MsgType, Callable[[Inbound, Any], None]]:
         return {
             MsgType.REGISTER: self._handle_register,
@@ -111,6 +110,9 @@ class RelayCore(CreditsCore, LegsCore):
             MsgType.LEG_OPEN: self._handle_leg_open,
             MsgType.LEG_ANSWER: self._handle_leg_answer,
             MsgType.LEG_CLOSE: self._handle_leg_close,
+            # private paths (private_legs.py)
+            MsgType.CONNECTION_REQUEST_SEALED: self._handle_connection_request_sealed,
+            MsgType.LEG_OPEN_SEALED: self._handle_leg_open_sealed,
         }
 
     # ------------------------------------------------------------ inputs
