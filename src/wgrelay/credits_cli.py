@@ -27,14 +27,16 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from wgrelay.client.events import CreditReported, LinkEvent, LinkRejected
-from wgrelay.discovery.registry import KnownRelay, RegistryStore
 from wgrelay.endpoint import Endpoint, endpoint_str
 from wgrelay.errors import ConfigError, InvalidKey, RemoteProtocolError, WgRelayError
 from wgrelay.keys import PrivateKey, PublicKey, load_key_file, relay_x25519_public
-from wgrelay.proto.receipts import Claim, CreditReport, decode_signed_claim, make_claim
+
+if TYPE_CHECKING:  # (the parser is built for every command: keep its imports light)
+    from wgrelay.client.events import LinkEvent
+    from wgrelay.discovery.registry import KnownRelay
+    from wgrelay.proto.receipts import Claim, CreditReport
 
 CLAIM_MARK = "# wgrelay operator claim"
 ANSWER_TIMEOUT_S = 5.0
@@ -100,6 +102,8 @@ def _load_wg_key(path: Path) -> PrivateKey:
 
 
 def _cmd_claim(args: argparse.Namespace) -> int:
+    from wgrelay.proto.receipts import make_claim
+
     if args.key is None or args.relay is None:
         raise ConfigError("credits claim needs --key WG_PRIVATE_KEY_FILE and --relay RELAY_PUBKEY")
     key = _load_wg_key(args.key)
@@ -128,6 +132,8 @@ def claim_text(claim: Claim) -> str:
 def load_claim_file(path: Path, relay: PublicKey) -> Claim:
     """A claim file for ``start-relay --operator-claim``: signed by its
     member, naming this relay; ``ConfigError`` with one line otherwise."""
+    from wgrelay.proto.receipts import decode_signed_claim
+
     what = f"operator claim {path}"
     try:
         text = path.read_text(encoding="ascii")
@@ -155,6 +161,7 @@ def load_claim_file(path: Path, relay: PublicKey) -> Claim:
 
 
 def _relays_to_ask(args: argparse.Namespace) -> list[KnownRelay]:
+    from wgrelay.discovery.registry import KnownRelay, RegistryStore
     from wgrelay.relay.app import parse_endpoint
 
     if args.relay is not None or args.relay_key is not None:
@@ -185,6 +192,7 @@ async def query_credits(
     member: PublicKey, key: PrivateKey, relays: list[KnownRelay]
 ) -> tuple[CreditReport, KnownRelay]:
     """The first answer of ``relays``, asked in turn; ``WgRelayError`` if none."""
+    from wgrelay.client.events import CreditReported
     from wgrelay.client.udp import resolve_endpoint
     from wgrelay.doctor.gather import ProbeSocket, probe_endpoint
     from wgrelay.transport.udp import AsyncioRuntime
@@ -217,6 +225,8 @@ async def query_credits(
 
 
 def _answer_to(qid: int) -> Callable[[LinkEvent], bool]:
+    from wgrelay.client.events import CreditReported, LinkRejected
+
     def pred(e: LinkEvent) -> bool:
         return isinstance(e, LinkRejected) or (
             isinstance(e, CreditReported) and e.report.query_id == qid
