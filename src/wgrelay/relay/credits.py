@@ -94,7 +94,9 @@ class CreditsCore(LegsCore):
         self._next_ledger_tick = 0.0
         self.credit_counts: dict[str, int] = {}
         """Requests sent, receipts taken, batches spread (metrics)."""
-        self._credits_random = random.Random(int.from_bytes(self._rng(8), "big"))  # noqa: S311
+        # whom to spread to (not a secret): seeded from our key, not drawn
+        # from rng, so the relay's other random choices stay as they were
+        self._credits_random = random.Random(self.identity.public.raw)  # noqa: S311
         self._handlers.update(
             {
                 MsgType.RECEIPT: self._handle_receipt,
