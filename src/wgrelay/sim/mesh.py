@@ -43,6 +43,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from wgrelay.client.link import LinkConfig
+from wgrelay.client.plan import PlanConfig
 from wgrelay.discovery.registry import RelayRegistry
 from wgrelay.keys import PrivateKey, PublicKey, RelayIdentity, clamp
 from wgrelay.mesh.agent import AgentConfig, PathKind
@@ -220,6 +221,8 @@ class SimPeer:
         self.public = self.private_key.public_key()
         self.wg = SimWireGuard(host, INTERFACE, self.private_key, listen_port)
         self.registry = RelayRegistry()
+        self.plan_config = PlanConfig()
+        """The agent's planner settings (``--private``: ``PlanConfig.private``)."""
         self.agent: Agent | None = None
         self._task: asyncio.Task[None] | None = None
 
@@ -420,6 +423,7 @@ class SimMesh:
                 state_dir=peer.state_dir,
                 config=self.agent_config,
                 link_config=self.link_config,
+                plan_config=peer.plan_config,
             )
             peer.agent = Agent(
                 opts,
