@@ -85,6 +85,7 @@ from wgrelay.proto.federation import (
     Pull,
     PullReply,
 )
+from wgrelay.proto.leg_rtts import LegRttQuery, LegRttReply
 from wgrelay.proto.messages import (
     Body,
     ConnectionRequest,
@@ -586,6 +587,7 @@ def entries() -> list[Entry]:
     out.append(("client", "data-keepalive.hex", "raw/data", frames["keepalive"], None))
     out.append(("client", "mapping_probe.hex", "raw/mapping_probe", mapping_probe(SID_A), None))
     out += _private_paths(s, ident, parties)
+    out += _leg_rtts(s, ident, parties)
     return out
 
 
@@ -655,6 +657,49 @@ def _private_paths(s: _Sealer, ident: RelayIdentity, parties: dict[str, Party]) 
         data = s.seal(body, relay_pub, to_p0, flags=flags)
         out.append(("client", f"private-{name}.hex", f"control/{name}", data, None))
     return out
+
+
+def _leg_rtts(s: _Sealer, ident: RelayIdentity, parties: dict[str, Party]) -> list[Entry]:
+    """Whole-path choice (proto/leg_rtts.py), sealed after everything else
+    so that no earlier seed changes: p0 asks the fuzzed relay which relays it
+    carries legs to, and the relay answers (r1 measured, r2 not yet); each
+    also the wrong way (a query from the relay, an answer to it)."""
+    p0 = parties["p0"]
+    query = LegRttQuery(45)
+    reply = LegRttReply(
+        45, ((relay_identity("r1").public, 22), (relay_identity("r2").public, 0xFFFF))
+    )
+    relay_pub, to_p0 = ident.x25519_public, p0.from_relay
+    return [
+        (
+            "relay",
+            "legs-leg_rtt_query-p0-home.hex",
+            "control/leg_rtt_query/registered",
+            s.seal(query, p0.public, p0.to_relay),
+            p0.home,
+        ),
+        (
+            "relay",
+            "legs-leg_rtt_reply-to-relay.hex",
+            "control/leg_rtt_reply/to-relay",
+            s.seal(reply, p0.public, p0.to_relay),
+            p0.home,
+        ),
+        (
+            "client",
+            "legs-leg_rtt_reply.hex",
+            "control/leg_rtt_reply",
+            s.seal(reply, relay_pub, to_p0),
+            None,
+        ),
+        (
+            "client",
+            "legs-leg_rtt_query-from-relay.hex",
+            "control/leg_rtt_query",
+            s.seal(query, relay_pub, to_p0, flags=FLAG_FROM_SERVER),
+            None,
+        ),
+    ]
 
 
 def world_json() -> str:

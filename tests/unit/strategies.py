@@ -21,6 +21,7 @@ from wgrelay.proto.constants import (
     HeartbeatStatus,
     Status,
 )
+from wgrelay.proto.leg_rtts import LegRttQuery, LegRttReply
 from wgrelay.proto.messages import (
     Body,
     ConnectionRequest,
@@ -116,6 +117,10 @@ bodies: st.SearchStrategy[Body] = st.one_of(
     st.builds(ConnectionRequestSealed, request_id=u32, exit_relay=keys, sealed=_exit_boxes),
     st.builds(LegOpenSealed, session_id=session_ids, sealed=_exit_boxes, hops=st.integers(2, 3)),
     st.builds(SessionOfferSealed, session_id=session_ids, sealed=_peer_boxes, port=u16),
+    st.builds(LegRttQuery, query_id=u32),
+    st.builds(
+        LegRttReply, query_id=u32, relays=st.lists(st.tuples(keys, u16), max_size=30).map(tuple)
+    ),
 )
 
 node_infos = st.builds(

@@ -18,6 +18,22 @@ spent one's period ends). A budget partly used steers gently (at most
                                             that failed since the last that
                                             worked: the connection cache)
 
+Two relays (multi-hop through our home H to the peer's relay X; the
+client's whole-path choice, client/plan_paths.py)::
+
+    cost(A-H-X-B) = score(H) + rtt_H(X)    (H's RTT to X, measured by H and
+                                           told in LEG_RTT_REPLY; no figure:
+                                           no such path)
+                    + rtt_B(X) + burden(X) (X's load and budget, as in score)
+                    + 250 * min(lost_B(H), 4)
+                    + TWO_RELAY_EXTRA_MS
+
+``TWO_RELAY_EXTRA_MS`` is what a second relay costs beyond its link: its
+forwarding (well under a millisecond) and a bias for fewer relays (one more
+that can fail, one more quota to count): a path over two relays is taken
+only when it saves more than that, and moved to only by the hysteresis
+below on top.
+
 Relays with the same score (typically: none measured yet) are ordered by a
 rendezvous hash of our key and theirs, so agents that know the same relays
 spread over them instead of all measuring, and homing on, the first few.
@@ -43,6 +59,7 @@ BUDGET_WEIGHT_MS = 1.0
 UNAVAILABLE_PENALTY_MS = 1e9
 """A relay that refuses new sessions (full, or its budget spent): after any
 other, however slow or failing (four million failures would add as much)."""
+TWO_RELAY_EXTRA_MS = 10.0
 SWITCH_FRACTION = 0.25
 SWITCH_MIN_MS = 20.0
 SWITCH_HOLD_S = 120.0
@@ -60,14 +77,20 @@ def relay_score(relay: KnownRelay, prior: float | None = None) -> float:
         rtt = relay.rtt_ms
     else:
         rtt = prior if prior is not None else NEVER_MEASURED_RTT_MS
+    return rtt + FAILURE_PENALTY_MS * relay.failures + relay_burden(relay)
+
+
+def relay_burden(relay: KnownRelay) -> float:
+    """What a relay's own state adds to any path through it: its load and
+    budget (our RTT and failures are about our reach of it, not this)."""
     load = relay.load_pct or 0
-    score = rtt + FAILURE_PENALTY_MS * relay.failures + LOAD_WEIGHT_MS * load
+    burden = LOAD_WEIGHT_MS * load
     left = relay.budget_left_pct
     if left is not None:
-        score += BUDGET_WEIGHT_MS * (100 - left)
+        burden += BUDGET_WEIGHT_MS * (100 - left)
     if load >= 100 or left == 0:
-        score += UNAVAILABLE_PENALTY_MS
-    return score
+        burden += UNAVAILABLE_PENALTY_MS
+    return burden
 
 
 class Selector:
@@ -96,11 +119,33 @@ class Selector:
         self, relay: KnownRelay, peer_rtt_ms: float | None, peer: PublicKey | None = None
     ) -> float:
         theirs = peer_rtt_ms if peer_rtt_ms is not None else NEVER_MEASURED_RTT_MS
-        cost = self.score(relay) + theirs
-        if peer is not None and self.history is not None:
-            lost = min(self.history(peer, relay.key), MAX_HISTORY_FAILURES)
-            cost += FAILURE_PENALTY_MS * lost
-        return cost
+        return self.score(relay) + theirs + self._lost(peer, relay.key)
+
+    def two_relay_cost(
+        self,
+        entry: KnownRelay,
+        exit_relay: KnownRelay,
+        leg_rtt_ms: float,
+        peer_rtt_ms: float | None,
+        peer: PublicKey | None = None,
+    ) -> float:
+        """A-entry-exit-B: ``leg_rtt_ms`` is the entry's RTT to the exit (its
+        own measurement), ``peer_rtt_ms`` the peer's to the exit."""
+        theirs = peer_rtt_ms if peer_rtt_ms is not None else NEVER_MEASURED_RTT_MS
+        return (
+            self.score(entry)
+            + leg_rtt_ms
+            + theirs
+            + relay_burden(exit_relay)
+            + self._lost(peer, entry.key)
+            + TWO_RELAY_EXTRA_MS
+        )
+
+    def _lost(self, peer: PublicKey | None, relay: PublicKey) -> float:
+        """Relayed sessions to ``peer`` through ``relay`` that failed lately."""
+        if peer is None or self.history is None:
+            return 0.0
+        return FAILURE_PENALTY_MS * min(self.history(peer, relay), MAX_HISTORY_FAILURES)
 
 
 def worth_switching(current: float, candidate: float) -> bool:

@@ -87,6 +87,10 @@ class MsgType(IntEnum):
     CREDIT_QUERY = 0x56  # query_id u32 | member key 32B
     CREDIT_REPORT = 0x57  # query_id u32 | member 32B | ... (proto/receipts.py)
 
+    # whole-path choice (proto/leg_rtts.py): the relays the home carries legs to
+    LEG_RTT_QUERY = 0x58  # query_id u32
+    LEG_RTT_REPLY = 0x59  # query_id u32 | n u8 | n x (relay key 32B | rtt_ms u16)
+
 
 # 0x20-0x2F filled up: later agent<->relay messages take 0x50-0x5F.
 CONTROL_TYPES = frozenset(t for t in MsgType if 0x20 <= t <= 0x2F or 0x40 <= t <= 0x5F)
@@ -113,6 +117,7 @@ SERVER_TO_CLIENT = frozenset(
         MsgType.CREDIT_REPORT,
         MsgType.RECEIPTS_ACK,
         MsgType.SESSION_OFFER_SEALED,
+        MsgType.LEG_RTT_REPLY,
     }
 )
 BOTH_DIRECTIONS = frozenset({MsgType.SESSION_CLOSE, MsgType.PUNCH})

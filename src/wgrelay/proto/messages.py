@@ -46,6 +46,7 @@ from wgrelay.proto.federation import (
     Pull,
     PullReply,
 )
+from wgrelay.proto.leg_rtts import LEG_RTT_BODIES
 from wgrelay.proto.punch import Punch, mapping_probe, parse_mapping_probe
 from wgrelay.proto.receipts import RECEIPT_BODIES
 from wgrelay.proto.sealed import SEALED_BODIES
@@ -392,6 +393,7 @@ BODY_TYPES: dict[MsgType, type[Body]] = {
     cls.TYPE: cls for cls in _PEER_BODIES + FEDERATION_BODIES + SEALED_BODIES
 }
 BODY_TYPES.update({cls.TYPE: cls for cls in RECEIPT_BODIES})  # credits: proto/receipts.py
+BODY_TYPES.update({cls.TYPE: cls for cls in LEG_RTT_BODIES})  # whole-path choice: leg_rtts.py
 
 
 RelayMessage = (

@@ -16,6 +16,7 @@ from wgrelay.proto.constants import (
     QUERY_FLAG_WANT_RELAYS,
     REGISTER_FLAG_ACCEPT_INCOMING,
     REGISTER_FLAG_STANDBY,
+    RTT_UNKNOWN,
     Capability,
     CloseReason,
     ErrorCode,
@@ -41,6 +42,7 @@ from wgrelay.proto.federation import (
     Pull,
     PullReply,
 )
+from wgrelay.proto.leg_rtts import LegRttQuery, LegRttReply
 from wgrelay.proto.location import encode_location
 from wgrelay.proto.messages import (
     Body,
@@ -280,6 +282,15 @@ CONTROL_VECTORS += [
     ),
     ("receipts", Receipts((RECEIPT,), (CLAIM,)), False),
     ("receipts_ack", ReceiptsAck(2, 0), True),
+]
+# whole-path choice (proto/leg_rtts.py)
+CONTROL_VECTORS += [
+    ("leg_rtt_query", LegRttQuery(0x01020304), False),
+    (
+        "leg_rtt_reply",
+        LegRttReply(0x01020304, ((RELAY.public, 22), (STANDBY_RELAY.public, RTT_UNKNOWN))),
+        True,
+    ),
 ]
 
 

@@ -68,6 +68,7 @@ from wgrelay.proto.cookie import decode_cookie_reply
 from wgrelay.proto.data import MAX_DATA_FRAME
 from wgrelay.proto.envelope import FLAG_FROM_SERVER, parse_control_header
 from wgrelay.proto.federation import Gossip, GossipAck, ProbeRequest
+from wgrelay.proto.leg_rtts import LegRttQuery
 from wgrelay.proto.messages import (
     Body,
     DiscoveryQuery,
@@ -105,6 +106,7 @@ class RelayCore(CreditsCore, PrivateLegsCore):
             MsgType.PUNCH: self._handle_punch,
             MsgType.PING: self._handle_ping,
             MsgType.DISCOVERY_QUERY: self._handle_discovery_query,
+            MsgType.LEG_RTT_QUERY: self._handle_leg_rtt_query,
             **dict.fromkeys(RELAY_TO_RELAY, self._handle_relay_message),
             # multi-hop (legs.py): relay-to-relay, but about sessions
             MsgType.LEG_OPEN: self._handle_leg_open,
@@ -296,6 +298,19 @@ class RelayCore(CreditsCore, PrivateLegsCore):
         if inb.member and (m := self.federation.directory.by_x25519(inb.key)) is not None:
             self.federation.heard_from(m.key, inb.now)  # a relay probing us lives
         self._reply(inb, Pong(body.echo_id, self.load_pct()))
+
+    def _handle_leg_rtt_query(self, inb: Inbound, body: LegRttQuery) -> None:
+        """The relays we would open a leg to now, and our RTT to each: the
+        agent weighs A-us-R2-B against paths over one relay (relay_rtts.py)."""
+        if inb.key not in self.table.regs:
+            self._reply(inb, Error(ErrorCode.NOT_REGISTERED, body.TYPE, "register first"))
+            return
+        legs = [
+            k
+            for raw in self.config.leg_relays
+            if raw != self.identity.public.raw and self._relay_addr(k := PublicKey(raw)) is not None
+        ]
+        self._reply(inb, self.federation.rtts.reply(body.query_id, legs, inb.now))
 
     def _handle_discovery_query(self, inb: Inbound, body: DiscoveryQuery) -> None:
         anns: tuple[bytes, ...] = ()

@@ -64,7 +64,7 @@ from wgrelay.proto.federation import (
     Pull,
     PullReply,
 )
-from wgrelay.proto.messages import Body, DiscoveryResponse, Error, Pong
+from wgrelay.proto.messages import Body, DiscoveryResponse, Error, Ping, Pong
 from wgrelay.proto.receipts import ReceiptsAck
 from wgrelay.relay.federation_base import (
     PULL_REPLY_ROOM,
@@ -191,6 +191,8 @@ class Federation(FederationSpread):
         if now >= self._next_probe:
             self._next_probe = now + self.config.probe_interval_s
             self._probe_next(now)
+        for key in self.rtts.due(now):  # leg relays agents weigh (relay_rtts.py)
+            self._send(key, Ping(int.from_bytes(self._rng(8), "big")), now)
         if now >= self._next_push and (self._push or self._dead_notices):
             self._next_push = now + self.config.gossip_interval_s
             self._flush_gossip(now)
@@ -217,6 +219,7 @@ class Federation(FederationSpread):
             self._next_page.pop(key, None)
             self._pages.pop(key, None)
             self._asked.pop(key, None)
+            self.rtts.forget(key)
             self._live_changed = True
         self.locations.expire(wall_ms)
 

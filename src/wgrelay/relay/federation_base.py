@@ -27,10 +27,11 @@ from wgrelay.proto.federation import (
     Digest,
     Pull,
 )
-from wgrelay.proto.messages import Body
+from wgrelay.proto.messages import Body, Ping
 from wgrelay.relay.channels import RelayChannel
 from wgrelay.relay.limits import TokenBucket
 from wgrelay.relay.locations import LocationBook
+from wgrelay.relay.relay_rtts import RelayRtts
 
 log = logging.getLogger(__name__)
 
@@ -98,6 +99,8 @@ class FederationConfig:
     locate_timeout_s: float = 1.0
     max_records: int = 200_000
     """Location records held for others, at most (a bound, not a quota)."""
+    rtt_interval_s: float = 10.0
+    """Relays agents weigh legs to are pinged at least this often (relay_rtts.py)."""
 
 
 @dataclass(slots=True)
@@ -189,6 +192,8 @@ class FederationBase:
         self._refusal = "unexpected"
         """Why ``_on_answer`` refused the answer it was just handed."""
         self._introductions = TokenBucket(INTRODUCTIONS_PER_S, INTRODUCTION_BURST, now)
+        self.rtts = RelayRtts(config.rtt_interval_s)
+        """Our RTT to other relays, from every PING we send them (relay_rtts.py)."""
 
     # ------------------------------------------------------------ setup
 
@@ -259,6 +264,8 @@ class FederationBase:
             return False
         self._out.append((sealed, ch.addr))
         self._count(f"sent_{type(body).__name__}")
+        if isinstance(body, Ping):
+            self.rtts.sent(key, body.echo_id, now)
         if isinstance(body, Digest | Pull):
             self._asked[key] = min(self._asked.get(key, 0) + 1, MAX_ASKED)
         return True
@@ -289,6 +296,7 @@ class FederationBase:
     def receive_cookie(self, reply: CookieReply, now: float) -> bool:
         for ch in self._channels.values():
             if ch.sent_nonce(reply.echo):
+                self.rtts.detoured(ch.peer, now)  # timed from the repeat
                 data = ch.on_cookie(reply, now, self._wall(now))
                 if data is not None:
                     self._out.append((data, ch.addr))

@@ -105,6 +105,7 @@ class FederationSpread(FederationBase):
         self._send(key, Digest(self.directory.digest()), now)
 
     def _on_pong(self, key: PublicKey, body: Pong, now: float) -> None:
+        self.rtts.answered(key, body.echo_id, now)
         probe = self._probes.pop(body.echo_id, None)
         if probe is not None:
             self._alive(probe.target, now)
