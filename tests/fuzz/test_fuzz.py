@@ -118,6 +118,7 @@ LINK_HANDLERS = {
     "Pong",
     "DiscoveryResponse",
     "Error",
+    "LegRttReply",
 }
 # every drop reason a run must reach, beyond those of the preset (a long run
 # reaches the rarer ones too)

@@ -34,7 +34,7 @@ import nacl.bindings as sodium
 
 from tests.fuzz.oracle import Finding, LinkOracle, RelayOracle, host_port
 from wgrelay.client.link import LinkConfig, LinkState, RelayLink
-from wgrelay.client.link_private import PrivateLink
+from wgrelay.client.plan_links import PlanLink
 from wgrelay.errors import RemoteProtocolError
 from wgrelay.keys import PrivateKey, PublicKey, RelayIdentity, clamp
 from wgrelay.proto.constants import MsgType
@@ -312,7 +312,7 @@ class World:
         assert party.server is not None
         self._links_made += 1
         config = LinkConfig(accept_incoming=party.name != REFUSES_INCOMING)
-        link = PrivateLink(  # the agent's link (private offers too)
+        link = PlanLink(  # the agent's link (private offers, its home's legs too)
             PrivateKey(party.private),
             self.identity.public,
             config,

@@ -45,13 +45,23 @@ Scores and path costs (discovery/selection.py, docs/ARCHITECTURE.md)::
 
 Relays that carry sessions are pinged every ``measure_interval_s``
 (``RelayMeasured``: RTT or a loss, for the connection cache), and a relayed
-peer moves to a clearly cheaper path (hysteresis). A link that is neither home
+peer moves to a clearly cheaper path (hysteresis).
+
+Two relays (plan_paths.py). A path A-H-X-B through our home H and the
+peer's place X competes with the single relays on cost: H tells us the
+relays it carries legs to and its measured RTT to each (LEG_RTT_QUERY),
+and the cheapest path is tried first and re-evaluated like the others::
+
+    cost(A-H-X-B) = score(H) + rtt_H(X) + rtt_B(X) + burden(X) + 10 ms
+
+A link that is neither home
 nor standby and has carried no session nor attempt for ``link_idle_s`` is shut
 down: the relay expires our registration there.
 
 Layout: ``plan_state.py`` (the configuration, per-attempt state),
 ``plan_links.py`` (``LinkPool``: links by key and address, usable relays),
-``plan_home.py`` (``HomePlanner``), ``plan_peers.py`` (``PeerPaths``), and this
+``plan_home.py`` (``HomePlanner``), ``plan_peers.py`` (``PeerPaths``),
+``plan_paths.py`` (``PathChoice``: paths over two relays), and this
 module (``RelayPlanner``: the API, inputs, link events, measuring, idling),
 each layer building on the one before.
 """
@@ -82,7 +92,7 @@ from wgrelay.client.events import (
     SessionFailed,
 )
 from wgrelay.client.link import RelayLink
-from wgrelay.client.plan_peers import PeerPaths
+from wgrelay.client.plan_paths import PathChoice
 from wgrelay.client.plan_state import LinkSlot, Phase, PlanConfig
 from wgrelay.endpoint import Endpoint
 from wgrelay.keys import PublicKey
@@ -97,7 +107,7 @@ asked at once at two relays), not a replacement."""
 __all__ = ["PlanConfig", "RelayPlanner"]
 
 
-class RelayPlanner(PeerPaths):
+class RelayPlanner(PathChoice):
     def start(self, now: float) -> None:
         """Measure the known relays and choose a home among them."""
         self._started = True
@@ -328,6 +338,7 @@ class RelayPlanner(PeerPaths):
 
     def _measure(self, now: float) -> None:
         self._next_measure = now + self.config.measure_interval_s
+        self._ask_leg_rtts(now)  # for the next round's two-relay costs (plan_paths.py)
         if self.standby is None:
             self._choose_standby(now)  # the last one was lost, or none was known
         for peer, relay in list(self.route_relay.items()):

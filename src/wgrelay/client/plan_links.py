@@ -12,6 +12,7 @@ from wgrelay.client.events import (
     PlanEvent,
 )
 from wgrelay.client.link import LinkConfig, RelayLink, Role
+from wgrelay.client.link_legs import LegsLink
 from wgrelay.client.link_private import PrivateLink
 from wgrelay.client.plan_state import Attempt, Homing, LinkSlot, PlanConfig
 from wgrelay.client.receipts import ReceiptSigner
@@ -23,6 +24,11 @@ from wgrelay.keys import PrivateKey, PublicKey, relay_x25519_public
 from wgrelay.proto.constants import Capability
 
 log = logging.getLogger(__name__)
+
+
+class PlanLink(LegsLink, PrivateLink):
+    """The planner's links: private requests (link_private.py) and the home's
+    legs and their RTTs (link_legs.py) on top of RelayLink."""
 
 
 class LinkPool:
@@ -120,7 +126,7 @@ class LinkPool:
         relay = self.registry.get(key)
         if relay is None or not self._usable(key):
             return None
-        link = PrivateLink(
+        link = PlanLink(
             self.private_key,
             key,
             self.link_config,

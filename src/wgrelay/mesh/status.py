@@ -20,6 +20,7 @@ setting, and returns one document; ``render_status`` makes the table.
             "endpoint": str | null,                   # WireGuard's endpoint now
             "direct_endpoint": str | null,            # in use, or where it goes back to
             "relay": str | null, "relay_endpoint": str | null,   # when relayed
+            "exit_relay": str | null,                 # over two relays: the second
             "relay_mode": "port" | "latching" | "framed" | "tcp" | "tls" | null,
             "relay_mode_reason": str | null,          # (tcp, tls: framed over a stream)
             "latest_handshake": float | null,         # Unix time
@@ -142,7 +143,10 @@ def render_status(doc: dict[str, Any]) -> str:
         )
         for p in peers:
             path = p["path"]
-            if path == "relayed" and p.get("relay"):
+            if path == "relayed" and p.get("relay") and p.get("exit_relay"):
+                # two relays: ours, then the peer's (no room for an endpoint)
+                via = f"relays {p['relay'][:8]}.. > {p['exit_relay'][:8]}.."
+            elif path == "relayed" and p.get("relay"):
                 via = f"relay {p['relay'][:8]}.. {p.get('relay_endpoint') or ''}"
                 # "relayed (port)", "relayed (framed)": whether WireGuard talks
                 # to the relay itself or through our proxy

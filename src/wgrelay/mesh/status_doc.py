@@ -31,6 +31,7 @@ def status_steady(agent: Agent, info: InterfaceInfo) -> object:
                 p.direct_endpoint,
                 p.relay,
                 p.relay_endpoint,
+                agent.manager.planner.exit_relay(key),
                 wg.endpoint if (wg := by_key.get(key)) else None,
                 agent.port_mode.describe(key),
                 (p.nat_mine, p.nat_peer, p.mapping_mine, p.mapping_peer, p.last_upgrade),
@@ -52,6 +53,7 @@ def status_document(
     for key, p in sorted(agent.core.peers.items(), key=lambda kv: str(kv[0])):
         wg = by_key.get(key)
         relay = agent.registry.get(p.relay) if p.relay and p.kind == PathKind.RELAYED else None
+        exit_relay = agent.manager.planner.exit_relay(key)  # multi-hop: the second relay
         rtt_ms, rtt_source = _rtt(agent, key, p.kind, relay.endpoint if relay else None)
         mode, mode_reason = agent.port_mode.describe(key) if relay else (None, None)
         if relay and mode is None:
@@ -76,6 +78,7 @@ def status_document(
                 "direct_endpoint": endpoint_str(p.direct_endpoint) if p.direct_endpoint else None,
                 "relay": str(p.relay) if relay else None,
                 "relay_endpoint": endpoint_str(relay.endpoint) if relay else None,
+                "exit_relay": str(exit_relay) if relay and exit_relay else None,
                 "relay_mode": mode,
                 "relay_mode_reason": mode_reason,
                 "latest_handshake": wg.latest_handshake if wg else None,

@@ -134,6 +134,11 @@ class Network:
         self.drops: dict[str, int] = {}
         self.receiver_errors: list[BaseException] = []
         self.partitions: list[Partition] = []
+        self.route_delays: dict[tuple[Host, Host], float] = {}
+        """Extra one-way delay between two hosts, beyond their access links
+        (``Simulation.set_route_delay``): the internet's routes, which access
+        links alone cannot draw (with them every path obeys the triangle
+        inequality, and two relays joined by a fast route never beat one)."""
         self._heap: list[tuple[float, int, _Flight]] = []
         self._seq = itertools.count()
         self._touched: list[SimUdpTransport] = []
@@ -250,6 +255,8 @@ class Network:
                 f.at = nat
             elif stage == _DOWNLINK:
                 host = f.at
+                if self.route_delays:
+                    f.t += self.route_delays.get((f.origin, host), 0.0)
                 if not self._cross(f, host.down_pipe, now, _DELIVER, host):
                     return
             elif stage == _DELIVER:

@@ -204,6 +204,21 @@ class Simulation:
         """Heal every partition."""
         self.network.heal()
 
+    def set_route_delay(self, a: Iterable[Host], b: Iterable[Host], delay_s: float) -> None:
+        """Every packet between a host of ``a`` and a host of ``b`` (both ways)
+        takes ``delay_s`` more, one way, than its access links say; 0 removes
+        it. Packets already in flight keep the delay they had."""
+        if delay_s < 0:
+            raise ValueError("a route delay is not negative")
+        delays = self.network.route_delays
+        for x in a:
+            for y in b:
+                for pair in ((x, y), (y, x)):
+                    if delay_s:
+                        delays[pair] = delay_s
+                    else:
+                        delays.pop(pair, None)
+
     # ------------------------------------------------------------ running
 
     def spawn(self, coro: Coroutine[Any, Any, _T], *, name: str | None = None) -> asyncio.Task[_T]:
