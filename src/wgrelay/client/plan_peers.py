@@ -31,10 +31,11 @@ class PeerPaths(PrivatePaths):
         one request however many relays there are); without a home, the best
         ``locate_fanout`` relays."""
         attempt = Attempt(peer, Phase.LOCATING, now + self.config.locate_timeout_s)
+        if self._private(peer):  # one relay, never our home (plan_private.py)
+            self._private_lookup(attempt, now)
+            return attempt
         home = self.link(self.home) if self.home is not None else None
-        if self._private(peer):  # never our home, the entry relay it would be
-            targets = self._private_lookup_targets(peer, now)
-        elif home is not None and home.state == LinkState.REGISTERED:
+        if home is not None and home.state == LinkState.REGISTERED:
             targets = [home.relay_key]
         else:
             targets = [r.key for r in self.available(now)[: self.config.locate_fanout]]

@@ -9,9 +9,11 @@ learns us. The rules:
 
 * entry != exit; both announce PRIVATE_PATHS (if they announced anything);
 * the lookup ("where is the peer?") goes to one relay that is not our home
-  (the usual entry): the best other relay by score. Every relay asked about
-  the peer learned that we look for it, so none of them is ever its entry
-  or exit relay (``asked_about``, kept for the agent's run);
+  (the usual entry): the best other relay by score, and the same one next
+  time. It is asked about every covered peer we know of at once, in key
+  order, whichever of them we want now. Every relay asked about a peer
+  learned that we look for it, so none of them is ever its entry or exit
+  relay (``asked_about``, kept for the agent's run);
 * the entry is our home if it may be, else another relay we register at,
   unlisted (no location record: it only carries our request);
 * no such pair: no relayed path at all (fail closed), and the reason goes to
@@ -31,13 +33,15 @@ from wgrelay.client.events import PeerRelayFailed
 from wgrelay.client.link import LinkState
 from wgrelay.client.link_private import PrivateLink
 from wgrelay.client.plan_home import HomePlanner
-from wgrelay.client.plan_state import Attempt
+from wgrelay.client.plan_state import Attempt, Phase
 from wgrelay.keys import PublicKey
 from wgrelay.proto.constants import Capability
 
 log = logging.getLogger(__name__)
 
 _PRIVATE_CAPS = Capability.PRIVATE_PATHS | Capability.MULTI_HOP
+MAX_COVER = 16
+"""Peers asked about in one private lookup (the one wanted among them)."""
 
 
 class PrivatePaths(HomePlanner):
@@ -60,16 +64,37 @@ class PrivatePaths(HomePlanner):
             not r.capabilities or r.capabilities & _PRIVATE_CAPS == _PRIVATE_CAPS
         )
 
-    def _private_lookup_targets(self, peer: PublicKey, now: float) -> list[PublicKey]:
-        """One relay to ask where ``peer`` is: one we asked before, else the
-        best by score that is not our home (which we would rather keep as
-        the entry relay). Our home only if it is the only relay we know."""
+    def _private_lookup(self, attempt: Attempt, now: float) -> None:
+        """Ask one relay where ``attempt.peer`` is: one we asked before, else
+        the best by score that is not our home (which we would rather keep
+        as the entry relay); our home only if it is the only relay we know.
+        The same relay is asked about every covered peer we know of, in one
+        fixed order (``cover``), so that it cannot tell which of them we are
+        about to connect to; each becomes a relay that knows we look for
+        them all."""
+        peer = attempt.peer
         asked = self.asked_about.setdefault(peer, set())
         known = [r.key for r in self.available(now)]
-        for key in [k for k in known if k in asked] + known:
-            if key != self.home:
-                return [key]
-        return [self.home] if self.home is not None else []
+        lookup = next(
+            (k for k in [*(k for k in known if k in asked), *known] if k != self.home), None
+        )
+        if lookup is None:
+            lookup = self.home
+        link = self._link(lookup, now) if lookup is not None else None
+        if lookup is None or link is None or link.state == LinkState.REJECTED:
+            return
+        attempt.asked.add(lookup)
+        for other in self.cover(peer):
+            qid = link.query(now, locate=other, want_relays=False)
+            self.asked_about.setdefault(other, set()).add(lookup)
+            if other == peer:
+                attempt.queries[lookup] = qid
+
+    def cover(self, peer: PublicKey) -> list[PublicKey]:
+        """The peers one private lookup asks about: ``peer`` and the other
+        covered peers we know of, at most ``MAX_COVER``, in key order."""
+        others = sorted(self.config.private.peers - {peer}, key=lambda k: k.raw)
+        return sorted([peer, *others[: MAX_COVER - 1]], key=lambda k: k.raw)
 
     def _connect_private(self, attempt: Attempt, now: float) -> None:
         """Try the next (entry, exit) pair for a covered peer, or fail closed."""
@@ -123,6 +148,8 @@ class PrivatePaths(HomePlanner):
         self, attempt: Attempt, link: PrivateLink, exit_relay: PublicKey, now: float
     ) -> None:
         entry = link.relay_key
+        attempt.phase = Phase.CONNECTING
+        attempt.queries.clear()
         attempt.tried.add(entry)
         attempt.current = entry
         attempt.via = exit_relay

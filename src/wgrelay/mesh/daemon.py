@@ -171,7 +171,7 @@ class Agent(RelayPaths):
             on_event=self._on_manager_event,
             on_data=self._on_frame,
             link_config=opts.link_config,
-            plan_config=opts.plan_config,
+            plan_config=self._plan_config(opts.plan_config),
             runtime=self.runtime,
             prior=self.geo,
             history=self._relay_failures,
@@ -200,6 +200,14 @@ class Agent(RelayPaths):
         self._mapping_probed: dict[tuple[PublicKey, bytes], float] = {}
         self._mapping_probe_failed = False
         self._metrics: asyncio.Server | None = None
+
+    def _plan_config(self, config: PlanConfig) -> PlanConfig:
+        """--private covers every peer: private lookups ask about all of
+        them at once (client/plan_private.py), so name them."""
+        private = config.private
+        if not private.all_peers:
+            return config
+        return replace(config, private=replace(private, peers=frozenset(self._peer_keys)))
 
     @property
     def info(self) -> InterfaceInfo:
