@@ -41,10 +41,11 @@ def _private_client(net: CoreNet, accept: bool = True) -> Client:
     return c
 
 
-def _other_relay(net: CoreNet) -> Prober:
-    """A relay this one runs legs with, announcing private paths."""
+def _other_relay(net: CoreNet, announced: tuple[str, int] = ("192.0.2.66", 40000)) -> Prober:
+    """A relay this one runs legs with, announcing private paths (at
+    ``announced``: where this relay sends what it starts on its own channel)."""
     other = Prober(net.relay, ("192.0.2.66", 40000))
-    info = RelayNodeInfo(other.ident.public, (("192.0.2.66", 40000),), capabilities=_CAPS)
+    info = RelayNodeInfo(other.ident.public, (announced,), capabilities=_CAPS)
     ann = encode_announcement(info, int(WALL0 * 1000), 600, other.ident)
     other.send(Gossip((ann,)), 0.0)
     config = replace(net.relay.config, leg_relays=frozenset({other.ident.public.raw}))
@@ -196,3 +197,23 @@ def test_entry_relay_opens_a_sealed_leg_without_learning_the_target() -> None:
     assert [e.peer for e in est] == [b]
     assert leg_open.session_id in net.relay.sessions
     assert _leaks(_everything(net.relay), b) == []
+
+
+def test_a_retransmitted_refusal_is_answered_again_not_counted_again() -> None:
+    """The entry relay repeats LEG_OPEN_SEALED until it hears an answer: a
+    refused one (here: the target is not registered) is refused again the
+    same way, neither counted twice nor taken for a replay."""
+    net = CoreNet()
+    r1 = _other_relay(net, announced=("192.0.2.67", 40000))  # (its answers, kept apart)
+    nobody = PrivateKey.generate().public_key()
+    sid = os.urandom(8)
+    box = seal_request(
+        PrivateKey.generate().public_key(), nobody, net.ident.public, int(WALL0 * 1000)
+    )
+    for t in (0.0, 0.5, 1.0):
+        r1.send(LegOpenSealed(sid, box), t)
+    st = net.relay.leg_stats()
+    assert st["refused_not_here"] == 1, st
+    assert "refused_replayed" not in st, st
+    answers = [d for d, dst in r1.to_others if d[0] == MsgType.LEG_ANSWER]
+    assert len(answers) == 3  # each copy answered

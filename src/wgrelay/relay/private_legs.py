@@ -38,8 +38,9 @@ from __future__ import annotations
 
 import logging
 import math
+from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from wgrelay.errors import RemoteProtocolError
 from wgrelay.keys import PublicKey
@@ -61,6 +62,18 @@ from wgrelay.relay.stats import DropReason
 log = logging.getLogger(__name__)
 
 _NO_SESSION = bytes(8)
+_REMEMBERED = 1024
+"""Answers each relay keeps to repeat (bounded: the oldest go first)."""
+
+_K = TypeVar("_K")
+_V = TypeVar("_V")
+
+
+def _remember(memory: OrderedDict[_K, _V], key: _K, value: _V) -> None:
+    memory[key] = value
+    memory.move_to_end(key)
+    while len(memory) > _REMEMBERED:
+        memory.popitem(last=False)
 
 
 @dataclass(slots=True)
@@ -87,6 +100,10 @@ class PrivateLegsCore(LegsCore):
         self._boxes: dict[bytes, bytes] = {}
         """Entry: box -> session id (the same box under another request is a copy)."""
         self._replays = SealedReplays()
+        self._done: OrderedDict[tuple[bytes, int], None] = OrderedDict()
+        """Entry: requests answered and gone (a late retransmission is not new)."""
+        self._refused: OrderedDict[tuple[PublicKey, bytes], Status] = OrderedDict()
+        """Exit: (relay, session id) refused, and how (a retransmission hears it again)."""
 
     def capabilities(self) -> int:
         caps = super().capabilities()
@@ -118,6 +135,9 @@ class PrivateLegsCore(LegsCore):
         reg = self.table.regs.get(key)
         if reg is None:
             self._reply(inb, Error(ErrorCode.NOT_REGISTERED, body.TYPE, "register first"))
+            return
+        if (key, rid) in self._done:
+            self._drop(inb, DropReason.UNKNOWN_SESSION)  # answered already
             return
         known = self._requests.get((key, rid))
         if known is not None and (s := self.table.find(known)) is not None:
@@ -207,8 +227,14 @@ class PrivateLegsCore(LegsCore):
                 self._to_relay(relay, LegAnswer(sid, leg.answered), now)
             return
 
+        again = self._refused.get((relay, sid))
+        if again is not None:  # refused before: the same answer, not counted twice
+            self._to_relay(relay, LegAnswer(sid, again), now)
+            return
+
         def refuse(status: Status, why: str) -> None:
             self._count_leg(f"refused_{why}")
+            _remember(self._refused, (relay, sid), status)
             self._to_relay(relay, LegAnswer(sid, status), now)
 
         if self._shutting_down:
@@ -270,6 +296,7 @@ class PrivateLegsCore(LegsCore):
             if p.request is not None:
                 self._requests.pop(p.request, None)
                 self._boxes.pop(p.box, None)
+                _remember(self._done, p.request, None)
         super()._remove(s)
 
     def leg_stats(self) -> dict[str, int]:
