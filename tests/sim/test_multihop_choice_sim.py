@@ -27,6 +27,7 @@ import pytest
 
 from wgrelay.client.plan import RelayPlanner
 from wgrelay.mesh.daemon import status_path
+from wgrelay.mesh.status import render_status
 from wgrelay.sim import LinkSpec, Simulation
 from wgrelay.sim.mesh import INTERFACE, SimMesh, SimPeer, SimRelay
 from wgrelay.sim.nat import Dependence, NatBehavior
@@ -132,6 +133,9 @@ def test_two_near_relays_beat_one_far_and_the_path_moves_once_when_their_route_s
     mesh.sim.run_until(lambda: _status_peer(asker, other)["exit_relay"] is not None, timeout_s=10)
     st = _status_peer(asker, other)
     assert (st["relay"], st["exit_relay"]) == (str(near[asker.name].key), str(near[other.name].key))
+    doc = json.loads(status_path(asker.state_dir, INTERFACE).read_text())
+    text = render_status({"interfaces": [{**doc, "agent_running": True}]})
+    assert f"relays {str(st['relay'])[:8]}.. > {str(st['exit_relay'])[:8]}.." in text
 
     traffic = mesh.ping_every(a, b, interval_s=1.0, timeout_s=2.0)
     watch = mesh.watch([(a, b)], interval_s=0.5)

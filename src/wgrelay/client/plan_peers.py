@@ -212,6 +212,7 @@ class PeerPaths(PrivatePaths):
             and lk.link.state != LinkState.REGISTERED
             and lk.link.epoch is None  # never registered there
         ):
+            log.info("peer %s: relay %s is out of our reach", attempt.peer.short(), key.short())
             attempt.bridges.insert(0, key)
 
     def _bridge(self, attempt: Attempt, exit_relay: PublicKey, now: float) -> bool:
@@ -225,11 +226,12 @@ class PeerPaths(PrivatePaths):
             r = self.registry.get(key)
             if r is not None and r.capabilities and not r.capabilities & Capability.MULTI_HOP:
                 return False  # it announced what it does, and this is not among it
+        # (why: out of our reach, _unreachable; or cheaper, plan_paths.py)
         log.info(
-            "peer %s: relay %s is out of our reach; asking %s to go through it",
+            "peer %s: asking %s for a session through %s",
             attempt.peer.short(),
-            exit_relay.short(),
             home.short(),
+            exit_relay.short(),
         )
         attempt.current = home
         attempt.via = exit_relay
