@@ -344,3 +344,15 @@ def test_an_offer_from_a_non_peer_is_declined(mesh: SimMesh, captured: list[Rela
     mesh.sim.run_until(lambda: blocked() != "", timeout_s=60)
     assert "private: no two-relay path" in blocked()
     assert "REJECTED" in blocked()
+
+    # and `wgrelay status --json` (the status file) says why
+    def status_entry() -> dict[str, object]:
+        path = status_path(c.state_dir, INTERFACE)
+        doc = json.loads(path.read_text()) if path.exists() else {"peers": []}
+        return next((p for p in doc["peers"] if p["public_key"] == str(b.public)), {})
+
+    mesh.sim.run_until(lambda: bool(status_entry().get("private_blocked")), timeout_s=10)
+    entry = status_entry()
+    assert entry["private"] is True
+    assert "private: no two-relay path" in str(entry["private_blocked"])
+    assert "private: no two-relay path" in str(entry["reason"])

@@ -93,9 +93,12 @@ def status_document(
                 "candidates": [endpoint_str(c) for c in agent.core.candidates(p.key, wall)],
                 "upgrade_tries": p.upgrades,
                 "last_upgrade": p.last_upgrade,
-                # --private: relayed only over two relays; why there is no such path now
+                # --private: relayed only over two relays; why there is no such
+                # path now (not while relayed: the peer may have opened one)
                 "private": agent.manager.planner.config.private.covers(key),
-                "private_blocked": agent.manager.planner.private_blocked.get(key),
+                "private_blocked": None
+                if relay
+                else agent.manager.planner.private_blocked.get(key),
             }
         )
     home = agent.registry.get(agent.manager.home) if agent.manager.home else None
