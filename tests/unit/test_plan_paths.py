@@ -75,7 +75,8 @@ def scene(leg_to_x_ms: float | None = 22.0, caps: int = _CAPS) -> Scene:
     link.state = LinkState.REGISTERED
     link.leg_rtts = {s: 162.0} if leg_to_x_ms is None else {x: leg_to_x_ms, s: 162.0}
     link.leg_rtts_at = NOW
-    peer = PrivateKey.generate().public_key()
+    # the agent with the smaller key weighs two relays: we ask
+    peer = PublicKey(b"\xff" * 32)
     p._places[peer] = (
         Place(PeerLocation(x, ("203.0.113.2", 51821)), 12, False),
         Place(PeerLocation(s, ("203.0.113.3", 51821)), 162, True),
@@ -218,3 +219,16 @@ def test_a_home_relay_tells_its_agent_the_relays_it_runs_legs_with_and_their_rtt
     w.run_until(lambda: link.leg_rtts.get(r2[0]) is not None, limit_s=30)
     assert link.leg_rtts == {r2[0]: 40.0}
     assert link.leg_rtts_at <= w.now
+
+
+def test_only_the_side_that_asks_first_weighs_two_relays() -> None:
+    """The peer's key is the smaller: it asks (at once, mesh/agent.py), and
+    were we to ask through two relays too, in the opposite direction, the
+    relays would refuse both crossing legs."""
+    sc = scene()
+    peer = PublicKey(bytes(32))
+    sc.p._places[peer] = sc.p._places[sc.peer]
+    attempt = Attempt(peer, Phase.CONNECTING, NOW, places=sc.p._places[peer])
+    sc.p._candidates(attempt, NOW)
+    assert attempt.bridges == []
+    assert [o.exit_relay for o in sc.p._path_options(peer, NOW)] == [None, None]

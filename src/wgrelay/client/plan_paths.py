@@ -27,6 +27,12 @@ by a fast link between them, beat one relay far from both.
   session per pair, so a new path through it would meet the old session
   there (joined, or refused as busy). From A-H-X-B that leaves the single
   relays other than H and X; the rest waits for the path to end.
+* **One side asks.** Only the agent with the smaller key weighs two relays
+  (the one that asks for a relayed path at once, mesh/agent.py): two
+  agents asking at once in opposite directions (both do when a path ends)
+  would open crossing legs for the pair, which both relays refuse as busy.
+  The other agent accepts the session it is offered, as ever; it still
+  bridges to a relay out of its reach (plan_peers.py).
 * Peers covered by ``--private`` are never weighed here: their paths follow
   plan_private.py's rules.
 
@@ -130,7 +136,9 @@ class PathChoice(PeerPaths):
         self, peer: PublicKey, places: tuple[Place, ...], now: float
     ) -> list[PathOption]:
         """Our home, then each place of the peer our home carries legs to
-        and has measured, cheapest first."""
+        and has measured, cheapest first (none if the peer asks first)."""
+        if self.private_key.public_key().raw > peer.raw:
+            return []
         home = self.home
         link = self.link(home) if home is not None else None
         entry = self.registry.get(home) if home is not None else None
