@@ -38,6 +38,7 @@ from collections import deque
 from collections.abc import Callable
 
 import nacl.bindings as sodium
+import nacl.exceptions
 
 from tests.fuzz.layout import (
     LOCATION_SIGNED,
@@ -63,7 +64,7 @@ from tests.fuzz.world import (
     relay_identity,
 )
 from wgrelay.endpoint import Endpoint
-from wgrelay.errors import RemoteProtocolError
+from wgrelay.errors import InvalidKey, RemoteProtocolError
 from wgrelay.keys import PublicKey, RelayIdentity, clamp
 from wgrelay.proto.announce import RelayNodeInfo, encode_announcement
 from wgrelay.proto.constants import (
@@ -124,6 +125,15 @@ from wgrelay.proto.messages import (
     SessionOffer,
     decode_body,
     encode_body,
+)
+from wgrelay.proto.sealed import (
+    EXIT_SEALED_LEN,
+    PEER_SEALED_LEN,
+    ConnectionRequestSealed,
+    LegOpenSealed,
+    SessionOfferSealed,
+    seal_for_exit,
+    seal_for_peer,
 )
 from wgrelay.relay.admission import Addr
 
@@ -196,6 +206,15 @@ def endpoint(rng: random.Random) -> Endpoint:
             (f"10.{rng.randrange(256)}.{rng.randrange(256)}.1", rng.randrange(65536)),
         ]
     )
+
+
+_SEALED_TYPES = frozenset(
+    {MsgType.CONNECTION_REQUEST_SEALED, MsgType.LEG_OPEN_SEALED, MsgType.SESSION_OFFER_SEALED}
+)
+
+
+def rng_choice_relay(rng: random.Random, idents: dict[str, RelayIdentity]) -> PublicKey:
+    return rng.choice([idents[n] for n in sorted(idents)]).public
 
 
 class _Common:
@@ -353,7 +372,56 @@ class _Common:
             )
         if t == MsgType.DISCOVERY_RESPONSE:
             return self.discovery_response(rng.randrange(2**32))
+        if t in _SEALED_TYPES:
+            return self.sealed_body(t)
         return self.federation_body(t)
+
+    def sealed_body(self, t: MsgType) -> Body:
+        """Private paths: boxes that open (for the fuzzed relay as the exit,
+        for a peer as the target), stale ones, and noise. Ephemeral keys from
+        the fuzzer's own stream: a run repeats exactly."""
+        rng, w = self.rng, self.world
+        now_ms = self.now_ms() + rng.choice([0, 0, 0, -200_000, 200_000])
+        if t == MsgType.SESSION_OFFER_SEALED:
+            target = PublicKey(w.by_name[rng.choice(["p0", "p0", "p1", "p2"])].public)
+            exit_relay = w.identity.public if rng.random() < 0.8 else self.some_relay()
+            box = self._box(
+                lambda: seal_for_peer(
+                    target, PublicKey(self.some_key()), exit_relay, now_ms, rng.randbytes(32)
+                ),
+                PEER_SEALED_LEN,
+            )
+            return SessionOfferSealed(self.some_sid(), box, rng.choice([0, 0, 52000]))
+        exit_relay = w.identity.public if t == MsgType.LEG_OPEN_SEALED else self.some_relay()
+        regs = list(w.relay.table.regs)
+        target = PublicKey(rng.choice(regs) if regs and rng.random() < 0.7 else self.some_key())
+        initiator = PublicKey(self.some_key())
+        box = self._box(
+            lambda: seal_for_exit(
+                exit_relay,
+                target,
+                seal_for_peer(target, initiator, exit_relay, now_ms, rng.randbytes(32)),
+                now_ms,
+                rng.randbytes(32),
+            ),
+            EXIT_SEALED_LEN,
+        )
+        if t == MsgType.LEG_OPEN_SEALED:
+            return LegOpenSealed(self.some_sid(), box, rng.choice([2, 2, 3]))
+        return ConnectionRequestSealed(rng.randrange(2**32), exit_relay, box)
+
+    def some_relay(self) -> PublicKey:
+        return rng_choice_relay(self.rng, self.idents)
+
+    def _box(self, seal: Callable[[], bytes], size: int) -> bytes:
+        """A sealed box, or noise of its size (now and then, or when the
+        recipient's key is not a usable point: the zero and low-order keys)."""
+        if self.rng.random() < 0.15:
+            return self.rng.randbytes(size)
+        try:
+            return seal()
+        except (nacl.exceptions.CryptoError, InvalidKey):
+            return self.rng.randbytes(size)
 
     def some_rtt(self) -> int:
         """A peer's reported RTT to the relay: unknown, steady, moved a little
