@@ -48,6 +48,7 @@ from tests.fuzz.world import (
     derive,
     relay_identity,
 )
+from wgrelay import xeddsa
 from wgrelay.keys import PublicKey, RelayIdentity
 from wgrelay.proto.announce import RelayNodeInfo, encode_announcement
 from wgrelay.proto.constants import (
@@ -107,6 +108,19 @@ from wgrelay.proto.messages import (
     SessionOffer,
     encode_body,
     mapping_probe,
+)
+from wgrelay.proto.receipts import (
+    CLAIM_DOMAIN,
+    RECEIPT_DOMAIN,
+    Claim,
+    CreditQuery,
+    CreditReport,
+    Receipt,
+    ReceiptBody,
+    ReceiptRequest,
+    Receipts,
+    ReceiptsAck,
+    RelayEarning,
 )
 from wgrelay.proto.sealed import (
     ConnectionRequestSealed,
@@ -588,6 +602,7 @@ def entries() -> list[Entry]:
     out.append(("client", "mapping_probe.hex", "raw/mapping_probe", mapping_probe(SID_A), None))
     out += _private_paths(s, ident, parties)
     out += _leg_rtts(s, ident, parties)
+    out += _credits(ident, parties)
     return out
 
 
@@ -700,6 +715,65 @@ def _leg_rtts(s: _Sealer, ident: RelayIdentity, parties: dict[str, Party]) -> li
             None,
         ),
     ]
+
+
+def _credits(ident: RelayIdentity, parties: dict[str, Party]) -> list[Entry]:
+    """Credits (proto/receipts.py), sealed by a sealer of their own (nonces and
+    timestamps far above the others', so that adding seeds elsewhere changes
+    none of these): p0's receipt and balance query to the fuzzed relay, r1's
+    RECEIPTS and its answer to our RECEIPTS; the relay's request, report and
+    ack to p0; each also the wrong way. Signatures from fixed randomness."""
+    s = _Sealer()
+    s.n = 50_000
+    p0, pr1 = parties["p0"], parties["r1"]
+    assert p0.private is not None
+    peer = PublicKey(p0.public)
+    unsigned = Receipt(ident.public, peer, SID_A, 2, 123_456, MS0)
+    rsig = xeddsa.sign(p0.private, RECEIPT_DOMAIN + unsigned.signed_part(), bytes(64))
+    receipt = Receipt(ident.public, peer, SID_A, 2, 123_456, MS0, rsig)
+    unclaimed = Claim(peer, ident.public, MS0, bytes(64))
+    csig = xeddsa.sign(p0.private, CLAIM_DOMAIN + unclaimed.member_part(), bytes(64))
+    claim = Claim(peer, ident.public, MS0, csig).endorsed_by(ident)
+    query = CreditQuery(46, peer)
+    request = ReceiptRequest(SID_A, 3, 200_000)
+    report = CreditReport(46, peer, 30, 123_456, 0, 0, (RelayEarning(ident.public, 123_456, 1),))
+    batch = Receipts((receipt,), (claim,))
+    ack = ReceiptsAck(1, 0)
+    relay_pub, to_p0 = ident.x25519_public, p0.from_relay
+    out: list[Entry] = [
+        ("relay", "credits-receipt-p0-home.hex", "control/receipt/registered",
+         s.seal(ReceiptBody(receipt), p0.public, p0.to_relay), p0.home),
+        ("relay", "credits-credit_query-p0-home.hex", "control/credit_query/registered",
+         s.seal(query, p0.public, p0.to_relay), p0.home),
+        ("relay", "credits-receipts-r1.hex", "relay/receipts/known",
+         s.seal(batch, pr1.public, pr1.to_relay), pr1.home),
+        ("relay", "credits-answer-receipts_ack-r1.hex", "answer/receipts_ack",
+         s.seal(ack, pr1.public, answer_keys("r1", ident).tx, flags=FLAG_FROM_SERVER), pr1.home),
+    ]  # fmt: skip
+    wrong_way: tuple[tuple[str, Body], ...] = (
+        ("receipt_request", request),
+        ("credit_report", report),
+    )  # (RECEIPTS_ACK reaches it as an answer above)
+    for name, body in wrong_way:
+        data = s.seal(body, p0.public, p0.to_relay)
+        kind = f"control/{name}/to-relay"
+        out.append(("relay", f"credits-{name}-to-relay.hex", kind, data, p0.home))
+    # the link's clock back on the relay's first (earlier seeds moved it):
+    # the seeds below arrive in time when the corpus is replayed in order
+    in_step = Error(ErrorCode.STALE_TIMESTAMP, int(MsgType.PING), "", TS0 + 50_000)
+    to_client: tuple[tuple[str, Body, int | None], ...] = (
+        ("clock", in_step, None),
+        ("receipts_ack", ack, None),
+        ("receipt_request", request, None),
+        ("receipts-from-relay", batch, FLAG_FROM_SERVER),
+        ("credit_query-from-relay", query, FLAG_FROM_SERVER),
+        ("credit_report", report, None),
+        ("receipt-from-relay", ReceiptBody(receipt), FLAG_FROM_SERVER),
+    )
+    for name, body, flags in to_client:
+        data = s.seal(body, relay_pub, to_p0, flags=flags)
+        out.append(("client", f"credits-{name}.hex", f"control/{name}", data, None))
+    return out
 
 
 def world_json() -> str:

@@ -42,6 +42,8 @@ RELAY_HANDLERS = {
     "PUNCH",
     "PING",
     "DISCOVERY_QUERY",
+    "RECEIPT",
+    "CREDIT_QUERY",
     "CONNECTION_REQUEST_SEALED",
     "LEG_RTT_QUERY",
 }
@@ -54,6 +56,7 @@ FEDERATION_HANDLERS = {
     "LEG_OPEN",
     "LEG_ANSWER",
     "LEG_CLOSE",
+    "RECEIPTS",
     "LEG_OPEN_SEALED",
 }
 """Relay-to-relay requests: their handler runs for any sender (and drops
@@ -70,6 +73,7 @@ FEDERATION_ANSWERS = {
         "DiscoveryResponse",
         "Error",
         "CookieReply",
+        "ReceiptsAck",
     )
 }
 """What the federation took on the relay's own channels (and cookie replies it repeated for)."""
@@ -118,6 +122,8 @@ LINK_HANDLERS = {
     "Pong",
     "DiscoveryResponse",
     "Error",
+    "ReceiptRequest",
+    "CreditReport",
     "LegRttReply",
 }
 # every drop reason a run must reach, beyond those of the preset (a long run
