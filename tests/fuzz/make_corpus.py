@@ -601,7 +601,7 @@ def entries() -> list[Entry]:
     out.append(("client", "data-keepalive.hex", "raw/data", frames["keepalive"], None))
     out.append(("client", "mapping_probe.hex", "raw/mapping_probe", mapping_probe(SID_A), None))
     out += _private_paths(s, ident, parties)
-    out += _leg_rtts(s, ident, parties)
+    out += _leg_rtts(ident, parties)
     out += _credits(ident, parties)
     return out
 
@@ -674,47 +674,37 @@ def _private_paths(s: _Sealer, ident: RelayIdentity, parties: dict[str, Party]) 
     return out
 
 
-def _leg_rtts(s: _Sealer, ident: RelayIdentity, parties: dict[str, Party]) -> list[Entry]:
-    """Whole-path choice (proto/leg_rtts.py), sealed after everything else
-    so that no earlier seed changes: p0 asks the fuzzed relay which relays it
-    carries legs to, and the relay answers (r1 measured, r2 not yet); each
-    also the wrong way (a query from the relay, an answer to it)."""
+def _leg_rtts(ident: RelayIdentity, parties: dict[str, Party]) -> list[Entry]:
+    """Whole-path choice (proto/leg_rtts.py), sealed by a sealer of their own
+    (timestamps above the main seeds', below the credit seeds'): p0 asks the
+    fuzzed relay which relays it carries legs to, and the relay answers (r1
+    measured, r2 not yet); each also the wrong way (an answer to the relay, a
+    query from it). The link's clock is put back on the relay's first
+    (earlier seeds moved it), so the answer arrives in time when the corpus
+    is replayed in order; so does a PUNCH (the main seeds' one arrives while
+    the link's clock is off: only the random inputs reached the handler)."""
+    s = _Sealer()
+    s.n = 40_000
     p0 = parties["p0"]
     query = LegRttQuery(45)
     reply = LegRttReply(
         45, ((relay_identity("r1").public, 22), (relay_identity("r2").public, 0xFFFF))
     )
     relay_pub, to_p0 = ident.x25519_public, p0.from_relay
+    in_step = Error(ErrorCode.STALE_TIMESTAMP, int(MsgType.PING), "", TS0 + 40_000)
+    punch = Punch(SID_B, 8, True, (("198.51.100.7", 40001), ("203.0.113.9", 61820)))
     return [
-        (
-            "relay",
-            "legs-leg_rtt_query-p0-home.hex",
-            "control/leg_rtt_query/registered",
-            s.seal(query, p0.public, p0.to_relay),
-            p0.home,
-        ),
-        (
-            "relay",
-            "legs-leg_rtt_reply-to-relay.hex",
-            "control/leg_rtt_reply/to-relay",
-            s.seal(reply, p0.public, p0.to_relay),
-            p0.home,
-        ),
-        (
-            "client",
-            "legs-leg_rtt_reply.hex",
-            "control/leg_rtt_reply",
-            s.seal(reply, relay_pub, to_p0),
-            None,
-        ),
-        (
-            "client",
-            "legs-leg_rtt_query-from-relay.hex",
-            "control/leg_rtt_query",
-            s.seal(query, relay_pub, to_p0, flags=FLAG_FROM_SERVER),
-            None,
-        ),
-    ]
+        ("relay", "legs-leg_rtt_query-p0-home.hex", "control/leg_rtt_query/registered",
+         s.seal(query, p0.public, p0.to_relay), p0.home),
+        ("relay", "legs-leg_rtt_reply-to-relay.hex", "control/leg_rtt_reply/to-relay",
+         s.seal(reply, p0.public, p0.to_relay), p0.home),
+        ("client", "legs-clock.hex", "control/clock", s.seal(in_step, relay_pub, to_p0), None),
+        ("client", "legs-leg_rtt_reply.hex", "control/leg_rtt_reply",
+         s.seal(reply, relay_pub, to_p0), None),
+        ("client", "legs-leg_rtt_query-from-relay.hex", "control/leg_rtt_query",
+         s.seal(query, relay_pub, to_p0, flags=FLAG_FROM_SERVER), None),
+        ("client", "legs-punch_go.hex", "control/punch_go", s.seal(punch, relay_pub, to_p0), None),
+    ]  # fmt: skip
 
 
 def _credits(ident: RelayIdentity, parties: dict[str, Party]) -> list[Entry]:
