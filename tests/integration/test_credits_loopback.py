@@ -223,6 +223,12 @@ def test_operator_earns_receipts_spread_and_wgrelay_credits_shows_it(tmp_path: P
             assert text.returncode == 0, text.stderr
             assert f"relay {r1.key}: " in text.stdout
             assert "in 2 receipts" in text.stdout
+            # from the agent's config (the relays it knows), M from its key file
+            res = cli(agent, "add-bootstrap-relay", f"127.0.0.1:{p2}", str(r2.key))
+            assert res.returncode == 0, res.stderr
+            res = cli(agent, "credits", "--key", str(key_file), "--json")
+            assert res.returncode == 0, res.stderr
+            assert json.loads(res.stdout)["balance_bytes"] == 2 * carried
             # without a member to ask about, or a relay key without its address
             assert "MEMBER_KEY" in one_line_error(cli(agent, "credits", "--relay", "127.0.0.1:1"))
             res = cli(agent, "credits", str(member.public_key()), "--relay-key", str(r2.key))
