@@ -90,6 +90,81 @@ def test_a_newcomer_at_a_relay_full_of_contributors_gets_a_slot_back() -> None:
     assert st.contention["displaced_reserve"] == 1
 
 
+def _full_of_free_riders(net: CoreNet, credits: StaticCredits) -> list[tuple[Client, Client]]:
+    riders = [_pair(net, credits, 0) for _ in range(4)]
+    for a, b in riders:
+        net.advance(0.1)
+        assert _connect(net, a, b)
+    return riders
+
+
+def test_a_target_that_refuses_costs_no_one_a_slot() -> None:
+    # a stranger asks for a contributor (the larger credit of the pair), a
+    # contributor for a stranger: both targets refuse (not their WireGuard
+    # peers), so neither request may end a free rider's session
+    net = CoreNet(RelayConfig(max_connections=4, min_share=0.25))
+    credits = StaticCredits()
+    net.relay.contention.credits = credits
+    riders = _full_of_free_riders(net, credits)
+    stranger, refusing_rich = net.client(), net.client(accept=False)
+    rich, refusing = net.client(), net.client(accept=False)
+    credits.balances[refusing_rich.pub.raw] = credits.balances[rich.pub.raw] = 100 * GB
+    registered(net, stranger, refusing_rich, rich, refusing)
+    for a, b in ((stranger, refusing_rich), (rich, refusing)):
+        a.link.request_session(b.pub, net.clock.now)
+        net.run()
+        failed = [e for e in a.events if isinstance(e, SessionFailed)]
+        assert [e.status for e in failed] == [Status.REJECTED]
+    assert not any(_preempted(c) for p in riders for c in p)
+    st = net.relay.get_stats()
+    assert st.sessions_active == 4
+    assert "displaced_higher_credit" not in st.contention
+    assert not net.relay.table.claims  # nothing left over
+
+
+def test_a_claim_whose_offer_times_out_costs_no_one_a_slot() -> None:
+    net = CoreNet(RelayConfig(max_connections=4, min_share=0.25))
+    credits = StaticCredits()
+    net.relay.contention.credits = credits
+    riders = _full_of_free_riders(net, credits)
+    rich, silent = _pair(net, credits, 100 * GB)
+    net.clients.remove(silent)  # its datagrams go nowhere: it never answers
+    rich.link.request_session(silent.pub, net.clock.now)
+    net.run()
+    # while the offer is out, the claimed slot is no one else's
+    assert len(net.relay.table.claims) == 1
+    other = _pair(net, credits, 100 * GB)
+    assert _connect(net, *other)  # it claims (and takes) another rider's slot
+    for _ in range(int(net.relay.config.offer_timeout_s) + 2):
+        net.advance(1.0)
+    # the youngest rider's slot was claimed for the silent target: it kept it
+    assert [_preempted(a) for a, _ in riders] == [False, False, True, False]
+    assert not net.relay.table.claims
+    assert len(net.relay.sessions) == 4
+
+
+def test_a_claimed_slot_freed_first_is_the_claimers() -> None:
+    net = CoreNet(RelayConfig(max_connections=4, min_share=0.25))
+    credits = StaticCredits()
+    net.relay.contention.credits = credits
+    riders = _full_of_free_riders(net, credits)
+    rich, target = _pair(net, credits, 100 * GB)
+    net.clients.remove(target)  # holds its answer
+    rich.link.request_session(target.pub, net.clock.now)
+    net.run()
+    (claim,) = net.relay.table.claims.values()
+    victim = net.relay.sessions[claim.victim]
+    owner = next(p for p in riders if victim.a_key == p[0].pub.raw)
+    owner[0].link.close_session(owner[1].pub, net.clock.now)  # it leaves by itself
+    net.run()
+    assert not net.relay.table.claims
+    net.clients.append(target)
+    net.advance(net.relay.config.offer_retransmit_s)  # the offer again, answered
+    assert rich.link.session_of.get(target.pub) is not None
+    assert not any(_preempted(c) for p in riders for c in p)
+    assert len(net.relay.sessions) == 4
+
+
 def test_without_credits_a_full_relay_refuses_as_before() -> None:
     net = CoreNet(RelayConfig(max_connections=2))
     pairs = [(net.client(), net.client()) for _ in range(3)]

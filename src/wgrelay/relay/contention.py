@@ -34,8 +34,13 @@ with the lowest-credit sessions: a displacement never leaves fewer than
 from a member whose class holds fewer than ``reserve`` slots takes one back
 from the lowest-credit session above it. So free riders always keep (or get
 back) their minimum share of slots and are never cut off, and a full relay
-of free riders still makes room for contributors. The displaced ends hear
-SESSION_CLOSE with reason PREEMPTED and fail over as for any lost session.
+of free riders still makes room for contributors. The request only
+*claims* the slot: its session is offered to the target over the limit, and
+the victim is displaced when the target accepts (a refused or unanswered
+offer ends no one's session; the credit of a target that did not accept
+was never the requester's to use). A claimed victim is no one else's to
+take, a claimer no one's to displace. The displaced ends hear SESSION_CLOSE
+with reason PREEMPTED and fail over as for any lost session.
 
 **Bandwidth.** Each direction of each established session is a *flow*. Every
 housekeeping tick (1 s) measures what each flow used (its token bucket's
@@ -262,6 +267,9 @@ class Slot:
     created: float
     """Youngest goes first among equal weights."""
     sid: bytes
+    movable: bool = True
+    """False for a pending session that claims a slot already: it holds
+    that slot (it counts), but is not displaced before its target answers."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -278,12 +286,12 @@ def choose_victim(slots: Sequence[Slot], want: float, reserve: int) -> Displacem
     if sum(1 for s in slots if s.weight <= want) < reserve:
         # the request's class holds fewer than its reserved slots: it takes
         # one back from the lowest-credit session above it
-        above = [s for s in slots if s.weight > want]
+        above = [s for s in slots if s.weight > want and s.movable]
         if not above:
             return None
         v = min(above, key=lambda s: (s.weight, -s.created))
         return Displacement(v.sid, "reserve")
-    candidates = [s for s in slots if s.weight + WEIGHT_STEP <= want]
+    candidates = [s for s in slots if s.weight + WEIGHT_STEP <= want and s.movable]
     for level in sorted({s.weight for s in candidates}):
         # the reserve: a displacement leaves at least ``reserve`` sessions at
         # or below the displaced one's weight (the lowest ones keep theirs)
@@ -353,15 +361,27 @@ class Contention:
     # ------------------------------------------------------------ admission
 
     def victim(
-        self, sessions: Iterable[Session], a_key: bytes, b_key: bytes, config: RelayConfig
+        self,
+        sessions: Iterable[Session],
+        a_key: bytes,
+        b_key: bytes,
+        config: RelayConfig,
+        claims: Mapping[bytes, Displacement] | None = None,
     ) -> Displacement | None:
-        """At a full relay: whose slot a request for ``a_key``-``b_key`` takes."""
+        """At a full relay: whose slot a request for ``a_key``-``b_key`` takes.
+
+        ``claims``: pending sessions' claims on other slots (sessions.py):
+        a claimer holds the slot it claimed, its victim holds none."""
         want = self.session_weight(a_key, b_key)
+        claims = claims or {}
+        victims = {d.victim for d in claims.values()}
         slots = []
         for s in sessions:
+            if s.sid in victims:
+                continue
             st = self._state.get(s.sid)
             w = st.weight if st is not None else self.session_weight(s.a_key, s.b_key)
-            slots.append(Slot(w, s.created, s.sid))
+            slots.append(Slot(w, s.created, s.sid, s.sid not in claims))
         reserve = reserve_slots(config.max_connections, config.min_share)
         return choose_victim(slots, want, reserve)
 

@@ -36,7 +36,7 @@ from wgrelay.proto.messages import (
     SessionOffer,
 )
 from wgrelay.relay.admission import Addr, Inbound
-from wgrelay.relay.contention import Contention
+from wgrelay.relay.contention import Contention, Displacement
 from wgrelay.relay.core_state import RelayCoreState
 from wgrelay.relay.ports import PathChange, PortPair, is_stream_addr
 from wgrelay.relay.sessions import (
@@ -230,7 +230,7 @@ class SessionsCore(RelayCoreState):
             self._drop(inb, DropReason.BAD_ADDRESS)
             respond(Status.ERROR)
             return
-        refusal = self._admit_session(reg, treg, now)
+        refusal, displaces = self._admit_session(reg, treg)
         if refusal is not None:
             self.stats.quota_hits[refusal.value] += 1
             if refusal is Refusal.BUDGET and self.table.budget is not None:
@@ -240,50 +240,61 @@ class SessionsCore(RelayCoreState):
             respond(Status.RESOURCE_LIMIT)
             return
         s = self.table.open(self._new_session_id(), reg, treg, now)
+        if displaces is not None:  # its slot once the target accepts
+            self.table.claim(s.sid, displaces)
         if self.ports is not None:
             self.ports.open(s)
         s.waiters[key] = rid
         self._send_offer(s, treg, now)
 
-    def _admit_session(self, a: Registration, b: Registration, now: float) -> Refusal | None:
+    def _admit_session(
+        self, a: Registration, b: Registration
+    ) -> tuple[Refusal | None, Displacement | None]:
         """The table's quotas; at ``max_connections``, a request with more
-        credit takes a slot from one with less (contention.py's rule)."""
+        credit claims the slot of a session with less (contention.py's rule):
+        (refusal, the claim to record on the new session)."""
         refusal = self.table.admit_session(a, b)
         if refusal is not Refusal.MAX_CONNECTIONS:
             if refusal is None:
                 self.contention.count("admitted_free_slot")
-            return refusal
-        # the other quotas first: a slot freed for a request they refuse
+            return refusal, None
+        table = self.table
+        busy = list(self.sessions.values()) + list(table.pending.values())
+        taken = self.contention.victim(busy, a.key, b.key, self.config, table.claims)
+        if taken is None:
+            self.contention.count("refused_full")
+            return refusal, None  # (as without credit: no one to displace)
+        # the other quotas too: a slot claimed for a request they refuse
         # would end a session for nothing
-        table, config = self.table, self.config
+        config = self.config
         table.config = replace(config, max_connections=config.max_connections + 1)
         try:
             other = table.admit_session(a, b)
         finally:
             table.config = config
         if other is not None:
-            return other
-        busy = list(self.sessions.values()) + list(self.table.pending.values())
-        taken = self.contention.victim(busy, a.key, b.key, self.config)
+            return other, None
+        return None, taken
+
+    def _displace(self, s: Session, now: float) -> None:
+        """``s`` is established: the session whose slot it claimed ends."""
+        taken = self.table.unclaim(s.sid)
         victim = self.table.find(taken.victim) if taken is not None else None
         if taken is None or victim is None:
-            self.contention.count("refused_full")
-            return refusal
+            return  # no claim, or its victim left first (its slot is free)
         log.info(
-            "relay full: session %s gives its slot to %s -> %s (%s)",
+            "relay full: session %s gives its slot to %s (%s <-> %s, %s)",
             victim.sid.hex(),
-            PublicKey(a.key).short(),
-            PublicKey(b.key).short(),
+            s.sid.hex(),
+            PublicKey(s.a_key).short(),
+            PublicKey(s.b_key).short(),
             taken.reason,
         )
         if victim.sid in self.table.pending:
             self._answer_waiters(victim, Status.RESOURCE_LIMIT, now)
         self._close(victim, CloseReason.PREEMPTED, {victim.a_key, victim.b_key}, now)
         self.contention.count(f"displaced_{taken.reason}")
-        refusal = self.table.admit_session(a, b)
-        if refusal is None:
-            self.contention.count(f"admitted_{taken.reason}")
-        return refusal
+        self.contention.count(f"admitted_{taken.reason}")
 
     def offload_rate(self, pair: PortPair) -> int:
         """The kernel path's per-direction limit (bytes/s, 0: none): the
@@ -321,6 +332,7 @@ class SessionsCore(RelayCoreState):
                 return sid
 
     def _establish(self, s: Session, now: float) -> None:
+        self._displace(s, now)
         self.table.establish(s, now)
         self.contention.established(s, self.config, now)
         if self.ports is not None:

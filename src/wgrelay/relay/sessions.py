@@ -12,7 +12,10 @@ is one readable check:
   bigger source remain.
 * the operator's byte budget (budget.py): once spent, no new session.
 * ``max_connections`` sessions in all (pending or established), and
-  ``max_sessions_per_source`` with an end in one source.
+  ``max_sessions_per_source`` with an end in one source. A pending session
+  that *claims* another's slot (contention.py: a full relay, more credit) is
+  not counted: it takes that slot only if its target accepts, so a request
+  the target refuses ends no one's session.
 * ``max_sessions_per_peer`` per peer, counting the sessions it holds and the
   offers it made, never offers it received and has not accepted: strangers
   cannot use up a target's share by asking for sessions it will refuse.
@@ -38,6 +41,7 @@ from wgrelay.proto.constants import (
 from wgrelay.relay.admission import Addr, KeyState, source_group
 from wgrelay.relay.budget import BudgetMeter
 from wgrelay.relay.config import RelayConfig
+from wgrelay.relay.contention import Displacement
 from wgrelay.relay.limits import TokenBucket
 
 if TYPE_CHECKING:
@@ -157,6 +161,11 @@ class SessionTable:
         self._sessions_per_source: Counter[str] = Counter()
         self.budget: BudgetMeter | None = None
         """The byte budget's count (``RelayConfig.budget``), None without one."""
+        self.claims: dict[bytes, Displacement] = {}
+        """Pending session id -> the slot it takes once established (the
+        core then closes the victim); over ``max_connections`` meanwhile."""
+        self._claimed: dict[bytes, bytes] = {}
+        """Victim's session id -> its claimer's."""
 
     # ------------------------------------------------------------ registrations
 
@@ -233,7 +242,7 @@ class SessionTable:
         c = self.config
         if self.budget is not None and self.budget.spent:
             return Refusal.BUDGET
-        if len(self.sessions) + len(self.pending) >= c.max_connections:
+        if len(self.sessions) + len(self.pending) - len(self.claims) >= c.max_connections:
             return Refusal.MAX_CONNECTIONS
         for source in {a.source, b.source}:
             if self._sessions_per_source[source] >= c.max_sessions_per_source:
@@ -275,11 +284,31 @@ class SessionTable:
             s.ba = TokenBucket(c.bandwidth_bytes_per_s, c.bandwidth_burst_bytes, now)
         s.last_active = now
 
+    def claim(self, claimer: bytes, d: Displacement) -> None:
+        """A pending session takes ``d.victim``'s slot once established."""
+        self.claims[claimer] = d
+        self._claimed[d.victim] = claimer
+
+    def claimed(self, sid: bytes) -> bool:
+        """Is ``sid`` the victim of a claim (its slot promised to another)?"""
+        return sid in self._claimed
+
+    def unclaim(self, claimer: bytes) -> Displacement | None:
+        """The claim of a session being established (or ended), if any."""
+        d = self.claims.pop(claimer, None)
+        if d is not None:
+            self._claimed.pop(d.victim, None)
+        return d
+
     def remove(self, s: Session) -> bool:
         """Forget a session; True if it was established (False: pending or unknown)."""
         established = self.sessions.pop(s.sid, None) is not None
         if not established and self.pending.pop(s.sid, None) is None:
             return False
+        self.unclaim(s.sid)  # refused or gone before its target accepted
+        claimer = self._claimed.pop(s.sid, None)
+        if claimer is not None:  # the victim left first: its slot is the claimer's
+            del self.claims[claimer]
         self.by_pair.pop(pair_of(s.a_key, s.b_key), None)
         self._count_session(s, -1)
         for k in (s.a_key, s.b_key):
