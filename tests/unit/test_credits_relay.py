@@ -106,11 +106,15 @@ def test_forged_and_replayed_receipts_from_a_peer_are_refused() -> None:
     a.link._send(ReceiptBody(older), now)
     unasked = Receipt(net.ident.public, a.pub, sid, 9, 2100, ms).signed_by(a.key)
     a.link._send(ReceiptBody(unasked), now)
+    # dated back (what a used would leave the window early): refused
+    old = Receipt(net.ident.public, b.pub, sid, 1, 2200, ms - 86_400_000).signed_by(b.key)
+    b.link._send(ReceiptBody(old), now)
     net.run()
     counters = net.relay.credit_counters()
     assert counters["refused_wrong_relay"] == 1
     assert counters["refused_bad_signature"] == 1
     assert counters["refused_replayed"] == 2
+    assert counters["refused_misdated"] == 1
     assert led.statement(a.pub.raw).used == good
     # a request it answered is never answered again, nor for less
     relay_frames(net, a, sid, 10)

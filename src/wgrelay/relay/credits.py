@@ -13,7 +13,9 @@ goes out). The peer answers with a RECEIPT it signed, for at most what we
 claimed and at most what it observed itself (client/receipts.py).
 
 A RECEIPT is taken only from the peer it names, for the request we made last
-(same session, same seq), for no more than we claimed; then the ledger
+(same session, same seq), for no more than we claimed, signed within the
+clock skew of our clock (so no one dates what it used back out of the
+window); then the ledger
 checks the signature, the policy and that the session's record moves
 forward (relay/ledger.py). A stored receipt is news: it goes, with our
 operator claim, to ``gossip_fanout`` random live relays that announce
@@ -37,6 +39,7 @@ from typing import Any
 
 from wgrelay.keys import PublicKey
 from wgrelay.proto.constants import Capability, CloseReason, MsgType
+from wgrelay.proto.envelope import MAX_CLOCK_SKEW_S
 from wgrelay.proto.receipts import (
     MAX_REPORT_RELAYS,
     Claim,
@@ -198,6 +201,11 @@ class CreditsCore(LegsCore):
             refusal = Refusal.WRONG_RELAY
         elif asked is None or r.seq != asked.seq or r.nbytes > asked.claimed:
             refusal = Refusal.OVER_CLAIM if asked and r.nbytes > asked.claimed else Refusal.REPLAYED
+        elif abs(r.time_ms - self._wall_at(inb.now) * 1000) > MAX_CLOCK_SKEW_S * 1000:
+            # signed just now, or a peer could date its receipts back so
+            # that what it used leaves the window early (first hand only:
+            # a receipt from gossip may be old)
+            refusal = Refusal.MISDATED
         if refusal is not None:
             ledger.refuse(refusal)
             inb.dropped = True

@@ -106,6 +106,8 @@ class Refusal(StrEnum):
     """More bytes, or another request, than we asked the peer to sign."""
     EXPIRED = "expired"
     FUTURE = "future"
+    MISDATED = "misdated"
+    """From the peer itself, but not signed within the clock skew of now."""
     STALE_CLAIM = "stale_claim"
     """A claim older than the one held for its relay."""
     DUPLICATE = "duplicate"
