@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -326,6 +327,57 @@ def test_an_offloaded_path_is_counted_and_reinstalled_at_its_share() -> None:
     rate = net.relay.offload_rate(pair)
     assert rate == int(max(s.ab.rate, s.ba.rate))  # the share of its larger direction
     assert 400_000 * 0.25 / 4 <= rate < 400_000 / 2  # at least its floor, less than half
+
+
+def test_a_path_offloaded_before_a_capacity_is_reinstalled_at_its_share() -> None:
+    # unlimited sessions (--max-bandwidth 0) in the kernel, then a SIGHUP
+    # sets --capacity: the path must leave the kernel's no-limit install
+    net = CoreNet(RelayConfig(max_bandwidth_kbps=0))
+    net.relay.enable_port_mode(PortPool(52000, 52099, lambda _p: True, lambda _p: None))
+    ports = net.relay.ports
+    assert ports is not None
+    credits = StaticCredits()
+    net.relay.contention.credits = credits
+    rich, poor = _pair(net, credits, 100 * GB), _pair(net, credits, 0)
+    assert _connect(net, *rich)
+    assert _connect(net, *poor)
+    pair = net.relay.sessions[_sid(*poor)].ports
+    assert pair is not None
+    pair.a.mode = pair.b.mode = SideMode.PORT
+    pair.a.latched, pair.b.latched = poor[0].addr, poor[1].addr
+    pair.offloaded = True
+    assert net.relay.offload_rate(pair) == 0  # installed with no limit
+    ports.changes.clear()
+    unlimited = RelayConfig(max_bandwidth_kbps=0)
+    config = reloaded_config(unlimited, replace(unlimited, capacity_bytes_per_s=400_000))
+    net.relay.reconfigure(config=config)
+    kernel_bytes, installed = 0, [0]
+    for _ in range(4):
+        start = net.clock.now
+        frame = data_header(_sid(*rich)) + FRAME
+        for i in range(100):
+            for _ in range(10):
+                net.relay.forward_data(frame, rich[0].addr, start + i * 0.01)
+        net.clock.now = net.relay.next_timer()
+        kernel_bytes += 600_000
+        pair.kernel_seen = (kernel_bytes // 1000, kernel_bytes, 0, 0, 0)
+        net.relay.handle_timer(net.clock.now)
+        if ports.changes:
+            assert ports.changes == [PathChange(pair.a.port, pair)]
+            ports.changes.clear()
+            installed.append(net.relay.offload_rate(pair))  # the server re-installs it
+    assert net.relay.get_stats().contention["contended"] == 1
+    assert 0 < installed[-1] < 400_000  # limited now, at its share
+    # the capacity taken away again: back to no limit, once
+    net.relay.reconfigure(config=reloaded_config(config, unlimited))
+    net.clock.now = net.relay.next_timer()
+    net.relay.handle_timer(net.clock.now)
+    assert ports.changes == [PathChange(pair.a.port, pair)]
+    ports.changes.clear()
+    assert net.relay.offload_rate(pair) == 0
+    net.clock.now = net.relay.next_timer()
+    net.relay.handle_timer(net.clock.now)
+    assert not ports.changes
 
 
 def test_start_relay_bad_capacity_exits_with_one_line(tmp_path: Path) -> None:

@@ -320,9 +320,6 @@ class _SessionState:
     ab: _FlowState
     ba: _FlowState
     weight: float = 1.0
-    kernel_rate: int | None = None
-    """The per-direction limit its kernel path was last installed with (0:
-    none; None: not installed through ``kernel_rate``)."""
 
 
 @dataclass(slots=True)
@@ -343,6 +340,11 @@ class Contention:
     def __init__(self, credits: CreditSource | None = None) -> None:
         self.credits: CreditSource = credits or NoCredits()
         self._state: dict[bytes, _SessionState] = {}
+        self._installed: dict[bytes, int] = {}
+        """Session id -> the per-direction limit (0: none) its kernel path
+        was last installed with: kept apart from ``_state``, which a session
+        without a per-session cap has only while a capacity is set (its path
+        may have gone to the kernel before, with no limit)."""
         self._last_tick: float | None = None
         self._shaped = False
         """Some bucket runs at another rate than its cap (a share)."""
@@ -412,15 +414,14 @@ class Contention:
 
     def forget(self, sid: bytes) -> None:
         self._state.pop(sid, None)
+        self._installed.pop(sid, None)
 
     def kernel_rate(self, s: Session, default: int) -> int:
         """The per-direction limit (bytes/s, 0: none) to install ``s``'s
         kernel path with: ``default`` (the configured cap) unless shares
         are in force, then the larger of its two directions' shares."""
-        st = self._state.get(s.sid)
         rate = self._kernel_target(s, default)
-        if st is not None:
-            st.kernel_rate = rate
+        self._installed[s.sid] = rate
         return rate
 
     def _kernel_target(self, s: Session, default: int) -> int:
@@ -518,12 +519,12 @@ class Contention:
     ) -> list[Session]:
         default = config.max_bandwidth_kbps * 1000
         moved = []
-        for s, st in entries:
+        for s, _ in entries:
             pair = s.ports
-            if pair is None or not pair.offloaded or st.kernel_rate is None:
-                continue
+            old = self._installed.get(s.sid)
+            if pair is None or not pair.offloaded or old is None:
+                continue  # (None: never installed, no kernel offload)
             target = self._kernel_target(s, default)
-            old = st.kernel_rate
             if (target == 0) != (old == 0) or abs(target - old) > KERNEL_STEP * old:
                 moved.append(s)
         return moved
