@@ -69,6 +69,13 @@ def test_receipts_earn_for_the_operator_and_spread_forgeries_refused(mesh: SimMe
     assert 0 < used_a <= st.bytes_forwarded
     assert 0 < used_b <= st.bytes_forwarded
     assert at_r1.earned == used_a + used_b
+    # the agents run in port mode: what they vouched for is WireGuard's own
+    # transfer counters since the session began (nothing passes the proxy)
+    assert a.agent is not None
+    assert a.agent.port_mode.endpoint(b.public) is not None
+    seen = a.agent._observed(b.public)
+    assert seen.proxy_bytes == 0
+    assert seen.wireguard_bytes >= used_a - 16_384
 
     # R1's next receipts supersede these: keep one to replay later
     first = _held(ledger_of(r2), a.public)
