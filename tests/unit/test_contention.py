@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 
 from wgrelay.relay.contention import (
     MAX_WEIGHT,
+    Displacement,
     Flow,
     Slot,
     choose_victim,
@@ -182,6 +183,70 @@ def test_displacement_never_breaks_the_reserve(
     else:
         assert victim.weight > want
         assert sum(1 for w in weights if w <= want) < reserve
+
+
+def _reference_victim(slots: list[Slot], want: float, reserve: int) -> Displacement | None:
+    """The rule as the module's docstring states it, one weight level at a time."""
+    if sum(1 for s in slots if s.weight <= want) < reserve:
+        above = [s for s in slots if s.weight > want and s.movable]
+        if not above:
+            return None
+        return Displacement(min(above, key=lambda s: (s.weight, -s.created)).sid, "reserve")
+    candidates = [s for s in slots if s.weight + 1.0 <= want and s.movable]
+    for level in sorted({s.weight for s in candidates}):
+        if sum(1 for s in slots if s.weight <= level) > reserve:
+            v = max((s for s in candidates if s.weight == level), key=lambda s: s.created)
+            return Displacement(v.sid, "higher_credit")
+    return None
+
+
+@settings(max_examples=300)
+@given(
+    st.lists(
+        st.tuples(st.sampled_from([1.0, 1.5, 2.0, 5.0, 8.0, 16.0]), st.booleans()),
+        min_size=1,
+        max_size=30,
+    ),
+    st.sampled_from([1.0, 2.0, 3.0, 8.0, 16.0]),
+    st.integers(0, 30),
+)
+def test_victim_is_the_rules(spec: list[tuple[float, bool]], want: float, reserve: int) -> None:
+    slots = [Slot(w, float(i % 4), bytes([i]), movable) for i, (w, movable) in enumerate(spec)]
+    assert choose_victim(slots, want, reserve) == _reference_victim(slots, want, reserve)
+
+
+class _Counted(float):
+    """A weight that counts how often it is compared."""
+
+    comparisons = 0
+
+    def __lt__(self, other: object) -> bool:
+        _Counted.comparisons += 1
+        return float(self) < float(other)  # type: ignore[arg-type]
+
+    def __le__(self, other: object) -> bool:
+        _Counted.comparisons += 1
+        return float(self) <= float(other)  # type: ignore[arg-type]
+
+    def __gt__(self, other: object) -> bool:
+        _Counted.comparisons += 1
+        return float(self) > float(other)  # type: ignore[arg-type]
+
+    def __ge__(self, other: object) -> bool:
+        _Counted.comparisons += 1
+        return float(self) >= float(other)  # type: ignore[arg-type]
+
+
+def test_choosing_a_victim_is_not_quadratic() -> None:
+    # balances differ, so every session's weight is a level of its own: at a
+    # full relay each request must not cost a pass over the slots per level
+    n = 2000
+    slots = [Slot(_Counted(1.0 + i * 7 / n), float(i), i.to_bytes(2, "big")) for i in range(n)]
+    _Counted.comparisons = 0
+    d = choose_victim(slots, 16.0, reserve_slots(n, 0.25))
+    assert d is not None
+    assert d.victim == (n // 4).to_bytes(2, "big")  # just above the reserve
+    assert _Counted.comparisons < 25 * n  # (one count per level: over 10^6)
 
 
 # ---------------------------------------------------------------- options

@@ -291,14 +291,21 @@ def choose_victim(slots: Sequence[Slot], want: float, reserve: int) -> Displacem
             return None
         v = min(above, key=lambda s: (s.weight, -s.created))
         return Displacement(v.sid, "reserve")
-    candidates = [s for s in slots if s.weight + WEIGHT_STEP <= want and s.movable]
-    for level in sorted({s.weight for s in candidates}):
-        # the reserve: a displacement leaves at least ``reserve`` sessions at
-        # or below the displaced one's weight (the lowest ones keep theirs)
-        if sum(1 for s in slots if s.weight <= level) > reserve:
-            v = max((s for s in candidates if s.weight == level), key=lambda s: s.created)
-            return Displacement(v.sid, "higher_credit")
-    return None
+    if reserve >= len(slots):
+        return None
+    # the reserve: a displacement leaves at least ``reserve`` sessions at or
+    # below the displaced one's weight (the lowest ones keep theirs), so the
+    # victim weighs at least the (reserve+1)-th lowest weight. (One sort: a
+    # count per distinct weight cost O(n * reserve), 0.4 s at 10,000 sessions
+    # of distinct balances, at every request a full relay refused.)
+    least = sorted(s.weight for s in slots)[reserve]
+    candidates = [
+        s for s in slots if s.movable and least <= s.weight and s.weight + WEIGHT_STEP <= want
+    ]
+    if not candidates:
+        return None
+    v = min(candidates, key=lambda s: (s.weight, -s.created))  # the youngest of the lowest
+    return Displacement(v.sid, "higher_credit")
 
 
 # ---------------------------------------------------------------- the relay's state
