@@ -7,19 +7,24 @@ from __future__ import annotations
 
 import os
 from dataclasses import replace
+from typing import cast
 
 from tests.unit.test_federation import WALL0, Prober, _announcement
 from tests.unit.test_relay_ports import HI, LO, Ports
 from wgrelay.client.events import SessionEstablished
 from wgrelay.keys import PrivateKey
-from wgrelay.proto.constants import DATA_HEADER_LEN, MsgType
-from wgrelay.proto.federation import Gossip, LegOpen
+from wgrelay.proto.announce import RelayNodeInfo, encode_announcement
+from wgrelay.proto.body import Body
+from wgrelay.proto.constants import DATA_HEADER_LEN, Capability, MsgType, Status
+from wgrelay.proto.cookie import decode_cookie_reply
+from wgrelay.proto.federation import Gossip, LegAnswer, LegOpen
 from wgrelay.relay.config import RelayConfig
 from wgrelay.relay.ports import PortPool, SideMode
 from wgrelay.relay.stats import DropReason
 from wgrelay.testkit import CoreNet, registered
 
 FRAME = bytes(28)
+_LEG_CAPS = Capability.UDP_RELAY | Capability.MULTI_HOP
 
 
 def _introduced(net: CoreNet, *, listed: bool) -> Prober:
@@ -136,3 +141,83 @@ def test_a_leg_without_a_port_stays_framed() -> None:
     assert pair.a.mode is SideMode.FRAMED
     frame = bytes((MsgType.DATA, 1)) + sid + b"\x04\x00\x00\x00" + FRAME
     assert net.relay.forward_data(frame, r1.at, 0.1) == b.addr
+
+
+class _V6Prober(Prober):
+    """A relay reached over IPv6: the core sees its datagrams from a
+    four-field source (host, port, flowinfo, scope id), as recvfrom gives."""
+
+    def send(self, body: Body, now: float) -> None:
+        wall = WALL0 + now
+        pending = [self.channel.seal(body, now, wall)]
+        while pending:
+            self.core.receive(pending.pop(), self.at, now)
+            for data, dst in self.core.datagrams_to_send():
+                if tuple(dst[:2]) == self.at[:2] and data[0] == MsgType.COOKIE_REPLY:
+                    again = self.channel.on_cookie(decode_cookie_reply(data), now, wall)
+                    if again is not None:
+                        pending.append(again)
+                elif tuple(dst[:2]) != self.at[:2]:
+                    self.to_others.append((data, (str(dst[0]), int(dst[1]))))
+
+
+def _v6_relay(net: CoreNet) -> Prober:
+    # (Prober's address type is a plain (host, port))
+    other = _V6Prober(net.relay, cast("tuple[str, int]", ("2001:db8::66", 40000, 0, 0)))
+    info = RelayNodeInfo(other.ident.public, (("2001:db8::66", 40000),), capabilities=_LEG_CAPS)
+    other.send(Gossip((encode_announcement(info, int(WALL0 * 1000), 600, other.ident),)), 0.0)
+    config = replace(net.relay.config, leg_relays=frozenset({other.ident.public.raw}))
+    net.relay.reconfigure(config=config)
+    return other
+
+
+def _port_mode(net: CoreNet) -> None:
+    bound = Ports()
+    net.relay.enable_port_mode(PortPool(LO, HI, bound.open, bound.close))
+
+
+def test_an_ipv6_leg_is_pinned_in_the_form_its_packets_come_from() -> None:
+    """Review finding: the leg side was pinned to (host, port) while an IPv6
+    socket's packets come from (host, port, flowinfo, scope id): every packet
+    of an IPv6 leg was refused as from a foreign address (both relays), and
+    the pair's two sides looked like two address families to the offload."""
+    net = CoreNet(RelayConfig(max_bandwidth_kbps=0))
+    _port_mode(net)
+    b = net.client()
+    registered(net, b)
+    r1 = _v6_relay(net)
+    sid = os.urandom(8)
+    r1.send(LegOpen(sid, PrivateKey.generate().public_key(), b.pub, 2, port=51000), 0.0)
+    _deliver_offers(net, r1)
+    pair = net.relay.sessions[sid].ports
+    assert pair is not None
+    assert pair.a.latched == ("2001:db8::66", 51000, 0, 0)
+    packet = b"\x04\x00\x00\x00" + FRAME
+    # B's packets leave the leg's port for an IPv6 destination (the server
+    # picks the socket by the address's length)
+    assert net.relay.forward_data(bytes((MsgType.DATA, 0)) + sid + packet, b.addr, 0.1) is None
+    ((from_port, data, to),) = net.relay.port_output()
+    assert (from_port, bytes(data), to) == (pair.a.port, packet, pair.a.latched)
+    # and the entry relay's packets from that port are taken
+    foreign = net.relay.stats.drops[DropReason.PORT_FOREIGN_ADDRESS]
+    net.relay.forward_port(pair.a.port, packet, ("2001:db8::66", 51000, 0, 0), 0.2)
+    assert net.relay.stats.drops[DropReason.PORT_FOREIGN_ADDRESS] == foreign
+    ((from_port, data, to),) = net.relay.port_output()
+    assert (from_port, bytes(data)[DATA_HEADER_LEN:], to) == (0, packet, b.addr)
+
+
+def test_the_entry_relay_pins_an_ipv6_leg_in_the_same_form() -> None:
+    net = CoreNet(RelayConfig(max_bandwidth_kbps=0))
+    _port_mode(net)
+    a = net.client()
+    registered(net, a)
+    r2 = _v6_relay(net)
+    target = PrivateKey.generate().public_key()
+    a.link.request_session(target, net.clock.now, via=r2.ident.public)
+    net.run()
+    (sid,) = net.relay.legs
+    r2.send(LegAnswer(sid, Status.SUCCESS, 52000), 0.1)
+    pair = net.relay.sessions[sid].ports
+    assert pair is not None
+    assert pair.b.pinned
+    assert pair.b.latched == ("2001:db8::66", 52000, 0, 0)

@@ -85,6 +85,13 @@ exit relay's answer (the exit relay's own offer timeout runs first)."""
 _NO_SESSION = bytes(SESSION_ID_LEN)
 
 
+def _at_port(addr: Addr, port: int) -> Addr:
+    """The other relay's session port at its address, in the form its
+    packets come from: an IPv6 source has four fields (host, port, flowinfo,
+    scope id), and a port's source check compares whole tuples."""
+    return (addr[0], port, *addr[2:])
+
+
 @dataclass(slots=True)
 class Leg:
     """One relay's half of a session carried by two relays."""
@@ -216,7 +223,7 @@ class LegsCore(SessionsCore):
             return  # a repeated answer: done already
         if body.status == Status.SUCCESS:
             if body.port and s.ports is not None:
-                self.ports_pin(s, far_is_a=False, addr=(leg.addr[0], body.port))
+                self.ports_pin(s, far_is_a=False, addr=_at_port(leg.addr, body.port))
             self._establish(s, inb.now)
             self._count_leg("opened_entry")
             return
@@ -290,7 +297,7 @@ class LegsCore(SessionsCore):
         s = self.table.open(sid, near, treg, now)
         self._leg_ports(s, far_is_a=True)
         if body.port and s.ports is not None:
-            self.ports_pin(s, far_is_a=True, addr=(inb.addr[0], body.port))
+            self.ports_pin(s, far_is_a=True, addr=_at_port(inb.addr, body.port))
         self.legs[sid] = Leg(relay, inb.addr, entry=False)
         self._send_offer(s, treg, now)
 
