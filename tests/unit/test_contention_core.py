@@ -166,6 +166,21 @@ def test_a_claimed_slot_freed_first_is_the_claimers() -> None:
     assert len(net.relay.sessions) == 4
 
 
+def test_slots_follow_balances_without_a_capacity() -> None:
+    # no --capacity (the default): the weights a full relay compares must
+    # still follow the balances, not stay what they were at each session's start
+    net = CoreNet(RelayConfig(max_connections=4, min_share=0.25))
+    credits = StaticCredits()
+    net.relay.contention.credits = credits
+    riders = _full_of_free_riders(net, credits)
+    credits.balances[riders[3][0].pub.raw] = 100 * GB  # the youngest's receipts arrived
+    for _ in range(int(WEIGHT_REFRESH_S) + 1):
+        net.advance(1.0)
+    assert _connect(net, *_pair(net, credits, 100 * GB))
+    # the youngest weighs as much as the newcomer now: the next youngest gave way
+    assert [_preempted(a) for a, _ in riders] == [False, False, True, False]
+
+
 def test_without_credits_a_full_relay_refuses_as_before() -> None:
     net = CoreNet(RelayConfig(max_connections=2))
     pairs = [(net.client(), net.client()) for _ in range(3)]

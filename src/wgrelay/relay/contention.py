@@ -446,24 +446,26 @@ class Contention:
         last, self._last_tick = self._last_tick, now
         dt = now - last if last is not None else 0.0
         capacity = float(config.capacity_bytes_per_s)
+        # balances move slowly (receipts): weights are looked up again every
+        # WEIGHT_REFRESH_S (a new session's at its start), not every tick;
+        # with or without a capacity (a full relay's choice of victim uses them)
+        if now - self._weights_at >= WEIGHT_REFRESH_S:
+            self._weights_at = now
+            for sid, state in self._state.items():
+                s = sessions.get(sid)
+                if s is not None:
+                    state.weight = self.session_weight(s.a_key, s.b_key)
         if not capacity and not self._shaped:
             self.report.contended = False
             self._last_tick = None  # (a capacity set later starts measuring afresh)
             return []  # nothing to share: nothing to do (today's relay)
         entries: list[tuple[Session, _SessionState]] = []
-        # balances move slowly (receipts): weights are looked up again every
-        # WEIGHT_REFRESH_S (a new session's at its start), not every tick
-        refresh = now - self._weights_at >= WEIGHT_REFRESH_S
-        if refresh:
-            self._weights_at = now
         for sid, s in sessions.items():
             if sid not in self._state and capacity:
                 self.established(s, config, now)  # (a capacity set by a reload)
             st = self._state.get(sid)
             if st is None or s.ab is None or s.ba is None:
                 continue
-            if refresh:
-                st.weight = self.session_weight(s.a_key, s.b_key)
             entries.append((s, st))
         if not capacity:
             self._restore(entries, config.bandwidth_burst_s)
