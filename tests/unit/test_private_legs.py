@@ -13,6 +13,7 @@ from tests.unit.test_federation import WALL0, Prober
 from wgrelay.client.events import SessionEstablished
 from wgrelay.client.link import LinkConfig
 from wgrelay.client.link_private import PrivateLink
+from wgrelay.client.receipts import Observed, ReceiptSigner
 from wgrelay.keys import PrivateKey, PublicKey, RelayIdentity
 from wgrelay.proto.announce import RelayNodeInfo, encode_announcement
 from wgrelay.proto.constants import Capability, MsgType, Status
@@ -20,6 +21,7 @@ from wgrelay.proto.envelope import derive_server_keys, open_control, parse_contr
 from wgrelay.proto.federation import Gossip, LegAnswer
 from wgrelay.proto.sealed import ConnectionRequestSealed, LegOpenSealed, seal_request
 from wgrelay.relay.core import RelayCore
+from wgrelay.relay.ledger import Ledger
 from wgrelay.relay.metrics import make_registry
 from wgrelay.testkit import Client, CoreNet, registered
 
@@ -217,3 +219,41 @@ def test_a_retransmitted_refusal_is_answered_again_not_counted_again() -> None:
     assert "refused_replayed" not in st, st
     answers = [d for d, dst in r1.to_others if d[0] == MsgType.LEG_ANSWER]
     assert len(answers) == 3  # each copy answered
+
+
+def test_a_private_session_is_never_receipted() -> None:
+    """Review finding: with credits on, the exit relay asked B for receipts
+    of the private session and spread them (relay key, B's key, session id)
+    with its gossip to every relay taking credits, the entry relay among
+    them, which holds the same session id for A: the entry relay learned B,
+    and A's receipts taught the exit relay A. Neither relay asks for one."""
+    net = CoreNet()
+    ledger = Ledger(None, allows=net.policy.allows)
+    net.relay.enable_credits(ledger, None, 0.0)
+    b = _private_client(net)
+    seen = {"bytes": 0}
+
+    def observed(_peer: PublicKey) -> Observed:
+        return Observed(proxy_bytes=seen["bytes"], proxy_packets=seen["bytes"] // 100)
+
+    b.link.receipts = ReceiptSigner(b.key, observed)
+    registered(net, b)
+    r1 = _other_relay(net)
+    a, sid = PrivateKey.generate().public_key(), os.urandom(8)
+    r1.send(LegOpenSealed(sid, seal_request(a, b.pub, net.ident.public, int(WALL0 * 1000))), 0.0)
+    for data, dst in r1.to_others:
+        if dst == b.addr:
+            b.link.receive(data, 0.0)
+    net.run()
+    assert sid in net.relay.sessions
+    b.link.receipts.session_started(net.ident.public, a, sid, net.clock.now)
+    # well past what makes the relay ask (ASK_EVERY_BYTES), seen by B too
+    net.relay.sessions[sid].bytes = seen["bytes"] = 9_000_000
+    for _ in range(8):
+        net.advance(1.0)
+    b.link.close_session(a, net.clock.now)  # and the last count, asked at the close
+    net.run()
+    assert sid not in net.relay.sessions
+    assert net.relay.credit_counters().get("requests_sent", 0) == 0
+    assert b.link.receipts.signed == 0
+    assert ledger.statement(b.pub.raw).used == 0

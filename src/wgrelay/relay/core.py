@@ -83,6 +83,7 @@ from wgrelay.relay.admission import Addr, Inbound
 from wgrelay.relay.credits import CreditsCore
 from wgrelay.relay.locations import Found
 from wgrelay.relay.private_legs import PrivateLegsCore
+from wgrelay.relay.sessions import Session
 from wgrelay.relay.stats import DropReason
 
 log = logging.getLogger(__name__)
@@ -116,6 +117,14 @@ class RelayCore(CreditsCore, PrivateLegsCore):
             MsgType.CONNECTION_REQUEST_SEALED: self._handle_connection_request_sealed,
             MsgType.LEG_OPEN_SEALED: self._handle_leg_open_sealed,
         }
+
+    def _maybe_ask(self, s: Session, key: bytes, now: float, final: bool) -> None:
+        # A private session is never receipted: a receipt names its signer
+        # and the session id, and spreads to every relay taking credits,
+        # the other relay of the path too, which holds the same id for the
+        # peer it must not learn (private_legs.py)
+        if s.sid not in self.sealed:
+            super()._maybe_ask(s, key, now, final)
 
     # ------------------------------------------------------------ inputs
 
