@@ -43,6 +43,7 @@ from wgrelay.relay.access import OpenPolicy
 from wgrelay.relay.admission import Addr
 from wgrelay.relay.config import RelayConfig
 from wgrelay.relay.core import RelayCore
+from wgrelay.relay.ledger import Ledger
 from wgrelay.relay.sessions import pair_of
 
 WALL0 = 1_700_000_000.0
@@ -259,6 +260,9 @@ class World:
             announce_endpoints=tuple((str(a[0]), int(a[1])) for a in OWN_ADDRESSES),
         )
         self.relay.set_own_addresses(OWN_ADDRESSES)
+        # credits on (in memory): receipts, claims and balance queries reach
+        # the ledger's checks, not only "no ledger here"
+        self.relay.enable_credits(Ledger(None, allows=self.policy.allows), None, 0.0)
         client_keys = {p.public: p.client for p in self.parties if p.client is not None}
         relay_keys = {
             relay_identity(n).x25519_public: answer_keys(n, self.identity)
