@@ -4,6 +4,7 @@ hear PREEMPTED, and the capacity is shared by credit on the data path."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from dataclasses import replace
@@ -11,11 +12,15 @@ from pathlib import Path
 
 import pytest
 
+from tests.unit.test_legs import _deliver_offers, _introduced
 from wgrelay import cli
 from wgrelay.client.events import SessionEnded, SessionEstablished, SessionFailed
 from wgrelay.config_file import parse_args
+from wgrelay.keys import PrivateKey, PublicKey
+from wgrelay.proto.body import Body
 from wgrelay.proto.constants import CloseReason, Status
 from wgrelay.proto.data import data_header
+from wgrelay.proto.federation import LegClose, LegOpen
 from wgrelay.relay.config import RelayConfig
 from wgrelay.relay.contention import WEIGHT_REFRESH_S, StaticCredits
 from wgrelay.relay.ports import PathChange, PortPool, SideMode
@@ -179,6 +184,39 @@ def test_slots_follow_balances_without_a_capacity() -> None:
     assert _connect(net, *_pair(net, credits, 100 * GB))
     # the youngest weighs as much as the newcomer now: the next youngest gave way
     assert [_preempted(a) for a, _ in riders] == [False, False, True, False]
+
+
+def test_a_displaced_leg_tells_the_other_relay() -> None:
+    # the exit relay of a multi-hop session is full: a contributor's pair
+    # takes the leg's slot; the entry relay hears LEG_CLOSE PREEMPTED (its
+    # side, and its peer, end too), the local end SESSION_CLOSE PREEMPTED
+    net = CoreNet(RelayConfig(max_connections=2, min_share=0.25))
+    credits = StaticCredits()
+    net.relay.contention.credits = credits
+    rider = _pair(net, credits, 0)
+    assert _connect(net, *rider)
+    b = net.client()
+    registered(net, b)
+    r1 = _introduced(net, listed=True)
+    sid = os.urandom(8)
+    net.advance(0.1)  # (the leg is the younger session)
+    r1.send(LegOpen(sid, PrivateKey.generate().public_key(), b.pub, 2), net.clock.now)
+    _deliver_offers(net, r1)
+    assert sid in net.relay.sessions
+    told: list[tuple[PublicKey, Body]] = []
+    send = net.relay._to_relay
+
+    def spy(key: PublicKey, body: Body, now: float) -> None:
+        told.append((key, body))
+        send(key, body, now)
+
+    net.relay._to_relay = spy  # type: ignore[method-assign]
+    assert _connect(net, *_pair(net, credits, 100 * GB))
+    assert sid not in net.relay.sessions
+    assert told == [(r1.ident.public, LegClose(sid, CloseReason.PREEMPTED))]
+    assert _preempted(b)
+    assert not _preempted(rider[0])
+    assert net.relay.leg_stats()["closed_exit"] == 1
 
 
 def test_without_credits_a_full_relay_refuses_as_before() -> None:
