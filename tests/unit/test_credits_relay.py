@@ -73,6 +73,10 @@ def test_relay_asks_both_sides_and_stores_what_they_signed() -> None:
     st = led.statement(operator.public_key().raw)
     assert (st.earned, st.relays[0].receipts) == (2 * carried, 2)
     assert net.relay.credit_counters()["receipts_taken"] == 2
+    # contention orders members by this ledger's balances
+    credits = net.relay.contention.credits
+    assert credits.balance(operator.public_key().raw) == 2 * carried
+    assert credits.balance(a.pub.raw) == -carried
 
 
 def test_an_inflated_claim_is_signed_only_for_what_the_peer_saw() -> None:
