@@ -13,6 +13,7 @@ from tests.unit.test_plan import WALL0, Addr, World
 from wgrelay.client.events import PeerRelayed, PeerRelayFailed
 from wgrelay.client.link import Role
 from wgrelay.client.plan import PlanConfig, RelayPlanner
+from wgrelay.client.plan_private import MAX_COVER
 from wgrelay.client.privacy import PrivacyConfig
 from wgrelay.keys import PrivateKey, PublicKey
 from wgrelay.relay.access import OpenPolicy
@@ -128,3 +129,28 @@ def test_one_lookup_asks_about_every_covered_peer_in_one_order() -> None:
     for k in others:
         assert a.asked_about[k] == {r2[0]}  # the one relay that is not our home
     assert "its relay is not known" in w.saw(a, PeerRelayFailed)[0].error
+
+
+def test_more_covered_peers_than_one_lookup_asks_about_share_fixed_groups() -> None:
+    """Review finding: with more than MAX_COVER covered peers, a lookup asked
+    about the wanted peer and the 15 lowest others, so for any peer above
+    them the set was its own (the lowest 15 and it): the lookup relay could
+    tell which peer was wanted. Peers now go in fixed groups, in key order,
+    and a lookup asks about the wanted peer's whole group."""
+    w = Federated()
+    r1 = w.relay(1, 0.005)
+    covered = [PrivateKey.generate().public_key() for _ in range(2 * MAX_COVER + 5)]
+    a = w.peer(1, [r1])
+    a.config = PlanConfig(private=PrivacyConfig(all_peers=True, peers=frozenset(covered)))
+    groups = {tuple(a.cover(p)) for p in covered}
+    assert len(groups) == 3  # 16, 16 and 5: each peer in exactly one
+    assert sorted(k.raw for g in groups for k in g) == sorted(k.raw for k in covered)
+    for p in covered:
+        group = a.cover(p)
+        assert p in group
+        assert len(group) <= MAX_COVER
+        assert all(a.cover(q) == group for q in group)  # the same set for each of them
+    # a peer not named (--private covers it) is asked about with a group too
+    stranger = PrivateKey.generate().public_key()
+    assert stranger in a.cover(stranger)
+    assert len(a.cover(stranger)) <= MAX_COVER

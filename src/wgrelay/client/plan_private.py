@@ -11,7 +11,8 @@ learns us. The rules:
 * the lookup ("where is the peer?") goes to one relay that is not our home
   (the usual entry): the best other relay by score, and the same one next
   time. It is asked about every covered peer we know of at once, in key
-  order, whichever of them we want now. Every relay asked about a peer
+  order (in groups of ``MAX_COVER``: the wanted peer's group), whichever
+  of them we want now. Every relay asked about a peer
   learned that we look for it, so none of them is ever its entry or exit
   relay (``asked_about``, kept for the agent's run);
 * the entry is our home if it may be, else another relay we register at,
@@ -91,10 +92,13 @@ class PrivatePaths(HomePlanner):
                 attempt.queries[lookup] = qid
 
     def cover(self, peer: PublicKey) -> list[PublicKey]:
-        """The peers one private lookup asks about: ``peer`` and the other
-        covered peers we know of, at most ``MAX_COVER``, in key order."""
-        others = sorted(self.config.private.peers - {peer}, key=lambda k: k.raw)
-        return sorted([peer, *others[: MAX_COVER - 1]], key=lambda k: k.raw)
+        """The peers one private lookup asks about: the group of ``peer``
+        among the covered peers we know of, cut in key order into groups of
+        ``MAX_COVER``. Every peer of a group is asked about with the same
+        set (a set of its own would name the one wanted)."""
+        known = sorted(self.config.private.peers | {peer}, key=lambda k: k.raw)
+        start = known.index(peer) // MAX_COVER * MAX_COVER
+        return known[start : start + MAX_COVER]
 
     def _connect_private(self, attempt: Attempt, now: float) -> None:
         """Try the next (entry, exit) pair for a covered peer, or fail closed."""
