@@ -431,6 +431,12 @@ def test_a_path_offloaded_before_a_capacity_is_reinstalled_at_its_share() -> Non
     net.clock.now = net.relay.next_timer()
     net.relay.handle_timer(net.clock.now)
     assert not ports.changes
+    # a path whose install was queued as its session closed leaves nothing behind
+    poor[0].link.close_session(poor[1].pub, net.clock.now)
+    net.run()
+    assert pair.session.ports is None
+    net.relay.offload_rate(pair)
+    assert pair.session.sid not in net.relay.contention._installed
 
 
 def test_start_relay_bad_capacity_exits_with_one_line(tmp_path: Path) -> None:

@@ -428,7 +428,8 @@ class Contention:
         kernel path with: ``default`` (the configured cap) unless shares
         are in force, then the larger of its two directions' shares."""
         rate = self._kernel_target(s, default)
-        self._installed[s.sid] = rate
+        if s.ports is not None:  # (None: closed since the install was queued)
+            self._installed[s.sid] = rate
         return rate
 
     def _kernel_target(self, s: Session, default: int) -> int:
