@@ -231,6 +231,19 @@ def test_without_credits_a_full_relay_refuses_as_before() -> None:
     assert net.relay.get_stats().quota_hits["max_connections"] == 1
 
 
+def test_without_credits_a_full_relay_names_the_same_limit_as_before() -> None:
+    # full, and the requester holds all its sessions too: the refusal was
+    # counted against max_connections before contention, and still is
+    net = CoreNet(RelayConfig(max_connections=2, max_sessions_per_peer=1))
+    a, b, c, d, e = (net.client() for _ in range(5))
+    registered(net, a, b, c, d, e)
+    assert _connect(net, a, b)
+    assert _connect(net, c, d)
+    assert not _connect(net, a, e)
+    hits = net.relay.get_stats().quota_hits
+    assert (hits["max_connections"], hits["sessions_per_peer"]) == (1, 0)
+
+
 def _sid(c: Client, peer: Client) -> bytes:
     return c.link.session_of[peer.pub]
 
