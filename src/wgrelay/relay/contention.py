@@ -68,7 +68,8 @@ its part). Sum of shares <= capacity; each flow >= its floor.
 Cost: one float add per relayed packet (the bucket's count, about 14 ns),
 and per tick O(n log n) in the established sessions (3.4 ms a tick for
 1,000 sessions); the credit lookups only every ``WEIGHT_REFRESH_S``, and
-at a full relay one pass over the slots per refused-or-displacing request.
+at a full relay one sort of the slots per request it refuses or claims a
+slot for (``choose_victim``: 0.17 ms at 1,000 sessions, 2.4 ms at 10,000).
 """
 
 from __future__ import annotations
