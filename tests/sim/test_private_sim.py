@@ -37,6 +37,8 @@ from wgrelay.keys import PrivateKey, PublicKey, RelayIdentity, clamp
 from wgrelay.mesh.daemon import status_path
 from wgrelay.proto.sealed import LegOpenSealed
 from wgrelay.relay.core import RelayCore
+from wgrelay.relay.credits import ASK_INTERVAL_S
+from wgrelay.relay.ledger import Ledger
 from wgrelay.relay.metrics import make_registry
 from wgrelay.sim import LinkSpec, Simulation
 from wgrelay.sim.mesh import INTERFACE, SimMesh, SimPeer, SimRelay
@@ -356,3 +358,39 @@ def test_an_offer_from_a_non_peer_is_declined(mesh: SimMesh, captured: list[Rela
     assert entry["private"] is True
     assert "private: no two-relay path" in str(entry["private_blocked"])
     assert "private: no two-relay path" in str(entry["reason"])
+
+
+def test_with_credits_neither_relays_ledger_learns_the_hidden_key(
+    mesh: SimMesh, captured: list[RelayLogs]
+) -> None:
+    """Every relay takes credits: the receipts a relay asks its peers for
+    spread to the others by gossip (its signer's key, the session id). No
+    receipt of the private session is asked for, so none reaches the other
+    relay of the path (review finding: the exit relay's receipts from B
+    reached the entry relay, which holds the same session id for A)."""
+    w = World(mesh)
+    for r in mesh.relays.values():
+        assert r.core is not None
+        r.core.enable_credits(Ledger(None), None, mesh.sim.now())
+    logs = RelayLogs(mesh.relays)
+    logging.getLogger("wgrelay").addHandler(logs)
+    captured.append(logs)
+    w.converge()
+    a, b = w.peers()
+    mesh.connect(a, b)
+    mesh.start()
+    mesh.wait_connected(a, b, timeout_s=90)
+    assert w.entry.core is not None
+    sid = next(iter(w.entry.core.sealed))
+    traffic = mesh.ping_every(a, b, interval_s=0.5, timeout_s=1.0)
+    mesh.sim.run_for(ASK_INTERVAL_S + 15)  # past a round of receipts and their spreading
+    assert traffic.answered > 50
+    for relay, hidden in ((w.entry, b.public), (w.exit, a.public)):
+        assert relay.core is not None
+        ledger = relay.core.ledger
+        assert ledger is not None
+        rows = ledger._conn.execute(
+            "SELECT count(*) FROM receipts WHERE peer = ? OR session = ?", (hidden.raw, sid)
+        ).fetchone()
+        assert rows == (0,), f"{relay.name}'s ledger holds the hidden side's receipts"
+        assert relay.core.credit_counters().get("requests_sent", 0) == 0
