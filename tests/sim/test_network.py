@@ -262,6 +262,35 @@ def test_set_link_changes_behaviour_from_now_on(sim: Simulation) -> None:
     assert a.link == LinkSpec(delay_s=0.25)
 
 
+def test_a_route_delay_is_added_once_both_ways_also_before_a_bandwidth_limit(
+    sim: Simulation,
+) -> None:
+    """``set_route_delay``: 50 ms one way between a and b on top of their
+    links, both ways, once, also when the receiver's link has a bandwidth
+    (its queue wakes the packet up again: the delay was added at every
+    wake-up, so the packet never arrived); c, not on the route, is not slowed."""
+    a = sim.add_host("a", link=LinkSpec(delay_s=0.001))
+    b = sim.add_host("b", link=LinkSpec(delay_s=0.001, bandwidth_bps=1_000_000))
+    c = sim.add_host("c", link=LinkSpec(delay_s=0.001))
+    at_b, at_a, at_c = Recorder(sim), Recorder(sim), Recorder(sim)
+    b.runtime().open_udp("0.0.0.0", 9, at_b)
+    sa = a.runtime().open_udp("0.0.0.0", 9, at_a)
+    c.runtime().open_udp("0.0.0.0", 9, at_c)
+    sim.set_route_delay([a], [b], 0.050)
+    sa.sendto(bytes(97), (b.address, 9))  # 125 bytes on the wire: 1 ms at b's link
+    sa.sendto(b"c", (c.address, 9))
+    sim.run_for(1.0)
+    [(t, _, src)] = at_b.got
+    assert t == pytest.approx(0.001 + 0.050 + 0.001 + 0.001)
+    assert [t for t, _, _ in at_c.got] == [pytest.approx(0.002)]
+    b.runtime().open_udp("0.0.0.0", 0, Recorder(sim)).sendto(b"back", src)
+    sim.run_for(1.0)
+    [(t, _, _)] = at_a.got
+    assert t - 1.0 == pytest.approx(0.050 + 0.002, abs=1e-3)
+    sim.set_route_delay([a], [b], 0.0)  # removed
+    assert sim.network.route_delays == {}
+
+
 # ---------------------------------------------------------------- partitions
 
 

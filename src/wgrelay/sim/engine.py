@@ -244,7 +244,15 @@ class Network:
                 realm = f.at
                 target = realm.table.get(f.dst[0])
                 if target is not None:
-                    f.stage = _DOWNLINK if type(target) is Host else _WAN_DOWN
+                    if type(target) is Host:
+                        f.stage = _DOWNLINK
+                        if self.route_delays:
+                            # once, here: a flight waiting for a pipe with a
+                            # bandwidth re-enters _DOWNLINK, and adding it
+                            # there again at each wake-up postponed it forever
+                            f.t += self.route_delays.get((f.origin, target), 0.0)
+                    else:
+                        f.stage = _WAN_DOWN
                     f.at = target
                     continue
                 nat = realm.nat
@@ -255,8 +263,6 @@ class Network:
                 f.at = nat
             elif stage == _DOWNLINK:
                 host = f.at
-                if self.route_delays:
-                    f.t += self.route_delays.get((f.origin, host), 0.0)
                 if not self._cross(f, host.down_pipe, now, _DELIVER, host):
                     return
             elif stage == _DELIVER:
