@@ -12,6 +12,7 @@ from dataclasses import replace
 from tests.unit.test_plan import WALL0, Addr, World
 from wgrelay.client.events import PeerRelayed, PeerRelayFailed
 from wgrelay.client.link import Role
+from wgrelay.client.link_private import PrivateLink
 from wgrelay.client.plan import PlanConfig, RelayPlanner
 from wgrelay.client.plan_private import MAX_COVER
 from wgrelay.client.privacy import PrivacyConfig
@@ -86,6 +87,10 @@ def test_home_at_the_peers_relay_enters_by_another_relay_unlisted() -> None:
     reg = entry_core.table.regs[a.private_key.public_key().raw]
     assert reg.listing is Listing.UNLISTED  # no location record points lookups there
     assert entry_core.leg_stats()["private_open"] == 1
+    # every link of ours refuses a plain request for b by itself
+    for key in (r1[0], r2[0], r3[0]):
+        lk = a.link(key)
+        assert lk is None or (isinstance(lk, PrivateLink) and lk.covers(b_key))
 
 
 def test_no_two_relay_path_means_no_relayed_path_and_says_why() -> None:

@@ -10,7 +10,7 @@ import os
 from dataclasses import replace
 
 from tests.unit.test_federation import WALL0, Prober
-from wgrelay.client.events import SessionEstablished
+from wgrelay.client.events import SessionEstablished, SessionFailed
 from wgrelay.client.link import LinkConfig
 from wgrelay.client.link_private import PrivateLink
 from wgrelay.client.receipts import Observed, ReceiptSigner
@@ -257,3 +257,33 @@ def test_a_private_session_is_never_receipted() -> None:
     assert net.relay.credit_counters().get("requests_sent", 0) == 0
     assert b.link.receipts.signed == 0
     assert ledger.statement(b.pub.raw).used == 0
+
+
+def test_the_link_never_sends_a_plain_request_for_a_covered_peer() -> None:
+    """The fail-closed rule rested on every caller of request_session
+    checking --private (a re-request after the planner's state moved on,
+    a new path choice): the link now refuses a plain request for a covered
+    peer itself, and says so with SessionFailed."""
+    net = CoreNet()
+    a = _private_client(net)
+    registered(net, a)
+    link = a.link
+    assert isinstance(link, PrivateLink)
+    covered, other = (PrivateKey.generate().public_key() for _ in range(2))
+    link.covers = lambda p: p == covered
+    link.request_session(covered, net.clock.now)
+    link.request_session(covered, net.clock.now, via=RelayIdentity.generate().public)
+    sent = link.datagrams_to_send()
+    assert sent == []  # nothing named it to the relay
+    net.run()
+    failed = [e for e in a.events if isinstance(e, SessionFailed)]
+    assert [(e.peer, e.status) for e in failed] == [(covered, Status.ERROR)] * 2
+    assert covered not in link.wanted
+    # a peer it does not cover is asked for as ever (here: not registered)
+    link.request_session(other, net.clock.now)
+    net.run()
+    failed = [e for e in a.events if isinstance(e, SessionFailed)]
+    assert (failed[-1].peer, failed[-1].status) == (other, Status.TARGET_UNREACHABLE)
+    # and a private request for the covered peer is sealed, as ever
+    link.request_private(covered, RelayIdentity.generate().public, net.clock.now)
+    assert [d[0] for d in link.datagrams_to_send()] == [MsgType.CONNECTION_REQUEST_SEALED]

@@ -7,7 +7,9 @@ clear, the peer sealed to the exit relay, our key sealed to the peer. From
 then on every request for that peer at this link is sealed, retransmissions
 and the re-requests after the relay forgets us included: no plain
 CONNECTION_REQUEST ever names it here. The answer is an ordinary
-CONNECTION_RESPONSE.
+CONNECTION_RESPONSE. A plain request for a peer the agent's --private rule
+covers (``covers``) that has no exit relay here is never sent: it fails at
+once (SessionFailed), whoever asked.
 
 Being asked: SESSION_OFFER_SEALED carries a box only we open. It is accepted
 only if it opens, names this relay as the exit relay (no other relay can
@@ -23,10 +25,11 @@ from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
+from wgrelay.client.events import SessionFailed
 from wgrelay.client.link import RelayLink
 from wgrelay.errors import RemoteProtocolError
 from wgrelay.keys import PrivateKey, PublicKey
-from wgrelay.proto.constants import CloseReason, MsgType
+from wgrelay.proto.constants import CloseReason, MsgType, Status
 from wgrelay.proto.messages import Body, SessionAnswer
 from wgrelay.proto.sealed import (
     ConnectionRequestSealed,
@@ -42,12 +45,19 @@ _ANSWERS_KEPT = 64
 """Offers whose answer we repeat if the relay repeats the offer."""
 
 
+def _nobody(_peer: PublicKey) -> bool:
+    return False
+
+
 class PrivateLink(RelayLink):
     def __init__(self, private_key: PrivateKey, *args: Any, **kwargs: Any) -> None:
         super().__init__(private_key, *args, **kwargs)
         self._private_key = private_key
         self.private_exit: dict[PublicKey, PublicKey] = {}
         """Peers asked for privately here, and the exit relay of each."""
+        self.covers: Callable[[PublicKey], bool] = _nobody
+        """The agent's --private rule (the planner sets it): a peer it covers
+        is never named in a plain CONNECTION_REQUEST on this link."""
         self._seen = SealedReplays()
         self._answered: OrderedDict[bytes, tuple[bytes, bool]] = OrderedDict()
         """session id -> (box digest, our answer)."""
@@ -70,6 +80,19 @@ class PrivateLink(RelayLink):
 
     def request_session(self, peer: PublicKey, now: float, via: PublicKey | None = None) -> int:
         exit_relay = self.private_exit.get(peer)
+        if exit_relay is None and self.covers(peer):
+            # fail closed here too: whichever caller asks (a re-request after
+            # the planner's state moved on), a plain request would name the
+            # peer to this relay. The failure sends the planner to its
+            # private rules (the next pair, or no relayed path)
+            log.warning(
+                "relay %s: no plain request for a private peer; failing it",
+                self.relay_key.short(),
+            )
+            self.wanted.discard(peer)
+            self.via.pop(peer, None)
+            self._events.append(SessionFailed(peer, Status.ERROR))
+            return 0
         if exit_relay is None:
             return super().request_session(peer, now, via)
         self.wanted.add(peer)

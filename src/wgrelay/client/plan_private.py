@@ -23,6 +23,7 @@ learns us. The rules:
 
 The plain flow (candidates, the "via" bridge, moving to a cheaper path) is
 never used for a covered peer: a plain CONNECTION_REQUEST names the peer.
+Each link also refuses to send one for a covered peer (link_private.py).
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ import logging
 from typing import Any
 
 from wgrelay.client.events import PeerRelayFailed
-from wgrelay.client.link import LinkState
+from wgrelay.client.link import LinkState, RelayLink
 from wgrelay.client.link_private import PrivateLink
 from wgrelay.client.plan_home import HomePlanner
 from wgrelay.client.plan_state import Attempt, Phase
@@ -56,6 +57,14 @@ class PrivatePaths(HomePlanner):
 
     def _private(self, peer: PublicKey) -> bool:
         return self.config.private.covers(peer)
+
+    def _link(self, key: PublicKey, now: float) -> RelayLink | None:
+        link = super()._link(key, now)
+        if isinstance(link, PrivateLink):
+            # each link refuses a plain request for a covered peer itself:
+            # the rule does not rest on every caller checking it
+            link.covers = self._private
+        return link
 
     def _private_capable(self, key: PublicKey) -> bool:
         """It announced private paths, or nothing yet (a bootstrap entry): the
