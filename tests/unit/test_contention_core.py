@@ -292,6 +292,25 @@ def test_capacity_is_shared_by_credit_and_the_free_rider_keeps_its_floor() -> No
     assert s_rich.ab.rate > 5 * 2_000  # the idle direction keeps little, the busy one the most
 
 
+def test_idle_sessions_leave_the_capacity_to_the_busy_one() -> None:
+    # 30 idle tunnels (keepalives at most) and one that sends flat out, over
+    # a small capacity: the idle ones must not hold it back (each direction
+    # was given room for 2 kB/s it never used: 120 kB/s nobody wanted)
+    capacity = 100_000
+    net = CoreNet(RelayConfig(max_bandwidth_kbps=1000, capacity_bytes_per_s=capacity))
+    credits = StaticCredits()
+    net.relay.contention.credits = credits
+    for _ in range(30):
+        assert _connect(net, *_pair(net, credits, 0))
+        net.advance(1.0)  # (the control rate per address)
+    busy = _pair(net, credits, 0)
+    assert _connect(net, *busy)
+    _offer(net, [busy], 3.0)
+    (passed,) = _offer(net, [busy], 4.0)
+    print(f"busy session: {passed / 4.0:.0f} B/s of {capacity}")
+    assert passed / 4.0 >= 0.6 * capacity
+
+
 def test_free_capacity_leaves_every_session_its_cap() -> None:
     net = CoreNet(RelayConfig(max_bandwidth_kbps=100, capacity_bytes_per_s=10_000_000))
     credits = StaticCredits()

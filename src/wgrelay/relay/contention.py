@@ -47,8 +47,10 @@ housekeeping tick (1 s) measures what each flow used (its token bucket's
 ``taken`` count, plus the kernel offload's counters for an offloaded path)
 and estimates what it wants: a flow that used 90 % or more of its rate wants
 its cap (it was held back), any other wants what it used plus 25 % (room to
-grow) and at least ``MIN_WANT_BYTES_PER_S``. When the wants fit in the
-capacity every flow gets its cap. Otherwise the capacity is divided:
+grow) and at least ``MIN_WANT_BYTES_PER_S`` or its part of the minimum
+share, whichever is less (so idle tunnels, however many, reserve no more
+than ``min_share`` of the capacity). When the wants fit in the capacity
+every flow gets its cap. Otherwise the capacity is divided:
 
 1. a floor: ``min_share * capacity`` split equally among the flows, each
    floor no more than what the flow wants (so the lowest-credit members keep
@@ -98,7 +100,8 @@ BUSY_FRACTION = 0.9
 HEADROOM = 1.25
 """A flow that was not held back wants this much more than it used."""
 MIN_WANT_BYTES_PER_S = 2_000.0
-"""What an idle flow is still given room for (keepalives, a handshake)."""
+"""What an idle flow is still given room for (keepalives, a handshake), if
+its part of the minimum share is as much."""
 MIN_BURST_BYTES = 2 * 9226.0
 """Two maximum-size frames: a bucket must ever pass a jumbo packet."""
 WEIGHT_REFRESH_S = 10.0
@@ -476,6 +479,11 @@ class Contention:
         buckets: list[tuple[TokenBucket, _FlowState]] = []
         used_total = 0.0
         overhead = config.packet_overhead_bytes
+        # an idle flow's room (keepalives, a handshake) is at most its part of
+        # the minimum share: many idle tunnels must not hold the capacity
+        # against the busy ones (each bucket's burst, MIN_BURST_BYTES, passes
+        # a flow that wakes up until the next tick gives it its share)
+        idle = min(MIN_WANT_BYTES_PER_S, config.min_share * capacity / max(1, 2 * len(entries)))
         for s, st in entries:
             kernel = _kernel_counts(s, overhead) if s.ports is not None else _NOT_OFFLOADED
             for bucket, fs, k in ((s.ab, st.ab, kernel[0]), (s.ba, st.ba, kernel[1])):
@@ -495,7 +503,7 @@ class Contention:
                 if dt > 0 and rate >= BUSY_FRACTION * bucket.rate:
                     want = cap  # held back by its rate: it wants more
                 else:
-                    want = min(cap, max(rate * HEADROOM, MIN_WANT_BYTES_PER_S))
+                    want = min(cap, max(rate * HEADROOM, idle))
                 flows.append(Flow(want, st.weight))
                 buckets.append((bucket, fs))
         demand = sum(f.want for f in flows)
