@@ -287,3 +287,31 @@ def test_the_link_never_sends_a_plain_request_for_a_covered_peer() -> None:
     # and a private request for the covered peer is sealed, as ever
     link.request_private(covered, RelayIdentity.generate().public, net.clock.now)
     assert [d[0] for d in link.datagrams_to_send()] == [MsgType.CONNECTION_REQUEST_SEALED]
+
+
+def test_a_late_retransmission_of_a_refused_request_hears_the_refusal_again() -> None:
+    """The entry relay dropped a retransmission of a request it had answered
+    (so as not to open a second leg with the same box): when its refusal was
+    lost, the agent heard nothing more and waited out its request's timeout
+    before trying another pair. A refused request is answered again, the
+    same way, still without a second leg."""
+    net = CoreNet()
+    a = _private_client(net)
+    registered(net, a)
+    r2 = _other_relay(net)
+    link = a.link
+    assert isinstance(link, PrivateLink)
+    b = PrivateKey.generate().public_key()
+    link.request_private(b, r2.ident.public, net.clock.now)
+    net.run()
+    (sid,) = net.relay.sealed
+    net.relay.datagrams_to_send()  # (the LEG_OPEN_SEALED)
+    r2.send(LegAnswer(sid, Status.TARGET_UNREACHABLE), 0.1)  # its answer to A is lost
+    assert [d for d, dst in r2.to_others if dst == a.addr]
+    assert net.relay.sealed == {}
+    link.handle_timer(net.clock.now + 5.0)  # A asks again, the same request
+    net.run()
+    failed = [e for e in a.events if isinstance(e, SessionFailed)]
+    assert [(e.peer, e.status) for e in failed] == [(b, Status.TARGET_UNREACHABLE)]
+    assert net.relay.sealed == {}  # no second leg
+    assert not [d for d, _ in net.relay.datagrams_to_send() if d[0] == MsgType.LEG_OPEN_SEALED]

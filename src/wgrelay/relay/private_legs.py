@@ -87,6 +87,9 @@ class Sealed:
     exit: the target's box (SESSION_OFFER_SEALED goes again)."""
     request: tuple[bytes, int] | None = None
     """Entry: (initiator, request_id) of the request that opened it."""
+    answered: Status | None = None
+    """Entry: what the initiator was told (a late retransmission hears a
+    refusal again)."""
 
 
 class PrivateLegsCore(LegsCore):
@@ -100,8 +103,9 @@ class PrivateLegsCore(LegsCore):
         self._boxes: dict[bytes, bytes] = {}
         """Entry: box -> session id (the same box under another request is a copy)."""
         self._replays = SealedReplays()
-        self._done: OrderedDict[tuple[bytes, int], None] = OrderedDict()
-        """Entry: requests answered and gone (a late retransmission is not new)."""
+        self._done: OrderedDict[tuple[bytes, int], Status | None] = OrderedDict()
+        """Entry: requests answered and gone, and how (a late retransmission
+        is not new: a refusal is repeated, anything else dropped)."""
         self._refused: OrderedDict[tuple[PublicKey, bytes], Status] = OrderedDict()
         """Exit: (relay, session id) refused, and how (a retransmission hears it again)."""
 
@@ -137,7 +141,11 @@ class PrivateLegsCore(LegsCore):
             self._reply(inb, Error(ErrorCode.NOT_REGISTERED, body.TYPE, "register first"))
             return
         if (key, rid) in self._done:
-            self._drop(inb, DropReason.UNKNOWN_SESSION)  # answered already
+            told = self._done[(key, rid)]
+            if told is None or told == Status.SUCCESS:
+                self._drop(inb, DropReason.UNKNOWN_SESSION)  # its session came and went
+            else:
+                respond(told)  # our refusal was lost: again, with no second leg
             return
         known = self._requests.get((key, rid))
         if known is not None and (s := self.table.find(known)) is not None:
@@ -289,6 +297,12 @@ class PrivateLegsCore(LegsCore):
 
     # ------------------------------------------------------------ both
 
+    def _answer_waiters(self, s: Session, status: Status, now: float) -> None:
+        p = self.sealed.get(s.sid)
+        if p is not None and p.request is not None and p.answered is None:
+            p.answered = status
+        super()._answer_waiters(s, status, now)
+
     def _remove(self, s: Session) -> None:
         p = self.sealed.pop(s.sid, None)
         if p is not None:
@@ -296,7 +310,7 @@ class PrivateLegsCore(LegsCore):
             if p.request is not None:
                 self._requests.pop(p.request, None)
                 self._boxes.pop(p.box, None)
-                _remember(self._done, p.request, None)
+                _remember(self._done, p.request, p.answered)
         super()._remove(s)
 
     def leg_stats(self) -> dict[str, int]:
