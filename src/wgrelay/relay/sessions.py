@@ -289,10 +289,6 @@ class SessionTable:
         self.claims[claimer] = d
         self._claimed[d.victim] = claimer
 
-    def claimed(self, sid: bytes) -> bool:
-        """Is ``sid`` the victim of a claim (its slot promised to another)?"""
-        return sid in self._claimed
-
     def unclaim(self, claimer: bytes) -> Displacement | None:
         """The claim of a session being established (or ended), if any."""
         d = self.claims.pop(claimer, None)
