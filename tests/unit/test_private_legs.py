@@ -9,17 +9,25 @@ from __future__ import annotations
 import os
 from dataclasses import replace
 
+import pytest
+
 from tests.unit.test_federation import WALL0, Prober
 from wgrelay.client.events import SessionEstablished, SessionFailed
 from wgrelay.client.link import LinkConfig
 from wgrelay.client.link_private import PrivateLink
 from wgrelay.client.receipts import Observed, ReceiptSigner
+from wgrelay.errors import InvalidKey
 from wgrelay.keys import PrivateKey, PublicKey, RelayIdentity
 from wgrelay.proto.announce import RelayNodeInfo, encode_announcement
 from wgrelay.proto.constants import Capability, MsgType, Status
 from wgrelay.proto.envelope import derive_server_keys, open_control, parse_control_header
 from wgrelay.proto.federation import Gossip, LegAnswer
-from wgrelay.proto.sealed import ConnectionRequestSealed, LegOpenSealed, seal_request
+from wgrelay.proto.sealed import (
+    ConnectionRequestSealed,
+    LegOpenSealed,
+    seal_for_peer,
+    seal_request,
+)
 from wgrelay.relay.core import RelayCore
 from wgrelay.relay.ledger import Ledger
 from wgrelay.relay.metrics import make_registry
@@ -315,3 +323,24 @@ def test_a_late_retransmission_of_a_refused_request_hears_the_refusal_again() ->
     assert [(e.peer, e.status) for e in failed] == [(b, Status.TARGET_UNREACHABLE)]
     assert net.relay.sealed == {}  # no second leg
     assert not [d for d, _ in net.relay.datagrams_to_send() if d[0] == MsgType.LEG_OPEN_SEALED]
+
+
+def test_a_peer_key_nothing_can_be_sealed_to_fails_the_request_not_the_agent() -> None:
+    """A WireGuard peer with a low-order public key (the zero key, say: a
+    bad configuration) under --private: sealing to it raised libsodium's
+    RuntimeError out of the link, through the planner, into the agent's
+    pump. The request fails instead, and nothing is sent."""
+    net = CoreNet()
+    a = _private_client(net)
+    registered(net, a)
+    link = a.link
+    assert isinstance(link, PrivateLink)
+    zero = PublicKey(bytes(32))
+    link.request_private(zero, RelayIdentity.generate().public, net.clock.now)
+    assert link.datagrams_to_send() == []
+    net.run()
+    failed = [e for e in a.events if isinstance(e, SessionFailed)]
+    assert [(e.peer, e.status) for e in failed] == [(zero, Status.ERROR)]
+    assert zero not in link.wanted
+    with pytest.raises(InvalidKey):
+        seal_for_peer(zero, a.pub, RelayIdentity.generate().public, 0)

@@ -27,7 +27,7 @@ from typing import Any
 
 from wgrelay.client.events import SessionFailed
 from wgrelay.client.link import RelayLink
-from wgrelay.errors import RemoteProtocolError
+from wgrelay.errors import InvalidKey, RemoteProtocolError
 from wgrelay.keys import PrivateKey, PublicKey
 from wgrelay.proto.constants import CloseReason, MsgType, Status
 from wgrelay.proto.messages import Body, SessionAnswer
@@ -85,14 +85,7 @@ class PrivateLink(RelayLink):
             # the planner's state moved on), a plain request would name the
             # peer to this relay. The failure sends the planner to its
             # private rules (the next pair, or no relayed path)
-            log.warning(
-                "relay %s: no plain request for a private peer; failing it",
-                self.relay_key.short(),
-            )
-            self.wanted.discard(peer)
-            self.via.pop(peer, None)
-            self._events.append(SessionFailed(peer, Status.ERROR))
-            return 0
+            return self._fail(peer, "no plain request for a private peer")
         if exit_relay is None:
             return super().request_session(peer, now, via)
         self.wanted.add(peer)
@@ -103,15 +96,26 @@ class PrivateLink(RelayLink):
                 if isinstance(body, ConnectionRequestSealed) and body.exit_relay == exit_relay:
                     return body.request_id
                 del self._requests[key]  # asked another way before
-        rid = self._new_id()
         issued_ms = int(self._wall(now) * 1000)
-        box = seal_request(PublicKey(self._pub), peer, exit_relay, issued_ms)
+        try:
+            box = seal_request(PublicKey(self._pub), peer, exit_relay, issued_ms)
+        except InvalidKey as e:  # a low-order WireGuard peer key (a bad config)
+            return self._fail(peer, str(e))
+        rid = self._new_id()
         self._start(ConnectionRequestSealed(rid, exit_relay, box), rid, now, peer=peer)
         # filed as a CONNECTION_REQUEST: its answer, expiry and cancelling
         # are that request's
         req = self._requests.pop((MsgType.CONNECTION_REQUEST_SEALED, rid))
         self._requests[(MsgType.CONNECTION_REQUEST, rid)] = req
         return rid
+
+    def _fail(self, peer: PublicKey, why: str) -> int:
+        """No request goes out for ``peer``: it fails at once (request id 0)."""
+        log.warning("relay %s: peer %s: %s", self.relay_key.short(), peer.short(), why)
+        self.wanted.discard(peer)
+        self.via.pop(peer, None)
+        self._events.append(SessionFailed(peer, Status.ERROR))
+        return 0
 
     def close_session(
         self, peer: PublicKey, now: float, reason: CloseReason = CloseReason.NORMAL

@@ -40,7 +40,7 @@ from typing import ClassVar, Self
 import nacl.bindings as sodium
 import nacl.exceptions
 
-from wgrelay.errors import LocalProtocolError, Malformed, RemoteProtocolError
+from wgrelay.errors import InvalidKey, LocalProtocolError, Malformed, RemoteProtocolError
 from wgrelay.keys import PrivateKey, PublicKey, RelayIdentity, relay_x25519_public
 from wgrelay.proto.body import Body
 from wgrelay.proto.buffer import Buffer, Writer
@@ -99,11 +99,15 @@ def _seal(plain: bytes, public: bytes, ephemeral_seed: bytes | None) -> bytes:
     """crypto_box_seal; with ``ephemeral_seed``, the same box built from a
     given ephemeral key (nonce = BLAKE2b-192(epk || pk), as libsodium does):
     only for reproducible test vectors, never on the wire."""
-    if ephemeral_seed is None:
-        return bytes(sodium.crypto_box_seal(plain, public))
-    epk, esk = sodium.crypto_box_seed_keypair(ephemeral_seed)
-    nonce = hashlib.blake2b(epk + public, digest_size=24).digest()
-    return bytes(epk) + bytes(sodium.crypto_box(plain, nonce, public, esk))
+    try:
+        if ephemeral_seed is None:
+            return bytes(sodium.crypto_box_seal(plain, public))
+        epk, esk = sodium.crypto_box_seed_keypair(ephemeral_seed)
+        nonce = hashlib.blake2b(epk + public, digest_size=24).digest()
+        return bytes(epk) + bytes(sodium.crypto_box(plain, nonce, public, esk))
+    except nacl.exceptions.CryptoError:
+        # the zero key and the other low-order points: no shared secret
+        raise InvalidKey("cannot seal to that key (not a usable X25519 public key)") from None
 
 
 def seal_for_peer(
@@ -143,7 +147,8 @@ def seal_for_exit(
 def seal_request(
     initiator: PublicKey, target: PublicKey, exit_relay: PublicKey, issued_ms: int
 ) -> bytes:
-    """Both boxes, nested: what A's agent sends its entry relay."""
+    """Both boxes, nested: what A's agent sends its entry relay. InvalidKey
+    if the target or the exit relay has no usable key to seal to."""
     inner = seal_for_peer(target, initiator, exit_relay, issued_ms)
     return seal_for_exit(exit_relay, target, inner, issued_ms)
 
