@@ -232,3 +232,29 @@ def test_only_the_side_that_asks_first_weighs_two_relays() -> None:
     sc.p._candidates(attempt, NOW)
     assert attempt.bridges == []
     assert [o.exit_relay for o in sc.p._path_options(peer, NOW)] == [None, None]
+
+
+def test_the_side_that_did_not_ask_never_moves_a_session_it_was_offered() -> None:
+    """We have the larger key: the peer asked, through its home (S, 5 ms
+    from it) and ours (H, 400 ms from it): A-S-H-B. H offers us the session
+    as any other (nothing says a leg is behind it), so to us it looks like
+    H alone at 12 + 400 = 412 ms against S alone at 162 + 5 = 167. Moving
+    to S would ask the relay that holds the pair's session already (its
+    entry side): the peer's cheaper path undone, then set up again by the
+    peer, every SWITCH_HOLD_S. The peer, which asked, weighs and moves it."""
+    sc = scene()
+    peer = PublicKey(bytes(32))  # the smaller key: it asks, we accept
+    sc.p._places[peer] = (
+        Place(PeerLocation(sc.s, ("203.0.113.3", 51821)), 5, False),
+        Place(PeerLocation(sc.home, ("203.0.113.1", 51821)), 400, True),
+    )
+    link = sc.home_link
+    link.session_of[peer] = bytes(8)
+    sc.p.route_relay[peer] = sc.home
+    sc.p._route_incoming[peer] = (True, NOW)
+    sc.p._reconsider(peer, sc.home, NOW)
+    assert peer not in sc.p._attempts
+    # a session we asked for ourselves is over one relay: ours to weigh
+    sc.p._route_incoming[peer] = (False, NOW)
+    sc.p._reconsider(peer, sc.home, NOW)
+    assert sc.p._attempts[peer].current == sc.s

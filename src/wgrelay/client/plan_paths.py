@@ -32,7 +32,10 @@ by a fast link between them, beat one relay far from both.
   agents asking at once in opposite directions (both do when a path ends)
   would open crossing legs for the pair, which both relays refuse as busy.
   The other agent accepts the session it is offered, as ever; it still
-  bridges to a relay out of its reach (plan_peers.py).
+  bridges to a relay out of its reach (plan_peers.py). Nor does it move a
+  session it was offered: it cannot tell a leg's from a local one (the
+  exit relay offers both alike), so it would weigh A-H-X-B as X alone, and
+  a move to H would meet the pair's session there; the asker moves it.
 * Peers covered by ``--private`` are never weighed here: their paths follow
   plan_private.py's rules.
 
@@ -217,6 +220,14 @@ class PathChoice(PeerPaths):
             return
         if self._private(peer):
             return  # (its path is chosen by plan_private.py's rules, not by cost)
+        incoming = self._route_incoming.get(peer, (False, 0.0))[0]
+        if incoming and self.private_key.public_key().raw > peer.raw:
+            # the peer asked (it has the smaller key) and weighs the path,
+            # over one relay or two; we cannot tell which: an exit relay
+            # offers a leg's session like any other. Weighed as one relay
+            # it looks dear, and a move to the peer's relay would meet the
+            # session there (its entry side): the peer's path undone
+            return
         via = self.exit_relay(peer)
         if via is not None:
             self._leg_failures.pop((relay, via), None)  # it works
