@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import pytest
 
+from tests.unit.test_federation import WALL0, World, _announcement
 from wgrelay.discovery.registry import KnownRelay
 from wgrelay.discovery.selection import (
     FAILURE_PENALTY_MS,
@@ -17,8 +18,10 @@ from wgrelay.discovery.selection import (
 from wgrelay.errors import LocalProtocolError, Malformed
 from wgrelay.keys import PrivateKey, PublicKey, RelayIdentity
 from wgrelay.proto.constants import RTT_UNKNOWN, MsgType
+from wgrelay.proto.cookie import CookieReply
+from wgrelay.proto.federation import Digest
 from wgrelay.proto.leg_rtts import MAX_LEG_RTTS, LegRttQuery, LegRttReply
-from wgrelay.proto.messages import decode_body, encode_body
+from wgrelay.proto.messages import Ping, Pong, decode_body, encode_body
 from wgrelay.relay.relay_rtts import SRTT_WEIGHT, STALE_S, WANTED_FOR_S, RelayRtts
 
 
@@ -77,12 +80,31 @@ def test_a_pong_from_another_relay_or_for_nothing_is_no_sample() -> None:
     assert rtts.rtt_ms(k, 1.0) is None
 
 
-def test_a_ping_repeated_with_a_cookie_is_timed_from_the_repeat() -> None:
-    rtts, k = RelayRtts(10.0), _key()
-    rtts.sent(k, 1, 0.0)
-    rtts.detoured(k, 0.030)  # the cookie reply came; the channel repeats it now
-    rtts.answered(k, 1, 0.060)
-    assert rtts.rtt_ms(k, 1.0) == pytest.approx(30.0)
+def test_a_ping_repeated_with_a_cookie_is_timed_from_the_repeat_and_only_that_one() -> None:
+    """A cookie reply names the message it answers (the nonce's echo): that
+    one is repeated, and only if it is a PING is it timed from the repeat.
+    A late cookie reply for another message (a DIGEST sent before the
+    channel had the cookie) moved every PING in flight to that relay to
+    its own time, so a PING sent with the cookie since came out short."""
+    w = World()
+    core, _ = w.relay(1)
+    fed = core.federation
+    peer = RelayIdentity.generate()
+    k = peer.public
+    fed.learn(_announcement(peer, int(WALL0 * 1000)), 0.0)
+    channel = fed._channels.get(k) or fed._channel(k)
+    assert channel is not None
+    fed._send(k, Digest(fed.directory.digest()), 0.0)  # no cookie yet: both answered
+    fed._send(k, Ping(1), 0.0)  # with a cookie reply
+    digest_echo, ping_echo = list(channel._sent)[-2:]
+    assert fed.receive_cookie(CookieReply(ping_echo, b"C" * 16), 0.030)  # repeated now
+    fed._send(k, Ping(2), 0.040)  # with the cookie: no detour
+    assert fed.receive_cookie(CookieReply(digest_echo, b"C" * 16), 0.045)  # a late one
+    core.datagrams_to_send()
+    fed._on_pong(k, Pong(1, 0), 0.060)
+    assert fed.rtts.rtt_ms(k, 0.1) == pytest.approx(30.0)  # from its repeat (not the late one's)
+    fed._on_pong(k, Pong(2, 0), 0.070)
+    assert fed.rtts.rtt_ms(k, 0.1) == pytest.approx(30.0)  # 30 again, not 25
 
 
 def test_an_old_figure_is_no_figure() -> None:

@@ -115,5 +115,9 @@ class RelayChannel:
     def sent_nonce(self, echo: bytes) -> bool:
         return echo in self._sent
 
+    def sent_body(self, echo: bytes) -> Body | None:
+        """The message a cookie reply with ``echo`` refers to (None: not ours)."""
+        return self._sent.get(echo)
+
     def drop(self, reason: str) -> None:
         self.drops[reason] = self.drops.get(reason, 0) + 1

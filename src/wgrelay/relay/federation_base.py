@@ -296,10 +296,12 @@ class FederationBase:
     def receive_cookie(self, reply: CookieReply, now: float) -> bool:
         for ch in self._channels.values():
             if ch.sent_nonce(reply.echo):
-                self.rtts.detoured(ch.peer, now)  # timed from the repeat
+                body = ch.sent_body(reply.echo)
                 data = ch.on_cookie(reply, now, self._wall(now))
                 if data is not None:
                     self._out.append((data, ch.addr))
+                    if isinstance(body, Ping):  # timed from the repeat: this PING only
+                        self.rtts.sent(ch.peer, body.echo_id, now)
                 return True
         return False
 

@@ -17,9 +17,11 @@ last ``WANTED_FOR_S``: one PING and PONG per leg relay per interval, only
 while some agent weighs paths over them.
 
 A PING whose channel had to fetch the other relay's cookie first is timed
-from the repeat (``detoured``), as an agent's link does: its first copy's
-answer would be a round trip late. A relay with no sample for ``STALE_S``
-has no RTT.
+from the repeat (the federation calls ``sent`` again for that PING only, the
+one the cookie reply names), as an agent's link does: its first copy's
+answer would be a round trip late. Other PINGs in flight keep their times:
+a late cookie reply for another message says nothing about them. A relay
+with no sample for ``STALE_S`` has no RTT.
 """
 
 from __future__ import annotations
@@ -64,23 +66,16 @@ class RelayRtts:
 
     def answered(self, key: PublicKey, echo: int, now: float) -> None:
         """A PONG from ``key``: a sample if it answers a PING of ours to it."""
-        flight = self._in_flight.pop(echo, None)
+        flight = self._in_flight.get(echo)
         if flight is None or flight[0] != key:
-            return
+            return  # (not ours, or another relay's: ours stays in flight)
+        del self._in_flight[echo]
         sample = now - flight[1]
         old = self._srtt_s.get(key)
         if old is not None and now - self._sampled[key] < STALE_S:
             sample = old + SRTT_WEIGHT * (sample - old)
         self._srtt_s[key] = sample
         self._sampled[key] = now
-
-    def detoured(self, key: PublicKey, now: float) -> None:
-        """Our channel to ``key`` repeats a message with its cookie now: a
-        PING in flight there is timed from now (its answer comes a round
-        trip late; we cannot tell which message the cookie answers)."""
-        for echo, (k, _) in list(self._in_flight.items()):
-            if k == key:
-                self._in_flight[echo] = (k, now)
 
     def forget(self, key: PublicKey) -> None:
         """The relay left the federation."""
