@@ -18,6 +18,7 @@ from wgrelay.client.link_legs import LegsLink
 from wgrelay.client.plan import PlanConfig, RelayPlanner
 from wgrelay.client.plan_paths import LEG_FAILURE_MEMORY_S
 from wgrelay.client.plan_state import Attempt, Phase
+from wgrelay.client.privacy import PrivacyConfig
 from wgrelay.discovery.registry import RelayRegistry
 from wgrelay.discovery.selection import SWITCH_HOLD_S
 from wgrelay.keys import PrivateKey, PublicKey, RelayIdentity
@@ -258,3 +259,20 @@ def test_the_side_that_did_not_ask_never_moves_a_session_it_was_offered() -> Non
     sc.p._route_incoming[peer] = (False, NOW)
     sc.p._reconsider(peer, sc.home, NOW)
     assert sc.p._attempts[peer].current == sc.s
+
+
+def test_a_private_path_that_failed_costs_plain_two_relay_paths_nothing() -> None:
+    """A covered peer's request through our home and X failed (plan_private.py
+    chose that pair, for its own reasons: the exit's sealed requests, the
+    peer's own rules). It was counted against the pair as if our two-relay
+    request had failed, so every other peer's A-H-X-B cost 250 ms more for
+    5 minutes; and pairs a private path enters elsewhere than at our home,
+    never weighed here, stayed in the table for good."""
+    sc = scene()
+    sc.p.config = replace(sc.p.config, private=PrivacyConfig(all_peers=True))
+    attempt = sc.attempt()
+    attempt.current, attempt.via = sc.home, sc.x
+    sc.p._attempts[sc.peer] = attempt
+    sc.p._connect_next(attempt, NOW)  # (the private request through X failed)
+    assert sc.p._leg_failures == {}
+    assert sc.p._leg_penalty(sc.home, sc.x, NOW) == 0.0

@@ -207,7 +207,12 @@ class PathChoice(PeerPaths):
         return out
 
     def _connect_next(self, attempt: Attempt, now: float) -> None:
-        if attempt.phase is Phase.CONNECTING and attempt.via is not None and attempt.current:
+        if (
+            attempt.phase is Phase.CONNECTING
+            and attempt.via is not None
+            and attempt.current
+            and not self._private(attempt.peer)  # (plan_private.py's pairs, its reasons)
+        ):
             # the request through two relays failed (refused, or no answer)
             count, _ = self._leg_failures.get((attempt.current, attempt.via), (0, 0.0))
             self._leg_failures[(attempt.current, attempt.via)] = (count + 1, now)
