@@ -11,16 +11,18 @@ from typing import cast
 
 from tests.unit.test_federation import WALL0, Prober, _announcement
 from tests.unit.test_relay_ports import HI, LO, Ports
-from wgrelay.client.events import SessionEstablished
+from wgrelay.client.events import PunchTold, SessionEstablished
 from wgrelay.keys import PrivateKey
 from wgrelay.proto.announce import RelayNodeInfo, encode_announcement
 from wgrelay.proto.body import Body
 from wgrelay.proto.constants import DATA_HEADER_LEN, Capability, MsgType, Status
 from wgrelay.proto.cookie import decode_cookie_reply
 from wgrelay.proto.federation import Gossip, LegAnswer, LegOpen
+from wgrelay.proto.wgmac import mac1_key
 from wgrelay.relay.config import RelayConfig
 from wgrelay.relay.ports import PortPool, SideMode
 from wgrelay.relay.stats import DropReason
+from wgrelay.sim.wgwire import encode_initiation, tai64n
 from wgrelay.testkit import CoreNet, registered
 
 FRAME = bytes(28)
@@ -221,3 +223,32 @@ def test_the_entry_relay_pins_an_ipv6_leg_in_the_same_form() -> None:
     assert pair is not None
     assert pair.b.pinned
     assert pair.b.latched == ("2001:db8::66", 52000, 0, 0)
+
+
+def test_no_punch_across_a_leg() -> None:
+    """The leg's side is latched to the other relay's port, not to a peer's
+    NAT mapping: B must never hear it as a direct candidate, neither when
+    its own side latches (PUNCH without GO) nor when it asks for a try."""
+    net = CoreNet(RelayConfig(max_bandwidth_kbps=0))
+    _port_mode(net)
+    b = net.client()
+    registered(net, b)
+    r1 = _introduced(net, listed=True)
+    a_key = PrivateKey.generate().public_key()
+    sid = os.urandom(8)
+    r1.send(LegOpen(sid, a_key, b.pub, 2, port=51000), 0.0)
+    _deliver_offers(net, r1)
+    pair = net.relay.sessions[sid].ports
+    assert pair is not None
+    # B's WireGuard latches its port: both sides are latched now
+    init = encode_initiation(1, os.urandom(32), b.pub.raw, tai64n(1.7e9), mac1_key(a_key.raw))
+    net.relay.forward_port(pair.b.port, init, (b.addr[0], 61000), net.clock.now)
+    assert pair.b.latched == (b.addr[0], 61000)
+    assert pair.a.latched is not None
+    net.relay.port_notices(net.clock.now)
+    net.run()
+    assert b.link.punch(a_key, 7, net.clock.now)
+    net.run()
+    assert not [e for e in b.events if isinstance(e, PunchTold)]
+    assert net.relay.stats.drops[DropReason.PUNCH_NOT_READY] == 1
+    assert not [d for d, _ in r1.to_others if d[0] == MsgType.PUNCH]
