@@ -23,6 +23,7 @@ from wgrelay.proto.data import data_header
 from wgrelay.proto.federation import LegClose, LegOpen
 from wgrelay.relay.config import RelayConfig
 from wgrelay.relay.contention import WEIGHT_REFRESH_S, StaticCredits
+from wgrelay.relay.limits import MeteredBucket, TokenBucket
 from wgrelay.relay.ports import PathChange, PortPool, SideMode
 from wgrelay.relay.reload import reloaded_config
 from wgrelay.testkit import Client, CoreNet, registered
@@ -357,6 +358,41 @@ def test_a_capacity_set_then_taken_away_by_reload() -> None:
     passed = _offer(net, [rich, poor], 1.0)
     frame = len(data_header(_sid(*rich)) + FRAME)
     assert passed[0] == passed[1] == 100 * 10 * frame  # every frame offered
+
+
+def test_the_data_path_counts_nothing_without_a_capacity() -> None:
+    # the per-packet count is what measures demand under --capacity: a relay
+    # without one (the default) forwards through buckets that do not count,
+    # as before contention; a reload that sets one, and takes it away, swaps
+    # them (rates and tokens carried over)
+    net = CoreNet(RelayConfig(max_bandwidth_kbps=200))
+    credits = StaticCredits()
+    net.relay.contention.credits = credits
+    rich, poor = _pair(net, credits, 100 * GB), _pair(net, credits, 0)
+    assert _connect(net, *rich)
+    assert _connect(net, *poor)
+    sessions = [net.relay.sessions[_sid(*p)] for p in (rich, poor)]
+
+    def kinds() -> set[type]:
+        return {type(b) for s in sessions for b in (s.ab, s.ba)}
+
+    _offer(net, [rich, poor], 2.0)
+    assert kinds() == {TokenBucket}
+    limited = RelayConfig(max_bandwidth_kbps=200, capacity_bytes_per_s=150_000)
+    net.relay.reconfigure(config=reloaded_config(net.relay.config, limited))
+    _offer(net, [rich, poor], 3.0)
+    assert kinds() == {MeteredBucket}
+    passed = _offer(net, [rich, poor], 4.0)
+    assert net.relay.get_stats().contention["contended"] == 1
+    assert sum(passed) / 4.0 <= 150_000
+    assert passed[0] > 3 * passed[1]
+    net.relay.reconfigure(config=reloaded_config(limited, RelayConfig(max_bandwidth_kbps=200)))
+    _offer(net, [rich, poor], 1.5)
+    assert kinds() == {TokenBucket}
+    assert {b.rate for s in sessions for b in (s.ab, s.ba) if b is not None} == {200_000}
+    passed = _offer(net, [rich, poor], 4.0)
+    for p in passed:  # both at the cap again (charged 1074 per 1010-byte frame)
+        assert 0.9 * 200_000 * 1010 / 1074 <= p / 4.0 <= 1.05 * 200_000
 
 
 def test_reload_carries_capacity_and_min_share() -> None:
