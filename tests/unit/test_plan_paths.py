@@ -240,9 +240,10 @@ def test_the_side_that_did_not_ask_never_moves_a_session_it_was_offered() -> Non
     from it) and ours (H, 400 ms from it): A-S-H-B. H offers us the session
     as any other (nothing says a leg is behind it), so to us it looks like
     H alone at 12 + 400 = 412 ms against S alone at 162 + 5 = 167. Moving
-    to S would ask the relay that holds the pair's session already (its
-    entry side): the peer's cheaper path undone, then set up again by the
-    peer, every SWITCH_HOLD_S. The peer, which asked, weighs and moves it."""
+    to S asked the relay that holds the pair's session already (its entry
+    side), which refuses a request from the side at the other relay
+    (legs.py): a request for nothing every SWITCH_HOLD_S. The peer, which
+    asked, weighs and moves it."""
     sc = scene()
     peer = PublicKey(bytes(32))  # the smaller key: it asks, we accept
     sc.p._places[peer] = (

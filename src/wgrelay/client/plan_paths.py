@@ -35,7 +35,7 @@ by a fast link between them, beat one relay far from both.
   bridges to a relay out of its reach (plan_peers.py). Nor does it move a
   session it was offered: it cannot tell a leg's from a local one (the
   exit relay offers both alike), so it would weigh A-H-X-B as X alone, and
-  a move to H would meet the pair's session there; the asker moves it.
+  ask H, which holds the pair's session and refuses it; the asker moves it.
 * Peers covered by ``--private`` are never weighed here: their paths follow
   plan_private.py's rules.
 
@@ -230,8 +230,9 @@ class PathChoice(PeerPaths):
             # the peer asked (it has the smaller key) and weighs the path,
             # over one relay or two; we cannot tell which: an exit relay
             # offers a leg's session like any other. Weighed as one relay
-            # it looks dear, and a move to the peer's relay would meet the
-            # session there (its entry side): the peer's path undone
+            # it looks dear, and the only move it allows, to the peer's
+            # relay, meets the pair's session there (its entry side), which
+            # refuses us (legs.py): a request for nothing every SWITCH_HOLD_S
             return
         via = self.exit_relay(peer)
         if via is not None:
