@@ -24,7 +24,7 @@ from wgrelay.discovery.selection import SWITCH_HOLD_S
 from wgrelay.keys import PrivateKey, PublicKey, RelayIdentity
 from wgrelay.proto.announce import RelayNodeInfo, decode_announcement, encode_announcement
 from wgrelay.proto.constants import Capability
-from wgrelay.proto.messages import PeerLocation
+from wgrelay.proto.messages import PeerLocation, SessionOffer
 
 NOW = 1000.0
 _CAPS = Capability.UDP_RELAY | Capability.MULTI_HOP
@@ -277,3 +277,22 @@ def test_a_private_path_that_failed_costs_plain_two_relay_paths_nothing() -> Non
     sc.p._connect_next(attempt, NOW)  # (the private request through X failed)
     assert sc.p._leg_failures == {}
     assert sc.p._leg_penalty(sc.home, sc.x, NOW) == 0.0
+
+
+def test_a_session_the_peer_asked_for_at_our_home_is_over_one_relay() -> None:
+    """Both agents ask at once (a path ended): we through our home H and X,
+    the peer at H alone. H holds one session per pair: ours joins the
+    peer's (answered with its id) or the peer's offer comes first. Either
+    way the session is H alone, yet the link kept X as the second relay:
+    status said two relays, and the measuring rounds costed it as H and X."""
+    for answer_first in (False, True):
+        sc = scene()
+        link = sc.home_link
+        link.request_session(sc.peer, NOW, sc.x)  # ours, through X, is out
+        sid = bytes(range(8))
+        if answer_first:  # H joined our request to the peer's session
+            link._bind(sc.peer, sid, incoming=False, port=0)
+        link._on_session_offer(SessionOffer(sid, sc.peer, 0), NOW)  # the peer's
+        sc.p._drain(sc.home, link, NOW)
+        assert sc.p.route_relay[sc.peer] == sc.home
+        assert sc.p.exit_relay(sc.peer) is None, answer_first

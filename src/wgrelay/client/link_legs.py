@@ -8,6 +8,10 @@ yet) and when it came. An answer naming a relay the home has not measured
 yet is asked again after ``LEG_RTT_RETRY_S``, a few times (the home starts
 pinging a relay once an agent asks about it), so a figure is there before
 the first peer needs a path, not a measuring round later.
+
+It also keeps ``via`` true: a session the peer asked for here (its offer)
+is over this relay alone, even if our own request through another relay
+was out at the time (the relay joined it to the peer's).
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ from wgrelay.client.link import LinkState, RelayLink
 from wgrelay.keys import PublicKey
 from wgrelay.proto.constants import MsgType
 from wgrelay.proto.leg_rtts import LegRttQuery, LegRttReply
-from wgrelay.proto.messages import Body
+from wgrelay.proto.messages import Body, SessionOffer
 
 LEG_RTT_RETRY_S = 2.0
 LEG_RTT_RETRIES = 3
@@ -40,6 +44,15 @@ class LegsLink(RelayLink):
         table = super()._handler_table()
         table[LegRttReply] = self._on_leg_rtts
         return table
+
+    def _on_session_offer(self, body: SessionOffer, now: float) -> None:
+        super()._on_session_offer(body, now)
+        if self.sessions.get(body.session_id) == body.initiator:
+            # the peer's own request here: whatever we asked through another
+            # relay meanwhile was joined to it, or is answered by it (a
+            # relay holds one session per pair, and one with a leg refuses
+            # the side at the other relay: legs.py): one relay, ours
+            self.via.pop(body.initiator, None)
 
     def ask_leg_rtts(self, now: float) -> None:
         """Ask the relay for its legs (one request in flight at a time)."""
