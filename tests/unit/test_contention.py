@@ -128,6 +128,10 @@ def test_reserve_is_the_rounded_up_fraction() -> None:
     assert reserve_slots(10, 0.25) == 3
     assert reserve_slots(1, 0.25) == 1
     assert reserve_slots(100, 0.5) == 50
+    # an odd count at 50 %: not more than half (3 of 5 would outnumber the rest)
+    assert reserve_slots(5, 0.5) == 2
+    assert reserve_slots(3, 0.5) == 1
+    assert reserve_slots(2, 0.5) == 1
 
 
 def test_a_contributor_takes_the_youngest_free_riders_slot() -> None:

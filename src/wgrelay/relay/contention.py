@@ -148,8 +148,12 @@ def weight(balance: int) -> float:
 
 
 def reserve_slots(max_connections: int, min_share: float) -> int:
-    """Slots kept for the lowest-credit sessions."""
-    return min(max_connections, math.ceil(min_share * max_connections - 1e-9))
+    """Slots kept for the lowest-credit sessions: the share rounded up (a
+    newcomer is never cut off, even at a one-slot relay), but never more than
+    half of two or more slots (rounding up an odd count at 50 % would let the
+    reserve outnumber the contributors' slots, which the 50 % cap forbids)."""
+    wanted = math.ceil(min_share * max_connections - 1e-9)
+    return min(wanted, max(1, max_connections // 2), max_connections)
 
 
 # ---------------------------------------------------------------- parsing
