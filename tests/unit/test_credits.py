@@ -34,7 +34,7 @@ from wgrelay.proto.receipts import (
     make_claim,
     pack_records,
 )
-from wgrelay.relay.ledger import DAY_MS, Ledger, Refusal
+from wgrelay.relay.ledger import DAY_MS, MAX_BYTES, Ledger, Refusal
 
 NOW_MS = 1_700_000_000_000
 
@@ -270,3 +270,44 @@ def test_balance_earned_by_operated_relays_minus_used_with_a_cap(tmp_path: Path)
     assert again.tick(NOW_MS + 31 * DAY_MS) == 4
     assert again.balance(a.public_key().raw) == 0
     again.close()
+
+
+def test_the_cap_is_per_member_however_many_relays_it_runs() -> None:
+    """A friend's receipts give an operator at most ``cap`` in all: relay keys
+    cost nothing, and a cap per relay let k relays take k caps."""
+    led = ledger(cap=5000)
+    operator, friend = PrivateKey.generate(), PrivateKey.generate()
+    relays = [RelayIdentity.generate() for _ in range(3)]
+    for r in relays:
+        assert led.add_claim(make_claim(operator, r.public, NOW_MS).endorsed_by(r)) is None
+        assert led.add_receipt(receipt(friend, 4000, relay=r.public)) is None
+    st_op = led.statement(operator.public_key().raw)
+    assert st_op.earned == 5000  # not 3 x 4000
+    assert sum(e.nbytes for e in st_op.relays) == st_op.earned
+    assert sum(e.receipts for e in st_op.relays) == 3
+    assert led.balance(friend.public_key().raw) == -12_000  # it signed for all of it
+
+
+def test_huge_counts_and_times_are_refused_and_sums_never_overflow() -> None:
+    """SQLite holds signed 64-bit integers and its sum() raises on overflow:
+    a count or a time past 2^63 failed the insert, and counts that add up
+    past it failed every statement (and balance) that included them."""
+    led = Ledger(None)  # before its first tick, too
+    peer, operator = PrivateKey.generate(), PrivateKey.generate()
+    assert led.add_receipt(receipt(peer, 2**64 - 1)) is Refusal.IMPLAUSIBLE
+    assert led.add_receipt(receipt(peer, 1, time_ms=2**64 - 1)) is Refusal.FUTURE
+    far = make_claim(operator, RELAY.public, 2**64 - 1).endorsed_by(RELAY)
+    assert led.add_claim(far) is Refusal.FUTURE
+    led.tick(NOW_MS)
+    # a claim dated ahead could never be replaced by the relay's next owner
+    ahead = make_claim(operator, RELAY.public, NOW_MS + DAY_MS).endorsed_by(RELAY)
+    assert led.add_claim(ahead) is Refusal.FUTURE
+    assert led.add_claim(make_claim(operator, RELAY.public, NOW_MS).endorsed_by(RELAY)) is None
+    n = 130  # 130 x 2^56 > 2^63
+    for i in range(n):
+        sid = i.to_bytes(8, "big")
+        assert led.add_receipt(receipt(peer, MAX_BYTES, sid=sid)) is None
+    st_peer = led.statement(peer.public_key().raw)
+    assert (st_peer.used, st_peer.used_receipts) == (n * 2**56, n)
+    assert led.balance(operator.public_key().raw) == led.cap
+    assert led.refused == {"implausible": 1, "future": 3}

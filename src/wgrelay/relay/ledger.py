@@ -20,8 +20,8 @@ spends it. Nothing is taken on a relay's word:
 **Balance** of a member, over the last ``window_days`` (30) of receipts by
 their signing time (older ones are forgotten, which also bounds the file)::
 
-    earned = sum over relays the member runs, over each signer S:
-                 min(cap, bytes S acknowledged to that relay)
+    earned = sum over each signer S of
+                 min(cap, bytes S acknowledged to the relays the member runs)
     used   = bytes in the receipts the member signed
     balance = earned - used
 
@@ -33,10 +33,18 @@ balances is zero but for the caps.
 
 **Cheap anti-abuse.** A receipt counts only if its signer is allowed by this
 relay's access policy (a key outside the mesh cannot mint credit), and
-``cap`` limits what one signer can give one relay per window, so two
-colluding keys (an operator and a sock puppet signing made-up receipts) can
-move at most ``cap`` a window. docs/ARCHITECTURE.md lists what this does
-not stop.
+``cap`` limits what one signer can give one member per window, however many
+relays that member runs (relay keys cost nothing: a cap per relay would let
+an operator of k relays take k caps from each friend), so two colluding
+keys (an operator and a sock puppet signing made-up receipts) can move at
+most ``cap`` a window. The cap is filled relay by relay in key order, so
+each relay's share and the total agree at every relay.
+
+Sums are taken in Python integers, and counts and times are bounded on the
+way in (``MAX_BYTES``, ``MAX_TIME_MS``): SQLite stores signed 64-bit
+integers and its ``sum()`` raises on overflow, so a signer's huge counts
+would otherwise make every statement that includes them fail.
+docs/ARCHITECTURE.md lists what this does not stop.
 
 The ledger is sans-I/O except for its SQLite file (``STATE_DIR/credits.db``,
 or in memory for the simulator): time is given, never read.
@@ -82,9 +90,15 @@ CREATE INDEX IF NOT EXISTS claims_by_member ON claims (member);
 WINDOW_DAYS = 30
 DAY_MS = 86_400_000
 MAX_CREDIT_PER_SIGNER = 100 * 10**9
-"""What one signer can credit one relay in a window (100 GB): a generous
-month of one member's relayed traffic, and the most two colluding keys can
-mint per window."""
+"""What one signer can credit one member in a window (100 GB, over all the
+relays the member runs): a generous month of one member's relayed traffic,
+and the most two colluding keys can mint per window."""
+MAX_BYTES = 2**56
+"""The most a receipt can acknowledge (72 PB: years of a 1 Gbit/s session);
+more is refused (implausible): no count a peer signs can overflow the store."""
+MAX_TIME_MS = 2**62
+"""Times beyond this (the year 146 million) are refused as from the future
+even before the ledger knows the time (SQLite integers are signed 64-bit)."""
 MAX_FUTURE_MS = 600_000
 """A receipt signed more than 10 minutes ahead of our clock is refused (it
 would outlive the window)."""
@@ -102,6 +116,8 @@ class Refusal(StrEnum):
     """Not newer than the receipt held for its session (seq)."""
     LOWER_COUNT = "lower_count"
     """Newer, but acknowledging fewer bytes than before."""
+    IMPLAUSIBLE = "implausible"
+    """Acknowledging more than ``MAX_BYTES``."""
     OVER_CLAIM = "over_claim"
     """More bytes, or another request, than we asked the peer to sign."""
     EXPIRED = "expired"
@@ -189,15 +205,22 @@ class Ledger:
 
     def check_receipt(self, r: Receipt) -> Refusal | None:
         """Everything but the record's place in its session's history."""
-        if self._now_ms and r.time_ms > self._now_ms + MAX_FUTURE_MS:
+        if self._future(r.time_ms):
             return Refusal.FUTURE
         if self._now_ms and r.time_ms < self._now_ms - self.window_days * DAY_MS:
             return Refusal.EXPIRED
+        if r.nbytes > MAX_BYTES:
+            return Refusal.IMPLAUSIBLE
         if not self.allows(r.peer.raw):
             return Refusal.NOT_ALLOWED
         if not r.verify():
             return Refusal.BAD_SIGNATURE
         return None
+
+    def _future(self, time_ms: int) -> bool:
+        if time_ms > MAX_TIME_MS:
+            return True
+        return bool(self._now_ms) and time_ms > self._now_ms + MAX_FUTURE_MS
 
     def held(self, r: Receipt) -> tuple[int, int] | None:
         """(seq, bytes) of the receipt held for ``r``'s session, if any."""
@@ -261,6 +284,11 @@ class Ledger:
                 self.refused[Refusal.STALE_CLAIM] += 1
                 return Refusal.STALE_CLAIM
             return Refusal.DUPLICATE
+        if self._future(c.issued_ms):
+            # (one issued far ahead could never be replaced by the relay's
+            # next owner, and past 2^63 it does not fit the store)
+            self.refused[Refusal.FUTURE] += 1
+            return Refusal.FUTURE
         if not c.verify():
             self.refused[Refusal.BAD_SIGNATURE] += 1
             return Refusal.BAD_SIGNATURE
@@ -298,21 +326,28 @@ class Ledger:
 
     def statement(self, member: bytes) -> Statement:
         relays: list[Earning] = []
+        left: dict[bytes, int] = {}  # signer -> what it can still give member
         for (relay,) in self._conn.execute(
             "SELECT relay FROM claims WHERE member = ? ORDER BY relay", (member,)
         ).fetchall():
-            rows = self._conn.execute(
-                "SELECT sum(bytes), count(*) FROM receipts WHERE relay = ? GROUP BY peer",
+            earned = n = 0
+            for peer, nbytes in self._conn.execute(
+                "SELECT peer, bytes FROM receipts WHERE relay = ? ORDER BY peer, session",
                 (relay,),
-            ).fetchall()
-            earned = sum(min(int(total), self.cap) for total, _ in rows)
-            relays.append(Earning(PublicKey(bytes(relay)), earned, sum(int(n) for _, n in rows)))
-        used, n = self._conn.execute(
-            "SELECT coalesce(sum(bytes), 0), count(*) FROM receipts WHERE peer = ?", (member,)
-        ).fetchone()
+            ):
+                room = left.get(peer, self.cap)
+                take = min(room, int(nbytes))
+                left[peer] = room - take
+                earned += take
+                n += 1
+            relays.append(Earning(PublicKey(bytes(relay)), earned, n))
+        used = n_used = 0
+        for (nbytes,) in self._conn.execute("SELECT bytes FROM receipts WHERE peer = ?", (member,)):
+            used += int(nbytes)
+            n_used += 1
         relays.sort(key=lambda e: (-e.nbytes, e.relay.raw))
         return Statement(
-            PublicKey(member), sum(e.nbytes for e in relays), int(used), int(n), tuple(relays)
+            PublicKey(member), sum(e.nbytes for e in relays), used, n_used, tuple(relays)
         )
 
     def balance(self, member: bytes) -> int:
