@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from wgrelay import xeddsa
-from wgrelay.keys import PrivateKey, PublicKey
+from wgrelay.keys import PrivateKey, PublicKey, RelayIdentity
 from wgrelay.proto.receipts import RECEIPT_DOMAIN, Receipt, Receipts, make_claim
 from wgrelay.relay.credits import ASK_INTERVAL_S
 from wgrelay.relay.ledger import Ledger
@@ -109,3 +109,30 @@ def _held(led: Ledger, peer: PublicKey) -> Receipt:
     ).fetchall()
     r, p, s, seq, n, t, sig = rows[0]
     return Receipt(PublicKey(bytes(r)), PublicKey(bytes(p)), bytes(s), seq, n, t, bytes(sig))
+
+
+def test_a_relay_that_starts_later_learns_the_operator_claim(mesh: SimMesh) -> None:
+    """The claim went out once, at the first spread: R1 alone then (the
+    first relay of a mesh, or one restarted before it heard of the others),
+    it reached no one, and no relay started later ever credited M. A claim
+    for a relay no one knows is refused (claims are kept for good)."""
+    member = PrivateKey(bytes(range(7, 39)))
+    r1 = mesh.add_relay("r1", link=LinkSpec(delay_s=0.005))
+    assert r1.core is not None
+    r1.core.enable_credits(Ledger(None), make_claim(member, r1.key, 1), mesh.sim.now())
+    mesh.sim.run_for(10.0)
+    r2 = mesh.add_relay("r2", link=LinkSpec(delay_s=0.040), bootstrap=[r1])
+    assert r2.core is not None
+    r2.core.enable_credits(Ledger(None), None, mesh.sim.now())
+    started = mesh.sim.now()
+    mesh.sim.run_until(lambda: ledger_of(r2).operator_of(r1.key) is not None, timeout_s=30)
+    print(f"R2 learned M's claim {mesh.sim.now() - started:.1f} s after it started")
+    assert ledger_of(r2).operator_of(r1.key) == member.public_key()
+
+    before = ledger_of(r2).refused["wrong_relay"]
+    stranger = RelayIdentity.generate()
+    made_up = make_claim(member, stranger.public, 2).endorsed_by(stranger)
+    r1.core.federation._send(r2.key, Receipts((), (made_up,)), mesh.sim.now())
+    mesh.sim.run_for(1.0)
+    assert ledger_of(r2).operator_of(stranger.public) is None
+    assert ledger_of(r2).refused["wrong_relay"] > before

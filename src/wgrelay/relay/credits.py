@@ -23,9 +23,17 @@ CREDITS (RECEIPTS, answered by RECEIPTS_ACK), and every relay that stores
 it as news passes it on the same way, so it reaches every relay in
 O(log N) rounds as announcements do. Receipts are self-certifying, so
 a relay takes one from any relay it knows, as long as it names a relay it
-knows (or itself). There is no anti-entropy for receipts: a relay that was
+knows (or itself), and a claim only for a relay it knows (a claim is kept
+for good: one for any made-up key would grow every relay's file and be
+spread to all). There is no anti-entropy for receipts: a relay that was
 down misses what was spread meanwhile (the next receipt of a live session
 supersedes it anyway).
+
+Our own claim is not news to spread once: it goes to each relay taking
+credits the first time we see it live (relays that start after us, or
+that we only learn of later, would otherwise never credit our operator),
+and again to ``gossip_fanout`` random ones every ``CLAIM_RESEND_S``
+(a lost datagram, a relay that did not know us yet).
 
 Every refusal is counted by reason (``credit_counters``, /metrics).
 """
@@ -71,7 +79,12 @@ LEDGER_TICK_S = 60.0
 """How often the ledger forgets receipts that left its window."""
 MAX_PENDING_PUSH = 512
 """Records waiting to be spread (a burst beyond this waits for the next
-receipts of the same sessions, which supersede them)."""
+receipts of the same sessions, which supersede them; a claim beyond it for
+its relay's next resend)."""
+CLAIM_RESEND_S = 600.0
+"""How often our own claim goes again to a few random relays."""
+U64_MAX = 2**64 - 1
+U32_MAX = 2**32 - 1
 
 
 @dataclass(slots=True)
@@ -96,6 +109,10 @@ class CreditsCore(LegsCore):
         self._push_receipts: list[Receipt] = []
         self._push_claims: list[Claim] = []
         self._next_push = 0.0
+        self._next_claim_resend = 0.0
+        self._claim_sent_to: set[PublicKey] = set()
+        """Relays that got our claim since we started (each once, then the
+        random resends)."""
         self._next_scan = 0.0
         self._next_ledger_tick = 0.0
         self.credit_counts: dict[str, int] = {}
@@ -119,8 +136,7 @@ class CreditsCore(LegsCore):
         ledger.tick(int(self._wall_at(now) * 1000))
         if claim is not None:
             self.claim = claim.endorsed_by(self.identity)
-            ledger.add_claim(self.claim)
-            self._push_claims.append(self.claim)
+            ledger.add_claim(self.claim)  # spread by _send_claim
 
     def capabilities(self) -> int:
         caps = super().capabilities()
@@ -149,6 +165,7 @@ class CreditsCore(LegsCore):
             self._next_ledger_tick = now + LEDGER_TICK_S
             self.ledger.tick(int(self._wall_at(now) * 1000))
         if now >= self._next_push:
+            self._send_claim(now)
             self._next_push = now + self.federation.config.gossip_interval_s
             self._spread(now)
 
@@ -240,6 +257,24 @@ class CreditsCore(LegsCore):
                 if self.federation._send(key, batch, now):  # the relays' channel
                     self._count_credit("batches_sent")
 
+    def _send_claim(self, now: float) -> None:
+        """Our claim to each relay taking credits we have not sent it to, and
+        every ``CLAIM_RESEND_S`` to a few random ones."""
+        if self.claim is None:
+            return
+        own = self.identity.public
+        live = [k for k in self.federation.directory.live() if k != own and self._takes_credits(k)]
+        self._claim_sent_to &= set(live)  # a relay that comes back gets it again
+        targets = [k for k in live if k not in self._claim_sent_to]
+        if now >= self._next_claim_resend and live:
+            self._next_claim_resend = now + CLAIM_RESEND_S
+            fanout = self.federation.config.gossip_fanout
+            targets += self._credits_random.sample(live, min(fanout, len(live)))
+        for key in dict.fromkeys(targets):
+            self._claim_sent_to.add(key)
+            if self.federation._send(key, Receipts((), (self.claim,)), now):
+                self._count_credit("claims_sent")
+
     def _takes_credits(self, key: PublicKey) -> bool:
         m = self.federation.directory.get(key)
         return m is not None and bool(m.announcement.info.capabilities & Capability.CREDITS)
@@ -254,10 +289,15 @@ class CreditsCore(LegsCore):
         fed.heard_from(m.key, inb.now)
         stored = refused = 0
         for c in body.claims:
+            if c.relay != self.identity.public and fed.directory.get(c.relay) is None:
+                ledger.refuse(Refusal.WRONG_RELAY)  # not a relay we know: kept for good
+                refused += 1
+                continue
             outcome = ledger.add_claim(c)
             if outcome is None:
                 stored += 1
-                self._push_claims.append(c)
+                if len(self._push_claims) < MAX_PENDING_PUSH:
+                    self._push_claims.append(c)
             elif outcome is not Refusal.DUPLICATE:
                 refused += 1
         for r in body.receipts:
@@ -287,11 +327,12 @@ class CreditsCore(LegsCore):
                 body.query_id,
                 body.member,
                 ledger.window_days,
-                st.earned,
-                st.used,
-                st.used_receipts,
+                # (sums the u64/u32 fields cannot hold are shown at their top)
+                min(st.earned, U64_MAX),
+                min(st.used, U64_MAX),
+                min(st.used_receipts, U32_MAX),
                 tuple(
-                    RelayEarning(e.relay, e.nbytes, e.receipts)
+                    RelayEarning(e.relay, min(e.nbytes, U64_MAX), min(e.receipts, U32_MAX))
                     for e in st.relays[:MAX_REPORT_RELAYS]
                 ),
             ),
