@@ -146,3 +146,20 @@ def test_arbitrary_bytes_raise_only_remote_protocol_errors(t: MsgType, data: byt
 def test_arbitrary_boxes_never_open(box: bytes) -> None:
     with pytest.raises(Undecryptable):
         open_for_peer(box, B)
+
+
+def test_a_full_memory_forgets_expired_boxes_before_one_still_in_its_window() -> None:
+    """Review finding: only the oldest-inserted entries were looked at, and a
+    full memory dropped the oldest even while it was still in its window and
+    entries behind it had expired (a box dated ahead of the clock is kept
+    longer than later ones dated behind it): a copy of it was then taken."""
+    r = SealedReplays(size=3)
+    window_ms = int(SEALED_WINDOW_S * 1000)
+    assert r.check(b"ahead", MS + 100_000, MS) is None  # kept until MS + 220 s
+    assert r.check(b"old1", MS - 110_000, MS) is None  # kept until MS + 10 s
+    assert r.check(b"old2", MS - 110_000, MS) is None
+    later = MS + 20_000  # both old ones expired, "ahead" still in its window
+    assert r.check(b"new", later, later) is None
+    assert r.check(b"ahead", MS + 100_000, later) == "replayed"
+    assert len(r) <= 3
+    assert MS + 100_000 + window_ms > later

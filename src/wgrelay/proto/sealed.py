@@ -192,8 +192,9 @@ class SealedReplays:
     A box is fresh while ``issued_ms`` lies within ``SEALED_WINDOW_S`` of
     our wall clock; a fresh box is remembered until its window ends, so a
     copy is refused for as long as it could be taken at all. At most
-    ``MAX_REMEMBERED`` are held: beyond that the oldest is forgotten (a copy
-    of it could then pass once, within its window)."""
+    ``MAX_REMEMBERED`` are held: when every one is still in its window, the
+    oldest is forgotten (a copy of it could then pass once, within its
+    window); expired ones always go first."""
 
     def __init__(self, window_s: float = SEALED_WINDOW_S, size: int = MAX_REMEMBERED) -> None:
         self.window_ms = int(window_s * 1000)
@@ -202,16 +203,24 @@ class SealedReplays:
 
     def check(self, digest: bytes, issued_ms: int, wall_ms: int) -> str | None:
         """None if new and fresh (now remembered), else why not: stale, replayed."""
-        while self._seen:
-            first, until = next(iter(self._seen.items()))
-            if until > wall_ms and len(self._seen) < self.size:
+        seen = self._seen
+        while seen:  # (cheap: the oldest entries usually expire first)
+            first, until = next(iter(seen.items()))
+            if until > wall_ms:
                 break
-            del self._seen[first]
+            del seen[first]
         if abs(wall_ms - issued_ms) > self.window_ms:
             return "stale"
-        if digest in self._seen:
+        if digest in seen:
             return "replayed"
-        self._seen[digest] = issued_ms + self.window_ms
+        if len(seen) >= self.size:
+            # entries expire by their box's date, not in arrival order: drop
+            # every expired one before one still in its window
+            for d in [d for d, until in seen.items() if until <= wall_ms]:
+                del seen[d]
+            while len(seen) >= self.size:
+                seen.popitem(last=False)
+        seen[digest] = issued_ms + self.window_ms
         return None
 
     def __len__(self) -> int:
