@@ -4,11 +4,12 @@ requests, receipts signed for no more than observed, refusals counted."""
 from __future__ import annotations
 
 from wgrelay.client.events import SessionEstablished
-from wgrelay.client.receipts import Observed, ReceiptSigner, tolerance
+from wgrelay.client.receipts import CLOSED_KEEP_S, Observed, ReceiptSigner, tolerance
 from wgrelay.keys import PrivateKey, PublicKey
 from wgrelay.proto.constants import Capability, CloseReason
 from wgrelay.proto.data import data_header
-from wgrelay.proto.receipts import Receipt, ReceiptBody, make_claim
+from wgrelay.proto.messages import SessionClose
+from wgrelay.proto.receipts import Receipt, ReceiptBody, ReceiptRequest, make_claim
 from wgrelay.relay.credits import ASK_INTERVAL_S
 from wgrelay.relay.ledger import Ledger
 from wgrelay.testkit import Client, CoreNet, registered
@@ -178,3 +179,50 @@ def test_metrics_show_credit_events_and_refusals() -> None:
     assert 'wgrelay_credits_events_total{event="receipts_taken"} 2.0' in text
     assert 'wgrelay_credits_refused_total{reason="replayed"} 1.0' in text
     assert "wgrelay_credits_receipts 2.0" in text
+
+
+def test_a_session_we_left_stops_counting_whoever_asks_later() -> None:
+    """a closes the session itself (it went direct, or moved to another
+    relay): no event tells the daemon (the planner forgets the route first),
+    so the session's meter kept following a's WireGuard counters, which go on
+    counting the peer's traffic on the new path, and a relay asking later
+    (a new request number, any claim) got it signed as its own."""
+    net, led, a, b, counts_a, _counts_b, sid, _op = setup()
+    relay_frames(net, a, sid, 10)
+    counts_a.seen[b.pub] = Observed(proxy_bytes=1000, proxy_packets=10, wireguard_bytes=1000)
+    a.link.close_session(b.pub, net.clock.now, CloseReason.NORMAL)
+    net.run()
+    assert led.statement(a.pub.raw).used == 10 * 110  # the close's request, answered
+    # direct now: WireGuard counts on, nothing passes the relay
+    counts_a.seen[b.pub] = Observed(proxy_bytes=1000, proxy_packets=10, wireguard_bytes=10**9)
+    signer = a.link.receipts
+    assert signer is not None
+    late = signer.answer(net.ident.public, ReceiptRequest(sid, 99, 10**12), 0)
+    assert late is not None
+    assert late.nbytes == 1000 + tolerance(1000, 10)
+    # and once CLOSED_KEEP_S has passed, nothing is signed for it
+    signer.expire(net.clock.now + CLOSED_KEEP_S)
+    assert signer.answer(net.ident.public, ReceiptRequest(sid, 100, 10**12), 0) is None
+
+
+def test_the_link_lost_or_the_relay_closing_freezes_the_count() -> None:
+    net, _led, a, b, counts_a, counts_b, sid, _op = setup()
+    counts_b.seen[a.pub] = Observed(wireguard_bytes=500)
+    b.link._on_session_close(SessionClose(sid, CloseReason.IDLE), net.clock.now)
+    counts_a.seen[b.pub] = Observed(wireguard_bytes=700)
+    a.link._lose(net.clock.now, "test")
+    counts_a.seen[b.pub] = counts_b.seen[a.pub] = Observed(wireguard_bytes=10**9)
+    assert b.link.receipts is not None
+    assert a.link.receipts is not None
+    assert b.link.receipts.observed(net.ident.public, sid) == (500, 0)
+    assert a.link.receipts.observed(net.ident.public, sid) == (700, 0)
+
+
+def test_a_reused_session_id_gets_a_new_meter() -> None:
+    net, _led, a, b, counts_a, _counts_b, sid, _op = setup()
+    other = PrivateKey.generate().public_key()
+    counts_a.seen[b.pub] = Observed(wireguard_bytes=10**6)
+    assert a.link.receipts is not None
+    a.link.receipts.session_started(net.ident.public, other, sid, net.clock.now)
+    counts_a.seen[other] = Observed(wireguard_bytes=10)
+    assert a.link.receipts.observed(net.ident.public, sid) == (10, 0)

@@ -46,7 +46,7 @@ timestamps is derived from it with an offset the shell keeps in step
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from wgrelay.client.events import (
@@ -118,6 +118,32 @@ class RelayLink(LinkCore):
     receipts: ReceiptSigner | None = None
     """Signs what relays ask us to acknowledge (client/receipts.py); None:
     requests go unanswered (a probe, a tool)."""
+
+    def _receipts_end(self, sids: Iterable[bytes], now: float) -> None:
+        """Sessions we no longer hold here, whoever ended them: what we vouch
+        for them stops growing now (WireGuard's counters go on counting the
+        peer's traffic on any path, direct or another relay's)."""
+        if self.receipts is not None:
+            for sid in sids:
+                self.receipts.session_closed(self.relay_key, sid, now)
+
+    def close_session(
+        self, peer: PublicKey, now: float, reason: CloseReason = CloseReason.NORMAL
+    ) -> None:
+        sid = self.session_of.get(peer)
+        super().close_session(peer, now, reason)
+        if sid is not None:
+            self._receipts_end((sid,), now)
+
+    def _forgotten(self, now: float, why: str) -> None:
+        sids = list(self.sessions)
+        super()._forgotten(now, why)
+        self._receipts_end(sids, now)
+
+    def _lose(self, now: float, reason: str) -> None:
+        sids = list(self.sessions)
+        super()._lose(now, reason)
+        self._receipts_end(sids, now)
 
     def _handler_table(self) -> dict[type[Body], Callable[[Any, float], None]]:
         return {
@@ -342,6 +368,7 @@ class RelayLink(LinkCore):
         if self.session_of.get(peer) == body.session_id:
             del self.session_of[peer]
             self.session_port.pop(peer, None)
+        self._receipts_end((body.session_id,), now)
         self._events.append(SessionEnded(peer, body.session_id, body.reason))
 
     def _on_punch(self, body: Punch, now: float) -> None:

@@ -27,8 +27,9 @@ inflate a count by at most that much, never more.
 
 We never sign less than we signed before for the same session (the ledger
 would refuse it), and never answer a request number we already answered.
-A closed session's last observation is frozen at the close and kept for
-``CLOSED_KEEP_S``: the relay asks once more as it closes the session.
+A closed session's last observation is frozen at the close, whoever ends
+it (the link tells us: ``session_closed``), and kept for ``CLOSED_KEEP_S``:
+the relay asks once more as it closes the session.
 
 Sans-I/O: time and the counters are given.
 """
@@ -93,8 +94,11 @@ class ReceiptSigner:
         self, relay: PublicKey, peer: PublicKey, session_id: bytes, now: float
     ) -> None:
         """A session came up: its observation starts from the counts now."""
-        if (relay, session_id) in self._meters:
+        known = self._meters.get((relay, session_id))
+        if known is not None and known.peer == peer:
             return
+        # (a relay that reuses an id for another peer gets a new meter: the
+        # old one counts another peer's traffic)
         self.session_ended(relay, peer, now)  # a session it replaces at that relay
         self.expire(now)
         if len(self._meters) >= MAX_SESSIONS:
@@ -109,6 +113,17 @@ class ReceiptSigner:
             if r == relay and m.peer == peer and m.final is None:
                 m.final = self._observe(peer)
                 m.closed_at = now
+
+    def session_closed(self, relay: PublicKey, session_id: bytes, now: float) -> None:
+        """We no longer hold the session at ``relay`` (we closed it, the relay
+        did, or the link was lost): its count stops here. Without this a
+        session we left kept growing with the peer's WireGuard counters
+        (every path the peer's traffic took afterwards), and the relay could
+        ask for it for as long as it liked."""
+        m = self._meters.get((relay, session_id))
+        if m is not None and m.final is None:
+            m.final = self._observe(m.peer)
+            m.closed_at = now
 
     def expire(self, now: float) -> None:
         for k, m in list(self._meters.items()):
