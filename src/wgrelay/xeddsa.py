@@ -55,9 +55,12 @@ def edwards_public(u: bytes) -> bytes:
     (90 of 160 us), and a relay verifies its mesh's few keys again and again."""
     if len(u) != 32:
         raise InvalidKey("X25519 public keys are 32 bytes")
-    # the spec masks the top bit (Curve25519 keys have 255 significant bits)
-    n = int.from_bytes(u, "little") & ((1 << 255) - 1)
-    if n >= P or (n + 1) % P == 0:
+    # The spec's verify refuses u >= p before anything else, the top bit
+    # included. Masking it (as X25519 does) made u and u + 2^255 two keys
+    # of one signer: its signatures verified under both, and the ledger
+    # counts them apart (use run up under one, the other's balance clean)
+    n = int.from_bytes(u, "little")
+    if n >= P or n + 1 == P:
         raise InvalidKey("not a usable X25519 public key")
     y = (n - 1) * pow(n + 1, P - 2, P) % P
     return y.to_bytes(32, "little")  # bit 255 (the sign) is 0: y < p < 2^255

@@ -13,7 +13,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from wgrelay import xeddsa
-from wgrelay.errors import RemoteProtocolError
+from wgrelay.errors import InvalidKey, RemoteProtocolError
 from wgrelay.keys import PrivateKey, PublicKey, RelayIdentity
 from wgrelay.proto.constants import MAX_CONTROL_SIZE, MsgType
 from wgrelay.proto.envelope import MIN_CONTROL_SIZE
@@ -89,6 +89,19 @@ def test_tampered_message_signature_or_key_fails() -> None:
     # u = -1 (no Edwards point) and u >= p are refused, never raised
     assert not xeddsa.verify((xeddsa.P - 1).to_bytes(32, "little"), b"receipt", sig)
     assert not xeddsa.verify((xeddsa.P + 3).to_bytes(32, "little"), b"receipt", sig)
+
+
+def test_a_key_with_its_top_bit_set_is_not_the_same_signer() -> None:
+    """XEdDSA's verify refuses u >= p, the top bit included: the mask made
+    u + 2^255 a second key under which every signature of u verified."""
+    key = PrivateKey.generate()
+    u = key.public_key().raw
+    sig = xeddsa.sign(key.raw, b"receipt")
+    twin = u[:31] + bytes((u[31] | 0x80,))
+    assert xeddsa.verify(u, b"receipt", sig)
+    assert not xeddsa.verify(twin, b"receipt", sig)
+    with pytest.raises(InvalidKey):
+        xeddsa.edwards_public(twin)
 
 
 def test_signatures_are_randomized_but_all_verify() -> None:
