@@ -296,6 +296,8 @@ def test_private_tunnel_over_two_relays_neither_knowing_both(
     entry = next(p for p in doc["peers"] if p["public_key"] == str(b.public))
     assert entry["private"] is True
     assert entry["private_blocked"] is None
+    # and names both relays of its path (the entry, then the exit)
+    assert entry["exit_relay"] == str(w.exit.key), entry
 
 
 def test_replayed_and_undecryptable_leg_opens_are_refused_and_counted(

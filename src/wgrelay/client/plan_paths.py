@@ -54,6 +54,7 @@ from typing import Any
 from wgrelay.client.events import DiscoveryAnswered, Place
 from wgrelay.client.link import LinkState
 from wgrelay.client.link_legs import LegsLink
+from wgrelay.client.link_private import PrivateLink
 from wgrelay.client.plan_peers import PeerPaths
 from wgrelay.client.plan_state import Attempt, Phase
 from wgrelay.discovery.selection import (
@@ -106,6 +107,8 @@ class PathChoice(PeerPaths):
         link = self.link(relay) if relay is not None else None
         if link is None or peer not in link.session_of:
             return None
+        if isinstance(link, PrivateLink) and peer in link.private_exit:
+            return link.private_exit[peer]  # a private path: always two relays
         return link.via.get(peer)
 
     # ------------------------------------------------------------ asking the home
