@@ -226,3 +226,56 @@ def test_a_reused_session_id_gets_a_new_meter() -> None:
     a.link.receipts.session_started(net.ident.public, other, sid, net.clock.now)
     counts_a.seen[other] = Observed(wireguard_bytes=10)
     assert a.link.receipts.observed(net.ident.public, sid) == (10, 0)
+
+
+def test_private_sessions_are_never_signed_nor_stored_from_gossip() -> None:
+    """The relays do not ask for receipts of a private session, but an agent
+    signed whatever a relay asked, and a relay stored whatever the gossip
+    brought: a relay that asks anyway (B's exit relay, here) had B sign
+    (relay, B, session id) and spread it to the entry relay, which holds
+    that id for A. B refuses now, and a relay refuses a receipt naming a
+    session it carries privately."""
+    from tests.unit.test_federation import WALL0
+    from tests.unit.test_private_legs import _other_relay, _private_client
+    from wgrelay.client.link_private import PrivateLink
+    from wgrelay.proto.receipts import Receipts
+    from wgrelay.proto.sealed import LegOpenSealed, seal_request
+
+    net = CoreNet()
+    led = Ledger(None, allows=net.policy.allows)
+    net.relay.enable_credits(led, None, 0.0)
+    b = _private_client(net)
+    counts = Counts()
+    b.link.receipts = ReceiptSigner(b.key, counts)
+    registered(net, b)
+    r1 = _other_relay(net)
+    a, sid = PrivateKey.generate(), bytes(range(8))
+    box = seal_request(a.public_key(), b.pub, net.ident.public, int(WALL0 * 1000))
+    r1.send(LegOpenSealed(sid, box), 0.0)
+    for data, dst in r1.to_others:
+        if dst == b.addr:
+            b.link.receive(data, 0.0)
+    net.run()
+    assert sid in net.relay.sessions
+    b.link.receipts.session_started(net.ident.public, a.public_key(), sid, net.clock.now)
+    counts.seen[a.public_key()] = Observed(proxy_bytes=5000, proxy_packets=50)
+    # the exit relay asks anyway (B only sees a sealed message from it)
+    b.link._on_receipt_request(ReceiptRequest(sid, 1, 5000), net.clock.now)
+    assert b.link.receipts.signed == 0
+    assert b.link.receipts.refused["private"] == 1
+    # A's side: a session asked for privately at its entry relay
+    a_link = _private_client(net).link
+    assert isinstance(a_link, PrivateLink)
+    a_link.receipts = ReceiptSigner(a, counts)
+    a_link.private_exit[b.pub] = r1.ident.public
+    a_link._bind(b.pub, b"A" * 8, incoming=False, port=0)
+    a_link.receipts.session_started(net.ident.public, b.pub, b"A" * 8, net.clock.now)
+    a_link._on_receipt_request(ReceiptRequest(b"A" * 8, 1, 5000), net.clock.now)
+    assert a_link.receipts.signed == 0
+    # a receipt of the private session from the gossip (a relay naming
+    # itself, signed by a): the entry relay would learn whom it names
+    ms = int(net.clock.wall() * 1000)
+    leaked = Receipt(r1.ident.public, a.public_key(), sid, 1, 5000, ms).signed_by(a)
+    r1.send(Receipts((leaked,)), 0.5)
+    assert led.receipts_count() == 0
+    assert led.refused["private"] == 1

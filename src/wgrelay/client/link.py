@@ -381,8 +381,18 @@ class RelayLink(LinkCore):
         told = PunchTold(peer, body.nonce, body.go, mine, theirs, body.mine, body.peer)
         self._events.append(told)
 
+    def _private_session(self, session_id: bytes) -> bool:
+        """A private path's session (link_private.py)."""
+        return False
+
     def _on_receipt_request(self, body: ReceiptRequest, now: float) -> None:
         signer = self.receipts
+        if signer is not None and self._private_session(body.session_id):
+            # never receipted (relay/credits.py does not ask): a receipt
+            # names us and the session id and spreads to every relay, the
+            # other relay of the path too, which holds that id for our peer
+            signer.refused["private"] += 1
+            return
         r = signer.answer(self.relay_key, body, int(self._wall(now) * 1000)) if signer else None
         if r is not None:  # (else handled: the signer counts why it signed nothing)
             self._send(ReceiptBody(r), now)

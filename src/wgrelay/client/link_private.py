@@ -43,6 +43,8 @@ log = logging.getLogger(__name__)
 
 _ANSWERS_KEPT = 64
 """Offers whose answer we repeat if the relay repeats the offer."""
+_PRIVATE_SIDS_KEPT = 4096
+"""Private sessions remembered (as many as the receipt signer's meters)."""
 
 
 def _nobody(_peer: PublicKey) -> bool:
@@ -61,6 +63,8 @@ class PrivateLink(RelayLink):
         self._seen = SealedReplays()
         self._answered: OrderedDict[bytes, tuple[bytes, bool]] = OrderedDict()
         """session id -> (box digest, our answer)."""
+        self._private_sids: OrderedDict[bytes, None] = OrderedDict()
+        """Sessions of private paths here, asked or offered (no receipts)."""
         self.declined: dict[str, int] = {}
         """Private offers declined, by why (handled, so not drops): not_peer,
         undecryptable, malformed, wrong_relay, stale, replayed."""
@@ -127,6 +131,19 @@ class PrivateLink(RelayLink):
         self.private_exit.pop(peer, None)
         super().forget_wanted(peer)
 
+    def _bind(self, peer: PublicKey, sid: bytes, incoming: bool, port: int) -> None:
+        super()._bind(peer, sid, incoming, port)
+        if peer in self.private_exit or self.covers(peer):
+            self._remember_private(sid)
+
+    def _remember_private(self, sid: bytes) -> None:
+        self._private_sids[sid] = None
+        while len(self._private_sids) > _PRIVATE_SIDS_KEPT:
+            self._private_sids.popitem(last=False)
+
+    def _private_session(self, session_id: bytes) -> bool:
+        return session_id in self._private_sids
+
     # ------------------------------------------------------------ being asked
 
     def _on_session_offer_sealed(self, body: SessionOfferSealed, now: float) -> None:
@@ -153,6 +170,7 @@ class PrivateLink(RelayLink):
         self._send(SessionAnswer(sid, accept), now)
         if accept:
             self._bind(opened.initiator, sid, incoming=True, port=body.port)
+            self._remember_private(sid)
         else:
             self._count("not_peer")
             log.info(

@@ -126,6 +126,9 @@ class RelayCore(CreditsCore, PrivateLegsCore):
         if s.sid not in self.sealed:
             super()._maybe_ask(s, key, now, final)
 
+    def _private_session(self, sid: bytes) -> bool:
+        return sid in self.sealed
+
     # ------------------------------------------------------------ inputs
 
     def receive(self, data: bytes, addr: Addr, now: float) -> None:

@@ -275,6 +275,10 @@ class CreditsCore(LegsCore):
             if self.federation._send(key, Receipts((), (self.claim,)), now):
                 self._count_credit("claims_sent")
 
+    def _private_session(self, sid: bytes) -> bool:
+        """A session we carry on a private path (core.py: private_legs.py's)."""
+        return False
+
     def _takes_credits(self, key: PublicKey) -> bool:
         m = self.federation.directory.get(key)
         return m is not None and bool(m.announcement.info.capabilities & Capability.CREDITS)
@@ -301,6 +305,12 @@ class CreditsCore(LegsCore):
             elif outcome is not Refusal.DUPLICATE:
                 refused += 1
         for r in body.receipts:
+            if self._private_session(r.session_id):
+                # one of ours on a private path: stored, it would tie the
+                # peer it names to the one we serve under that id
+                ledger.refuse(Refusal.PRIVATE)
+                refused += 1
+                continue
             if r.relay != self.identity.public and fed.directory.get(r.relay) is None:
                 ledger.refuse(Refusal.WRONG_RELAY)  # no relay we know carried it
                 refused += 1

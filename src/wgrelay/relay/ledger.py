@@ -124,6 +124,8 @@ class Refusal(StrEnum):
     FUTURE = "future"
     MISDATED = "misdated"
     """From the peer itself, but not signed within the clock skew of now."""
+    PRIVATE = "private"
+    """About a session this relay carries on a private path (never receipted)."""
     STALE_CLAIM = "stale_claim"
     """A claim older than the one held for its relay."""
     DUPLICATE = "duplicate"
