@@ -40,8 +40,8 @@ keys (an operator and a sock puppet signing made-up receipts) can move at
 most ``cap`` a window. The cap is filled relay by relay in key order, so
 each relay's share and the total agree at every relay.
 
-Sums are taken in Python integers, and counts and times are bounded on the
-way in (``MAX_BYTES``, ``MAX_TIME_MS``): SQLite stores signed 64-bit
+Sums that can grow past 2^63 are taken in Python integers, and counts and
+times are bounded on the way in (``MAX_BYTES``, ``MAX_TIME_MS``): SQLite stores signed 64-bit
 integers and its ``sum()`` raises on overflow, so a signer's huge counts
 would otherwise make every statement that includes them fail.
 docs/ARCHITECTURE.md lists what this does not stop.
@@ -333,17 +333,20 @@ class Ledger:
             "SELECT relay FROM claims WHERE member = ? ORDER BY relay", (member,)
         ).fetchall():
             earned = n = 0
-            for peer, nbytes in self._conn.execute(
-                "SELECT peer, bytes FROM receipts WHERE relay = ? ORDER BY peer, session",
-                (relay,),
+            # summed per signer in SQL, each receipt at most the cap: that
+            # overflows only past 92 million receipts of one signer here
+            for peer, nbytes, count in self._conn.execute(
+                "SELECT peer, sum(min(bytes, ?)), count(*) FROM receipts WHERE relay = ?"
+                " GROUP BY peer",
+                (self.cap, relay),
             ):
                 room = left.get(peer, self.cap)
                 take = min(room, int(nbytes))
                 left[peer] = room - take
                 earned += take
-                n += 1
+                n += int(count)
             relays.append(Earning(PublicKey(bytes(relay)), earned, n))
-        used = n_used = 0
+        used = n_used = 0  # (the member's own receipts: few, and summed exactly)
         for (nbytes,) in self._conn.execute("SELECT bytes FROM receipts WHERE peer = ?", (member,)):
             used += int(nbytes)
             n_used += 1
