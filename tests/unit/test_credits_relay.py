@@ -3,6 +3,8 @@ requests, receipts signed for no more than observed, refusals counted."""
 
 from __future__ import annotations
 
+import pytest
+
 from wgrelay.client.events import SessionEstablished
 from wgrelay.client.receipts import CLOSED_KEEP_S, Observed, ReceiptSigner, tolerance
 from wgrelay.keys import PrivateKey, PublicKey
@@ -279,3 +281,25 @@ def test_private_sessions_are_never_signed_nor_stored_from_gossip() -> None:
     r1.send(Receipts((leaked,)), 0.5)
     assert led.receipts_count() == 0
     assert led.refused["private"] == 1
+
+
+def test_an_operator_claim_dated_ahead_is_taken_once_the_clock_gets_there(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A claim signed on a machine whose clock is ahead is refused as from
+    the future (so no one can date a claim past the relay's next owner's):
+    the relay says so, and takes it at a resend once its clock gets there."""
+    from wgrelay.relay.credits import CLAIM_RESEND_S
+
+    net = CoreNet()
+    led = Ledger(None, allows=net.policy.allows)
+    operator = PrivateKey.generate()
+    ahead_ms = int((net.clock.wall() + 1200) * 1000)
+    with caplog.at_level("WARNING"):
+        net.relay.enable_credits(led, make_claim(operator, net.ident.public, ahead_ms), 0.0)
+    assert "operator claim not taken here: future" in caplog.text
+    assert led.operator_of(net.ident.public) is None
+    net.advance(1.0)
+    net.advance(CLAIM_RESEND_S + 1)
+    net.advance(CLAIM_RESEND_S + 1)
+    assert led.operator_of(net.ident.public) == operator.public_key()

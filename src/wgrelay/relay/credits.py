@@ -136,7 +136,12 @@ class CreditsCore(LegsCore):
         ledger.tick(int(self._wall_at(now) * 1000))
         if claim is not None:
             self.claim = claim.endorsed_by(self.identity)
-            ledger.add_claim(self.claim)  # spread by _send_claim
+            refusal = ledger.add_claim(self.claim)  # spread by _send_claim
+            if refusal not in (None, Refusal.DUPLICATE):
+                # stale_claim: a newer claim for this relay is held (it
+                # changed hands); future: issued ahead of our clock (taken
+                # at a resend once the clock gets there)
+                log.warning("operator claim not taken here: %s", refusal)
 
     def capabilities(self) -> int:
         caps = super().capabilities()
@@ -266,8 +271,10 @@ class CreditsCore(LegsCore):
         live = [k for k in self.federation.directory.live() if k != own and self._takes_credits(k)]
         self._claim_sent_to &= set(live)  # a relay that comes back gets it again
         targets = [k for k in live if k not in self._claim_sent_to]
-        if now >= self._next_claim_resend and live:
+        if now >= self._next_claim_resend:
             self._next_claim_resend = now + CLAIM_RESEND_S
+            if self.ledger is not None:
+                self.ledger.add_claim(self.claim)  # (a duplicate, unless refused at start)
             fanout = self.federation.config.gossip_fanout
             targets += self._credits_random.sample(live, min(fanout, len(live)))
         for key in dict.fromkeys(targets):
