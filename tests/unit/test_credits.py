@@ -324,3 +324,22 @@ def test_huge_counts_and_times_are_refused_and_sums_never_overflow() -> None:
     assert (st_peer.used, st_peer.used_receipts) == (n * 2**56, n)
     assert led.balance(operator.public_key().raw) == led.cap
     assert led.refused == {"implausible": 1, "future": 3}
+
+
+def test_small_order_keys_and_non_canonical_signatures_never_verify() -> None:
+    """What the review checked of the verifier (libsodium's Ed25519 under the
+    converted key): u = 0 and u = 1 (small order: y = -1, y = 0) verify
+    nothing, not even a signature made up to fit them, and s + q (the same
+    signature, not reduced) is refused."""
+    key = PrivateKey.generate()
+    sig = xeddsa.sign(key.raw, b"m")
+    for u in (bytes(32), (1).to_bytes(32, "little")):
+        assert not xeddsa.verify(u, b"m", sig)
+        # R = identity, s = 0 satisfies sB = R + hA for any A of small order
+        identity = (1).to_bytes(32, "little")
+        assert not xeddsa.verify(u, b"m", identity + bytes(32))
+    q = 2**252 + 27742317777372353535851937790883648493
+    s = int.from_bytes(sig[32:], "little")
+    unreduced = sig[:32] + (s + q).to_bytes(32, "little")
+    assert xeddsa.verify(key.public_key().raw, b"m", sig)
+    assert not xeddsa.verify(key.public_key().raw, b"m", unreduced)
