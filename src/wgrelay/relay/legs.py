@@ -233,30 +233,44 @@ class LegsCore(SessionsCore):
 
     # ------------------------------------------------------------ exit relay
 
-    def _handle_leg_open(self, inb: Inbound, body: LegOpen) -> None:
+    def _leg_opener(self, inb: Inbound) -> PublicKey | None:
+        """The relay a LEG_OPEN (plain or sealed) came from, if it may open
+        legs here and proved its address; None: dropped (or challenged)."""
         relay = self._relay_of(inb)
         if relay is None:
             self._drop(inb, DropReason.UNEXPECTED)  # only relays we know
-            return
+            return None
         if relay.raw not in self.config.leg_relays:
-            # it vouches for the initiator's identity: only relays the
-            # operator trusts may (any relay can introduce itself by gossip)
+            # it vouches for the initiator's identity (or, private, for a
+            # peer we never learn): only relays the operator trusts may (any
+            # relay can introduce itself by gossip)
             self._count_leg("refused_not_trusted")
             self._drop(inb, DropReason.NOT_ALLOWED)
-            return
+            return None
         if not inb.proven:
             # our answer leaves later (once B answers), so no cookie could
             # stand in for it: the relay proves its address now
             self._admission.challenge(inb)
             inb.dropped = True
-            return
-        now, sid = inb.now, body.session_id
+            return None
+        return relay
+
+    def _leg_open_again(self, relay: PublicKey, sid: bytes, now: float) -> bool:
+        """A LEG_OPEN for a leg we hold from that relay: answered again if we
+        answered already (our answer was lost). True: nothing more to do."""
         leg = self.legs.get(sid)
-        if leg is not None and leg.relay == relay and not leg.entry:
-            if leg.answered is not None:  # our answer was lost: again
-                s = self.table.find(sid)
-                again = self._leg_answer(s, leg.answered) if s else LegAnswer(sid, leg.answered)
-                self._to_relay(relay, again, now)
+        if leg is None or leg.relay != relay or leg.entry:
+            return False
+        if leg.answered is not None:
+            s = self.table.find(sid)
+            again = self._leg_answer(s, leg.answered) if s else LegAnswer(sid, leg.answered)
+            self._to_relay(relay, again, now)
+        return True
+
+    def _handle_leg_open(self, inb: Inbound, body: LegOpen) -> None:
+        relay = self._leg_opener(inb)
+        now, sid = inb.now, body.session_id
+        if relay is None or self._leg_open_again(relay, sid, now):
             return
 
         def refuse(status: Status, why: str) -> None:

@@ -214,25 +214,9 @@ class PrivateLegsCore(LegsCore):
     # ------------------------------------------------------------ exit relay
 
     def _handle_leg_open_sealed(self, inb: Inbound, body: LegOpenSealed) -> None:
-        relay = self._relay_of(inb)
-        if relay is None:
-            self._drop(inb, DropReason.UNEXPECTED)
-            return
-        if relay.raw not in self.config.leg_relays:
-            # it vouches for the initiator, whom we never learn: only relays
-            # the operator listed may
-            self._count_leg("refused_not_trusted")
-            self._drop(inb, DropReason.NOT_ALLOWED)
-            return
-        if not inb.proven:
-            self._admission.challenge(inb)
-            inb.dropped = True
-            return
+        relay = self._leg_opener(inb)
         now, sid = inb.now, body.session_id
-        leg = self.legs.get(sid)
-        if leg is not None and leg.relay == relay and not leg.entry:
-            if leg.answered is not None:  # our answer was lost: again
-                self._to_relay(relay, LegAnswer(sid, leg.answered), now)
+        if relay is None or self._leg_open_again(relay, sid, now):
             return
 
         again = self._refused.get((relay, sid))
