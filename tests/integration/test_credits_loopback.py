@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -17,6 +16,7 @@ import pytest
 
 from tests.helpers import until, wg_packet
 from tests.integration.relays import RelayProcess, relay_process
+from tests.integration.test_relay_federation import cli, free_udp_port
 from wgrelay.client.receipts import Observed, ReceiptSigner
 from wgrelay.client.udp import RelayClient
 from wgrelay.keys import PrivateKey, PublicKey, write_key_file
@@ -25,22 +25,6 @@ pytestmark = pytest.mark.timeout(90)
 
 FRAMES = 200
 PAYLOAD = bytes(500)
-
-
-def free_udp_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def cli(state: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "wgrelay", "--state-dir", str(state), *args],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
 
 
 def one_line_error(res: subprocess.CompletedProcess[str]) -> str:
