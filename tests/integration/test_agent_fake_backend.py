@@ -18,8 +18,10 @@ import pytest
 
 from tests.helpers import wg_packet
 from tests.integration.relays import inproc_relay
+from wgrelay.client.plan_state import PlanConfig
+from wgrelay.client.privacy import PrivacyConfig
 from wgrelay.discovery.registry import RelayRegistry
-from wgrelay.keys import PrivateKey
+from wgrelay.keys import PrivateKey, PublicKey
 from wgrelay.mesh.agent import AgentConfig
 from wgrelay.mesh.backend.fake import FakeBackend, SetEndpointCall
 from wgrelay.mesh.cache import ConnectionCache
@@ -113,5 +115,48 @@ def test_two_agents_relay_each_other_and_restore_on_stop(tmp_path: Path) -> None
             assert backends[1].read("wgb").peers[0].endpoint == dead_a
             wg_a.close()
             wg_b.close()
+
+    asyncio.run(scenario())
+
+
+def test_private_lookup_groups_follow_peers_added_while_running(tmp_path: Path) -> None:
+    """--private names the interface's peers to the planner's lookup groups;
+    a peer added while the agent runs joins them when the interface is read
+    (asked about alone, its lookups would name it to the lookup relay)."""
+
+    async def scenario() -> None:
+        async with inproc_relay() as relay:
+            await with_relay(relay.key, relay.endpoint)
+
+    async def with_relay(relay_key: PublicKey, endpoint: tuple[str, int]) -> None:
+        key, first, later = (PrivateKey.generate() for _ in range(3))
+        wg = free_udp_socket()  # "WireGuard" of the interface
+        backend = FakeBackend()
+        backend.add_interface("wgp", private_key=key, listen_port=wg.getsockname()[1])
+        backend.add_peer("wgp", first.public_key(), endpoint=None, allowed_ips=["10.0.0.2/32"])
+        private = PlanConfig(private=PrivacyConfig(all_peers=True))
+        opts = AgentOptions(
+            interface="wgp", state_dir=tmp_path / "wgp", config=FAST, plan_config=private
+        )
+        opts.state_dir.mkdir()
+        reg = RelayRegistry()
+        reg.add_bootstrap(relay_key, endpoint)
+        agent = Agent(opts, backend, backend.read("wgp"), reg, None, ConnectionCache(None))
+        planner = agent.manager.planner
+        assert planner.config.private.peers == {first.public_key()}
+        backend.add_peer("wgp", later.public_key(), endpoint=None, allowed_ips=["10.0.0.3/32"])
+        task = asyncio.create_task(agent.run())
+        try:
+            async with asyncio.timeout(10):
+                while later.public_key() not in planner.config.private.peers:  # noqa: ASYNC110 (the agent's poll changes it; no event to wait on)
+                    await asyncio.sleep(0.05)
+        finally:
+            agent.stop()
+            await task
+            wg.close()
+        assert planner.config.private.peers == {first.public_key(), later.public_key()}
+        assert planner.cover(later.public_key()) == sorted(
+            (first.public_key(), later.public_key()), key=lambda k: k.raw
+        )
 
     asyncio.run(scenario())

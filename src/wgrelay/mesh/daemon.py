@@ -201,6 +201,16 @@ class Agent(RelayPaths):
         self._mapping_probe_failed = False
         self._metrics: asyncio.Server | None = None
 
+    def _set_peers(self, keys: set[PublicKey]) -> None:
+        """The interface's peers now. Under --private, a peer added while we
+        run joins the lookup groups (asked about alone, its lookups would
+        name it); the groups are cut again in key order."""
+        if keys == self._peer_keys:
+            return
+        self._peer_keys = keys
+        planner = self.manager.planner
+        planner.config = self._plan_config(planner.config)
+
     def _plan_config(self, config: PlanConfig) -> PlanConfig:
         """--private covers every peer: private lookups ask about all of
         them at once (client/plan_private.py), so name them."""
@@ -444,7 +454,7 @@ class Agent(RelayPaths):
                 info = await self._read()
                 now = self._clock()
                 if info is not None:
-                    self._peer_keys = {p.public_key for p in info.peers}
+                    self._set_peers({p.public_key for p in info.peers})
                     if info.listen_port:
                         self.proxies.set_wg_port(info.listen_port)
                     self._info = info
