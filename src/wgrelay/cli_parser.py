@@ -70,7 +70,7 @@ def _config_option(sp: argparse.ArgumentParser, example: str) -> None:
 
 def _capacity(text: str) -> int:
     """``--capacity``: a rate (relay/contention.py), one clear line if not."""
-    from wgrelay.relay.contention import parse_capacity
+    from wgrelay.relay.contention_options import parse_capacity
 
     try:
         return parse_capacity(text)
@@ -79,7 +79,7 @@ def _capacity(text: str) -> int:
 
 
 def _min_share(text: str) -> float:
-    from wgrelay.relay.contention import parse_min_share
+    from wgrelay.relay.contention_options import parse_min_share
 
     try:
         return parse_min_share(text)

@@ -18,11 +18,10 @@ from wgrelay.relay.contention import (
     choose_victim,
     fair_shares,
     floors,
-    parse_capacity,
-    parse_min_share,
     reserve_slots,
     weight,
 )
+from wgrelay.relay.contention_options import parse_capacity, parse_min_share
 
 GB = 1_000_000_000
 EPS = 1e-6
