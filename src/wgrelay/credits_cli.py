@@ -73,8 +73,13 @@ def add_credits_parser(add: Add) -> None:
 
 
 def cmd_credits(args: argparse.Namespace) -> int:
+    # one subcommand, two uses: an option of the other use would be ignored
     if args.member == "claim":
+        if args.json or args.relay_key is not None:
+            raise ConfigError("credits claim takes --key, --relay and --out only")
         return _cmd_claim(args)
+    if args.out is not None:
+        raise ConfigError("--out is for credits claim (a balance is printed)")
     key = _load_wg_key(args.key) if args.key is not None else None
     if args.member is not None:
         member = PublicKey.from_base64(args.member, "MEMBER_KEY")

@@ -343,3 +343,26 @@ def test_small_order_keys_and_non_canonical_signatures_never_verify() -> None:
     unreduced = sig[:32] + (s + q).to_bytes(32, "little")
     assert xeddsa.verify(key.public_key().raw, b"m", sig)
     assert not xeddsa.verify(key.public_key().raw, b"m", unreduced)
+
+
+def test_credits_options_of_the_other_use_are_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`credits claim` and the balance query share one parser: an option of
+    the other use (--out for a balance, --json or --relay-key for a claim)
+    was silently ignored; it is one clear line instead."""
+    from wgrelay import cli
+
+    member = PrivateKey.generate().public_key()
+    relay = RelayIdentity.generate().public
+    for argv, says in (
+        (["credits", str(member), "--out", str(tmp_path / "x")], "--out is for credits claim"),
+        (["credits", "claim", "--relay", str(relay), "--json"], "takes --key, --relay and --out"),
+        (["credits", "claim", "--relay-key", str(relay)], "takes --key, --relay and --out"),
+    ):
+        assert cli.main(["--state-dir", str(tmp_path), *argv]) == 1
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1, err
+        assert err[0].startswith("wgrelay: error: ")
+        assert says in err[0]
+    assert not (tmp_path / "x").exists()
