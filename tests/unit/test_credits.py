@@ -366,3 +366,50 @@ def test_credits_options_of_the_other_use_are_refused(
         assert err[0].startswith("wgrelay: error: ")
         assert says in err[0]
     assert not (tmp_path / "x").exists()
+
+
+def test_a_balance_reads_no_receipts(tmp_path: Path) -> None:
+    """Contention looks up every session's members every 10 s and any
+    allowed key may ask for a statement: summing an operator's receipts in
+    SQLite at each lookup stalled the relay's loop in proportion to them
+    (16 ms at 10,000). The sums are kept as receipts come and go, and are
+    the same after a restart, a replaced receipt and the window's moving on."""
+    led = ledger(tmp_path, cap=50_000)
+    operator = PrivateKey.generate()
+    assert led.add_claim(make_claim(operator, RELAY.public, NOW_MS).endorsed_by(RELAY)) is None
+    signers = [PrivateKey.generate() for _ in range(4)]
+    for i in range(400):
+        key = signers[i % 4]
+        assert led.add_receipt(receipt(key, 100 + i, sid=i.to_bytes(8, "big"))) is None
+    # a newer count of one session replaces the old one; another is older
+    assert led.add_receipt(receipt(signers[0], 5000, seq=2, sid=bytes(8))) is None
+    old = receipt(signers[1], 700, sid=b"old-one!", time_ms=NOW_MS - 29 * DAY_MS)
+    assert led.add_receipt(old) is None
+    member = operator.public_key().raw
+
+    steps = 0
+
+    def step() -> int:
+        nonlocal steps
+        steps += 1
+        return 0
+
+    led._conn.set_progress_handler(step, 100)  # every 100 SQLite VM instructions
+    st = led.statement(member)
+    led._conn.set_progress_handler(None, 100)
+    assert steps < 5, steps  # (summed in SQL: 52 for these 402 receipts)
+    by_signer = [sum(100 + i for i in range(k, 400, 4)) for k in range(4)]
+    by_signer[0] += 5000 - 100
+    by_signer[1] += 700
+    assert st.earned == sum(min(n, 50_000) for n in by_signer)
+    assert st.relays[0].receipts == 401
+    assert led.statement(signers[0].public_key().raw).used == by_signer[0]
+    led.close()
+    again = ledger(tmp_path, cap=50_000)
+    assert again.statement(member) == st
+    assert again.tick(NOW_MS + 2 * DAY_MS) == 1  # the old one leaves the window
+    after = again.statement(member)
+    assert after.earned == st.earned - 700
+    assert after.relays[0].receipts == 400
+    assert again.statement(signers[1].public_key().raw).used == by_signer[1] - 700
+    again.close()
