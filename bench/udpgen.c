@@ -254,7 +254,7 @@ static int run_tput(const struct config *c, int tx, int rx) {
     tune_socket(rx, 1);
 
     uint64_t sent = 0, recvd = 0, written_off = 0, stalls = 0, send_errors = 0;
-    uint64_t bad_len = 0, bad_seq = 0;
+    uint64_t bad_len = 0, bad_seq = 0, control = 0;
     uint64_t sent_at_start = 0, recvd_at_start = 0, recvd_at_end = 0;
     struct cpu_sample cpu0, cpu1;
     double t = mono_s(), last_progress = t;
@@ -298,8 +298,16 @@ static int run_tput(const struct config *c, int tx, int rx) {
         }
         int r = recvmmsg(rx, rmsg, MAX_BATCH, MSG_DONTWAIT, NULL);
         if (r > 0) {
+            int frames = r;
             for (int i = 0; i < r; i++) {
                 uint64_t seq;
+                if (c->rx_hdr_len > 0 && rmsg[i].msg_len > 0 && rxbuf[i][0] != c->tx_hdr[0]) {
+                    /* not a data frame: the relay's own message to the peer
+                       whose socket we hold (a receipt request, say) */
+                    control++;
+                    frames--;
+                    continue;
+                }
                 if ((int)rmsg[i].msg_len != rxlen) {
                     bad_len++;
                     continue;
@@ -307,7 +315,7 @@ static int run_tput(const struct config *c, int tx, int rx) {
                 memcpy(&seq, rxbuf[i] + c->rx_hdr_len, SEQ_LEN);
                 if (seq >= sent) bad_seq++; /* header stripped wrong, or garbage */
             }
-            recvd += (uint64_t)r;
+            recvd += (uint64_t)frames;
             progress = 1;
         } else if (r < 0 && errno != EAGAIN && errno != ECONNREFUSED) {
             fail("recvmmsg");
@@ -342,12 +350,12 @@ static int run_tput(const struct config *c, int tx, int rx) {
     uint64_t lost = sent > recvd ? sent - recvd : 0;
     printf("{\"mode\":\"tput\",\"size\":%d,\"tx_hdr_len\":%d,\"rx_hdr_len\":%d,\"window\":%d,"
            "\"batch\":%d,\"elapsed_s\":%.3f,\"sent\":%llu,\"recv\":%llu,\"lost\":%llu,"
-           "\"stalls\":%llu,\"send_errors\":%llu,\"bad_len\":%llu,\"bad_seq\":%llu,"
+           "\"stalls\":%llu,\"send_errors\":%llu,\"bad_len\":%llu,\"bad_seq\":%llu,\"control\":%llu,"
            "\"offered_pps\":%.0f,\"pps\":%.0f,\"mbps\":%.2f,\"wire_mbps\":%.2f",
            c->size, c->tx_hdr_len, c->rx_hdr_len, c->window, c->batch, el,
            (unsigned long long)sent, (unsigned long long)recvd, (unsigned long long)lost,
            (unsigned long long)stalls, (unsigned long long)send_errors,
-           (unsigned long long)bad_len, (unsigned long long)bad_seq,
+           (unsigned long long)bad_len, (unsigned long long)bad_seq, (unsigned long long)control,
            el > 0 ? (double)(sent - sent_at_start) / el : 0.0, pps, pps * c->size * 8 / 1e6,
            pps * rxlen * 8 / 1e6);
     print_cpu(&cpu0, &cpu1);
