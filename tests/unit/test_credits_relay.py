@@ -179,6 +179,8 @@ def test_metrics_show_credit_events_and_refusals() -> None:
     net.run()
     text = generate_latest(make_registry(net.relay.get_stats)).decode()
     assert 'wgrelay_credits_events_total{event="receipts_taken"} 2.0' in text
+    # (counted since the claims were built, never shown before)
+    assert 'wgrelay_credits_events_total{event="claims_sent"} 0.0' in text
     assert 'wgrelay_credits_refused_total{reason="replayed"} 1.0' in text
     assert "wgrelay_credits_receipts 2.0" in text
 

@@ -158,11 +158,11 @@ def _credit_families(c: dict[str, int]) -> Iterator[GaugeMetricFamily | CounterM
     events = CounterMetricFamily(
         "wgrelay_credits_events",
         "Receipt requests sent, receipts taken from peers, receipts stored (news, from "
-        "peers and relays), duplicates, RECEIPTS batches spread",
+        "peers and relays), duplicates, RECEIPTS batches spread, our operator claim sent",
         labels=["event"],
     )
     for event in ("requests_sent", "receipts_taken", "receipts_stored", "receipts_duplicate",
-                  "batches_sent"):  # fmt: skip
+                  "batches_sent", "claims_sent"):  # fmt: skip
         events.add_metric([event], c.get(event, 0))
     refused = CounterMetricFamily(
         "wgrelay_credits_refused", "Receipts and claims refused, by why", labels=["reason"]
