@@ -28,7 +28,8 @@ lend priority to the peers it chose; that is its credit to spend).
 **Slots.** At ``max_connections`` a request may take the slot of a session
 whose credit is lower by at least one weight step (twice the balance, so
 near-equals do not churn each other out), the lowest first, the youngest
-among equals. But ``reserve = ceil(min_share * max_connections)`` slots stay
+among equals. But ``reserve = ceil(min_share * max_connections)`` slots (at most
+half of two or more: ``reserve_slots``) stay
 with the lowest-credit sessions: a displacement never leaves fewer than
 ``reserve`` sessions at or below the displaced one's weight, and a request
 from a member whose class holds fewer than ``reserve`` slots takes one back
