@@ -2,7 +2,8 @@
 relay/contention.py): a full exit relay gives a private session's slot to a
 pair with more credit like any leg's. The entry relay is told (LEG_CLOSE
 PREEMPTED), the target hears PREEMPTED, and neither the relay's state nor
-its log of the displacement holds the hidden initiator's key."""
+its log holds the hidden initiator's key (nor shows the token standing in
+for it as if it were one)."""
 
 from __future__ import annotations
 
@@ -64,3 +65,5 @@ def test_a_displaced_private_session_tells_the_entry_relay_and_logs_no_key(
     text = "\n".join(r.getMessage() for r in caplog.records)
     assert not [f for f in (str(a), a.short(), a.raw.hex()) if f in text]
     assert f"session {sid.hex()} closed (preempted)" in text
+    # the hidden side's token is not shown as if it were a peer's key
+    assert f"session {sid.hex()} open: a private peer <-> {b.pub.short()}" in text

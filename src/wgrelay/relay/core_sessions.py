@@ -338,13 +338,12 @@ class SessionsCore(RelayCoreState):
         if self.ports is not None:
             self.ports.establish(s.sid)
         self.stats.sessions_opened += 1
-        log.info(
-            "session %s open: %s <-> %s",
-            s.sid.hex(),
-            PublicKey(s.a_key).short(),
-            PublicKey(s.b_key).short(),
-        )
+        log.info("session %s open: %s <-> %s", s.sid.hex(), self._who(s.a_key), self._who(s.b_key))
         self._answer_waiters(s, Status.SUCCESS, now)
+
+    def _who(self, key: bytes) -> str:
+        """A session side's key as the log shows it."""
+        return PublicKey(key).short()
 
     def _answer_waiters(self, s: Session, status: Status, now: float) -> None:
         sid = s.sid if status == Status.SUCCESS else bytes(SESSION_ID_LEN)

@@ -116,6 +116,11 @@ class PrivateLegsCore(LegsCore):
     def _hidden(self, key: bytes) -> bool:
         return key in self._tokens
 
+    def _who(self, key: bytes) -> str:
+        # a token printed as a key would send an operator looking for a
+        # peer that does not exist
+        return "a private peer" if key in self._tokens else super()._who(key)
+
     def _new_token(self) -> bytes:
         while True:
             token = self._rng(KEY_LEN)
