@@ -227,9 +227,13 @@ class Ledger:
         cut = now_ms - self.window_days * DAY_MS
         try:
             with self._conn:
+                # (not DELETE ... RETURNING: SQLite 3.35, newer than some
+                # distributions' Python has; only this process writes)
                 gone = self._conn.execute(
-                    "DELETE FROM receipts WHERE time_ms < ? RETURNING relay, peer, bytes", (cut,)
+                    "SELECT relay, peer, bytes FROM receipts WHERE time_ms < ?", (cut,)
                 ).fetchall()
+                if gone:
+                    self._conn.execute("DELETE FROM receipts WHERE time_ms < ?", (cut,))
         except sqlite3.Error as e:
             raise ConfigError(f"cannot update the credit ledger {self.path}: {e}") from None
         for relay, peer, nbytes in gone:
