@@ -308,5 +308,5 @@ class PrivateLegsCore(LegsCore):
         return out
 
     def private_tokens(self) -> frozenset[bytes]:
-        """The hidden sides' stand-ins now held (for tests and status)."""
+        """The hidden sides' stand-ins now held (tests look for them)."""
         return frozenset(self._tokens)
