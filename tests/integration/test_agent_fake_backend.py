@@ -160,3 +160,44 @@ def test_private_lookup_groups_follow_peers_added_while_running(tmp_path: Path) 
         )
 
     asyncio.run(scenario())
+
+
+def test_a_private_peer_that_is_not_a_peer_is_named_at_start(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """--private-peer with a mistyped key covered nothing and said nothing:
+    the peer meant stayed on plain relayed paths."""
+    key, peer, typo = (PrivateKey.generate() for _ in range(3))
+    backend = FakeBackend()
+    with free_udp_socket() as wg:  # (a port no one listens on once closed)
+        port = wg.getsockname()[1]
+    backend.add_interface("wgq", private_key=key, listen_port=port)
+    backend.add_peer("wgq", peer.public_key(), endpoint=None, allowed_ips=["10.0.0.2/32"])
+    covered = frozenset({peer.public_key(), typo.public_key()})
+    opts = AgentOptions(
+        interface="wgq",
+        state_dir=tmp_path / "wgq",
+        config=FAST,
+        plan_config=PlanConfig(private=PrivacyConfig(peers=covered)),
+    )
+    opts.state_dir.mkdir()
+    info = backend.read("wgq")
+
+    async def start() -> None:  # (the agent takes the running loop's clock)
+        async with inproc_relay() as relay:
+            reg = RelayRegistry()
+            reg.add_bootstrap(relay.key, relay.endpoint)
+            agent = Agent(opts, backend, info, reg, None, ConnectionCache(None))
+            task = asyncio.create_task(agent.run())
+            try:
+                async with asyncio.timeout(10):
+                    while not agent._started:  # noqa: ASYNC110 (no event to wait on)
+                        await asyncio.sleep(0.02)
+            finally:
+                agent.stop()  # (run's cleanup closes what the agent opened)
+                await task
+
+    with caplog.at_level("WARNING", logger="wgrelay.mesh.daemon"):
+        asyncio.run(start())
+    said = [r.getMessage() for r in caplog.records if "--private-peer" in r.getMessage()]
+    assert said == [f"--private-peer {typo.public_key()} is not a peer of wgq"]

@@ -160,6 +160,10 @@ class Agent(RelayPaths):
         self.cache = cache
         self.core = AgentCore(own, opts.config, cache)
         self._peer_keys = {p.public_key for p in info.peers}
+        for stray in sorted(opts.plan_config.private.peers - self._peer_keys, key=str):
+            # a mistyped key leaves the peer it was meant for without a
+            # private path, silently; say so (it applies once it is a peer)
+            log.warning("--private-peer %s is not a peer of %s", stray, info.name)
         self.geo = GeoPrior(opts.geoip_db) if opts.geoip_db is not None else None
         self.receipts = ReceiptSigner(info.private_key, self._observed)
         """Signs what relays carried for us, no more than we saw (credits)."""
