@@ -187,6 +187,9 @@ def _check_peer_series(text: str, peer: str, relay: str, handshake: float) -> No
     sent = {lab["direction"]: v for lab, v in samples(text, "wgrelay_agent_proxy_packets_total")}
     assert set(sent) == {"to_relay", "to_wireguard"}
     assert samples(text, "wgrelay_agent_info") == [({"interface": "wga", "backend": "fake"}, 1.0)]
+    # what relays asked this agent to sign (credits)
+    outcomes = {lab["outcome"] for lab, _ in samples(text, "wgrelay_agent_receipts_total")}
+    assert {"signed", "trimmed"} <= outcomes
 
 
 async def _watch(state_dir: Path, backend: FakeBackend, kb: PrivateKey, peer: str) -> None:

@@ -189,6 +189,7 @@ def snapshot(status: dict[str, Any]) -> AgentSnapshot:
         ],
         proxies=[(PEER_R, ProxyCounters(to_relay_packets=5, to_relay_bytes=700, held=2))],
         frames_dropped=4,
+        receipts={"signed": 6, "trimmed": 1, "bytes": 9000, "refused_old_request": 2},
     )
 
 
@@ -223,3 +224,7 @@ def test_agent_families_turn_the_status_document_into_series() -> None:
     assert samples(text, "wgrelay_agent_relay_frames_dropped_total") == [
         ({"interface": "wg0"}, 4.0)
     ]
+    # receipts (credits): a relay claiming more than we saw shows as trimmed
+    outcomes = {lab["outcome"]: v for lab, v in samples(text, "wgrelay_agent_receipts_total")}
+    assert outcomes == {"signed": 6.0, "trimmed": 1.0, "old_request": 2.0}
+    assert samples(text, "wgrelay_agent_receipt_bytes_total") == [({"interface": "wg0"}, 9000.0)]

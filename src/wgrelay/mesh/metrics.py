@@ -80,6 +80,9 @@ class AgentSnapshot:
     """Per relayed peer (base64 key) with a local proxy, its counters."""
     frames_dropped: int
     """Frames from relays that belonged to no session of ours."""
+    receipts: Mapping[str, int] = field(default_factory=dict)
+    """Usage receipts (client/receipts.py): ``signed``, ``trimmed`` (signed
+    for less than the relay claimed), ``bytes``, and each refusal by reason."""
 
 
 def agent_snapshot(agent: Agent) -> AgentSnapshot:
@@ -128,6 +131,12 @@ def agent_snapshot(agent: Agent) -> AgentSnapshot:
         relays=sorted(relays, key=lambda f: f.key),
         proxies=sorted(proxies, key=lambda kc: kc[0]),
         frames_dropped=agent.manager.frames_dropped,
+        receipts={
+            "signed": agent.receipts.signed,
+            "trimmed": agent.receipts.trimmed,
+            "bytes": agent.receipts.bytes_signed,
+            **{f"refused_{why}": n for why, n in agent.receipts.refused.items()},
+        },
     )
 
 
@@ -154,6 +163,29 @@ def agent_families(snap: AgentSnapshot) -> Iterator[Family]:
     )
     dropped.add_metric([iface], snap.frames_dropped)
     yield dropped
+    yield from _receipt_families(iface, snap.receipts)
+
+
+def _receipt_families(iface: str, r: Mapping[str, int]) -> Iterator[Family]:
+    """What relays asked us to sign and what we did: a relay claiming more
+    than we saw shows as ``trimmed``, one asking for what we never carried
+    with it as a refusal (credits)."""
+    receipts = _counter(
+        "wgrelay_agent_receipts",
+        "Usage receipts asked for by relays: signed, trimmed (signed for less than the "
+        "relay claimed), or refused by reason",
+        ["interface", "outcome"],
+    )
+    for outcome in ("signed", "trimmed"):
+        receipts.add_metric([iface, outcome], r.get(outcome, 0))
+    for what, n in sorted(r.items()):
+        if what.startswith("refused_"):
+            receipts.add_metric([iface, what.removeprefix("refused_")], n)
+    nbytes = _counter(
+        "wgrelay_agent_receipt_bytes", "Bytes acknowledged in receipts signed", ["interface"]
+    )
+    nbytes.add_metric([iface], r.get("bytes", 0))
+    yield from (receipts, nbytes)
 
 
 def _interface_families(iface: str, st: Mapping[str, Any]) -> Iterator[Family]:
