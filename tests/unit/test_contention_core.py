@@ -24,7 +24,7 @@ from wgrelay.proto.federation import LegClose, LegOpen
 from wgrelay.relay.config import RelayConfig
 from wgrelay.relay.contention import WEIGHT_REFRESH_S, StaticCredits
 from wgrelay.relay.limits import MeteredBucket, TokenBucket
-from wgrelay.relay.ports import PathChange, PortPool, SideMode
+from wgrelay.relay.ports import PathChange, PortPair, PortPool, PortTable, SideMode
 from wgrelay.relay.reload import reloaded_config
 from wgrelay.testkit import Client, CoreNet, registered
 
@@ -187,6 +187,19 @@ def test_slots_follow_balances_without_a_capacity() -> None:
     assert [_preempted(a) for a, _ in riders] == [False, False, True, False]
 
 
+def spy_relay_messages(net: CoreNet) -> list[tuple[PublicKey, Body]]:
+    """What the relay sends other relays from now on (still sent)."""
+    told: list[tuple[PublicKey, Body]] = []
+    send = net.relay._to_relay
+
+    def spy(key: PublicKey, body: Body, now: float) -> None:
+        told.append((key, body))
+        send(key, body, now)
+
+    net.relay._to_relay = spy  # type: ignore[method-assign]
+    return told
+
+
 def test_a_displaced_leg_tells_the_other_relay() -> None:
     # the exit relay of a multi-hop session is full: a contributor's pair
     # takes the leg's slot; the entry relay hears LEG_CLOSE PREEMPTED (its
@@ -204,14 +217,7 @@ def test_a_displaced_leg_tells_the_other_relay() -> None:
     r1.send(LegOpen(sid, PrivateKey.generate().public_key(), b.pub, 2), net.clock.now)
     _deliver_offers(net, r1)
     assert sid in net.relay.sessions
-    told: list[tuple[PublicKey, Body]] = []
-    send = net.relay._to_relay
-
-    def spy(key: PublicKey, body: Body, now: float) -> None:
-        told.append((key, body))
-        send(key, body, now)
-
-    net.relay._to_relay = spy  # type: ignore[method-assign]
+    told = spy_relay_messages(net)
     assert _connect(net, *_pair(net, credits, 100 * GB))
     assert sid not in net.relay.sessions
     assert told == [(r1.ident.public, LegClose(sid, CloseReason.PREEMPTED))]
@@ -402,8 +408,11 @@ def test_reload_carries_capacity_and_min_share() -> None:
     assert got.port_range == (50000, 50100)  # (what needs a restart stays)
 
 
-def test_an_offloaded_path_is_counted_and_reinstalled_at_its_share() -> None:
-    net = CoreNet(RelayConfig(max_bandwidth_kbps=1000, capacity_bytes_per_s=400_000))
+def _rich_and_poor_with_ports(
+    net: CoreNet,
+) -> tuple[PortTable, tuple[Client, Client], tuple[Client, Client], PortPair]:
+    """Port mode on, a 100 GB pair and a free-rider pair connected: the
+    port table, both pairs, and the free riders' port pair."""
     net.relay.enable_port_mode(PortPool(52000, 52099, lambda _p: True, lambda _p: None))
     ports = net.relay.ports
     assert ports is not None
@@ -414,10 +423,20 @@ def test_an_offloaded_path_is_counted_and_reinstalled_at_its_share() -> None:
     assert _connect(net, *poor)
     pair = net.relay.sessions[_sid(*poor)].ports
     assert pair is not None
-    # as ports.py marks a path the kernel took (both sides latched)
+    return ports, rich, poor, pair
+
+
+def _in_kernel(pair: PortPair, peers: tuple[Client, Client]) -> None:
+    """As ports.py marks a path the kernel took (both sides latched)."""
     pair.a.mode = pair.b.mode = SideMode.PORT
-    pair.a.latched, pair.b.latched = poor[0].addr, poor[1].addr
+    pair.a.latched, pair.b.latched = peers[0].addr, peers[1].addr
     pair.offloaded = True
+
+
+def test_an_offloaded_path_is_counted_and_reinstalled_at_its_share() -> None:
+    net = CoreNet(RelayConfig(max_bandwidth_kbps=1000, capacity_bytes_per_s=400_000))
+    ports, rich, poor, pair = _rich_and_poor_with_ports(net)
+    _in_kernel(pair, poor)
     assert net.relay.offload_rate(pair) == 1_000_000  # free capacity: the configured cap
     ports.changes.clear()
     # the kernel carries 600 kB/s for the poor session (its counters, read
@@ -454,19 +473,8 @@ def test_a_path_offloaded_before_a_capacity_is_reinstalled_at_its_share() -> Non
     # unlimited sessions (--max-bandwidth 0) in the kernel, then a SIGHUP
     # sets --capacity: the path must leave the kernel's no-limit install
     net = CoreNet(RelayConfig(max_bandwidth_kbps=0))
-    net.relay.enable_port_mode(PortPool(52000, 52099, lambda _p: True, lambda _p: None))
-    ports = net.relay.ports
-    assert ports is not None
-    credits = StaticCredits()
-    net.relay.contention.credits = credits
-    rich, poor = _pair(net, credits, 100 * GB), _pair(net, credits, 0)
-    assert _connect(net, *rich)
-    assert _connect(net, *poor)
-    pair = net.relay.sessions[_sid(*poor)].ports
-    assert pair is not None
-    pair.a.mode = pair.b.mode = SideMode.PORT
-    pair.a.latched, pair.b.latched = poor[0].addr, poor[1].addr
-    pair.offloaded = True
+    ports, rich, poor, pair = _rich_and_poor_with_ports(net)
+    _in_kernel(pair, poor)
     assert net.relay.offload_rate(pair) == 0  # installed with no limit
     ports.changes.clear()
     unlimited = RelayConfig(max_bandwidth_kbps=0)

@@ -12,11 +12,10 @@ import os
 
 import pytest
 
-from tests.unit.test_contention_core import _connect, _pair, _preempted
+from tests.unit.test_contention_core import _connect, _pair, _preempted, spy_relay_messages
 from tests.unit.test_federation import WALL0
 from tests.unit.test_private_legs import _everything, _leaks, _other_relay, _private_client
-from wgrelay.keys import PrivateKey, PublicKey
-from wgrelay.proto.body import Body
+from wgrelay.keys import PrivateKey
 from wgrelay.proto.constants import CloseReason
 from wgrelay.proto.federation import LegClose
 from wgrelay.proto.sealed import LegOpenSealed, seal_request
@@ -49,14 +48,7 @@ def test_a_displaced_private_session_tells_the_entry_relay_and_logs_no_key(
             b.link.receive(data, net.clock.now)
     net.run()
     assert sid in net.relay.sessions
-    told: list[tuple[PublicKey, Body]] = []
-    send = net.relay._to_relay
-
-    def spy(key: PublicKey, body: Body, now: float) -> None:
-        told.append((key, body))
-        send(key, body, now)
-
-    net.relay._to_relay = spy  # type: ignore[method-assign]
+    told = spy_relay_messages(net)
     assert _connect(net, *_pair(net, credits, 100 * GB))
     assert sid not in net.relay.sessions
     assert told == [(r1.ident.public, LegClose(sid, CloseReason.PREEMPTED))]
