@@ -314,8 +314,7 @@ class RelayCore(CreditsCore, PrivateLegsCore):
     def _handle_leg_rtt_query(self, inb: Inbound, body: LegRttQuery) -> None:
         """The relays we would open a leg to now, and our RTT to each: the
         agent weighs A-us-R2-B against paths over one relay (relay_rtts.py)."""
-        if inb.key not in self.table.regs:
-            self._reply(inb, Error(ErrorCode.NOT_REGISTERED, body.TYPE, "register first"))
+        if self._requester(inb, body.TYPE) is None:
             return
         legs = [
             k

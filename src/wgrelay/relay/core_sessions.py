@@ -75,6 +75,14 @@ class SessionsCore(RelayCoreState):
 
     # ------------------------------------------------------------ registration
 
+    def _requester(self, inb: Inbound, ref: MsgType) -> Registration | None:
+        """The sender's registration; None: told to register first (a
+        request of type ``ref`` needs one)."""
+        reg = self.table.regs.get(inb.key)
+        if reg is None:
+            self._reply(inb, Error(ErrorCode.NOT_REGISTERED, ref, "register first"))
+        return reg
+
     def _bind_check(self, inb: Inbound, reg: Registration | None) -> bool:
         """May ``inb`` bind its key to its source address (new or moved)?"""
         if not inb.proven:
@@ -200,9 +208,8 @@ class SessionsCore(RelayCoreState):
         def respond(status: Status, sid: bytes = bytes(SESSION_ID_LEN)) -> None:
             self._reply(inb, self._response(rid, status, sid, self._port_of(sid, key)))
 
-        reg = self.table.regs.get(key)
+        reg = self._requester(inb, body.TYPE)
         if reg is None:
-            self._reply(inb, Error(ErrorCode.NOT_REGISTERED, body.TYPE, "register first"))
             return
         if self._shutting_down or target == key:
             respond(Status.ERROR)

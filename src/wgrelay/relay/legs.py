@@ -65,10 +65,10 @@ from typing import Any
 
 from wgrelay.discovery.directory import Liveness
 from wgrelay.keys import PublicKey
-from wgrelay.proto.constants import SESSION_ID_LEN, Capability, CloseReason, ErrorCode, Status
+from wgrelay.proto.constants import SESSION_ID_LEN, Capability, CloseReason, Status
 from wgrelay.proto.envelope import ChannelKeys, ReplayWindow
 from wgrelay.proto.federation import LegAnswer, LegClose, LegOpen
-from wgrelay.proto.messages import Body, ConnectionRequest, Error
+from wgrelay.proto.messages import Body, ConnectionRequest
 from wgrelay.relay.admission import Addr, Inbound, KeyState, source_group
 from wgrelay.relay.core_sessions import SessionsCore
 from wgrelay.relay.limits import TokenBucket
@@ -154,9 +154,8 @@ class LegsCore(SessionsCore):
         def respond(status: Status) -> None:
             self._reply(inb, self._response(rid, status, _NO_SESSION))
 
-        reg = self.table.regs.get(key)
+        reg = self._requester(inb, body.TYPE)
         if reg is None:
-            self._reply(inb, Error(ErrorCode.NOT_REGISTERED, body.TYPE, "register first"))
             return
         if self._shutting_down or target == key:
             respond(Status.ERROR)

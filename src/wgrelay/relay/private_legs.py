@@ -44,9 +44,8 @@ from typing import Any, TypeVar
 
 from wgrelay.errors import RemoteProtocolError
 from wgrelay.keys import PublicKey
-from wgrelay.proto.constants import KEY_LEN, Capability, ErrorCode, Status
+from wgrelay.proto.constants import KEY_LEN, Capability, Status
 from wgrelay.proto.federation import LegAnswer
-from wgrelay.proto.messages import Error
 from wgrelay.proto.sealed import (
     ConnectionRequestSealed,
     LegOpenSealed,
@@ -141,9 +140,8 @@ class PrivateLegsCore(LegsCore):
         def respond(status: Status) -> None:
             self._reply(inb, self._response(rid, status, _NO_SESSION))
 
-        reg = self.table.regs.get(key)
+        reg = self._requester(inb, body.TYPE)
         if reg is None:
-            self._reply(inb, Error(ErrorCode.NOT_REGISTERED, body.TYPE, "register first"))
             return
         if (key, rid) in self._done:
             told = self._done[(key, rid)]
