@@ -83,6 +83,14 @@ class SessionsCore(RelayCoreState):
             self._reply(inb, Error(ErrorCode.NOT_REGISTERED, ref, "register first"))
         return reg
 
+    def _target_refusal(self, key: bytes, target: bytes) -> Status | None:
+        """Why ``key`` may not ask for a session to ``target`` here, if so."""
+        if self._shutting_down or target == key:
+            return Status.ERROR
+        if not self.policy.allows(target):
+            return Status.AUTH_FAILED
+        return None
+
     def _bind_check(self, inb: Inbound, reg: Registration | None) -> bool:
         """May ``inb`` bind its key to its source address (new or moved)?"""
         if not inb.proven:
@@ -211,11 +219,9 @@ class SessionsCore(RelayCoreState):
         reg = self._requester(inb, body.TYPE)
         if reg is None:
             return
-        if self._shutting_down or target == key:
-            respond(Status.ERROR)
-            return
-        if not self.policy.allows(target):
-            respond(Status.AUTH_FAILED)
+        refused = self._target_refusal(key, target)
+        if refused is not None:
+            respond(refused)
             return
         s = self.table.by_pair.get(pair_of(key, target))
         if s is not None:

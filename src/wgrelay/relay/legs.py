@@ -157,11 +157,9 @@ class LegsCore(SessionsCore):
         reg = self._requester(inb, body.TYPE)
         if reg is None:
             return
-        if self._shutting_down or target == key:
-            respond(Status.ERROR)
-            return
-        if not self.policy.allows(target):
-            respond(Status.AUTH_FAILED)
+        refused = self._target_refusal(key, target)
+        if refused is not None:
+            respond(refused)
             return
         if via.raw not in self.config.leg_relays:
             # not a relay the operator runs legs with: the exit relay would
