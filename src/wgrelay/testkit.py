@@ -69,9 +69,9 @@ class CoreNet:
         self.to_relay: list[tuple[bytes, tuple[str, int]]] = []
         self.replies: list[tuple[bytes, tuple[object, ...]]] = []
 
-    def client(self, accept: bool = True) -> Client:
+    def client(self, accept: bool = True, link_class: type[RelayLink] = RelayLink) -> Client:
         key = PrivateKey.generate()
-        link = RelayLink(
+        link = link_class(
             key,
             self.ident.public,
             LinkConfig(),

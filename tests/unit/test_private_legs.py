@@ -13,7 +13,6 @@ import pytest
 
 from tests.unit.test_federation import WALL0, Prober
 from wgrelay.client.events import SessionEstablished, SessionFailed
-from wgrelay.client.link import LinkConfig
 from wgrelay.client.link_private import PrivateLink
 from wgrelay.client.receipts import Observed, ReceiptSigner
 from wgrelay.errors import InvalidKey
@@ -37,18 +36,7 @@ _CAPS = Capability.UDP_RELAY | Capability.MULTI_HOP | Capability.PRIVATE_PATHS
 
 
 def _private_client(net: CoreNet, accept: bool = True) -> Client:
-    key = PrivateKey.generate()
-    link = PrivateLink(
-        key,
-        net.ident.public,
-        LinkConfig(),
-        now=net.clock.now,
-        wall=net.clock.wall(),
-        accept_offer=lambda _p: accept,
-    )
-    c = Client(key, link, ("198.51.100.1", 41000 + len(net.clients)))
-    net.clients.append(c)
-    return c
+    return net.client(accept, link_class=PrivateLink)
 
 
 def _other_relay(net: CoreNet, announced: tuple[str, int] = ("192.0.2.66", 40000)) -> Prober:
